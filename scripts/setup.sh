@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Prepares a fresh Debian bookworm machine to build and test litefs.
+#
+# 1. Installs the Debian packages the build and the tests need (FUSE 3, the
+#    sqlite3 CLI, a C toolchain, ...), skipping those already installed.
+# 2. Fetches Consul, which bookworm does not package, from Debian's bullseye
+#    archive through a PRIVATE apt configuration under .local/apt: the
+#    system's sources, lists and caches are never touched. The .deb is
+#    unpacked (not installed) into .local/consul, so the binary is
+#    .local/consul/usr/bin/consul.
+# 3. Checks that a Rust toolchain (cargo) is on PATH.
+#
+# Safe to run again: finished steps are detected and skipped.
+# Runs as root; otherwise uses sudo for the apt-get steps only.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+LOCAL="$ROOT/.local"
+APT_DIR="$LOCAL/apt"
+CONSUL_DIR="$LOCAL/consul"
+CONSUL_BIN="$CONSUL_DIR/usr/bin/consul"
+
+PACKAGES=(
+    fuse3
+    libfuse3-dev
+    pkg-config
+    sqlite3
+    build-essential
+    iproute2
+    ca-certificates
+)
+
+say() { printf 'setup: %s\n' "$*"; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+if [ "$(id -u)" -eq 0 ]; then
+    SUDO=()
+elif command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+else
+    die "not root and sudo is not installed; run this script as root"
+fi
+
+command -v apt-get >/dev/null 2>&1 || die "apt-get not found: this script is for Debian (bookworm)"
+
+# --- 1. Debian packages -----------------------------------------------------
+
+is_installed() {
+    [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]
+}
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    is_installed "$pkg" || missing+=("$pkg")
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    say "Debian packages already installed: ${PACKAGES[*]}"
+else
+    say "installing: ${missing[*]}"
+    "${SUDO[@]}" apt-get update
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+# --- 2. Consul from bullseye, through a private apt configuration ----------
+
+consul_works() {
+    [ -x "$CONSUL_BIN" ] && "$CONSUL_BIN" version >/dev/null 2>&1
+}
+
+if consul_works; then
+    say "Consul already unpacked: $("$CONSUL_BIN" version | head -n 1)"
+else
+    say "fetching Consul from Debian bullseye (private apt config in $APT_DIR)"
+    mkdir -p "$APT_DIR/etc/sources.list.d" "$APT_DIR/etc/preferences.d" \
+        "$APT_DIR/state/lists/partial" "$APT_DIR/cache/archives/partial" \
+        "$APT_DIR/debs"
+    # An empty dpkg status: this configuration only downloads, it never
+    # resolves against (or changes) what the system has installed.
+    : >"$APT_DIR/state/status"
+    keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+    [ -r "$keyring" ] || die "$keyring is missing; install the debian-archive-keyring package"
+    echo "deb [signed-by=$keyring] http://deb.debian.org/debian bullseye main" \
+        >"$APT_DIR/etc/sources.list"
+
+    apt_private=(
+        -o "Dir::State=$APT_DIR/state"
+        -o "Dir::State::status=$APT_DIR/state/status"
+        -o "Dir::Cache=$APT_DIR/cache"
+        -o "Dir::Etc::SourceList=$APT_DIR/etc/sources.list"
+        -o "Dir::Etc::SourceParts=$APT_DIR/etc/sources.list.d"
+        -o "Dir::Etc::PreferencesParts=$APT_DIR/etc/preferences.d"
+        -o "APT::Sandbox::User=root"
+        -o "Debug::NoLocking=1"
+        -o "Acquire::Languages=none"
+        -o "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false"
+        -o "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false"
+        -o "Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false"
+    )
+    apt-get "${apt_private[@]}" update
+    rm -f "$APT_DIR"/debs/consul_*.deb
+    (cd "$APT_DIR/debs" && apt-get "${apt_private[@]}" download consul)
+
+    deb="$(ls "$APT_DIR"/debs/consul_*.deb 2>/dev/null | head -n 1 || true)"
+    [ -n "$deb" ] || die "apt-get download consul produced no .deb in $APT_DIR/debs"
+    rm -rf "$CONSUL_DIR"
+    mkdir -p "$CONSUL_DIR"
+    dpkg -x "$deb" "$CONSUL_DIR"
+    consul_works || die "unpacked $deb but '$CONSUL_BIN version' fails"
+    say "Consul ready: $("$CONSUL_BIN" version | head -n 1)"
+fi
+
+# --- 3. Rust toolchain ------------------------------------------------------
+
+if command -v cargo >/dev/null 2>&1; then
+    say "Rust toolchain: $(cargo --version)"
+else
+    die "cargo not found on PATH. Install Rust with rustup (https://rustup.rs):
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh
+then open a new shell (or run: . \"\$HOME/.cargo/env\") and run this script again"
+fi
+
+say "done. Consul binary: $CONSUL_BIN"

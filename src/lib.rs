@@ -1,0 +1,12 @@
+//! litefs: a FUSE file system that replicates SQLite databases.
+//!
+//! The modules follow DESIGN.md: formats at the bottom (`ltx`, `sqlite`),
+//! database state in `store`, the mount in `fuse`, and `node` tying the
+//! threads together. Dependencies point downward only.
+
+pub mod config;
+// pub mod fuse; (enabled once store lands)
+pub mod ltx;
+// pub mod node;
+pub mod sqlite;
+pub mod store;

@@ -1,0 +1,292 @@
+//! The node: start-up, the mount's lifetime and clean shutdown.
+//!
+//! `run` opens the store (which recovers every database: hot journals are
+//! rolled back before anything is mounted), mounts the file system, and
+//! waits for SIGINT or SIGTERM, then unmounts. Shutdown signals are blocked
+//! before any thread starts and taken with `sigwait`, so no thread is ever
+//! interrupted in the middle of a commit.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use log::{error, info, warn};
+
+use crate::config::Config;
+use crate::fuse::{LitefsFs, LockTable, Role};
+use crate::store::{self, Store};
+
+/// FUSE worker threads: enough that a slow request (an fsync) does not
+/// stall every reader on a small machine.
+const FUSE_THREADS: usize = 4;
+
+/// Why the node could not start or stop cleanly.
+#[derive(Debug)]
+pub enum Error {
+    /// The mount directory is a dead FUSE mount that could not be cleared.
+    StaleMount { path: PathBuf, source: std::io::Error },
+    /// Something is already mounted there.
+    AlreadyMounted { path: PathBuf },
+    /// The mount directory cannot be used.
+    MountDir { path: PathBuf, source: std::io::Error },
+    /// The store failed to open or recover.
+    Store(store::Error),
+    /// The kernel refused the mount.
+    Mount { path: PathBuf, source: std::io::Error },
+    /// Signal set-up failed.
+    Signals(std::io::Error),
+    /// The mount could not be removed at shutdown.
+    Unmount { path: PathBuf, source: std::io::Error },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::StaleMount { path, source } => write!(
+                f,
+                "{0} is a stale FUSE mount left by a litefs that did not exit cleanly, and \
+                 clearing it failed ({source}); run `umount -f {0}` and start litefs again",
+                path.display()
+            ),
+            Error::AlreadyMounted { path } => write!(
+                f,
+                "{} is already a mount point: is another litefs running on it? stop it, or \
+                 choose another mount-dir",
+                path.display()
+            ),
+            Error::MountDir { path, source } => {
+                write!(f, "mount directory {}: {source}", path.display())
+            }
+            Error::Store(e) => write!(f, "{e}"),
+            Error::Mount { path, source } => write!(
+                f,
+                "cannot mount at {}: {source} (litefs needs root or access to /dev/fuse, and the \
+                 fuse3 package)",
+                path.display()
+            ),
+            Error::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
+            Error::Unmount { path, source } => write!(
+                f,
+                "cannot unmount {0}: {source}; close the programs using it and run `umount -f {0}`",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<store::Error> for Error {
+    fn from(e: store::Error) -> Error {
+        Error::Store(e)
+    }
+}
+
+/// Runs the node until SIGINT or SIGTERM.
+pub fn run(config: &Config) -> Result<(), Error> {
+    let signals = ShutdownSignals::block().map_err(Error::Signals)?;
+    let mount_dir = config.mount_dir.clone();
+    prepare_mount_dir(&mount_dir)?;
+
+    let store = Arc::new(Store::open(&config.data_dir)?);
+    for db in store.dbs() {
+        info!("database {}: position {}", db.name(), db.pos());
+    }
+    let role = Arc::new(Role::primary());
+    let locks = Arc::new(LockTable::new());
+    let fs = LitefsFs::new(store.clone(), role.clone(), locks);
+
+    let mut fuse_config = fuser::Config::default();
+    fuse_config.mount_options = vec![
+        fuser::MountOption::FSName("litefs".to_string()),
+        fuser::MountOption::Subtype("litefs".to_string()),
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+    ];
+    // Let every local user reach the mount, like any other directory; file
+    // permissions still apply (the backing files' modes are reported).
+    fuse_config.acl = fuser::SessionACL::All;
+    fuse_config.mount_options.push(fuser::MountOption::DefaultPermissions);
+    fuse_config.n_threads = Some(FUSE_THREADS);
+    fuse_config.clone_fd = true;
+    let session = fuser::Session::new(fs, &mount_dir, &fuse_config).map_err(|source| {
+        Error::Mount {
+            path: mount_dir.clone(),
+            source,
+        }
+    })?;
+    let background = session.spawn().map_err(|source| Error::Mount {
+        path: mount_dir.clone(),
+        source,
+    })?;
+    info!(
+        "mounted {} (data in {}), this node is primary",
+        mount_dir.display(),
+        config.data_dir.display()
+    );
+
+    let signal = signals.wait().map_err(Error::Signals)?;
+    info!("received {signal}, unmounting {}", mount_dir.display());
+    unmount(background, &mount_dir)
+}
+
+/// Creates the mount directory if needed and clears a stale mount left by
+/// a crashed litefs (reads on it fail with ENOTCONN).
+fn prepare_mount_dir(path: &Path) -> Result<(), Error> {
+    match std::fs::metadata(path) {
+        Ok(md) if md.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::MountDir {
+                path: path.to_path_buf(),
+                source: std::io::Error::other("not a directory"),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(path).map_err(|source| Error::MountDir {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            info!("created mount directory {}", path.display());
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            warn!(
+                "{} is a stale mount from a litefs that did not exit cleanly; unmounting it",
+                path.display()
+            );
+            detach(path).map_err(|source| Error::StaleMount {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        Err(source) => {
+            return Err(Error::MountDir {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    }
+    if is_mount_point(path) {
+        return Err(Error::AlreadyMounted {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// True when `path` is listed in /proc/self/mounts.
+fn is_mount_point(path: &Path) -> bool {
+    let Ok(canonical) = path.canonicalize() else {
+        return false;
+    };
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
+    mounts.lines().any(|line| {
+        line.split(' ')
+            .nth(1)
+            .map(|p| Path::new(&unescape_mount_path(p)) == canonical)
+            .unwrap_or(false)
+    })
+}
+
+/// /proc/mounts writes spaces and a few other bytes as octal escapes.
+fn unescape_mount_path(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// Unmounts, or when files are still open, says so and detaches lazily so
+/// no stale mount is left behind.
+fn unmount(background: fuser::BackgroundSession, path: &Path) -> Result<(), Error> {
+    match background.umount_and_join() {
+        Ok(()) => {
+            info!("unmounted {}", path.display());
+            Ok(())
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            error!(
+                "cannot unmount {0} cleanly: SQLite connections (or other programs) still hold \
+                 files open; close them first next time. Detaching it now; their next access \
+                 fails. If {0} still shows as mounted, run `umount -f {0}`",
+                path.display()
+            );
+            detach(path).map_err(|source| Error::Unmount {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+        Err(source) => Err(Error::Unmount {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Lazily unmounts `path` (MNT_DETACH).
+fn detach(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: cpath is a valid NUL-terminated path.
+    if unsafe { libc::umount2(cpath.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// SIGINT and SIGTERM, blocked in every thread and taken with `sigwait`.
+struct ShutdownSignals {
+    set: libc::sigset_t,
+}
+
+impl ShutdownSignals {
+    /// Blocks the signals in this thread; threads started later inherit it.
+    fn block() -> std::io::Result<ShutdownSignals> {
+        // SAFETY: the sigset is initialised by sigemptyset before use, and
+        // pthread_sigmask only reads it.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            if rc != 0 {
+                return Err(std::io::Error::from_raw_os_error(rc));
+            }
+            Ok(ShutdownSignals { set })
+        }
+    }
+
+    /// Waits for one of the signals and returns its name.
+    fn wait(&self) -> std::io::Result<&'static str> {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: self.set is an initialised sigset; sig is a valid out pointer.
+        let rc = unsafe { libc::sigwait(&self.set, &mut sig) };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        Ok(if sig == libc::SIGINT { "SIGINT" } else { "SIGTERM" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_paths_are_unescaped() {
+        assert_eq!(unescape_mount_path("/a\\040b"), "/a b");
+        assert_eq!(unescape_mount_path("/plain"), "/plain");
+    }
+
+    #[test]
+    fn a_plain_directory_is_not_a_mount_point() {
+        let dir = std::env::temp_dir().join(format!("litefs-node-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(!is_mount_point(&dir));
+        assert!(is_mount_point(Path::new("/proc")));
+        std::fs::remove_dir(&dir).unwrap();
+    }
+}

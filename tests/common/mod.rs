@@ -1,0 +1,242 @@
+//! Test harness: real litefs processes on real FUSE mounts.
+//!
+//! A `Node` owns one litefs process with its own config, mount and data
+//! directory under a temp dir. Dropping it stops the process and unmounts
+//! (also when a test panics), so no test leaves a mount behind.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long start-up and shutdown may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// One litefs process under test.
+pub struct Node {
+    pub dir: PathBuf,
+    pub mount: PathBuf,
+    pub data: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Writes a config under `dir` (extra YAML appended) and starts litefs.
+    pub fn start_in(dir: &Path, extra_yaml: &str) -> Node {
+        std::fs::create_dir_all(dir).unwrap();
+        let port = free_port();
+        let mount = dir.join("mnt");
+        let data = dir.join("data");
+        let config = dir.join("litefs.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "mount-dir: \"{}\"\ndata-dir: \"{}\"\nhttp:\n  addr: \"127.0.0.1:{port}\"\n{extra_yaml}",
+                mount.display(),
+                data.display()
+            ),
+        )
+        .unwrap();
+        let mut node = Node {
+            dir: dir.to_path_buf(),
+            mount,
+            data,
+            config,
+            log: dir.join("litefs.log"),
+            port,
+            child: None,
+        };
+        node.restart();
+        node
+    }
+
+    /// Starts litefs again with the same config (after `stop` or `kill9`).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "litefs is still running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_litefs"))
+            .arg("-config")
+            .arg(&self.config)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start litefs");
+        self.child = Some(child);
+        self.wait_mounted();
+    }
+
+    /// Polls until the mount is up; fails with the log if litefs exits.
+    pub fn wait_mounted(&mut self) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if is_mounted(&self.mount) {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                panic!("litefs exited with {status} before mounting; log:\n{}", self.log_text());
+            }
+            assert!(Instant::now() < deadline, "litefs did not mount in time; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` and waits for the process to exit.
+    pub fn signal_and_wait(&mut self, signal: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("litefs is not running");
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("litefs did not exit after signal {signal}; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Clean stop (SIGTERM); asserts success and that the mount is gone.
+    pub fn stop(&mut self) {
+        let status = self.signal_and_wait(libc::SIGTERM);
+        assert!(status.success(), "litefs exited with {status}; log:\n{}", self.log_text());
+        assert!(!is_mounted(&self.mount), "mount still present after clean stop");
+    }
+
+    /// kill -9: leaves a dead mount behind, as a crash would.
+    pub fn kill9(&mut self) {
+        self.signal_and_wait(libc::SIGKILL);
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The database's path on the mount.
+    pub fn db(&self, name: &str) -> PathBuf {
+        self.mount.join(name)
+    }
+
+    /// The database's backing file in the data directory.
+    pub fn data_db(&self, name: &str) -> PathBuf {
+        self.data.join("dbs").join(name).join("database")
+    }
+
+    /// The database's LTX files, sorted.
+    pub fn ltx_files(&self, name: &str) -> Vec<PathBuf> {
+        let dir = self.data.join("dbs").join(name).join("ltx");
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().map(|x| x == "ltx").unwrap_or(false))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        files.sort();
+        files
+    }
+
+    /// Reads `<name>-pos` from the mount.
+    pub fn pos(&self, name: &str) -> String {
+        std::fs::read_to_string(self.mount.join(format!("{name}-pos"))).unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if is_mounted(&self.mount) {
+            let _ = Command::new("fusermount3").arg("-uz").arg(&self.mount).output();
+        }
+        if is_mounted(&self.mount) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mount).output();
+        }
+    }
+}
+
+/// True when `path` is a mount point (per /proc/self/mounts).
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let want = path.to_string_lossy().replace(' ', "\\040");
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs the sqlite3 CLI on `db` with `sql` on stdin.
+pub fn sqlite3(db: &Path, sql: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("sqlite3")
+        .arg("-bail")
+        .arg(db)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sqlite3 CLI (install with scripts/setup.sh)");
+    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Runs sqlite3 and asserts success; returns stdout.
+pub fn sqlite3_ok(db: &Path, sql: &str) -> String {
+    let out = sqlite3(db, sql);
+    assert!(
+        out.status.success(),
+        "sqlite3 {} failed: {}\nSQL: {sql}",
+        db.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Polls `cond` until true or the deadline passes.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A fresh temp dir for one test.
+pub fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("litefs-{name}-"))
+        .tempdir()
+        .unwrap()
+}

@@ -1,0 +1,422 @@
+//! Single-node tests: a real litefs process, a real FUSE mount, real SQLite
+//! (the sqlite3 CLI and rusqlite) on it. Needs root and /dev/fuse.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{sqlite3, sqlite3_ok, temp_dir, wait_for, Node};
+use litefs::{ltx, store};
+
+/// The position `<name>-pos` must show: the newest LTX file's TXID and
+/// post-apply checksum.
+fn newest_ltx_pos(node: &Node, db: &str) -> String {
+    let files = node.ltx_files(db);
+    let newest = files.last().expect("no LTX file");
+    let (header, trailer) = ltx::read_header_and_trailer(newest).unwrap();
+    format!("{:016x}/{:016x}\n", header.max_txid, trailer.post_apply_checksum)
+}
+
+/// Replays every LTX file of `db` onto an empty store and checks the result
+/// is byte-identical to the node's database file.
+fn assert_replay_identical(node: &Node, db: &str) {
+    let replay_dir = temp_dir("replay");
+    let replay = store::Store::open(replay_dir.path()).unwrap();
+    let target = replay.create_db(db).unwrap();
+    let files = node.ltx_files(db);
+    for (i, file) in files.iter().enumerate() {
+        let (header, _) = ltx::read_header_and_trailer(file).unwrap();
+        assert_eq!(header.min_txid, i as u64 + 1, "LTX files are not contiguous");
+        target.apply_ltx(file).unwrap();
+    }
+    let original = std::fs::read(node.data_db(db)).unwrap();
+    let replayed = std::fs::read(target.database_path()).unwrap();
+    assert!(original == replayed, "replayed {db} differs from the original");
+    assert_eq!(format!("{}\n", target.pos()), node.pos(db));
+    assert_eq!(
+        store::database_checksum(&node.data_db(db)).unwrap(),
+        target.pos().checksum
+    );
+}
+
+fn count_rows(db: &Path, table: &str) -> i64 {
+    sqlite3_ok(db, &format!("SELECT count(*) FROM {table};"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn each_commit_makes_one_ltx_and_reads_and_rollbacks_make_none() {
+    let dir = temp_dir("commits");
+    let node = Node::start_in(dir.path(), "");
+    let db = node.db("app.db");
+    assert!(!node.mount.join(".primary").exists(), ".primary exists on the primary");
+
+    sqlite3_ok(&db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT UNIQUE);");
+    assert_eq!(node.ltx_files("app.db").len(), 1);
+    sqlite3_ok(&db, "INSERT INTO t(v) VALUES('a'); INSERT INTO t(v) VALUES('b');");
+    assert_eq!(node.ltx_files("app.db").len(), 3);
+    assert_eq!(node.pos("app.db"), newest_ltx_pos(&node, "app.db"));
+    assert!(node.pos("app.db").starts_with("0000000000000003/"));
+
+    // Read-only transactions.
+    assert_eq!(sqlite3_ok(&db, "SELECT v FROM t ORDER BY id;"), "a\nb\n");
+    sqlite3_ok(&db, "BEGIN; SELECT count(*) FROM t; COMMIT;");
+    assert_eq!(node.ltx_files("app.db").len(), 3);
+
+    // An explicit ROLLBACK, with a cache small enough that changed pages
+    // reach the file before the rollback plays the journal back.
+    sqlite3_ok(
+        &db,
+        "PRAGMA cache_size=2; BEGIN;
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<500)
+         INSERT INTO t(v) SELECT hex(randomblob(300)) FROM n;
+         ROLLBACK;",
+    );
+    assert_eq!(node.ltx_files("app.db").len(), 3);
+    // A failed statement inside BEGIN (constraint), then the CLI exits
+    // without COMMIT: rolled back.
+    let out = sqlite3(&db, "BEGIN; INSERT INTO t(v) VALUES('c'); INSERT INTO t(v) VALUES('a');");
+    assert!(!out.status.success());
+    assert_eq!(node.ltx_files("app.db").len(), 3);
+    assert_eq!(count_rows(&db, "t"), 2);
+    assert_eq!(sqlite3_ok(&db, "PRAGMA integrity_check;"), "ok\n");
+    assert_eq!(node.pos("app.db"), newest_ltx_pos(&node, "app.db"));
+    assert_replay_identical(&node, "app.db");
+}
+
+#[test]
+fn journal_modes_delete_truncate_persist_are_captured() {
+    let dir = temp_dir("modes");
+    let node = Node::start_in(dir.path(), "");
+    for mode in ["delete", "truncate", "persist"] {
+        let name = format!("{mode}.db");
+        let db = node.db(&name);
+        let out = sqlite3_ok(
+            &db,
+            &format!(
+                "PRAGMA journal_mode={mode};
+                 CREATE TABLE t(x);
+                 INSERT INTO t VALUES(randomblob(5000));
+                 UPDATE t SET x = randomblob(100);
+                 DELETE FROM t;
+                 INSERT INTO t VALUES(1);"
+            ),
+        );
+        assert_eq!(out, format!("{mode}\n"));
+        assert_eq!(node.ltx_files(&name).len(), 5, "journal_mode={mode}");
+        assert_eq!(node.pos(&name), newest_ltx_pos(&node, &name));
+        assert_replay_identical(&node, &name);
+    }
+}
+
+#[test]
+fn writes_without_a_journal_or_in_wal_mode_fail_and_leave_the_database_intact() {
+    let dir = temp_dir("nojournal");
+    let node = Node::start_in(dir.path(), "");
+    let db = node.db("x.db");
+    sqlite3_ok(&db, "CREATE TABLE t(x); INSERT INTO t VALUES(1);");
+    let before = std::fs::read(node.data_db("x.db")).unwrap();
+    for mode in ["off", "memory"] {
+        let out = sqlite3(&db, &format!("PRAGMA journal_mode={mode}; INSERT INTO t VALUES(2);"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "journal_mode={mode} write succeeded");
+        assert!(stderr.contains("I/O error"), "unexpected error: {stderr}");
+    }
+    let out = sqlite3(&db, "PRAGMA journal_mode=wal; INSERT INTO t VALUES(3);");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("wal"), "switched to WAL: {stdout}");
+    assert!(!out.status.success() || !stdout.contains('3'));
+    assert_eq!(std::fs::read(node.data_db("x.db")).unwrap(), before);
+    assert_eq!(node.ltx_files("x.db").len(), 2);
+    assert_eq!(sqlite3_ok(&db, "PRAGMA integrity_check;"), "ok\n");
+    assert_eq!(sqlite3_ok(&db, "SELECT x FROM t;"), "1\n");
+    let log = node.log_text();
+    assert!(log.contains("journal_mode=OFF and MEMORY cannot be replicated"), "{log}");
+    assert!(log.contains("WAL is not supported yet") || log.contains("WAL mode is not supported yet"));
+    // And ordinary writes still work afterwards.
+    sqlite3_ok(&db, "INSERT INTO t VALUES(4);");
+    assert_eq!(node.ltx_files("x.db").len(), 3);
+}
+
+#[test]
+fn page_sizes_vacuum_and_several_databases() {
+    let dir = temp_dir("pagesizes");
+    let node = Node::start_in(dir.path(), "");
+    let sizes = [512u32, 1024, 2048, 4096, 8192, 16384, 32768, 65536];
+    for ps in sizes {
+        let name = format!("p{ps}.db");
+        sqlite3_ok(
+            &node.db(&name),
+            &format!(
+                "PRAGMA page_size={ps};
+                 CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<200)
+                 INSERT INTO t(b) SELECT randomblob(abs(random()) % 3000) FROM n;
+                 DELETE FROM t WHERE id % 3 = 0;
+                 VACUUM;"
+            ),
+        );
+        assert_eq!(
+            sqlite3_ok(&node.db(&name), "PRAGMA page_size;").trim(),
+            ps.to_string()
+        );
+    }
+    // Change the page size of an existing database.
+    sqlite3_ok(&node.db("p4096.db"), "PRAGMA page_size=1024; VACUUM;");
+    assert_eq!(sqlite3_ok(&node.db("p4096.db"), "PRAGMA page_size;"), "1024\n");
+    for ps in sizes {
+        let name = format!("p{ps}.db");
+        assert_eq!(sqlite3_ok(&node.db(&name), "PRAGMA integrity_check;"), "ok\n");
+        assert_eq!(node.pos(&name), newest_ltx_pos(&node, &name));
+        assert_replay_identical(&node, &name);
+    }
+    // The mount lists every database and its -pos file.
+    let names: BTreeSet<String> = std::fs::read_dir(&node.mount)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for ps in sizes {
+        assert!(names.contains(&format!("p{ps}.db")), "{names:?}");
+        assert!(names.contains(&format!("p{ps}.db-pos")), "{names:?}");
+    }
+}
+
+#[test]
+fn a_large_database_of_200_mb() {
+    let dir = temp_dir("large");
+    let node = Node::start_in(dir.path(), "");
+    let conn = rusqlite::Connection::open(node.db("big.db")).unwrap();
+    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB);")
+        .unwrap();
+    let blob = vec![7u8; 1 << 20];
+    for _ in 0..4 {
+        conn.execute_batch("BEGIN").unwrap();
+        for _ in 0..52 {
+            conn.execute("INSERT INTO t(b) VALUES(?1)", [&blob]).unwrap();
+        }
+        conn.execute_batch("COMMIT").unwrap();
+    }
+    let size = std::fs::metadata(node.db("big.db")).unwrap().len();
+    assert!(size >= 200 << 20, "database is only {size} bytes");
+    conn.execute_batch("UPDATE t SET b = zeroblob(10) WHERE id % 2 = 0; VACUUM;")
+        .unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    drop(conn);
+    assert_eq!(node.ltx_files("big.db").len(), 7);
+    assert_eq!(node.pos("big.db"), newest_ltx_pos(&node, "big.db"));
+    assert_replay_identical(&node, "big.db");
+}
+
+#[test]
+fn readers_run_while_a_writer_commits() {
+    let dir = temp_dir("concurrent");
+    let node = Node::start_in(dir.path(), "");
+    let path = node.db("c.db");
+    sqlite3_ok(
+        &path,
+        "CREATE TABLE acct(id INTEGER PRIMARY KEY, bal INTEGER);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<50)
+         INSERT INTO acct(bal) SELECT 100 FROM n;",
+    );
+    let writes = 150;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let path = path.clone();
+        let stop = stop.clone();
+        readers.push(std::thread::spawn(move || {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.busy_timeout(Duration::from_secs(10)).unwrap();
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sum: i64 = conn
+                    .query_row("SELECT sum(bal) FROM acct", [], |r| r.get(0))
+                    .unwrap();
+                assert_eq!(sum, 5000, "a reader saw a torn transaction");
+                reads += 1;
+            }
+            reads
+        }));
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    for i in 0..writes {
+        let from = i % 50 + 1;
+        let to = (i * 7) % 50 + 1;
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE;
+             UPDATE acct SET bal = bal - 1 WHERE id = {from};
+             UPDATE acct SET bal = bal + 1 WHERE id = {to};
+             COMMIT;"
+        ))
+        .unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        assert!(r.join().unwrap() > 0);
+    }
+    assert_eq!(node.ltx_files("c.db").len(), 2 + writes as usize);
+    assert_replay_identical(&node, "c.db");
+}
+
+#[test]
+fn bad_input_gets_a_clear_errno_and_loses_nothing() {
+    let dir = temp_dir("badinput");
+    let node = Node::start_in(dir.path(), "");
+    let db = node.db("b.db");
+    sqlite3_ok(&db, "CREATE TABLE t(x); INSERT INTO t VALUES('keep');");
+    let before = std::fs::read(node.data_db("b.db")).unwrap();
+
+    let err = std::fs::write(node.mount.join("notes.txt"), b"hello, not sqlite").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
+
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    let err = f.write_at(&[1u8; 100], 4096 + 3).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
+    drop(f);
+
+    let err = std::fs::create_dir(node.mount.join("sub")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+    let err = std::fs::rename(&db, node.mount.join("c.db")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+    let err = std::fs::hard_link(&db, node.mount.join("d.db")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+    let err = std::fs::write(node.mount.join("b.db-pos"), b"x").unwrap_err();
+    assert!(matches!(err.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)), "{err}");
+
+    assert_eq!(std::fs::read(node.data_db("b.db")).unwrap(), before);
+    assert_eq!(sqlite3_ok(&db, "SELECT x FROM t;"), "keep\n");
+    assert_eq!(node.ltx_files("b.db").len(), 2);
+    let log = node.log_text();
+    assert!(log.contains("refused mkdir"), "{log}");
+    assert!(log.contains("refused rename"), "{log}");
+    assert!(log.contains("refused hard link"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn clean_stop_unmounts_and_a_crash_leaves_a_mount_that_restart_clears() {
+    let dir = temp_dir("lifecycle");
+    let mut node = Node::start_in(dir.path(), "");
+    sqlite3_ok(&node.db("l.db"), "CREATE TABLE t(x); INSERT INTO t VALUES(1);");
+    let pos = node.pos("l.db");
+    node.stop();
+    node.restart();
+    assert_eq!(node.pos("l.db"), pos);
+
+    // With a connection open, SIGINT still ends litefs and says why.
+    let conn = rusqlite::Connection::open(node.db("l.db")).unwrap();
+    let _: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+    let status = node.signal_and_wait(libc::SIGINT);
+    assert!(status.success(), "{status}");
+    assert!(node.log_text().contains("umount -f"));
+    drop(conn);
+    assert!(!common::is_mounted(&node.mount));
+
+    node.restart();
+    node.kill9();
+    let err = std::fs::metadata(node.mount.join("l.db")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    node.restart();
+    assert!(node.log_text().contains("stale mount"));
+    assert_eq!(node.pos("l.db"), pos);
+    assert_eq!(sqlite3_ok(&node.db("l.db"), "SELECT x FROM t;"), "1\n");
+}
+
+/// A tiny deterministic PRNG (xorshift) so failures can be replayed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn kill_9_during_writes_never_loses_a_committed_transaction() {
+    let dir = temp_dir("crash");
+    let mut node = Node::start_in(dir.path(), "");
+    let path = node.db("k.db");
+    sqlite3_ok(&path, "CREATE TABLE t(i INTEGER PRIMARY KEY, b BLOB);");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("crash test seed {seed}");
+    let mut rng = Rng(seed);
+    let committed = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let mut next_i = 1i64;
+    for round in 0..20 {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let path = path.clone();
+            let committed = committed.clone();
+            let stop = stop.clone();
+            let start = next_i;
+            std::thread::spawn(move || {
+                let mut i = start;
+                let Ok(mut conn) = rusqlite::Connection::open(&path) else {
+                    return i;
+                };
+                let _ = conn.busy_timeout(Duration::from_secs(5));
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let res = (|| -> rusqlite::Result<()> {
+                        let tx = conn.transaction()?;
+                        tx.execute(
+                            "INSERT INTO t(i, b) VALUES(?1, randomblob(?2))",
+                            rusqlite::params![i, 100 + (i % 7) * 900],
+                        )?;
+                        tx.commit()
+                    })();
+                    match res {
+                        Ok(()) => {
+                            committed.lock().unwrap().insert(i);
+                            i += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                i + 1
+            })
+        };
+        // Let the writer commit something, then kill at a random moment.
+        let committed_before = committed.lock().unwrap().len();
+        wait_for("a commit", Duration::from_secs(30), || {
+            committed.lock().unwrap().len() > committed_before
+        });
+        std::thread::sleep(Duration::from_millis(rng.next() % 200));
+        node.kill9();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        next_i = writer.join().unwrap();
+        node.restart();
+
+        let files = node.ltx_files("k.db");
+        assert_eq!(node.pos("k.db"), newest_ltx_pos(&node, "k.db"), "round {round}");
+        let (_, trailer) = ltx::read_header_and_trailer(files.last().unwrap()).unwrap();
+        assert_eq!(
+            store::database_checksum(&node.data_db("k.db")).unwrap(),
+            trailer.post_apply_checksum,
+            "round {round}"
+        );
+        assert_eq!(sqlite3_ok(&path, "PRAGMA integrity_check;"), "ok\n", "round {round}");
+        let present: BTreeSet<i64> = sqlite3_ok(&path, "SELECT i FROM t;")
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        let committed = committed.lock().unwrap();
+        let missing: Vec<_> = committed.difference(&present).collect();
+        assert!(missing.is_empty(), "round {round}: committed rows lost: {missing:?}");
+    }
+    assert_replay_identical(&node, "k.db");
+}
