@@ -620,42 +620,73 @@ fn yaml_error(path: &Path, err: serde_yaml::Error) -> Error {
 
 /// Applies defaults and checks every value.
 fn resolve(raw: RawFile, source: &Path) -> Result<Config, Error> {
-    let invalid = |key: &str, message: String| Error::Invalid {
-        path: source.to_path_buf(),
-        key: key.to_string(),
-        message,
-    };
-    let base_dir = base_dir(source);
-
     let fuse = raw.fuse.unwrap_or_default();
     let data = raw.data.unwrap_or_default();
-    let http = raw.http.unwrap_or_default();
-    let lease = raw.lease.unwrap_or_default();
-    let seed_consul = raw.consul;
-    let lease_consul = lease.consul;
+    let mount = pick(source, raw.mount_dir, "mount-dir", fuse.dir, "fuse.dir")?;
+    let data_dir = pick(source, raw.data_dir, "data-dir", data.dir, "data.dir")?;
+    let (mount_dir, data_dir) = directories(source, mount, data_dir)?;
+    let retention = match data.retention {
+        Some(value) => duration_value(source, "data.retention", &value)?,
+        None => DEFAULT_RETENTION,
+    };
 
-    // Directories.
-    let (mount_text, mount_key) = pick(source, raw.mount_dir, "mount-dir", fuse.dir, "fuse.dir")?
-        .ok_or_else(|| {
-        invalid(
+    let http_addr = raw
+        .http
+        .and_then(|http| http.addr)
+        .unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_string());
+    let Some((_, port)) = split_host_port(&http_addr) else {
+        return Err(invalid(
+            source,
+            "http.addr",
+            format!("`{http_addr}` is not an address; write `:PORT` or `HOST:PORT`, e.g. `:20202`"),
+        ));
+    };
+
+    let lease = lease_config(source, raw.lease.unwrap_or_default(), raw.consul, port)?;
+    Ok(Config {
+        mount_dir,
+        data_dir,
+        http_addr,
+        lease,
+        retention,
+    })
+}
+
+/// An [`Error::Invalid`] for `key` in `source`.
+fn invalid(source: &Path, key: &str, message: impl Into<String>) -> Error {
+    Error::Invalid {
+        path: source.to_path_buf(),
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Resolves the mount and data directories (given as text, with the key
+/// they came from) against the config file's directory.
+fn directories(
+    source: &Path,
+    mount: Option<(String, &'static str)>,
+    data: Option<(String, &'static str)>,
+) -> Result<(PathBuf, PathBuf), Error> {
+    let base_dir = base_dir(source);
+    let Some((mount_text, mount_key)) = mount else {
+        return Err(invalid(
+            source,
             "mount-dir",
-            "is required: the directory to mount the file system at \
-                 (also spelled fuse.dir)"
-                .to_string(),
-        )
-    })?;
+            "is required: the directory to mount the file system at (also spelled fuse.dir)",
+        ));
+    };
     if mount_text.trim().is_empty() {
         return Err(invalid(
+            source,
             mount_key,
-            "is empty (an unset environment variable?); give the directory to mount at".to_string(),
+            "is empty (an unset environment variable?); give the directory to mount at",
         ));
     }
     let mount_dir = absolute(&base_dir, &mount_text);
-    let Some(mount_name) = mount_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-    else {
+    let (Some(parent), Some(name)) = (mount_dir.parent(), mount_dir.file_name()) else {
         return Err(invalid(
+            source,
             mount_key,
             format!(
                 "`{}` has no final directory name; mount somewhere else",
@@ -663,56 +694,50 @@ fn resolve(raw: RawFile, source: &Path) -> Result<Config, Error> {
             ),
         ));
     };
-    let data_dir = match pick(source, raw.data_dir, "data-dir", data.dir, "data.dir")? {
-        Some((text, key)) => {
-            if text.trim().is_empty() {
-                return Err(invalid(
-                    key,
-                    "is empty (an unset environment variable?); remove it for the default \
-                     or give a directory"
-                        .to_string(),
-                ));
-            }
-            let dir = absolute(&base_dir, &text);
-            if dir.starts_with(&mount_dir) {
-                return Err(invalid(
-                    key,
-                    format!(
-                        "`{}` is inside the mount directory `{}`; it must be outside it",
-                        dir.display(),
-                        mount_dir.display()
-                    ),
-                ));
-            }
-            dir
-        }
-        None => mount_dir
-            .parent()
-            .unwrap_or(Path::new("/"))
-            .join(format!(".{mount_name}")),
+    let default_data_dir = parent.join(format!(".{}", name.to_string_lossy()));
+    let Some((data_text, data_key)) = data else {
+        return Ok((mount_dir, default_data_dir));
     };
-    let retention = match data.retention {
-        Some(value) => duration_value(source, "data.retention", &value)?,
-        None => DEFAULT_RETENTION,
-    };
-
-    // HTTP.
-    let http_addr = http.addr.unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_string());
-    let Some((_, port)) = split_host_port(&http_addr) else {
+    if data_text.trim().is_empty() {
         return Err(invalid(
-            "http.addr",
-            format!("`{http_addr}` is not an address; write `:PORT` or `HOST:PORT`, e.g. `:20202`"),
+            source,
+            data_key,
+            "is empty (an unset environment variable?); remove it for the default or give \
+             a directory",
         ));
-    };
+    }
+    let data_dir = absolute(&base_dir, &data_text);
+    if data_dir.starts_with(&mount_dir) {
+        return Err(invalid(
+            source,
+            data_key,
+            format!(
+                "`{}` is inside the mount directory `{}`; it must be outside it",
+                data_dir.display(),
+                mount_dir.display()
+            ),
+        ));
+    }
+    Ok((mount_dir, data_dir))
+}
 
-    // Lease.
+/// Resolves the lease settings from the Go-style `lease:` block and the
+/// seed's `consul:` block; `port` is the HTTP port for the default
+/// advertise URL.
+fn lease_config(
+    source: &Path,
+    lease: RawLease,
+    seed_consul: Option<RawSeedConsul>,
+    port: u16,
+) -> Result<LeaseConfig, Error> {
     let seed_block = seed_consul.is_some();
-    let consul_given = seed_block || lease_consul.is_some();
+    let consul_given = seed_block || lease.consul.is_some();
     let kind = match lease.kind.as_deref() {
         Some("consul") => LeaseKind::Consul,
         Some("static") => LeaseKind::Static,
         Some(other) => {
             return Err(invalid(
+                source,
                 "lease.type",
                 format!("`{other}` is not a lease type; allowed: `consul`, `static`"),
             ))
@@ -723,170 +748,185 @@ fn resolve(raw: RawFile, source: &Path) -> Result<Config, Error> {
     if kind == LeaseKind::Static && consul_given {
         let key = if seed_block { "consul" } else { "lease.consul" };
         return Err(invalid(
+            source,
             key,
-            "is given but lease.type is `static`; remove one of them".to_string(),
+            "is given but lease.type is `static`; remove one of them",
         ));
     }
     let candidate = lease.candidate.unwrap_or(true);
-    let seed_consul = seed_consul.unwrap_or_default();
-    let lease_consul = lease_consul.unwrap_or_default();
+    let mut seed_consul = seed_consul.unwrap_or_default();
 
-    let advertise = pick(
+    let advertise = match pick(
         source,
-        seed_consul.advertise_url,
+        seed_consul.advertise_url.take(),
         "consul.advertise-url",
         lease.advertise_url,
         "lease.advertise-url",
-    )?;
-    let advertise = match advertise {
+    )? {
         Some((url, key)) => {
-            check_http_url(&url).map_err(|m| invalid(key, m))?;
+            check_http_url(&url).map_err(|m| invalid(source, key, m))?;
             Some(url.trim_end_matches('/').to_string())
         }
         None => None,
     };
-    let replica_of_static = kind == LeaseKind::Static && !candidate;
-    let hostname = match lease.hostname {
-        Some(name) if name.trim().is_empty() => {
+
+    // A static replica names its primary; every other node names itself.
+    let static_replica = kind == LeaseKind::Static && !candidate;
+    let (hostname, advertise_url) = if static_replica {
+        let Some(url) = advertise else {
             return Err(invalid(
-                "lease.hostname",
-                "is empty (an unset environment variable?); remove it for the default".to_string(),
-            ))
-        }
-        Some(name) => name,
-        None if replica_of_static => match &advertise {
-            Some(url) => url_host(url).to_string(),
-            None => String::new(),
-        },
-        None => local_hostname().map_err(|source_err| Error::Hostname {
-            path: source.to_path_buf(),
-            source: source_err,
-        })?,
-    };
-    let advertise_url = match advertise {
-        Some(url) => url,
-        None if replica_of_static => {
-            return Err(invalid(
+                source,
                 "lease.advertise-url",
-                "is required when lease.type is `static` and lease.candidate is false: \
-                 the URL of the primary to replicate from, http://host[:port]"
-                    .to_string(),
-            ))
-        }
-        None => format!("http://{hostname}:{port}"),
+                "is required when lease.type is `static` and lease.candidate is false: the \
+                 URL of the primary to replicate from, http://host[:port]",
+            ));
+        };
+        let hostname = match lease.hostname {
+            Some(name) => name,
+            None => url_host(&url).to_string(),
+        };
+        (hostname, url)
+    } else {
+        let hostname = match lease.hostname {
+            Some(name) => name,
+            None => local_hostname().map_err(|e| Error::Hostname {
+                path: source.to_path_buf(),
+                source: e,
+            })?,
+        };
+        let url = advertise.unwrap_or_else(|| format!("http://{hostname}:{port}"));
+        (hostname, url)
     };
+    if hostname.trim().is_empty() {
+        return Err(invalid(
+            source,
+            "lease.hostname",
+            "is empty (an unset environment variable?); remove it for the default",
+        ));
+    }
 
     let consul = match kind {
         LeaseKind::Static => None,
-        LeaseKind::Consul => {
-            let url_key = if seed_block {
-                "consul.url"
-            } else {
-                "lease.consul.url"
-            };
-            let (url, key_name) = pick(
+        LeaseKind::Consul => Some(consul_config(
+            source,
+            seed_consul,
+            lease.consul.unwrap_or_default(),
+            seed_block,
+        )?),
+    };
+    Ok(LeaseConfig {
+        kind,
+        candidate,
+        hostname,
+        advertise_url,
+        consul,
+    })
+}
+
+/// Resolves the Consul settings from either spelling; `seed_block` says
+/// whether the seed's `consul:` block was written (it decides which key a
+/// "missing URL" error names).
+fn consul_config(
+    source: &Path,
+    seed: RawSeedConsul,
+    lease: RawLeaseConsul,
+    seed_block: bool,
+) -> Result<ConsulConfig, Error> {
+    let url_key = if seed_block {
+        "consul.url"
+    } else {
+        "lease.consul.url"
+    };
+    let Some((url, url_key)) = pick(
+        source,
+        seed.url,
+        "consul.url",
+        lease.url,
+        "lease.consul.url",
+    )?
+    else {
+        return Err(invalid(
+            source,
+            url_key,
+            "is required for a Consul lease: Consul's HTTP API, e.g. http://localhost:8500",
+        ));
+    };
+    check_http_url(&url).map_err(|m| invalid(source, url_key, m))?;
+
+    let key = match pick(
+        source,
+        seed.key,
+        "consul.key",
+        lease.key,
+        "lease.consul.key",
+    )? {
+        Some((key, name)) if key.trim().is_empty() || key.starts_with('/') => {
+            return Err(invalid(
                 source,
-                seed_consul.url,
-                "consul.url",
-                lease_consul.url,
-                "lease.consul.url",
-            )?
-            .ok_or_else(|| {
-                invalid(
-                    url_key,
-                    "is required for a Consul lease: Consul's HTTP API, \
-                             e.g. http://localhost:8500"
-                        .to_string(),
-                )
-            })?;
-            check_http_url(&url).map_err(|m| invalid(key_name, m))?;
-            let key = match pick(
-                source,
-                seed_consul.key,
-                "consul.key",
-                lease_consul.key,
-                "lease.consul.key",
-            )? {
-                Some((key, name)) => {
-                    if key.trim().is_empty() || key.starts_with('/') {
-                        return Err(invalid(
-                            name,
-                            format!(
-                                "`{key}` is not a usable Consul key; give a non-empty key without \
-                                 a leading `/`, e.g. `{DEFAULT_CONSUL_KEY}`"
-                            ),
-                        ));
-                    }
-                    key
-                }
-                None => DEFAULT_CONSUL_KEY.to_string(),
-            };
-            let ttl = match pick(
-                source,
-                seed_consul.ttl,
-                "consul.ttl",
-                lease_consul.ttl,
-                "lease.consul.ttl",
-            )? {
-                Some((value, name)) => {
-                    let ttl = duration_value(source, name, &value)?;
-                    if ttl < MIN_CONSUL_TTL || ttl > MAX_CONSUL_TTL {
-                        return Err(invalid(
-                            name,
-                            format!(
-                                "{} is outside what Consul allows for a session TTL: \
-                                 10s to 24h",
-                                format_duration(ttl)
-                            ),
-                        ));
-                    }
-                    ttl
-                }
-                None => DEFAULT_CONSUL_TTL,
-            };
-            let lock_delay = match pick(
-                source,
-                seed_consul.lock_delay,
-                "consul.lock-delay",
-                lease_consul.lock_delay,
-                "lease.consul.lock-delay",
-            )? {
-                Some((value, name)) => {
-                    let delay = duration_value(source, name, &value)?;
-                    if delay > MAX_LOCK_DELAY {
-                        return Err(invalid(
-                            name,
-                            format!(
-                                "{} is more than Consul allows for a lock delay: 0s to 60s",
-                                format_duration(delay)
-                            ),
-                        ));
-                    }
-                    delay
-                }
-                None => DEFAULT_LOCK_DELAY,
-            };
-            Some(ConsulConfig {
-                url: url.trim_end_matches('/').to_string(),
-                key,
-                ttl,
-                lock_delay,
-            })
+                name,
+                format!(
+                    "`{key}` is not a usable Consul key; give a non-empty key without a \
+                     leading `/`, e.g. `{DEFAULT_CONSUL_KEY}`"
+                ),
+            ))
         }
+        Some((key, _)) => key,
+        None => DEFAULT_CONSUL_KEY.to_string(),
     };
 
-    Ok(Config {
-        mount_dir,
-        data_dir,
-        http_addr,
-        lease: LeaseConfig {
-            kind,
-            candidate,
-            hostname,
-            advertise_url,
-            consul,
-        },
-        retention,
+    let ttl = match pick(
+        source,
+        seed.ttl,
+        "consul.ttl",
+        lease.ttl,
+        "lease.consul.ttl",
+    )? {
+        Some((value, name)) => {
+            let ttl = duration_value(source, name, &value)?;
+            if !(MIN_CONSUL_TTL..=MAX_CONSUL_TTL).contains(&ttl) {
+                return Err(invalid(
+                    source,
+                    name,
+                    format!(
+                        "{} is outside what Consul allows for a session TTL: 10s to 24h",
+                        format_duration(ttl)
+                    ),
+                ));
+            }
+            ttl
+        }
+        None => DEFAULT_CONSUL_TTL,
+    };
+
+    let lock_delay = match pick(
+        source,
+        seed.lock_delay,
+        "consul.lock-delay",
+        lease.lock_delay,
+        "lease.consul.lock-delay",
+    )? {
+        Some((value, name)) => {
+            let delay = duration_value(source, name, &value)?;
+            if delay > MAX_LOCK_DELAY {
+                return Err(invalid(
+                    source,
+                    name,
+                    format!(
+                        "{} is more than Consul allows for a lock delay: 0s to 60s",
+                        format_duration(delay)
+                    ),
+                ));
+            }
+            delay
+        }
+        None => DEFAULT_LOCK_DELAY,
+    };
+
+    Ok(ConsulConfig {
+        url: url.trim_end_matches('/').to_string(),
+        key,
+        ttl,
+        lock_delay,
     })
 }
 
@@ -913,18 +953,21 @@ fn pick<T>(
 
 /// Reads a duration value: a string like `10s`, or the number 0.
 fn duration_value(source: &Path, key: &str, value: &Value) -> Result<Duration, Error> {
-    let invalid = |message: String| Error::Invalid {
-        path: source.to_path_buf(),
-        key: key.to_string(),
-        message,
-    };
     match value {
         Value::String(text) => {
-            parse_duration(text).map_err(|m| invalid(format!("{m}; {DURATION_HELP}")))
+            parse_duration(text).map_err(|m| invalid(source, key, format!("{m}; {DURATION_HELP}")))
         }
         Value::Number(n) if n.as_u64() == Some(0) => Ok(Duration::ZERO),
-        Value::Number(n) => Err(invalid(format!("`{n}` has no unit; {DURATION_HELP}"))),
-        _ => Err(invalid(format!("expected a duration; {DURATION_HELP}"))),
+        Value::Number(n) => Err(invalid(
+            source,
+            key,
+            format!("`{n}` has no unit; {DURATION_HELP}"),
+        )),
+        _ => Err(invalid(
+            source,
+            key,
+            format!("expected a duration; {DURATION_HELP}"),
+        )),
     }
 }
 

@@ -25,9 +25,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use log::{debug, error, info, warn};
 
@@ -275,7 +275,10 @@ impl LitefsFs {
             Ok(Some(pos)) => debug!("db {}: committed TXID {}", db.name(), pos),
             Ok(None) => debug!("db {}: transaction rolled back, no LTX", db.name()),
             Err(e) => {
-                error!("db {}: commit failed, the transaction is not recorded: {e}", db.name());
+                error!(
+                    "db {}: commit failed, the transaction is not recorded: {e}",
+                    db.name()
+                );
                 return Err(Errno::EIO);
             }
         }
@@ -342,7 +345,13 @@ impl LitefsFs {
     }
 
     /// Opens (or creates) the backing file for `kind` with the caller's flags.
-    fn open_backing(&self, db: &Db, kind: FileKind, flags: i32, create: bool) -> Result<File, Errno> {
+    fn open_backing(
+        &self,
+        db: &Db,
+        kind: FileKind,
+        flags: i32,
+        create: bool,
+    ) -> Result<File, Errno> {
         let path = path_of(db, kind);
         let mut opts = OpenOptions::new();
         match flags & libc::O_ACCMODE {
@@ -430,7 +439,11 @@ impl Filesystem for LitefsFs {
         };
         if name == PRIMARY_FILE {
             return match self.primary_contents() {
-                Some(s) => reply.entry(&TTL, &self.synthetic_attr(PRIMARY_INO, s.len() as u64), Generation(0)),
+                Some(s) => reply.entry(
+                    &TTL,
+                    &self.synthetic_attr(PRIMARY_INO, s.len() as u64),
+                    Generation(0),
+                ),
                 None => reply.error(Errno::ENOENT),
             };
         }
@@ -500,14 +513,9 @@ impl Filesystem for LitefsFs {
                 }
             }
             if kind == FileKind::Database {
-                if let Some(page_size) = db.page_size() {
-                    if size % page_size as u64 != 0 {
-                        warn!(
-                            "db {}: refused truncate to {size} bytes: not a multiple of the page size {page_size}",
-                            db.name()
-                        );
-                        return reply.error(Errno::EINVAL);
-                    }
+                if let Err(e) = db.before_truncate(size) {
+                    warn!("db {}: refused truncate: {e}", db.name());
+                    return reply.error(Errno::EINVAL);
                 }
             }
             let res = OpenOptions::new()
@@ -654,14 +662,21 @@ impl Filesystem for LitefsFs {
             if wants_write(flags) {
                 return reply.error(Errno::EACCES);
             }
-            let fh = self.add_handle(Handle { db, kind, file: None });
+            let fh = self.add_handle(Handle {
+                db,
+                kind,
+                file: None,
+            });
             return reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO);
         }
         if wants_write(flags) && !self.role.is_primary() {
             return reply.error(self.read_only_error("write access", db.name()));
         }
         if flags & libc::O_TRUNC != 0 && kind == FileKind::Database {
-            info!("refused O_TRUNC open of database {}: it would destroy it", db.name());
+            info!(
+                "refused O_TRUNC open of database {}: it would destroy it",
+                db.name()
+            );
             return reply.error(Errno::EPERM);
         }
         let file = match self.open_backing(&db, kind, flags, false) {
@@ -715,7 +730,11 @@ impl Filesystem for LitefsFs {
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    warn!("db {}: read {:?} at {offset}: {e}", handle.db.name(), handle.kind);
+                    warn!(
+                        "db {}: read {:?} at {offset}: {e}",
+                        handle.db.name(),
+                        handle.kind
+                    );
                     return reply.error(io_errno(&e));
                 }
             }
@@ -748,6 +767,14 @@ impl Filesystem for LitefsFs {
         }
         match handle.kind {
             FileKind::Database => {
+                if let Err(e) = db.before_write(offset, data) {
+                    error!(
+                        "db {}: refused write of {} bytes at {offset}: {e}",
+                        db.name(),
+                        data.len()
+                    );
+                    return reply.error(Errno::EINVAL);
+                }
                 if !self.journal_active(db.name()) {
                     error!(
                         "db {}: refused a write with no rollback journal: journal_mode=OFF and \
@@ -763,10 +790,6 @@ impl Filesystem for LitefsFs {
                         db.name()
                     );
                     return reply.error(Errno::EIO);
-                }
-                if let Err(e) = db.before_write(offset, data) {
-                    error!("db {}: refused write of {} bytes at {offset}: {e}", db.name(), data.len());
-                    return reply.error(Errno::EINVAL);
                 }
             }
             FileKind::Journal if offset == 0 => {
@@ -790,7 +813,14 @@ impl Filesystem for LitefsFs {
         }
     }
 
-    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         // close() of any descriptor ends the process's POSIX locks on the file.
         self.locks.release_owner(ino.0, lock_owner.0);
         reply.ok();
@@ -816,7 +846,14 @@ impl Filesystem for LitefsFs {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         let handle = match self.handle(fh) {
             Ok(h) => h,
             Err(e) => return reply.error(e),
@@ -838,7 +875,14 @@ impl Filesystem for LitefsFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         if ino.0 != ROOT_INO {
             return reply.error(Errno::ENOTDIR);
         }
@@ -872,11 +916,11 @@ impl Filesystem for LitefsFs {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match statvfs(self.store.data_dir()) {
             Ok(s) => reply.statfs(
-                s.f_blocks as u64,
-                s.f_bfree as u64,
-                s.f_bavail as u64,
-                s.f_files as u64,
-                s.f_ffree as u64,
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
                 s.f_bsize as u32,
                 255,
                 s.f_frsize as u32,
@@ -885,7 +929,14 @@ impl Filesystem for LitefsFs {
         }
     }
 
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
         reply.error(Errno::NO_XATTR);
     }
 

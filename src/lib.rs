@@ -5,8 +5,8 @@
 //! threads together. Dependencies point downward only.
 
 pub mod config;
-// pub mod fuse; (enabled once store lands)
+pub mod fuse;
 pub mod ltx;
-// pub mod node;
+pub mod node;
 pub mod sqlite;
 pub mod store;

@@ -24,19 +24,31 @@ const FUSE_THREADS: usize = 4;
 #[derive(Debug)]
 pub enum Error {
     /// The mount directory is a dead FUSE mount that could not be cleared.
-    StaleMount { path: PathBuf, source: std::io::Error },
+    StaleMount {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Something is already mounted there.
     AlreadyMounted { path: PathBuf },
     /// The mount directory cannot be used.
-    MountDir { path: PathBuf, source: std::io::Error },
+    MountDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The store failed to open or recover.
     Store(store::Error),
     /// The kernel refused the mount.
-    Mount { path: PathBuf, source: std::io::Error },
+    Mount {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Signal set-up failed.
     Signals(std::io::Error),
     /// The mount could not be removed at shutdown.
-    Unmount { path: PathBuf, source: std::io::Error },
+    Unmount {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl fmt::Display for Error {
@@ -106,15 +118,16 @@ pub fn run(config: &Config) -> Result<(), Error> {
     // Let every local user reach the mount, like any other directory; file
     // permissions still apply (the backing files' modes are reported).
     fuse_config.acl = fuser::SessionACL::All;
-    fuse_config.mount_options.push(fuser::MountOption::DefaultPermissions);
+    fuse_config
+        .mount_options
+        .push(fuser::MountOption::DefaultPermissions);
     fuse_config.n_threads = Some(FUSE_THREADS);
     fuse_config.clone_fd = true;
-    let session = fuser::Session::new(fs, &mount_dir, &fuse_config).map_err(|source| {
-        Error::Mount {
+    let session =
+        fuser::Session::new(fs, &mount_dir, &fuse_config).map_err(|source| Error::Mount {
             path: mount_dir.clone(),
             source,
-        }
-    })?;
+        })?;
     let background = session.spawn().map_err(|source| Error::Mount {
         path: mount_dir.clone(),
         source,
@@ -148,16 +161,7 @@ fn prepare_mount_dir(path: &Path) -> Result<(), Error> {
             })?;
             info!("created mount directory {}", path.display());
         }
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            warn!(
-                "{} is a stale mount from a litefs that did not exit cleanly; unmounting it",
-                path.display()
-            );
-            detach(path).map_err(|source| Error::StaleMount {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => return clear_stale_mount(path),
         Err(source) => {
             return Err(Error::MountDir {
                 path: path.to_path_buf(),
@@ -166,18 +170,35 @@ fn prepare_mount_dir(path: &Path) -> Result<(), Error> {
         }
     }
     if is_mount_point(path) {
-        return Err(Error::AlreadyMounted {
-            path: path.to_path_buf(),
-        });
+        // The kernel may still answer stat from its cache for a dead mount;
+        // listing the directory always asks the (absent) daemon.
+        return match std::fs::read_dir(path) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => clear_stale_mount(path),
+            _ => Err(Error::AlreadyMounted {
+                path: path.to_path_buf(),
+            }),
+        };
     }
     Ok(())
 }
 
+/// Lazily unmounts a dead FUSE mount left by a litefs that was killed.
+fn clear_stale_mount(path: &Path) -> Result<(), Error> {
+    warn!(
+        "{} is a stale mount from a litefs that did not exit cleanly; unmounting it",
+        path.display()
+    );
+    detach(path).map_err(|source| Error::StaleMount {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// True when `path` is listed in /proc/self/mounts.
 fn is_mount_point(path: &Path) -> bool {
-    let Ok(canonical) = path.canonicalize() else {
-        return false;
-    };
+    // canonicalize fails on a dead mount point itself; fall back to the
+    // path as given (config paths are absolute).
+    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
         return false;
     };
@@ -267,7 +288,11 @@ impl ShutdownSignals {
         if rc != 0 {
             return Err(std::io::Error::from_raw_os_error(rc));
         }
-        Ok(if sig == libc::SIGINT { "SIGINT" } else { "SIGTERM" })
+        Ok(if sig == libc::SIGINT {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        })
     }
 }
 

@@ -407,14 +407,14 @@ impl<R: Read + Seek> JournalReader<R> {
     }
 }
 
+/// Original pages from a journal: page number and content, in journal order.
+pub type JournalPages = Vec<(u32, Vec<u8>)>;
+
 /// The first segment's header and every page a rollback of the journal at
 /// `path` would restore, in journal order; Ok(None) when the journal does not
 /// exist or is not hot. Holds all pages in memory.
-#[allow(clippy::type_complexity)]
-pub fn read_journal_pages(
-    path: &Path,
-) -> Result<Option<(JournalHeader, Vec<(u32, Vec<u8>)>)>, Error> {
-    let read = || -> Result<Option<(JournalHeader, Vec<(u32, Vec<u8>)>)>, Error> {
+pub fn read_journal_pages(path: &Path) -> Result<Option<(JournalHeader, JournalPages)>, Error> {
+    let read = || -> Result<Option<(JournalHeader, JournalPages)>, Error> {
         let file = match File::open(path) {
             Ok(file) => file,
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),

@@ -1,1 +1,578 @@
-//! store (work in progress).
+//! Every database's state, without FUSE: the data directory, each
+//! database's position (TXID and rolling checksum), per-page checksums,
+//! dirty pages, commit to LTX files, applying LTX files on a replica,
+//! snapshots, retention, and recovery at start-up.
+//!
+//! The data directory is laid out as DESIGN.md's "Data directory" section
+//! says: an `id` file with the node id, and `dbs/<name>/` per database with
+//! `database`, `journal`, `wal`, `shm` and `ltx/<min>-<max>.ltx`.
+//!
+//! The database checksum is the XOR of `ltx::page_checksum` over every page
+//! except SQLite's lock page (the page holding byte offset 1 GiB, which
+//! SQLite never writes and LTX files never hold), with `CHECKSUM_FLAG` set.
+//! A database with no pages has the checksum `CHECKSUM_FLAG`; the position
+//! before the first transaction is `0/0`.
+
+mod db;
+
+pub use db::Db;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::{ltx, sqlite};
+
+/// Suffixes SQLite (and the mount) give a database's companion files; a
+/// database name may not end with one.
+const RESERVED_SUFFIXES: [&str; 4] = ["-journal", "-wal", "-shm", "-pos"];
+/// Names the mount uses for itself.
+const RESERVED_NAMES: [&str; 3] = [".", "..", ".primary"];
+/// Bytes read at a time when checksumming a whole database file.
+const READ_CHUNK: usize = 1 << 20;
+
+/// A database's replication position: the TXID of its newest transaction
+/// and the database checksum after it. Displayed as `%016x/%016x`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Position {
+    /// TXID of the newest transaction (0 before the first one).
+    pub txid: u64,
+    /// Database checksum after that transaction (0 before the first one).
+    pub checksum: u64,
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}/{:016x}", self.txid, self.checksum)
+    }
+}
+
+/// An error of the store; every variant says which database, file or TXID.
+#[derive(Debug)]
+pub enum Error {
+    /// An I/O operation failed; `what` says what was being done.
+    Io {
+        what: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// A name that cannot be a database name.
+    InvalidName { name: String, reason: String },
+    /// The node id file does not hold a hexadecimal u64.
+    InvalidNodeId { path: PathBuf, content: String },
+    /// A write to a database file was refused before reaching the file.
+    InvalidWrite {
+        db: String,
+        offset: u64,
+        len: usize,
+        reason: String,
+    },
+    /// A database file is not a SQLite database litefs can handle.
+    InvalidDatabase {
+        db: String,
+        path: PathBuf,
+        reason: String,
+    },
+    /// An LTX file could not be read or written.
+    Ltx {
+        db: String,
+        path: PathBuf,
+        source: ltx::Error,
+    },
+    /// A hot rollback journal could not be read.
+    Journal {
+        db: String,
+        path: PathBuf,
+        source: sqlite::Error,
+    },
+    /// An LTX file was not applied because it does not fit the database;
+    /// nothing was changed.
+    Refused {
+        db: String,
+        path: PathBuf,
+        reason: String,
+    },
+    /// The database file does not match the position of its newest LTX file.
+    ChecksumMismatch {
+        db: String,
+        txid: u64,
+        ltx_checksum: u64,
+        file_checksum: u64,
+        ltx_path: PathBuf,
+    },
+    /// The database file changed while litefs read it, outside a transaction
+    /// litefs knows about.
+    Changed { db: String, reason: String },
+    /// The database has no transaction yet, so there is nothing to snapshot.
+    NoTransactions { db: String },
+    /// Writing a snapshot to its destination failed.
+    Snapshot { db: String, source: ltx::Error },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io { what, path, source } => {
+                write!(f, "{what} ({}): {source}", path.display())
+            }
+            Error::InvalidName { name, reason } => {
+                write!(f, "invalid database name {name:?}: {reason}")
+            }
+            Error::InvalidNodeId { path, content } => write!(
+                f,
+                "node id file {} holds {content:?}, expected a hexadecimal number; \
+                 delete the file to get a new node id",
+                path.display()
+            ),
+            Error::InvalidWrite {
+                db,
+                offset,
+                len,
+                reason,
+            } => write!(
+                f,
+                "database {db}: refused write of {len} bytes at offset {offset}: {reason}"
+            ),
+            Error::InvalidDatabase { db, path, reason } => {
+                write!(f, "database {db} ({}): {reason}", path.display())
+            }
+            Error::Ltx { db, path, source } => {
+                write!(f, "database {db}: LTX file {}: {source}", path.display())
+            }
+            Error::Journal { db, path, source } => write!(
+                f,
+                "database {db}: cannot read the rollback journal {}: {source}",
+                path.display()
+            ),
+            Error::Refused { db, path, reason } => write!(
+                f,
+                "database {db}: refused to apply {}: {reason}",
+                path.display()
+            ),
+            Error::ChecksumMismatch {
+                db,
+                txid,
+                ltx_checksum,
+                file_checksum,
+                ltx_path,
+            } => write!(
+                f,
+                "database {db}: the database file does not match TXID {txid:016x}: \
+                 its checksum is {file_checksum:016x}, the newest LTX file {} says \
+                 {ltx_checksum:016x}; the file was changed outside litefs or a \
+                 transaction was lost. Restore the database (or remove its directory \
+                 to start empty) before starting again",
+                ltx_path.display()
+            ),
+            Error::Changed { db, reason } => write!(f, "database {db}: {reason}"),
+            Error::NoTransactions { db } => write!(
+                f,
+                "database {db}: no transaction has been recorded yet, nothing to snapshot"
+            ),
+            Error::Snapshot { db, source } => {
+                write!(f, "database {db}: writing a snapshot: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            Error::Ltx { source, .. } => Some(source),
+            Error::Journal { source, .. } => Some(source),
+            Error::Snapshot { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Builds a closure turning an `io::Error` into `Error::Io` with context.
+fn io_error<'a>(
+    what: impl Into<String> + 'a,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        what: what.into(),
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// All databases of one data directory.
+pub struct Store {
+    data_dir: PathBuf,
+    dbs_dir: PathBuf,
+    node_id: u64,
+    dbs: Mutex<BTreeMap<String, Arc<Db>>>,
+}
+
+impl Store {
+    /// Opens the data directory (creating it, its `id` file and `dbs/` when
+    /// missing) and opens and recovers every database in `dbs/`. Fails if any
+    /// database cannot be recovered to a verified position.
+    pub fn open(data_dir: &Path) -> Result<Store, Error> {
+        fs::create_dir_all(data_dir).map_err(io_error("creating the data directory", data_dir))?;
+        let node_id = read_or_create_node_id(&data_dir.join("id"))?;
+        let dbs_dir = data_dir.join("dbs");
+        fs::create_dir_all(&dbs_dir)
+            .map_err(io_error("creating the databases directory", &dbs_dir))?;
+        let mut dbs = BTreeMap::new();
+        let entries = fs::read_dir(&dbs_dir)
+            .map_err(io_error("listing the databases directory", &dbs_dir))?;
+        for entry in entries {
+            let entry = entry.map_err(io_error("listing the databases directory", &dbs_dir))?;
+            let path = entry.path();
+            let is_dir = entry
+                .file_type()
+                .map_err(io_error("reading the type of", &path))?
+                .is_dir();
+            let name = match entry.file_name().into_string() {
+                Ok(name) if is_dir => name,
+                _ => {
+                    log::warn!("ignoring {}: not a database directory", path.display());
+                    continue;
+                }
+            };
+            if let Err(err) = validate_name(&name) {
+                log::warn!("ignoring {}: {err}", path.display());
+                continue;
+            }
+            let db = Db::open(&dbs_dir, &name, node_id)?;
+            dbs.insert(name, Arc::new(db));
+        }
+        Ok(Store {
+            data_dir: data_dir.to_path_buf(),
+            dbs_dir,
+            node_id,
+            dbs: Mutex::new(dbs),
+        })
+    }
+
+    /// The data directory this store was opened on.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// This node's id, written into every LTX file it creates.
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// The database called `name`, if it exists.
+    pub fn db(&self, name: &str) -> Option<Arc<Db>> {
+        self.lock().get(name).cloned()
+    }
+
+    /// The database called `name`, created (empty, position 0/0) if missing.
+    /// Fails for a name that cannot be a database (see [`validate_name`]).
+    pub fn create_db(&self, name: &str) -> Result<Arc<Db>, Error> {
+        validate_name(name)?;
+        let mut dbs = self.lock();
+        if let Some(db) = dbs.get(name) {
+            return Ok(db.clone());
+        }
+        let db = Arc::new(Db::open(&self.dbs_dir, name, self.node_id)?);
+        sync_dir(&self.dbs_dir)?;
+        log::info!("created database {name}");
+        dbs.insert(name.to_string(), db.clone());
+        Ok(db)
+    }
+
+    /// Every database, sorted by name.
+    pub fn dbs(&self) -> Vec<Arc<Db>> {
+        self.lock().values().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Db>>> {
+        self.dbs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Checks that `name` can be a database name: not empty, at most 255 bytes,
+/// no `/` or NUL, not `.`, `..` or `.primary`, and not ending with
+/// `-journal`, `-wal`, `-shm` or `-pos` (the names of companion files).
+pub fn validate_name(name: &str) -> Result<(), Error> {
+    let invalid = |reason: &str| {
+        Err(Error::InvalidName {
+            name: name.to_string(),
+            reason: reason.to_string(),
+        })
+    };
+    if name.is_empty() {
+        return invalid("the name is empty");
+    }
+    if name.len() > 255 {
+        return invalid("the name is longer than 255 bytes");
+    }
+    if name.contains('/') || name.contains('\0') {
+        return invalid("the name contains '/' or a NUL byte");
+    }
+    if RESERVED_NAMES.contains(&name) {
+        return invalid("the name is reserved by the mount");
+    }
+    if let Some(suffix) = RESERVED_SUFFIXES.iter().find(|s| name.ends_with(*s)) {
+        return Err(Error::InvalidName {
+            name: name.to_string(),
+            reason: format!("the suffix {suffix} is reserved for SQLite's companion files"),
+        });
+    }
+    Ok(())
+}
+
+/// The database checksum of a raw SQLite file, recomputed from scratch: the
+/// XOR of every page's checksum (lock page excluded) with `CHECKSUM_FLAG`
+/// set. An empty file has the checksum `CHECKSUM_FLAG`.
+pub fn database_checksum(path: &Path) -> Result<u64, Error> {
+    let name = path.display().to_string();
+    let file = File::open(path).map_err(io_error("opening the database file", path))?;
+    let (_, checksums) = read_database(&name, path, &file)?;
+    Ok(checksums.checksum())
+}
+
+/// Per-page checksums of a database and their rolling XOR. Index `i` holds
+/// page `i + 1`; the lock page, and pages not counted yet, hold 0.
+#[derive(Debug, Clone)]
+struct PageChecksums {
+    pages: Vec<u64>,
+    sum: u64,
+}
+
+impl PageChecksums {
+    /// The checksums of a database with no pages.
+    fn empty() -> PageChecksums {
+        PageChecksums {
+            pages: Vec::new(),
+            sum: ltx::CHECKSUM_FLAG,
+        }
+    }
+
+    /// The number of pages.
+    fn page_count(&self) -> u32 {
+        self.pages.len() as u32
+    }
+
+    /// The database checksum.
+    fn checksum(&self) -> u64 {
+        self.sum
+    }
+
+    /// The checksum of page `pgno` (0 when beyond the end).
+    fn get(&self, pgno: u32) -> u64 {
+        self.pages.get(pgno as usize - 1).copied().unwrap_or(0)
+    }
+
+    /// Sets page `pgno`'s checksum, growing the database if needed.
+    fn set(&mut self, pgno: u32, checksum: u64) {
+        if pgno > self.page_count() {
+            self.pages.resize(pgno as usize, 0);
+        }
+        let slot = &mut self.pages[pgno as usize - 1];
+        self.sum = ltx::checksum_replace(self.sum, *slot, checksum);
+        *slot = checksum;
+    }
+
+    /// Drops the pages after `page_count` (XORing them out of the sum).
+    fn truncate(&mut self, page_count: u32) {
+        while self.page_count() > page_count {
+            if let Some(old) = self.pages.pop() {
+                self.sum = ltx::checksum_replace(self.sum, old, 0);
+            }
+        }
+    }
+}
+
+/// Whether `pgno` is SQLite's lock page for `page_size`.
+fn is_lock_page(pgno: u32, page_size: u32) -> bool {
+    pgno == ltx::lock_pgno(page_size)
+}
+
+/// Reads the header of an open database file and returns its page size and
+/// page count; `None` for an empty file.
+fn read_database_shape(db: &str, path: &Path, file: &File) -> Result<Option<(u32, u32)>, Error> {
+    let len = file
+        .metadata()
+        .map_err(io_error(format!("reading the size of database {db}"), path))?
+        .len();
+    if len == 0 {
+        return Ok(None);
+    }
+    let invalid = |reason: String| Error::InvalidDatabase {
+        db: db.to_string(),
+        path: path.to_path_buf(),
+        reason,
+    };
+    if len < sqlite::DATABASE_HEADER_SIZE as u64 {
+        return Err(invalid(format!(
+            "the file is {len} bytes long, too short for a SQLite header"
+        )));
+    }
+    let mut buf = [0u8; sqlite::DATABASE_HEADER_SIZE];
+    file.read_exact_at(&mut buf, 0).map_err(io_error(
+        format!("reading the header of database {db}"),
+        path,
+    ))?;
+    let header = sqlite::parse_database_header(&buf).map_err(|e| invalid(e.to_string()))?;
+    let page_size = header.page_size;
+    let page_count = if header.page_count_is_valid() {
+        header.page_count
+    } else {
+        // What SQLite does for files written by old versions: the size
+        // comes from the file length.
+        (len / u64::from(page_size)) as u32
+    };
+    if page_count == 0 {
+        return Err(invalid("the database has 0 pages".to_string()));
+    }
+    let needed = u64::from(page_count) * u64::from(page_size);
+    if len < needed {
+        return Err(invalid(format!(
+            "the header says {page_count} pages of {page_size} bytes ({needed} bytes) \
+             but the file is only {len} bytes long"
+        )));
+    }
+    Ok(Some((page_size, page_count)))
+}
+
+/// Reads a whole database file: its page size (`None` when empty) and the
+/// checksum of every page.
+fn read_database(
+    db: &str,
+    path: &Path,
+    file: &File,
+) -> Result<(Option<u32>, PageChecksums), Error> {
+    let Some((page_size, page_count)) = read_database_shape(db, path, file)? else {
+        return Ok((None, PageChecksums::empty()));
+    };
+    let checksums = read_page_checksums(db, path, file, page_size, page_count)?;
+    Ok((Some(page_size), checksums))
+}
+
+/// Computes the checksums of pages 1..=page_count of a database file.
+fn read_page_checksums(
+    db: &str,
+    path: &Path,
+    file: &File,
+    page_size: u32,
+    page_count: u32,
+) -> Result<PageChecksums, Error> {
+    let size = page_size as usize;
+    let pages_per_chunk = (READ_CHUNK / size).max(1) as u32;
+    let mut buf = vec![0u8; pages_per_chunk as usize * size];
+    let mut checksums = PageChecksums::empty();
+    checksums.pages.reserve(page_count as usize);
+    let mut pgno = 1u32;
+    while pgno <= page_count {
+        let count = pages_per_chunk.min(page_count - pgno + 1);
+        let chunk = &mut buf[..count as usize * size];
+        file.read_exact_at(chunk, page_offset(pgno, page_size))
+            .map_err(io_error(
+                format!(
+                    "reading pages {pgno}..{} of database {db}",
+                    pgno + count - 1
+                ),
+                path,
+            ))?;
+        for (i, page) in chunk.chunks_exact(size).enumerate() {
+            let n = pgno + i as u32;
+            let checksum = if is_lock_page(n, page_size) {
+                0
+            } else {
+                ltx::page_checksum(n, page)
+            };
+            checksums.set(n, checksum);
+        }
+        pgno += count;
+    }
+    Ok(checksums)
+}
+
+/// The byte offset of page `pgno` in the database file.
+fn page_offset(pgno: u32, page_size: u32) -> u64 {
+    u64::from(pgno - 1) * u64::from(page_size)
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Fsyncs a directory so that renames and unlinks in it are durable.
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error("syncing the directory", dir))
+}
+
+/// Reads the node id from `path`, creating the file with a random id when
+/// it does not exist.
+fn read_or_create_node_id(path: &Path) -> Result<u64, Error> {
+    match fs::read_to_string(path) {
+        Ok(content) => {
+            let trimmed = content.trim();
+            match u64::from_str_radix(trimmed, 16) {
+                Ok(id) if id != 0 => Ok(id),
+                _ => Err(Error::InvalidNodeId {
+                    path: path.to_path_buf(),
+                    content: trimmed.chars().take(64).collect(),
+                }),
+            }
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            let id = random_node_id();
+            let tmp = path.with_extension("tmp");
+            let write = || -> io::Result<()> {
+                let mut file = File::create(&tmp)?;
+                writeln!(file, "{id:016x}")?;
+                file.sync_all()?;
+                fs::rename(&tmp, path)
+            };
+            write().map_err(io_error("writing the node id file", path))?;
+            if let Some(dir) = path.parent() {
+                sync_dir(dir)?;
+            }
+            log::info!("new node id {id:016x} written to {}", path.display());
+            Ok(id)
+        }
+        Err(err) => Err(io_error("reading the node id file", path)(err)),
+    }
+}
+
+/// A random non-zero u64 from /dev/urandom, or from the time and process id
+/// when that cannot be read.
+fn random_node_id() -> u64 {
+    let mut buf = [0u8; 8];
+    let from_urandom = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
+    let mut id = match from_urandom {
+        Ok(()) => u64::from_le_bytes(buf),
+        Err(err) => {
+            log::warn!("cannot read /dev/urandom ({err}); deriving the node id from the time");
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            splitmix64(nanos ^ (u64::from(std::process::id()) << 32))
+        }
+    };
+    while id == 0 {
+        id = splitmix64(id.wrapping_add(1));
+    }
+    id
+}
+
+/// One step of the SplitMix64 mixer.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

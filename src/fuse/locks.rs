@@ -213,8 +213,9 @@ mod tests {
         let t = std::sync::Arc::new(LockTable::new());
         assert!(t.try_set(1, lock(1, 0, 0, WRITE)));
         let t2 = t.clone();
-        let waiter =
-            std::thread::spawn(move || t2.set_wait(1, lock(2, 0, 0, WRITE), Duration::from_secs(30)));
+        let waiter = std::thread::spawn(move || {
+            t2.set_wait(1, lock(2, 0, 0, WRITE), Duration::from_secs(30))
+        });
         t.release_owner(1, 1);
         assert!(waiter.join().unwrap());
         assert!(!t.set_wait(1, lock(3, 0, 0, READ), Duration::from_millis(10)));

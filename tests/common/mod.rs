@@ -65,7 +65,10 @@ impl Node {
         let child = Command::new(env!("CARGO_BIN_EXE_litefs"))
             .arg("-config")
             .arg(&self.config)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,litefs=debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -79,14 +82,22 @@ impl Node {
     pub fn wait_mounted(&mut self) {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            if is_mounted(&self.mount) {
+            // A stale mount from a crash is listed too, but cannot be read.
+            if is_mounted(&self.mount) && std::fs::read_dir(&self.mount).is_ok() {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 self.child = None;
-                panic!("litefs exited with {status} before mounting; log:\n{}", self.log_text());
+                panic!(
+                    "litefs exited with {status} before mounting; log:\n{}",
+                    self.log_text()
+                );
             }
-            assert!(Instant::now() < deadline, "litefs did not mount in time; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "litefs did not mount in time; log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -104,7 +115,10 @@ impl Node {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("litefs did not exit after signal {signal}; log:\n{}", self.log_text());
+                panic!(
+                    "litefs did not exit after signal {signal}; log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -113,8 +127,15 @@ impl Node {
     /// Clean stop (SIGTERM); asserts success and that the mount is gone.
     pub fn stop(&mut self) {
         let status = self.signal_and_wait(libc::SIGTERM);
-        assert!(status.success(), "litefs exited with {status}; log:\n{}", self.log_text());
-        assert!(!is_mounted(&self.mount), "mount still present after clean stop");
+        assert!(
+            status.success(),
+            "litefs exited with {status}; log:\n{}",
+            self.log_text()
+        );
+        assert!(
+            !is_mounted(&self.mount),
+            "mount still present after clean stop"
+        );
     }
 
     /// kill -9: leaves a dead mount behind, as a crash would.
@@ -173,7 +194,10 @@ impl Drop for Node {
             let _ = child.wait();
         }
         if is_mounted(&self.mount) {
-            let _ = Command::new("fusermount3").arg("-uz").arg(&self.mount).output();
+            let _ = Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.mount)
+                .output();
         }
         if is_mounted(&self.mount) {
             let _ = Command::new("umount").arg("-l").arg(&self.mount).output();
@@ -185,7 +209,9 @@ impl Drop for Node {
 pub fn is_mounted(path: &Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let want = path.to_string_lossy().replace(' ', "\\040");
-    mounts.lines().any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
 }
 
 /// A loopback port that was free a moment ago.
@@ -208,7 +234,12 @@ pub fn sqlite3(db: &Path, sql: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("sqlite3 CLI (install with scripts/setup.sh)");
-    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(sql.as_bytes())
+        .unwrap();
     child.wait_with_output().unwrap()
 }
 
