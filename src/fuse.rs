@@ -32,7 +32,7 @@ use fuser::{
 use log::{debug, error, info, warn};
 
 use crate::sqlite;
-use crate::store::{Db, Store};
+use crate::store::{self, Db, Position, Store};
 
 /// How long the kernel may cache names and attributes. Every change on a
 /// primary passes through the kernel, so it stays coherent; a replica
@@ -184,7 +184,7 @@ pub struct LitefsFs {
     store: Arc<Store>,
     role: Arc<Role>,
     locks: Arc<LockTable>,
-    inodes: RwLock<Inodes>,
+    inodes: Arc<RwLock<Inodes>>,
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     /// Databases whose journal holds a live header: a write transaction is
@@ -203,12 +203,21 @@ impl LitefsFs {
             store,
             role,
             locks,
-            inodes: RwLock::new(Inodes::default()),
+            inodes: Arc::new(RwLock::new(Inodes::default())),
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             active_journals: Mutex::new(HashSet::new()),
             uid,
             gid,
+        }
+    }
+
+    /// The replica's way to apply LTX files to this mount (see `Applier`).
+    pub fn applier(&self) -> Applier {
+        Applier {
+            locks: self.locks.clone(),
+            inodes: self.inodes.clone(),
+            notifier: Mutex::new(None),
         }
     }
 
@@ -861,6 +870,14 @@ impl Filesystem for LitefsFs {
         let Some(file) = &handle.file else {
             return reply.ok();
         };
+        if handle.kind == FileKind::Database {
+            // The undo log of overwritten free pages must reach the disk
+            // before the pages themselves do.
+            if let Err(e) = handle.db.before_sync() {
+                error!("db {}: cannot sync the undo log: {e}", handle.db.name());
+                return reply.error(Errno::EIO);
+            }
+        }
         let res = if datasync {
             file.sync_data()
         } else {
@@ -1075,6 +1092,86 @@ impl Filesystem for LitefsFs {
             reply.ok()
         } else {
             reply.error(Errno::EAGAIN)
+        }
+    }
+}
+
+/// SQLite's lock bytes in the database file (see sqlite3's os.h).
+const PENDING_BYTE: u64 = 0x4000_0000;
+const SHARED_FIRST: u64 = PENDING_BYTE + 2;
+const SHARED_SIZE: u64 = 510;
+/// The lock owner litefs uses for itself; the kernel's owners are hashes
+/// of process file tables and never take this value in practice.
+const APPLY_OWNER: u64 = u64::MAX;
+/// How long an apply waits for readers to finish before giving up.
+const APPLY_LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// Applies LTX files on a replica as a SQLite writer would: it takes the
+/// PENDING lock (no new readers), then the exclusive lock (no readers left),
+/// writes the pages through the store, drops the kernel's cached pages of
+/// the database, and releases. Readers thus see whole transactions only.
+pub struct Applier {
+    locks: Arc<LockTable>,
+    inodes: Arc<RwLock<Inodes>>,
+    notifier: Mutex<Option<fuser::Notifier>>,
+}
+
+impl Applier {
+    /// Gives the applier the mount's notifier, once the mount is up.
+    pub fn set_notifier(&self, notifier: fuser::Notifier) {
+        *self.notifier.lock().unwrap_or_else(|e| e.into_inner()) = Some(notifier);
+    }
+
+    /// Applies the LTX file at `path` to `db` under SQLite's locks.
+    pub fn apply(&self, db: &Db, path: &Path) -> Result<Position, store::Error> {
+        let ino = self
+            .inodes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .ino(db.name(), FileKind::Database);
+        let pending = Lock {
+            owner: APPLY_OWNER,
+            start: PENDING_BYTE,
+            end: PENDING_BYTE,
+            typ: locks::WRITE,
+            pid: std::process::id(),
+        };
+        let shared = Lock {
+            start: SHARED_FIRST,
+            end: SHARED_FIRST + SHARED_SIZE - 1,
+            ..pending
+        };
+        if !self.locks.set_wait(ino, pending, APPLY_LOCK_WAIT)
+            || !self.locks.set_wait(ino, shared, APPLY_LOCK_WAIT)
+        {
+            self.locks.release_owner(ino, APPLY_OWNER);
+            return Err(store::Error::Refused {
+                db: db.name().to_string(),
+                path: path.to_path_buf(),
+                reason: format!(
+                    "readers held the database's locks for {}s; will retry",
+                    APPLY_LOCK_WAIT.as_secs()
+                ),
+            });
+        }
+        let result = db.apply_ltx(path);
+        if result.is_ok() {
+            self.invalidate(ino, db.name());
+        }
+        self.locks.release_owner(ino, APPLY_OWNER);
+        result
+    }
+
+    /// Drops the kernel's cached pages and attributes of the database file.
+    fn invalidate(&self, ino: u64, name: &str) {
+        let notifier = self.notifier.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = notifier.as_ref() {
+            // ENOENT: the kernel has never seen this inode; nothing cached.
+            if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    warn!("db {name}: cannot invalidate the kernel page cache: {e}");
+                }
+            }
         }
     }
 }

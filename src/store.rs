@@ -5,7 +5,9 @@
 //!
 //! The data directory is laid out as DESIGN.md's "Data directory" section
 //! says: an `id` file with the node id, and `dbs/<name>/` per database with
-//! `database`, `journal`, `wal`, `shm` and `ltx/<min>-<max>.ltx`.
+//! `database`, `journal`, `wal`, `shm` and `ltx/<min>-<max>.ltx`. The store
+//! adds `dbs/<name>/undo` (old content of reused free-list pages, see
+//! `undo.rs`), and while applying, `ltx/<min>-<max>.ltx.pending`.
 //!
 //! The database checksum is the XOR of `ltx::page_checksum` over every page
 //! except SQLite's lock page (the page holding byte offset 1 GiB, which
@@ -14,8 +16,9 @@
 //! before the first transaction is `0/0`.
 
 mod db;
+mod undo;
 
-pub use db::Db;
+pub use db::{Commit, Db};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -142,13 +145,24 @@ impl fmt::Display for Error {
                 write!(f, "database {db} ({}): {reason}", path.display())
             }
             Error::Ltx { db, path, source } => {
+                // The path is said here; do not repeat the one inside.
+                let source = match source {
+                    ltx::Error::File { source, .. } => source.as_ref(),
+                    other => other,
+                };
                 write!(f, "database {db}: LTX file {}: {source}", path.display())
             }
-            Error::Journal { db, path, source } => write!(
-                f,
-                "database {db}: cannot read the rollback journal {}: {source}",
-                path.display()
-            ),
+            Error::Journal { db, path, source } => {
+                let source = match source {
+                    sqlite::Error::File { source, .. } => source.as_ref(),
+                    other => other,
+                };
+                write!(
+                    f,
+                    "database {db}: cannot read the rollback journal {}: {source}",
+                    path.display()
+                )
+            }
             Error::Refused { db, path, reason } => write!(
                 f,
                 "database {db}: refused to apply {}: {reason}",
@@ -211,6 +225,9 @@ pub struct Store {
     dbs_dir: PathBuf,
     node_id: u64,
     dbs: Mutex<BTreeMap<String, Arc<Db>>>,
+    /// Counts changes (see [`Store::notify_change`]); replication streams wait on it.
+    changes: Mutex<u64>,
+    changed: std::sync::Condvar,
 }
 
 impl Store {
@@ -252,6 +269,8 @@ impl Store {
             dbs_dir,
             node_id,
             dbs: Mutex::new(dbs),
+            changes: Mutex::new(0),
+            changed: std::sync::Condvar::new(),
         })
     }
 
@@ -288,6 +307,25 @@ impl Store {
     /// Every database, sorted by name.
     pub fn dbs(&self) -> Vec<Arc<Db>> {
         self.lock().values().cloned().collect()
+    }
+
+    /// Tells whoever waits in [`Store::wait_for_change`] that a database
+    /// changed (a commit, an applied LTX file, a new database).
+    pub fn notify_change(&self) {
+        let mut changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        *changes = changes.wrapping_add(1);
+        self.changed.notify_all();
+    }
+
+    /// Waits up to `timeout` while the change counter equals `seen`, and
+    /// returns the counter (pass `u64::MAX` and no timeout to read it).
+    pub fn wait_for_change(&self, seen: u64, timeout: std::time::Duration) -> u64 {
+        let changes = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        let (changes, _) = self
+            .changed
+            .wait_timeout_while(changes, timeout, |count| *count == seen)
+            .unwrap_or_else(|e| e.into_inner());
+        *changes
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Db>>> {
@@ -393,9 +431,17 @@ fn is_lock_page(pgno: u32, page_size: u32) -> bool {
     pgno == ltx::lock_pgno(page_size)
 }
 
-/// Reads the header of an open database file and returns its page size and
-/// page count; `None` for an empty file.
-fn read_database_shape(db: &str, path: &Path, file: &File) -> Result<Option<(u32, u32)>, Error> {
+/// What a database file's header says about its size and free list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    page_size: u32,
+    page_count: u32,
+    freelist_trunk: u32,
+    freelist_count: u32,
+}
+
+/// Reads the header of an open database file; `None` for an empty file.
+fn read_database_shape(db: &str, path: &Path, file: &File) -> Result<Option<Shape>, Error> {
     let len = file
         .metadata()
         .map_err(io_error(format!("reading the size of database {db}"), path))?
@@ -437,21 +483,92 @@ fn read_database_shape(db: &str, path: &Path, file: &File) -> Result<Option<(u32
              but the file is only {len} bytes long"
         )));
     }
-    Ok(Some((page_size, page_count)))
+    Ok(Some(Shape {
+        page_size,
+        page_count,
+        freelist_trunk: header.freelist_trunk,
+        freelist_count: header.freelist_count,
+    }))
 }
 
-/// Reads a whole database file: its page size (`None` when empty) and the
+/// Reads a whole database file: its shape (`None` when empty) and the
 /// checksum of every page.
 fn read_database(
     db: &str,
     path: &Path,
     file: &File,
-) -> Result<(Option<u32>, PageChecksums), Error> {
-    let Some((page_size, page_count)) = read_database_shape(db, path, file)? else {
+) -> Result<(Option<Shape>, PageChecksums), Error> {
+    let Some(shape) = read_database_shape(db, path, file)? else {
         return Ok((None, PageChecksums::empty()));
     };
-    let checksums = read_page_checksums(db, path, file, page_size, page_count)?;
-    Ok((Some(page_size), checksums))
+    let checksums = read_page_checksums(db, path, file, shape.page_size, shape.page_count)?;
+    Ok((Some(shape), checksums))
+}
+
+/// The free list of a database: its trunk pages and the leaf pages they list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Freelist {
+    /// First trunk page and free page count, as in the header.
+    trunk: u32,
+    count: u32,
+    /// Trunk pages, sorted.
+    trunks: Vec<u32>,
+    /// Leaf pages, sorted.
+    leaves: Vec<u32>,
+}
+
+/// Reads the free list of a database file. Best effort: a malformed free
+/// list is logged and treated as empty (its pages are then not protected
+/// by the undo log).
+fn read_freelist(db: &str, file: &File, shape: &Shape) -> Freelist {
+    let mut list = Freelist {
+        trunk: shape.freelist_trunk,
+        count: shape.freelist_count,
+        ..Freelist::default()
+    };
+    let size = shape.page_size as usize;
+    let mut page = vec![0u8; size];
+    let mut next = shape.freelist_trunk;
+    let mut leaves = Vec::new();
+    while next != 0 {
+        let problem = if next > shape.page_count || list.trunks.len() >= shape.page_count as usize {
+            Some(format!(
+                "trunk page {next} is out of range or the list loops"
+            ))
+        } else if let Err(err) = file.read_exact_at(&mut page, page_offset(next, shape.page_size)) {
+            Some(format!("reading trunk page {next}: {err}"))
+        } else if be_u32(&page[4..8]) as usize > (size - 8) / 4 {
+            Some(format!("trunk page {next} claims too many leaves"))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            log::warn!(
+                "database {db}: cannot read the free list ({problem}); reused free pages \
+                 will not be restored after a rollback"
+            );
+            list.trunks.clear();
+            return list;
+        }
+        list.trunks.push(next);
+        let count = be_u32(&page[4..8]) as usize;
+        for i in 0..count {
+            let leaf = be_u32(&page[8 + 4 * i..12 + 4 * i]);
+            if (1..=shape.page_count).contains(&leaf) {
+                leaves.push(leaf);
+            }
+        }
+        next = be_u32(&page[0..4]);
+    }
+    list.trunks.sort_unstable();
+    leaves.sort_unstable();
+    leaves.dedup();
+    list.leaves = leaves;
+    list
+}
+
+fn be_u32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
 /// Computes the checksums of pages 1..=page_count of a database file.

@@ -8,12 +8,28 @@ use std::fs::{self, File, OpenOptions};
 use std::io::BufReader;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
 use litefs::ltx::{self, LtxDecoder, LtxEncoder};
 use litefs::store::{self, Db, Error, Position, Store};
 use rusqlite::{params, Connection};
+
+/// The bundled SQLite is built with SQLITE_ENABLE_MEMORY_MANAGEMENT: all
+/// connections of the process share one page cache, so while other tests
+/// hold clean pages, a connection with a tiny cache takes theirs instead of
+/// spilling its own dirty pages to the file. Tests that need SQLite to spill
+/// (to leave a transaction half in the file) take this lock exclusively;
+/// every other test that opens SQLite takes it shared.
+static PAGE_CACHE: RwLock<()> = RwLock::new(());
+
+fn sqlite_shared() -> RwLockReadGuard<'static, ()> {
+    PAGE_CACHE.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn sqlite_alone() -> RwLockWriteGuard<'static, ()> {
+    PAGE_CACHE.write().unwrap_or_else(|e| e.into_inner())
+}
 
 /// A small seeded PRNG (xorshift64*), so failures can be replayed.
 struct Rng(u64);
@@ -159,9 +175,11 @@ fn empty_db(data_dir: &Path) -> (Store, Arc<Db>) {
     (store, db)
 }
 
-/// Writes `after` over the database file of `db` the way the mount would:
-/// the changed pages through `before_write`, then the truncation, then commit.
-fn commit_through_writes(db: &Db, before: &[u8], after: &[u8]) -> Option<Position> {
+/// Writes the pages that differ between `before` and `after` (two versions
+/// of a database file) into `db`'s database file the way the mount passes
+/// SQLite's writes through: each through `before_write` first, then the
+/// truncation. Does not commit.
+fn write_through(db: &Db, before: &[u8], after: &[u8]) {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -180,7 +198,75 @@ fn commit_through_writes(db: &Db, before: &[u8], after: &[u8]) -> Option<Positio
     }
     db.before_truncate(after.len() as u64).unwrap();
     file.set_len(after.len() as u64).unwrap();
-    db.commit().unwrap()
+    db.before_sync().unwrap();
+}
+
+/// Writes through and commits.
+fn commit_through_writes(db: &Db, before: &[u8], after: &[u8]) -> store::Commit {
+    write_through(db, before, after);
+    db.commit_detailed(&BTreeSet::new()).unwrap()
+}
+
+/// A database on a primary as the mount sees it: SQLite works on a shadow
+/// file, and each transaction's changes reach the store's database file
+/// through `before_write`, then a commit.
+struct Mirrored {
+    store: Store,
+    db: Arc<Db>,
+    conn: Connection,
+    shadow: PathBuf,
+    /// The shadow file as of the last mirror.
+    shadow_file: Vec<u8>,
+}
+
+impl Mirrored {
+    fn new(dir: &Path, page_size: u32) -> Mirrored {
+        fs::create_dir_all(dir).unwrap();
+        let store = Store::open(&dir.join("data")).unwrap();
+        let db = store.create_db("db").unwrap();
+        let shadow = dir.join("shadow.db");
+        let conn = connect(&shadow, page_size);
+        Mirrored {
+            store,
+            db,
+            conn,
+            shadow,
+            shadow_file: Vec::new(),
+        }
+    }
+
+    /// Runs `sql` on the shadow and mirrors what changed.
+    fn exec(&mut self, sql: &str) -> store::Commit {
+        self.conn.execute_batch(sql).unwrap();
+        self.mirror()
+    }
+
+    /// Mirrors what changed in the shadow since the last call, and commits.
+    fn mirror(&mut self) -> store::Commit {
+        let after = read(&self.shadow);
+        let commit = commit_through_writes(&self.db, &self.shadow_file, &after);
+        if let Some(pos) = commit.position {
+            assert_eq!(
+                store::database_checksum(self.db.database_path()).unwrap(),
+                pos.checksum
+            );
+        }
+        self.shadow_file = after;
+        commit
+    }
+
+    /// SQLite's rollback journal of the shadow file.
+    fn shadow_journal(&self) -> PathBuf {
+        let mut path = self.shadow.clone().into_os_string();
+        path.push("-journal");
+        PathBuf::from(path)
+    }
+}
+
+fn integrity_check(path: &Path) -> String {
+    let conn = Connection::open(path).unwrap();
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
 }
 
 /// One random statement inside a transaction.
@@ -191,7 +277,8 @@ fn random_statement(conn: &Connection, rng: &mut Rng, tables: &mut u32, page_siz
     } else {
         rng.below(u64::from(*tables))
     };
-    match rng.below(10) {
+    let choice = if *tables == 0 { 0 } else { rng.below(10) };
+    match choice {
         0 if *tables < 4 => {
             conn.execute_batch(&format!(
                 "CREATE TABLE t{n}(id INTEGER PRIMARY KEY, v BLOB);
@@ -201,7 +288,6 @@ fn random_statement(conn: &Connection, rng: &mut Rng, tables: &mut u32, page_siz
             .unwrap();
             *tables += 1;
         }
-        _ if *tables == 0 => {}
         0..=4 => {
             for _ in 0..=rng.below(8) {
                 let len = rng.below(max_blob) as usize;
@@ -238,22 +324,28 @@ fn random_statement(conn: &Connection, rng: &mut Rng, tables: &mut u32, page_siz
     }
 }
 
-/// The property test: random SQL workloads are committed on a primary; after
-/// every transaction the new LTX file is applied to a replica (byte-identical
-/// file, same position), the same change is fed through `before_write` +
-/// `commit` into a third store (same position); at the end every LTX file is
-/// replayed in order onto an empty store.
+/// The property test. Random SQL workloads run on a primary whose dirty
+/// pages are found by diffing the file (`commit_pages`); after every
+/// transaction its new LTX file is applied to a replica (byte-identical file,
+/// same position). The same changes also reach a second store the way the
+/// mount delivers them (`before_write` + `commit`), with its own replica. At
+/// the end every LTX file of both is replayed in order onto empty stores.
 fn random_workload(seed: u64, page_size: u32, transactions: usize) {
     let tmp = tempfile::tempdir().unwrap();
     let mut primary = Primary::new(&tmp.path().join("primary"), page_size);
     let (_replica_store, replica) = empty_db(&tmp.path().join("replica"));
-    let (_written_store, written) = empty_db(&tmp.path().join("written"));
+    let (_mirrored_store, mirrored) = empty_db(&tmp.path().join("mirrored"));
+    let (_mirrored_replica_store, mirrored_replica) =
+        empty_db(&tmp.path().join("mirrored-replica"));
     let mut rng = Rng::new(seed);
     let mut tables = 0;
     let mut commits = 0;
+    let (mut vacuums, mut rollbacks, mut restored) = (0, 0, 0);
     for step in 0..transactions {
+        let context = format!("seed {seed} page size {page_size} step {step}");
         let before = primary.file.clone();
         let roll = rng.below(100);
+        let rolled_back = (6..14).contains(&roll) && tables > 0;
         if roll < 6 && tables > 0 {
             if rng.below(3) == 0 {
                 let new_size = [512, 1024, 4096, 8192, 65536][rng.below(5) as usize];
@@ -263,7 +355,11 @@ fn random_workload(seed: u64, page_size: u32, transactions: usize) {
                     .unwrap();
             }
             primary.conn.execute_batch("VACUUM").unwrap();
-        } else if roll < 14 && tables > 0 {
+            vacuums += 1;
+        } else if rolled_back {
+            rollbacks += 1;
+            // A small cache makes SQLite write pages before the end, so
+            // ROLLBACK has to put them back.
             let tables_before = tables;
             primary
                 .conn
@@ -277,27 +373,6 @@ fn random_workload(seed: u64, page_size: u32, transactions: usize) {
                 .execute_batch("ROLLBACK; PRAGMA cache_size=-2000")
                 .unwrap();
             tables = tables_before;
-            let now = read(primary.db.database_path());
-            if now != before {
-                let differing: Vec<u32> = changed_pages(&before, &now).into_iter().collect();
-                for &p in &differing {
-                    let r = (p as usize - 1) * 4096..p as usize * 4096;
-                    let nz_before = before[r.clone()].iter().filter(|b| **b != 0).count();
-                    let nz_now = now[r.clone()].iter().filter(|b| **b != 0).count();
-                    let first_diff = (0..4096).find(|i| before[r.start + i] != now[r.start + i]);
-                    eprintln!("page {p}: nonzero before {nz_before} now {nz_now} first diff {first_diff:?} before head {:?} now head {:?}", &before[r.start..r.start+16], &now[r.start..r.start+16]);
-                }
-                panic!(
-                    "seed {seed} step {step}: rollback left {} bytes (was {}), pages {differing:?}",
-                    now.len(),
-                    before.len()
-                );
-            }
-            // Even with every page marked dirty, nothing changed: no TXID.
-            let pos = primary.db.pos();
-            assert_eq!(primary.db.commit_pages(&all_pages(&before)).unwrap(), None);
-            assert_eq!(primary.db.pos(), pos);
-            continue;
         } else {
             primary.conn.execute_batch("BEGIN").unwrap();
             for _ in 0..=rng.below(3) {
@@ -305,59 +380,87 @@ fn random_workload(seed: u64, page_size: u32, transactions: usize) {
             }
             primary.conn.execute_batch("COMMIT").unwrap();
         }
-        let Some(pos) = primary.record() else {
-            continue;
-        };
-        commits += 1;
-        let after = primary.file.clone();
-        let context = format!(
-            "seed {seed} page size {page_size} step {step} TXID {}",
-            pos.txid
-        );
 
-        assert_eq!(
-            replica.apply_ltx(&primary.newest_ltx()).unwrap(),
-            pos,
-            "{context}"
-        );
-        assert!(
-            read(replica.database_path()) == after,
-            "{context}: replica differs"
-        );
+        // Diffing the file. A rollback may leave reused free-list pages
+        // changed (SQLite does not journal them): those are recorded.
+        let position = primary.record();
+        if rolled_back && position.is_none() {
+            let pos = primary.db.pos();
+            assert_eq!(primary.db.commit_pages(&all_pages(&before)).unwrap(), None);
+            assert_eq!(primary.db.pos(), pos);
+        }
+        if let Some(pos) = position {
+            commits += 1;
+            let applied = replica.apply_ltx(&primary.newest_ltx()).unwrap();
+            assert_eq!(applied, pos, "{context}");
+            assert!(
+                read(replica.database_path()) == primary.file,
+                "{context}: replica differs"
+            );
+        }
 
-        assert_eq!(
-            commit_through_writes(&written, &before, &after),
-            Some(pos),
-            "{context}"
-        );
-        assert!(read(written.database_path()) == after, "{context}");
+        // As the mount would: a rolled-back transaction never gets a TXID,
+        // the free-list pages it reused come back from the undo log.
+        let commit = commit_through_writes(&mirrored, &before, &primary.file);
+        if rolled_back {
+            assert_eq!(commit.position, None, "{context}");
+            let changed: Vec<u32> = changed_pages(&before, &primary.file).into_iter().collect();
+            assert_eq!(commit.restored_pages, changed, "{context}");
+            restored += changed.len();
+        } else {
+            assert_eq!(commit.position.is_some(), position.is_some(), "{context}");
+        }
+        assert!(fs::metadata(mirrored.undo_path()).map_or(true, |m| m.len() == 0));
+        if let Some(pos) = commit.position {
+            let newest = mirrored.ltx_files().unwrap().pop().unwrap().2;
+            assert_eq!(
+                mirrored_replica.apply_ltx(&newest).unwrap(),
+                pos,
+                "{context}"
+            );
+            let file = read(mirrored.database_path());
+            assert!(read(mirrored_replica.database_path()) == file, "{context}");
+            assert_eq!(
+                store::database_checksum(mirrored.database_path()).unwrap(),
+                pos.checksum,
+                "{context}"
+            );
+        }
     }
     assert!(
         commits > transactions / 2,
         "seed {seed}: only {commits} commits"
     );
+    eprintln!(
+        "seed {seed} page size {page_size}: {commits} commits, {vacuums} vacuums, \
+         {rollbacks} rollbacks, {restored} free-list pages restored"
+    );
 
-    let (_fresh_store, fresh) = empty_db(&tmp.path().join("fresh"));
-    let files = primary.db.ltx_files().unwrap();
-    assert_eq!(files.len(), commits);
-    for (i, (min, max, path)) in files.iter().enumerate() {
-        assert_eq!((*min, *max), (i as u64 + 1, i as u64 + 1));
-        ltx::verify_file(path).unwrap();
-        fresh.apply_ltx(path).unwrap();
+    for (k, db) in [&primary.db, &mirrored].into_iter().enumerate() {
+        let (_fresh_store, fresh) = empty_db(&tmp.path().join(format!("fresh-{k}")));
+        let files = db.ltx_files().unwrap();
+        assert_eq!(files.len() as u64, db.pos().txid);
+        for (i, (min, max, path)) in files.iter().enumerate() {
+            assert_eq!((*min, *max), (i as u64 + 1, i as u64 + 1));
+            fresh.apply_ltx(path).unwrap();
+        }
+        assert_eq!(fresh.pos(), db.pos());
+        assert!(
+            read(fresh.database_path()) == read(db.database_path()),
+            "seed {seed}: replay differs"
+        );
+        assert_eq!(
+            store::database_checksum(fresh.database_path()).unwrap(),
+            db.pos().checksum
+        );
     }
-    assert_eq!(fresh.pos(), primary.db.pos());
-    assert!(
-        read(fresh.database_path()) == primary.file,
-        "seed {seed}: replay differs"
-    );
-    assert_eq!(
-        store::database_checksum(fresh.database_path()).unwrap(),
-        primary.db.pos().checksum
-    );
+    assert_eq!(integrity_check(mirrored.database_path()), "ok");
     drop(primary.conn);
     // Everything recorded survives a restart.
     let reopened = Store::open(&tmp.path().join("primary")).unwrap();
     assert_eq!(reopened.db("db").unwrap().pos(), primary.db.pos());
+    let reopened = Store::open(&tmp.path().join("mirrored")).unwrap();
+    assert_eq!(reopened.db("db").unwrap().pos(), mirrored.pos());
     drop(primary.store);
 }
 
@@ -371,6 +474,7 @@ fn seeds() -> Vec<u64> {
 
 #[test]
 fn random_workloads_page_size_512() {
+    let _page_cache = sqlite_shared();
     for seed in seeds() {
         random_workload(seed, 512, 40);
     }
@@ -378,6 +482,7 @@ fn random_workloads_page_size_512() {
 
 #[test]
 fn random_workloads_page_size_4096() {
+    let _page_cache = sqlite_shared();
     for seed in seeds() {
         random_workload(seed * 1000, 4096, 40);
     }
@@ -385,6 +490,7 @@ fn random_workloads_page_size_4096() {
 
 #[test]
 fn random_workloads_page_size_65536() {
+    let _page_cache = sqlite_shared();
     for seed in seeds() {
         random_workload(seed * 1_000_000, 65536, 25);
     }
@@ -392,6 +498,7 @@ fn random_workloads_page_size_65536() {
 
 #[test]
 fn page_size_change_by_vacuum_is_replicated() {
+    let _page_cache = sqlite_shared();
     let tmp = tempfile::tempdir().unwrap();
     let mut primary = Primary::new(&tmp.path().join("primary"), 4096);
     let (_s, replica) = empty_db(&tmp.path().join("replica"));
@@ -412,7 +519,7 @@ fn page_size_change_by_vacuum_is_replicated() {
         );
         assert!(read(replica.database_path()) == primary.file, "{sql}");
         assert_eq!(
-            commit_through_writes(&written, &before, &primary.file),
+            commit_through_writes(&written, &before, &primary.file).position,
             Some(pos),
             "{sql}"
         );
@@ -424,6 +531,7 @@ fn page_size_change_by_vacuum_is_replicated() {
 
 #[test]
 fn rolled_back_transaction_records_nothing() {
+    let _page_cache = sqlite_alone();
     let tmp = tempfile::tempdir().unwrap();
     let mut primary = Primary::new(&tmp.path().join("primary"), 4096);
     primary
@@ -457,6 +565,7 @@ fn rolled_back_transaction_records_nothing() {
 
 #[test]
 fn before_write_checks_pages() {
+    let _page_cache = sqlite_shared();
     let tmp = tempfile::tempdir().unwrap();
     let mut primary = Primary::new(&tmp.path().join("primary"), 4096);
     let db = primary.db.clone();
@@ -535,6 +644,7 @@ fn reencode(src: &Path, dst: &Path, edit: impl Fn(&mut ltx::Header), post_apply_
 
 #[test]
 fn apply_refuses_files_that_do_not_fit() {
+    let _page_cache = sqlite_shared();
     let tmp = tempfile::tempdir().unwrap();
     let (primary, states) = three_transactions(&tmp.path().join("primary"));
     let files: Vec<PathBuf> = primary
@@ -622,6 +732,7 @@ fn apply_refuses_files_that_do_not_fit() {
 
 #[test]
 fn snapshot_reproduces_the_database() {
+    let _page_cache = sqlite_shared();
     let tmp = tempfile::tempdir().unwrap();
     let (mut primary, _) = three_transactions(&tmp.path().join("primary"));
     let snapshot = tmp.path().join("snapshot.ltx");
@@ -678,6 +789,7 @@ fn snapshot_reproduces_the_database() {
 
 #[test]
 fn snapshot_refuses_a_file_changed_outside_a_transaction() {
+    let _page_cache = sqlite_shared();
     let tmp = tempfile::tempdir().unwrap();
     let (primary, _) = three_transactions(&tmp.path().join("primary"));
     let file = OpenOptions::new()
@@ -692,6 +804,7 @@ fn snapshot_refuses_a_file_changed_outside_a_transaction() {
 
 #[test]
 fn reopen_recovers_every_position() {
+    let _page_cache = sqlite_shared();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let (primary, _) = three_transactions(&data);
@@ -720,6 +833,7 @@ fn reopen_recovers_every_position() {
 
 #[test]
 fn database_names_are_validated() {
+    let _page_cache = sqlite_shared();
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(tmp.path()).unwrap();
     for bad in [
@@ -743,6 +857,7 @@ fn database_names_are_validated() {
 
 #[test]
 fn tampered_database_fails_to_open() {
+    let _page_cache = sqlite_shared();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let (primary, _) = three_transactions(&data);
@@ -771,80 +886,141 @@ fn tampered_database_fails_to_open() {
     );
 }
 
-/// Runs a big write transaction with a tiny cache so that pages reach the
-/// database file, and returns copies of the database and the (hot) journal
-/// taken while it is open; `finish` ends the transaction.
-fn hot_files(primary: &Primary, finish: &str) -> (Vec<u8>, Vec<u8>) {
-    primary
-        .conn
-        .execute_batch(
-            "PRAGMA cache_size=10; BEGIN;
-             UPDATE t SET v = randomblob(2500);
-             INSERT INTO t SELECT randomblob(3000) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 50) SELECT x FROM c);",
-        )
-        .unwrap();
-    let database = read(primary.db.database_path());
-    let journal = read(primary.db.journal_path());
+/// A mirrored primary whose database has many free-list pages: 300 rows
+/// inserted, most of them deleted.
+fn with_free_pages(dir: &Path) -> Mirrored {
+    let mut m = Mirrored::new(dir, 4096);
+    m.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
+            INSERT INTO t(v) SELECT randomblob(3000) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 300) SELECT x FROM c);");
+    m.exec("DELETE FROM t WHERE id % 5 != 0;");
+    let header = &m.shadow_file[..100];
+    let free = u32::from_be_bytes([header[36], header[37], header[38], header[39]]);
+    assert!(free > 100, "only {free} free pages");
+    m
+}
+
+/// A transaction that reuses free-list pages and, with a tiny cache, writes
+/// pages to the file before it ends.
+const REUSING_TRANSACTION: &str = "PRAGMA cache_size=10; BEGIN;
+    INSERT INTO t(v) SELECT randomblob(3500) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 150) SELECT x FROM c);
+    UPDATE t SET v = randomblob(100) WHERE id % 10 = 0;";
+
+/// Runs `sql` on the shadow and returns copies of the shadow file and its
+/// (hot) journal taken before `finish` ends the transaction.
+fn hot_shadow(m: &Mirrored, sql: &str, finish: &str) -> (Vec<u8>, Vec<u8>) {
+    m.conn.execute_batch(sql).unwrap();
+    let database = read(&m.shadow);
+    let journal = read(&m.shadow_journal());
     assert!(!journal.is_empty());
-    primary.conn.execute_batch(finish).unwrap();
+    m.conn.execute_batch(finish).unwrap();
     (database, journal)
 }
 
 #[test]
-fn hot_journal_is_rolled_back_at_open() {
+fn rollback_of_reused_free_pages_records_nothing() {
+    let _page_cache = sqlite_alone();
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let (primary, states) = three_transactions(&data);
-    let pos = primary.db.pos();
-    let (database, journal) = hot_files(&primary, "ROLLBACK");
+    let mut m = with_free_pages(tmp.path());
+    let pos = m.db.pos();
+    let committed = read(m.db.database_path());
+    let files = m.db.ltx_files().unwrap();
+
+    let commit = m.exec(&format!("{REUSING_TRANSACTION} ROLLBACK;"));
+    // SQLite left the reused pages changed in its own file...
     assert!(
-        database != states[2],
-        "the transaction must have reached the file"
+        m.shadow_file != committed,
+        "the rollback must leave changed free pages"
     );
-    let db_path = primary.db.database_path().to_path_buf();
-    let journal_path = primary.db.journal_path().to_path_buf();
-    drop(primary);
+    // ...but litefs put them back: nothing recorded, the file as committed.
+    assert_eq!(commit.position, None);
+    assert!(!commit.restored_pages.is_empty());
+    assert_eq!(commit.page_size, 4096);
+    assert_eq!(m.db.pos(), pos);
+    assert_eq!(m.db.ltx_files().unwrap(), files);
+    assert!(read(m.db.database_path()) == committed);
+    assert_eq!(fs::metadata(m.db.undo_path()).unwrap().len(), 0);
 
-    // The crash: the half-written database and its hot journal.
-    fs::write(&db_path, &database).unwrap();
-    fs::write(&journal_path, &journal).unwrap();
-    assert_ne!(store::database_checksum(&db_path).ok(), Some(pos.checksum));
+    // A committed transaction reusing the same pages is recorded as usual.
+    let commit = m.exec(&format!("{REUSING_TRANSACTION} COMMIT;"));
+    assert_eq!(commit.position.unwrap().txid, pos.txid + 1);
+    assert!(commit.restored_pages.is_empty());
+    assert_eq!(integrity_check(m.db.database_path()), "ok");
+}
 
-    let store = Store::open(&data).unwrap();
-    assert_eq!(store.db("db").unwrap().pos(), pos);
-    assert!(!journal_path.exists());
-    assert!(read(&db_path) == states[2]);
-    assert_eq!(store::database_checksum(&db_path).unwrap(), pos.checksum);
-    let conn = Connection::open(&db_path).unwrap();
-    let check: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(check, "ok");
+/// Leaves the state a crash of litefs in the middle of a transaction that
+/// reuses free pages leaves: the transaction's writes passed through to the
+/// database file, SQLite's hot journal in place. Returns the data directory,
+/// the position and the committed database file.
+fn crash_in_reusing_transaction(dir: &Path) -> (PathBuf, Position, Vec<u8>) {
+    let m = with_free_pages(dir);
+    let pos = m.db.pos();
+    let committed = read(m.db.database_path());
+    let (hot, journal) = hot_shadow(&m, REUSING_TRANSACTION, "ROLLBACK");
+    write_through(&m.db, &m.shadow_file, &hot);
+    fs::write(m.db.journal_path(), &journal).unwrap();
+    assert!(read(m.db.database_path()) != committed);
+    assert!(fs::metadata(m.db.undo_path()).unwrap().len() > 0);
+    (m.store.data_dir().to_path_buf(), pos, committed)
 }
 
 #[test]
-fn hot_journal_of_a_recorded_transaction_is_deleted() {
+fn hot_journal_is_rolled_back_at_open() {
+    let _page_cache = sqlite_alone();
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    let (mut primary, _) = three_transactions(&data);
-    // The crash happens after the LTX file is written, before the journal
-    // is deleted: the transaction is committed and recorded.
-    let (_, journal) = hot_files(&primary, "COMMIT");
-    let pos = primary.record().unwrap();
-    let committed = primary.file.clone();
-    let journal_path = primary.db.journal_path().to_path_buf();
-    drop(primary);
-    fs::write(&journal_path, &journal).unwrap();
+    let (data, pos, committed) = crash_in_reusing_transaction(tmp.path());
 
     let store = Store::open(&data).unwrap();
     let db = store.db("db").unwrap();
     assert_eq!(db.pos(), pos);
-    assert!(!journal_path.exists());
+    assert!(!db.journal_path().exists());
+    assert!(read(db.database_path()) == committed);
+    assert_eq!(
+        store::database_checksum(db.database_path()).unwrap(),
+        pos.checksum
+    );
+    assert_eq!(integrity_check(db.database_path()), "ok");
+    assert_eq!(fs::metadata(db.undo_path()).unwrap().len(), 0);
+}
+
+#[test]
+fn hot_journal_rollback_without_the_undo_log_is_a_checksum_mismatch() {
+    let _page_cache = sqlite_alone();
+    // Proves the free pages matter: SQLite's journal alone does not restore
+    // the database, and recovery says so instead of carrying on.
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, pos, _) = crash_in_reusing_transaction(tmp.path());
+    fs::remove_file(data.join("dbs/db/undo")).unwrap();
+    let err = Store::open(&data).err().expect("open must fail");
+    assert!(
+        matches!(err, Error::ChecksumMismatch { txid, .. } if txid == pos.txid),
+        "{err}"
+    );
+}
+
+#[test]
+fn hot_journal_of_a_recorded_transaction_is_deleted() {
+    let _page_cache = sqlite_alone();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut m = with_free_pages(tmp.path());
+    // The crash happens after the LTX file is written, before the journal
+    // is deleted: the transaction is committed and recorded.
+    let (_, journal) = hot_shadow(&m, REUSING_TRANSACTION, "COMMIT");
+    let pos = m.mirror().position.unwrap();
+    let committed = read(m.db.database_path());
+    fs::write(m.db.journal_path(), &journal).unwrap();
+    let data = m.store.data_dir().to_path_buf();
+    drop(m);
+
+    let store = Store::open(&data).unwrap();
+    let db = store.db("db").unwrap();
+    assert_eq!(db.pos(), pos);
+    assert!(!db.journal_path().exists());
     assert!(read(db.database_path()) == committed);
 }
 
 #[test]
-fn interrupted_apply_is_rolled_forward_at_open() {
+fn interrupted_apply_is_completed_at_open() {
+    let _page_cache = sqlite_shared();
     let tmp = tempfile::tempdir().unwrap();
     let (primary, states) = three_transactions(&tmp.path().join("primary"));
     let files = primary.db.ltx_files().unwrap();
@@ -855,10 +1031,10 @@ fn interrupted_apply_is_rolled_forward_at_open() {
     let db_path = replica.database_path().to_path_buf();
     drop((store, replica));
 
-    // The crash: TXID 2 is in place, but only its first page was written.
-    let in_place = ltx_dir.join(ltx::filename(2, 2));
-    fs::copy(&files[1].2, &in_place).unwrap();
-    let mut decoder = LtxDecoder::new(BufReader::new(File::open(&in_place).unwrap())).unwrap();
+    // The crash: TXID 2 is pending, and only its first page was written.
+    let pending = ltx_dir.join(format!("{}.pending", ltx::filename(2, 2)));
+    fs::copy(&files[1].2, &pending).unwrap();
+    let mut decoder = LtxDecoder::new(BufReader::new(File::open(&pending).unwrap())).unwrap();
     let mut page = vec![0u8; 4096];
     let pgno = decoder.next_page(&mut page).unwrap().unwrap();
     let file = OpenOptions::new().write(true).open(&db_path).unwrap();
@@ -870,11 +1046,26 @@ fn interrupted_apply_is_rolled_forward_at_open() {
     let replica = store.db("db").unwrap();
     assert_eq!(replica.pos().txid, 2);
     assert!(read(&db_path) == states[1]);
+    assert!(!pending.exists());
+    assert!(ltx_dir.join(ltx::filename(2, 2)).exists());
+    drop(store);
+
+    // A pending file cut short by the crash never had pages written: it is
+    // dropped and the database stays where it was.
+    let bytes = fs::read(&files[2].2).unwrap();
+    let pending = ltx_dir.join(format!("{}.pending", ltx::filename(3, 3)));
+    fs::write(&pending, &bytes[..bytes.len() / 2]).unwrap();
+    let store = Store::open(&replica_dir).unwrap();
+    let replica = store.db("db").unwrap();
+    assert_eq!(replica.pos().txid, 2);
+    assert!(!pending.exists());
     assert_eq!(replica.apply_ltx(&files[2].2).unwrap(), primary.db.pos());
+    assert!(read(&db_path) == states[2]);
 }
 
 #[test]
 fn copied_in_database_is_recorded_as_txid_1() {
+    let _page_cache = sqlite_shared();
     let tmp = tempfile::tempdir().unwrap();
     let source = tmp.path().join("source.db");
     let conn = Connection::open(&source).unwrap();
@@ -901,6 +1092,7 @@ fn copied_in_database_is_recorded_as_txid_1() {
 
 #[test]
 fn database_checksum_of_raw_files() {
+    let _page_cache = sqlite_shared();
     let tmp = tempfile::tempdir().unwrap();
     let empty = tmp.path().join("empty");
     fs::write(&empty, b"").unwrap();
@@ -930,6 +1122,7 @@ fn database_checksum_of_raw_files() {
 
 #[test]
 fn retention_deletes_old_files_and_keeps_the_newest() {
+    let _page_cache = sqlite_shared();
     let tmp = tempfile::tempdir().unwrap();
     let mut primary = Primary::new(&tmp.path().join("primary"), 4096);
     for i in 0..5 {
@@ -1004,4 +1197,23 @@ fn retention_deletes_old_files_and_keeps_the_newest() {
     drop(primary.conn);
     let store = Store::open(&tmp.path().join("primary")).unwrap();
     assert_eq!(store.db("db").unwrap().pos(), pos);
+}
+
+#[test]
+fn store_and_db_can_be_shared_between_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Store>();
+    shared::<Db>();
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(tmp.path()).unwrap());
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let store = store.clone();
+            std::thread::spawn(move || store.create_db(&format!("db{}", i % 2)).unwrap())
+        })
+        .collect();
+    let dbs: Vec<Arc<Db>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(Arc::ptr_eq(&dbs[0], &dbs[2]));
+    assert!(Arc::ptr_eq(&dbs[1], &dbs[3]));
+    assert_eq!(store.dbs().len(), 2);
 }

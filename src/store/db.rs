@@ -9,12 +9,16 @@
 //!   A crash before the rename leaves a hot journal that recovery rolls
 //!   back; a crash after it leaves a hot journal whose database already
 //!   matches the newest LTX file, so recovery only deletes the journal.
-//! - apply: the LTX file is verified, checked against the position and its
+//! - rollback: SQLite does not journal the free-list pages it reuses, so
+//!   their old content is kept in the undo log (see `undo.rs`) and put
+//!   back after a `ROLLBACK` (at commit time) or a hot-journal rollback
+//!   (at recovery).
+//! - apply: the LTX file is verified, checked against the position, and its
 //!   result predicted from the per-page checksums before anything is
-//!   written; then it is put in `ltx/` under its proper name, and only then
-//!   are the pages written. A crash in the middle leaves a database that
-//!   recovery rolls forward by applying the newest LTX file again (only when
-//!   that gives exactly its post-apply checksum).
+//!   written. Then it is put in `ltx/` as `<name>.ltx.pending` (fsynced),
+//!   the pages are written and fsynced, and it is renamed to its proper
+//!   name. Recovery completes a pending file left by a crash by writing its
+//!   pages again, which gives the same result however far the apply got.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -24,14 +28,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use super::undo::{self, UndoLog};
 use super::{
-    io_error, is_lock_page, now_ms, page_offset, read_database, read_database_shape, sync_dir,
-    Error, PageChecksums, Position, READ_CHUNK,
+    io_error, is_lock_page, now_ms, page_offset, read_database, read_database_shape, read_freelist,
+    sync_dir, Error, Freelist, PageChecksums, Position, Shape, READ_CHUNK,
 };
 use crate::{ltx, sqlite};
 
 /// Buffer size for reading and writing LTX files.
 const LTX_BUFFER: usize = 256 * 1024;
+/// Suffix of an LTX file being applied.
+const PENDING_SUFFIX: &str = ".pending";
 
 /// One database. Every method takes `&self`; the state is behind a mutex,
 /// so a `Db` can be shared between threads in an `Arc`.
@@ -43,8 +50,23 @@ pub struct Db {
     wal_path: PathBuf,
     shm_path: PathBuf,
     ltx_dir: PathBuf,
+    undo_path: PathBuf,
     node_id: u64,
     state: Mutex<State>,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    /// The new position; `None` when the database did not change (a
+    /// rolled-back or read-only transaction).
+    pub position: Option<Position>,
+    /// Pages litefs wrote back into the database file itself: free-list
+    /// pages a rolled-back transaction had reused. Any cached copy of them
+    /// (the kernel's page cache of the mount) is stale.
+    pub restored_pages: Vec<u32>,
+    /// The page size of `restored_pages` (0 when there are none).
+    pub page_size: u32,
 }
 
 /// What a database knows about itself between transactions.
@@ -56,6 +78,8 @@ struct State {
     page_size: Option<u32>,
     /// Checksums of the pages as of `pos`.
     checksums: PageChecksums,
+    /// The free list as of `pos`.
+    freelist: Freelist,
     /// Pages (in units of `page_size`) written since `pos`.
     dirty: BTreeSet<u32>,
     /// The page size in the header most recently written to page 1 since `pos`.
@@ -63,25 +87,36 @@ struct State {
     /// Some write since `pos` was not in units of `page_size`, so `dirty` is
     /// incomplete: the next commit compares every page.
     rescan: bool,
+    /// Old content of the free-list pages overwritten since `pos`.
+    undo: UndoLog,
 }
 
 impl State {
-    fn new(page_size: Option<u32>, checksums: PageChecksums) -> State {
+    fn new(undo_path: PathBuf) -> State {
         State {
             pos: Position::default(),
-            page_size,
-            checksums,
+            page_size: None,
+            checksums: PageChecksums::empty(),
+            freelist: Freelist::default(),
             dirty: BTreeSet::new(),
             pending_page_size: None,
             rescan: false,
+            undo: UndoLog::new(undo_path),
         }
     }
 
     /// Forgets what was written since `pos` (the transaction is over).
-    fn end_transaction(&mut self) {
+    fn end_transaction(&mut self, db: &str) {
         self.dirty.clear();
         self.pending_page_size = None;
         self.rescan = false;
+        if let Err(err) = self.undo.clear() {
+            // Harmless: every record names the position it belongs to.
+            log::warn!(
+                "database {db}: cannot empty the undo log {}: {err}",
+                self.undo.path().display()
+            );
+        }
     }
 }
 
@@ -163,6 +198,7 @@ impl Db {
             format!("creating the directory of database {name}"),
             &ltx_dir,
         ))?;
+        let undo_path = dir.join("undo");
         let mut db = Db {
             name: name.to_string(),
             database_path: dir.join("database"),
@@ -170,9 +206,10 @@ impl Db {
             wal_path: dir.join("wal"),
             shm_path: dir.join("shm"),
             ltx_dir,
+            state: Mutex::new(State::new(undo_path.clone())),
+            undo_path,
             dir,
             node_id,
-            state: Mutex::new(State::new(None, PageChecksums::empty())),
         };
         let state = db.recover()?;
         log::debug!("database {}: recovered at position {}", db.name, state.pos);
@@ -215,6 +252,11 @@ impl Db {
         &self.ltx_dir
     }
 
+    /// The undo log of free-list pages, `dbs/<name>/undo`.
+    pub fn undo_path(&self) -> &Path {
+        &self.undo_path
+    }
+
     /// The position after the newest recorded transaction.
     pub fn pos(&self) -> Position {
         self.lock().pos
@@ -227,7 +269,8 @@ impl Db {
     }
 
     /// Checks a write to the database file before the mount passes it
-    /// through, and marks the pages it covers dirty.
+    /// through, marks the pages it covers dirty, and saves the old content
+    /// of free-list pages it overwrites to the undo log.
     ///
     /// A write must cover whole pages. A write at offset 0 must start with
     /// a SQLite header; the page size it names becomes the pending page size
@@ -242,6 +285,11 @@ impl Db {
             return Ok(());
         }
         let mut state = self.lock();
+        self.check_write(&mut state, offset, data)?;
+        self.save_free_pages(&mut state, offset, data.len() as u64)
+    }
+
+    fn check_write(&self, state: &mut State, offset: u64, data: &[u8]) -> Result<(), Error> {
         let len = data.len() as u64;
         let refuse = |reason: String| {
             Err(Error::InvalidWrite {
@@ -308,6 +356,54 @@ impl Db {
         }
     }
 
+    /// Saves to the undo log the current content of the free-list pages
+    /// (as of the position) that a write of `len` bytes at `offset` is about
+    /// to overwrite for the first time in this transaction.
+    fn save_free_pages(&self, state: &mut State, offset: u64, len: u64) -> Result<(), Error> {
+        let Some(page_size) = state.page_size else {
+            return Ok(());
+        };
+        let size = u64::from(page_size);
+        let first = offset / size + 1;
+        let last = (offset + len).div_ceil(size);
+        let leaves = &state.freelist.leaves;
+        let start = leaves.partition_point(|&pgno| u64::from(pgno) < first);
+        let to_save: Vec<u32> = leaves[start..]
+            .iter()
+            .copied()
+            .take_while(|&pgno| u64::from(pgno) <= last)
+            .filter(|&pgno| !state.undo.contains(pgno))
+            .collect();
+        if to_save.is_empty() {
+            return Ok(());
+        }
+        let path = &self.database_path;
+        let database =
+            File::open(path).map_err(io_error(format!("opening database {}", self.name), path))?;
+        let mut page = vec![0u8; page_size as usize];
+        for pgno in to_save {
+            self.read_page(&database, pgno, &mut page)?;
+            state.undo.append(state.pos, pgno, &page).map_err(io_error(
+                format!(
+                    "saving free-list page {pgno} of database {} to the undo log",
+                    self.name
+                ),
+                &self.undo_path,
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the undo log durable. Call it before fsyncing the database
+    /// file, so that a power loss cannot keep a reused free-list page
+    /// without its old content.
+    pub fn before_sync(&self) -> Result<(), Error> {
+        self.lock().undo.sync().map_err(io_error(
+            format!("syncing the undo log of database {}", self.name),
+            &self.undo_path,
+        ))
+    }
+
     /// Checks a truncation of the database file before the mount passes it
     /// through: the new size must be a whole number of pages of the current
     /// or the pending page size.
@@ -335,12 +431,20 @@ impl Db {
     /// advances the position. Returns `None`, writing nothing, when the
     /// database is unchanged (a rolled-back transaction).
     pub fn commit(&self) -> Result<Option<Position>, Error> {
-        self.commit_pages(&BTreeSet::new())
+        self.commit_detailed(&BTreeSet::new()).map(|c| c.position)
     }
 
     /// Like [`Db::commit`], with `dirty` added to the pages written through
     /// [`Db::before_write`] (for a dirty set derived from the journal).
     pub fn commit_pages(&self, dirty: &BTreeSet<u32>) -> Result<Option<Position>, Error> {
+        self.commit_detailed(dirty).map(|c| c.position)
+    }
+
+    /// Like [`Db::commit_pages`], also saying which pages litefs itself
+    /// wrote back into the database file: when a rolled-back transaction had
+    /// reused free-list pages, their old content comes back from the undo
+    /// log so that the database matches its position again.
+    pub fn commit_detailed(&self, dirty: &BTreeSet<u32>) -> Result<Commit, Error> {
         let mut state = self.lock();
         let result = self.commit_locked(&mut state, dirty);
         if result.is_err() {
@@ -354,7 +458,7 @@ impl Db {
         &self,
         state: &mut State,
         extra_dirty: &BTreeSet<u32>,
-    ) -> Result<Option<Position>, Error> {
+    ) -> Result<Commit, Error> {
         let path = &self.database_path;
         let file = match File::open(path) {
             Ok(file) => Some(file),
@@ -369,10 +473,14 @@ impl Db {
             Some(file) => read_database_shape(&self.name, path, file)?,
             None => None,
         };
-        let (Some(file), Some((page_size, page_count))) = (file, shape) else {
+        let (Some(file), Some(shape)) = (file, shape) else {
             if state.checksums.page_count() == 0 {
-                state.end_transaction();
-                return Ok(None);
+                state.end_transaction(&self.name);
+                return Ok(Commit {
+                    position: None,
+                    restored_pages: Vec::new(),
+                    page_size: 0,
+                });
             }
             return Err(Error::InvalidDatabase {
                 db: self.name.clone(),
@@ -384,6 +492,11 @@ impl Db {
                 ),
             });
         };
+        let Shape {
+            page_size,
+            page_count,
+            ..
+        } = shape;
 
         let incremental = state.pos.txid > 0 && state.page_size == Some(page_size);
         let old_count = if incremental {
@@ -418,12 +531,31 @@ impl Db {
             }
             pages.push((pgno, checksum));
         }
-        let change = Change::new(&state.checksums, incremental, page_size, page_count, pages);
-        if incremental && page_count == old_count && change.pages.is_empty() {
-            state.end_transaction();
-            return Ok(None);
+
+        // A rolled-back transaction leaves page 1 (with its change counter)
+        // as it was; if every page that still differs is a reused free-list
+        // page saved in the undo log, put those back.
+        let mut restored_pages = Vec::new();
+        let rolled_back_with_free_pages = incremental
+            && page_count == old_count
+            && !pages.is_empty()
+            && pages
+                .iter()
+                .all(|&(pgno, _)| pgno != 1 && state.undo.contains(pgno));
+        if rolled_back_with_free_pages {
+            restored_pages = self.restore_free_pages(state, &pages, page_size)?;
+            pages.clear();
+        }
+        if incremental && page_count == old_count && pages.is_empty() {
+            state.end_transaction(&self.name);
+            return Ok(Commit {
+                position: None,
+                restored_pages,
+                page_size,
+            });
         }
 
+        let change = Change::new(&state.checksums, incremental, page_size, page_count, pages);
         let txid = state.pos.txid + 1;
         let header = ltx::Header {
             page_size,
@@ -453,9 +585,80 @@ impl Db {
             txid,
             checksum: change.checksum,
         };
-        state.end_transaction();
+        self.refresh_freelist(state, &file, &shape, &change);
+        state.end_transaction(&self.name);
         sync_dir(&self.ltx_dir)?;
-        Ok(Some(state.pos))
+        Ok(Commit {
+            position: Some(state.pos),
+            restored_pages,
+            page_size,
+        })
+    }
+
+    /// Writes the saved content of `pages` back from the undo log (each must
+    /// match its checksum as of the position) and fsyncs the database file.
+    fn restore_free_pages(
+        &self,
+        state: &mut State,
+        pages: &[(u32, u64)],
+        page_size: u32,
+    ) -> Result<Vec<u32>, Error> {
+        let path = &self.database_path;
+        let write_error = |err| {
+            io_error(
+                format!("restoring free-list pages of database {}", self.name),
+                path,
+            )(err)
+        };
+        let database = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(write_error)?;
+        let mut page = vec![0u8; page_size as usize];
+        let mut restored = Vec::with_capacity(pages.len());
+        for &(pgno, _) in pages {
+            let found = state.undo.read_page(pgno, &mut page).map_err(io_error(
+                format!("reading the undo log of database {}", self.name),
+                &self.undo_path,
+            ))?;
+            if !found || ltx::page_checksum(pgno, &page) != state.checksums.get(pgno) {
+                return Err(Error::Changed {
+                    db: self.name.clone(),
+                    reason: format!(
+                        "the undo log does not hold the content of free-list page {pgno} \
+                         at position {}",
+                        state.pos
+                    ),
+                });
+            }
+            database
+                .write_all_at(&page, page_offset(pgno, page_size))
+                .map_err(write_error)?;
+            restored.push(pgno);
+        }
+        database.sync_all().map_err(write_error)?;
+        log::info!(
+            "database {}: a rolled-back transaction had reused {} free-list pages; \
+             restored their old content",
+            self.name,
+            restored.len()
+        );
+        Ok(restored)
+    }
+
+    /// Re-reads the free list if the change may have altered it.
+    fn refresh_freelist(&self, state: &mut State, file: &File, shape: &Shape, change: &Change) {
+        let list = &state.freelist;
+        let unchanged = change.incremental
+            && list.trunk == shape.freelist_trunk
+            && list.count == shape.freelist_count
+            && !change
+                .pages
+                .iter()
+                .any(|(pgno, _)| list.trunks.binary_search(pgno).is_ok());
+        if !unchanged {
+            state.freelist = read_freelist(&self.name, file, shape);
+        }
     }
 
     /// Writes the pages of `change`, read from the database file, as an LTX
@@ -513,17 +716,15 @@ impl Db {
     /// removes every other LTX file (they belong to a different history).
     pub fn apply_ltx(&self, path: &Path) -> Result<Position, Error> {
         let mut state = self.lock();
-        let expected = state.pos;
-        let (header, change) = self.plan_apply(path, &state, Some(expected))?;
+        let (header, change) = self.plan_apply(path, &state)?;
         let final_path = self
             .ltx_dir
             .join(ltx::filename(header.min_txid, header.max_txid));
+        let pending = pending_path(&final_path);
         let result = (|| {
-            if header.is_snapshot() {
-                self.remove_ltx_files_except(&[path, &final_path])?;
-            }
-            self.place_ltx(path, &final_path)?;
-            self.write_pages(&final_path, &header)
+            self.place_ltx(path, &pending)?;
+            self.write_pages(&pending, &header)?;
+            self.finish_apply(&pending, &final_path, header.is_snapshot())
         })();
         if let Err(err) = result {
             // The database may be half written: start again from what is on disk.
@@ -541,7 +742,16 @@ impl Db {
             txid: header.max_txid,
             checksum: change.checksum,
         };
-        state.end_transaction();
+        state.end_transaction(&self.name);
+        let path_db = &self.database_path;
+        match File::open(path_db)
+            .map(|file| (read_database_shape(&self.name, path_db, &file), file))
+        {
+            Ok((Ok(Some(shape)), file)) => {
+                self.refresh_freelist(&mut state, &file, &shape, &change)
+            }
+            _ => state.freelist = Freelist::default(),
+        }
         log::debug!(
             "database {}: applied {} ({} pages), position {}",
             self.name,
@@ -554,13 +764,8 @@ impl Db {
 
     /// Reads and verifies the whole LTX file at `path` and computes what
     /// applying it to the database in `state` gives; refuses it unless it
-    /// follows `expected` (when given) and leads to its post-apply checksum.
-    fn plan_apply(
-        &self,
-        path: &Path,
-        state: &State,
-        expected: Option<Position>,
-    ) -> Result<(ltx::Header, Change), Error> {
+    /// follows the position and leads to its post-apply checksum.
+    fn plan_apply(&self, path: &Path, state: &State) -> Result<(ltx::Header, Change), Error> {
         let refuse = |reason: String| Error::Refused {
             db: self.name.clone(),
             path: path.to_path_buf(),
@@ -578,23 +783,22 @@ impl Db {
         let mut decoder =
             ltx::LtxDecoder::new(BufReader::with_capacity(LTX_BUFFER, file)).map_err(ltx_error)?;
         let header = *decoder.header();
-        if let Some(pos) = expected {
-            if !header.is_snapshot() && header.min_txid != pos.txid + 1 {
-                return Err(refuse(format!(
-                    "it starts at TXID {:016x} but the database is at TXID {:016x}, \
-                     so the next file must start at TXID {:016x}",
-                    header.min_txid,
-                    pos.txid,
-                    pos.txid + 1
-                )));
-            }
-            if !header.is_snapshot() && header.pre_apply_checksum != pos.checksum {
-                return Err(refuse(format!(
-                    "its pre-apply checksum {:016x} is not the database checksum {:016x} \
-                     at TXID {:016x}",
-                    header.pre_apply_checksum, pos.checksum, pos.txid
-                )));
-            }
+        let pos = state.pos;
+        if !header.is_snapshot() && header.min_txid != pos.txid + 1 {
+            return Err(refuse(format!(
+                "it starts at TXID {:016x} but the database is at TXID {:016x}, \
+                 so the next file must start at TXID {:016x}",
+                header.min_txid,
+                pos.txid,
+                pos.txid + 1
+            )));
+        }
+        if !header.is_snapshot() && header.pre_apply_checksum != pos.checksum {
+            return Err(refuse(format!(
+                "its pre-apply checksum {:016x} is not the database checksum {:016x} \
+                 at TXID {:016x}",
+                header.pre_apply_checksum, pos.checksum, pos.txid
+            )));
         }
         let page_size = header.page_size;
         let incremental = !header.is_snapshot() && state.page_size == Some(page_size);
@@ -639,15 +843,19 @@ impl Db {
         Ok((header, change))
     }
 
-    /// Puts the LTX file at `from` into `ltx/` as `to`: renamed when it is
-    /// in `ltx/` already, copied (to a temporary name, fsynced, renamed)
-    /// otherwise.
+    /// Puts the LTX file at `from` into `ltx/` as `to`, durably: fsynced and
+    /// renamed when it is in `ltx/` already, copied (to a temporary name,
+    /// fsynced, renamed) otherwise.
     fn place_ltx(&self, from: &Path, to: &Path) -> Result<(), Error> {
         if from == to {
             return Ok(());
         }
         if from.parent() == Some(self.ltx_dir.as_path()) {
-            fs::rename(from, to).map_err(io_error(
+            let rename = || -> io::Result<()> {
+                File::open(from)?.sync_all()?;
+                fs::rename(from, to)
+            };
+            rename().map_err(io_error(
                 format!("moving an LTX file of database {} into place", self.name),
                 to,
             ))?;
@@ -708,6 +916,19 @@ impl Db {
             .set_len(u64::from(header.commit) * u64::from(page_size))
             .map_err(write_error)?;
         database.sync_all().map_err(write_error)
+    }
+
+    /// Ends an apply whose pages are written: a snapshot removes every other
+    /// LTX file, then the pending file gets its proper name.
+    fn finish_apply(&self, pending: &Path, final_path: &Path, snapshot: bool) -> Result<(), Error> {
+        if snapshot {
+            self.remove_ltx_files_except(&[final_path])?;
+        }
+        fs::rename(pending, final_path).map_err(io_error(
+            format!("renaming an applied LTX file of database {}", self.name),
+            final_path,
+        ))?;
+        sync_dir(&self.ltx_dir)
     }
 
     /// Writes a snapshot of the database as of its position to `w`: an LTX
@@ -858,13 +1079,15 @@ impl Db {
         Ok(deleted)
     }
 
-    /// Rebuilds the state from the files on disk: deletes leftover temporary
-    /// files, rolls back (or, if already recorded, deletes) a hot journal,
-    /// recomputes the database checksum and checks it against the newest
-    /// LTX file, rolling that file forward when the database is what it was
-    /// applied to. A database file without LTX files is recorded as TXID 1.
+    /// Rebuilds the state from the files on disk, in this order: deletes
+    /// leftover temporary files, completes an interrupted apply, rolls back
+    /// (or, if already recorded, deletes) a hot journal, puts back free-list
+    /// pages from the undo log, and checks the database checksum against
+    /// the newest LTX file. A database file without LTX files is recorded
+    /// as TXID 1.
     fn recover(&self) -> Result<State, Error> {
         self.remove_temp_files()?;
+        self.finish_pending_apply()?;
         let files = self.ltx_files()?;
         let newest = match files.iter().max_by_key(|&&(min, max, _)| (max, min)) {
             Some((_, _, path)) => {
@@ -873,15 +1096,34 @@ impl Db {
                     path: path.clone(),
                     source,
                 })?;
-                Some((path.clone(), header, trailer))
+                let pos = Position {
+                    txid: header.max_txid,
+                    checksum: trailer.post_apply_checksum,
+                };
+                Some((path.clone(), pos))
             }
             None => None,
         };
-        self.recover_journal(newest.as_ref().map(|(_, _, t)| t.post_apply_checksum))?;
+        let base = newest.as_ref().map(|(_, pos)| *pos).unwrap_or_default();
+        self.recover_journal(newest.as_ref().map(|(_, pos)| pos.checksum))?;
 
-        let (page_size, checksums) = self.read_database_file()?;
-        let mut state = State::new(page_size, checksums);
-        let Some((path, header, trailer)) = newest else {
+        let (mut shape, mut checksums) = self.read_database_file()?;
+        if base.txid > 0 && checksums.checksum() != base.checksum && self.restore_undo(base)? > 0 {
+            (shape, checksums) = self.read_database_file()?;
+        }
+        let mut state = State::new(self.undo_path.clone());
+        state.undo.reset().map_err(io_error(
+            format!("emptying the undo log of database {}", self.name),
+            &self.undo_path,
+        ))?;
+        state.page_size = shape.map(|s| s.page_size);
+        state.checksums = checksums;
+        if let Some(shape) = &shape {
+            if let Ok(file) = File::open(&self.database_path) {
+                state.freelist = read_freelist(&self.name, &file, shape);
+            }
+        }
+        let Some((path, pos)) = newest else {
             if state.checksums.page_count() > 0 {
                 log::warn!(
                     "database {}: the database file has no LTX files (copied in?); \
@@ -892,35 +1134,66 @@ impl Db {
             }
             return Ok(state);
         };
-        if state.checksums.checksum() != trailer.post_apply_checksum {
-            let file_checksum = state.checksums.checksum();
-            let (header, change) = match self.plan_apply(&path, &state, None) {
-                Ok(plan) => plan,
-                Err(err) => {
-                    log::debug!("database {}: cannot roll forward: {err}", self.name);
-                    return Err(Error::ChecksumMismatch {
-                        db: self.name.clone(),
-                        txid: header.max_txid,
-                        ltx_checksum: trailer.post_apply_checksum,
-                        file_checksum,
-                        ltx_path: path,
-                    });
-                }
-            };
-            log::warn!(
-                "database {}: the database file does not match its newest LTX file {} \
-                 (an interrupted apply); applying it again",
-                self.name,
-                path.display()
-            );
-            self.write_pages(&path, &header)?;
-            change.apply_to(&mut state);
+        if state.checksums.checksum() != pos.checksum {
+            return Err(Error::ChecksumMismatch {
+                db: self.name.clone(),
+                txid: pos.txid,
+                ltx_checksum: pos.checksum,
+                file_checksum: state.checksums.checksum(),
+                ltx_path: path,
+            });
         }
-        state.pos = Position {
-            txid: header.max_txid,
-            checksum: trailer.post_apply_checksum,
-        };
+        state.pos = pos;
         Ok(state)
+    }
+
+    /// Completes applies interrupted by a crash: writes the pages of each
+    /// intact `*.ltx.pending` file again (the result is the same however far
+    /// the apply got) and gives it its proper name. A pending file that does
+    /// not verify never had its pages written, and is deleted.
+    fn finish_pending_apply(&self) -> Result<(), Error> {
+        let dir = &self.ltx_dir;
+        let list_error = |err| {
+            io_error(
+                format!("listing the LTX files of database {}", self.name),
+                dir,
+            )(err)
+        };
+        let mut pending = Vec::new();
+        for entry in fs::read_dir(dir).map_err(list_error)? {
+            let path = entry.map_err(list_error)?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if let Some((min, max)) = name
+                .strip_suffix(PENDING_SUFFIX)
+                .and_then(ltx::parse_filename)
+            {
+                pending.push((min, max, path));
+            }
+        }
+        pending.sort();
+        for (min, max, path) in pending {
+            match ltx::verify_file(&path) {
+                Ok((header, _)) => {
+                    log::warn!(
+                        "database {}: completing the interrupted apply of {}",
+                        self.name,
+                        path.display()
+                    );
+                    self.write_pages(&path, &header)?;
+                    let final_path = dir.join(ltx::filename(min, max));
+                    self.finish_apply(&path, &final_path, header.is_snapshot())?;
+                }
+                Err(err) => {
+                    log::warn!(
+                        "database {}: deleting an incomplete pending LTX file: {err}",
+                        self.name
+                    );
+                    fs::remove_file(&path)
+                        .map_err(io_error("deleting an incomplete pending LTX file", &path))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Handles a hot rollback journal left by a crash: if the database
@@ -1000,6 +1273,36 @@ impl Db {
         self.remove_journal()
     }
 
+    /// Puts back the free-list pages saved in the undo log by a transaction
+    /// that started at `base` and was interrupted. Returns how many.
+    fn restore_undo(&self, base: Position) -> Result<usize, Error> {
+        let path = &self.database_path;
+        let write_error = |err| {
+            io_error(
+                format!("restoring free-list pages of database {}", self.name),
+                path,
+            )(err)
+        };
+        let database = match OpenOptions::new().write(true).open(path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(err) => return Err(write_error(err)),
+        };
+        let restored = undo::read_saved_pages(&self.undo_path, base, |pgno, page| {
+            database.write_all_at(page, page_offset(pgno, page.len() as u32))
+        })
+        .map_err(write_error)?;
+        if restored > 0 {
+            database.sync_all().map_err(write_error)?;
+            log::warn!(
+                "database {}: restored {restored} free-list pages from the undo log of an \
+                 interrupted transaction",
+                self.name
+            );
+        }
+        Ok(restored)
+    }
+
     fn remove_journal(&self) -> Result<(), Error> {
         fs::remove_file(&self.journal_path).map_err(io_error(
             format!("deleting the hot journal of database {}", self.name),
@@ -1008,9 +1311,9 @@ impl Db {
         sync_dir(&self.dir)
     }
 
-    /// Reads the database file's page size and page checksums (none when the
+    /// Reads the database file's shape and page checksums (none when the
     /// file is missing or empty).
-    fn read_database_file(&self) -> Result<(Option<u32>, PageChecksums), Error> {
+    fn read_database_file(&self) -> Result<(Option<Shape>, PageChecksums), Error> {
         let path = &self.database_path;
         match File::open(path) {
             Ok(file) => read_database(&self.name, path, &file),
@@ -1095,5 +1398,12 @@ impl std::fmt::Debug for Db {
 fn temp_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_os_string();
     name.push(".tmp");
+    PathBuf::from(name)
+}
+
+/// The name an LTX file has in `ltx/` while it is being applied.
+fn pending_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(PENDING_SUFFIX);
     PathBuf::from(name)
 }
