@@ -107,37 +107,55 @@ pub fn parse_name(name: &str) -> (&str, FileKind) {
 }
 
 /// Whether this node is primary, and if not, who is. Shared with the node,
-/// which flips it when the lease moves.
-#[derive(Debug, Default)]
+/// which changes it when the lease moves.
+#[derive(Debug)]
 pub struct Role {
-    primary_hostname: RwLock<Option<String>>,
+    state: RwLock<RoleState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RoleState {
+    Primary,
+    /// Read-only; the primary's hostname when one is known.
+    Replica(Option<String>),
 }
 
 impl Role {
     /// A role that starts as primary.
     pub fn primary() -> Role {
-        Role::default()
+        Role {
+            state: RwLock::new(RoleState::Primary),
+        }
+    }
+
+    /// A read-only role, replicating from `hostname` when one is known.
+    pub fn replica(hostname: Option<String>) -> Role {
+        Role {
+            state: RwLock::new(RoleState::Replica(hostname)),
+        }
     }
 
     /// True when this node accepts writes.
     pub fn is_primary(&self) -> bool {
-        self.hostname().is_none()
+        *self.state.read().unwrap_or_else(|e| e.into_inner()) == RoleState::Primary
     }
 
-    /// The primary's hostname when this node is a replica.
+    /// The primary's hostname when this node is a replica that knows it.
     pub fn hostname(&self) -> Option<String> {
-        self.primary_hostname
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        match &*self.state.read().unwrap_or_else(|e| e.into_inner()) {
+            RoleState::Primary => None,
+            RoleState::Replica(h) => h.clone(),
+        }
     }
 
-    /// Makes this node primary (`None`) or a replica of `hostname`.
-    pub fn set(&self, hostname: Option<String>) {
-        *self
-            .primary_hostname
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = hostname;
+    /// Makes this node the primary.
+    pub fn set_primary(&self) {
+        *self.state.write().unwrap_or_else(|e| e.into_inner()) = RoleState::Primary;
+    }
+
+    /// Makes this node read-only, following `hostname` when known.
+    pub fn set_replica(&self, hostname: Option<String>) {
+        *self.state.write().unwrap_or_else(|e| e.into_inner()) = RoleState::Replica(hostname);
     }
 }
 
@@ -380,10 +398,15 @@ impl LitefsFs {
     }
 
     fn read_only_error(&self, what: &str, name: &str) -> Errno {
-        info!(
-            "refused {what} of {name}: this node is a replica (primary is {}); write on the primary",
-            self.role.hostname().unwrap_or_default()
-        );
+        match self.role.hostname() {
+            Some(primary) => info!(
+                "refused {what} of {name}: this node is a read-only replica of {primary}; \
+                 write on the primary"
+            ),
+            None => {
+                info!("refused {what} of {name}: no primary is known yet, so writes are refused")
+            }
+        }
         Errno::EROFS
     }
 }

@@ -6,6 +6,8 @@
 
 pub mod config;
 pub mod fuse;
+pub mod http;
+pub mod lease;
 pub mod ltx;
 pub mod node;
 pub mod sqlite;

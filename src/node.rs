@@ -1,20 +1,31 @@
-//! The node: start-up, the mount's lifetime and clean shutdown.
+//! The node: start-up, the role state machine, and clean shutdown.
 //!
 //! `run` opens the store (which recovers every database: hot journals are
-//! rolled back before anything is mounted), mounts the file system, and
-//! waits for SIGINT or SIGTERM, then unmounts. Shutdown signals are blocked
-//! before any thread starts and taken with `sigwait`, so no thread is ever
-//! interrupted in the middle of a commit.
+//! rolled back before anything is mounted), mounts the file system, starts
+//! the HTTP server and the lease thread, then reacts to two kinds of event
+//! on crossbeam channels: lease changes (become primary, follow a primary,
+//! no primary known) and SIGINT/SIGTERM. Shutdown signals are blocked in
+//! every thread and taken by one thread with `sigwait`, so no thread is
+//! ever interrupted in the middle of a commit.
+//!
+//! On shutdown the node first stops accepting writes, then gives up the
+//! lease (so another candidate takes over at once), then unmounts.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
-use log::{error, info, warn};
+use crossbeam_channel::{select, Receiver};
+use log::{debug, error, info, warn};
 
-use crate::config::Config;
-use crate::fuse::{LitefsFs, LockTable, Role};
-use crate::store::{self, Store};
+use crate::config::{Config, LeaseKind};
+use crate::fuse::{Applier, LitefsFs, LockTable, Role};
+use crate::http;
+use crate::lease::{self, LeaseEvent, PrimaryInfo};
+use crate::store::{self, Db, Position, Store};
 
 /// FUSE worker threads: enough that a slow request (an fsync) does not
 /// stall every reader on a small machine.
@@ -44,6 +55,10 @@ pub enum Error {
     },
     /// Signal set-up failed.
     Signals(std::io::Error),
+    /// The HTTP server could not start.
+    Http(http::Error),
+    /// A thread could not be started.
+    Thread(std::io::Error),
     /// The mount could not be removed at shutdown.
     Unmount {
         path: PathBuf,
@@ -77,6 +92,8 @@ impl fmt::Display for Error {
                 path.display()
             ),
             Error::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
+            Error::Http(e) => write!(f, "{e}"),
+            Error::Thread(e) => write!(f, "cannot start a thread: {e}"),
             Error::Unmount { path, source } => write!(
                 f,
                 "cannot unmount {0}: {source}; close the programs using it and run `umount -f {0}`",
@@ -104,43 +121,234 @@ pub fn run(config: &Config) -> Result<(), Error> {
     for db in store.dbs() {
         info!("database {}: position {}", db.name(), db.pos());
     }
-    let role = Arc::new(Role::primary());
-    let locks = Arc::new(LockTable::new());
-    let fs = LitefsFs::new(store.clone(), role.clone(), locks);
+    // A static candidate is the primary from the first moment, so writes
+    // never see a read-only mount at start-up; every other node is
+    // read-only until the lease says otherwise.
+    let static_primary = config.lease.kind == LeaseKind::Static && config.lease.candidate;
+    let role = Arc::new(if static_primary {
+        Role::primary()
+    } else {
+        Role::replica(None)
+    });
+    let fs = LitefsFs::new(store.clone(), role.clone(), Arc::new(LockTable::new()));
+    let applier = Arc::new(fs.applier());
 
+    let server =
+        http::Server::start(&config.http_bind_addr(), store.clone()).map_err(Error::Http)?;
+    server.set_serving(role.is_primary());
+    info!("replication server listening on {}", server.local_addr());
+
+    let background = mount(fs, &mount_dir)?;
+    applier.set_notifier(background.notifier());
+    info!(
+        "mounted {} (data in {})",
+        mount_dir.display(),
+        config.data_dir.display()
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let retention = spawn_retention(store.clone(), config.retention, stop.clone())?;
+    let (lease_tx, lease_rx) = crossbeam_channel::unbounded();
+    let lease_thread = lease::spawn_lease_thread(
+        lease::leaser_from_config(&config.lease),
+        config.lease.candidate,
+        lease_tx,
+        stop.clone(),
+    )
+    .map_err(Error::Thread)?;
+    let signal_rx = signals.spawn_waiter().map_err(Error::Thread)?;
+
+    let mut roles = Roles {
+        store: store.clone(),
+        role: role.clone(),
+        server: &server,
+        applier,
+        replica: None,
+    };
+    let signal = loop {
+        select! {
+            recv(signal_rx) -> sig => break sig.unwrap_or("a closed signal channel"),
+            recv(lease_rx) -> event => match event {
+                Ok(event) => roles.handle(event)?,
+                Err(_) => {
+                    error!("the lease thread ended unexpectedly; shutting down");
+                    break "lease thread exit";
+                }
+            },
+        }
+    };
+    info!("received {signal}, shutting down");
+    // No new writes, then give up the lease so another candidate takes
+    // over at once, then stop everything else.
+    role.set_replica(None);
+    server.set_serving(false);
+    stop.store(true, Ordering::SeqCst);
+    roles.stop_replica();
+    let _ = lease_thread.join();
+    let _ = retention.join();
+    server.shutdown();
+    unmount(background, &mount_dir)
+}
+
+/// The node's side of role changes: what the mount, the HTTP server and
+/// the replication stream do as the lease moves.
+struct Roles<'a> {
+    store: Arc<Store>,
+    role: Arc<Role>,
+    server: &'a http::Server,
+    applier: Arc<Applier>,
+    replica: Option<ReplicaTask>,
+}
+
+/// A running replication stream from one primary.
+struct ReplicaTask {
+    url: String,
+    stop: Arc<AtomicBool>,
+    /// Held while an LTX file is applied, so a role change can wait for
+    /// the apply in flight and be sure no other one starts.
+    gate: Arc<Mutex<()>>,
+    thread: JoinHandle<()>,
+}
+
+impl Roles<'_> {
+    fn handle(&mut self, event: LeaseEvent) -> Result<(), Error> {
+        match event {
+            LeaseEvent::Primary => {
+                self.stop_replica();
+                self.role.set_primary();
+                self.server.set_serving(true);
+                info!("this node is now the primary; the mount accepts writes");
+            }
+            LeaseEvent::Replica(primary) => {
+                self.role.set_replica(Some(primary.hostname.clone()));
+                self.server.set_serving(false);
+                if self.replica.as_ref().map(|r| r.url.as_str()) != Some(&primary.advertise_url) {
+                    self.stop_replica();
+                    self.replica = Some(self.start_replica(&primary)?);
+                    info!(
+                        "this node is a read-only replica of {} at {}",
+                        primary.hostname, primary.advertise_url
+                    );
+                }
+            }
+            LeaseEvent::NoPrimary => {
+                self.role.set_replica(None);
+                self.server.set_serving(false);
+                self.stop_replica();
+                warn!("no primary is known; the mount is read-only until one is");
+            }
+        }
+        Ok(())
+    }
+
+    fn start_replica(&self, primary: &PrimaryInfo) -> Result<ReplicaTask, Error> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(Mutex::new(()));
+        let url = primary.advertise_url.clone();
+        let (store, applier) = (self.store.clone(), self.applier.clone());
+        let (thread_stop, thread_gate, thread_url) = (stop.clone(), gate.clone(), url.clone());
+        let thread = std::thread::Builder::new()
+            .name("replica".into())
+            .spawn(move || {
+                let mut apply = |db: &Arc<Db>, path: &Path| -> Result<Position, store::Error> {
+                    let _applying = thread_gate.lock().unwrap_or_else(|e| e.into_inner());
+                    if thread_stop.load(Ordering::SeqCst) {
+                        return Err(store::Error::Refused {
+                            db: db.name().to_string(),
+                            path: path.to_path_buf(),
+                            reason: "this node stopped following that primary".into(),
+                        });
+                    }
+                    applier.apply(db, path)
+                };
+                http::run_replica_loop(
+                    || Some(thread_url.clone()),
+                    &store,
+                    &mut apply,
+                    &thread_stop,
+                );
+            })
+            .map_err(Error::Thread)?;
+        Ok(ReplicaTask {
+            url,
+            stop,
+            gate,
+            thread,
+        })
+    }
+
+    /// Stops following the current primary; returns once no apply is in
+    /// flight. The thread itself ends at its next frame or heartbeat.
+    fn stop_replica(&mut self) {
+        if let Some(task) = self.replica.take() {
+            task.stop.store(true, Ordering::SeqCst);
+            drop(task.gate.lock().unwrap_or_else(|e| e.into_inner()));
+            if task.thread.is_finished() {
+                let _ = task.thread.join();
+            }
+            debug!("stopped replicating from {}", task.url);
+        }
+    }
+}
+
+fn mount(fs: LitefsFs, mount_dir: &Path) -> Result<fuser::BackgroundSession, Error> {
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = vec![
         fuser::MountOption::FSName("litefs".to_string()),
         fuser::MountOption::Subtype("litefs".to_string()),
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
+        fuser::MountOption::DefaultPermissions,
     ];
     // Let every local user reach the mount, like any other directory; file
     // permissions still apply (the backing files' modes are reported).
     fuse_config.acl = fuser::SessionACL::All;
-    fuse_config
-        .mount_options
-        .push(fuser::MountOption::DefaultPermissions);
     fuse_config.n_threads = Some(FUSE_THREADS);
     fuse_config.clone_fd = true;
-    let session =
-        fuser::Session::new(fs, &mount_dir, &fuse_config).map_err(|source| Error::Mount {
-            path: mount_dir.clone(),
-            source,
-        })?;
-    let background = session.spawn().map_err(|source| Error::Mount {
-        path: mount_dir.clone(),
+    let mount_error = |source| Error::Mount {
+        path: mount_dir.to_path_buf(),
         source,
-    })?;
-    info!(
-        "mounted {} (data in {}), this node is primary",
-        mount_dir.display(),
-        config.data_dir.display()
-    );
+    };
+    fuser::Session::new(fs, mount_dir, &fuse_config)
+        .map_err(mount_error)?
+        .spawn()
+        .map_err(mount_error)
+}
 
-    let signal = signals.wait().map_err(Error::Signals)?;
-    info!("received {signal}, unmounting {}", mount_dir.display());
-    unmount(background, &mount_dir)
+/// Deletes LTX files older than `retention` (the newest of each database
+/// is always kept), checking a few times per retention period.
+fn spawn_retention(
+    store: Arc<Store>,
+    retention: Duration,
+    stop: Arc<AtomicBool>,
+) -> Result<JoinHandle<()>, Error> {
+    let every = (retention / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
+    std::thread::Builder::new()
+        .name("retention".into())
+        .spawn(move || {
+            while !sleep_unless_stopped(every, &stop) {
+                for db in store.dbs() {
+                    match db.enforce_retention(retention) {
+                        Ok(0) => {}
+                        Ok(n) => debug!("db {}: removed {n} LTX files past retention", db.name()),
+                        Err(e) => warn!("db {}: retention: {e}", db.name()),
+                    }
+                }
+            }
+        })
+        .map_err(Error::Thread)
+}
+
+/// Sleeps up to `d` in short steps; returns true once `stop` is set.
+fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
+    let deadline = std::time::Instant::now() + d;
+    while std::time::Instant::now() < deadline {
+        if stop.load(Ordering::SeqCst) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50).min(d));
+    }
+    stop.load(Ordering::SeqCst)
 }
 
 /// Creates the mount directory if needed and clears a stale mount left by
@@ -258,6 +466,7 @@ fn detach(path: &Path) -> std::io::Result<()> {
 }
 
 /// SIGINT and SIGTERM, blocked in every thread and taken with `sigwait`.
+#[derive(Clone, Copy)]
 struct ShutdownSignals {
     set: libc::sigset_t,
 }
@@ -278,6 +487,21 @@ impl ShutdownSignals {
             }
             Ok(ShutdownSignals { set })
         }
+    }
+
+    /// Starts a thread that waits for the signals and sends each one's name.
+    fn spawn_waiter(self) -> std::io::Result<Receiver<&'static str>> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                while let Ok(signal) = self.wait() {
+                    if tx.send(signal).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(rx)
     }
 
     /// Waits for one of the signals and returns its name.

@@ -1135,13 +1135,28 @@ impl Db {
             return Ok(state);
         };
         if state.checksums.checksum() != pos.checksum {
-            return Err(Error::ChecksumMismatch {
+            // The file was changed outside litefs (or diverged). Nothing is
+            // thrown away: the position keeps its TXID with the file's own
+            // checksum, which no other node has, so a replica is sent a
+            // snapshot by its primary, and a primary's replicas are.
+            let mismatch = Error::ChecksumMismatch {
                 db: self.name.clone(),
                 txid: pos.txid,
                 ltx_checksum: pos.checksum,
                 file_checksum: state.checksums.checksum(),
                 ltx_path: path,
-            });
+            };
+            log::error!(
+                "{mismatch}; continuing from the file's content: position {:016x}/{:016x}, \
+                 replication will resend a snapshot where needed",
+                pos.txid,
+                state.checksums.checksum()
+            );
+            state.pos = Position {
+                txid: pos.txid,
+                checksum: state.checksums.checksum(),
+            };
+            return Ok(state);
         }
         state.pos = pos;
         Ok(state)

@@ -1,0 +1,120 @@
+//! Replication over HTTP: the primary's server (tiny_http) that streams LTX
+//! files to replicas, the replica's client that pulls and applies them, and
+//! the wire format between the two (README.md, "Replication wire format").
+//!
+//! - [`Server`]: `POST /stream` (the replication stream), `GET /info`.
+//! - [`stream_from_primary`]: one stream, applied as it arrives.
+//! - [`run_replica_loop`]: streams forever, reconnecting with backoff.
+
+mod client;
+mod server;
+mod wire;
+
+pub use client::{run_replica_loop, stream_from_primary, ApplyFn};
+pub use server::{Server, Stats};
+pub use wire::{
+    format_positions, parse_positions, CONTENT_TYPE, HEARTBEAT_INTERVAL, IDLE_TIMEOUT, MAX_LTX_LEN,
+    MAX_NAME_LEN, MAX_REQUEST_BODY,
+};
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::store;
+
+/// An error of the replication server or client; each says which address,
+/// URL or database it is about.
+#[derive(Debug)]
+pub enum Error {
+    /// The server could not listen on `addr`.
+    Bind { addr: String, reason: String },
+    /// A primary URL that cannot be used.
+    BadUrl { url: String, reason: String },
+    /// The request to the primary failed: connecting, sending, or reading
+    /// the response head.
+    Request {
+        url: String,
+        source: Box<ureq::Error>,
+    },
+    /// The primary answered with a status other than 200.
+    Refused {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    /// The primary sent something that is not a valid stream.
+    Protocol { url: String, reason: String },
+    /// Reading the stream failed; `what` says what was being read.
+    Read {
+        url: String,
+        what: String,
+        source: io::Error,
+    },
+    /// Nothing, not even a heartbeat, arrived for `idle`.
+    IdleTimeout { url: String, idle: Duration },
+    /// The primary ended the stream with an error frame.
+    PrimaryError { url: String, message: String },
+    /// The primary closed the stream without saying why.
+    Closed { url: String },
+    /// A local file operation failed.
+    Io {
+        what: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    /// The store refused to create a database or apply a received file.
+    Store { db: String, source: store::Error },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Bind { addr, reason } => {
+                write!(f, "cannot listen for HTTP on {addr}: {reason}")
+            }
+            Error::BadUrl { url, reason } => write!(f, "bad primary URL {url:?}: {reason}"),
+            Error::Request { url, source } => write!(f, "request to {url} failed: {source}"),
+            Error::Refused {
+                url,
+                status,
+                message,
+            } => write!(f, "{url} answered {status}: {message}"),
+            Error::Protocol { url, reason } => {
+                write!(f, "bad replication stream from {url}: {reason}")
+            }
+            Error::Read { url, what, source } => {
+                write!(f, "reading {what} from {url} failed: {source}")
+            }
+            Error::IdleTimeout { url, idle } => write!(
+                f,
+                "nothing received from {url} for {} s, not even a heartbeat: the link is dead",
+                idle.as_secs()
+            ),
+            Error::PrimaryError { url, message } => {
+                write!(f, "{url} ended the replication stream: {message}")
+            }
+            Error::Closed { url } => {
+                write!(f, "{url} closed the replication stream without a reason")
+            }
+            Error::Io { what, path, source } => {
+                write!(f, "{what} ({}): {source}", path.display())
+            }
+            // The store's errors name the database already.
+            Error::Store { source, .. } => write!(f, "{source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Request { source, .. } => Some(source.as_ref()),
+            Error::Read { source, .. } => Some(source),
+            Error::Io { source, .. } => Some(source),
+            Error::Store { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

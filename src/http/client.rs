@@ -1,0 +1,424 @@
+//! The replica's side of replication: one long-lived `POST /stream` to the
+//! primary carrying this node's positions, then every frame applied through
+//! the store, and a loop that reconnects with backoff.
+//!
+//! The request goes through ureq. ureq 3 (3.5 and later) can bound each
+//! transport read (`timeout_per_read`), which restarts with every read:
+//! exactly the idle timeout a long-lived body needs, so a dead link (no
+//! frame, not even a heartbeat, for `IDLE_TIMEOUT`) ends the stream with an
+//! error instead of hanging. Its total-body timeout is left unset.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::wire::{self, CONTENT_TYPE, IDLE_TIMEOUT, MAX_LTX_LEN, MAX_NAME_LEN, MIN_LTX_LEN};
+use super::Error;
+use crate::store::{self, Db, Position, Store};
+
+/// Time allowed to open the TCP connection to the primary.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed for each write of the request.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// First wait before reconnecting.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait before reconnecting.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest error message read from a refusing primary.
+const MAX_ERROR_BODY: u64 = 4096;
+/// Buffer between the socket and the frame parser.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Gives every received temporary file of this process its own name.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The function that applies a received LTX file (at the given path) to a
+/// database and returns the new position.
+pub type ApplyFn<'a> = dyn FnMut(&Arc<Db>, &Path) -> Result<Position, store::Error> + 'a;
+
+/// Connects once to the primary at `primary_url` (`http://host:port`),
+/// sends the position of every database in `store`, and applies every LTX
+/// file the primary streams back with `apply` (which must verify before it
+/// changes anything, as `Db::apply_ltx` does). Databases the primary has
+/// and this node lacks are created. Returns `Ok(())` once `stop` is set
+/// (checked between frames, so within a heartbeat interval), and an error
+/// when the link fails, stays silent for `IDLE_TIMEOUT`, the primary
+/// refuses or ends the stream, or a frame is malformed; a database is never
+/// left past its last good position.
+pub fn stream_from_primary(
+    primary_url: &str,
+    store: &Store,
+    apply: &mut ApplyFn<'_>,
+    stop: &AtomicBool,
+) -> Result<(), Error> {
+    stream_once(primary_url, store, apply, stop, &mut false)
+}
+
+/// Replicates from the primary until `stop` is set: asks `primary_url` for
+/// the primary's URL (`None` while none is known), streams from it with
+/// [`stream_from_primary`], and when that fails reconnects after a backoff
+/// doubling from 100 ms to 5 s (reset once a stream was established),
+/// resuming from this node's own positions. Each distinct failure is logged
+/// once, not every retry.
+pub fn run_replica_loop(
+    primary_url: impl Fn() -> Option<String>,
+    store: &Store,
+    apply: &mut ApplyFn<'_>,
+    stop: &AtomicBool,
+) {
+    let mut backoff = MIN_BACKOFF;
+    let mut last_failure: Option<String> = None;
+    while !stop.load(Ordering::SeqCst) {
+        let Some(url) = primary_url() else {
+            if last_failure.as_deref() != Some("no primary") {
+                log::info!("replication: no primary known yet; waiting");
+                last_failure = Some("no primary".to_string());
+            }
+            sleep_unless_stopped(backoff, stop);
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            continue;
+        };
+        let mut connected = false;
+        let result = stream_once(&url, store, apply, stop, &mut connected);
+        if connected {
+            backoff = MIN_BACKOFF;
+        }
+        match result {
+            Ok(()) => break,
+            Err(err) => {
+                let message = err.to_string();
+                if connected || last_failure.as_deref() != Some(message.as_str()) {
+                    log::warn!(
+                        "replication from {url} failed: {message}; retrying in {} ms",
+                        backoff.as_millis()
+                    );
+                } else {
+                    log::debug!("replication from {url} failed again: {message}");
+                }
+                last_failure = Some(message);
+            }
+        }
+        sleep_unless_stopped(backoff, stop);
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    log::info!("replication stopped");
+}
+
+/// Sleeps for `duration`, waking early when `stop` is set.
+fn sleep_unless_stopped(duration: Duration, stop: &AtomicBool) {
+    let deadline = Instant::now() + duration;
+    while !stop.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        if now >= deadline {
+            return;
+        }
+        thread::sleep((deadline - now).min(Duration::from_millis(50)));
+    }
+}
+
+/// `stream_from_primary`, setting `connected` once the primary accepted.
+fn stream_once(
+    primary_url: &str,
+    store: &Store,
+    apply: &mut ApplyFn<'_>,
+    stop: &AtomicBool,
+    connected: &mut bool,
+) -> Result<(), Error> {
+    let base = normalize_url(primary_url)?;
+    let url = format!("{base}/stream");
+    let mut listed = Vec::new();
+    for db in store.dbs() {
+        if db.name().contains('\n') {
+            // The line format cannot carry it; the primary treats it as new.
+            log::warn!(
+                "database {:?}: its name holds a newline, which the replication \
+                 request cannot carry; it will be sent whole",
+                db.name()
+            );
+            continue;
+        }
+        listed.push((db.name().to_string(), db.pos()));
+    }
+    let body = wire::format_positions(listed.iter().map(|(n, p)| (n.as_str(), *p)));
+
+    let config = ureq::Agent::config_builder()
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_per_read(Some(IDLE_TIMEOUT))
+        .timeout_per_write(Some(WRITE_TIMEOUT))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None)
+        .build();
+    let agent = ureq::Agent::new_with_config(config);
+    let response = agent
+        .post(&url)
+        .header("Content-Type", "text/plain; charset=utf-8")
+        .header("Connection", "close")
+        .send(body)
+        .map_err(|source| Error::Request {
+            url: url.clone(),
+            source: Box::new(source),
+        })?;
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut body = response.into_body();
+    if status != 200 {
+        let message = body
+            .with_config()
+            .limit(MAX_ERROR_BODY)
+            .lossy_utf8(true)
+            .read_to_string()
+            .unwrap_or_default();
+        return Err(Error::Refused {
+            url,
+            status,
+            message: message.trim().to_string(),
+        });
+    }
+    if content_type != CONTENT_TYPE {
+        return Err(Error::Protocol {
+            url,
+            reason: format!(
+                "the response is not a replication stream: Content-Type is {content_type:?}, \
+                 expected {CONTENT_TYPE:?}"
+            ),
+        });
+    }
+    *connected = true;
+    log::info!(
+        "replicating from {base} ({} databases at their positions)",
+        listed.len()
+    );
+    let mut reader = FrameReader {
+        reader: BufReader::with_capacity(READ_BUFFER, body.into_reader()),
+        url: &url,
+        frames: 0,
+    };
+    while !stop.load(Ordering::SeqCst) {
+        match reader.frame_type()? {
+            None => return Err(Error::Closed { url }),
+            Some(wire::FRAME_HEARTBEAT) => {}
+            Some(wire::FRAME_ERROR) => {
+                let message = reader.error_message()?;
+                return Err(Error::PrimaryError { url, message });
+            }
+            Some(wire::FRAME_LTX) => reader.ltx_frame(store, apply)?,
+            Some(other) => {
+                return Err(reader.protocol(format!(
+                    "unknown frame type byte {other:#04x} (frame {})",
+                    reader.frames + 1
+                )))
+            }
+        }
+        reader.frames += 1;
+    }
+    Ok(())
+}
+
+/// Checks `url` is `http://host[:port]` (one trailing `/` allowed) and
+/// returns it without the trailing `/`.
+fn normalize_url(url: &str) -> Result<String, Error> {
+    let bad = |reason: &str| Error::BadUrl {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(bad(
+            "it must start with http:// (this build has no TLS for https)",
+        ));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        return Err(bad("it names no host"));
+    }
+    if rest.contains(['/', '?', '#', '@', ' ']) {
+        return Err(bad(
+            "it must be only http://host:port, without a path, query or user",
+        ));
+    }
+    Ok(format!("http://{rest}"))
+}
+
+/// Reads frames from the body of a stream.
+struct FrameReader<'a, R: Read> {
+    reader: R,
+    url: &'a str,
+    /// Frames read so far, for error messages.
+    frames: u64,
+}
+
+impl<R: Read> FrameReader<'_, R> {
+    fn protocol(&self, reason: String) -> Error {
+        Error::Protocol {
+            url: self.url.to_string(),
+            reason,
+        }
+    }
+
+    /// Turns a read error into an `Error`, telling a dead link apart.
+    fn read_error(&self, err: io::Error, what: &str) -> Error {
+        if is_timeout(&err) {
+            return Error::IdleTimeout {
+                url: self.url.to_string(),
+                idle: IDLE_TIMEOUT,
+            };
+        }
+        if err.kind() == io::ErrorKind::UnexpectedEof {
+            return self.protocol(format!("the stream ended in the middle of {what}"));
+        }
+        Error::Read {
+            url: self.url.to_string(),
+            what: what.to_string(),
+            source: err,
+        }
+    }
+
+    /// The next frame's type byte; `None` at a clean end of the stream.
+    fn frame_type(&mut self) -> Result<Option<u8>, Error> {
+        let mut byte = [0u8; 1];
+        loop {
+            match self.reader.read(&mut byte) {
+                Ok(0) => return Ok(None),
+                Ok(_) => return Ok(Some(byte[0])),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(self.read_error(err, "a frame type")),
+            }
+        }
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8], what: &str) -> Result<(), Error> {
+        self.reader
+            .read_exact(buf)
+            .map_err(|err| self.read_error(err, what))
+    }
+
+    /// The message of an `E` frame.
+    fn error_message(&mut self) -> Result<String, Error> {
+        let mut len = [0u8; 2];
+        self.read_exact(&mut len, "the length of an error message")?;
+        let mut message = vec![0u8; u16::from_be_bytes(len) as usize];
+        self.read_exact(&mut message, "an error message")?;
+        Ok(String::from_utf8_lossy(&message).into_owned())
+    }
+
+    /// Reads an `L` frame into a temporary file in the database's LTX
+    /// directory, applies it, and deletes the temporary file.
+    fn ltx_frame(&mut self, store: &Store, apply: &mut ApplyFn<'_>) -> Result<(), Error> {
+        let mut len = [0u8; 2];
+        self.read_exact(&mut len, "the name length of an LTX frame")?;
+        let name_len = u16::from_be_bytes(len) as usize;
+        if name_len == 0 || name_len > MAX_NAME_LEN {
+            return Err(self.protocol(format!(
+                "an LTX frame has a database name of {name_len} bytes (1 to {MAX_NAME_LEN} allowed)"
+            )));
+        }
+        let mut name = vec![0u8; name_len];
+        self.read_exact(&mut name, "the database name of an LTX frame")?;
+        let Ok(name) = String::from_utf8(name) else {
+            return Err(self.protocol("an LTX frame has a database name that is not UTF-8".into()));
+        };
+        if let Err(err) = store::validate_name(&name) {
+            return Err(self.protocol(format!("an LTX frame names no valid database: {err}")));
+        }
+        let mut len = [0u8; 8];
+        self.read_exact(&mut len, &format!("the LTX length of database {name}"))?;
+        let len = u64::from_be_bytes(len);
+        if !(MIN_LTX_LEN..=MAX_LTX_LEN).contains(&len) {
+            return Err(self.protocol(format!(
+                "database {name}: an LTX frame announces {len} bytes \
+                 ({MIN_LTX_LEN} to {MAX_LTX_LEN} allowed)"
+            )));
+        }
+        let db = store.create_db(&name).map_err(|source| Error::Store {
+            db: name.clone(),
+            source,
+        })?;
+        let tmp = TempFile(db.ltx_dir().join(format!(
+            "received-{}.tmp",
+            TEMP_COUNTER.fetch_add(1, Ordering::SeqCst)
+        )));
+        self.receive(&name, len, &tmp.0)?;
+        let before = db.pos();
+        let pos = apply(&db, &tmp.0).map_err(|source| Error::Store {
+            db: name.clone(),
+            source,
+        })?;
+        log::debug!("database {name}: applied a received LTX file, {before} -> {pos}");
+        Ok(())
+    }
+
+    /// Copies exactly `len` bytes of the stream into a new file at `path`
+    /// and fsyncs it.
+    fn receive(&mut self, name: &str, len: u64, path: &Path) -> Result<(), Error> {
+        let io_error = |what: &str, source| Error::Io {
+            what: format!("database {name}: {what}"),
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut file = File::create(path)
+            .map_err(|err| io_error("creating a file for a received LTX file", err))?;
+        let mut buf = vec![0u8; READ_BUFFER];
+        let mut left = len;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = match self.reader.read(&mut buf[..want]) {
+                Ok(0) => {
+                    return Err(self.protocol(format!(
+                        "database {name}: the stream ended after {} of the {len} bytes \
+                         of an LTX file",
+                        len - left
+                    )))
+                }
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    let what = format!(
+                        "an LTX file of database {name} (after {} of {len} bytes)",
+                        len - left
+                    );
+                    return Err(self.read_error(err, &what));
+                }
+            };
+            file.write_all(&buf[..n])
+                .map_err(|err| io_error("writing a received LTX file", err))?;
+            left -= n as u64;
+        }
+        file.sync_all()
+            .map_err(|err| io_error("syncing a received LTX file", err))
+    }
+}
+
+/// Whether `err` is a read timeout (from ureq or the socket).
+fn is_timeout(err: &io::Error) -> bool {
+    if matches!(
+        err.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    ) {
+        return true;
+    }
+    err.get_ref()
+        .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+        .is_some_and(|inner| matches!(inner, ureq::Error::Timeout(_)))
+}
+
+/// Deletes a temporary file when dropped (it may have been moved away).
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Err(err) = fs::remove_file(&self.0) {
+            if err.kind() != io::ErrorKind::NotFound {
+                log::warn!("cannot delete {}: {err}", self.0.display());
+            }
+        }
+    }
+}

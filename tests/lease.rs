@@ -1,0 +1,725 @@
+//! Leader election against a real Consul agent (`consul agent -dev`), plus
+//! the static lease and the lease thread's rules checked with a scripted
+//! leaser and a fake Consul that answers garbage.
+
+#[path = "common/consul.rs"]
+mod consul;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError};
+use litefs::config::{ConsulConfig, LeaseConfig, LeaseKind};
+use litefs::lease::{
+    leaser_from_config, spawn_lease_thread, ConsulLeaser, Error, Lease, LeaseEvent, Leaser,
+    PrimaryInfo, StaticLeaser, WATCH_WAIT,
+};
+
+use consul::ConsulAgent;
+
+/// The smallest TTL Consul accepts; the one every Consul test uses.
+const TTL: Duration = Duration::from_secs(10);
+const LOCK_DELAY: Duration = Duration::from_secs(1);
+
+fn info(name: &str) -> PrimaryInfo {
+    PrimaryInfo {
+        hostname: name.to_string(),
+        advertise_url: format!("http://{name}:20202"),
+    }
+}
+
+fn consul_config(url: &str, key: &str) -> ConsulConfig {
+    ConsulConfig {
+        url: url.to_string(),
+        key: key.to_string(),
+        ttl: TTL,
+        lock_delay: LOCK_DELAY,
+    }
+}
+
+fn consul_leaser(url: &str, key: &str, name: &str) -> ConsulLeaser {
+    ConsulLeaser::new(&consul_config(url, key), info(name))
+}
+
+/// A running lease thread and its ends.
+struct LeaseThread {
+    events: Receiver<LeaseEvent>,
+    stop: Arc<AtomicBool>,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+impl LeaseThread {
+    fn start(leaser: Box<dyn Leaser>, candidate: bool) -> LeaseThread {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let (tx, rx) = unbounded();
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = spawn_lease_thread(leaser, candidate, tx, stop.clone()).unwrap();
+        LeaseThread {
+            events: rx,
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    fn next(&self, within: Duration) -> LeaseEvent {
+        match self.events.recv_timeout(within) {
+            Ok(event) => event,
+            Err(e) => panic!("no lease event within {within:?}: {e}"),
+        }
+    }
+
+    /// Asserts that no event arrives for `quiet`.
+    fn assert_quiet(&self, quiet: Duration) {
+        match self.events.recv_timeout(quiet) {
+            Err(RecvTimeoutError::Timeout) => {}
+            other => panic!("expected no event for {quiet:?}, got {other:?}"),
+        }
+    }
+
+    /// Sets the stop flag and joins; returns how long the thread took.
+    fn stop(&mut self) -> Duration {
+        let started = Instant::now();
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(handle) = self.handle.take() {
+            handle.join().expect("the lease thread panicked");
+        }
+        started.elapsed()
+    }
+}
+
+impl Drop for LeaseThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// ConsulLeaser against a real agent
+
+#[test]
+fn two_consul_leasers_share_one_key() {
+    let agent = ConsulAgent::start();
+    let key = "litefs/share";
+    let mut a = consul_leaser(&agent.url, key, "node-a");
+    let mut b = consul_leaser(&agent.url, key, "node-b");
+
+    let (nobody, _) = b.primary(0, WATCH_WAIT).unwrap();
+    assert_eq!(nobody, None, "no primary before anyone acquires");
+
+    let mut lease_a = a.acquire().unwrap().expect("the first leaser acquires");
+    assert_eq!(lease_a.ttl, Some(TTL));
+    assert_eq!(b.primary(0, WATCH_WAIT).unwrap().0, Some(info("node-a")));
+    assert_eq!(a.primary(0, WATCH_WAIT).unwrap().0, Some(info("node-a")));
+    assert!(b.acquire().unwrap().is_none(), "the key is held by a");
+
+    let before = lease_a.renewed_at;
+    a.renew(&mut lease_a).unwrap();
+    assert!(lease_a.renewed_at > before, "renew records the renewal");
+
+    // A blocking query waits when nothing changes...
+    let (_, index) = b.primary(0, WATCH_WAIT).unwrap();
+    let started = Instant::now();
+    let (same, same_index) = b.primary(index, Duration::from_secs(1)).unwrap();
+    let waited = started.elapsed();
+    assert_eq!(same, Some(info("node-a")));
+    assert_eq!(same_index, index);
+    assert!(
+        waited >= Duration::from_millis(950),
+        "returned after {waited:?}"
+    );
+
+    // ...and returns as soon as the key changes.
+    let (started_tx, started_rx) = unbounded();
+    let watcher = thread::spawn(move || {
+        started_tx.send(()).unwrap();
+        let answer = b.primary(index, Duration::from_secs(20)).unwrap();
+        (answer, Instant::now(), b)
+    });
+    started_rx.recv().unwrap();
+    let released_at = Instant::now();
+    a.release(lease_a).unwrap();
+    let ((after, new_index), returned_at, mut b) = watcher.join().unwrap();
+    assert!(
+        returned_at >= released_at,
+        "the blocking query ended before the change"
+    );
+    let latency = returned_at - released_at;
+    println!("blocking query returned {latency:?} after the release");
+    assert!(latency < Duration::from_secs(1), "took {latency:?}");
+    assert_eq!(after, None, "a released key has no primary");
+    assert!(new_index > index);
+
+    // A released key is free at once (no lock delay).
+    let lease_b = b
+        .acquire()
+        .unwrap()
+        .expect("b acquires right after the release");
+    assert!(released_at.elapsed() < Duration::from_secs(1));
+    assert_eq!(a.primary(0, WATCH_WAIT).unwrap().0, Some(info("node-b")));
+
+    // A destroyed session is lost for good.
+    let mut stale = lease_b.clone();
+    b.release(lease_b).unwrap();
+    match b.renew(&mut stale) {
+        Err(Error::Lost { .. }) => {}
+        other => panic!("renewing a released lease: expected Lost, got {other:?}"),
+    }
+}
+
+#[test]
+fn renew_notices_a_key_deleted_by_hand() {
+    let agent = ConsulAgent::start();
+    let key = "litefs/deleted";
+    let mut a = consul_leaser(&agent.url, key, "node-a");
+    let mut lease = a.acquire().unwrap().unwrap();
+    let response = ureq::delete(format!("{}/v1/kv/{key}", agent.url))
+        .call()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    match a.renew(&mut lease) {
+        Err(e @ Error::Lost { .. }) => assert!(e.to_string().contains(key), "{e}"),
+        other => panic!("expected Lost, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_dead_holders_lease_expires_only_after_the_ttl() {
+    let agent = ConsulAgent::start();
+    let key = "litefs/expiry";
+    let mut a = consul_leaser(&agent.url, key, "node-a");
+    let mut b = consul_leaser(&agent.url, key, "node-b");
+    let lease_a = a.acquire().unwrap().expect("a acquires");
+    let acquired_at = Instant::now();
+    // a "dies": it neither renews nor releases.
+    drop((a, lease_a));
+
+    let mut index = 0;
+    let mut refused = false;
+    let lease_b = loop {
+        assert!(
+            acquired_at.elapsed() < Duration::from_secs(50),
+            "b never acquired the expired lease"
+        );
+        let wait = if refused {
+            Duration::from_millis(250)
+        } else {
+            Duration::from_secs(5)
+        };
+        let (primary, new_index) = b.primary(index, wait).unwrap();
+        index = new_index;
+        if primary.is_some() {
+            refused = false;
+            continue;
+        }
+        match b.acquire().unwrap() {
+            Some(lease) => break lease,
+            None => refused = true, // the lock delay
+        }
+    };
+    let took = acquired_at.elapsed();
+    println!(
+        "after the holder died, the other node acquired the lease after {took:?} \
+         (ttl {TTL:?}, lock delay {LOCK_DELAY:?})"
+    );
+    assert!(
+        took >= TTL,
+        "the lease moved after {took:?}, before the TTL"
+    );
+    assert_eq!(b.primary(0, WATCH_WAIT).unwrap().0, Some(info("node-b")));
+    b.release(lease_b).unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// The lease thread with Consul
+
+#[test]
+fn lease_threads_fail_over_on_stop() {
+    let agent = ConsulAgent::start();
+    let key = "litefs/failover";
+    let leaser = |name: &str| Box::new(consul_leaser(&agent.url, key, name));
+
+    let mut a = LeaseThread::start(leaser("node-a"), true);
+    assert_eq!(a.next(Duration::from_secs(5)), LeaseEvent::Primary);
+    let mut b = LeaseThread::start(leaser("node-b"), true);
+    assert_eq!(
+        b.next(Duration::from_secs(5)),
+        LeaseEvent::Replica(info("node-a"))
+    );
+    let mut c = LeaseThread::start(leaser("node-c"), false);
+    assert_eq!(
+        c.next(Duration::from_secs(5)),
+        LeaseEvent::Replica(info("node-a"))
+    );
+    // Renewals and watches go on without repeating events.
+    a.assert_quiet(Duration::from_millis(500));
+    b.assert_quiet(Duration::ZERO);
+
+    let stop_took = a.stop();
+    let stopped_at = Instant::now() - stop_took;
+    assert!(
+        stop_took < Duration::from_secs(1),
+        "stop took {stop_took:?}"
+    );
+    assert!(a.events.try_recv().is_err(), "no event after Primary");
+
+    assert_eq!(b.next(Duration::from_secs(2)), LeaseEvent::NoPrimary);
+    assert_eq!(b.next(Duration::from_secs(2)), LeaseEvent::Primary);
+    let failover = stopped_at.elapsed();
+    println!("clean failover: the other candidate was primary {failover:?} after the stop");
+    assert!(
+        failover < Duration::from_secs(1),
+        "failover took {failover:?}"
+    );
+
+    // The non-candidate follows the new primary and never takes the lease.
+    let mut seen = Vec::new();
+    while seen.last() != Some(&LeaseEvent::Replica(info("node-b"))) {
+        seen.push(c.next(Duration::from_secs(5)));
+    }
+    assert!(
+        seen.iter().all(|e| e != &LeaseEvent::Primary),
+        "a non-candidate became primary: {seen:?}"
+    );
+
+    b.stop();
+    // b released the key; c (not a candidate) sees no primary.
+    assert_eq!(c.next(Duration::from_secs(5)), LeaseEvent::NoPrimary);
+    c.assert_quiet(Duration::from_millis(500));
+    let took = c.stop();
+    assert!(
+        took <= WATCH_WAIT + Duration::from_secs(1),
+        "stop took {took:?}"
+    );
+}
+
+#[test]
+fn primary_steps_down_when_consul_hangs_and_recovers() {
+    let agent = ConsulAgent::start();
+    let mut a = LeaseThread::start(
+        Box::new(consul_leaser(&agent.url, "litefs/hang", "node-a")),
+        true,
+    );
+    assert_eq!(a.next(Duration::from_secs(5)), LeaseEvent::Primary);
+
+    agent.pause();
+    let paused_at = Instant::now();
+    // The last renewal was no later than the pause, so the step-down is due
+    // within TTL/2 of it, even though every request now hangs.
+    assert_eq!(
+        a.next(TTL / 2 + Duration::from_secs(1)),
+        LeaseEvent::NoPrimary
+    );
+    let took = paused_at.elapsed();
+    println!("with Consul hung, the primary stepped down {took:?} after the last chance to renew");
+    assert!(
+        took <= TTL / 2 + Duration::from_millis(300),
+        "took {took:?}"
+    );
+
+    agent.resume();
+    // Once Consul answers again, the old session is released and the
+    // candidate takes the lease anew (never following itself as a replica).
+    assert_eq!(a.next(Duration::from_secs(15)), LeaseEvent::Primary);
+    assert!(a.stop() < Duration::from_secs(2));
+}
+
+#[test]
+fn consul_unreachable_is_an_error_not_a_panic() {
+    let url = format!("http://127.0.0.1:{}", consul::free_port());
+    let mut leaser = consul_leaser(&url, "litefs/down", "node-a");
+    let err = leaser.acquire().unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, Error::Request { .. }), "{err:?}");
+    assert!(message.contains(&url), "{message}");
+    assert!(message.contains("connection refused"), "{message}");
+    assert!(message.contains("create a Consul session"), "{message}");
+    let err = leaser.primary(0, WATCH_WAIT).unwrap_err();
+    assert!(err.to_string().contains("read the lease key"), "{err}");
+
+    for candidate in [true, false] {
+        let mut thread = LeaseThread::start(
+            Box::new(consul_leaser(&url, "litefs/down", "node-a")),
+            candidate,
+        );
+        assert_eq!(thread.next(Duration::from_secs(2)), LeaseEvent::NoPrimary);
+        // It keeps retrying, without repeating the event or ending.
+        thread.assert_quiet(Duration::from_millis(700));
+        assert!(!thread.handle.as_ref().unwrap().is_finished());
+        let took = thread.stop();
+        assert!(took < Duration::from_secs(3), "stop took {took:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A fake Consul that answers garbage
+
+/// An HTTP server that answers every request with one fixed status and body
+/// (and `X-Consul-Index: 7`).
+struct FakeConsul {
+    url: String,
+    server: Arc<tiny_http::Server>,
+    requests: Arc<Mutex<Vec<String>>>,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+impl FakeConsul {
+    fn start(status: u16, body: &'static str) -> FakeConsul {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+        let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let handle = {
+            let server = server.clone();
+            let requests = requests.clone();
+            thread::spawn(move || {
+                for mut request in server.incoming_requests() {
+                    let mut ignored = String::new();
+                    let _ = request.as_reader().read_to_string(&mut ignored);
+                    requests.lock().unwrap().push(format!(
+                        "{} {}",
+                        request.method(),
+                        request.url()
+                    ));
+                    let header =
+                        tiny_http::Header::from_bytes(&b"X-Consul-Index"[..], &b"7"[..]).unwrap();
+                    let response = tiny_http::Response::from_string(body)
+                        .with_status_code(status)
+                        .with_header(header);
+                    let _ = request.respond(response);
+                }
+            })
+        };
+        FakeConsul {
+            url,
+            server,
+            requests,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for FakeConsul {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn some_lease() -> Lease {
+    Lease {
+        session: "0b4c6b6e-0000-0000-0000-000000000000".to_string(),
+        ttl: Some(TTL),
+        renewed_at: Instant::now(),
+    }
+}
+
+#[test]
+fn garbage_json_is_a_clear_error() {
+    let fake = FakeConsul::start(200, "<html>this is not json {");
+    let mut leaser = consul_leaser(&fake.url, "litefs/garbage", "node-a");
+
+    let err = leaser.acquire().unwrap_err();
+    assert!(matches!(err, Error::BadResponse { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("create a Consul session"), "{message}");
+    assert!(message.contains("this is not json"), "{message}");
+
+    let err = leaser.primary(0, WATCH_WAIT).unwrap_err();
+    assert!(matches!(err, Error::BadResponse { .. }), "{err:?}");
+    let err = leaser.renew(&mut some_lease()).unwrap_err();
+    assert!(matches!(err, Error::BadResponse { .. }), "{err:?}");
+}
+
+#[test]
+fn server_errors_are_clear_errors() {
+    let fake = FakeConsul::start(500, "rpc error making call: No cluster leader");
+    let mut leaser = consul_leaser(&fake.url, "litefs/500", "node-a");
+
+    let err = leaser.acquire().unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, Error::Status { status: 500, .. }), "{err:?}");
+    assert!(message.contains("HTTP 500"), "{message}");
+    assert!(message.contains("No cluster leader"), "{message}");
+
+    let err = leaser.primary(3, Duration::from_millis(10)).unwrap_err();
+    assert!(matches!(err, Error::Status { status: 500, .. }), "{err:?}");
+    let err = leaser.renew(&mut some_lease()).unwrap_err();
+    assert!(
+        matches!(err, Error::Status { status: 500, .. }),
+        "a 500 is not a lost lease: {err:?}"
+    );
+    // Releasing tries the key, then the session, and reports the failure.
+    assert!(leaser.release(some_lease()).is_err());
+    let requests = fake.requests.lock().unwrap().clone();
+    assert!(
+        requests.iter().any(|r| r.contains("?release="))
+            && requests.iter().any(|r| r.contains("/v1/session/destroy/")),
+        "{requests:?}"
+    );
+}
+
+#[test]
+fn bad_kv_values_are_clear_errors() {
+    let fake = FakeConsul::start(
+        200,
+        r#"[{"Key":"litefs/bad","Value":"!!notbase64!!","Session":"s1","ModifyIndex":7}]"#,
+    );
+    let mut leaser = consul_leaser(&fake.url, "litefs/bad", "node-a");
+    let err = leaser.primary(0, WATCH_WAIT).unwrap_err();
+    assert!(err.to_string().contains("not base64"), "{err}");
+}
+
+#[test]
+fn lease_thread_survives_garbage() {
+    let fake = FakeConsul::start(200, "{{{ garbage");
+    let mut thread = LeaseThread::start(
+        Box::new(consul_leaser(&fake.url, "litefs/garbage", "node-a")),
+        true,
+    );
+    assert_eq!(thread.next(Duration::from_secs(2)), LeaseEvent::NoPrimary);
+    thread.assert_quiet(Duration::from_millis(700));
+    let took = thread.stop();
+    assert!(took < Duration::from_secs(3), "stop took {took:?}");
+    // Retries back off instead of hammering the server.
+    let requests = fake.requests.lock().unwrap().len();
+    assert!(requests < 40, "{requests} requests in about a second");
+}
+
+// ---------------------------------------------------------------------------
+// The lease thread's rules, with a scripted leaser
+
+/// What the scripted leaser answers; shared with the test.
+#[derive(Default)]
+struct Script {
+    /// Whether acquire succeeds.
+    grant: bool,
+    /// The answer to renew: None succeeds, Some(true) is Lost, Some(false)
+    /// is a (retryable) HTTP 500.
+    renew_fails: Option<bool>,
+    /// Who `primary` says holds the lease.
+    holder: Option<PrimaryInfo>,
+    renews: usize,
+    releases: usize,
+}
+
+struct ScriptedLeaser {
+    ttl: Duration,
+    script: Arc<Mutex<Script>>,
+}
+
+impl Leaser for ScriptedLeaser {
+    fn acquire(&mut self) -> Result<Option<Lease>, Error> {
+        let script = self.script.lock().unwrap();
+        Ok(script.grant.then(|| Lease {
+            session: "scripted".to_string(),
+            ttl: Some(self.ttl),
+            renewed_at: Instant::now(),
+        }))
+    }
+
+    fn renew(&mut self, lease: &mut Lease) -> Result<(), Error> {
+        let mut script = self.script.lock().unwrap();
+        script.renews += 1;
+        match script.renew_fails {
+            None => {
+                lease.renewed_at = Instant::now();
+                Ok(())
+            }
+            Some(true) => Err(Error::Lost {
+                key: "k".into(),
+                session: lease.session.clone(),
+                reason: "scripted".into(),
+            }),
+            Some(false) => Err(Error::Status {
+                action: "renew the Consul session",
+                url: "http://scripted".into(),
+                status: 500,
+                body: "scripted".into(),
+            }),
+        }
+    }
+
+    fn release(&mut self, _lease: Lease) -> Result<(), Error> {
+        self.script.lock().unwrap().releases += 1;
+        Ok(())
+    }
+
+    fn primary(&mut self, index: u64, wait: Duration) -> Result<(Option<PrimaryInfo>, u64), Error> {
+        // Answers at once, as a server ignoring the index would.
+        let _ = (index, wait);
+        Ok((self.script.lock().unwrap().holder.clone(), 1))
+    }
+}
+
+fn scripted(ttl: Duration, script: Script) -> (Box<dyn Leaser>, Arc<Mutex<Script>>) {
+    let script = Arc::new(Mutex::new(script));
+    (
+        Box::new(ScriptedLeaser {
+            ttl,
+            script: script.clone(),
+        }),
+        script,
+    )
+}
+
+#[test]
+fn holder_renews_and_steps_down_within_half_the_ttl_when_renewals_fail() {
+    let ttl = Duration::from_millis(1200);
+    let (leaser, script) = scripted(
+        ttl,
+        Script {
+            grant: true,
+            ..Script::default()
+        },
+    );
+    let mut thread = LeaseThread::start(leaser, true);
+    assert_eq!(thread.next(Duration::from_secs(1)), LeaseEvent::Primary);
+    // Healthy renewals every TTL/3 keep it primary, silently.
+    thread.assert_quiet(ttl * 2);
+    let renews = script.lock().unwrap().renews;
+    assert!((4..=8).contains(&renews), "{renews} renewals in two TTLs");
+
+    // Now every renewal fails, and nobody else shows up as primary.
+    let failing_from = Instant::now();
+    {
+        let mut script = script.lock().unwrap();
+        script.renew_fails = Some(false);
+        script.grant = false;
+    }
+    assert_eq!(thread.next(ttl), LeaseEvent::NoPrimary);
+    let took = failing_from.elapsed();
+    assert!(
+        took <= ttl / 2 + Duration::from_millis(100),
+        "took {took:?}"
+    );
+    thread.assert_quiet(Duration::from_millis(300));
+    thread.stop();
+    assert_eq!(
+        script.lock().unwrap().releases,
+        1,
+        "the lease it stepped down from is released"
+    );
+}
+
+#[test]
+fn holder_steps_down_at_once_when_the_lease_is_lost_and_follows_the_new_primary() {
+    let (leaser, script) = scripted(
+        Duration::from_millis(600),
+        Script {
+            grant: true,
+            ..Script::default()
+        },
+    );
+    let mut thread = LeaseThread::start(leaser, true);
+    assert_eq!(thread.next(Duration::from_secs(1)), LeaseEvent::Primary);
+    {
+        let mut script = script.lock().unwrap();
+        script.renew_fails = Some(true);
+        script.grant = false;
+        script.holder = Some(info("node-b"));
+    }
+    // The next renewal (TTL/3) finds the lease lost.
+    assert_eq!(
+        thread.next(Duration::from_millis(400)),
+        LeaseEvent::NoPrimary
+    );
+    assert_eq!(
+        thread.next(Duration::from_secs(1)),
+        LeaseEvent::Replica(info("node-b"))
+    );
+    // The same answer again and again (returned without waiting) produces
+    // one event only.
+    thread.assert_quiet(Duration::from_millis(500));
+    thread.stop();
+    assert_eq!(
+        script.lock().unwrap().releases,
+        0,
+        "a lost lease is not released"
+    );
+}
+
+#[test]
+fn dropping_the_receiver_stops_the_thread() {
+    let (leaser, script) = scripted(
+        Duration::from_secs(10),
+        Script {
+            grant: true,
+            ..Script::default()
+        },
+    );
+    let (tx, rx) = unbounded();
+    let handle = spawn_lease_thread(leaser, true, tx, Arc::new(AtomicBool::new(false))).unwrap();
+    assert_eq!(rx.recv().unwrap(), LeaseEvent::Primary);
+    script.lock().unwrap().renew_fails = Some(true);
+    drop(rx);
+    // The lease is lost at the next renewal; sending NoPrimary then fails,
+    // which ends the thread.
+    handle.join().unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// StaticLeaser
+
+#[test]
+fn static_candidate_is_always_primary() {
+    let mut leaser = StaticLeaser::new(info("me"), true);
+    let mut lease = leaser.acquire().unwrap().expect("the candidate holds it");
+    assert_eq!(lease.ttl, None);
+    assert_eq!(lease.step_down_at(), None);
+    leaser.renew(&mut lease).unwrap();
+    assert_eq!(
+        leaser.primary(0, WATCH_WAIT).unwrap(),
+        (Some(info("me")), 1)
+    );
+    leaser.release(lease).unwrap();
+
+    let mut thread = LeaseThread::start(Box::new(StaticLeaser::new(info("me"), true)), true);
+    assert_eq!(thread.next(Duration::from_secs(1)), LeaseEvent::Primary);
+    thread.assert_quiet(Duration::from_millis(300));
+    let took = thread.stop();
+    assert!(took < Duration::from_millis(500), "stop took {took:?}");
+}
+
+#[test]
+fn static_replica_follows_the_configured_primary() {
+    let mut leaser = StaticLeaser::new(info("primary"), false);
+    assert!(leaser.acquire().unwrap().is_none());
+    let started = Instant::now();
+    assert_eq!(
+        leaser.primary(0, WATCH_WAIT).unwrap(),
+        (Some(info("primary")), 1)
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "index 0 answers at once"
+    );
+    let started = Instant::now();
+    let wait = Duration::from_millis(200);
+    assert_eq!(leaser.primary(1, wait).unwrap(), (Some(info("primary")), 1));
+    assert!(
+        started.elapsed() >= wait,
+        "a change that never comes is waited for"
+    );
+
+    let config = LeaseConfig {
+        kind: LeaseKind::Static,
+        candidate: false,
+        hostname: "primary".to_string(),
+        advertise_url: "http://primary:20202".to_string(),
+        consul: None,
+    };
+    let mut thread = LeaseThread::start(leaser_from_config(&config), false);
+    assert_eq!(
+        thread.next(Duration::from_secs(1)),
+        LeaseEvent::Replica(info("primary"))
+    );
+    thread.assert_quiet(Duration::from_millis(300));
+    let took = thread.stop();
+    assert!(
+        took <= WATCH_WAIT + Duration::from_millis(500),
+        "stop took {took:?}"
+    );
+}

@@ -1,0 +1,259 @@
+//! Replication tests: one primary and two replicas, each a real litefs
+//! process with its own mount and data directory, on loopback ports with a
+//! static lease. Needs root and /dev/fuse.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{sqlite3, sqlite3_ok, temp_dir, wait_for, Node};
+use litefs::store;
+
+const CATCH_UP: Duration = Duration::from_secs(30);
+
+fn replica_yaml(primary: &Node) -> String {
+    format!(
+        "lease:\n  type: static\n  candidate: false\n  hostname: primary-host\n  advertise-url: \"http://127.0.0.1:{}\"\n",
+        primary.port
+    )
+}
+
+/// A primary and `n` replicas under one temp dir.
+fn cluster(name: &str, n: usize) -> (tempfile::TempDir, Node, Vec<Node>) {
+    let dir = temp_dir(name);
+    let primary = Node::start_in(&dir.path().join("primary"), "");
+    let replicas = (0..n)
+        .map(|i| {
+            Node::start_in(
+                &dir.path().join(format!("replica{i}")),
+                &replica_yaml(&primary),
+            )
+        })
+        .collect();
+    (dir, primary, replicas)
+}
+
+/// Waits until `replica` shows the same position for `db` as `primary`.
+fn wait_caught_up(primary: &Node, replica: &Node, db: &str) {
+    let want = primary.pos(db);
+    wait_for(
+        &format!("{} to reach {want}", replica.dir.display()),
+        CATCH_UP,
+        || {
+            std::fs::read_to_string(replica.mount.join(format!("{db}-pos")))
+                .map(|p| p == want)
+                .unwrap_or(false)
+        },
+    );
+}
+
+fn assert_identical(primary: &Node, replica: &Node, db: &str) {
+    assert_eq!(primary.pos(db), replica.pos(db));
+    let a = std::fs::read(primary.data_db(db)).unwrap();
+    let b = std::fs::read(replica.data_db(db)).unwrap();
+    assert!(
+        a == b,
+        "{db} differs between primary and {}",
+        replica.dir.display()
+    );
+    assert_eq!(
+        store::database_checksum(&replica.data_db(db)).unwrap(),
+        store::database_checksum(&primary.data_db(db)).unwrap()
+    );
+}
+
+#[test]
+fn writes_on_the_primary_reach_every_replica_and_replicas_are_read_only() {
+    let (_dir, primary, replicas) = cluster("repl-basic", 2);
+    sqlite3_ok(
+        &primary.db("a.db"),
+        "CREATE TABLE t(x); INSERT INTO t VALUES('hello');",
+    );
+    sqlite3_ok(
+        &primary.db("b.db"),
+        "CREATE TABLE u(y); INSERT INTO u VALUES(42);",
+    );
+    for r in &replicas {
+        wait_caught_up(&primary, r, "a.db");
+        wait_caught_up(&primary, r, "b.db");
+        assert_eq!(sqlite3_ok(&r.db("a.db"), "SELECT x FROM t;"), "hello\n");
+        assert_eq!(sqlite3_ok(&r.db("b.db"), "SELECT y FROM u;"), "42\n");
+        assert_identical(&primary, r, "a.db");
+        assert_identical(&primary, r, "b.db");
+        assert_eq!(
+            std::fs::read_to_string(r.mount.join(".primary")).unwrap(),
+            "primary-host\n"
+        );
+
+        // Writes fail on a replica; reads keep working.
+        let out = sqlite3(&r.db("a.db"), "INSERT INTO t VALUES('nope');");
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("attempt to write a readonly database"),
+            "{err}"
+        );
+        let out = sqlite3(&r.db("new.db"), "CREATE TABLE z(x);");
+        assert!(!out.status.success());
+        assert_eq!(sqlite3_ok(&r.db("a.db"), "SELECT count(*) FROM t;"), "1\n");
+    }
+    assert!(!primary.mount.join(".primary").exists());
+
+    // Further transactions keep flowing, including a VACUUM that shrinks.
+    sqlite3_ok(
+        &primary.db("a.db"),
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<300)
+         INSERT INTO t SELECT randomblob(1000) FROM n;
+         DELETE FROM t WHERE rowid > 10; VACUUM;",
+    );
+    for r in &replicas {
+        wait_caught_up(&primary, r, "a.db");
+        assert_identical(&primary, r, "a.db");
+        assert_eq!(sqlite3_ok(&r.db("a.db"), "PRAGMA integrity_check;"), "ok\n");
+    }
+}
+
+#[test]
+fn readers_on_a_replica_never_see_a_torn_transaction() {
+    let (_dir, primary, replicas) = cluster("repl-torn", 1);
+    let replica = &replicas[0];
+    sqlite3_ok(
+        &primary.db("bank.db"),
+        "CREATE TABLE acct(id INTEGER PRIMARY KEY, bal INTEGER, pad BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<200)
+         INSERT INTO acct(bal, pad) SELECT 1000, randomblob(500) FROM n;",
+    );
+    wait_caught_up(&primary, replica, "bank.db");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let path = replica.db("bank.db");
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let conn = rusqlite::Connection::open_with_flags(
+                    &path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                )
+                .unwrap();
+                conn.busy_timeout(Duration::from_secs(30)).unwrap();
+                let mut reads = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let sum: i64 = conn
+                        .query_row("SELECT sum(bal) FROM acct", [], |r| r.get(0))
+                        .unwrap();
+                    assert_eq!(sum, 200_000, "a replica reader saw a torn transaction");
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    let conn = rusqlite::Connection::open(primary.db("bank.db")).unwrap();
+    for i in 0..300u64 {
+        // Touch accounts far apart so a transfer spans several pages.
+        let from = i % 200 + 1;
+        let to = (i * 37 + 101) % 200 + 1;
+        conn.execute_batch(&format!(
+            "BEGIN;
+             UPDATE acct SET bal = bal - 7 WHERE id = {from};
+             UPDATE acct SET bal = bal + 7 WHERE id = {to};
+             COMMIT;"
+        ))
+        .unwrap();
+    }
+    wait_caught_up(&primary, replica, "bank.db");
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        assert!(r.join().unwrap() > 0);
+    }
+    assert_identical(&primary, replica, "bank.db");
+}
+
+fn count_in_log(node: &Node, needle: &str) -> usize {
+    node.log_text().matches(needle).count()
+}
+
+#[test]
+fn a_killed_replica_catches_up_from_its_own_position() {
+    let (_dir, primary, mut replicas) = cluster("repl-kill", 1);
+    let replica = &mut replicas[0];
+    let db = primary.db("k.db");
+    sqlite3_ok(&db, "CREATE TABLE t(x); INSERT INTO t VALUES(1);");
+    wait_caught_up(&primary, replica, "k.db");
+    let snapshots_before = count_in_log(&primary, "sending a snapshot");
+
+    replica.kill9();
+    for i in 2..20 {
+        sqlite3_ok(&db, &format!("INSERT INTO t VALUES({i});"));
+    }
+    replica.restart();
+    wait_caught_up(&primary, replica, "k.db");
+    assert_identical(&primary, replica, "k.db");
+    assert_eq!(
+        sqlite3_ok(&replica.db("k.db"), "SELECT count(*) FROM t;"),
+        "19\n"
+    );
+    assert_eq!(
+        count_in_log(&primary, "sending a snapshot"),
+        snapshots_before,
+        "the replica was sent a snapshot although the primary had its position"
+    );
+}
+
+#[test]
+fn a_diverged_replica_is_detected_by_checksum_and_resnapshotted() {
+    let (_dir, primary, mut replicas) = cluster("repl-diverge", 1);
+    let replica = &mut replicas[0];
+    let db = primary.db("d.db");
+    sqlite3_ok(&db, "CREATE TABLE t(x); INSERT INTO t VALUES('original');");
+    wait_caught_up(&primary, replica, "d.db");
+
+    replica.stop();
+    // Scribble over the last page of the replica's database file.
+    let path = replica.data_db("d.db");
+    let len = std::fs::metadata(&path).unwrap().len();
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(&[0xAB; 64], len - 100).unwrap();
+    drop(f);
+    sqlite3_ok(&db, "INSERT INTO t VALUES('more');");
+
+    replica.restart();
+    wait_caught_up(&primary, replica, "d.db");
+    assert_identical(&primary, replica, "d.db");
+    assert!(count_in_log(&primary, "sending a snapshot") >= 1);
+    assert_eq!(
+        sqlite3_ok(&replica.db("d.db"), "SELECT count(*) FROM t;"),
+        "2\n"
+    );
+}
+
+#[test]
+fn a_replica_behind_retention_gets_a_snapshot_and_continues() {
+    let dir = temp_dir("repl-retention");
+    let primary = Node::start_in(&dir.path().join("primary"), "data:\n  retention: 100ms\n");
+    let mut replica = Node::start_in(&dir.path().join("replica"), &replica_yaml(&primary));
+    let db = primary.db("r.db");
+    sqlite3_ok(&db, "CREATE TABLE t(x); INSERT INTO t VALUES(1);");
+    wait_caught_up(&primary, &replica, "r.db");
+    replica.stop();
+    for i in 0..10 {
+        sqlite3_ok(&db, &format!("INSERT INTO t VALUES({i});"));
+    }
+    // Retention leaves only the newest file.
+    wait_for("retention to delete old LTX files", CATCH_UP, || {
+        primary.ltx_files("r.db").len() == 1
+    });
+    replica.restart();
+    wait_caught_up(&primary, &replica, "r.db");
+    assert_identical(&primary, &replica, "r.db");
+    sqlite3_ok(&db, "INSERT INTO t VALUES(99);");
+    wait_caught_up(&primary, &replica, "r.db");
+    assert_eq!(
+        sqlite3_ok(&replica.db("r.db"), "SELECT count(*) FROM t;"),
+        "12\n"
+    );
+}
