@@ -1164,9 +1164,24 @@ impl Applier {
             end: SHARED_FIRST + SHARED_SIZE - 1,
             ..pending
         };
-        if !self.locks.set_wait(ino, pending, APPLY_LOCK_WAIT)
-            || !self.locks.set_wait(ino, shared, APPLY_LOCK_WAIT)
-        {
+        // PENDING first: it keeps new readers out while those reading finish.
+        let locked = self.locks.set_wait(ino, pending, APPLY_LOCK_WAIT) && {
+            let mut waited = 0;
+            loop {
+                if self.locks.set_wait(ino, shared, Duration::from_secs(1)) {
+                    break true;
+                }
+                waited += 1;
+                warn!(
+                    "db {}: apply waiting {waited}s for readers to finish",
+                    db.name()
+                );
+                if waited >= APPLY_LOCK_WAIT.as_secs() {
+                    break false;
+                }
+            }
+        };
+        if !locked {
             self.locks.release_owner(ino, APPLY_OWNER);
             return Err(store::Error::Refused {
                 db: db.name().to_string(),
