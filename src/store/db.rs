@@ -1105,8 +1105,45 @@ impl Db {
             None => None,
         };
         let base = newest.as_ref().map(|(_, pos)| *pos).unwrap_or_default();
-        self.recover_journal(newest.as_ref().map(|(_, pos)| pos.checksum))?;
+        let mut state = self.reload(base, newest.is_some())?;
+        if newest.is_none() && state.checksums.page_count() > 0 {
+            log::warn!(
+                "database {}: the database file has no LTX files (copied in?); \
+                 recording its current content as TXID 1",
+                self.name
+            );
+            self.commit_locked(&mut state, &BTreeSet::new())?;
+        }
+        Ok(state)
+    }
 
+    /// Drops a write transaction this node can no longer commit because it
+    /// stopped being the primary: rolls back the hot journal (and the undo
+    /// log of overwritten free pages) so the file is back at the position,
+    /// and forgets the dirty pages. Returns the position.
+    pub fn abandon_transaction(&self) -> Result<Position, Error> {
+        let mut state = self.lock();
+        let pos = state.pos;
+        let fresh = self.reload(pos, pos.txid > 0)?;
+        *state = fresh;
+        if state.pos != pos {
+            log::warn!(
+                "database {}: abandoned an uncommitted transaction; position {} -> {}",
+                self.name,
+                pos,
+                state.pos
+            );
+        }
+        Ok(state.pos)
+    }
+
+    /// Brings the database file back to `base` after a crash or an
+    /// abandoned transaction and builds the in-memory state from the file.
+    /// When the file still differs from `base` (changed outside litefs), the
+    /// position keeps the TXID with the file's own checksum, which no other
+    /// node has, so replication resends a snapshot where needed.
+    fn reload(&self, base: Position, recorded: bool) -> Result<State, Error> {
+        self.recover_journal(recorded.then_some(base.checksum))?;
         let (mut shape, mut checksums) = self.read_database_file()?;
         if base.txid > 0 && checksums.checksum() != base.checksum && self.restore_undo(base)? > 0 {
             (shape, checksums) = self.read_database_file()?;
@@ -1123,42 +1160,26 @@ impl Db {
                 state.freelist = read_freelist(&self.name, &file, shape);
             }
         }
-        let Some((path, pos)) = newest else {
-            if state.checksums.page_count() > 0 {
-                log::warn!(
-                    "database {}: the database file has no LTX files (copied in?); \
-                     recording its current content as TXID 1",
-                    self.name
-                );
-                self.commit_locked(&mut state, &BTreeSet::new())?;
-            }
+        if !recorded {
             return Ok(state);
-        };
-        if state.checksums.checksum() != pos.checksum {
-            // The file was changed outside litefs (or diverged). Nothing is
-            // thrown away: the position keeps its TXID with the file's own
-            // checksum, which no other node has, so a replica is sent a
-            // snapshot by its primary, and a primary's replicas are.
+        }
+        state.pos = base;
+        if state.checksums.checksum() != base.checksum {
             let mismatch = Error::ChecksumMismatch {
                 db: self.name.clone(),
-                txid: pos.txid,
-                ltx_checksum: pos.checksum,
+                txid: base.txid,
+                ltx_checksum: base.checksum,
                 file_checksum: state.checksums.checksum(),
-                ltx_path: path,
+                ltx_path: self.ltx_dir.join(ltx::filename(base.txid, base.txid)),
             };
             log::error!(
                 "{mismatch}; continuing from the file's content: position {:016x}/{:016x}, \
                  replication will resend a snapshot where needed",
-                pos.txid,
+                base.txid,
                 state.checksums.checksum()
             );
-            state.pos = Position {
-                txid: pos.txid,
-                checksum: state.checksums.checksum(),
-            };
-            return Ok(state);
+            state.pos.checksum = state.checksums.checksum();
         }
-        state.pos = pos;
         Ok(state)
     }
 
