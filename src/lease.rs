@@ -370,7 +370,7 @@ impl ConsulLeaser {
     fn create_session(&self) -> Result<String, Error> {
         let body = format!(
             "{{\"Name\": {}, \"TTL\": \"{}ms\", \"LockDelay\": \"{}ms\", \"Behavior\": \"delete\"}}",
-            json_string(&format!("litefs {}", self.me.hostname)),
+            crate::json::string(&format!("litefs {}", self.me.hostname)),
             self.ttl.as_millis(),
             self.lock_delay.as_millis()
         );
@@ -462,8 +462,8 @@ impl Leaser for ConsulLeaser {
         let session = self.create_session()?;
         let value = format!(
             "{{\"hostname\": {}, \"advertise-url\": {}}}",
-            json_string(&self.me.hostname),
-            json_string(&self.me.advertise_url)
+            crate::json::string(&self.me.hostname),
+            crate::json::string(&self.me.advertise_url)
         );
         let url = format!("{}?acquire={}", self.kv_url(), encode_path(&session));
         let acquired = self
@@ -761,25 +761,6 @@ fn snippet(text: &str) -> String {
         let cut: String = line.chars().take(MAX).collect();
         format!("{cut}...")
     }
-}
-
-/// `text` as a JSON string literal, quotes included.
-fn json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// Percent-encodes `text` for a URL path or query value, keeping `/` so a
@@ -1165,11 +1146,14 @@ mod tests {
 
     #[test]
     fn json_strings_are_escaped() {
-        assert_eq!(json_string("a\"b\\c\n\u{1}é"), "\"a\\\"b\\\\c\\n\\u0001é\"");
+        assert_eq!(
+            crate::json::string("a\"b\\c\n\u{1}é"),
+            "\"a\\\"b\\\\c\\n\\u0001é\""
+        );
         let value = format!(
             "{{\"hostname\": {}, \"advertise-url\": {}}}",
-            json_string("we\"ird\\host"),
-            json_string("http://x:1")
+            crate::json::string("we\"ird\\host"),
+            crate::json::string("http://x:1")
         );
         let raw: RawPrimaryInfo = serde_yaml::from_str(&value).unwrap();
         assert_eq!(raw.hostname, "we\"ird\\host");

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod fuse;
 pub mod http;
+pub mod json;
 pub mod lease;
 pub mod ltx;
 pub mod node;

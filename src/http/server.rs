@@ -397,7 +397,7 @@ fn info_json(shared: &Shared) -> String {
         .store
         .dbs()
         .iter()
-        .map(|db| format!("{}:\"{}\"", wire::json_string(db.name()), db.pos()))
+        .map(|db| format!("{}:\"{}\"", crate::json::string(db.name()), db.pos()))
         .collect();
     format!(
         "{{\"primary\":{},\"dbs\":{{{}}}}}\n",

@@ -133,27 +133,6 @@ pub fn error_frame(message: &str) -> Vec<u8> {
     buf
 }
 
-/// `s` as a JSON string literal, quotes included.
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,10 +200,5 @@ mod tests {
         let len = u16::from_be_bytes([frame[1], frame[2]]) as usize;
         assert_eq!(len, 65534);
         assert!(std::str::from_utf8(&frame[3..]).is_ok());
-    }
-
-    #[test]
-    fn json_escapes() {
-        assert_eq!(json_string("a\"b\\c\n\u{1}é"), "\"a\\\"b\\\\c\\n\\u0001é\"");
     }
 }
