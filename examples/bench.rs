@@ -1,53 +1,112 @@
 //! The litefs benchmark: the same SQLite workloads on a litefs mount and on
-//! a plain directory of the same disk, with the ratio of each figure.
+//! a plain directory of the same disk, and the replication lag from a
+//! primary to a replica.
 //!
 //! Run it through `scripts/bench.sh`, which builds litefs in release mode,
-//! mounts it, and passes the directories and the daemon's pid:
+//! starts the nodes and passes their directories, ports and pids:
 //!
 //! ```text
-//! bench --mount DIR --plain DIR [--pid PID] [--writes N] [--rows N]
+//! bench single --mount DIR --plain DIR [--pid PID] [--writes N] [--rows N]
+//! bench lag --primary DIR --primary-port PORT --replica DIR --replica-port PORT
+//!           [--pid PID] [--replica-pid PID] [--txns N]
 //! ```
+//!
+//! `single` prints, for the mount and the plain directory, single-row write
+//! transactions per second (journal_mode=DELETE, synchronous=FULL), bulk
+//! insert rows per second and full-scan reads per second, with the ratio
+//! mount/plain, then the daemon's peak RSS. `lag` commits single-row
+//! transactions on the primary one at a time and measures, for each, the
+//! time from COMMIT returning to the row being readable on the replica.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags};
 
+/// How often the replica is polled while waiting for a transaction.
+const POLL: Duration = Duration::from_micros(200);
+/// How long one transaction may take to reach the replica before the
+/// bench gives up.
+const TXN_DEADLINE: Duration = Duration::from_secs(10);
+/// How long the replica may take to catch up before the lag is measured.
+const CATCH_UP_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Command-line flags of both modes; each mode checks what it needs.
 struct Args {
+    mode: String,
     mount: PathBuf,
     plain: PathBuf,
+    primary: PathBuf,
+    primary_port: u16,
+    replica: PathBuf,
+    replica_port: u16,
     pid: Option<u32>,
+    replica_pid: Option<u32>,
     writes: u32,
     rows: u32,
+    txns: u32,
 }
 
+const USAGE: &str =
+    "usage: bench single --mount DIR --plain DIR [--pid PID] [--writes N] [--rows N]
+       bench lag --primary DIR --primary-port PORT --replica DIR --replica-port PORT \
+[--pid PID] [--replica-pid PID] [--txns N]";
+
 fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let mode = it.next().ok_or(USAGE)?;
     let mut args = Args {
+        mode,
         mount: PathBuf::new(),
         plain: PathBuf::new(),
+        primary: PathBuf::new(),
+        primary_port: 0,
+        replica: PathBuf::new(),
+        replica_port: 0,
         pid: None,
+        replica_pid: None,
         writes: 1000,
         rows: 200_000,
+        txns: 1000,
     };
-    let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        let number = |what: &str| format!("{what}: not a number: {value}");
         match flag.as_str() {
             "--mount" => args.mount = value.into(),
             "--plain" => args.plain = value.into(),
-            "--pid" => args.pid = Some(value.parse().map_err(|e| format!("--pid: {e}"))?),
-            "--writes" => args.writes = value.parse().map_err(|e| format!("--writes: {e}"))?,
-            "--rows" => args.rows = value.parse().map_err(|e| format!("--rows: {e}"))?,
-            _ => return Err(format!("unknown flag {flag}")),
+            "--primary" => args.primary = value.into(),
+            "--replica" => args.replica = value.into(),
+            "--primary-port" => args.primary_port = value.parse().map_err(|_| number(&flag))?,
+            "--replica-port" => args.replica_port = value.parse().map_err(|_| number(&flag))?,
+            "--pid" => args.pid = Some(value.parse().map_err(|_| number(&flag))?),
+            "--replica-pid" => args.replica_pid = Some(value.parse().map_err(|_| number(&flag))?),
+            "--writes" => args.writes = value.parse().map_err(|_| number(&flag))?,
+            "--rows" => args.rows = value.parse().map_err(|_| number(&flag))?,
+            "--txns" => args.txns = value.parse().map_err(|_| number(&flag))?,
+            _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
     }
-    if args.mount.as_os_str().is_empty() || args.plain.as_os_str().is_empty() {
-        return Err(
-            "usage: bench --mount DIR --plain DIR [--pid PID] [--writes N] [--rows N]".into(),
-        );
+    let missing = match args.mode.as_str() {
+        "single" => args.mount.as_os_str().is_empty() || args.plain.as_os_str().is_empty(),
+        "lag" => {
+            args.primary.as_os_str().is_empty()
+                || args.replica.as_os_str().is_empty()
+                || args.primary_port == 0
+                || args.replica_port == 0
+                || args.txns == 0
+        }
+        _ => return Err(format!("unknown mode {}\n{USAGE}", args.mode)),
+    };
+    if missing {
+        return Err(USAGE.into());
     }
     Ok(args)
 }
+
+// ---------------------------------------------------------------------------
+// single: mount against plain directory
 
 /// Figures for one directory.
 struct Figures {
@@ -63,7 +122,7 @@ fn open(dir: &Path, name: &str) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn run(dir: &Path, args: &Args) -> rusqlite::Result<Figures> {
+fn run_single(dir: &Path, args: &Args) -> rusqlite::Result<Figures> {
     // Single-row write transactions.
     let conn = open(dir, "bench-writes.db")?;
     conn.execute_batch("DROP TABLE IF EXISTS t; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")?;
@@ -109,29 +168,11 @@ fn run(dir: &Path, args: &Args) -> rusqlite::Result<Figures> {
     })
 }
 
-/// Peak resident set size of a process, from /proc (VmHWM), in KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn main() {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("bench: {e}");
-            std::process::exit(2);
-        }
-    };
-    let mount = run(&args.mount, &args).unwrap_or_else(|e| {
-        eprintln!("bench on the mount {}: {e}", args.mount.display());
-        std::process::exit(1);
-    });
-    let plain = run(&args.plain, &args).unwrap_or_else(|e| {
-        eprintln!("bench on {}: {e}", args.plain.display());
-        std::process::exit(1);
-    });
+fn single(args: &Args) -> Result<(), String> {
+    let mount = run_single(&args.mount, args)
+        .map_err(|e| format!("bench on the mount {}: {e}", args.mount.display()))?;
+    let plain = run_single(&args.plain, args)
+        .map_err(|e| format!("bench on {}: {e}", args.plain.display()))?;
     println!(
         "{:<44} {:>12} {:>12} {:>8}",
         "figure", "litefs", "plain", "ratio"
@@ -153,13 +194,215 @@ fn main() {
         println!("{name:<44} {m:>12.1} {p:>12.1} {:>8.2}", m / p);
     }
     if let Some(pid) = args.pid {
-        match peak_rss_kib(pid) {
-            Some(kib) => println!(
-                "{:<44} {:>9.1} MiB",
-                "litefs daemon peak RSS",
-                kib as f64 / 1024.0
-            ),
-            None => println!("litefs daemon peak RSS: unavailable (pid {pid})"),
+        print_peak_rss("litefs daemon peak RSS", pid);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// lag: primary to replica
+
+/// What `GET /info` answers.
+#[derive(serde::Deserialize)]
+struct Info {
+    primary: bool,
+    dbs: BTreeMap<String, String>,
+}
+
+fn info(port: u16) -> Result<Info, String> {
+    let url = format!("http://127.0.0.1:{port}/info");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let body = agent
+        .get(&url)
+        .call()
+        .and_then(|mut r| r.body_mut().read_to_string())
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    serde_yaml::from_str(&body).map_err(|e| format!("GET {url}: bad answer {body:?}: {e}"))
+}
+
+/// The TXID in a `<name>-pos` file (`%016x/%016x\n`).
+fn read_txid(pos_file: &Path) -> Result<u64, String> {
+    let text = std::fs::read_to_string(pos_file)
+        .map_err(|e| format!("reading {}: {e}", pos_file.display()))?;
+    let txid = text.split('/').next().unwrap_or_default();
+    u64::from_str_radix(txid, 16)
+        .map_err(|e| format!("{}: bad position {text:?}: {e}", pos_file.display()))
+}
+
+/// Waits until the replica's `/info` lists every database at the
+/// primary's position (the replica may be replaying the `single` mode's
+/// databases when the lag mode starts).
+fn wait_caught_up(args: &Args) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        let primary = info(args.primary_port)?;
+        let replica = info(args.replica_port)?;
+        if !primary.primary || replica.primary {
+            return Err(format!(
+                "expected port {} to be the primary and {} a replica, /info says otherwise",
+                args.primary_port, args.replica_port
+            ));
         }
+        if primary.dbs == replica.dbs {
+            return Ok(());
+        }
+        if started.elapsed() > CATCH_UP_DEADLINE {
+            return Err(format!(
+                "the replica did not catch up within {CATCH_UP_DEADLINE:?}: primary {:?}, \
+                 replica {:?}",
+                primary.dbs, replica.dbs
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Commits `args.txns` single-row transactions on the primary and returns,
+/// for each, the time from COMMIT returning to the row being readable on
+/// the replica.
+fn measure_lag(args: &Args) -> Result<Vec<Duration>, String> {
+    const DB: &str = "bench-lag.db";
+    let sql_err = |what: &str| {
+        let what = what.to_string();
+        move |e: rusqlite::Error| format!("{what}: {e}")
+    };
+    let primary = open(&args.primary, DB).map_err(sql_err("opening the primary's database"))?;
+    primary
+        .execute_batch("DROP TABLE IF EXISTS t; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+        .map_err(sql_err("creating the table on the primary"))?;
+    wait_caught_up(args)?;
+
+    let replica =
+        Connection::open_with_flags(args.replica.join(DB), OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(sql_err("opening the replica's database"))?;
+    replica
+        .busy_timeout(Duration::from_secs(1))
+        .map_err(sql_err("setting the replica's busy timeout"))?;
+    let primary_pos = args.primary.join(format!("{DB}-pos"));
+    let replica_pos = args.replica.join(format!("{DB}-pos"));
+    let mut last_txid = read_txid(&primary_pos)?;
+    let mut lags = Vec::with_capacity(args.txns as usize);
+    for id in 1..=i64::from(args.txns) {
+        primary
+            .execute(
+                "INSERT INTO t(id, v) VALUES(?1, ?2)",
+                rusqlite::params![id, format!("row {id}")],
+            )
+            .map_err(sql_err("inserting on the primary"))?;
+        let committed = Instant::now();
+        let txid = read_txid(&primary_pos)?;
+        if txid != last_txid + 1 {
+            return Err(format!(
+                "the primary's position went from TXID {last_txid} to {txid} for one \
+                 transaction (row {id})"
+            ));
+        }
+        last_txid = txid;
+
+        // The position file first (it takes no SQLite lock, so polling it
+        // does not get in the way of the replica's apply), then the row.
+        while read_txid(&replica_pos)? < txid {
+            if committed.elapsed() > TXN_DEADLINE {
+                return Err(format!(
+                    "TXID {txid} (row {id}) did not reach the replica within {TXN_DEADLINE:?}"
+                ));
+            }
+            std::thread::sleep(POLL);
+        }
+        loop {
+            let found: Option<String> = replica
+                .query_row("SELECT v FROM t WHERE id = ?1", [id], |r| r.get(0))
+                .map(Some)
+                .or_else(|e| match e {
+                    rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                    e => Err(e),
+                })
+                .map_err(sql_err("reading the row on the replica"))?;
+            if found.is_some() {
+                break;
+            }
+            if committed.elapsed() > TXN_DEADLINE {
+                return Err(format!(
+                    "row {id} was not readable on the replica within {TXN_DEADLINE:?}, although \
+                     its position reached TXID {txid}"
+                ));
+            }
+            std::thread::sleep(POLL);
+        }
+        lags.push(committed.elapsed());
+    }
+    Ok(lags)
+}
+
+/// The value at `fraction` (0..=1) of sorted `values`, nearest rank.
+fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+    let rank = (fraction * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn lag(args: &Args) -> Result<(), String> {
+    let started = Instant::now();
+    let mut lags = measure_lag(args)?;
+    let elapsed = started.elapsed();
+    lags.sort();
+    println!(
+        "replication lag, COMMIT on the primary to the row readable on the replica, over {} \
+         single-row txns (DELETE, FULL; {:.1} s in all):",
+        lags.len(),
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "  p50 {:.3} ms   p99 {:.3} ms   max {:.3} ms",
+        ms(percentile(&lags, 0.50)),
+        ms(percentile(&lags, 0.99)),
+        ms(lags[lags.len() - 1]),
+    );
+    if let Some(pid) = args.pid {
+        print_peak_rss("primary daemon peak RSS (whole run)", pid);
+    }
+    if let Some(pid) = args.replica_pid {
+        print_peak_rss("replica daemon peak RSS", pid);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+
+/// Peak resident set size of a process, from /proc (VmHWM), in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn print_peak_rss(what: &str, pid: u32) {
+    match peak_rss_kib(pid) {
+        Some(kib) => println!("{what:<44} {:>9.1} MiB", kib as f64 / 1024.0),
+        None => println!("{what}: unavailable (pid {pid})"),
+    }
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::exit(2);
+        }
+    };
+    let result = match args.mode.as_str() {
+        "single" => single(&args),
+        _ => lag(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("bench {}: {e}", args.mode);
+        std::process::exit(1);
     }
 }

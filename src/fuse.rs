@@ -148,6 +148,15 @@ impl Role {
         }
     }
 
+    /// Keeps this node primary while one change to a database's files is
+    /// made: `set_replica` waits for the guard, so no write lands after a
+    /// step-down has begun. `None` when this node is not primary. Holders
+    /// must not ask the role anything else until they drop it.
+    pub fn hold_primary(&self) -> Option<PrimaryGuard<'_>> {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        (*state == RoleState::Primary).then_some(PrimaryGuard { _state: state })
+    }
+
     /// Makes this node the primary.
     pub fn set_primary(&self) {
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = RoleState::Primary;
@@ -157,6 +166,12 @@ impl Role {
     pub fn set_replica(&self, hostname: Option<String>) {
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = RoleState::Replica(hostname);
     }
+}
+
+/// Proof that this node stays primary while it is held (see
+/// [`Role::hold_primary`]).
+pub struct PrimaryGuard<'a> {
+    _state: std::sync::RwLockReadGuard<'a, RoleState>,
 }
 
 /// Database names by inode slot, so inode numbers stay stable for the life
@@ -207,7 +222,7 @@ pub struct LitefsFs {
     next_fh: AtomicU64,
     /// Databases whose journal holds a live header: a write transaction is
     /// under way, and the journal's end will be its commit.
-    active_journals: Mutex<HashSet<String>>,
+    active_journals: Arc<Mutex<HashSet<String>>>,
     uid: u32,
     gid: u32,
 }
@@ -224,7 +239,7 @@ impl LitefsFs {
             inodes: Arc::new(RwLock::new(Inodes::default())),
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            active_journals: Mutex::new(HashSet::new()),
+            active_journals: Arc::new(Mutex::new(HashSet::new())),
             uid,
             gid,
         }
@@ -234,6 +249,7 @@ impl LitefsFs {
     pub fn applier(&self) -> Applier {
         Applier {
             locks: self.locks.clone(),
+            active_journals: self.active_journals.clone(),
             inodes: self.inodes.clone(),
             notifier: Mutex::new(None),
         }
@@ -535,9 +551,9 @@ impl Filesystem for LitefsFs {
             if kind == FileKind::Pos {
                 return reply.error(Errno::EACCES);
             }
-            if !self.role.is_primary() {
+            let Some(_primary) = self.role.hold_primary() else {
                 return reply.error(self.read_only_error("truncate", db.name()));
-            }
+            };
             if kind == FileKind::Journal && size == 0 {
                 // journal_mode=TRUNCATE: truncating the journal commits.
                 if let Err(e) = self.commit(&db) {
@@ -610,9 +626,9 @@ impl Filesystem for LitefsFs {
             Some(db) if name != PRIMARY_FILE => db,
             _ => return reply.error(Errno::ENOENT),
         };
-        if !self.role.is_primary() {
+        let Some(_primary) = self.role.hold_primary() else {
             return reply.error(self.read_only_error("delete", name));
-        }
+        };
         match kind {
             FileKind::Database | FileKind::Pos => {
                 info!("refused to delete {name}: deleting a database is not supported; drop its tables instead");
@@ -794,9 +810,9 @@ impl Filesystem for LitefsFs {
         let Some(file) = &handle.file else {
             return reply.error(Errno::EACCES);
         };
-        if !self.role.is_primary() {
+        let Some(_primary) = self.role.hold_primary() else {
             return reply.error(self.read_only_error("write", db.name()));
-        }
+        };
         match handle.kind {
             FileKind::Database => {
                 if let Err(e) = db.before_write(offset, data) {
@@ -1135,6 +1151,7 @@ const APPLY_LOCK_WAIT: Duration = Duration::from_secs(30);
 /// the database, and releases. Readers thus see whole transactions only.
 pub struct Applier {
     locks: Arc<LockTable>,
+    active_journals: Arc<Mutex<HashSet<String>>>,
     inodes: Arc<RwLock<Inodes>>,
     notifier: Mutex<Option<fuser::Notifier>>,
 }
@@ -1197,6 +1214,40 @@ impl Applier {
             self.invalidate(ino, db.name());
         }
         self.locks.release_owner(ino, APPLY_OWNER);
+        result
+    }
+
+    /// Drops a write transaction left open when this node stopped being
+    /// the primary (see `Db::abandon_transaction`), then the kernel's
+    /// cached pages of the database, which may hold that transaction's
+    /// uncommitted writes, and its cached view of the journal.
+    pub fn abandon_transaction(&self, db: &Db) -> Result<Position, store::Error> {
+        let (db_ino, journal_ino) = {
+            let mut inodes = self.inodes.write().unwrap_or_else(|e| e.into_inner());
+            (
+                inodes.ino(db.name(), FileKind::Database),
+                inodes.ino(db.name(), FileKind::Journal),
+            )
+        };
+        let result = db.abandon_transaction();
+        self.active_journals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(db.name());
+        self.invalidate(db_ino, db.name());
+        self.invalidate(journal_ino, db.name());
+        let notifier = self.notifier.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = notifier.as_ref() {
+            let journal = format!("{}{}", db.name(), FileKind::Journal.suffix());
+            if let Err(e) = n.inval_entry(INodeNo(ROOT_INO), OsStr::new(&journal)) {
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    warn!(
+                        "db {}: cannot invalidate the kernel's entry for {journal}: {e}",
+                        db.name()
+                    );
+                }
+            }
+        }
         result
     }
 

@@ -220,8 +220,7 @@ impl Roles<'_> {
                 info!("this node is now the primary; the mount accepts writes");
             }
             LeaseEvent::Replica(primary) => {
-                self.role.set_replica(Some(primary.hostname.clone()));
-                self.server.set_serving(false);
+                self.step_down(Some(primary.hostname.clone()));
                 if self.replica.as_ref().map(|r| r.url.as_str()) != Some(&primary.advertise_url) {
                     self.stop_replica();
                     self.replica = Some(self.start_replica(&primary)?);
@@ -232,13 +231,33 @@ impl Roles<'_> {
                 }
             }
             LeaseEvent::NoPrimary => {
-                self.role.set_replica(None);
-                self.server.set_serving(false);
+                self.step_down(None);
                 self.stop_replica();
                 warn!("no primary is known; the mount is read-only until one is");
             }
         }
         Ok(())
+    }
+
+    /// Makes the mount read-only (waiting for writes in flight) and stops
+    /// serving replicas. A node that was primary also abandons the write
+    /// transactions still open, so every database file is back at its
+    /// position before anything is applied to it.
+    fn step_down(&mut self, primary_hostname: Option<String>) {
+        let was_primary = self.role.is_primary();
+        self.role.set_replica(primary_hostname);
+        self.server.set_serving(false);
+        if !was_primary {
+            return;
+        }
+        for db in self.store.dbs() {
+            if let Err(e) = self.applier.abandon_transaction(&db) {
+                error!(
+                    "db {}: cannot roll back the transaction left open by the step-down: {e}",
+                    db.name()
+                );
+            }
+        }
     }
 
     fn start_replica(&self, primary: &PrimaryInfo) -> Result<ReplicaTask, Error> {

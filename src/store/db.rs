@@ -1268,9 +1268,20 @@ impl Db {
             Err(err) => return Err(err),
         };
         if current.is_some() && current == recorded_checksum {
+            // Pages the transaction wrote past the recorded end are not
+            // counted by the checksum; cut them off so the file matches the
+            // other nodes byte for byte.
+            if let Ok(Some(shape)) = read_database_shape(&self.name, db_path, &database) {
+                let committed_len = u64::from(shape.page_count) * u64::from(shape.page_size);
+                let len = database.metadata().map_err(write_error)?.len();
+                if len > committed_len {
+                    database.set_len(committed_len).map_err(write_error)?;
+                    database.sync_all().map_err(write_error)?;
+                }
+            }
             log::info!(
-                "database {}: the transaction of the hot journal was recorded before the \
-                 crash; deleting the journal",
+                "database {}: the transaction of the hot journal was already recorded (or \
+                 wrote only past the end); deleting the journal",
                 self.name
             );
             return self.remove_journal();

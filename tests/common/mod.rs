@@ -27,8 +27,15 @@ pub struct Node {
 impl Node {
     /// Writes a config under `dir` (extra YAML appended) and starts litefs.
     pub fn start_in(dir: &Path, extra_yaml: &str) -> Node {
+        Node::start_with(dir, |_| extra_yaml.to_string())
+    }
+
+    /// Like `start_in`, but the extra YAML is made from the node's HTTP
+    /// port (for configs that advertise the node's own URL).
+    pub fn start_with(dir: &Path, extra_yaml: impl FnOnce(u16) -> String) -> Node {
         std::fs::create_dir_all(dir).unwrap();
         let port = free_port();
+        let extra_yaml = extra_yaml(port);
         let mount = dir.join("mnt");
         let data = dir.join("data");
         let config = dir.join("litefs.yml");
@@ -141,6 +148,14 @@ impl Node {
     /// kill -9: leaves a dead mount behind, as a crash would.
     pub fn kill9(&mut self) {
         self.signal_and_wait(libc::SIGKILL);
+    }
+
+    /// True while the litefs process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => child.try_wait().unwrap().is_none(),
+            None => false,
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {
