@@ -315,7 +315,11 @@ impl LitefsFs {
             return Ok(());
         }
         match db.commit() {
-            Ok(Some(pos)) => debug!("db {}: committed TXID {}", db.name(), pos),
+            Ok(Some(pos)) => {
+                debug!("db {}: committed TXID {}", db.name(), pos);
+                // Wake the replication streams.
+                self.store.notify_change();
+            }
             Ok(None) => debug!("db {}: transaction rolled back, no LTX", db.name()),
             Err(e) => {
                 error!(
