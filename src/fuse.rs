@@ -973,6 +973,30 @@ impl Filesystem for LitefsFs {
         reply.ok();
     }
 
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // SQLite syncs the directory so a new journal's name is durable
+        // before it overwrites database pages. The backing files live in one
+        // directory per database; sync those.
+        for db in self.store.dbs() {
+            if let Err(e) = File::open(db.dir()).and_then(|d| d.sync_all()) {
+                error!(
+                    "db {}: cannot sync its directory {}: {e}",
+                    db.name(),
+                    db.dir().display()
+                );
+                return reply.error(io_errno(&e));
+            }
+        }
+        reply.ok();
+    }
+
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match statvfs(self.store.data_dir()) {
             Ok(s) => reply.statfs(
