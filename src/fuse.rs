@@ -501,6 +501,7 @@ impl Filesystem for LitefsFs {
         }
         let (db_name, kind) = parse_name(name);
         let Some(db) = self.store.db(db_name) else {
+            debug!("lookup {name}: there is no database {db_name}");
             return reply.error(Errno::ENOENT);
         };
         let ino = self.ino(db_name, kind);

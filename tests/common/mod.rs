@@ -89,8 +89,7 @@ impl Node {
     pub fn wait_mounted(&mut self) {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            // A stale mount from a crash is listed too, but cannot be read.
-            if is_mounted(&self.mount) && std::fs::read_dir(&self.mount).is_ok() {
+            if is_live_mount(&self.mount) {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -188,7 +187,16 @@ impl Node {
 
     /// Reads `<name>-pos` from the mount.
     pub fn pos(&self, name: &str) -> String {
-        std::fs::read_to_string(self.mount.join(format!("{name}-pos"))).unwrap()
+        let path = self.mount.join(format!("{name}-pos"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            let listing: Vec<_> = std::fs::read_dir(&self.mount)
+                .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            panic!(
+                "reading {}: {e}; the mount lists {listing:?}",
+                path.display()
+            )
+        })
     }
 
     pub fn log_text(&self) -> String {
@@ -226,6 +234,24 @@ impl Drop for Node {
             let _ = Command::new("umount").arg("-l").arg(&self.mount).output();
         }
     }
+}
+
+/// True when a working file system is mounted at `path`: it can be listed
+/// (a stale mount from a crash cannot), and, checked after that, it is on
+/// another device than its parent (the bare directory is not). In that
+/// order, a stale mount being replaced can never pass for a live one.
+pub fn is_live_mount(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::read_dir(path).is_err() {
+        return false;
+    }
+    let (Ok(dir), Some(Ok(parent))) = (
+        std::fs::metadata(path),
+        path.parent().map(std::fs::metadata),
+    ) else {
+        return false;
+    };
+    dir.dev() != parent.dev()
 }
 
 /// True when `path` is a mount point (per /proc/self/mounts).
