@@ -6,7 +6,7 @@
 //! starts the nodes and passes their directories, ports and pids:
 //!
 //! ```text
-//! bench single --mount DIR --plain DIR [--pid PID] [--writes N] [--rows N]
+//! bench single --mount DIR --plain DIR [--pid PID] [--writes N] [--rows N] [--rounds N]
 //! bench lag --primary DIR --primary-port PORT --replica DIR --replica-port PORT
 //!           [--pid PID] [--replica-pid PID] [--txns N]
 //! ```
@@ -14,7 +14,8 @@
 //! `single` prints, for the mount and the plain directory, single-row write
 //! transactions per second (journal_mode=DELETE, synchronous=FULL), bulk
 //! insert rows per second and full-scan reads per second, with the ratio
-//! mount/plain, then the daemon's peak RSS. `lag` commits single-row
+//! mount/plain, each the median of `--rounds` rounds (default 3) that
+//! alternate which directory goes first, then the daemon's peak RSS. `lag` commits single-row
 //! transactions on the primary one at a time and measures, for each, the
 //! time from COMMIT returning to the row being readable on the replica.
 
@@ -46,6 +47,7 @@ struct Args {
     writes: u32,
     rows: u32,
     txns: u32,
+    rounds: u32,
 }
 
 const USAGE: &str =
@@ -69,6 +71,7 @@ fn parse_args() -> Result<Args, String> {
         writes: 1000,
         rows: 200_000,
         txns: 1000,
+        rounds: 3,
     };
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -85,11 +88,16 @@ fn parse_args() -> Result<Args, String> {
             "--writes" => args.writes = value.parse().map_err(|_| number(&flag))?,
             "--rows" => args.rows = value.parse().map_err(|_| number(&flag))?,
             "--txns" => args.txns = value.parse().map_err(|_| number(&flag))?,
+            "--rounds" => args.rounds = value.parse().map_err(|_| number(&flag))?,
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
     }
     let missing = match args.mode.as_str() {
-        "single" => args.mount.as_os_str().is_empty() || args.plain.as_os_str().is_empty(),
+        "single" => {
+            args.mount.as_os_str().is_empty()
+                || args.plain.as_os_str().is_empty()
+                || args.rounds == 0
+        }
         "lag" => {
             args.primary.as_os_str().is_empty()
                 || args.replica.as_os_str().is_empty()
@@ -168,15 +176,48 @@ fn run_single(dir: &Path, args: &Args) -> rusqlite::Result<Figures> {
     })
 }
 
+/// The median of `values` (the upper one of the middle two).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+/// Each figure's median over several rounds.
+fn median_figures(rounds: &[Figures]) -> Figures {
+    let of = |figure: fn(&Figures) -> f64| median(&rounds.iter().map(figure).collect::<Vec<_>>());
+    Figures {
+        writes_per_sec: of(|f| f.writes_per_sec),
+        rows_per_sec: of(|f| f.rows_per_sec),
+        scans_per_sec: of(|f| f.scans_per_sec),
+    }
+}
+
 fn single(args: &Args) -> Result<(), String> {
-    let mount = run_single(&args.mount, args)
-        .map_err(|e| format!("bench on the mount {}: {e}", args.mount.display()))?;
-    let plain = run_single(&args.plain, args)
-        .map_err(|e| format!("bench on {}: {e}", args.plain.display()))?;
+    // Rounds alternate which directory goes first, so that neither always
+    // pays for the other's dirty pages being written back.
+    let mut mount = Vec::new();
+    let mut plain = Vec::new();
+    for round in 0..args.rounds {
+        for on_mount in [round % 2 == 0, round % 2 == 1] {
+            if on_mount {
+                mount
+                    .push(run_single(&args.mount, args).map_err(|e| {
+                        format!("bench on the mount {}: {e}", args.mount.display())
+                    })?);
+            } else {
+                plain.push(
+                    run_single(&args.plain, args)
+                        .map_err(|e| format!("bench on {}: {e}", args.plain.display()))?,
+                );
+            }
+        }
+    }
     println!(
-        "{:<44} {:>12} {:>12} {:>8}",
-        "figure", "litefs", "plain", "ratio"
+        "{:<44} {:>12} {:>12} {:>8}   (median of {} rounds)",
+        "figure", "litefs", "plain", "ratio", args.rounds
     );
+    let (mount, plain) = (median_figures(&mount), median_figures(&plain));
     let rows = [
         (
             "single-row write txns/s (DELETE, FULL)",
@@ -260,10 +301,19 @@ fn wait_caught_up(args: &Args) -> Result<(), String> {
     }
 }
 
-/// Commits `args.txns` single-row transactions on the primary and returns,
-/// for each, the time from COMMIT returning to the row being readable on
-/// the replica.
-fn measure_lag(args: &Args) -> Result<Vec<Duration>, String> {
+/// One transaction's way to the replica, timed from COMMIT returning on
+/// the primary.
+#[derive(Clone, Copy)]
+struct Lag {
+    /// Until the replica's `-pos` file showed the transaction's TXID.
+    position: Duration,
+    /// Until a query on the replica returned the row: the figure.
+    readable: Duration,
+}
+
+/// Commits `args.txns` single-row transactions on the primary and times
+/// each one's way to the replica.
+fn measure_lag(args: &Args) -> Result<Vec<Lag>, String> {
     const DB: &str = "bench-lag.db";
     let sql_err = |what: &str| {
         let what = what.to_string();
@@ -312,6 +362,7 @@ fn measure_lag(args: &Args) -> Result<Vec<Duration>, String> {
             }
             std::thread::sleep(POLL);
         }
+        let position = committed.elapsed();
         loop {
             let found: Option<String> = replica
                 .query_row("SELECT v FROM t WHERE id = ?1", [id], |r| r.get(0))
@@ -332,7 +383,10 @@ fn measure_lag(args: &Args) -> Result<Vec<Duration>, String> {
             }
             std::thread::sleep(POLL);
         }
-        lags.push(committed.elapsed());
+        lags.push(Lag {
+            position,
+            readable: committed.elapsed(),
+        });
     }
     Ok(lags)
 }
@@ -349,21 +403,46 @@ fn ms(d: Duration) -> f64 {
 
 fn lag(args: &Args) -> Result<(), String> {
     let started = Instant::now();
-    let mut lags = measure_lag(args)?;
+    let lags = measure_lag(args)?;
     let elapsed = started.elapsed();
-    lags.sort();
+    // The slowest transactions by row, to tell a one-off from a pattern.
+    let mut slowest: Vec<(usize, Lag)> = lags.iter().copied().enumerate().collect();
+    slowest.sort_by_key(|&(_, lag)| std::cmp::Reverse(lag.readable));
+    slowest.truncate(5);
+    let mut readable: Vec<Duration> = lags.iter().map(|l| l.readable).collect();
+    readable.sort();
+    let mut position: Vec<Duration> = lags.iter().map(|l| l.position).collect();
+    position.sort();
     println!(
         "replication lag, COMMIT on the primary to the row readable on the replica, over {} \
          single-row txns (DELETE, FULL; {:.1} s in all):",
-        lags.len(),
+        readable.len(),
         elapsed.as_secs_f64()
     );
     println!(
         "  p50 {:.3} ms   p99 {:.3} ms   max {:.3} ms",
-        ms(percentile(&lags, 0.50)),
-        ms(percentile(&lags, 0.99)),
-        ms(lags[lags.len() - 1]),
+        ms(percentile(&readable, 0.50)),
+        ms(percentile(&readable, 0.99)),
+        ms(readable[readable.len() - 1]),
     );
+    println!(
+        "  (until the replica's -pos showed the TXID: p50 {:.3} ms   p99 {:.3} ms   max {:.3} ms)",
+        ms(percentile(&position, 0.50)),
+        ms(percentile(&position, 0.99)),
+        ms(position[position.len() - 1]),
+    );
+    let slowest: Vec<String> = slowest
+        .iter()
+        .map(|(i, lag)| {
+            format!(
+                "row {} {:.1} ms (-pos {:.1} ms)",
+                i + 1,
+                ms(lag.readable),
+                ms(lag.position)
+            )
+        })
+        .collect();
+    println!("  slowest: {}", slowest.join(", "));
     if let Some(pid) = args.pid {
         print_peak_rss("primary daemon peak RSS (whole run)", pid);
     }

@@ -278,6 +278,8 @@ fn one_run(nodes: &mut [Node; 2], kind: Kind, label: &str) -> Result<Duration, S
     let signalled = Instant::now();
     nodes[p].signal(kind.signal())?;
     let mut errors: Vec<String> = Vec::new();
+    // When the old primary's process was seen gone (checked between tries).
+    let mut exited: Option<(Duration, std::process::ExitStatus)> = None;
     let took = loop {
         match write_once(&nodes[r], label) {
             Ok(()) => break signalled.elapsed(),
@@ -287,6 +289,11 @@ fn one_run(nodes: &mut [Node; 2], kind: Kind, label: &str) -> Result<Duration, S
                     errors.push(e);
                 }
             }
+        }
+        if exited.is_none() {
+            exited = nodes[p]
+                .try_reap()
+                .map(|status| (signalled.elapsed(), status));
         }
         if signalled.elapsed() > FAILOVER_DEADLINE {
             return Err(format!(
@@ -299,15 +306,19 @@ fn one_run(nodes: &mut [Node; 2], kind: Kind, label: &str) -> Result<Duration, S
         }
         std::thread::sleep(PROBE_EVERY);
     };
-    let status = nodes[p].wait_exit()?;
-    let exited_after = signalled.elapsed();
+    let exited = match exited {
+        Some((after, status)) => format!("{status} after {:.3} s", after.as_secs_f64()),
+        None => {
+            let status = nodes[p].wait_exit()?;
+            format!("{status} after {:.3} s", signalled.elapsed().as_secs_f64())
+        }
+    };
     println!(
-        "  {label}: {} -> {}: first write after {:.3} s (old primary exited {status} after {:.3} \
-         s; errors before: {})",
+        "  {label}: {} -> {}: first write after {:.3} s (old primary exited: {exited}; \
+         errors before: {})",
         nodes[p].name,
         nodes[r].name,
         took.as_secs_f64(),
-        exited_after.as_secs_f64(),
         if errors.is_empty() {
             "none".to_string()
         } else {
@@ -405,6 +416,11 @@ fn run(args: &Args) -> Result<(), String> {
 }
 
 fn main() {
+    // A script's background job starts with SIGINT ignored, and the litefs
+    // processes started here would inherit that; give them the default, as
+    // a shell would, so the clean handoff is the one a user's Ctrl-C gets.
+    // SAFETY: signal(2) with SIG_DFL, before any other thread exists.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

@@ -83,10 +83,18 @@ impl Server {
         } else {
             addr.to_string()
         };
-        let http = tiny_http::Server::http(bind_addr.as_str()).map_err(|err| Error::Bind {
+        let bind_error = |reason: String| Error::Bind {
             addr: addr.to_string(),
-            reason: err.to_string(),
-        })?;
+            reason,
+        };
+        let listener = std::net::TcpListener::bind(bind_addr.as_str())
+            .map_err(|err| bind_error(err.to_string()))?;
+        // Frames are small and latency matters: without TCP_NODELAY a frame
+        // can wait ~40 ms for the replica's delayed ACK (Nagle). Linux
+        // passes the option on to every accepted connection.
+        set_nodelay(&listener).map_err(|err| bind_error(format!("setting TCP_NODELAY: {err}")))?;
+        let http = tiny_http::Server::from_listener(listener, None)
+            .map_err(|err| bind_error(err.to_string()))?;
         let local_addr = http.server_addr().to_ip().ok_or_else(|| Error::Bind {
             addr: addr.to_string(),
             reason: "the listener has no IP address".to_string(),
@@ -779,4 +787,24 @@ fn open_snapshot(path: &Path) -> Result<(File, u64, ltx::Trailer), String> {
         .map_err(|err| format!("cannot read the size of {}: {err}", path.display()))?
         .len();
     Ok((file, len, trailer))
+}
+
+/// Sets TCP_NODELAY on a listening socket (std only offers it on streams).
+fn set_nodelay(listener: &std::net::TcpListener) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket fd and a pointer to a c_int of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
