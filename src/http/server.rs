@@ -652,14 +652,29 @@ impl Stream<'_> {
     /// each one's pre-apply checksum is the checksum the replica will have.
     fn send_files_after(&mut self, db: &Db, replica: Position) -> Result<Chain, End> {
         let name = db.name();
-        let files = db.ltx_files().map_err(|err| End::Fatal(err.to_string()))?;
+        // A primary's commits are one-TXID files, so the next file is
+        // found by name with one stat; the directory (which may hold a
+        // retention period's worth of files) is listed only when that
+        // fails, e.g. for a snapshot's 1-N file, and then only once.
+        let mut listing: Option<BTreeMap<u64, PathBuf>> = None;
         let mut pos = replica;
         let mut sent = 0;
         loop {
             let next = pos.txid + 1;
-            let Some((_, _, path)) = files.iter().find(|(min, _, _)| *min == next) else {
-                break;
+            let single = db.ltx_dir().join(ltx::filename(next, next));
+            let path = if single.exists() {
+                single
+            } else {
+                if listing.is_none() {
+                    let files = db.ltx_files().map_err(|err| End::Fatal(err.to_string()))?;
+                    listing = Some(files.into_iter().map(|(min, _, p)| (min, p)).collect());
+                }
+                match listing.as_ref().and_then(|l| l.get(&next)) {
+                    Some(path) => path.clone(),
+                    None => break,
+                }
             };
+            let path = &path;
             let (header, trailer) = match ltx::read_header_and_trailer(path) {
                 Ok(found) => found,
                 Err(err) => {
