@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{sqlite3_ok, temp_dir, wait_for, Node};
+use common::{assert_identical, sqlite3_ok, temp_dir, wait_caught_up, wait_for, Node, CATCH_UP};
 use consul::ConsulAgent;
 use litefs::store;
 
@@ -32,7 +32,6 @@ use litefs::store;
 const TTL: Duration = Duration::from_secs(10);
 const LOCK_DELAY: Duration = Duration::from_secs(1);
 /// How long a replica may take to catch up, or a first primary to appear.
-const CATCH_UP: Duration = Duration::from_secs(30);
 /// The longest a dead primary's lease can outlive it: Consul invalidates a
 /// session between one and two TTLs after its last renewal, then the lock
 /// delay holds the key.
@@ -151,37 +150,6 @@ fn position(node: &Node, db: &str) -> (u64, u64) {
         u64::from_str_radix(txid, 16).unwrap(),
         u64::from_str_radix(sum, 16).unwrap(),
     )
-}
-
-/// Waits until `replica` shows the same position for `db` as `primary`.
-fn wait_caught_up(primary: &Node, replica: &Node, db: &str) {
-    let want = primary.pos(db);
-    wait_for(
-        &format!("{} to reach {}", replica.dir.display(), want.trim()),
-        CATCH_UP,
-        || {
-            std::fs::read_to_string(replica.mount.join(format!("{db}-pos")))
-                .map(|p| p == want)
-                .unwrap_or(false)
-        },
-    );
-}
-
-/// Same position, same bytes, same checksum computed from the file.
-fn assert_identical(primary: &Node, replica: &Node, db: &str) {
-    assert_eq!(primary.pos(db), replica.pos(db));
-    let a = std::fs::read(primary.data_db(db)).unwrap();
-    let b = std::fs::read(replica.data_db(db)).unwrap();
-    assert!(
-        a == b,
-        "{db} differs between {} and {}",
-        primary.dir.display(),
-        replica.dir.display()
-    );
-    assert_eq!(
-        store::database_checksum(&replica.data_db(db)).unwrap(),
-        store::database_checksum(&primary.data_db(db)).unwrap()
-    );
 }
 
 fn count_in_log(node: &Node, needle: &str) -> usize {

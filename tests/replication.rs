@@ -4,14 +4,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{sqlite3, sqlite3_ok, temp_dir, wait_for, Node};
-use litefs::store;
-
-const CATCH_UP: Duration = Duration::from_secs(30);
+use common::{
+    assert_identical, sqlite3, sqlite3_ok, temp_dir, wait_caught_up, wait_for, Node, CATCH_UP,
+};
 
 fn replica_yaml(primary: &Node) -> String {
     format!(
@@ -33,35 +32,6 @@ fn cluster(name: &str, n: usize) -> (tempfile::TempDir, Node, Vec<Node>) {
         })
         .collect();
     (dir, primary, replicas)
-}
-
-/// Waits until `replica` shows the same position for `db` as `primary`.
-fn wait_caught_up(primary: &Node, replica: &Node, db: &str) {
-    let want = primary.pos(db);
-    wait_for(
-        &format!("{} to reach {want}", replica.dir.display()),
-        CATCH_UP,
-        || {
-            std::fs::read_to_string(replica.mount.join(format!("{db}-pos")))
-                .map(|p| p == want)
-                .unwrap_or(false)
-        },
-    );
-}
-
-fn assert_identical(primary: &Node, replica: &Node, db: &str) {
-    assert_eq!(primary.pos(db), replica.pos(db));
-    let a = std::fs::read(primary.data_db(db)).unwrap();
-    let b = std::fs::read(replica.data_db(db)).unwrap();
-    assert!(
-        a == b,
-        "{db} differs between primary and {}",
-        replica.dir.display()
-    );
-    assert_eq!(
-        store::database_checksum(&replica.data_db(db)).unwrap(),
-        store::database_checksum(&primary.data_db(db)).unwrap()
-    );
 }
 
 #[test]
@@ -132,9 +102,11 @@ fn readers_on_a_replica_never_see_a_torn_transaction() {
     // in one process share one POSIX lock, which can starve the applier;
     // that is SQLite's process model, not a torn read.)
     let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
     let reader = {
         let path = replica.db("bank.db");
         let stop = stop.clone();
+        let reads = reads.clone();
         std::thread::spawn(move || {
             let conn = rusqlite::Connection::open_with_flags(
                 &path,
@@ -142,17 +114,19 @@ fn readers_on_a_replica_never_see_a_torn_transaction() {
             )
             .unwrap();
             conn.busy_timeout(Duration::from_secs(30)).unwrap();
-            let mut reads = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let sum: i64 = conn
                     .query_row("SELECT sum(bal) FROM acct", [], |r| r.get(0))
                     .unwrap();
                 assert_eq!(sum, 200_000, "a replica reader saw a torn transaction");
-                reads += 1;
+                reads.fetch_add(1, Ordering::Relaxed);
             }
-            reads
         })
     };
+    // The reader is running before the first transfer commits.
+    wait_for("the first replica read", CATCH_UP, || {
+        reads.load(Ordering::Relaxed) > 0
+    });
     let script: String = std::iter::once(".timeout 30000\n".to_string())
         .chain((0..1500).map(|_| "SELECT sum(bal) FROM acct;\n".to_string()))
         .collect();
@@ -164,8 +138,13 @@ fn readers_on_a_replica_never_see_a_torn_transaction() {
         })
         .collect();
     wait_caught_up(&primary, replica, "bank.db");
+    let reads_during_writes = reads.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
-    assert!(reader.join().unwrap() > 0);
+    reader.join().unwrap();
+    assert!(
+        reads_during_writes > 1,
+        "the reader did not run alongside the writes"
+    );
     for r in cli_readers {
         let out = r.join().unwrap();
         assert!(

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 /// How long start-up and shutdown may take before a test fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
+/// How long a replica may take to catch up with its primary.
+pub const CATCH_UP: Duration = Duration::from_secs(30);
 
 /// One litefs process under test.
 pub struct Node {
@@ -319,4 +321,35 @@ pub fn temp_dir(name: &str) -> tempfile::TempDir {
         .prefix(&format!("litefs-{name}-"))
         .tempdir()
         .unwrap()
+}
+
+/// Waits until `replica` shows the same position for `db` as `primary`.
+pub fn wait_caught_up(primary: &Node, replica: &Node, db: &str) {
+    let want = primary.pos(db);
+    wait_for(
+        &format!("{} to reach {}", replica.dir.display(), want.trim()),
+        CATCH_UP,
+        || {
+            std::fs::read_to_string(replica.mount.join(format!("{db}-pos")))
+                .map(|p| p == want)
+                .unwrap_or(false)
+        },
+    );
+}
+
+/// Same position, same bytes, same checksum computed from the file.
+pub fn assert_identical(primary: &Node, replica: &Node, db: &str) {
+    assert_eq!(primary.pos(db), replica.pos(db));
+    let a = std::fs::read(primary.data_db(db)).unwrap();
+    let b = std::fs::read(replica.data_db(db)).unwrap();
+    assert!(
+        a == b,
+        "{db} differs between {} and {}",
+        primary.dir.display(),
+        replica.dir.display()
+    );
+    assert_eq!(
+        litefs::store::database_checksum(&replica.data_db(db)).unwrap(),
+        litefs::store::database_checksum(&primary.data_db(db)).unwrap()
+    );
 }
