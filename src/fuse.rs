@@ -335,8 +335,7 @@ impl LitefsFs {
 
     fn attr(&self, ino: u64, db: &Db, kind: FileKind) -> Result<FileAttr, Errno> {
         if kind == FileKind::Pos {
-            let len = format!("{}\n", db.pos()).len() as u64;
-            return Ok(self.synthetic_attr(ino, len));
+            return Ok(self.synthetic_attr(ino, pos_text(db).len() as u64));
         }
         let md = std::fs::metadata(path_of(db, kind)).map_err(|e| io_errno(&e))?;
         Ok(self.file_attr(ino, &md))
@@ -772,8 +771,7 @@ impl Filesystem for LitefsFs {
             Err(e) => return reply.error(e),
         };
         let Some(file) = &handle.file else {
-            let text = format!("{}\n", handle.db.pos());
-            return reply.data(slice_at(text.as_bytes(), offset, size));
+            return reply.data(slice_at(pos_text(&handle.db).as_bytes(), offset, size));
         };
         let mut buf = vec![0u8; size as usize];
         let mut filled = 0;
@@ -820,6 +818,16 @@ impl Filesystem for LitefsFs {
         };
         match handle.kind {
             FileKind::Database => {
+                // Pure checks on the data first; before_write records the
+                // write (dirty pages, undo log) once it is going to happen.
+                if offset == 0 && data.len() >= 20 && (data[18] == 2 || data[19] == 2) {
+                    error!(
+                        "db {}: refused switching to journal_mode=WAL: WAL is not supported yet; \
+                         use journal_mode=DELETE, TRUNCATE or PERSIST",
+                        db.name()
+                    );
+                    return reply.error(Errno::EIO);
+                }
                 if let Err(e) = db.before_write(offset, data) {
                     error!(
                         "db {}: refused write of {} bytes at {offset}: {e}",
@@ -832,14 +840,6 @@ impl Filesystem for LitefsFs {
                     error!(
                         "db {}: refused a write with no rollback journal: journal_mode=OFF and \
                          MEMORY cannot be replicated; use PRAGMA journal_mode=DELETE (or TRUNCATE, PERSIST)",
-                        db.name()
-                    );
-                    return reply.error(Errno::EIO);
-                }
-                if offset == 0 && data.len() >= 20 && (data[18] == 2 || data[19] == 2) {
-                    error!(
-                        "db {}: refused switching to journal_mode=WAL: WAL is not supported yet; \
-                         use journal_mode=DELETE, TRUNCATE or PERSIST",
                         db.name()
                     );
                     return reply.error(Errno::EIO);
@@ -1299,6 +1299,11 @@ impl LitefsFs {
         self.primary_contents()?;
         Some(FileHandle(0))
     }
+}
+
+/// The contents of `<name>-pos`: TXID / database checksum, newline.
+fn pos_text(db: &Db) -> String {
+    format!("{}\n", db.pos())
 }
 
 fn slice_at(data: &[u8], offset: u64, size: u32) -> &[u8] {

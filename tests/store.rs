@@ -1138,54 +1138,35 @@ fn retention_deletes_old_files_and_keeps_the_newest() {
     );
 
     let hour_ago = SystemTime::now() - Duration::from_secs(3600);
-    for (_, _, path) in &files[..3] {
-        File::options()
-            .write(true)
-            .open(path)
-            .unwrap()
-            .set_modified(hour_ago)
-            .unwrap();
-    }
-    assert_eq!(
+    let age = |files: &[(u64, u64, std::path::PathBuf)]| {
+        for (_, _, path) in files {
+            File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(hour_ago)
+                .unwrap();
+        }
+    };
+    let left = || -> Vec<u64> {
         primary
             .db
-            .enforce_retention(Duration::from_secs(60))
-            .unwrap(),
-        3
-    );
-    let left: Vec<u64> = primary
-        .db
-        .ltx_files()
-        .unwrap()
-        .iter()
-        .map(|f| f.0)
-        .collect();
-    assert_eq!(left, vec![4, 5]);
+            .ltx_files()
+            .unwrap()
+            .iter()
+            .map(|f| f.0)
+            .collect()
+    };
+    let retention = Duration::from_secs(60);
+
+    age(&files[..3]);
+    assert_eq!(primary.db.enforce_retention(retention).unwrap(), 3);
+    assert_eq!(left(), vec![4, 5]);
 
     // Even when every file is old, the newest stays.
-    for (_, _, path) in &files[3..] {
-        File::options()
-            .write(true)
-            .open(path)
-            .unwrap()
-            .set_modified(hour_ago)
-            .unwrap();
-    }
-    assert_eq!(
-        primary
-            .db
-            .enforce_retention(Duration::from_secs(60))
-            .unwrap(),
-        1
-    );
-    let left: Vec<u64> = primary
-        .db
-        .ltx_files()
-        .unwrap()
-        .iter()
-        .map(|f| f.0)
-        .collect();
-    assert_eq!(left, vec![5]);
+    age(&files[3..]);
+    assert_eq!(primary.db.enforce_retention(retention).unwrap(), 1);
+    assert_eq!(left(), vec![5]);
     assert_eq!(primary.db.enforce_retention(Duration::ZERO).unwrap(), 0);
 
     // The position does not depend on the deleted files.

@@ -670,11 +670,7 @@ impl Db {
         database: &File,
         change: &Change,
     ) -> Result<(), Error> {
-        let ltx_error = |source| Error::Ltx {
-            db: self.name.clone(),
-            path: path.to_path_buf(),
-            source,
-        };
+        let ltx_error = self.ltx_error(path);
         let file = File::create(path).map_err(io_error(
             format!("creating an LTX file of database {}", self.name),
             path,
@@ -771,11 +767,7 @@ impl Db {
             path: path.to_path_buf(),
             reason,
         };
-        let ltx_error = |source| Error::Ltx {
-            db: self.name.clone(),
-            path: path.to_path_buf(),
-            source,
-        };
+        let ltx_error = self.ltx_error(path);
         let file = File::open(path).map_err(io_error(
             format!("opening an LTX file for database {}", self.name),
             path,
@@ -884,11 +876,7 @@ impl Db {
     /// Writes the pages of the (already verified) LTX file at `path` into the
     /// database file, truncates it to `commit` pages and fsyncs it.
     fn write_pages(&self, path: &Path, header: &ltx::Header) -> Result<(), Error> {
-        let ltx_error = |source| Error::Ltx {
-            db: self.name.clone(),
-            path: path.to_path_buf(),
-            source,
-        };
+        let ltx_error = self.ltx_error(path);
         let db_path = &self.database_path;
         let write_error = |err| io_error(format!("writing database {}", self.name), db_path)(err);
         let database = OpenOptions::new()
@@ -1091,11 +1079,7 @@ impl Db {
         let files = self.ltx_files()?;
         let newest = match files.iter().max_by_key(|&&(min, max, _)| (max, min)) {
             Some((_, _, path)) => {
-                let (header, trailer) = ltx::verify_file(path).map_err(|source| Error::Ltx {
-                    db: self.name.clone(),
-                    path: path.clone(),
-                    source,
-                })?;
+                let (header, trailer) = ltx::verify_file(path).map_err(self.ltx_error(path))?;
                 let pos = Position {
                     txid: header.max_txid,
                     checksum: trailer.post_apply_checksum,
@@ -1425,6 +1409,15 @@ impl Db {
                 format!("reading page {pgno} of database {}", self.name),
                 &self.database_path,
             ))
+    }
+
+    /// Wraps an LTX error with this database and the file's path.
+    fn ltx_error<'a>(&'a self, path: &'a Path) -> impl Fn(ltx::Error) -> Error + Copy + 'a {
+        move |source| Error::Ltx {
+            db: self.name.clone(),
+            path: path.to_path_buf(),
+            source,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
