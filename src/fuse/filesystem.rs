@@ -1,0 +1,759 @@
+//! The `fuser::Filesystem` implementation: each request of the kernel,
+//! answered from the inode table, the open handles and the store.
+
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::Path;
+use std::time::SystemTime;
+
+use fuser::{
+    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use log::{debug, error, info, warn};
+
+use super::inodes::{parse_name, FileKind, PRIMARY_INO, ROOT_INO};
+use super::locks::{self, Lock};
+use super::{io_errno, path_of, pos_text, Handle, LitefsFs, LOCK_WAIT, PRIMARY_FILE, TTL};
+use crate::sqlite;
+
+fn wants_write(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+/// True when a journal header write starts with SQLite's journal magic.
+fn is_journal_header(data: &[u8]) -> bool {
+    data.len() >= sqlite::JOURNAL_MAGIC.len() && data[..8] == sqlite::JOURNAL_MAGIC
+}
+
+/// Reads the first bytes of a journal on disk to see if it holds a live
+/// transaction (for example a hot journal SQLite is about to play back).
+fn journal_on_disk_is_live(path: &Path) -> bool {
+    let mut magic = [0u8; 8];
+    match File::open(path) {
+        Ok(f) => f.read_exact_at(&mut magic, 0).is_ok() && magic == sqlite::JOURNAL_MAGIC,
+        Err(_) => false,
+    }
+}
+
+fn name_str(name: &OsStr) -> Result<&str, Errno> {
+    name.to_str().ok_or(Errno::EINVAL)
+}
+
+impl Filesystem for LitefsFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS) {
+            warn!(
+                "kernel does not offer {missing:?}: SQLite locks stay kernel-local and litefs \
+                 cannot take part in them"
+            );
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if parent.0 != ROOT_INO {
+            return reply.error(Errno::ENOENT);
+        }
+        let Ok(name) = name_str(name) else {
+            return reply.error(Errno::ENOENT);
+        };
+        if name == PRIMARY_FILE {
+            return match self.primary_contents() {
+                Some(s) => reply.entry(
+                    &TTL,
+                    &self.synthetic_attr(PRIMARY_INO, s.len() as u64),
+                    Generation(0),
+                ),
+                None => reply.error(Errno::ENOENT),
+            };
+        }
+        let (db_name, kind) = parse_name(name);
+        let Some(db) = self.store.db(db_name) else {
+            debug!("lookup {name}: there is no database {db_name}");
+            return reply.error(Errno::ENOENT);
+        };
+        let ino = self.ino(db_name, kind);
+        match self.attr(ino, &db, kind) {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        if ino.0 == ROOT_INO {
+            return reply.attr(&TTL, &self.synthetic_attr(ROOT_INO, 0));
+        }
+        if ino.0 == PRIMARY_INO {
+            return match self.primary_contents() {
+                Some(s) => reply.attr(&TTL, &self.synthetic_attr(PRIMARY_INO, s.len() as u64)),
+                None => reply.error(Errno::ENOENT),
+            };
+        }
+        let Some((db, kind)) = self.resolve(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        match self.attr(ino.0, &db, kind) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let Some((db, kind)) = self.resolve(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let path = path_of(&db, kind);
+        if let Some(size) = size {
+            if kind == FileKind::Pos {
+                return reply.error(Errno::EACCES);
+            }
+            let Some(_primary) = self.role.hold_primary() else {
+                return reply.error(self.read_only_error("truncate", db.name()));
+            };
+            if kind == FileKind::Journal && size == 0 {
+                // journal_mode=TRUNCATE: truncating the journal commits.
+                if let Err(e) = self.commit(&db) {
+                    return reply.error(e);
+                }
+            }
+            if kind == FileKind::Database {
+                if let Err(e) = db.before_truncate(size) {
+                    warn!("db {}: refused truncate: {e}", db.name());
+                    return reply.error(Errno::EINVAL);
+                }
+            }
+            let res = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(size));
+            if let Err(e) = res {
+                warn!("truncate {}: {e}", path.display());
+                return reply.error(io_errno(&e));
+            }
+        }
+        if let (Some(mode), false) = (mode, kind == FileKind::Pos) {
+            let perms = std::fs::Permissions::from_mode(mode & 0o7777);
+            if let Err(e) = std::fs::set_permissions(&path, perms) {
+                return reply.error(io_errno(&e));
+            }
+        }
+        match self.attr(ino.0, &db, kind) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        info!("refused mknod of {name:?}: litefs holds only SQLite databases");
+        reply.error(Errno::EPERM);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        info!("refused mkdir of {name:?}: the litefs mount is one flat directory of databases");
+        reply.error(Errno::EPERM);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if parent.0 != ROOT_INO {
+            return reply.error(Errno::ENOENT);
+        }
+        let Ok(name) = name_str(name) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let (db_name, kind) = parse_name(name);
+        let db = match self.store.db(db_name) {
+            Some(db) if name != PRIMARY_FILE => db,
+            _ => return reply.error(Errno::ENOENT),
+        };
+        let Some(_primary) = self.role.hold_primary() else {
+            return reply.error(self.read_only_error("delete", name));
+        };
+        match kind {
+            FileKind::Database | FileKind::Pos => {
+                info!("refused to delete {name}: deleting a database is not supported; drop its tables instead");
+                return reply.error(Errno::EPERM);
+            }
+            FileKind::Journal => {
+                // journal_mode=DELETE: deleting the journal commits.
+                if let Err(e) = self.commit(&db) {
+                    return reply.error(e);
+                }
+            }
+            FileKind::Wal | FileKind::Shm => {}
+        }
+        match std::fs::remove_file(path_of(&db, kind)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(io_errno(&e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        info!("refused rmdir of {name:?}: the litefs mount has no directories");
+        reply.error(Errno::ENOTDIR);
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        link_name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        info!("refused symlink {link_name:?}: litefs holds only SQLite databases");
+        reply.error(Errno::EPERM);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        name: &OsStr,
+        _newparent: INodeNo,
+        newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        info!("refused rename of {name:?} to {newname:?}: renaming databases is not supported");
+        reply.error(Errno::EPERM);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        info!("refused hard link {newname:?}: hard links are not supported on litefs");
+        reply.error(Errno::EPERM);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let flags = flags.0;
+        if ino.0 == PRIMARY_INO {
+            if wants_write(flags) {
+                return reply.error(Errno::EACCES);
+            }
+            // The contents are generated on each read; keep the kernel out.
+            return match self.resolve_primary_handle() {
+                Some(fh) => reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO),
+                None => reply.error(Errno::ENOENT),
+            };
+        }
+        let Some((db, kind)) = self.resolve(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        if kind == FileKind::Pos {
+            if wants_write(flags) {
+                return reply.error(Errno::EACCES);
+            }
+            let fh = self.add_handle(Handle {
+                db,
+                kind,
+                file: None,
+            });
+            return reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO);
+        }
+        if wants_write(flags) && !self.role.is_primary() {
+            return reply.error(self.read_only_error("write access", db.name()));
+        }
+        if flags & libc::O_TRUNC != 0 && kind == FileKind::Database {
+            info!(
+                "refused O_TRUNC open of database {}: it would destroy it",
+                db.name()
+            );
+            return reply.error(Errno::EPERM);
+        }
+        let file = match self.open_backing(&db, kind, flags, false) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        if kind == FileKind::Journal && journal_on_disk_is_live(db.journal_path()) {
+            self.set_journal_active(db.name(), true);
+        }
+        let open_flags = if kind == FileKind::Database {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        let fh = self.add_handle(Handle {
+            db,
+            kind,
+            file: Some(file),
+        });
+        reply.opened(fh, open_flags);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        if ino.0 == PRIMARY_INO {
+            let text = self.primary_contents().unwrap_or_default();
+            return reply.data(slice_at(text.as_bytes(), offset, size));
+        }
+        let handle = match self.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        let Some(file) = &handle.file else {
+            return reply.data(slice_at(pos_text(&handle.db).as_bytes(), offset, size));
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn!(
+                        "db {}: read {:?} at {offset}: {e}",
+                        handle.db.name(),
+                        handle.kind
+                    );
+                    return reply.error(io_errno(&e));
+                }
+            }
+        }
+        reply.data(&buf[..filled]);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let handle = match self.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        let db = &handle.db;
+        let Some(file) = &handle.file else {
+            return reply.error(Errno::EACCES);
+        };
+        let Some(_primary) = self.role.hold_primary() else {
+            return reply.error(self.read_only_error("write", db.name()));
+        };
+        match handle.kind {
+            FileKind::Database => {
+                // Pure checks on the data first; before_write records the
+                // write (dirty pages, undo log) once it is going to happen.
+                if offset == 0 && data.len() >= 20 && (data[18] == 2 || data[19] == 2) {
+                    error!(
+                        "db {}: refused switching to journal_mode=WAL: WAL is not supported yet; \
+                         use journal_mode=DELETE, TRUNCATE or PERSIST",
+                        db.name()
+                    );
+                    return reply.error(Errno::EIO);
+                }
+                if let Err(e) = db.before_write(offset, data) {
+                    error!(
+                        "db {}: refused write of {} bytes at {offset}: {e}",
+                        db.name(),
+                        data.len()
+                    );
+                    return reply.error(Errno::EINVAL);
+                }
+                if !self.journal_active(db.name()) {
+                    error!(
+                        "db {}: refused a write with no rollback journal: journal_mode=OFF and \
+                         MEMORY cannot be replicated; use PRAGMA journal_mode=DELETE (or TRUNCATE, PERSIST)",
+                        db.name()
+                    );
+                    return reply.error(Errno::EIO);
+                }
+            }
+            FileKind::Journal if offset == 0 => {
+                if is_journal_header(data) {
+                    self.set_journal_active(db.name(), true);
+                } else if data.len() >= 8 && data[..8].iter().all(|b| *b == 0) {
+                    // journal_mode=PERSIST: zeroing the header commits.
+                    if let Err(e) = self.commit(db) {
+                        return reply.error(e);
+                    }
+                }
+            }
+            _ => {}
+        }
+        match file.write_all_at(data, offset) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => {
+                error!("db {}: write {:?} at {offset}: {e}", db.name(), handle.kind);
+                reply.error(io_errno(&e))
+            }
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // close() of any descriptor ends the process's POSIX locks on the file.
+        self.locks.release_owner(ino.0, lock_owner.0);
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        lock_owner: Option<LockOwner>,
+        flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        if let (true, Some(owner)) = (flush, lock_owner) {
+            self.locks.release_owner(ino.0, owner.0);
+        }
+        self.handles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let handle = match self.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(e),
+        };
+        let Some(file) = &handle.file else {
+            return reply.ok();
+        };
+        if handle.kind == FileKind::Database {
+            // The undo log of overwritten free pages must reach the disk
+            // before the pages themselves do.
+            if let Err(e) = handle.db.before_sync() {
+                error!("db {}: cannot sync the undo log: {e}", handle.db.name());
+                return reply.error(Errno::EIO);
+            }
+        }
+        let res = if datasync {
+            file.sync_data()
+        } else {
+            file.sync_all()
+        };
+        match res {
+            Ok(()) => reply.ok(),
+            Err(e) => {
+                error!("db {}: fsync {:?}: {e}", handle.db.name(), handle.kind);
+                reply.error(io_errno(&e))
+            }
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        if ino.0 != ROOT_INO {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let mut entries: Vec<(u64, FileType, String)> = vec![
+            (ROOT_INO, FileType::Directory, ".".into()),
+            (ROOT_INO, FileType::Directory, "..".into()),
+        ];
+        if self.primary_contents().is_some() {
+            entries.push((PRIMARY_INO, FileType::RegularFile, PRIMARY_FILE.into()));
+        }
+        for db in self.store.dbs() {
+            for kind in FileKind::ALL {
+                let present = match kind {
+                    FileKind::Pos => true,
+                    _ => path_of(&db, kind).exists(),
+                };
+                if present {
+                    let name = format!("{}{}", db.name(), kind.suffix());
+                    entries.push((self.ino(db.name(), kind), FileType::RegularFile, name));
+                }
+            }
+        }
+        for (i, (ino, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), (i + 1) as u64, *kind, name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // SQLite syncs the directory so a new journal's name is durable
+        // before it overwrites database pages. The backing files live in one
+        // directory per database; sync those.
+        for db in self.store.dbs() {
+            if let Err(e) = File::open(db.dir()).and_then(|d| d.sync_all()) {
+                error!(
+                    "db {}: cannot sync its directory {}: {e}",
+                    db.name(),
+                    db.dir().display()
+                );
+                return reply.error(io_errno(&e));
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match statvfs(self.store.data_dir()) {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                255,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(io_errno(&e)),
+        }
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(Errno::NO_XATTR);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        if mask.contains(fuser::AccessFlags::W_OK) && !self.role.is_primary() {
+            return reply.error(Errno::EROFS);
+        }
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        if parent.0 != ROOT_INO {
+            return reply.error(Errno::ENOENT);
+        }
+        let Ok(name) = name_str(name) else {
+            return reply.error(Errno::EINVAL);
+        };
+        if !self.role.is_primary() {
+            return reply.error(self.read_only_error("create", name));
+        }
+        let (db_name, kind) = parse_name(name);
+        let db = match kind {
+            FileKind::Database => match self.store.create_db(db_name) {
+                Ok(db) => db,
+                Err(e) => {
+                    info!("refused to create {name}: {e}");
+                    return reply.error(Errno::EINVAL);
+                }
+            },
+            FileKind::Journal => match self.store.db(db_name) {
+                Some(db) => db,
+                None => {
+                    info!("refused to create {name}: there is no database {db_name}");
+                    return reply.error(Errno::ENOENT);
+                }
+            },
+            FileKind::Wal | FileKind::Shm => {
+                error!(
+                    "refused to create {name}: WAL mode is not supported yet; use \
+                     journal_mode=DELETE, TRUNCATE or PERSIST"
+                );
+                return reply.error(Errno::EIO);
+            }
+            FileKind::Pos => {
+                info!("refused to create {name}: -pos files are litefs's own, read-only");
+                return reply.error(Errno::EPERM);
+            }
+        };
+        let file = match self.open_backing(&db, kind, flags, true) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let md = match file.metadata() {
+            Ok(md) => md,
+            Err(e) => return reply.error(io_errno(&e)),
+        };
+        let ino = self.ino(db.name(), kind);
+        let attr = self.file_attr(ino, &md);
+        let fh = self.add_handle(Handle {
+            db,
+            kind,
+            file: Some(file),
+        });
+        let open_flags = if kind == FileKind::Database {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        reply.created(&TTL, &attr, Generation(0), fh, open_flags);
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        match self.locks.conflict(ino.0, lock_owner.0, start, end, typ) {
+            Some(l) => reply.locked(l.start, l.end, l.typ, l.pid),
+            None => reply.locked(start, end, libc::F_UNLCK, pid),
+        }
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        if typ != locks::READ && typ != locks::WRITE && typ != locks::UNLOCK {
+            return reply.error(Errno::EINVAL);
+        }
+        let lock = Lock {
+            owner: lock_owner.0,
+            start,
+            end,
+            typ,
+            pid,
+        };
+        let ok = if sleep {
+            self.locks.set_wait(ino.0, lock, LOCK_WAIT)
+        } else {
+            self.locks.try_set(ino.0, lock)
+        };
+        if ok {
+            reply.ok()
+        } else {
+            reply.error(Errno::EAGAIN)
+        }
+    }
+}
+
+fn slice_at(data: &[u8], offset: u64, size: u32) -> &[u8] {
+    let start = (offset as usize).min(data.len());
+    let end = start.saturating_add(size as usize).min(data.len());
+    &data[start..end]
+}
+
+fn statvfs(path: &Path) -> std::io::Result<libc::statvfs> {
+    use std::os::unix::ffi::OsStrExt;
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: cpath is a valid NUL-terminated string and st is a plain C
+    // struct that statvfs fills in.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(cpath.as_ptr(), &mut st) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(st)
+    }
+}
