@@ -9,13 +9,22 @@
 //! adds `dbs/<name>/undo` (old content of reused free-list pages, see
 //! `undo.rs`), and while applying, `ltx/<min>-<max>.ltx.pending`.
 //!
+//! One database is a `Db` (`db.rs`); what changes or reads it is split by
+//! concern: commits on the primary (`commit.rs`), applying LTX files on a
+//! replica (`apply.rs`), snapshots, LTX listing and retention
+//! (`snapshot.rs`), and recovery at start-up (`recovery.rs`).
+//!
 //! The database checksum is the XOR of `ltx::page_checksum` over every page
 //! except SQLite's lock page (the page holding byte offset 1 GiB, which
 //! SQLite never writes and LTX files never hold), with `CHECKSUM_FLAG` set.
 //! A database with no pages has the checksum `CHECKSUM_FLAG`; the position
 //! before the first transaction is `0/0`.
 
+mod apply;
+mod commit;
 mod db;
+mod recovery;
+mod snapshot;
 mod undo;
 
 pub use db::{Commit, Db};

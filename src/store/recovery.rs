@@ -1,0 +1,343 @@
+//! Recovery: bringing a database back to the position of its newest LTX
+//! file from whatever a crash left on disk (at start-up), after a failed
+//! apply, or when a node that stopped being the primary abandons a write
+//! transaction.
+//!
+//! Each step finishes or undoes one ordering of the other modules: leftover
+//! `*.tmp` files are deleted, pending LTX files are applied again (see
+//! `apply.rs`), and a hot rollback journal is either deleted, when its
+//! transaction was already recorded, or rolled back together with the undo
+//! log of reused free-list pages (see `commit.rs`).
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use super::apply::PENDING_SUFFIX;
+use super::db::State;
+use super::undo;
+use super::{
+    io_error, page_offset, read_database, read_database_shape, read_freelist, sync_dir, Db, Error,
+    PageChecksums, Position, Shape,
+};
+use crate::{ltx, sqlite};
+
+impl Db {
+    /// Rebuilds the state from the files on disk, in this order: deletes
+    /// leftover temporary files, completes an interrupted apply, rolls back
+    /// (or, if already recorded, deletes) a hot journal, puts back free-list
+    /// pages from the undo log, and checks the database checksum against
+    /// the newest LTX file. A database file without LTX files is recorded
+    /// as TXID 1.
+    pub(super) fn recover(&self) -> Result<State, Error> {
+        self.remove_temp_files()?;
+        self.finish_pending_apply()?;
+        let files = self.ltx_files()?;
+        let newest = match files.iter().max_by_key(|&&(min, max, _)| (max, min)) {
+            Some((_, _, path)) => {
+                let (header, trailer) = ltx::verify_file(path).map_err(self.ltx_error(path))?;
+                let pos = Position {
+                    txid: header.max_txid,
+                    checksum: trailer.post_apply_checksum,
+                };
+                Some((path.clone(), pos))
+            }
+            None => None,
+        };
+        let base = newest.as_ref().map(|(_, pos)| *pos).unwrap_or_default();
+        let mut state = self.reload(base, newest.is_some())?;
+        if newest.is_none() && state.checksums.page_count() > 0 {
+            log::warn!(
+                "database {}: the database file has no LTX files (copied in?); \
+                 recording its current content as TXID 1",
+                self.name
+            );
+            self.commit_locked(&mut state, &BTreeSet::new())?;
+        }
+        Ok(state)
+    }
+
+    /// Drops a write transaction this node can no longer commit because it
+    /// stopped being the primary: rolls back the hot journal (and the undo
+    /// log of overwritten free pages) so the file is back at the position,
+    /// and forgets the dirty pages. Returns the position.
+    pub fn abandon_transaction(&self) -> Result<Position, Error> {
+        let mut state = self.lock();
+        let pos = state.pos;
+        let fresh = self.reload(pos, pos.txid > 0)?;
+        *state = fresh;
+        if state.pos != pos {
+            log::warn!(
+                "database {}: abandoned an uncommitted transaction; position {} -> {}",
+                self.name,
+                pos,
+                state.pos
+            );
+        }
+        Ok(state.pos)
+    }
+
+    /// Brings the database file back to `base` after a crash or an
+    /// abandoned transaction and builds the in-memory state from the file.
+    /// When the file still differs from `base` (changed outside litefs), the
+    /// position keeps the TXID with the file's own checksum, which no other
+    /// node has, so replication resends a snapshot where needed.
+    fn reload(&self, base: Position, recorded: bool) -> Result<State, Error> {
+        self.recover_journal(recorded.then_some(base.checksum))?;
+        let (mut shape, mut checksums) = self.read_database_file()?;
+        if base.txid > 0 && checksums.checksum() != base.checksum && self.restore_undo(base)? > 0 {
+            (shape, checksums) = self.read_database_file()?;
+        }
+        let mut state = State::new(self.undo_path.clone());
+        state.undo.reset().map_err(io_error(
+            format!("emptying the undo log of database {}", self.name),
+            &self.undo_path,
+        ))?;
+        state.page_size = shape.map(|s| s.page_size);
+        state.checksums = checksums;
+        if let Some(shape) = &shape {
+            if let Ok(file) = File::open(&self.database_path) {
+                state.freelist = read_freelist(&self.name, &file, shape);
+            }
+        }
+        if !recorded {
+            return Ok(state);
+        }
+        state.pos = base;
+        if state.checksums.checksum() != base.checksum {
+            let mismatch = Error::ChecksumMismatch {
+                db: self.name.clone(),
+                txid: base.txid,
+                ltx_checksum: base.checksum,
+                file_checksum: state.checksums.checksum(),
+                ltx_path: self.ltx_dir.join(ltx::filename(base.txid, base.txid)),
+            };
+            log::error!(
+                "{mismatch}; continuing from the file's content: position {:016x}/{:016x}, \
+                 replication will resend a snapshot where needed",
+                base.txid,
+                state.checksums.checksum()
+            );
+            state.pos.checksum = state.checksums.checksum();
+        }
+        Ok(state)
+    }
+
+    /// Completes applies interrupted by a crash: writes the pages of each
+    /// intact `*.ltx.pending` file again (the result is the same however far
+    /// the apply got) and gives it its proper name. A pending file that does
+    /// not verify never had its pages written, and is deleted.
+    fn finish_pending_apply(&self) -> Result<(), Error> {
+        let dir = &self.ltx_dir;
+        let list_error = |err| {
+            io_error(
+                format!("listing the LTX files of database {}", self.name),
+                dir,
+            )(err)
+        };
+        let mut pending = Vec::new();
+        for entry in fs::read_dir(dir).map_err(list_error)? {
+            let path = entry.map_err(list_error)?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if let Some((min, max)) = name
+                .strip_suffix(PENDING_SUFFIX)
+                .and_then(ltx::parse_filename)
+            {
+                pending.push((min, max, path));
+            }
+        }
+        pending.sort();
+        for (min, max, path) in pending {
+            match ltx::verify_file(&path) {
+                Ok((header, _)) => {
+                    log::warn!(
+                        "database {}: completing the interrupted apply of {}",
+                        self.name,
+                        path.display()
+                    );
+                    self.write_pages(&path, &header)?;
+                    let final_path = dir.join(ltx::filename(min, max));
+                    self.finish_apply(&path, &final_path, header.is_snapshot())?;
+                }
+                Err(err) => {
+                    log::warn!(
+                        "database {}: deleting an incomplete pending LTX file: {err}",
+                        self.name
+                    );
+                    fs::remove_file(&path)
+                        .map_err(io_error("deleting an incomplete pending LTX file", &path))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles a hot rollback journal left by a crash: if the database
+    /// already matches `recorded_checksum` (the newest LTX file's post-apply
+    /// checksum) the transaction was recorded and the journal is deleted;
+    /// otherwise the journal is rolled back as SQLite would, then deleted.
+    fn recover_journal(&self, recorded_checksum: Option<u64>) -> Result<(), Error> {
+        let journal_path = &self.journal_path;
+        let journal =
+            sqlite::read_journal_pages(journal_path).map_err(|source| Error::Journal {
+                db: self.name.clone(),
+                path: journal_path.clone(),
+                source,
+            })?;
+        let Some((header, pages)) = journal else {
+            return Ok(());
+        };
+        let db_path = &self.database_path;
+        let write_error =
+            |err| io_error(format!("rolling back database {}", self.name), db_path)(err);
+        let database = match OpenOptions::new().read(true).write(true).open(db_path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                log::warn!(
+                    "database {}: deleting a hot journal without a database file",
+                    self.name
+                );
+                return self.remove_journal();
+            }
+            Err(err) => return Err(write_error(err)),
+        };
+        let current = match read_database(&self.name, db_path, &database) {
+            Ok((_, checksums)) => Some(checksums.checksum()),
+            // A half-written transaction may leave a header that promises more pages.
+            Err(Error::InvalidDatabase { .. }) => None,
+            Err(err) => return Err(err),
+        };
+        if current.is_some() && current == recorded_checksum {
+            // Pages the transaction wrote past the recorded end are not
+            // counted by the checksum; cut them off so the file matches the
+            // other nodes byte for byte.
+            if let Ok(Some(shape)) = read_database_shape(&self.name, db_path, &database) {
+                let committed_len = u64::from(shape.page_count) * u64::from(shape.page_size);
+                let len = database.metadata().map_err(write_error)?.len();
+                if len > committed_len {
+                    database.set_len(committed_len).map_err(write_error)?;
+                    database.sync_all().map_err(write_error)?;
+                }
+            }
+            log::info!(
+                "database {}: the transaction of the hot journal was already recorded (or \
+                 wrote only past the end); deleting the journal",
+                self.name
+            );
+            return self.remove_journal();
+        }
+        let page_size = header.page_size;
+        let mut restored = BTreeSet::new();
+        for (pgno, page) in &pages {
+            if *pgno == 0 || *pgno > header.initial_page_count || !restored.insert(*pgno) {
+                continue;
+            }
+            if page.len() != page_size as usize {
+                return Err(Error::InvalidDatabase {
+                    db: self.name.clone(),
+                    path: journal_path.clone(),
+                    reason: format!(
+                        "journal page {pgno} is {} bytes long, its page size is {page_size}",
+                        page.len()
+                    ),
+                });
+            }
+            database
+                .write_all_at(page, page_offset(*pgno, page_size))
+                .map_err(write_error)?;
+        }
+        database
+            .set_len(u64::from(header.initial_page_count) * u64::from(page_size))
+            .map_err(write_error)?;
+        database.sync_all().map_err(write_error)?;
+        log::warn!(
+            "database {}: rolled back a hot journal left by a crash: restored {} pages, \
+             the database has {} pages",
+            self.name,
+            restored.len(),
+            header.initial_page_count
+        );
+        self.remove_journal()
+    }
+
+    /// Puts back the free-list pages saved in the undo log by a transaction
+    /// that started at `base` and was interrupted. Returns how many.
+    fn restore_undo(&self, base: Position) -> Result<usize, Error> {
+        let path = &self.database_path;
+        let write_error = |err| {
+            io_error(
+                format!("restoring free-list pages of database {}", self.name),
+                path,
+            )(err)
+        };
+        let database = match OpenOptions::new().write(true).open(path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(err) => return Err(write_error(err)),
+        };
+        let restored = undo::read_saved_pages(&self.undo_path, base, |pgno, page| {
+            database.write_all_at(page, page_offset(pgno, page.len() as u32))
+        })
+        .map_err(write_error)?;
+        if restored > 0 {
+            database.sync_all().map_err(write_error)?;
+            log::warn!(
+                "database {}: restored {restored} free-list pages from the undo log of an \
+                 interrupted transaction",
+                self.name
+            );
+        }
+        Ok(restored)
+    }
+
+    fn remove_journal(&self) -> Result<(), Error> {
+        fs::remove_file(&self.journal_path).map_err(io_error(
+            format!("deleting the hot journal of database {}", self.name),
+            &self.journal_path,
+        ))?;
+        sync_dir(&self.dir)
+    }
+
+    /// Reads the database file's shape and page checksums (none when the
+    /// file is missing or empty).
+    fn read_database_file(&self) -> Result<(Option<Shape>, PageChecksums), Error> {
+        let path = &self.database_path;
+        match File::open(path) {
+            Ok(file) => read_database(&self.name, path, &file),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok((None, PageChecksums::empty())),
+            Err(err) => Err(io_error(format!("opening database {}", self.name), path)(
+                err,
+            )),
+        }
+    }
+
+    /// Deletes `*.tmp` files left in `ltx/` by a crash.
+    fn remove_temp_files(&self) -> Result<(), Error> {
+        let dir = &self.ltx_dir;
+        let list_error = |err| {
+            io_error(
+                format!("listing the LTX files of database {}", self.name),
+                dir,
+            )(err)
+        };
+        let mut removed = 0;
+        for entry in fs::read_dir(dir).map_err(list_error)? {
+            let path = entry.map_err(list_error)?.path();
+            if path.extension().is_some_and(|ext| ext == "tmp") {
+                fs::remove_file(&path)
+                    .map_err(io_error("deleting a leftover temporary file", &path))?;
+                log::info!(
+                    "database {}: deleted leftover {}",
+                    self.name,
+                    path.display()
+                );
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
+}
