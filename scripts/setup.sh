@@ -28,6 +28,7 @@ PACKAGES=(
     build-essential
     iproute2
     ca-certificates
+    python3
 )
 
 say() { printf 'setup: %s\n' "$*"; }

@@ -13,18 +13,16 @@
 mod apply;
 mod filesystem;
 mod inodes;
-mod locks;
 mod role;
 
 pub use apply::Applier;
 pub use inodes::{parse_name, FileKind};
-pub use locks::{Lock, LockTable};
 pub use role::{PrimaryGuard, Role};
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, Metadata, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -39,11 +37,12 @@ use inodes::{Inodes, ROOT_INO};
 /// primary passes through the kernel, so it stays coherent; a replica
 /// invalidates what it changes.
 pub(crate) const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may remember that a database's companion file
+/// (`-journal`, `-wal`, `-shm`) is absent. Long, because it is kept true by
+/// invalidation, not by expiry (see `lookup`).
+pub(crate) const NEGATIVE_TTL: Duration = Duration::from_secs(3600);
 /// The file that names the primary on a replica.
 pub const PRIMARY_FILE: &str = ".primary";
-/// How long an F_SETLKW waits before giving up with EAGAIN. SQLite itself
-/// never blocks on a lock; this only bounds other programs.
-pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// One open file of the mount.
 struct Handle {
@@ -57,7 +56,8 @@ struct Handle {
 pub struct LitefsFs {
     store: Arc<Store>,
     role: Arc<Role>,
-    locks: Arc<LockTable>,
+    /// Where the mount is: the applier takes SQLite's locks through it.
+    mount_dir: PathBuf,
     inodes: Arc<RwLock<Inodes>>,
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
@@ -70,13 +70,13 @@ pub struct LitefsFs {
 
 impl LitefsFs {
     /// Creates the file system over `store`.
-    pub fn new(store: Arc<Store>, role: Arc<Role>, locks: Arc<LockTable>) -> LitefsFs {
+    pub fn new(store: Arc<Store>, role: Arc<Role>, mount_dir: &Path) -> LitefsFs {
         // SAFETY: getuid/getgid cannot fail and touch no memory.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         LitefsFs {
             store,
             role,
-            locks,
+            mount_dir: mount_dir.to_path_buf(),
             inodes: Arc::new(RwLock::new(Inodes::default())),
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -89,7 +89,7 @@ impl LitefsFs {
     /// The replica's way to apply LTX files to this mount (see `Applier`).
     pub fn applier(&self) -> Applier {
         Applier {
-            locks: self.locks.clone(),
+            mount_dir: self.mount_dir.clone(),
             active_journals: self.active_journals.clone(),
             inodes: self.inodes.clone(),
             notifier: Mutex::new(None),

@@ -22,7 +22,7 @@ use crossbeam_channel::{select, Receiver};
 use log::{debug, error, info, warn};
 
 use crate::config::{Config, LeaseKind};
-use crate::fuse::{Applier, LitefsFs, LockTable, Role};
+use crate::fuse::{Applier, LitefsFs, Role};
 use crate::http;
 use crate::lease::{self, LeaseEvent, PrimaryInfo};
 use crate::store::{self, Db, Position, Store};
@@ -130,7 +130,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
     } else {
         Role::replica(None)
     });
-    let fs = LitefsFs::new(store.clone(), role.clone(), Arc::new(LockTable::new()));
+    let fs = LitefsFs::new(store.clone(), role.clone(), &mount_dir);
     let applier = Arc::new(fs.applier());
 
     let server =

@@ -4,33 +4,37 @@
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::path::Path;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fuser::INodeNo;
-use log::warn;
+use log::{info, warn};
 
 use super::inodes::{FileKind, Inodes, ROOT_INO};
-use super::locks::{self, Lock, LockTable};
 use crate::store::{self, Db, Position};
 
 /// SQLite's lock bytes in the database file (see sqlite3's os.h).
-const PENDING_BYTE: u64 = 0x4000_0000;
-const SHARED_FIRST: u64 = PENDING_BYTE + 2;
-const SHARED_SIZE: u64 = 510;
-/// The lock owner litefs uses for itself; the kernel's owners are hashes
-/// of process file tables and never take this value in practice.
-const APPLY_OWNER: u64 = u64::MAX;
-/// How long an apply waits for readers to finish before giving up.
-const APPLY_LOCK_WAIT: Duration = Duration::from_secs(30);
+const PENDING_BYTE: i64 = 0x4000_0000;
+const SHARED_FIRST: i64 = PENDING_BYTE + 2;
+const SHARED_SIZE: i64 = 510;
+/// How long an apply may wait for readers before one WARN says so.
+const STALL_WARNING: Duration = Duration::from_secs(5);
 
-/// Applies LTX files on a replica as a SQLite writer would: it takes the
-/// PENDING lock (no new readers), then the exclusive lock (no readers left),
-/// writes the pages through the store, drops the kernel's cached pages of
-/// the database, and releases. Readers thus see whole transactions only.
+/// Applies LTX files on a replica as a SQLite writer would. The kernel
+/// keeps SQLite's POSIX locks for the mount (litefs does not ask for
+/// FUSE_POSIX_LOCKS), so litefs takes part as a client of its own mount:
+/// it opens `<mount>/<name>` and takes open-file-description locks on
+/// SQLite's lock bytes. First PENDING (no new reader starts), then the
+/// whole SHARED range (the readers still in a transaction have finished),
+/// both with F_OFD_SETLKW, so the kernel wakes the applier the moment the
+/// last reader unlocks. Then the pages are written through the store, the
+/// kernel's cached pages of the database dropped, and the locks released
+/// by closing the descriptor. Readers thus see whole transactions only.
 pub struct Applier {
-    pub(super) locks: Arc<LockTable>,
+    pub(super) mount_dir: PathBuf,
     pub(super) active_journals: Arc<Mutex<HashSet<String>>>,
     pub(super) inodes: Arc<RwLock<Inodes>>,
     pub(super) notifier: Mutex<Option<fuser::Notifier>>,
@@ -42,59 +46,72 @@ impl Applier {
         *self.notifier.lock().unwrap_or_else(|e| e.into_inner()) = Some(notifier);
     }
 
-    /// Applies the LTX file at `path` to `db` under SQLite's locks.
+    /// Applies the LTX file at `path` to `db` under SQLite's locks. Waits
+    /// as long as readers hold the database (one WARN after
+    /// `STALL_WARNING`), as SQLite's own writer would.
     pub fn apply(&self, db: &Db, path: &Path) -> Result<Position, store::Error> {
         let ino = self
             .inodes
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .ino(db.name(), FileKind::Database);
-        let pending = Lock {
-            owner: APPLY_OWNER,
-            start: PENDING_BYTE,
-            end: PENDING_BYTE,
-            typ: locks::WRITE,
-            pid: std::process::id(),
-        };
-        let shared = Lock {
-            start: SHARED_FIRST,
-            end: SHARED_FIRST + SHARED_SIZE - 1,
-            ..pending
-        };
-        // PENDING first: it keeps new readers out while those reading finish.
-        let locked = self.locks.set_wait(ino, pending, APPLY_LOCK_WAIT) && {
-            let mut waited = 0;
-            loop {
-                if self.locks.set_wait(ino, shared, Duration::from_secs(1)) {
-                    break true;
-                }
-                waited += 1;
-                warn!(
-                    "db {}: apply waiting {waited}s for readers to finish",
-                    db.name()
-                );
-                if waited >= APPLY_LOCK_WAIT.as_secs() {
-                    break false;
-                }
-            }
-        };
-        if !locked {
-            self.locks.release_owner(ino, APPLY_OWNER);
-            return Err(store::Error::Refused {
-                db: db.name().to_string(),
-                path: path.to_path_buf(),
-                reason: format!(
-                    "readers held the database's locks for {}s; will retry",
-                    APPLY_LOCK_WAIT.as_secs()
-                ),
-            });
-        }
+        let locked = self.lock_database(db, path)?;
         let result = db.apply_ltx(path);
         if result.is_ok() {
             self.invalidate(ino, db.name());
         }
-        self.locks.release_owner(ino, APPLY_OWNER);
+        // Closing the descriptor releases both locks and wakes the readers.
+        drop(locked);
         result
+    }
+
+    /// Opens the database through the mount and takes PENDING, then the
+    /// SHARED range, exclusively. The locks live as long as the file.
+    fn lock_database(&self, db: &Db, path: &Path) -> Result<File, store::Error> {
+        let refused = |reason: String| store::Error::Refused {
+            db: db.name().to_string(),
+            path: path.to_path_buf(),
+            reason,
+        };
+        // A new database has no file yet; an empty one (a database with
+        // no pages, as the position before its first TXID says) gives the
+        // locks something to hold on to before any page is written.
+        if let Err(e) = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(db.database_path())
+        {
+            return Err(refused(format!(
+                "cannot create {}: {e}",
+                db.database_path().display()
+            )));
+        }
+        let on_mount = self.mount_dir.join(db.name());
+        // Read-write: a write lock needs a descriptor open for writing. The
+        // mount lets litefs's own process open a replica's file so.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&on_mount)
+            .map_err(|e| {
+                refused(format!(
+                    "cannot open {} to take SQLite's locks: {e}",
+                    on_mount.display()
+                ))
+            })?;
+        for (start, len, what) in [
+            (PENDING_BYTE, 1, "PENDING"),
+            (SHARED_FIRST, SHARED_SIZE, "SHARED"),
+        ] {
+            lock_waiting(&file, start, len, db.name()).map_err(|e| {
+                refused(format!(
+                    "cannot take SQLite's {what} lock on {}: {e}",
+                    on_mount.display()
+                ))
+            })?;
+        }
+        Ok(file)
     }
 
     /// Drops a write transaction left open when this node stopped being
@@ -142,5 +159,73 @@ impl Applier {
                 }
             }
         }
+    }
+}
+
+/// Takes an exclusive open-file-description lock on `len` bytes at
+/// `start`, waiting in the kernel (F_OFD_SETLKW) as long as it takes. When
+/// the lock is not free at once, a watcher logs one WARN naming the
+/// database if the wait passes `STALL_WARNING`, and one line when it ends.
+fn lock_waiting(file: &File, start: i64, len: i64, db: &str) -> std::io::Result<()> {
+    if set_ofd_lock(file, start, len, false)? {
+        return Ok(());
+    }
+    let began = Instant::now();
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+    std::thread::scope(|scope| {
+        let watcher = scope.spawn(move || match done_rx.recv_timeout(STALL_WARNING) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                warn!(
+                    "db {db}: readers have held the database for {}s; applying waits for \
+                     them (replication keeps receiving)",
+                    STALL_WARNING.as_secs()
+                );
+                let _ = done_rx.recv();
+                true
+            }
+            _ => false,
+        });
+        let result = loop {
+            match set_ofd_lock(file, start, len, true) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        drop(done_tx);
+        if watcher.join().unwrap_or(false) {
+            info!(
+                "db {db}: readers let go after {:.1}s; applying",
+                began.elapsed().as_secs_f64()
+            );
+        }
+        result.map(|_| ())
+    })
+}
+
+/// F_OFD_SETLK (or F_OFD_SETLKW when `wait`) of a write lock. Ok(false)
+/// when another holder is in the way and `wait` is false.
+fn set_ofd_lock(file: &File, start: i64, len: i64, wait: bool) -> std::io::Result<bool> {
+    // SAFETY: flock is a plain C struct; all zeroes is a valid value (and
+    // l_pid must be 0 for OFD locks).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = start;
+    fl.l_len = len;
+    let cmd = if wait {
+        libc::F_OFD_SETLKW
+    } else {
+        libc::F_OFD_SETLK
+    };
+    // SAFETY: the descriptor stays open for the call and fl is a valid
+    // flock that the kernel only reads.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &fl) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) if !wait => Ok(false),
+        _ => Err(err),
     }
 }

@@ -8,16 +8,15 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use fuser::{
-    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use log::{debug, error, info, warn};
 
 use super::inodes::{parse_name, FileKind, PRIMARY_INO, ROOT_INO};
-use super::locks::{self, Lock};
-use super::{io_errno, path_of, pos_text, Handle, LitefsFs, LOCK_WAIT, PRIMARY_FILE, TTL};
+use super::{io_errno, path_of, pos_text, Handle, LitefsFs, NEGATIVE_TTL, PRIMARY_FILE, TTL};
 use crate::sqlite;
 
 fn wants_write(flags: i32) -> bool {
@@ -39,18 +38,23 @@ fn journal_on_disk_is_live(path: &Path) -> bool {
     }
 }
 
+/// Whether the request comes from a thread of this process. The kernel
+/// reports the calling thread's id, so look it up among our tasks.
+fn is_own_thread(tid: u32) -> bool {
+    Path::new(&format!("/proc/self/task/{tid}")).exists()
+}
+
 fn name_str(name: &OsStr) -> Result<&str, Errno> {
     name.to_str().ok_or(Errno::EINVAL)
 }
 
 impl Filesystem for LitefsFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS) {
-            warn!(
-                "kernel does not offer {missing:?}: SQLite locks stay kernel-local and litefs \
-                 cannot take part in them"
-            );
-        }
+    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
+        // FUSE_POSIX_LOCKS is deliberately not asked for: the kernel keeps
+        // SQLite's POSIX locks itself, with no round trip to litefs per
+        // lock, and wakes waiters on every unlock, downgrade, close and
+        // exit. litefs takes the locks it needs through the mount (see
+        // `Applier`).
         Ok(())
     }
 
@@ -79,6 +83,15 @@ impl Filesystem for LitefsFs {
         let ino = self.ino(db_name, kind);
         match self.attr(ino, &db, kind) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(Errno::ENOENT) if kind != FileKind::Database => {
+                // An absent companion (`-journal`, `-wal`, `-shm`): SQLite
+                // asks for it at every read transaction. A negative entry
+                // (node id 0) lets the kernel answer for NEGATIVE_TTL. It
+                // stays true: companions appear only through the kernel
+                // (create), which replaces the entry, or are removed by
+                // litefs itself, which invalidates it (`Applier`).
+                reply.entry(&NEGATIVE_TTL, &self.synthetic_attr(0, 0), Generation(0))
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -268,7 +281,7 @@ impl Filesystem for LitefsFs {
         reply.error(Errno::EPERM);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let flags = flags.0;
         if ino.0 == PRIMARY_INO {
             if wants_write(flags) {
@@ -294,7 +307,10 @@ impl Filesystem for LitefsFs {
             });
             return reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO);
         }
-        if wants_write(flags) && !self.role.is_primary() {
+        // litefs's own process opens a replica's database read-write to
+        // take SQLite's write locks while applying (`Applier`); it writes
+        // nothing through that descriptor.
+        if wants_write(flags) && !self.role.is_primary() && !is_own_thread(req.pid()) {
             return reply.error(self.read_only_error("write access", db.name()));
         }
         if flags & libc::O_TRUNC != 0 && kind == FileKind::Database {
@@ -439,32 +455,16 @@ impl Filesystem for LitefsFs {
         }
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        // close() of any descriptor ends the process's POSIX locks on the file.
-        self.locks.release_owner(ino.0, lock_owner.0);
-        reply.ok();
-    }
-
     fn release(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        lock_owner: Option<LockOwner>,
-        flush: bool,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if let (true, Some(owner)) = (flush, lock_owner) {
-            self.locks.release_owner(ino.0, owner.0);
-        }
         self.handles
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -681,59 +681,6 @@ impl Filesystem for LitefsFs {
             FopenFlags::empty()
         };
         reply.created(&TTL, &attr, Generation(0), fh, open_flags);
-    }
-
-    fn getlk(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        lock_owner: LockOwner,
-        start: u64,
-        end: u64,
-        typ: i32,
-        pid: u32,
-        reply: ReplyLock,
-    ) {
-        match self.locks.conflict(ino.0, lock_owner.0, start, end, typ) {
-            Some(l) => reply.locked(l.start, l.end, l.typ, l.pid),
-            None => reply.locked(start, end, libc::F_UNLCK, pid),
-        }
-    }
-
-    fn setlk(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        lock_owner: LockOwner,
-        start: u64,
-        end: u64,
-        typ: i32,
-        pid: u32,
-        sleep: bool,
-        reply: ReplyEmpty,
-    ) {
-        if typ != locks::READ && typ != locks::WRITE && typ != locks::UNLOCK {
-            return reply.error(Errno::EINVAL);
-        }
-        let lock = Lock {
-            owner: lock_owner.0,
-            start,
-            end,
-            typ,
-            pid,
-        };
-        let ok = if sleep {
-            self.locks.set_wait(ino.0, lock, LOCK_WAIT)
-        } else {
-            self.locks.try_set(ino.0, lock)
-        };
-        if ok {
-            reply.ok()
-        } else {
-            reply.error(Errno::EAGAIN)
-        }
     }
 }
 
