@@ -15,7 +15,7 @@ mod filesystem;
 mod inodes;
 mod role;
 
-pub use apply::Applier;
+pub use apply::{Applier, DatabaseLock};
 pub use inodes::{parse_name, FileKind};
 pub use role::{PrimaryGuard, Role};
 

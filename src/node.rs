@@ -14,18 +14,21 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{select, Receiver};
 use log::{debug, error, info, warn};
 
+mod replica;
+
 use crate::config::{Config, LeaseKind};
 use crate::fuse::{Applier, LitefsFs, Role};
 use crate::http;
 use crate::lease::{self, LeaseEvent, PrimaryInfo};
-use crate::store::{self, Db, Position, Store};
+use crate::store::{self, Store};
+use replica::ReplicaTask;
 
 /// FUSE worker threads: enough that a slow request (an fsync) does not
 /// stall every reader on a small machine.
@@ -183,7 +186,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
     role.set_replica(None);
     server.set_serving(false);
     stop.store(true, Ordering::SeqCst);
-    roles.stop_replica();
+    roles.stop_replica(false);
     let _ = lease_thread.join();
     let _ = retention.join();
     server.shutdown();
@@ -200,21 +203,13 @@ struct Roles<'a> {
     replica: Option<ReplicaTask>,
 }
 
-/// A running replication stream from one primary.
-struct ReplicaTask {
-    url: String,
-    stop: Arc<AtomicBool>,
-    /// Held while an LTX file is applied, so a role change can wait for
-    /// the apply in flight and be sure no other one starts.
-    gate: Arc<Mutex<()>>,
-    thread: JoinHandle<()>,
-}
-
 impl Roles<'_> {
     fn handle(&mut self, event: LeaseEvent) -> Result<(), Error> {
         match event {
             LeaseEvent::Primary => {
-                self.stop_replica();
+                // Everything received from the old primary is applied
+                // before this node accepts a write.
+                self.stop_replica(true);
                 self.role.set_primary();
                 self.server.set_serving(true);
                 info!("this node is now the primary; the mount accepts writes");
@@ -222,7 +217,7 @@ impl Roles<'_> {
             LeaseEvent::Replica(primary) => {
                 self.step_down(Some(primary.hostname.clone()));
                 if self.replica.as_ref().map(|r| r.url.as_str()) != Some(&primary.advertise_url) {
-                    self.stop_replica();
+                    self.stop_replica(false);
                     self.replica = Some(self.start_replica(&primary)?);
                     info!(
                         "this node is a read-only replica of {} at {}",
@@ -232,7 +227,7 @@ impl Roles<'_> {
             }
             LeaseEvent::NoPrimary => {
                 self.step_down(None);
-                self.stop_replica();
+                self.stop_replica(false);
                 warn!("no primary is known; the mount is read-only until one is");
             }
         }
@@ -261,51 +256,13 @@ impl Roles<'_> {
     }
 
     fn start_replica(&self, primary: &PrimaryInfo) -> Result<ReplicaTask, Error> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let gate = Arc::new(Mutex::new(()));
-        let url = primary.advertise_url.clone();
-        let (store, applier) = (self.store.clone(), self.applier.clone());
-        let (thread_stop, thread_gate, thread_url) = (stop.clone(), gate.clone(), url.clone());
-        let thread = std::thread::Builder::new()
-            .name("replica".into())
-            .spawn(move || {
-                let mut apply = |db: &Arc<Db>, path: &Path| -> Result<Position, store::Error> {
-                    let _applying = thread_gate.lock().unwrap_or_else(|e| e.into_inner());
-                    if thread_stop.load(Ordering::SeqCst) {
-                        return Err(store::Error::Refused {
-                            db: db.name().to_string(),
-                            path: path.to_path_buf(),
-                            reason: "this node stopped following that primary".into(),
-                        });
-                    }
-                    applier.apply(db, path)
-                };
-                http::run_replica_loop(
-                    || Some(thread_url.clone()),
-                    &store,
-                    &mut apply,
-                    &thread_stop,
-                );
-            })
-            .map_err(Error::Thread)?;
-        Ok(ReplicaTask {
-            url,
-            stop,
-            gate,
-            thread,
-        })
+        ReplicaTask::start(self.store.clone(), self.applier.clone(), primary)
     }
 
-    /// Stops following the current primary; returns once no apply is in
-    /// flight. The thread itself ends at its next frame or heartbeat.
-    fn stop_replica(&mut self) {
+    /// Stops following the current primary (see `ReplicaTask::stop`).
+    fn stop_replica(&mut self, drain: bool) {
         if let Some(task) = self.replica.take() {
-            task.stop.store(true, Ordering::SeqCst);
-            drop(task.gate.lock().unwrap_or_else(|e| e.into_inner()));
-            if task.thread.is_finished() {
-                let _ = task.thread.join();
-            }
-            debug!("stopped replicating from {}", task.url);
+            task.stop(drain);
         }
     }
 }

@@ -23,6 +23,7 @@
 mod apply;
 mod commit;
 mod db;
+mod queue;
 mod recovery;
 mod snapshot;
 mod undo;

@@ -40,37 +40,26 @@ pub struct Applier {
     pub(super) notifier: Mutex<Option<fuser::Notifier>>,
 }
 
+/// SQLite's PENDING and SHARED locks on one database, held by litefs
+/// through its own mount (see [`Applier::lock`]). Dropping it closes the
+/// descriptor, which releases both and wakes the waiting readers.
+pub struct DatabaseLock {
+    _file: File,
+}
+
 impl Applier {
     /// Gives the applier the mount's notifier, once the mount is up.
     pub fn set_notifier(&self, notifier: fuser::Notifier) {
         *self.notifier.lock().unwrap_or_else(|e| e.into_inner()) = Some(notifier);
     }
 
-    /// Applies the LTX file at `path` to `db` under SQLite's locks. Waits
-    /// as long as readers hold the database (one WARN after
-    /// `STALL_WARNING`), as SQLite's own writer would.
-    pub fn apply(&self, db: &Db, path: &Path) -> Result<Position, store::Error> {
-        let ino = self
-            .inodes
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .ino(db.name(), FileKind::Database);
-        let locked = self.lock_database(db, path)?;
-        let result = db.apply_ltx(path);
-        if result.is_ok() {
-            self.invalidate(ino, db.name());
-        }
-        // Closing the descriptor releases both locks and wakes the readers.
-        drop(locked);
-        result
-    }
-
-    /// Opens the database through the mount and takes PENDING, then the
-    /// SHARED range, exclusively. The locks live as long as the file.
-    fn lock_database(&self, db: &Db, path: &Path) -> Result<File, store::Error> {
+    /// Takes SQLite's locks on `db` as a writer would, waiting as long as
+    /// readers hold the database (one WARN after `STALL_WARNING`), as
+    /// SQLite's own writer would. The locks last as long as the value.
+    pub fn lock(&self, db: &Db) -> Result<DatabaseLock, store::Error> {
         let refused = |reason: String| store::Error::Refused {
             db: db.name().to_string(),
-            path: path.to_path_buf(),
+            path: db.database_path().to_path_buf(),
             reason,
         };
         // A new database has no file yet; an empty one (a database with
@@ -111,7 +100,28 @@ impl Applier {
                 ))
             })?;
         }
-        Ok(file)
+        Ok(DatabaseLock { _file: file })
+    }
+
+    /// Applies the LTX file at `path` to `db`, whose locks `_lock` holds,
+    /// then drops the kernel's cached pages of the database so readers
+    /// see the new pages once the lock is released.
+    pub fn apply(
+        &self,
+        db: &Db,
+        path: &Path,
+        _lock: &DatabaseLock,
+    ) -> Result<Position, store::Error> {
+        let ino = self
+            .inodes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .ino(db.name(), FileKind::Database);
+        let result = db.apply_ltx(path);
+        if result.is_ok() {
+            self.invalidate(ino, db.name());
+        }
+        result
     }
 
     /// Drops a write transaction left open when this node stopped being

@@ -36,8 +36,9 @@ const READ_BUFFER: usize = 64 * 1024;
 /// Gives every received temporary file of this process its own name.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// The function that applies a received LTX file (at the given path) to a
-/// database and returns the new position.
+/// The function that takes a received LTX file (at the given path) for a
+/// database, applying or queueing it (which moves it away or copies it),
+/// and returns the database's new received position.
 pub type ApplyFn<'a> = dyn FnMut(&Arc<Db>, &Path) -> Result<Position, store::Error> + 'a;
 
 /// Connects once to the primary at `primary_url` (`http://host:port`),
@@ -141,7 +142,9 @@ fn stream_once(
             );
             continue;
         }
-        listed.push((db.name().to_string(), db.pos()));
+        // What was received, even if not yet applied: the primary sends
+        // only what follows it.
+        listed.push((db.name().to_string(), db.received_pos()));
     }
     let body = wire::format_positions(listed.iter().map(|(n, p)| (n.as_str(), *p)));
 
@@ -347,12 +350,11 @@ impl<R: Read> FrameReader<'_, R> {
             TEMP_COUNTER.fetch_add(1, Ordering::SeqCst)
         )));
         self.receive(&name, len, &tmp.0)?;
-        let before = db.pos();
         let pos = apply(&db, &tmp.0).map_err(|source| Error::Store {
             db: name.clone(),
             source,
         })?;
-        log::debug!("database {name}: applied a received LTX file, {before} -> {pos}");
+        log::debug!("database {name}: received an LTX file up to {pos}");
         Ok(())
     }
 

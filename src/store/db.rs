@@ -14,6 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use super::queue::Queue;
 use super::undo::UndoLog;
 use super::{io_error, page_offset, Error, Freelist, PageChecksums, Position};
 use crate::ltx;
@@ -33,7 +34,12 @@ pub struct Db {
     pub(super) ltx_dir: PathBuf,
     pub(super) undo_path: PathBuf,
     pub(super) node_id: u64,
+    /// Position, checksums and the transaction in progress. Held for a
+    /// whole commit or apply.
     state: Mutex<State>,
+    /// Received LTX files waiting to be applied (`queue.rs`). Never held
+    /// while waiting for `state`, except to read the position.
+    pub(super) queue: Mutex<Queue>,
 }
 
 /// What a commit did.
@@ -188,6 +194,7 @@ impl Db {
             shm_path: dir.join("shm"),
             ltx_dir,
             state: Mutex::new(State::new(undo_path.clone())),
+            queue: Mutex::new(Queue::default()),
             undo_path,
             dir,
             node_id,
@@ -195,6 +202,7 @@ impl Db {
         let state = db.recover()?;
         log::debug!("database {}: recovered at position {}", db.name, state.pos);
         *db.state.get_mut().unwrap_or_else(|e| e.into_inner()) = state;
+        db.apply_leftover_queue()?;
         Ok(db)
     }
 

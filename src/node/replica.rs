@@ -1,0 +1,208 @@
+//! Following a primary: two threads per primary followed. The stream
+//! thread receives LTX files and queues them durably in the store
+//! (`Db::enqueue_ltx`); the apply thread takes them from the queue and
+//! applies them under SQLite's locks (`Applier`). A reader that holds the
+//! database delays only the apply thread: the stream keeps receiving,
+//! heartbeats flow, and the position the replica reports on reconnect is
+//! what it has received, so nothing is sent twice.
+//!
+//! Locks and ordering: `gate` is held while a file is queued and while one
+//! is applied (after SQLite's locks are taken, never while waiting for
+//! them), and `stop` is set under it. So once `stop` returns, no file is
+//! queued or applied on this task's account any more, even by an apply
+//! thread still waiting in the kernel for a reader to let go.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use log::{debug, error, info};
+
+use super::Error;
+use crate::fuse::Applier;
+use crate::http;
+use crate::lease::PrimaryInfo;
+use crate::store::{self, Db, Position, Store};
+
+/// How often an idle apply thread looks at its stop flag.
+const APPLY_IDLE: Duration = Duration::from_millis(200);
+
+/// A running replication from one primary.
+pub(super) struct ReplicaTask {
+    pub(super) url: String,
+    shared: Arc<Shared>,
+    stream: JoinHandle<()>,
+    apply: JoinHandle<()>,
+}
+
+/// What the task's two threads and the node share.
+struct Shared {
+    /// Set (under `gate`) when the node stops following this primary.
+    stop: AtomicBool,
+    /// Set with `stop` when the apply thread must first apply everything
+    /// queued (the node is about to become the primary).
+    drain: AtomicBool,
+    gate: Mutex<()>,
+}
+
+impl Shared {
+    fn gate(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.gate.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+impl ReplicaTask {
+    /// Starts following `primary`: its stream thread and its apply thread.
+    pub(super) fn start(
+        store: Arc<Store>,
+        applier: Arc<Applier>,
+        primary: &PrimaryInfo,
+    ) -> Result<ReplicaTask, Error> {
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            drain: AtomicBool::new(false),
+            gate: Mutex::new(()),
+        });
+        let url = primary.advertise_url.clone();
+        let (wake_tx, wake_rx) = crossbeam_channel::unbounded::<()>();
+
+        let stream = {
+            let (store, shared, url) = (store.clone(), shared.clone(), url.clone());
+            std::thread::Builder::new()
+                .name("replica".into())
+                .spawn(move || {
+                    let mut enqueue =
+                        |db: &Arc<Db>, path: &Path| -> Result<Position, store::Error> {
+                            let _gate = shared.gate();
+                            if shared.stopped() {
+                                return Err(store::Error::Refused {
+                                    db: db.name().to_string(),
+                                    path: path.to_path_buf(),
+                                    reason: "this node stopped following that primary".into(),
+                                });
+                            }
+                            let pos = db.enqueue_ltx(path)?;
+                            let _ = wake_tx.send(());
+                            Ok(pos)
+                        };
+                    let stop = &shared.stop;
+                    http::run_replica_loop(|| Some(url.clone()), &store, &mut enqueue, stop);
+                })
+                .map_err(Error::Thread)?
+        };
+        let apply = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("apply".into())
+                .spawn(move || apply_loop(&store, &applier, &shared, &wake_rx))
+                .map_err(Error::Thread)?
+        };
+        Ok(ReplicaTask {
+            url,
+            shared,
+            stream,
+            apply,
+        })
+    }
+
+    /// Stops following the primary. With `drain`, first waits until every
+    /// received file is applied (the node is becoming the primary and must
+    /// hold everything it was sent); that waits for readers, as a SQLite
+    /// writer would. Without, files stay queued for the next task or the
+    /// next start. Returns once nothing more is queued or applied on this
+    /// task's account.
+    pub(super) fn stop(self, drain: bool) {
+        {
+            let _gate = self.shared.gate();
+            self.shared.drain.store(drain, Ordering::SeqCst);
+            self.shared.stop.store(true, Ordering::SeqCst);
+        }
+        if drain {
+            info!(
+                "applying what was received from {} before going on",
+                self.url
+            );
+            let _ = self.apply.join();
+        } else if self.apply.is_finished() {
+            let _ = self.apply.join();
+        }
+        // The stream thread ends at its next frame or heartbeat.
+        if self.stream.is_finished() {
+            let _ = self.stream.join();
+        }
+        debug!("stopped replicating from {}", self.url);
+    }
+}
+
+/// Applies queued files in order, database by database, until stopped
+/// (after draining the queue when `drain` is set).
+fn apply_loop(store: &Store, applier: &Applier, shared: &Shared, wake: &Receiver<()>) {
+    loop {
+        let draining = shared.drain.load(Ordering::SeqCst);
+        if shared.stopped() && !draining {
+            return;
+        }
+        for db in store.dbs() {
+            while db.front_queued().is_some() {
+                if !apply_front(applier, &db, shared) {
+                    return;
+                }
+            }
+        }
+        if shared.stopped() {
+            // Draining, and every queue is empty: nothing more can be
+            // queued once `stop` is set.
+            return;
+        }
+        let _ = wake.recv_timeout(APPLY_IDLE);
+    }
+}
+
+/// Applies the front file of `db`'s queue. False when the task was
+/// stopped (without draining) while waiting for the locks.
+fn apply_front(applier: &Applier, db: &Db, shared: &Shared) -> bool {
+    let lock = match applier.lock(db) {
+        Ok(lock) => lock,
+        Err(e) => {
+            error!("db {}: cannot apply received LTX files: {e}", db.name());
+            if let Some(path) = db.front_queued() {
+                db.finish_queued(&path, false);
+            }
+            return true;
+        }
+    };
+    let _gate = shared.gate();
+    if shared.stopped() && !shared.drain.load(Ordering::SeqCst) {
+        return false;
+    }
+    // Read the front again: it is what is queued now that the locks are held.
+    let Some(path) = db.front_queued() else {
+        return true;
+    };
+    let before = db.pos();
+    match applier.apply(db, &path, &lock) {
+        Ok(pos) => {
+            debug!(
+                "db {}: applied a received LTX file, {before} -> {pos}",
+                db.name()
+            );
+            db.finish_queued(&path, true);
+        }
+        Err(e) => {
+            error!(
+                "db {}: a received LTX file could not be applied, so the files queued after \
+                 it are dropped and the stream resynchronizes from {before}: {e}",
+                db.name()
+            );
+            db.finish_queued(&path, false);
+        }
+    }
+    true
+}

@@ -1,0 +1,228 @@
+//! A replica under read load: readers in other processes neither stall
+//! replication nor ever see half a transaction, and a long read
+//! transaction delays only the apply, never the stream. Real litefs
+//! processes (static lease) on real mounts, Python's sqlite3 as the
+//! readers. Needs root and /dev/fuse.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{assert_identical, sqlite3_ok, temp_dir, wait_caught_up, wait_for, Node, CATCH_UP};
+
+fn replica_of(dir: &Path, primary: &Node) -> Node {
+    Node::start_in(
+        dir,
+        &format!(
+            "lease:\n  type: static\n  candidate: false\n  hostname: primary-host\n  advertise-url: \"http://127.0.0.1:{}\"\n",
+            primary.port
+        ),
+    )
+}
+
+/// A reader process: one persistent read-only connection (30 s busy
+/// timeout, as an application on a replica sets) querying in a tight loop
+/// until `stop` exists. Every transaction on the primary inserts row `i`
+/// with value `i` and sets `meta.n = i`, so a whole transaction shows
+/// `n == count == max(id)` and `sum == n(n+1)/2`. Prints the number of
+/// reads; exits 1 on a torn read or an error.
+const READER: &str = r#"
+import os, sqlite3, sys
+path, stop = sys.argv[1], sys.argv[2]
+con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+reads = 0
+while not os.path.exists(stop):
+    n, c, s, m = con.execute(
+        "SELECT (SELECT n FROM meta), count(*), coalesce(sum(v), 0), coalesce(max(id), 0) FROM t"
+    ).fetchone()
+    if not (n == c == m and s == c * (c + 1) // 2):
+        print(f"TORN n={n} count={c} sum={s} max={m}", flush=True)
+        sys.exit(1)
+    reads += 1
+print(reads, flush=True)
+"#;
+
+fn start_reader(db: &Path, stop: &Path) -> Child {
+    Command::new("python3")
+        .arg("-c")
+        .arg(READER)
+        .arg(db)
+        .arg(stop)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (scripts/setup.sh installs it)")
+}
+
+fn pos_txid(pos: &str) -> u64 {
+    u64::from_str_radix(pos.split('/').next().unwrap_or(""), 16).unwrap_or(0)
+}
+
+fn read_pos(node: &Node, db: &str) -> String {
+    std::fs::read_to_string(node.mount.join(format!("{db}-pos"))).unwrap_or_default()
+}
+
+#[test]
+fn a_replica_keeps_up_while_four_readers_query_in_a_tight_loop() {
+    let dir = temp_dir("load-readers");
+    let primary = Node::start_in(&dir.path().join("primary"), "");
+    let replica = replica_of(&dir.path().join("replica"), &primary);
+    let db = "load.db";
+    sqlite3_ok(
+        &primary.db(db),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER);
+         CREATE TABLE meta(n INTEGER); INSERT INTO meta VALUES(0);",
+    );
+    wait_caught_up(&primary, &replica, db);
+
+    let stop: PathBuf = dir.path().join("stop-readers");
+    let mut readers: Vec<Child> = (0..4)
+        .map(|_| start_reader(&replica.db(db), &stop))
+        .collect();
+
+    let conn = rusqlite::Connection::open(primary.db(db)).unwrap();
+    conn.execute_batch("PRAGMA synchronous=FULL;").unwrap();
+    let base = pos_txid(&read_pos(&primary, db));
+    let mut lags = Vec::with_capacity(1000);
+    for i in 1..=1000i64 {
+        conn.execute_batch(&format!(
+            "BEGIN; INSERT INTO t(id, v) VALUES({i}, {i}); UPDATE meta SET n = {i}; COMMIT;"
+        ))
+        .unwrap();
+        let committed = Instant::now();
+        let want = base + i as u64;
+        // Polled finely (the harness's wait_for sleeps 10 ms a round).
+        while pos_txid(&read_pos(&replica, db)) < want {
+            assert!(
+                committed.elapsed() < CATCH_UP,
+                "TXID {want} did not reach the replica"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        lags.push(committed.elapsed());
+    }
+    std::fs::write(&stop, b"").unwrap();
+    for mut r in readers.drain(..) {
+        let out = std::mem::take(&mut r.stdout);
+        let status = r.wait().unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut out.unwrap(), &mut text).unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut r.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(status.success(), "a reader failed: {text} {err}");
+        let reads: u64 = text.trim().parse().unwrap();
+        assert!(
+            reads > 100,
+            "a reader ran only {reads} reads alongside the writes"
+        );
+    }
+    lags.sort();
+    let p50 = lags[lags.len() / 2];
+    let p99 = lags[lags.len() * 99 / 100];
+    let max = lags[lags.len() - 1];
+    eprintln!("replication lag with 4 readers: p50 {p50:?} p99 {p99:?} max {max:?}");
+    // Generous bounds for a loaded 2-core test machine and a debug build;
+    // scripts/bench.sh measures the real figures.
+    assert!(p99 < Duration::from_millis(200), "lag p99 {p99:?}");
+    assert!(max < Duration::from_secs(2), "lag max {max:?}");
+    assert_eq!(
+        sqlite3_ok(
+            &replica.db(db),
+            "SELECT count(*), (SELECT n FROM meta) FROM t;"
+        ),
+        "1000|1000\n"
+    );
+    assert_identical(&primary, &replica, db);
+}
+
+#[test]
+fn a_long_read_on_a_replica_delays_applies_but_not_the_stream() {
+    let dir = temp_dir("load-long-read");
+    let primary = Node::start_in(&dir.path().join("primary"), "");
+    let replica = replica_of(&dir.path().join("replica"), &primary);
+    let db = "long.db";
+    sqlite3_ok(
+        &primary.db(db),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER);
+         CREATE TABLE meta(n INTEGER); INSERT INTO meta VALUES(0);",
+    );
+    wait_caught_up(&primary, &replica, db);
+    let held_pos = read_pos(&replica, db);
+
+    // A read transaction held open on the replica.
+    let reader = rusqlite::Connection::open_with_flags(
+        replica.db(db),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    reader.execute_batch("BEGIN;").unwrap();
+    let count: i64 = reader
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 0);
+
+    let conn = rusqlite::Connection::open(primary.db(db)).unwrap();
+    for i in 1..=50i64 {
+        conn.execute_batch(&format!(
+            "BEGIN; INSERT INTO t(id, v) VALUES({i}, {i}); UPDATE meta SET n = {i}; COMMIT;"
+        ))
+        .unwrap();
+    }
+    let primary_pos = primary.pos(db);
+
+    // Everything arrives and is stored durably, though none is applied.
+    let queue_dir = replica.data.join("dbs").join(db).join("ltx");
+    let queued = || {
+        std::fs::read_dir(&queue_dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".ltx.queued"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    wait_for("50 received files queued on the replica", CATCH_UP, || {
+        queued() >= 49
+    });
+    // The apply thread holds the first one while it waits for the reader.
+    assert_eq!(read_pos(&replica, db), held_pos, "applied under a reader");
+
+    // One WARN names the database once the reader has held it a while.
+    let warning = format!("db {db}: readers have held the database");
+    wait_for("the stalled-apply warning", Duration::from_secs(20), || {
+        replica.log_text().contains(&warning)
+    });
+    // The reader still sees its snapshot; the stream is still up
+    // (heartbeats: no reconnect was logged).
+    let count: i64 = reader
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 0, "the reader's transaction changed under it");
+    reader.execute_batch("COMMIT;").unwrap();
+    drop(reader);
+
+    wait_caught_up(&primary, &replica, db);
+    assert_eq!(read_pos(&replica, db), primary_pos);
+    assert_eq!(queued(), 0, "files left queued after the reader ended");
+    assert_identical(&primary, &replica, db);
+    assert_eq!(
+        sqlite3_ok(
+            &replica.db(db),
+            "SELECT count(*), (SELECT n FROM meta) FROM t;"
+        ),
+        "50|50\n"
+    );
+    let log = replica.log_text();
+    assert_eq!(log.matches(&warning).count(), 1, "{log}");
+    assert!(
+        !log.contains("replication from"),
+        "the stream was interrupted while the reader held the database: {log}"
+    );
+    assert!(
+        !primary.log_text().contains("snapshot"),
+        "the primary sent a snapshot: {}",
+        primary.log_text()
+    );
+}
