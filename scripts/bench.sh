@@ -1,11 +1,25 @@
 #!/usr/bin/env bash
 # Benchmarks litefs and prints the figures. Needs root (FUSE).
 #
-#   scripts/bench.sh [--writes N] [--rows N] [--rounds N] [--txns N]
+#   scripts/bench.sh [--writes N] [--rows N] [--rounds N] [--txns N] [--size N]
 #       One primary (static lease): the SQLite workloads on its mount and on
 #       a plain directory of the same disk (examples/bench.rs, mode
-#       `single`); then a replica is started and the replication lag over
-#       --txns single-row transactions is measured (mode `lag`).
+#       `single`); then SQLite's speedtest1 (below; on a primary of its
+#       own, stopped afterwards); then a replica of the first primary is
+#       started and the replication lag over --txns single-row
+#       transactions is measured (mode `lag`). About 1.5 minutes.
+#   scripts/bench.sh --speedtest [--rounds N] [--size N]
+#       Only SQLite's own benchmark, speedtest1 (built by
+#       scripts/speedtest1.sh from Debian's sqlite3 source package, against
+#       the system's libsqlite3), on the mount of one primary (no replica)
+#       and on a plain directory of the same disk:
+#       `speedtest1 --size N --journal delete` (N default 25) on
+#       a fresh database file, --rounds rounds (default 3) alternating which
+#       goes first. Prints each numbered test's median time on both and the
+#       speed ratio litefs/plain = plain_time/litefs_time (below 1: litefs
+#       is slower), and the TOTAL. `--journal wal` is run too if the mount
+#       takes journal_mode=WAL (probed first), else skipped with a note.
+#       About 30 s.
 #   scripts/bench.sh --failover [--runs N]
 #       A Consul dev agent (.local/consul, from scripts/setup.sh) and two
 #       Consul-leased nodes; clean handoff and crash failover times, median
@@ -20,23 +34,44 @@ cd "$(dirname "$0")/.."
 root=$(pwd -P)
 
 failover=false
+speedtest_only=false
+rounds=3        # speedtest1 rounds (--rounds also goes to bench single)
+st_size=25      # speedtest1 --size
 single_args=()
 lag_args=()
 failover_args=()
 while [ "$#" -gt 0 ]; do
   case "$1" in
     --failover) failover=true; shift ;;
-    --writes|--rows|--rounds) single_args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
+    --speedtest) speedtest_only=true; shift ;;
+    --rounds) rounds=${2:?$1 needs a value}; single_args+=("$1" "$2"); shift 2 ;;
+    --size) st_size=${2:?$1 needs a value}; shift 2 ;;
+    --writes|--rows) single_args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
     --txns) lag_args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
     --runs) failover_args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
-    *) echo "usage: scripts/bench.sh [--writes N] [--rows N] [--rounds N] [--txns N] | --failover [--runs N]" >&2
+    *) echo "usage: scripts/bench.sh [--writes N] [--rows N] [--rounds N] [--txns N] [--size N]" \
+         "| --speedtest [--rounds N] [--size N] | --failover [--runs N]" >&2
        exit 2 ;;
   esac
 done
+case "$rounds$st_size" in *[!0-9]*) echo "bench: --rounds and --size take a number" >&2; exit 2 ;; esac
+[ "$rounds" -ge 1 ] && [ "$st_size" -ge 1 ] || { echo "bench: --rounds and --size must be at least 1" >&2; exit 2; }
 
 # The build may wait for other builds' lock on the shared target dir.
 timeout 1800 cargo build --release --quiet --bin litefs --example bench --example bench_failover
+# speedtest1, built once into .local (downloads Debian's sqlite3 source the
+# first time). Without it the default run goes on without that section.
+speedtest1=""
+if ! $failover; then
+  if speedtest1=$(timeout 1800 scripts/speedtest1.sh --quiet | tail -n 1) && [ -x "$speedtest1" ]; then :
+  elif $speedtest_only; then
+    echo "bench: scripts/speedtest1.sh failed; cannot run speedtest1" >&2; exit 1
+  else
+    echo "bench: scripts/speedtest1.sh failed; the speedtest1 section is skipped" >&2
+    speedtest1=""
+  fi
+fi
 litefs="$root/target/release/litefs"
 consul="$root/.local/consul/usr/bin/consul"
 
@@ -160,6 +195,134 @@ start_node() {
   return 1
 }
 
+# --- speedtest1 -------------------------------------------------------------
+
+# Runs speedtest1 once: <label> <output file> <database> <journal mode>.
+# On failure prints which side failed, the end of speedtest1's output and,
+# for the mount, the end of the daemon's log.
+speedtest_once() {
+  local label=$1 out=$2 db=$3 journal=$4 status=0
+  bounded 300 "$speedtest1" --size "$st_size" --journal "$journal" "$db" >"$out" 2>&1 || status=$?
+  [ "$status" -eq 0 ] && grep -q 'TOTAL' "$out" && return 0
+  echo "bench: speedtest1 --journal $journal FAILED on the $label ($db), exit status $status; its output ends:" >&2
+  tail -n 5 "$out" | sed 's/^/    /' >&2
+  if [ "$label" = "litefs mount" ]; then
+    if ! alive "$st_node_pid" child; then
+      echo "  the litefs daemon (pid $st_node_pid) is no longer running" >&2
+    fi
+    echo "  the litefs daemon's log ends:" >&2
+    tail -n 10 "$st_dir/litefs.log" | sed 's/^/    /' >&2
+  fi
+  return 1
+}
+
+# Prints the medians of the rounds' outputs <dir>/{litefs,plain}.<round>.out
+# side by side: one row per numbered test, then TOTAL.
+speedtest_table() {
+  local dir=$1
+  awk -v rounds="$rounds" '
+    function median(list,   v, n, i, j, t) {
+      n = split(list, v, " ")
+      for (i = 2; i <= n; i++) { t = v[i] + 0; for (j = i - 1; j >= 1 && v[j] + 0 > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
+      return v[int(n / 2) + 1] + 0   # the upper of the middle two
+    }
+    FNR == 1 { side = (FILENAME ~ /\/litefs\.[0-9]+\.out$/) ? "litefs" : "plain" }
+    /^ *[0-9]+ - .*[0-9.]+s$/ {
+      id = $1; time = $NF; sub(/s$/, "", time)
+      desc = $0; sub(/^ *[0-9]+ - /, "", desc); sub(/\.\.+ *[0-9.]+s$/, "", desc)
+      if (!(id in name)) { order[++count] = id; name[id] = desc }
+      times[side, id] = times[side, id] " " time
+    }
+    /^ *TOTAL\.+ *[0-9.]+s$/ { time = $NF; sub(/s$/, "", time); times[side, "TOTAL"] = times[side, "TOTAL"] " " time }
+    END {
+      order[++count] = "TOTAL"; name["TOTAL"] = ""
+      printf "%-5s %-48s %9s %9s %12s\n", "test", "", "litefs s", "plain s", "speed ratio"
+      printf "%-5s %-48s %9s %9s %12s\n", "", "", "", "", "litefs/plain"
+      for (i = 1; i <= count; i++) {
+        id = order[i]
+        l = median(times["litefs", id]); p = median(times["plain", id])
+        ratio = (l > 0) ? sprintf("%.2f", p / l) : "-"
+        printf "%-5s %-48s %9.3f %9.3f %12s\n", id, substr(name[id], 1, 48), l, p, ratio
+      }
+      printf "(seconds, median of %d rounds; speed ratio litefs/plain = plain_time/litefs_time: below 1 means litefs is slower)\n", rounds
+    }' "$dir"/litefs.*.out "$dir"/plain.*.out
+}
+
+# speedtest1 --journal <mode> on the mount and on the plain dir, $rounds
+# rounds alternating which goes first, then the table. Fresh database
+# files each run.
+speedtest_mode() {
+  local journal=$1 dir="$work/speedtest/$1" round side
+  mkdir -p "$dir"
+  local load_before
+  load_before=$(cut -d' ' -f1 /proc/loadavg)
+  echo
+  echo "speedtest1 --size $st_size --journal $journal ($(head -n 1 "$work/speedtest/version" | sed 's/^-- //'); $(cat "$root/.local/speedtest1/LINKED_WITH" 2>/dev/null || echo '?'))"
+  for round in $(seq 1 "$rounds"); do
+    for side in $( [ $((round % 2)) -eq 1 ] && echo litefs plain || echo plain litefs ); do
+      if [ "$side" = litefs ]; then
+        speedtest_once "litefs mount" "$dir/litefs.$round.out" \
+          "$st_dir/mnt/speedtest1-$journal-$round.db" "$journal" || return 1
+      else
+        speedtest_once "plain dir" "$dir/plain.$round.out" \
+          "$work/speedtest/plain/speedtest1-$journal-$round.db" "$journal" || return 1
+      fi
+    done
+  done
+  speedtest_table "$dir"
+  echo "(1-min load average before/after: $load_before / $(cut -d' ' -f1 /proc/loadavg); other work on the machine skews both columns)"
+}
+
+# The whole section, on the primary in $st_dir (pid st_node_pid). Returns
+# non-zero when a run failed (after printing why).
+speedtest_section() {
+  mkdir -p "$work/speedtest/plain"
+  "$speedtest1" --help 2>&1 | head -n 1 >"$work/speedtest/version" || true
+  # Which litefs: the build above is of the working tree, which may differ
+  # from the commit.
+  echo "litefs: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(
+    [ -n "$(git -C "$root" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ] &&
+      echo ' + uncommitted changes in src/')"
+  local failed=0
+  if ! speedtest_mode delete; then
+    echo
+    echo "speedtest1 --journal wal: not tried, the --journal delete run failed"
+    return 1
+  fi
+  # WAL only where the mount takes it: a tiny run, then the header's
+  # read/write version bytes (18, 19) must say 2 (WAL).
+  local probe="$st_dir/mnt/speedtest1-walprobe.db" status=0
+  bounded 60 "$speedtest1" --size 1 --journal wal "$probe" >"$work/speedtest/walprobe.out" 2>&1 || status=$?
+  if [ "$status" -eq 0 ] && [ "$(od -An -tu1 -j18 -N2 "$probe" 2>/dev/null | tr -s ' ')" = " 2 2" ]; then
+    speedtest_mode wal || failed=1
+  else
+    echo
+    echo "speedtest1 --journal wal: skipped, the litefs mount does not take journal_mode=WAL" \
+      "(probe: exit $status, $(grep -v -m1 '^--' "$work/speedtest/walprobe.out" || echo 'mode not applied'))"
+  fi
+  return "$failed"
+}
+
+# Starts a primary of its own for speedtest1 (started like the others; its
+# own so that its databases, and the empty one the WAL probe leaves, do
+# not reach the replica of the lag run), runs the section, stops it.
+speedtest_run() {
+  local status=0
+  st_dir="$work/speedtest-node"
+  write_config "$st_dir" "$(free_port)" ""
+  start_node "$st_dir" || return 1
+  st_node_pid=$node_pid
+  speedtest_section || status=$?
+  stop_pid "$st_node_pid" child
+  fusermount3 -u "$st_dir/mnt" 2>/dev/null || true
+  return "$status"
+}
+
+if $speedtest_only; then
+  speedtest_run
+  exit
+fi
+
 if ! $failover; then
   mkdir -p "$work/plain"
   primary_port=$(free_port)
@@ -168,6 +331,10 @@ if ! $failover; then
   primary_pid=$node_pid
   bounded 900 target/release/examples/bench single \
     --mount "$work/primary/mnt" --plain "$work/plain" --pid "$primary_pid" "${single_args[@]}"
+
+  # speedtest1, on a single primary of its own (no replica attached).
+  speedtest_failed=false
+  if [ -n "$speedtest1" ]; then speedtest_run || speedtest_failed=true; echo; fi
 
   replica_port=$(free_port)
   write_config "$work/replica" "$replica_port" "lease:
@@ -181,6 +348,7 @@ if ! $failover; then
     --primary "$work/primary/mnt" --primary-port "$primary_port" \
     --replica "$work/replica/mnt" --replica-port "$replica_port" \
     --pid "$primary_pid" --replica-pid "$replica_pid" "${lag_args[@]}"
+  if $speedtest_failed; then echo "bench: speedtest1 failed (see above)" >&2; exit 1; fi
   exit 0
 fi
 
