@@ -64,6 +64,11 @@ pub struct LitefsFs {
     /// Databases whose journal holds a live header: a write transaction is
     /// under way, and the journal's end will be its commit.
     active_journals: Arc<Mutex<HashSet<String>>>,
+    /// Databases whose backing directory gained or lost an entry since the
+    /// last fsyncdir: the only ones it must sync.
+    changed_dirs: Mutex<HashSet<String>>,
+    /// The kernel skips opendir/releasedir (FUSE_NO_OPENDIR_SUPPORT).
+    no_opendir: bool,
     uid: u32,
     gid: u32,
 }
@@ -81,6 +86,8 @@ impl LitefsFs {
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             active_journals: Arc::new(Mutex::new(HashSet::new())),
+            changed_dirs: Mutex::new(HashSet::new()),
+            no_opendir: false,
             uid,
             gid,
         }
@@ -148,6 +155,25 @@ impl LitefsFs {
         } else {
             set.remove(db);
         }
+    }
+
+    /// Notes that `db`'s backing directory gained or lost an entry, so the
+    /// next fsyncdir syncs it.
+    fn mark_dir_changed(&self, db: &str) {
+        self.changed_dirs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(db.to_string());
+    }
+
+    /// The databases whose directories changed since the last call.
+    fn take_changed_dirs(&self) -> Vec<Arc<Db>> {
+        let names =
+            std::mem::take(&mut *self.changed_dirs.lock().unwrap_or_else(|e| e.into_inner()));
+        names
+            .iter()
+            .filter_map(|name| self.store.db(name))
+            .collect()
     }
 
     /// The journal is ending: record the transaction before it goes away.

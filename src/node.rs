@@ -354,9 +354,10 @@ fn prepare_mount_dir(path: &Path) -> Result<(), Error> {
         }
     }
     if is_mount_point(path) {
-        // The kernel may still answer stat from its cache for a dead mount;
-        // listing the directory always asks the (absent) daemon.
-        return match std::fs::read_dir(path) {
+        // The kernel may still answer stat from its cache for a dead mount,
+        // and opens a directory without asking litefs (no opendir);
+        // reading an entry always asks the (absent) daemon.
+        return match std::fs::read_dir(path).and_then(|mut rd| rd.next().transpose()) {
             Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => clear_stale_mount(path),
             _ => Err(Error::AlreadyMounted {
                 path: path.to_path_buf(),

@@ -8,10 +8,10 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use fuser::{
-    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 use log::{debug, error, info, warn};
 
@@ -49,7 +49,10 @@ fn name_str(name: &OsStr) -> Result<&str, Errno> {
 }
 
 impl Filesystem for LitefsFs {
-    fn init(&mut self, _req: &Request, _config: &mut KernelConfig) -> std::io::Result<()> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        self.no_opendir = config
+            .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+            .is_ok();
         // FUSE_POSIX_LOCKS is deliberately not asked for: the kernel keeps
         // SQLite's POSIX locks itself, with no round trip to litefs per
         // lock, and wakes waiters on every unlock, downgrade, close and
@@ -233,7 +236,10 @@ impl Filesystem for LitefsFs {
             FileKind::Wal | FileKind::Shm => {}
         }
         match std::fs::remove_file(path_of(&db, kind)) {
-            Ok(()) => reply.ok(),
+            Ok(()) => {
+                self.mark_dir_changed(db.name());
+                reply.ok()
+            }
             Err(e) => reply.error(io_errno(&e)),
         }
     }
@@ -557,9 +563,14 @@ impl Filesystem for LitefsFs {
     ) {
         // SQLite syncs the directory so a new journal's name is durable
         // before it overwrites database pages. The backing files live in one
-        // directory per database; sync those.
-        for db in self.store.dbs() {
+        // directory per database; sync those whose entries changed since
+        // the last sync (see `mark_dir_changed`).
+        let dbs = self.take_changed_dirs();
+        for (i, db) in dbs.iter().enumerate() {
             if let Err(e) = File::open(db.dir()).and_then(|d| d.sync_all()) {
+                for unsynced in &dbs[i..] {
+                    self.mark_dir_changed(unsynced.name());
+                }
                 error!(
                     "db {}: cannot sync its directory {}: {e}",
                     db.name(),
@@ -595,14 +606,24 @@ impl Filesystem for LitefsFs {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(Errno::NO_XATTR);
+        // ENOSYS, not "no such attribute": the kernel then stops asking
+        // (it otherwise asks for `security.capability` before every write)
+        // and answers EOPNOTSUPP itself.
+        reply.error(Errno::ENOSYS);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // With FUSE_NO_OPENDIR_SUPPORT, ENOSYS tells the kernel to skip
+        // opendir and releasedir from now on (SQLite opens the directory
+        // for every commit's fsync); readdir and fsyncdir need no handle.
+        if self.no_opendir {
+            reply.error(Errno::ENOSYS)
         } else {
-            reply.data(&[]);
+            reply.opened(FileHandle(0), FopenFlags::empty())
         }
     }
 
@@ -664,6 +685,7 @@ impl Filesystem for LitefsFs {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
+        self.mark_dir_changed(db.name());
         let md = match file.metadata() {
             Ok(md) => md,
             Err(e) => return reply.error(io_errno(&e)),

@@ -244,7 +244,11 @@ impl Drop for Node {
 /// order, a stale mount being replaced can never pass for a live one.
 pub fn is_live_mount(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    if std::fs::read_dir(path).is_err() {
+    // Read an entry: opening the directory alone never reaches litefs.
+    if std::fs::read_dir(path)
+        .and_then(|mut rd| rd.next().transpose())
+        .is_err()
+    {
         return false;
     }
     let (Ok(dir), Some(Ok(parent))) = (
