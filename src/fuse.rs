@@ -64,6 +64,9 @@ pub struct LitefsFs {
     /// Databases whose journal holds a live header: a write transaction is
     /// under way, and the journal's end will be its commit.
     active_journals: Arc<Mutex<HashSet<String>>>,
+    /// Databases whose journal SQLite deleted while litefs kept its
+    /// backing file, emptied: shown as absent until SQLite creates it again.
+    hidden_journals: Mutex<HashSet<String>>,
     /// Databases whose backing directory gained or lost an entry since the
     /// last fsyncdir: the only ones it must sync.
     changed_dirs: Mutex<HashSet<String>>,
@@ -78,6 +81,13 @@ impl LitefsFs {
     pub fn new(store: Arc<Store>, role: Arc<Role>, mount_dir: &Path) -> LitefsFs {
         // SAFETY: getuid/getgid cannot fail and touch no memory.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        // An empty journal left by an earlier run is one litefs kept.
+        let hidden_journals = store
+            .dbs()
+            .iter()
+            .filter(|db| std::fs::metadata(db.journal_path()).is_ok_and(|md| md.len() == 0))
+            .map(|db| db.name().to_string())
+            .collect();
         LitefsFs {
             store,
             role,
@@ -87,6 +97,7 @@ impl LitefsFs {
             next_fh: AtomicU64::new(1),
             active_journals: Arc::new(Mutex::new(HashSet::new())),
             changed_dirs: Mutex::new(HashSet::new()),
+            hidden_journals: Mutex::new(hidden_journals),
             no_opendir: false,
             uid,
             gid,
@@ -176,6 +187,42 @@ impl LitefsFs {
             .collect()
     }
 
+    /// Whether `db`'s journal is one litefs kept after SQLite deleted it.
+    fn journal_hidden(&self, db: &str) -> bool {
+        self.hidden_journals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(db)
+    }
+
+    /// SQLite deletes the journal (journal_mode=DELETE) once the
+    /// transaction is recorded: empty the backing file and show it as
+    /// absent, instead of deleting it. Creating and deleting a file per
+    /// transaction is what costs most on the backing file system (a new
+    /// inode each time; ext4 without a journal scans past every recently
+    /// deleted one). Not synced: the LTX file already records the commit,
+    /// and a journal that comes back after a crash is one whose
+    /// transaction recovery finds recorded, so it only deletes it.
+    fn hide_journal(&self, db: &Db) -> std::io::Result<()> {
+        OpenOptions::new()
+            .write(true)
+            .open(db.journal_path())?
+            .set_len(0)?;
+        self.hidden_journals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(db.name().to_string());
+        Ok(())
+    }
+
+    /// SQLite created the journal again: show it.
+    fn show_journal(&self, db: &str) {
+        self.hidden_journals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(db);
+    }
+
     /// The journal is ending: record the transaction before it goes away.
     fn commit(&self, db: &Db) -> Result<(), Errno> {
         if !self.journal_active(db.name()) {
@@ -201,6 +248,9 @@ impl LitefsFs {
     }
 
     fn attr(&self, ino: u64, db: &Db, kind: FileKind) -> Result<FileAttr, Errno> {
+        if kind == FileKind::Journal && self.journal_hidden(db.name()) {
+            return Err(Errno::ENOENT);
+        }
         if kind == FileKind::Pos {
             return Ok(self.synthetic_attr(ino, pos_text(db).len() as u64));
         }
@@ -265,6 +315,9 @@ impl LitefsFs {
         flags: i32,
         create: bool,
     ) -> Result<File, Errno> {
+        if kind == FileKind::Journal && !create && self.journal_hidden(db.name()) {
+            return Err(Errno::ENOENT);
+        }
         let path = path_of(db, kind);
         let mut opts = OpenOptions::new();
         match flags & libc::O_ACCMODE {

@@ -235,6 +235,21 @@ impl Filesystem for LitefsFs {
             }
             FileKind::Wal | FileKind::Shm => {}
         }
+        if kind == FileKind::Journal {
+            // Keep the backing file, emptied, and show it as absent: a
+            // journal created and deleted per transaction costs the backing
+            // file system an inode each time (see `hide_journal`).
+            if self.journal_hidden(db.name()) {
+                return reply.error(Errno::ENOENT);
+            }
+            return match self.hide_journal(&db) {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    error!("db {}: cannot empty the journal: {e}", db.name());
+                    reply.error(io_errno(&e))
+                }
+            };
+        }
         match std::fs::remove_file(path_of(&db, kind)) {
             Ok(()) => {
                 self.mark_dir_changed(db.name());
@@ -537,6 +552,7 @@ impl Filesystem for LitefsFs {
             for kind in FileKind::ALL {
                 let present = match kind {
                     FileKind::Pos => true,
+                    FileKind::Journal if self.journal_hidden(db.name()) => false,
                     _ => path_of(&db, kind).exists(),
                 };
                 if present {
@@ -681,11 +697,17 @@ impl Filesystem for LitefsFs {
                 return reply.error(Errno::EPERM);
             }
         };
+        let existed = path_of(&db, kind).exists();
         let file = match self.open_backing(&db, kind, flags, true) {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
-        self.mark_dir_changed(db.name());
+        if kind == FileKind::Journal {
+            self.show_journal(db.name());
+        }
+        if !existed {
+            self.mark_dir_changed(db.name());
+        }
         let md = match file.metadata() {
             Ok(md) => md,
             Err(e) => return reply.error(io_errno(&e)),
