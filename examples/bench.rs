@@ -48,12 +48,19 @@ struct Args {
     rows: u32,
     txns: u32,
     rounds: u32,
+    /// Reader processes querying the replica during the lag run.
+    readers: u32,
+    /// `reader` mode: the database to read, and the file whose existence
+    /// stops it.
+    db: PathBuf,
+    stop: PathBuf,
 }
 
 const USAGE: &str =
     "usage: bench single --mount DIR --plain DIR [--pid PID] [--writes N] [--rows N]
        bench lag --primary DIR --primary-port PORT --replica DIR --replica-port PORT \
-[--pid PID] [--replica-pid PID] [--txns N]";
+[--pid PID] [--replica-pid PID] [--txns N] [--readers N]
+       bench reader --db FILE --stop FILE";
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
@@ -72,6 +79,9 @@ fn parse_args() -> Result<Args, String> {
         rows: 200_000,
         txns: 1000,
         rounds: 3,
+        readers: 0,
+        db: PathBuf::new(),
+        stop: PathBuf::new(),
     };
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -89,6 +99,9 @@ fn parse_args() -> Result<Args, String> {
             "--rows" => args.rows = value.parse().map_err(|_| number(&flag))?,
             "--txns" => args.txns = value.parse().map_err(|_| number(&flag))?,
             "--rounds" => args.rounds = value.parse().map_err(|_| number(&flag))?,
+            "--readers" => args.readers = value.parse().map_err(|_| number(&flag))?,
+            "--db" => args.db = value.into(),
+            "--stop" => args.stop = value.into(),
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
     }
@@ -105,6 +118,7 @@ fn parse_args() -> Result<Args, String> {
                 || args.replica_port == 0
                 || args.txns == 0
         }
+        "reader" => args.db.as_os_str().is_empty() || args.stop.as_os_str().is_empty(),
         _ => return Err(format!("unknown mode {}\n{USAGE}", args.mode)),
     };
     if missing {
@@ -331,6 +345,7 @@ fn measure_lag(args: &Args) -> Result<Vec<Lag>, String> {
     replica
         .busy_timeout(Duration::from_secs(1))
         .map_err(sql_err("setting the replica's busy timeout"))?;
+    let _readers = Readers::start(args, &args.replica.join(DB))?;
     let primary_pos = args.primary.join(format!("{DB}-pos"));
     let replica_pos = args.replica.join(format!("{DB}-pos"));
     let mut last_txid = read_txid(&primary_pos)?;
@@ -391,6 +406,84 @@ fn measure_lag(args: &Args) -> Result<Vec<Lag>, String> {
     Ok(lags)
 }
 
+/// Reader processes (this program in `reader` mode) querying the replica
+/// in a tight loop, each on one persistent connection; stopped and checked
+/// when dropped.
+struct Readers {
+    stop: PathBuf,
+    children: Vec<std::process::Child>,
+}
+
+impl Readers {
+    fn start(args: &Args, db: &Path) -> Result<Readers, String> {
+        let stop = std::env::temp_dir().join(format!("litefs-bench-stop-{}", std::process::id()));
+        let _ = std::fs::remove_file(&stop);
+        let exe = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
+        let mut children = Vec::new();
+        for _ in 0..args.readers {
+            let child = std::process::Command::new(&exe)
+                .args(["reader", "--db"])
+                .arg(db)
+                .arg("--stop")
+                .arg(&stop)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("starting a reader: {e}"))?;
+            children.push(child);
+        }
+        Ok(Readers { stop, children })
+    }
+}
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        if self.children.is_empty() {
+            return;
+        }
+        let _ = std::fs::write(&self.stop, b"");
+        let mut reads = Vec::new();
+        for child in self.children.drain(..) {
+            match child.wait_with_output() {
+                Ok(out) if out.status.success() => {
+                    reads.push(String::from_utf8_lossy(&out.stdout).trim().to_string())
+                }
+                Ok(out) => eprintln!("bench: a reader failed: {}", out.status),
+                Err(e) => eprintln!("bench: a reader: {e}"),
+            }
+        }
+        let _ = std::fs::remove_file(&self.stop);
+        println!(
+            "  reads per reader process during the run: {}",
+            reads.join(", ")
+        );
+    }
+}
+
+/// `reader` mode: one connection, `SELECT count(*), max(id)` in a tight
+/// loop until the stop file exists; prints the number of reads. A busy
+/// timeout, as applications on a replica set: an apply holds readers out
+/// while it writes.
+fn reader(args: &Args) -> Result<(), String> {
+    let conn = Connection::open_with_flags(&args.db, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| format!("opening {}: {e}", args.db.display()))?;
+    conn.busy_timeout(Duration::from_secs(30))
+        .map_err(|e| format!("busy timeout: {e}"))?;
+    let mut reads = 0u64;
+    while !args.stop.exists() {
+        let (count, max): (i64, Option<i64>) = conn
+            .query_row("SELECT count(*), max(id) FROM t", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(|e| format!("reading: {e}"))?;
+        if count != max.unwrap_or(0) {
+            return Err(format!("a torn read: count {count}, max(id) {max:?}"));
+        }
+        reads += 1;
+    }
+    println!("{reads}");
+    Ok(())
+}
+
 /// The value at `fraction` (0..=1) of sorted `values`, nearest rank.
 fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
     let rank = (fraction * sorted.len() as f64).ceil() as usize;
@@ -415,8 +508,9 @@ fn lag(args: &Args) -> Result<(), String> {
     position.sort();
     println!(
         "replication lag, COMMIT on the primary to the row readable on the replica, over {} \
-         single-row txns (DELETE, FULL; {:.1} s in all):",
+         single-row txns (DELETE, FULL; {} reader processes on the replica; {:.1} s in all):",
         readable.len(),
+        args.readers,
         elapsed.as_secs_f64()
     );
     println!(
@@ -478,6 +572,7 @@ fn main() {
     };
     let result = match args.mode.as_str() {
         "single" => single(&args),
+        "reader" => reader(&args),
         _ => lag(&args),
     };
     if let Err(e) = result {

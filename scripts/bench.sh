@@ -7,7 +7,9 @@
 #       `single`); then SQLite's speedtest1 (below; on a primary of its
 #       own, stopped afterwards); then a replica of the first primary is
 #       started and the replication lag over --txns single-row
-#       transactions is measured (mode `lag`). About 1.5 minutes.
+#       transactions is measured (mode `lag`), first with the replica idle,
+#       then with 4 reader processes querying it in a tight loop. About 2
+#       minutes.
 #   scripts/bench.sh --speedtest [--rounds N] [--size N]
 #       Only SQLite's own benchmark, speedtest1 (built by
 #       scripts/speedtest1.sh from Debian's sqlite3 source package, against
@@ -348,6 +350,13 @@ if ! $failover; then
     --primary "$work/primary/mnt" --primary-port "$primary_port" \
     --replica "$work/replica/mnt" --replica-port "$replica_port" \
     --pid "$primary_pid" --replica-pid "$replica_pid" "${lag_args[@]}"
+  echo
+  # The same with 4 reader processes on the replica, each one persistent
+  # connection querying in a tight loop.
+  bounded 900 target/release/examples/bench lag \
+    --primary "$work/primary/mnt" --primary-port "$primary_port" \
+    --replica "$work/replica/mnt" --replica-port "$replica_port" \
+    --readers 4 "${lag_args[@]}"
   if $speedtest_failed; then echo "bench: speedtest1 failed (see above)" >&2; exit 1; fi
   exit 0
 fi
