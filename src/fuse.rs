@@ -111,6 +111,7 @@ impl LitefsFs {
             active_journals: self.active_journals.clone(),
             inodes: self.inodes.clone(),
             notifier: Mutex::new(None),
+            files: Mutex::new(HashMap::new()),
         }
     }
 

@@ -11,5 +11,6 @@ pub mod json;
 pub mod lease;
 pub mod ltx;
 pub mod node;
+pub mod priority;
 pub mod sqlite;
 pub mod store;

@@ -187,6 +187,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
     server.set_serving(false);
     stop.store(true, Ordering::SeqCst);
     roles.stop_replica(false);
+    roles.applier.close_files();
     let _ = lease_thread.join();
     let _ = retention.join();
     server.shutdown();
@@ -210,6 +211,7 @@ impl Roles<'_> {
                 // Everything received from the old primary is applied
                 // before this node accepts a write.
                 self.stop_replica(true);
+                self.applier.close_files();
                 self.role.set_primary();
                 self.server.set_serving(true);
                 info!("this node is now the primary; the mount accepts writes");

@@ -2,7 +2,7 @@
 //! reader of the mount ever sees half a transaction, and dropping a write
 //! transaction left open by a step-down.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -32,19 +32,38 @@ const STALL_WARNING: Duration = Duration::from_secs(5);
 /// both with F_OFD_SETLKW, so the kernel wakes the applier the moment the
 /// last reader unlocks. Then the pages are written through the store, the
 /// kernel's cached pages of the database dropped, and the locks released
-/// by closing the descriptor. Readers thus see whole transactions only.
+/// (F_UNLCK; the descriptor stays open for the next apply). Readers thus
+/// see whole transactions only.
 pub struct Applier {
     pub(super) mount_dir: PathBuf,
     pub(super) active_journals: Arc<Mutex<HashSet<String>>>,
     pub(super) inodes: Arc<RwLock<Inodes>>,
     pub(super) notifier: Mutex<Option<fuser::Notifier>>,
+    /// Each database opened through the mount, by name (see `mount_file`).
+    pub(super) files: Mutex<HashMap<String, Arc<File>>>,
 }
 
 /// SQLite's PENDING and SHARED locks on one database, held by litefs
-/// through its own mount (see [`Applier::lock`]). Dropping it closes the
-/// descriptor, which releases both and wakes the waiting readers.
-pub struct DatabaseLock {
-    _file: File,
+/// through its own mount (see [`Applier::lock`]). Dropping it unlocks both
+/// (F_UNLCK on the descriptor), which wakes the waiting readers.
+pub struct DatabaseLock<'a> {
+    applier: &'a Applier,
+    db: String,
+    file: Arc<File>,
+}
+
+impl Drop for DatabaseLock<'_> {
+    fn drop(&mut self) {
+        let range = SHARED_FIRST + SHARED_SIZE - PENDING_BYTE;
+        if let Err(e) = set_ofd_lock(&self.file, libc::F_UNLCK, PENDING_BYTE, range, false) {
+            // Closing the descriptor releases its locks for certain.
+            warn!(
+                "db {}: cannot unlock SQLite's locks, closing instead: {e}",
+                self.db
+            );
+            self.applier.forget_file(&self.db);
+        }
+    }
 }
 
 impl Applier {
@@ -56,27 +75,53 @@ impl Applier {
     /// Takes SQLite's locks on `db` as a writer would, waiting as long as
     /// readers hold the database (one WARN after `STALL_WARNING`), as
     /// SQLite's own writer would. The locks last as long as the value.
-    pub fn lock(&self, db: &Db) -> Result<DatabaseLock, store::Error> {
+    pub fn lock(&self, db: &Db) -> Result<DatabaseLock<'_>, store::Error> {
         let refused = |reason: String| store::Error::Refused {
             db: db.name().to_string(),
             path: db.database_path().to_path_buf(),
             reason,
         };
+        let file = self.mount_file(db).map_err(refused)?;
+        let lock = DatabaseLock {
+            applier: self,
+            db: db.name().to_string(),
+            file,
+        };
+        for (start, len, what) in [
+            (PENDING_BYTE, 1, "PENDING"),
+            (SHARED_FIRST, SHARED_SIZE, "SHARED"),
+        ] {
+            lock_waiting(&lock.file, start, len, db.name()).map_err(|e| {
+                refused(format!(
+                    "cannot take SQLite's {what} lock on {}: {e}",
+                    self.mount_dir.join(db.name()).display()
+                ))
+            })?;
+        }
+        Ok(lock)
+    }
+
+    /// The database opened through the mount, kept open between applies
+    /// (opening and closing costs four round trips through the kernel).
+    fn mount_file(&self, db: &Db) -> Result<Arc<File>, String> {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(file) = files.get(db.name()) {
+            return Ok(file.clone());
+        }
         // A new database has no file yet; an empty one (a database with
         // no pages, as the position before its first TXID says) gives the
         // locks something to hold on to before any page is written.
-        if let Err(e) = OpenOptions::new()
+        OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
             .open(db.database_path())
-        {
-            return Err(refused(format!(
-                "cannot create {}: {e}",
-                db.database_path().display()
-            )));
-        }
+            .map_err(|e| format!("cannot create {}: {e}", db.database_path().display()))?;
         let on_mount = self.mount_dir.join(db.name());
+        // One open and close first: its FLUSH, answered ENOSYS, turns
+        // FLUSH off for the mount, so closing the file kept open below can
+        // never wait on this process (at a kill -9 it would, forever).
+        drop(File::open(&on_mount));
         // Read-write: a write lock needs a descriptor open for writing. The
         // mount lets litefs's own process open a replica's file so.
         let file = OpenOptions::new()
@@ -84,23 +129,28 @@ impl Applier {
             .write(true)
             .open(&on_mount)
             .map_err(|e| {
-                refused(format!(
+                format!(
                     "cannot open {} to take SQLite's locks: {e}",
                     on_mount.display()
-                ))
+                )
             })?;
-        for (start, len, what) in [
-            (PENDING_BYTE, 1, "PENDING"),
-            (SHARED_FIRST, SHARED_SIZE, "SHARED"),
-        ] {
-            lock_waiting(&file, start, len, db.name()).map_err(|e| {
-                refused(format!(
-                    "cannot take SQLite's {what} lock on {}: {e}",
-                    on_mount.display()
-                ))
-            })?;
-        }
-        Ok(DatabaseLock { _file: file })
+        let file = Arc::new(file);
+        files.insert(db.name().to_string(), file.clone());
+        Ok(file)
+    }
+
+    fn forget_file(&self, db: &str) {
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(db);
+    }
+
+    /// Closes the databases litefs holds open through the mount, so the
+    /// mount can be unmounted (shutdown) and nothing is held while this
+    /// node is the primary.
+    pub fn close_files(&self) {
+        self.files.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Applies the LTX file at `path` to `db`, whose locks `_lock` holds,
@@ -110,7 +160,7 @@ impl Applier {
         &self,
         db: &Db,
         path: &Path,
-        _lock: &DatabaseLock,
+        _lock: &DatabaseLock<'_>,
     ) -> Result<Position, store::Error> {
         let ino = self
             .inodes
@@ -177,7 +227,7 @@ impl Applier {
 /// the lock is not free at once, a watcher logs one WARN naming the
 /// database if the wait passes `STALL_WARNING`, and one line when it ends.
 fn lock_waiting(file: &File, start: i64, len: i64, db: &str) -> std::io::Result<()> {
-    if set_ofd_lock(file, start, len, false)? {
+    if set_ofd_lock(file, libc::F_WRLCK, start, len, false)? {
         return Ok(());
     }
     let began = Instant::now();
@@ -196,7 +246,7 @@ fn lock_waiting(file: &File, start: i64, len: i64, db: &str) -> std::io::Result<
             _ => false,
         });
         let result = loop {
-            match set_ofd_lock(file, start, len, true) {
+            match set_ofd_lock(file, libc::F_WRLCK, start, len, true) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 other => break other,
             }
@@ -212,13 +262,13 @@ fn lock_waiting(file: &File, start: i64, len: i64, db: &str) -> std::io::Result<
     })
 }
 
-/// F_OFD_SETLK (or F_OFD_SETLKW when `wait`) of a write lock. Ok(false)
+/// F_OFD_SETLK (or F_OFD_SETLKW when `wait`) of a lock of `typ`. Ok(false)
 /// when another holder is in the way and `wait` is false.
-fn set_ofd_lock(file: &File, start: i64, len: i64, wait: bool) -> std::io::Result<bool> {
+fn set_ofd_lock(file: &File, typ: i32, start: i64, len: i64, wait: bool) -> std::io::Result<bool> {
     // SAFETY: flock is a plain C struct; all zeroes is a valid value (and
     // l_pid must be 0 for OFD locks).
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_type = typ as libc::c_short;
     fl.l_whence = libc::SEEK_SET as libc::c_short;
     fl.l_start = start;
     fl.l_len = len;

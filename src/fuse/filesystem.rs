@@ -476,6 +476,22 @@ impl Filesystem for LitefsFs {
         }
     }
 
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing to do at close (the kernel keeps the locks), and ENOSYS
+        // tells the kernel never to send FLUSH again. That matters beyond
+        // the round trip: litefs holds files of its own mount open (see
+        // `Applier`), and at a kill -9 the kernel would send their FLUSH to
+        // the dying process and wait for it forever.
+        reply.error(Errno::ENOSYS);
+    }
+
     fn release(
         &self,
         _req: &Request,

@@ -358,8 +358,7 @@ impl<R: Read> FrameReader<'_, R> {
         Ok(())
     }
 
-    /// Copies exactly `len` bytes of the stream into a new file at `path`
-    /// and fsyncs it.
+    /// Copies exactly `len` bytes of the stream into a new file at `path`.
     fn receive(&mut self, name: &str, len: u64, path: &Path) -> Result<(), Error> {
         let io_error = |what: &str, source| Error::Io {
             what: format!("database {name}: {what}"),
@@ -394,8 +393,9 @@ impl<R: Read> FrameReader<'_, R> {
                 .map_err(|err| io_error("writing a received LTX file", err))?;
             left -= n as u64;
         }
-        file.sync_all()
-            .map_err(|err| io_error("syncing a received LTX file", err))
+        // Not synced here: the store syncs what it keeps (`Db::enqueue_ltx`,
+        // `Db::apply_ltx`), once.
+        Ok(())
     }
 }
 

@@ -434,6 +434,8 @@ fn serve_stream(
     peer: String,
     replica: BTreeMap<String, Position>,
 ) {
+    // This request's thread now only streams: replication work.
+    crate::priority::raise_for_replication("stream");
     shared.streams_started.fetch_add(1, Ordering::SeqCst);
     shared.streams_active.fetch_add(1, Ordering::SeqCst);
     log::info!(

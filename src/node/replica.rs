@@ -78,6 +78,7 @@ impl ReplicaTask {
             std::thread::Builder::new()
                 .name("replica".into())
                 .spawn(move || {
+                    crate::priority::raise_for_replication("replica");
                     let mut enqueue =
                         |db: &Arc<Db>, path: &Path| -> Result<Position, store::Error> {
                             let _gate = shared.gate();
@@ -101,7 +102,10 @@ impl ReplicaTask {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name("apply".into())
-                .spawn(move || apply_loop(&store, &applier, &shared, &wake_rx))
+                .spawn(move || {
+                    crate::priority::raise_for_replication("apply");
+                    apply_loop(&store, &applier, &shared, &wake_rx)
+                })
                 .map_err(Error::Thread)?
         };
         Ok(ReplicaTask {
@@ -187,7 +191,10 @@ fn apply_front(applier: &Applier, db: &Db, shared: &Shared) -> bool {
         return true;
     };
     let before = db.pos();
-    match applier.apply(db, &path, &lock) {
+    let result = applier.apply(db, &path, &lock);
+    // Readers may start again as soon as the pages are written.
+    drop(lock);
+    match result {
         Ok(pos) => {
             debug!(
                 "db {}: applied a received LTX file, {before} -> {pos}",

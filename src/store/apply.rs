@@ -164,7 +164,10 @@ impl Db {
         }
         if from.parent() == Some(self.ltx_dir.as_path()) {
             let rename = || -> io::Result<()> {
-                File::open(from)?.sync_all()?;
+                // A queued file was synced when it was queued.
+                if !super::queue::is_queued(from) {
+                    File::open(from)?.sync_all()?;
+                }
                 fs::rename(from, to)
             };
             rename().map_err(io_error(
@@ -241,7 +244,10 @@ impl Db {
             format!("renaming an applied LTX file of database {}", self.name),
             final_path,
         ))?;
-        sync_dir(&self.ltx_dir)
+        // Not synced: if the rename is lost in a crash, recovery finds the
+        // pending file and writes its pages again, which changes nothing;
+        // the next apply's sync of this directory makes it durable.
+        Ok(())
     }
 
     /// Deletes every LTX file except those at `keep`.

@@ -199,6 +199,13 @@ impl Db {
     }
 }
 
+/// Whether `path` is a queued file (already synced).
+pub(super) fn is_queued(path: &Path) -> bool {
+    path.as_os_str()
+        .to_str()
+        .is_some_and(|p| p.ends_with(QUEUED_SUFFIX))
+}
+
 /// The name a received LTX file has while it waits in the queue.
 fn queued_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_os_string();
