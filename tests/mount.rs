@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{sqlite3, sqlite3_ok, temp_dir, wait_for, Node};
+use common::{sqlite3, sqlite3_ok, temp_dir, wait_for, Node, Rng};
 use litefs::{ltx, store};
 
 /// The position `<name>-pos` must show: the newest LTX file's TXID and
@@ -385,30 +385,13 @@ fn clean_stop_unmounts_and_a_crash_leaves_a_mount_that_restart_clears() {
     assert_eq!(sqlite3_ok(&node.db("l.db"), "SELECT x FROM t;"), "1\n");
 }
 
-/// A tiny deterministic PRNG (xorshift) so failures can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 #[test]
 fn kill_9_during_writes_never_loses_a_committed_transaction() {
     let dir = temp_dir("crash");
     let mut node = Node::start_in(dir.path(), "");
     let path = node.db("k.db");
     sqlite3_ok(&path, "CREATE TABLE t(i INTEGER PRIMARY KEY, b BLOB);");
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("crash test seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_clock("crash test");
     let committed = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
     let mut next_i = 1i64;
     for round in 0..20 {

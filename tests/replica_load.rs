@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_identical, sqlite3_ok, temp_dir, wait_caught_up, wait_for, Node, CATCH_UP};
+use common::{
+    assert_identical, sqlite3_ok, temp_dir, wait_caught_up, wait_for, Node, Rng, CATCH_UP,
+};
 
 fn replica_of(dir: &Path, primary: &Node) -> Node {
     Node::start_in(
@@ -54,6 +56,17 @@ fn start_reader(db: &Path, stop: &Path) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("python3 (scripts/setup.sh installs it)")
+}
+
+/// How many received files wait in `db`'s queue on `node`.
+fn queued_files(node: &Node, db: &str) -> usize {
+    std::fs::read_dir(node.data.join("dbs").join(db).join("ltx"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".ltx.queued"))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 fn pos_txid(pos: &str) -> u64 {
@@ -173,16 +186,7 @@ fn a_long_read_on_a_replica_delays_applies_but_not_the_stream() {
     let primary_pos = primary.pos(db);
 
     // Everything arrives and is stored durably, though none is applied.
-    let queue_dir = replica.data.join("dbs").join(db).join("ltx");
-    let queued = || {
-        std::fs::read_dir(&queue_dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".ltx.queued"))
-                    .count()
-            })
-            .unwrap_or(0)
-    };
+    let queued = || queued_files(&replica, db);
     wait_for("50 received files queued on the replica", CATCH_UP, || {
         queued() >= 49
     });
@@ -227,18 +231,6 @@ fn a_long_read_on_a_replica_delays_applies_but_not_the_stream() {
     );
 }
 
-/// Small deterministic generator for kill moments (seed printed).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 #[test]
 fn kill_9_of_a_replica_at_any_moment_loses_nothing_and_replays_identically() {
     let dir = temp_dir("load-replica-crash");
@@ -250,13 +242,7 @@ fn kill_9_of_a_replica_at_any_moment_loses_nothing_and_replays_identically() {
         "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER, b BLOB);",
     );
     wait_caught_up(&primary, &replica, db);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("replica crash test seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::from_clock("replica crash test");
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
@@ -317,16 +303,8 @@ fn files_left_queued_by_a_crash_are_applied_at_the_next_start() {
     for i in 1..=20i64 {
         conn.execute("INSERT INTO t(id) VALUES(?1)", [i]).unwrap();
     }
-    let queue_dir = replica.data.join("dbs").join(db).join("ltx");
     wait_for("20 files queued on the replica", CATCH_UP, || {
-        std::fs::read_dir(&queue_dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".queued"))
-                    .count()
-            })
-            .unwrap_or(0)
-            >= 19
+        queued_files(&replica, db) >= 19
     });
     replica.kill9();
     drop(reader);

@@ -149,27 +149,10 @@ impl Db {
     /// not follow the position, or fails, is deleted with a WARN: the
     /// primary sends it again.
     pub(super) fn apply_leftover_queue(&self) -> Result<(), Error> {
-        let list_error = |err| {
-            io_error(
-                format!("listing the LTX files of database {}", self.name),
-                &self.ltx_dir,
-            )(err)
-        };
-        let mut leftovers = Vec::new();
-        for entry in fs::read_dir(&self.ltx_dir).map_err(list_error)? {
-            let path = entry.map_err(list_error)?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if let Some(range) = name
-                .strip_suffix(QUEUED_SUFFIX)
-                .and_then(ltx::parse_filename)
-            {
-                leftovers.push((range, path));
-            }
-        }
-        leftovers.sort();
+        let leftovers = self.ltx_files_with_suffix(QUEUED_SUFFIX)?;
         let count = leftovers.len();
         let mut applied = 0;
-        for (_, path) in leftovers {
+        for (_, _, path) in leftovers {
             match self.apply_ltx(&path) {
                 Ok(_) => applied += 1,
                 Err(e) => {

@@ -130,24 +130,7 @@ impl Db {
     /// not verify never had its pages written, and is deleted.
     fn finish_pending_apply(&self) -> Result<(), Error> {
         let dir = &self.ltx_dir;
-        let list_error = |err| {
-            io_error(
-                format!("listing the LTX files of database {}", self.name),
-                dir,
-            )(err)
-        };
-        let mut pending = Vec::new();
-        for entry in fs::read_dir(dir).map_err(list_error)? {
-            let path = entry.map_err(list_error)?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if let Some((min, max)) = name
-                .strip_suffix(PENDING_SUFFIX)
-                .and_then(ltx::parse_filename)
-            {
-                pending.push((min, max, path));
-            }
-        }
-        pending.sort();
+        let pending = self.ltx_files_with_suffix(PENDING_SUFFIX)?;
         for (min, max, path) in pending {
             match ltx::verify_file(&path) {
                 Ok((header, _)) => {
@@ -315,15 +298,8 @@ impl Db {
     /// Deletes `*.tmp` files left in `ltx/` by a crash.
     fn remove_temp_files(&self) -> Result<(), Error> {
         let dir = &self.ltx_dir;
-        let list_error = |err| {
-            io_error(
-                format!("listing the LTX files of database {}", self.name),
-                dir,
-            )(err)
-        };
         let mut removed = 0;
-        for entry in fs::read_dir(dir).map_err(list_error)? {
-            let path = entry.map_err(list_error)?.path();
+        for path in self.ltx_dir_paths()? {
             if path.extension().is_some_and(|ext| ext == "tmp") {
                 fs::remove_file(&path)
                     .map_err(io_error("deleting a leftover temporary file", &path))?;

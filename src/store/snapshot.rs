@@ -90,6 +90,28 @@ impl Db {
     /// The LTX files of this database as (min TXID, max TXID, path), sorted
     /// by min TXID. Files whose names are not LTX names are left out.
     pub fn ltx_files(&self) -> Result<Vec<(u64, u64, PathBuf)>, Error> {
+        self.ltx_files_with_suffix("")
+    }
+
+    /// The files in `ltx/` named `<min>-<max>.ltx` followed by `suffix`
+    /// (`.pending`, `.queued`), as (min TXID, max TXID, path), sorted.
+    pub(super) fn ltx_files_with_suffix(
+        &self,
+        suffix: &str,
+    ) -> Result<Vec<(u64, u64, PathBuf)>, Error> {
+        let mut files = Vec::new();
+        for path in self.ltx_dir_paths()? {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if let Some((min, max)) = name.strip_suffix(suffix).and_then(ltx::parse_filename) {
+                files.push((min, max, path));
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    /// Every path in `ltx/` (none when the directory is missing).
+    pub(super) fn ltx_dir_paths(&self) -> Result<Vec<PathBuf>, Error> {
         let dir = &self.ltx_dir;
         let list_error = |err| {
             io_error(
@@ -102,16 +124,9 @@ impl Db {
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(err) => return Err(list_error(err)),
         };
-        let mut files = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(list_error)?;
-            let name = entry.file_name();
-            if let Some((min, max)) = name.to_str().and_then(ltx::parse_filename) {
-                files.push((min, max, entry.path()));
-            }
-        }
-        files.sort();
-        Ok(files)
+        entries
+            .map(|entry| entry.map(|e| e.path()).map_err(list_error))
+            .collect()
     }
 
     /// Deletes the oldest LTX files while their modification time is more

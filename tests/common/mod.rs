@@ -357,3 +357,32 @@ pub fn assert_identical(primary: &Node, replica: &Node, db: &str) {
         litefs::store::database_checksum(&primary.data_db(db)).unwrap()
     );
 }
+
+/// A tiny deterministic PRNG (xorshift) so failures can be replayed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Seeded from the clock (or `LITEFS_TEST_SEED`), the seed printed
+    /// under `what` so a failing run can be replayed.
+    pub fn from_clock(what: &str) -> Rng {
+        let seed = std::env::var("LITEFS_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            })
+            | 1;
+        eprintln!("{what} seed {seed} (replay with LITEFS_TEST_SEED={seed})");
+        Rng(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
