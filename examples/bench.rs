@@ -1,12 +1,14 @@
 //! The litefs benchmark: the same SQLite workloads on a litefs mount and on
-//! a plain directory of the same disk, and the replication lag from a
-//! primary to a replica.
+//! a plain directory of the same disk, reads on a replica against a plain
+//! directory, and the replication lag from a primary to a replica.
 //!
 //! Run it through `scripts/bench.sh`, which builds litefs in release mode,
 //! starts the nodes and passes their directories, ports and pids:
 //!
 //! ```text
 //! bench single --mount DIR --plain DIR [--pid PID] [--writes N] [--rows N] [--rounds N]
+//! bench replica-reads --replica DIR --plain DIR [--primary-port PORT --replica-port PORT]
+//!           [--rounds N]
 //! bench lag --primary DIR --primary-port PORT --replica DIR --replica-port PORT
 //!           [--pid PID] [--replica-pid PID] [--txns N]
 //! ```
@@ -15,9 +17,17 @@
 //! transactions per second (journal_mode=DELETE, synchronous=FULL), bulk
 //! insert rows per second and full-scan reads per second, with the ratio
 //! mount/plain, each the median of `--rounds` rounds (default 3) that
-//! alternate which directory goes first, then the daemon's peak RSS. `lag` commits single-row
-//! transactions on the primary one at a time and measures, for each, the
-//! time from COMMIT returning to the row being readable on the replica.
+//! alternate which directory goes first, then the daemon's peak RSS.
+//! `replica-reads` reads the `bench-bulk.db` that `single` left (on the
+//! primary, replicated to the replica, and in the plain directory), opened
+//! read-only on both sides: full-scan reads per second and point selects
+//! per second, with the ratio replica/plain, each the median of `--rounds`
+//! rounds that alternate which goes first. With the two ports it first
+//! waits for the replica to catch up; either way it checks that the
+//! replica's copy holds the same rows as the plain one. `lag` commits
+//! single-row transactions on the primary one at a time and measures, for
+//! each, the time from COMMIT returning to the row being readable on the
+//! replica.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -58,6 +68,8 @@ struct Args {
 
 const USAGE: &str =
     "usage: bench single --mount DIR --plain DIR [--pid PID] [--writes N] [--rows N]
+       bench replica-reads --replica DIR --plain DIR [--primary-port PORT --replica-port PORT] \
+[--rounds N]
        bench lag --primary DIR --primary-port PORT --replica DIR --replica-port PORT \
 [--pid PID] [--replica-pid PID] [--txns N] [--readers N]
        bench reader --db FILE --stop FILE";
@@ -117,6 +129,12 @@ fn parse_args() -> Result<Args, String> {
                 || args.primary_port == 0
                 || args.replica_port == 0
                 || args.txns == 0
+        }
+        "replica-reads" => {
+            args.replica.as_os_str().is_empty()
+                || args.plain.as_os_str().is_empty()
+                || args.rounds == 0
+                || (args.primary_port == 0) != (args.replica_port == 0)
         }
         "reader" => args.db.as_os_str().is_empty() || args.stop.as_os_str().is_empty(),
         _ => return Err(format!("unknown mode {}\n{USAGE}", args.mode)),
@@ -250,6 +268,186 @@ fn single(args: &Args) -> Result<(), String> {
     }
     if let Some(pid) = args.pid {
         print_peak_rss("litefs daemon peak RSS", pid);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// replica-reads: reads on a replica against a plain directory
+
+/// The database `single` leaves in both directories.
+const BULK_DB: &str = "bench-bulk.db";
+/// How long the full scans run on each side per round.
+const SCAN_TIME: Duration = Duration::from_secs(2);
+/// Autocommit point selects per side per round (as speedtest1's test 410).
+const POINT_SELECTS: u32 = 17_500;
+
+/// Read figures for one side.
+struct ReadFigures {
+    scans_per_sec: f64,
+    selects_per_sec: f64,
+}
+
+/// What the bulk table holds: row count, sum(n), max(rowid).
+#[derive(Clone, Copy, PartialEq, Debug)]
+struct Contents {
+    rows: i64,
+    sum: i64,
+    max_rowid: i64,
+}
+
+/// Opens `path` read-only, with a busy timeout as applications on a
+/// replica set.
+fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+fn contents(path: &Path) -> rusqlite::Result<Contents> {
+    let conn = open_read_only(path)?;
+    conn.query_row(
+        "SELECT count(*), coalesce(sum(n), 0), coalesce(max(rowid), 0) FROM t",
+        [],
+        |r| {
+            Ok(Contents {
+                rows: r.get(0)?,
+                sum: r.get(1)?,
+                max_rowid: r.get(2)?,
+            })
+        },
+    )
+}
+
+/// Full scans (`SELECT sum(n)`), a fresh connection each, for
+/// `SCAN_TIME`; each sum must be `expect.sum`.
+fn scans_per_sec(path: &Path, expect: Contents) -> Result<f64, String> {
+    let start = Instant::now();
+    let mut scans = 0u32;
+    while start.elapsed() < SCAN_TIME {
+        let sum: i64 = open_read_only(path)
+            .and_then(|conn| conn.query_row("SELECT sum(n) FROM t", [], |r| r.get(0)))
+            .map_err(|e| format!("full scan: {e}"))?;
+        if sum != expect.sum {
+            return Err(format!("full scan: sum(n) {sum}, expected {}", expect.sum));
+        }
+        scans += 1;
+    }
+    Ok(scans as f64 / start.elapsed().as_secs_f64())
+}
+
+/// `POINT_SELECTS` autocommit `SELECT * FROM t WHERE rowid = ?` with
+/// random rowids (the same sequence for both sides of a round) on one
+/// connection; each must find its row.
+fn point_selects_per_sec(path: &Path, expect: Contents, seed: u64) -> Result<f64, String> {
+    let conn = open_read_only(path).map_err(|e| format!("opening: {e}"))?;
+    let mut stmt = conn
+        .prepare("SELECT * FROM t WHERE rowid = ?1")
+        .map_err(|e| format!("preparing the point select: {e}"))?;
+    // splitmix64: the bench needs no more than a spread of rowids.
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let max = expect.max_rowid as u64;
+    let start = Instant::now();
+    for _ in 0..POINT_SELECTS {
+        let rowid = 1 + (next() % max) as i64;
+        let (id, v, _n): (i64, String, i64) = stmt
+            .query_row([rowid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(|e| format!("point select of rowid {rowid}: {e}"))?;
+        if id != rowid || v.is_empty() {
+            return Err(format!("point select of rowid {rowid}: got row {id} {v:?}"));
+        }
+    }
+    Ok(POINT_SELECTS as f64 / start.elapsed().as_secs_f64())
+}
+
+fn read_figures(path: &Path, expect: Contents, seed: u64) -> Result<ReadFigures, String> {
+    Ok(ReadFigures {
+        scans_per_sec: scans_per_sec(path, expect)?,
+        selects_per_sec: point_selects_per_sec(path, expect, seed)?,
+    })
+}
+
+fn replica_reads(args: &Args) -> Result<(), String> {
+    if args.primary_port != 0 {
+        wait_caught_up(args)?;
+    }
+    let replica_db = args.replica.join(BULK_DB);
+    let plain_db = args.plain.join(BULK_DB);
+    let plain_contents = contents(&plain_db)
+        .map_err(|e| format!("reading the plain copy {}: {e}", plain_db.display()))?;
+    let replica_contents = contents(&replica_db)
+        .map_err(|e| format!("reading the replica's copy {}: {e}", replica_db.display()))?;
+    if plain_contents.rows == 0 || plain_contents.max_rowid != plain_contents.rows {
+        return Err(format!(
+            "the plain copy {} is not what `bench single` leaves (rows 1..N): {plain_contents:?}",
+            plain_db.display()
+        ));
+    }
+    if replica_contents != plain_contents {
+        return Err(format!(
+            "the replica's {} does not hold the plain copy's rows: replica {} rows (sum(n) {}), \
+             plain {} rows (sum(n) {})",
+            replica_db.display(),
+            replica_contents.rows,
+            replica_contents.sum,
+            plain_contents.rows,
+            plain_contents.sum
+        ));
+    }
+
+    let mut replica = Vec::new();
+    let mut plain = Vec::new();
+    for round in 0..args.rounds {
+        let seed = u64::from(round) + 1;
+        for on_replica in [round % 2 == 0, round % 2 == 1] {
+            if on_replica {
+                replica.push(
+                    read_figures(&replica_db, replica_contents, seed)
+                        .map_err(|e| format!("on the replica {}: {e}", replica_db.display()))?,
+                );
+            } else {
+                plain.push(
+                    read_figures(&plain_db, plain_contents, seed)
+                        .map_err(|e| format!("on {}: {e}", plain_db.display()))?,
+                );
+            }
+        }
+    }
+    let of = |sides: &[ReadFigures], figure: fn(&ReadFigures) -> f64| {
+        median(&sides.iter().map(figure).collect::<Vec<_>>())
+    };
+    println!(
+        "reads of {BULK_DB} ({} rows, opened read-only) on the replica and in the plain directory:",
+        plain_contents.rows
+    );
+    println!(
+        "{:<44} {:>14} {:>12} {:>8}   (median of {} rounds)",
+        "figure", "litefs replica", "plain", "ratio", args.rounds
+    );
+    let rows = [
+        (
+            "full-scan reads/s (fresh connection each)".to_string(),
+            of(&replica, |f| f.scans_per_sec),
+            of(&plain, |f| f.scans_per_sec),
+        ),
+        (
+            format!("point selects/s ({POINT_SELECTS} by random rowid)"),
+            of(&replica, |f| f.selects_per_sec),
+            of(&plain, |f| f.selects_per_sec),
+        ),
+    ];
+    for (name, r, p) in rows {
+        println!("{name:<44} {r:>14.1} {p:>12.1} {:>8.2}", r / p);
     }
     Ok(())
 }
@@ -598,6 +796,7 @@ fn main() {
     let result = match args.mode.as_str() {
         "single" => single(&args),
         "reader" => reader(&args),
+        "replica-reads" => replica_reads(&args),
         _ => lag(&args),
     };
     if let Err(e) = result {
