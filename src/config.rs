@@ -68,6 +68,10 @@ pub struct Config {
     /// HTTP bind address as written, `host:port` or `:port` (see
     /// [`Config::http_bind_addr`]).
     pub http_addr: String,
+    /// The cluster's shared secret (`http.token`): when set, every HTTP
+    /// request must carry `Authorization: Bearer <token>`, and this node
+    /// sends it to the primary.
+    pub http_token: Option<String>,
     /// Who decides which node is primary.
     pub lease: LeaseConfig,
     /// How long LTX files are kept; the newest one is always kept.
@@ -538,6 +542,7 @@ struct RawData {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     addr: Option<String>,
+    token: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -630,9 +635,27 @@ fn resolve(raw: RawFile, source: &Path) -> Result<Config, Error> {
         None => DEFAULT_RETENTION,
     };
 
-    let http_addr = raw
-        .http
-        .and_then(|http| http.addr)
+    let raw_http = raw.http.unwrap_or_default();
+    let http_token = match raw_http.token {
+        Some(token) if token.is_empty() => {
+            return Err(invalid(
+                source,
+                "http.token",
+                "is empty (an unset environment variable?); give the cluster's shared secret \
+                 or leave the key out",
+            ))
+        }
+        Some(token) if token.chars().any(|c| c.is_control() || c == ' ') => {
+            return Err(invalid(
+                source,
+                "http.token",
+                "holds spaces or control characters, which an HTTP header cannot carry",
+            ))
+        }
+        token => token,
+    };
+    let http_addr = raw_http
+        .addr
         .unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_string());
     let Some((_, port)) = split_host_port(&http_addr) else {
         return Err(invalid(
@@ -647,6 +670,7 @@ fn resolve(raw: RawFile, source: &Path) -> Result<Config, Error> {
         mount_dir,
         data_dir,
         http_addr,
+        http_token,
         lease,
         retention,
     })

@@ -6,6 +6,7 @@
 //! - [`stream_from_primary`]: one stream, applied as it arrives.
 //! - [`run_replica_loop`]: streams forever, reconnecting with backoff.
 
+mod auth;
 mod client;
 mod server;
 mod wire;

@@ -136,8 +136,20 @@ pub fn run(config: &Config) -> Result<(), Error> {
     let fs = LitefsFs::new(store.clone(), role.clone(), &mount_dir);
     let applier = Arc::new(fs.applier());
 
-    let server =
-        http::Server::start(&config.http_bind_addr(), store.clone()).map_err(Error::Http)?;
+    let server = http::Server::start_with_token(
+        &config.http_bind_addr(),
+        store.clone(),
+        config.http_token.clone(),
+    )
+    .map_err(Error::Http)?;
+    if config.http_token.is_none() && !is_loopback_bind(&config.http_bind_addr()) {
+        warn!(
+            "the replication server listens on {} without http.token: anyone who can reach \
+             that port can read every database; set http.token on every node (or listen on \
+             127.0.0.1)",
+            config.http_bind_addr()
+        );
+    }
     server.set_serving(role.is_primary());
     info!("replication server listening on {}", server.local_addr());
 
@@ -166,6 +178,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
         role: role.clone(),
         server: &server,
         applier,
+        token: config.http_token.clone(),
         replica: None,
     };
     let signal = loop {
@@ -201,6 +214,8 @@ struct Roles<'a> {
     role: Arc<Role>,
     server: &'a http::Server,
     applier: Arc<Applier>,
+    /// The cluster's token, sent to the primary.
+    token: Option<String>,
     replica: Option<ReplicaTask>,
 }
 
@@ -258,7 +273,12 @@ impl Roles<'_> {
     }
 
     fn start_replica(&self, primary: &PrimaryInfo) -> Result<ReplicaTask, Error> {
-        ReplicaTask::start(self.store.clone(), self.applier.clone(), primary)
+        ReplicaTask::start(
+            self.store.clone(),
+            self.applier.clone(),
+            self.token.clone(),
+            primary,
+        )
     }
 
     /// Stops following the current primary (see `ReplicaTask::stop`).
@@ -331,6 +351,16 @@ fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
 
 /// Creates the mount directory if needed and clears a stale mount left by
 /// a crashed litefs (reads on it fail with ENOTCONN).
+/// Whether `addr` (`host:port`) binds only a loopback address.
+fn is_loopback_bind(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn prepare_mount_dir(path: &Path) -> Result<(), Error> {
     match std::fs::metadata(path) {
         Ok(md) if md.is_dir() => {}

@@ -503,3 +503,25 @@ fn repository_example_config_loads() {
     assert!(config.lease.candidate);
     assert_eq!(config.http_bind_addr(), "0.0.0.0:20202");
 }
+
+#[test]
+fn http_token_is_read_and_an_empty_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("litefs.yml");
+    std::env::set_var("LITEFS_TEST_TOKEN_X", "from-env");
+    std::fs::write(
+        &path,
+        "mount-dir: /mnt/x\nhttp:\n  addr: \":20202\"\n  token: \"${LITEFS_TEST_TOKEN_X}\"\n",
+    )
+    .unwrap();
+    let config = litefs::config::load(&path).unwrap();
+    assert_eq!(config.http_token.as_deref(), Some("from-env"));
+
+    std::fs::write(
+        &path,
+        "mount-dir: /mnt/x\nhttp:\n  token: \"${LITEFS_TEST_TOKEN_UNSET_Y}\"\n",
+    )
+    .unwrap();
+    let err = litefs::config::load(&path).unwrap_err().to_string();
+    assert!(err.contains("http.token") && err.contains("empty"), "{err}");
+}

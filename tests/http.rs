@@ -134,7 +134,13 @@ impl Client {
         let store = store.clone();
         let thread_stop = stop.clone();
         let handle = thread::spawn(move || {
-            stream_from_primary(&url, &store, &mut |db, p| db.apply_ltx(p), &thread_stop)
+            stream_from_primary(
+                &url,
+                None,
+                &store,
+                &mut |db, p| db.apply_ltx(p),
+                &thread_stop,
+            )
         });
         Client { stop, handle }
     }
@@ -807,6 +813,7 @@ fn the_replica_loop_reconnects_and_resumes() {
         thread::spawn(move || {
             run_replica_loop(
                 || Some(url.clone()),
+                None,
                 &replica,
                 &mut |db, p| db.apply_ltx(p),
                 &stop,

@@ -247,3 +247,77 @@ fn a_replica_behind_retention_gets_a_snapshot_and_continues() {
         "12\n"
     );
 }
+
+/// Fetches `path` from a node's HTTP server, with `token` when given;
+/// returns the status and the body.
+fn http_get(port: u16, path: &str, method: &str, token: Option<&str>) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let response = match (method, token) {
+        ("POST", Some(t)) => agent
+            .post(&url)
+            .header("Authorization", format!("Bearer {t}"))
+            .send(""),
+        ("POST", None) => agent.post(&url).send(""),
+        (_, Some(t)) => agent
+            .get(&url)
+            .header("Authorization", format!("Bearer {t}"))
+            .call(),
+        (_, None) => agent.get(&url).call(),
+    }
+    .unwrap();
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .with_config()
+        .limit(1 << 20)
+        .read_to_string()
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn with_a_token_only_the_cluster_gets_in() {
+    let dir = temp_dir("repl-token");
+    let token_yaml = "  token: \"s3cret-token\"\n";
+    let primary = Node::start_in(&dir.path().join("primary"), token_yaml);
+    sqlite3_ok(
+        &primary.db("secret.db"),
+        "CREATE TABLE t(x); INSERT INTO t VALUES('classified');",
+    );
+    // A replica with the token replicates.
+    let replica = Node::start_in(
+        &dir.path().join("replica"),
+        &format!("{token_yaml}{}", replica_yaml(&primary)),
+    );
+    wait_caught_up(&primary, &replica, "secret.db");
+    assert_identical(&primary, &replica, "secret.db");
+
+    // Without the token, or with another one, every endpoint says 401 and
+    // nothing else, not even a database name.
+    for token in [None, Some("wrong"), Some("s3cret-tokenX")] {
+        for (method, path) in [("GET", "/info"), ("POST", "/stream"), ("GET", "/nope")] {
+            let (status, body) = http_get(primary.port, path, method, token);
+            assert_eq!(status, 401, "{method} {path} with {token:?}: {body}");
+            assert!(!body.contains("secret.db"), "{body}");
+        }
+    }
+    let (status, body) = http_get(primary.port, "/info", "GET", Some("s3cret-token"));
+    assert_eq!(status, 200);
+    assert!(body.contains("secret.db"), "{body}");
+
+    // A replica with a wrong token gets nothing and says why.
+    let outsider = Node::start_in(
+        &dir.path().join("outsider"),
+        &format!("  token: \"guess\"\n{}", replica_yaml(&primary)),
+    );
+    wait_for("the outsider's refusal in its log", CATCH_UP, || {
+        outsider.log_text().contains("401")
+    });
+    assert!(!outsider.data_db("secret.db").exists());
+    // Loopback only in these configs: no warning about an open port.
+    assert!(!primary.log_text().contains("without http.token"));
+}

@@ -42,7 +42,7 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 pub type ApplyFn<'a> = dyn FnMut(&Arc<Db>, &Path) -> Result<Position, store::Error> + 'a;
 
 /// Connects once to the primary at `primary_url` (`http://host:port`),
-/// sends the position of every database in `store`, and applies every LTX
+/// with the cluster's `token` when there is one, sends the position of every database in `store`, and applies every LTX
 /// file the primary streams back with `apply` (which must verify before it
 /// changes anything, as `Db::apply_ltx` does). Databases the primary has
 /// and this node lacks are created. Returns `Ok(())` once `stop` is set
@@ -52,11 +52,12 @@ pub type ApplyFn<'a> = dyn FnMut(&Arc<Db>, &Path) -> Result<Position, store::Err
 /// left past its last good position.
 pub fn stream_from_primary(
     primary_url: &str,
+    token: Option<&str>,
     store: &Store,
     apply: &mut ApplyFn<'_>,
     stop: &AtomicBool,
 ) -> Result<(), Error> {
-    stream_once(primary_url, store, apply, stop, &mut false)
+    stream_once(primary_url, token, store, apply, stop, &mut false)
 }
 
 /// Replicates from the primary until `stop` is set: asks `primary_url` for
@@ -67,6 +68,7 @@ pub fn stream_from_primary(
 /// once, not every retry.
 pub fn run_replica_loop(
     primary_url: impl Fn() -> Option<String>,
+    token: Option<&str>,
     store: &Store,
     apply: &mut ApplyFn<'_>,
     stop: &AtomicBool,
@@ -84,7 +86,7 @@ pub fn run_replica_loop(
             continue;
         };
         let mut connected = false;
-        let result = stream_once(&url, store, apply, stop, &mut connected);
+        let result = stream_once(&url, token, store, apply, stop, &mut connected);
         if connected {
             backoff = MIN_BACKOFF;
         }
@@ -124,6 +126,7 @@ fn sleep_unless_stopped(duration: Duration, stop: &AtomicBool) {
 /// `stream_from_primary`, setting `connected` once the primary accepted.
 fn stream_once(
     primary_url: &str,
+    token: Option<&str>,
     store: &Store,
     apply: &mut ApplyFn<'_>,
     stop: &AtomicBool,
@@ -157,15 +160,17 @@ fn stream_once(
         .proxy(None)
         .build();
     let agent = ureq::Agent::new_with_config(config);
-    let response = agent
+    let mut request = agent
         .post(&url)
         .header("Content-Type", "text/plain; charset=utf-8")
-        .header("Connection", "close")
-        .send(body)
-        .map_err(|source| Error::Request {
-            url: url.clone(),
-            source: Box::new(source),
-        })?;
+        .header("Connection", "close");
+    if let Some(token) = token {
+        request = request.header("Authorization", super::auth::bearer(token));
+    }
+    let response = request.send(body).map_err(|source| Error::Request {
+        url: url.clone(),
+        source: Box::new(source),
+    })?;
     let status = response.status().as_u16();
     let content_type = response
         .headers()

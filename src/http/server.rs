@@ -53,6 +53,8 @@ pub struct Stats {
 /// What the accept thread and the request threads share.
 struct Shared {
     store: Arc<Store>,
+    /// The cluster's shared secret; every request must carry it when set.
+    token: Option<String>,
     serving: AtomicBool,
     stopping: AtomicBool,
     /// Requests being handled (threads alive), with a condvar for shutdown.
@@ -78,6 +80,16 @@ impl Server {
     /// and starts the accept thread. The server starts serving streams (as
     /// a primary); see [`Server::set_serving`].
     pub fn start(addr: &str, store: Arc<Store>) -> Result<Server, Error> {
+        Server::start_with_token(addr, store, None)
+    }
+
+    /// Like [`Server::start`], answering 401 to every request without
+    /// `Authorization: Bearer <token>` when `token` is set.
+    pub fn start_with_token(
+        addr: &str,
+        store: Arc<Store>,
+        token: Option<String>,
+    ) -> Result<Server, Error> {
         let bind_addr = if addr.starts_with(':') {
             format!("0.0.0.0{addr}")
         } else {
@@ -102,6 +114,7 @@ impl Server {
         let http = Arc::new(http);
         let shared = Arc::new(Shared {
             store,
+            token,
             serving: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
             active: Mutex::new(0),
@@ -305,7 +318,17 @@ fn handle_request(shared: &Arc<Shared>, mut request: tiny_http::Request) {
         .remote_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|| "unknown".to_string());
-    log::debug!("HTTP {method} {url} from {peer}");
+    log::debug!("HTTP {method} {url:?} from {peer}");
+    // Nothing, not even a 404 or a database name, before the token.
+    if !super::auth::authorized(&request, shared.token.as_deref()) {
+        log::debug!("HTTP server: refused {peer} without the cluster's token");
+        return respond_text(
+            request,
+            401,
+            "unauthorized: this node requires the cluster's token (http.token)",
+            Some(("WWW-Authenticate", "Bearer")),
+        );
+    }
     if request.body_length().is_some_and(|n| n > MAX_REQUEST_BODY) {
         return refuse_oversized(request, &peer);
     }

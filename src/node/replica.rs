@@ -63,6 +63,7 @@ impl ReplicaTask {
     pub(super) fn start(
         store: Arc<Store>,
         applier: Arc<Applier>,
+        token: Option<String>,
         primary: &PrimaryInfo,
     ) -> Result<ReplicaTask, Error> {
         let shared = Arc::new(Shared {
@@ -94,7 +95,13 @@ impl ReplicaTask {
                             Ok(pos)
                         };
                     let stop = &shared.stop;
-                    http::run_replica_loop(|| Some(url.clone()), &store, &mut enqueue, stop);
+                    http::run_replica_loop(
+                        || Some(url.clone()),
+                        token.as_deref(),
+                        &store,
+                        &mut enqueue,
+                        stop,
+                    );
                 })
                 .map_err(Error::Thread)?
         };
