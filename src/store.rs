@@ -263,12 +263,15 @@ impl Store {
             let name = match entry.file_name().into_string() {
                 Ok(name) if is_dir => name,
                 _ => {
-                    log::warn!("ignoring {}: not a database directory", path.display());
+                    log::warn!(
+                        "ignoring {:?}: not a database directory",
+                        path.display().to_string()
+                    );
                     continue;
                 }
             };
             if let Err(err) = validate_name(&name) {
-                log::warn!("ignoring {}: {err}", path.display());
+                log::warn!("ignoring {:?}: {err}", path.display().to_string());
                 continue;
             }
             let db = Db::open(&dbs_dir, &name, node_id)?;
@@ -361,6 +364,11 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
     }
     if name.contains('/') || name.contains('\0') {
         return invalid("the name contains '/' or a NUL byte");
+    }
+    // A newline would break the replication request's line format, and
+    // control characters make log lines and listings lie.
+    if name.chars().any(char::is_control) {
+        return invalid("the name contains a control character (such as a newline)");
     }
     if RESERVED_NAMES.contains(&name) {
         return invalid("the name is reserved by the mount");

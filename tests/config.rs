@@ -501,7 +501,7 @@ fn repository_example_config_loads() {
     assert_eq!(config.data_dir, root.join(".local/data"));
     assert_eq!(config.lease.kind, LeaseKind::Static);
     assert!(config.lease.candidate);
-    assert_eq!(config.http_bind_addr(), "0.0.0.0:20202");
+    assert_eq!(config.http_bind_addr(), "127.0.0.1:20202");
 }
 
 #[test]
