@@ -20,7 +20,9 @@ pub use inodes::{parse_name, FileKind};
 pub use role::{PrimaryGuard, Role};
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
 use std::fs::{File, Metadata, OpenOptions};
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{Errno, FileAttr, FileHandle, FileType, INodeNo};
 use log::{debug, error, info, warn};
 
+use crate::sqlite;
 use crate::store::{Db, Store};
 use inodes::{Inodes, ROOT_INO};
 
@@ -72,6 +75,8 @@ pub struct LitefsFs {
     changed_dirs: Mutex<HashSet<String>>,
     /// The kernel skips opendir/releasedir (FUSE_NO_OPENDIR_SUPPORT).
     no_opendir: bool,
+    /// Kinds of request litefs does not support that were logged already.
+    unsupported_seen: Mutex<HashSet<&'static str>>,
     uid: u32,
     gid: u32,
 }
@@ -99,6 +104,7 @@ impl LitefsFs {
             changed_dirs: Mutex::new(HashSet::new()),
             hidden_journals: Mutex::new(hidden_journals),
             no_opendir: false,
+            unsupported_seen: Mutex::new(HashSet::new()),
             uid,
             gid,
         }
@@ -166,6 +172,20 @@ impl LitefsFs {
             set.insert(db.to_string());
         } else {
             set.remove(db);
+        }
+    }
+
+    /// Logs a request litefs does not support, at debug and once per kind:
+    /// programs ask these routinely (isatty on every open) and the answer
+    /// is the expected errno, not a fault.
+    fn unsupported(&self, kind: &'static str, detail: u32) {
+        let first = self
+            .unsupported_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(kind);
+        if first {
+            debug!("{kind} ({detail:#x}) is not supported on the mount; answered with its errno (logged once)");
         }
     }
 
@@ -340,11 +360,11 @@ impl LitefsFs {
     fn read_only_error(&self, what: &str, name: &str) -> Errno {
         match self.role.hostname() {
             Some(primary) => info!(
-                "refused {what} of {name}: this node is a read-only replica of {primary}; \
+                "refused {what} of {name:?}: this node is a read-only replica of {primary}; \
                  write on the primary"
             ),
             None => {
-                info!("refused {what} of {name}: no primary is known yet, so writes are refused")
+                info!("refused {what} of {name:?}: no primary is known yet, so writes are refused")
             }
         }
         Errno::EROFS
@@ -377,5 +397,55 @@ pub(crate) fn io_errno(e: &std::io::Error) -> Errno {
     match e.raw_os_error() {
         Some(code) => Errno::from_i32(code),
         None => Errno::EIO,
+    }
+}
+
+fn wants_write(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+/// True when a journal header write starts with SQLite's journal magic.
+fn is_journal_header(data: &[u8]) -> bool {
+    data.len() >= sqlite::JOURNAL_MAGIC.len() && data[..8] == sqlite::JOURNAL_MAGIC
+}
+
+/// Reads the first bytes of a journal on disk to see if it holds a live
+/// transaction (for example a hot journal SQLite is about to play back).
+fn journal_on_disk_is_live(path: &Path) -> bool {
+    let mut magic = [0u8; 8];
+    match File::open(path) {
+        Ok(f) => f.read_exact_at(&mut magic, 0).is_ok() && magic == sqlite::JOURNAL_MAGIC,
+        Err(_) => false,
+    }
+}
+
+/// Whether the request comes from a thread of this process. The kernel
+/// reports the calling thread's id, so look it up among our tasks.
+fn is_own_thread(tid: u32) -> bool {
+    Path::new(&format!("/proc/self/task/{tid}")).exists()
+}
+
+fn name_str(name: &OsStr) -> Result<&str, Errno> {
+    name.to_str().ok_or(Errno::EINVAL)
+}
+
+fn slice_at(data: &[u8], offset: u64, size: u32) -> &[u8] {
+    let start = (offset as usize).min(data.len());
+    let end = start.saturating_add(size as usize).min(data.len());
+    &data[start..end]
+}
+
+fn statvfs(path: &Path) -> std::io::Result<libc::statvfs> {
+    use std::os::unix::ffi::OsStrExt;
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: cpath is a valid NUL-terminated string and st is a plain C
+    // struct that statvfs fills in.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(cpath.as_ptr(), &mut st) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(st)
     }
 }

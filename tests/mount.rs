@@ -337,6 +337,26 @@ fn bad_input_gets_a_clear_errno_and_loses_nothing() {
         "{err}"
     );
 
+    // Names with control characters (a newline would break the replication
+    // request's lines) are refused, and logged escaped.
+    for name in ["bad\nname.db", "tab\there.db", "bell\u{7}.db"] {
+        let err = rusqlite::Connection::open(node.mount.join(name))
+            .and_then(|c| c.execute_batch("CREATE TABLE t(x);"))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("unable to open"),
+            "{name:?}: {err}"
+        );
+        let err = std::fs::write(node.mount.join(name), b"x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{name:?}: {err}");
+    }
+    let log = node.log_text();
+    assert!(log.contains("bad\\nname.db"), "{log}");
+    assert!(
+        !log.contains("bad\nname.db"),
+        "a raw newline reached the log"
+    );
+
     assert_eq!(std::fs::read(node.data_db("b.db")).unwrap(), before);
     assert_eq!(sqlite3_ok(&db, "SELECT x FROM t;"), "keep\n");
     assert_eq!(node.ltx_files("b.db").len(), 2);
@@ -467,4 +487,34 @@ fn kill_9_during_writes_never_loses_a_committed_transaction() {
         );
     }
     assert_replay_identical(&node, "k.db");
+}
+
+#[test]
+fn unsupported_requests_get_their_errno_and_log_once() {
+    let dir = temp_dir("unsupported");
+    let node = Node::start_in(dir.path(), "");
+    let db = node.db("u.db");
+    sqlite3_ok(&db, "CREATE TABLE t(x); INSERT INTO t VALUES(1);");
+    // Python's open() asks isatty (an ioctl) of every file it opens.
+    let script = format!(
+        "import os\nfor _ in range(200):\n    f = open({:?}, 'rb'); assert not f.isatty(); f.read(100); f.close()\n",
+        db.display().to_string()
+    );
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .expect("python3 (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = node.log_text();
+    assert!(!log.contains("Not Implemented"), "{log}");
+    assert!(log.matches("ioctl").count() <= 1, "{log}");
+    assert!(
+        !log.lines().any(|l| l.contains("WARN") && l.contains("ioctl")),
+        "{log}"
+    );
 }

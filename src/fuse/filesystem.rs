@@ -16,37 +16,10 @@ use fuser::{
 use log::{debug, error, info, warn};
 
 use super::inodes::{parse_name, FileKind, PRIMARY_INO, ROOT_INO};
-use super::{io_errno, path_of, pos_text, Handle, LitefsFs, NEGATIVE_TTL, PRIMARY_FILE, TTL};
-use crate::sqlite;
-
-fn wants_write(flags: i32) -> bool {
-    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
-}
-
-/// True when a journal header write starts with SQLite's journal magic.
-fn is_journal_header(data: &[u8]) -> bool {
-    data.len() >= sqlite::JOURNAL_MAGIC.len() && data[..8] == sqlite::JOURNAL_MAGIC
-}
-
-/// Reads the first bytes of a journal on disk to see if it holds a live
-/// transaction (for example a hot journal SQLite is about to play back).
-fn journal_on_disk_is_live(path: &Path) -> bool {
-    let mut magic = [0u8; 8];
-    match File::open(path) {
-        Ok(f) => f.read_exact_at(&mut magic, 0).is_ok() && magic == sqlite::JOURNAL_MAGIC,
-        Err(_) => false,
-    }
-}
-
-/// Whether the request comes from a thread of this process. The kernel
-/// reports the calling thread's id, so look it up among our tasks.
-fn is_own_thread(tid: u32) -> bool {
-    Path::new(&format!("/proc/self/task/{tid}")).exists()
-}
-
-fn name_str(name: &OsStr) -> Result<&str, Errno> {
-    name.to_str().ok_or(Errno::EINVAL)
-}
+use super::{
+    io_errno, is_journal_header, is_own_thread, journal_on_disk_is_live, name_str, path_of,
+    pos_text, slice_at, statvfs, wants_write, Handle, LitefsFs, NEGATIVE_TTL, PRIMARY_FILE, TTL,
+};
 
 impl Filesystem for LitefsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
@@ -80,7 +53,7 @@ impl Filesystem for LitefsFs {
         }
         let (db_name, kind) = parse_name(name);
         let Some(db) = self.store.db(db_name) else {
-            debug!("lookup {name}: there is no database {db_name}");
+            debug!("lookup {name:?}: there is no database {db_name:?}");
             return reply.error(Errno::ENOENT);
         };
         let ino = self.ino(db_name, kind);
@@ -224,7 +197,7 @@ impl Filesystem for LitefsFs {
         };
         match kind {
             FileKind::Database | FileKind::Pos => {
-                info!("refused to delete {name}: deleting a database is not supported; drop its tables instead");
+                info!("refused to delete {name:?}: deleting a database is not supported; drop its tables instead");
                 return reply.error(Errno::EPERM);
             }
             FileKind::Journal => {
@@ -690,26 +663,26 @@ impl Filesystem for LitefsFs {
             FileKind::Database => match self.store.create_db(db_name) {
                 Ok(db) => db,
                 Err(e) => {
-                    info!("refused to create {name}: {e}");
+                    info!("refused to create {name:?}: {e}");
                     return reply.error(Errno::EINVAL);
                 }
             },
             FileKind::Journal => match self.store.db(db_name) {
                 Some(db) => db,
                 None => {
-                    info!("refused to create {name}: there is no database {db_name}");
+                    info!("refused to create {name:?}: there is no database {db_name:?}");
                     return reply.error(Errno::ENOENT);
                 }
             },
             FileKind::Wal | FileKind::Shm => {
                 error!(
-                    "refused to create {name}: WAL mode is not supported yet; use \
+                    "refused to create {name:?}: WAL mode is not supported yet; use \
                      journal_mode=DELETE, TRUNCATE or PERSIST"
                 );
                 return reply.error(Errno::EIO);
             }
             FileKind::Pos => {
-                info!("refused to create {name}: -pos files are litefs's own, read-only");
+                info!("refused to create {name:?}: -pos files are litefs's own, read-only");
                 return reply.error(Errno::EPERM);
             }
         };
@@ -742,25 +715,70 @@ impl Filesystem for LitefsFs {
         };
         reply.created(&TTL, &attr, Generation(0), fh, open_flags);
     }
-}
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // Python's open() asks isatty (TCGETS) of every file; ENOTTY is what
+        // a regular file answers. The kernel does not remember an ioctl
+        // refusal, so this must stay quiet.
+        self.unsupported("ioctl", cmd);
+        reply.error(Errno::ENOTTY);
+    }
 
-fn slice_at(data: &[u8], offset: u64, size: u32) -> &[u8] {
-    let start = (offset as usize).min(data.len());
-    let end = start.saturating_add(size as usize).min(data.len());
-    &data[start..end]
-}
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        // ENOSYS: the kernel stops asking and answers EOPNOTSUPP, which
+        // SQLite takes as "no preallocation".
+        self.unsupported("fallocate", mode as u32);
+        reply.error(Errno::ENOSYS);
+    }
 
-fn statvfs(path: &Path) -> std::io::Result<libc::statvfs> {
-    use std::os::unix::ffi::OsStrExt;
-    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: cpath is a valid NUL-terminated string and st is a plain C
-    // struct that statvfs fills in.
-    unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(cpath.as_ptr(), &mut st) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(st)
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: i64,
+        whence: i32,
+        reply: fuser::ReplyLseek,
+    ) {
+        // ENOSYS: the kernel handles SEEK_DATA/SEEK_HOLE itself from then on.
+        self.unsupported("lseek", whence as u32);
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        // ENOSYS: the kernel falls back to reads and writes, which litefs
+        // checks like any other.
+        self.unsupported("copy_file_range", 0);
+        reply.error(Errno::ENOSYS);
     }
 }
