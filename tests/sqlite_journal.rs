@@ -145,7 +145,10 @@ fn delete_mode_journal_with_cache_spills() {
     let dir = tempfile::tempdir().unwrap();
     for page_size in [1024, 4096, 65536] {
         let (db, conn) = create_db(dir.path(), page_size, 400, "DELETE");
-        conn.execute_batch("PRAGMA cache_size = 10").unwrap();
+        // cache_spill too: tests in one process share SQLite's page-cache
+        // pool, so a small cache_size alone does not always force a spill.
+        conn.execute_batch("PRAGMA cache_size = 10; PRAGMA cache_spill = 10")
+            .unwrap();
         let c = capture(&conn, &db, page_size, &churn(page_size), "COMMIT");
         assert!(
             c.on_disk != c.original,
@@ -168,7 +171,8 @@ fn persist_mode_journal_with_stale_tail() {
     let dir = tempfile::tempdir().unwrap();
     let page_size = 4096;
     let (db, conn) = create_db(dir.path(), page_size, 600, "PERSIST");
-    conn.execute_batch("PRAGMA cache_size = 10").unwrap();
+    conn.execute_batch("PRAGMA cache_size = 10; PRAGMA cache_spill = 10")
+        .unwrap();
     // A big first transaction leaves a long journal behind.
     conn.execute_batch("UPDATE t SET v = randomblob(length(v))")
         .unwrap();
@@ -203,7 +207,8 @@ fn big_transaction_many_segments() {
     let dir = tempfile::tempdir().unwrap();
     let page_size = 4096;
     let (db, conn) = create_db(dir.path(), page_size, 4000, "DELETE");
-    conn.execute_batch("PRAGMA cache_size = 20").unwrap();
+    conn.execute_batch("PRAGMA cache_size = 20; PRAGMA cache_spill = 20")
+        .unwrap();
     let sql = "UPDATE t SET v = randomblob(length(v) + 10);
                DELETE FROM t WHERE id % 4 = 1;
                UPDATE t SET v = randomblob(100) WHERE id % 4 = 2;";
@@ -225,7 +230,7 @@ fn synchronous_off_journal_counts_records_from_file_size() {
     let dir = tempfile::tempdir().unwrap();
     let page_size = 1024;
     let (db, conn) = create_db(dir.path(), page_size, 300, "DELETE");
-    conn.execute_batch("PRAGMA cache_size = 10; PRAGMA synchronous = OFF")
+    conn.execute_batch("PRAGMA cache_size = 10; PRAGMA cache_spill = 10; PRAGMA synchronous = OFF")
         .unwrap();
     let c = capture(&conn, &db, page_size, &churn(page_size), "COMMIT");
     let checked = check(&c);
@@ -255,7 +260,8 @@ fn playback_stops_at_first_bad_checksum() {
     let dir = tempfile::tempdir().unwrap();
     let page_size = 1024;
     let (db, conn) = create_db(dir.path(), page_size, 300, "DELETE");
-    conn.execute_batch("PRAGMA cache_size = 10").unwrap();
+    conn.execute_batch("PRAGMA cache_size = 10; PRAGMA cache_spill = 10")
+        .unwrap();
     let c = capture(&conn, &db, page_size, &churn(page_size), "COMMIT");
     let all = check(&c).pages.len();
     assert!(all > 5);
@@ -296,7 +302,8 @@ fn journal_checksum_matches_sqlite_records() {
     let dir = tempfile::tempdir().unwrap();
     let page_size = 4096;
     let (db, conn) = create_db(dir.path(), page_size, 200, "DELETE");
-    conn.execute_batch("PRAGMA cache_size = 10").unwrap();
+    conn.execute_batch("PRAGMA cache_size = 10; PRAGMA cache_spill = 10")
+        .unwrap();
     let c = capture(&conn, &db, page_size, &churn(page_size), "COMMIT");
     let sector = u32::from_be_bytes(c.journal[20..24].try_into().unwrap()) as usize;
     let nonce = u32::from_be_bytes(c.journal[12..16].try_into().unwrap());
