@@ -12,5 +12,6 @@ pub mod lease;
 pub mod ltx;
 pub mod node;
 pub mod priority;
+pub mod sdnotify;
 pub mod sqlite;
 pub mod store;

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
 use log::{debug, error, info, warn};
@@ -27,8 +27,15 @@ use crate::config::{Config, LeaseKind};
 use crate::fuse::{Applier, LitefsFs, Role};
 use crate::http;
 use crate::lease::{self, LeaseEvent, PrimaryInfo};
+use crate::sdnotify::SdNotify;
 use crate::store::{self, Store};
 use replica::ReplicaTask;
+
+/// How long a node waits to be caught up (or to learn its role) before it
+/// tells systemd it is ready anyway.
+const READY_WAIT: Duration = Duration::from_secs(30);
+/// How often the main loop looks at readiness while nothing happens.
+const READY_POLL: Duration = Duration::from_millis(100);
 
 /// FUSE worker threads: enough that a slow request (an fsync) does not
 /// stall every reader on a small machine.
@@ -180,7 +187,13 @@ pub fn run(config: &Config) -> Result<(), Error> {
         applier,
         token: config.http_token.clone(),
         replica: None,
+        systemd: Readiness::new(SdNotify::from_env(), role.is_primary()),
     };
+    roles.systemd.check(&role, &store);
+    let watchdog = roles.systemd.notify.watchdog_interval();
+    let ticks = crossbeam_channel::tick(watchdog.unwrap_or(READY_POLL).min(READY_POLL));
+    let idle = crossbeam_channel::never();
+    let mut last_watchdog = Instant::now();
     let signal = loop {
         select! {
             recv(signal_rx) -> sig => break sig.unwrap_or("a closed signal channel"),
@@ -191,8 +204,19 @@ pub fn run(config: &Config) -> Result<(), Error> {
                     break "lease thread exit";
                 }
             },
+            recv(if roles.systemd.ready && watchdog.is_none() { &idle } else { &ticks }) -> _ => {}
+        }
+        roles.systemd.check(&role, &store);
+        if let Some(interval) = watchdog {
+            // From this loop, so a node whose main loop hangs stops pinging
+            // and systemd restarts it.
+            if last_watchdog.elapsed() >= interval {
+                roles.systemd.notify.watchdog();
+                last_watchdog = Instant::now();
+            }
         }
     };
+    roles.systemd.notify.stopping();
     info!("received {signal}, shutting down");
     // No new writes, then give up the lease so another candidate takes
     // over at once, then stop everything else.
@@ -217,6 +241,78 @@ struct Roles<'a> {
     /// The cluster's token, sent to the primary.
     token: Option<String>,
     replica: Option<ReplicaTask>,
+    /// systemd's view of this node (readiness, status, watchdog).
+    systemd: Readiness,
+}
+
+/// What systemd has been told: `READY=1` once the mount is up and the node
+/// knows its role (a replica: once caught up with its primary, or after
+/// `READY_WAIT`), then `STATUS=` on every role change.
+struct Readiness {
+    notify: SdNotify,
+    ready: bool,
+    /// The role as `systemctl status` shows it.
+    status: String,
+    /// Since when the node has had this role.
+    since: Instant,
+}
+
+impl Readiness {
+    fn new(notify: SdNotify, primary: bool) -> Readiness {
+        Readiness {
+            notify,
+            ready: false,
+            status: if primary {
+                "primary"
+            } else {
+                "starting: no primary known yet"
+            }
+            .to_string(),
+            since: Instant::now(),
+        }
+    }
+
+    fn set_status(&mut self, status: String) {
+        if status != self.status {
+            self.status = status;
+            self.since = Instant::now();
+            if self.ready {
+                self.notify.status(&self.status);
+            }
+        }
+    }
+
+    /// Sends `READY=1` when the node is ready (see the type's comment).
+    fn check(&mut self, role: &Role, store: &Store) {
+        if self.ready {
+            return;
+        }
+        let waited = self.since.elapsed() >= READY_WAIT;
+        let status = if role.is_primary() {
+            Some(self.status.clone())
+        } else if role.hostname().is_some() {
+            match store.caught_up_at() {
+                Some(at) if at >= self.since => Some(self.status.clone()),
+                _ if waited => {
+                    info!(
+                        "{}: not caught up after {}s; telling systemd the node is ready anyway",
+                        self.status,
+                        READY_WAIT.as_secs()
+                    );
+                    Some(format!("{}, still catching up", self.status))
+                }
+                _ => None,
+            }
+        } else if waited {
+            Some("read-only: no primary is known yet".to_string())
+        } else {
+            None
+        };
+        if let Some(status) = status {
+            self.notify.ready(&status);
+            self.ready = true;
+        }
+    }
 }
 
 impl Roles<'_> {
@@ -229,6 +325,7 @@ impl Roles<'_> {
                 self.applier.close_files();
                 self.role.set_primary();
                 self.server.set_serving(true);
+                self.systemd.set_status("primary".to_string());
                 info!("this node is now the primary; the mount accepts writes");
             }
             LeaseEvent::Replica(primary) => {
@@ -236,6 +333,8 @@ impl Roles<'_> {
                 if self.replica.as_ref().map(|r| r.url.as_str()) != Some(&primary.advertise_url) {
                     self.stop_replica(false);
                     self.replica = Some(self.start_replica(&primary)?);
+                    self.systemd
+                        .set_status(format!("replica of {}", primary.hostname));
                     info!(
                         "this node is a read-only replica of {} at {}",
                         primary.hostname, primary.advertise_url
@@ -245,6 +344,8 @@ impl Roles<'_> {
             LeaseEvent::NoPrimary => {
                 self.step_down(None);
                 self.stop_replica(false);
+                self.systemd
+                    .set_status("read-only: no primary is known".to_string());
                 warn!("no primary is known; the mount is read-only until one is");
             }
         }

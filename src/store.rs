@@ -238,6 +238,9 @@ pub struct Store {
     /// Counts changes (see [`Store::notify_change`]); replication streams wait on it.
     changes: Mutex<u64>,
     changed: std::sync::Condvar,
+    /// When this replica last had everything its primary had sent applied
+    /// while the stream was idle (see [`Store::note_caught_up`]).
+    caught_up_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl Store {
@@ -284,6 +287,7 @@ impl Store {
             dbs: Mutex::new(dbs),
             changes: Mutex::new(0),
             changed: std::sync::Condvar::new(),
+            caught_up_at: Mutex::new(None),
         })
     }
 
@@ -320,6 +324,21 @@ impl Store {
     /// Every database, sorted by name.
     pub fn dbs(&self) -> Vec<Arc<Db>> {
         self.lock().values().cloned().collect()
+    }
+
+    /// Called by a replica's stream on a heartbeat: the primary had nothing
+    /// more to send. When nothing received waits to be applied either, the
+    /// replica is at the primary's position now.
+    pub fn note_caught_up(&self) {
+        if self.dbs().iter().all(|db| db.queued_len() == 0) {
+            *self.caught_up_at.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(std::time::Instant::now());
+        }
+    }
+
+    /// When the replica was last known to be at its primary's position.
+    pub fn caught_up_at(&self) -> Option<std::time::Instant> {
+        *self.caught_up_at.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Tells whoever waits in [`Store::wait_for_change`] that a database

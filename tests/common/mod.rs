@@ -23,6 +23,8 @@ pub struct Node {
     pub config: PathBuf,
     pub log: PathBuf,
     pub port: u16,
+    /// Extra environment for the litefs process.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -35,6 +37,15 @@ impl Node {
     /// Like `start_in`, but the extra YAML is made from the node's HTTP
     /// port (for configs that advertise the node's own URL).
     pub fn start_with(dir: &Path, extra_yaml: impl FnOnce(u16) -> String) -> Node {
+        Node::start_with_env(dir, extra_yaml, &[])
+    }
+
+    /// Like `start_with`, with extra environment variables for litefs.
+    pub fn start_with_env(
+        dir: &Path,
+        extra_yaml: impl FnOnce(u16) -> String,
+        env: &[(&str, &str)],
+    ) -> Node {
         std::fs::create_dir_all(dir).unwrap();
         let port = free_port();
         let extra_yaml = extra_yaml(port);
@@ -57,6 +68,10 @@ impl Node {
             config,
             log: dir.join("litefs.log"),
             port,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
         };
         node.restart();
@@ -78,6 +93,7 @@ impl Node {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info,litefs=debug".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
