@@ -514,7 +514,8 @@ fn unsupported_requests_get_their_errno_and_log_once() {
     assert!(!log.contains("Not Implemented"), "{log}");
     assert!(log.matches("ioctl").count() <= 1, "{log}");
     assert!(
-        !log.lines().any(|l| l.contains("WARN") && l.contains("ioctl")),
+        !log.lines()
+            .any(|l| l.contains("WARN") && l.contains("ioctl")),
         "{log}"
     );
 }
