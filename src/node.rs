@@ -123,6 +123,7 @@ impl From<store::Error> for Error {
 
 /// Runs the node until SIGINT or SIGTERM.
 pub fn run(config: &Config) -> Result<(), Error> {
+    raise_open_file_limit();
     let signals = ShutdownSignals::block().map_err(Error::Signals)?;
     let mount_dir = config.mount_dir.clone();
     prepare_mount_dir(&mount_dir)?;
@@ -452,6 +453,31 @@ fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
 
 /// Creates the mount directory if needed and clears a stale mount left by
 /// a crashed litefs (reads on it fail with ENOTCONN).
+/// Raises the soft limit on open files to the hard limit: every replica
+/// connection, open database and LTX file being sent takes a descriptor,
+/// and the usual soft default of 1,024 is reached long before the hard one.
+fn raise_open_file_limit() {
+    // SAFETY: getrlimit/setrlimit read and write a plain struct we own.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let soft = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                debug!("open file limit raised from {soft} to {}", limit.rlim_max);
+            } else {
+                warn!(
+                    "cannot raise the open file limit from {soft}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
 /// Whether `addr` (`host:port`) binds only a loopback address.
 fn is_loopback_bind(addr: &str) -> bool {
     let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);

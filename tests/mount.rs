@@ -519,3 +519,27 @@ fn unsupported_requests_get_their_errno_and_log_once() {
         "{log}"
     );
 }
+
+#[test]
+fn litefs_raises_its_open_file_limit_to_the_hard_limit() {
+    // Start litefs with a soft limit below the hard one (children inherit
+    // this process's limits; no test here needs many descriptors).
+    // SAFETY: getrlimit/setrlimit on a plain struct we own.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = (limit.rlim_max / 2).min(4096);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    let dir = temp_dir("rlimit");
+    let node = Node::start_in(dir.path(), "");
+    let pid = node.pid().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // "Max open files <soft> <hard> files"
+    assert_eq!(fields[3], fields[4], "{line}");
+}
