@@ -34,7 +34,7 @@ use log::{debug, error, info, warn};
 
 use crate::sqlite;
 use crate::store::{Db, Store};
-use inodes::{Inodes, ROOT_INO};
+use inodes::{Inodes, LAG_INO, PRIMARY_INO, ROOT_INO};
 
 /// How long the kernel may cache names and attributes. Every change on a
 /// primary passes through the kernel, so it stays coherent; a replica
@@ -46,6 +46,8 @@ pub(crate) const TTL: Duration = Duration::from_secs(1);
 pub(crate) const NEGATIVE_TTL: Duration = Duration::from_secs(3600);
 /// The file that names the primary on a replica.
 pub const PRIMARY_FILE: &str = ".primary";
+/// The file that tells a replica's lag in seconds (`0` on the primary).
+pub const LAG_FILE: &str = ".lag";
 
 /// One open file of the mount.
 struct Handle {
@@ -75,6 +77,8 @@ pub struct LitefsFs {
     changed_dirs: Mutex<HashSet<String>>,
     /// The kernel skips opendir/releasedir (FUSE_NO_OPENDIR_SUPPORT).
     no_opendir: bool,
+    /// When the mount was made (`.lag` of a replica that never caught up).
+    mounted_at: std::time::Instant,
     /// Kinds of request litefs does not support that were logged already.
     unsupported_seen: Mutex<HashSet<&'static str>>,
     uid: u32,
@@ -105,6 +109,7 @@ impl LitefsFs {
             hidden_journals: Mutex::new(hidden_journals),
             no_opendir: false,
             unsupported_seen: Mutex::new(HashSet::new()),
+            mounted_at: std::time::Instant::now(),
             uid,
             gid,
         }
@@ -372,10 +377,42 @@ impl LitefsFs {
 }
 
 impl LitefsFs {
-    fn resolve_primary_handle(&self) -> Option<FileHandle> {
-        self.primary_contents()?;
-        Some(FileHandle(0))
+    /// The contents of a special file of the root, made at each read;
+    /// `None` when it does not exist now (`.primary` on the primary).
+    fn special_contents(&self, ino: u64) -> Option<String> {
+        match ino {
+            PRIMARY_INO => self.primary_contents(),
+            LAG_INO => Some(self.lag_contents()),
+            _ => None,
+        }
     }
+
+    /// `.lag`: seconds since this replica last had applied everything its
+    /// primary had sent (see `Store::caught_up_at`), one decimal; `0` on
+    /// the primary. A replica that never caught up counts from the mount.
+    fn lag_contents(&self) -> String {
+        if self.role.is_primary() {
+            return "0\n".to_string();
+        }
+        let since = self.store.caught_up_at().unwrap_or(self.mounted_at);
+        format!("{:.1}\n", since.elapsed().as_secs_f64())
+    }
+}
+
+/// The special files of the root, by name and inode.
+pub(crate) const SPECIAL_FILES: [(&str, u64); 2] =
+    [(PRIMARY_FILE, PRIMARY_INO), (LAG_FILE, LAG_INO)];
+
+/// The inode of the special file `name`, if it is one.
+fn special_ino(name: &str) -> Option<u64> {
+    SPECIAL_FILES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, ino)| *ino)
+}
+
+fn is_special(ino: u64) -> bool {
+    SPECIAL_FILES.iter().any(|(_, i)| *i == ino)
 }
 
 /// The contents of `<name>-pos`: TXID / database checksum, newline.

@@ -45,7 +45,7 @@ use crate::{ltx, sqlite};
 /// database name may not end with one.
 const RESERVED_SUFFIXES: [&str; 4] = ["-journal", "-wal", "-shm", "-pos"];
 /// Names the mount uses for itself.
-const RESERVED_NAMES: [&str; 3] = [".", "..", ".primary"];
+const RESERVED_NAMES: [&str; 4] = [".", "..", ".primary", ".lag"];
 /// Bytes read at a time when checksumming a whole database file.
 const READ_CHUNK: usize = 1 << 20;
 

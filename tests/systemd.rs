@@ -153,3 +153,50 @@ fn the_unit_file_passes_systemd_analyze_where_it_exists() {
         .collect();
     assert!(complaints.is_empty(), "{stderr}");
 }
+
+#[test]
+fn lag_file_says_zero_on_the_primary_and_grows_on_a_replica_only_while_behind() {
+    let dir = temp_dir("lag-file");
+    let primary = Node::start_in(&dir.path().join("primary"), "");
+    sqlite3_ok(&primary.db("l.db"), "CREATE TABLE t(x);");
+    assert_eq!(
+        std::fs::read_to_string(primary.mount.join(".lag")).unwrap(),
+        "0\n"
+    );
+    let replica = Node::start_in(
+        &dir.path().join("replica"),
+        &format!(
+            "lease:\n  type: static\n  candidate: false\n  hostname: p\n  advertise-url: \"http://127.0.0.1:{}\"\n",
+            primary.port
+        ),
+    );
+    wait_caught_up(&primary, &replica, "l.db");
+    let lag = |node: &Node| -> f64 {
+        std::fs::read_to_string(node.mount.join(".lag"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // Caught up: heartbeats keep it near zero.
+    common::wait_for("a small lag", DEADLINE, || lag(&replica) < 1.5);
+    assert!(std::fs::read_dir(&replica.mount)
+        .unwrap()
+        .any(|e| e.unwrap().file_name() == ".lag"));
+
+    // A reader holds the replica, so what arrives waits: the lag grows.
+    let reader = rusqlite::Connection::open_with_flags(
+        replica.db("l.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM t;")
+        .unwrap();
+    sqlite3_ok(&primary.db("l.db"), "INSERT INTO t VALUES(1);");
+    common::wait_for("a lag over 2 s", DEADLINE, || lag(&replica) > 2.0);
+    reader.execute_batch("COMMIT;").unwrap();
+    drop(reader);
+    wait_caught_up(&primary, &replica, "l.db");
+    common::wait_for("the lag back near zero", DEADLINE, || lag(&replica) < 1.5);
+}

@@ -15,10 +15,11 @@ use fuser::{
 };
 use log::{debug, error, info, warn};
 
-use super::inodes::{parse_name, FileKind, PRIMARY_INO, ROOT_INO};
+use super::inodes::{parse_name, FileKind, ROOT_INO};
 use super::{
-    io_errno, is_journal_header, is_own_thread, journal_on_disk_is_live, name_str, path_of,
-    pos_text, slice_at, statvfs, wants_write, Handle, LitefsFs, NEGATIVE_TTL, PRIMARY_FILE, TTL,
+    io_errno, is_journal_header, is_own_thread, is_special, journal_on_disk_is_live, name_str,
+    path_of, pos_text, slice_at, special_ino, statvfs, wants_write, Handle, LitefsFs, NEGATIVE_TTL,
+    SPECIAL_FILES, TTL,
 };
 
 impl Filesystem for LitefsFs {
@@ -41,11 +42,11 @@ impl Filesystem for LitefsFs {
         let Ok(name) = name_str(name) else {
             return reply.error(Errno::ENOENT);
         };
-        if name == PRIMARY_FILE {
-            return match self.primary_contents() {
+        if let Some(ino) = special_ino(name) {
+            return match self.special_contents(ino) {
                 Some(s) => reply.entry(
                     &TTL,
-                    &self.synthetic_attr(PRIMARY_INO, s.len() as u64),
+                    &self.synthetic_attr(ino, s.len() as u64),
                     Generation(0),
                 ),
                 None => reply.error(Errno::ENOENT),
@@ -76,9 +77,9 @@ impl Filesystem for LitefsFs {
         if ino.0 == ROOT_INO {
             return reply.attr(&TTL, &self.synthetic_attr(ROOT_INO, 0));
         }
-        if ino.0 == PRIMARY_INO {
-            return match self.primary_contents() {
-                Some(s) => reply.attr(&TTL, &self.synthetic_attr(PRIMARY_INO, s.len() as u64)),
+        if is_special(ino.0) {
+            return match self.special_contents(ino.0) {
+                Some(s) => reply.attr(&TTL, &self.synthetic_attr(ino.0, s.len() as u64)),
                 None => reply.error(Errno::ENOENT),
             };
         }
@@ -189,7 +190,7 @@ impl Filesystem for LitefsFs {
         };
         let (db_name, kind) = parse_name(name);
         let db = match self.store.db(db_name) {
-            Some(db) if name != PRIMARY_FILE => db,
+            Some(db) if special_ino(name).is_none() => db,
             _ => return reply.error(Errno::ENOENT),
         };
         let Some(_primary) = self.role.hold_primary() else {
@@ -277,13 +278,13 @@ impl Filesystem for LitefsFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let flags = flags.0;
-        if ino.0 == PRIMARY_INO {
+        if is_special(ino.0) {
             if wants_write(flags) {
                 return reply.error(Errno::EACCES);
             }
             // The contents are generated on each read; keep the kernel out.
-            return match self.resolve_primary_handle() {
-                Some(fh) => reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO),
+            return match self.special_contents(ino.0) {
+                Some(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO),
                 None => reply.error(Errno::ENOENT),
             };
         }
@@ -345,8 +346,8 @@ impl Filesystem for LitefsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        if ino.0 == PRIMARY_INO {
-            let text = self.primary_contents().unwrap_or_default();
+        if is_special(ino.0) {
+            let text = self.special_contents(ino.0).unwrap_or_default();
             return reply.data(slice_at(text.as_bytes(), offset, size));
         }
         let handle = match self.handle(fh) {
@@ -534,8 +535,10 @@ impl Filesystem for LitefsFs {
             (ROOT_INO, FileType::Directory, ".".into()),
             (ROOT_INO, FileType::Directory, "..".into()),
         ];
-        if self.primary_contents().is_some() {
-            entries.push((PRIMARY_INO, FileType::RegularFile, PRIMARY_FILE.into()));
+        for (name, ino) in SPECIAL_FILES {
+            if self.special_contents(ino).is_some() {
+                entries.push((ino, FileType::RegularFile, name.into()));
+            }
         }
         for db in self.store.dbs() {
             for kind in FileKind::ALL {

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 pub(super) const ROOT_INO: u64 = 1;
 pub(super) const PRIMARY_INO: u64 = 2;
+pub(super) const LAG_INO: u64 = 3;
 const FIRST_DB_INO: u64 = 16;
 /// Inode numbers reserved per database: one per `FileKind`.
 const INOS_PER_DB: u64 = 8;

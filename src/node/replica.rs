@@ -160,12 +160,19 @@ fn apply_loop(store: &Store, applier: &Applier, shared: &Shared, wake: &Receiver
         if shared.stopped() && !draining {
             return;
         }
+        let mut applied = false;
         for db in store.dbs() {
             while db.front_queued().is_some() {
                 if !apply_front(applier, &db, shared) {
                     return;
                 }
+                applied = true;
             }
+        }
+        if applied {
+            // Everything received is applied: as current as the stream
+            // (`.lag`). Idle rounds say nothing: the stream may be down.
+            store.note_caught_up();
         }
         if shared.stopped() {
             // Draining, and every queue is empty: nothing more can be
