@@ -292,7 +292,7 @@ impl Readiness {
         let status = if role.is_primary() {
             Some(self.status.clone())
         } else if role.hostname().is_some() {
-            match store.caught_up_at() {
+            match store.idle_caught_up_at() {
                 Some(at) if at >= self.since => Some(self.status.clone()),
                 _ if waited => {
                     info!(

@@ -238,9 +238,9 @@ pub struct Store {
     /// Counts changes (see [`Store::notify_change`]); replication streams wait on it.
     changes: Mutex<u64>,
     changed: std::sync::Condvar,
-    /// When this replica last had everything its primary had sent applied
-    /// while the stream was idle (see [`Store::note_caught_up`]).
-    caught_up_at: Mutex<Option<std::time::Instant>>,
+    /// When this replica last had everything it received applied, and
+    /// when that was also at an idle stream (see [`Store::note_caught_up`]).
+    caught_up_at: Mutex<(Option<std::time::Instant>, Option<std::time::Instant>)>,
 }
 
 impl Store {
@@ -287,7 +287,7 @@ impl Store {
             dbs: Mutex::new(dbs),
             changes: Mutex::new(0),
             changed: std::sync::Condvar::new(),
-            caught_up_at: Mutex::new(None),
+            caught_up_at: Mutex::new((None, None)),
         })
     }
 
@@ -326,19 +326,31 @@ impl Store {
         self.lock().values().cloned().collect()
     }
 
-    /// Called by a replica's stream on a heartbeat: the primary had nothing
-    /// more to send. When nothing received waits to be applied either, the
-    /// replica is at the primary's position now.
-    pub fn note_caught_up(&self) {
+    /// Called by a replica when everything it received is applied: by the
+    /// stream on a heartbeat (`idle`: the primary had nothing more to send,
+    /// so the replica is at the primary's position), or by the apply
+    /// thread when it empties the queue (as current as the stream).
+    pub fn note_caught_up(&self, idle: bool) {
         if self.dbs().iter().all(|db| db.queued_len() == 0) {
-            *self.caught_up_at.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(std::time::Instant::now());
+            let now = std::time::Instant::now();
+            let mut at = self.caught_up_at.lock().unwrap_or_else(|e| e.into_inner());
+            at.0 = Some(now);
+            if idle {
+                at.1 = Some(now);
+            }
         }
     }
 
-    /// When the replica was last known to be at its primary's position.
+    /// When the replica last had applied everything it had received (see
+    /// [`Store::note_caught_up`]): the `.lag` of a replica.
     pub fn caught_up_at(&self) -> Option<std::time::Instant> {
-        *self.caught_up_at.lock().unwrap_or_else(|e| e.into_inner())
+        self.caught_up_at.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// When the replica was last known to be at its primary's position
+    /// (a heartbeat found nothing waiting): readiness.
+    pub fn idle_caught_up_at(&self) -> Option<std::time::Instant> {
+        self.caught_up_at.lock().unwrap_or_else(|e| e.into_inner()).1
     }
 
     /// Tells whoever waits in [`Store::wait_for_change`] that a database

@@ -11,17 +11,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_identical, sqlite3_ok, temp_dir, wait_caught_up, wait_for, Node, Rng, CATCH_UP,
+    assert_identical, replica_yaml, sqlite3_ok, temp_dir, wait_caught_up, wait_for, Node, Rng,
+    CATCH_UP,
 };
 
 fn replica_of(dir: &Path, primary: &Node) -> Node {
-    Node::start_in(
-        dir,
-        &format!(
-            "lease:\n  type: static\n  candidate: false\n  hostname: primary-host\n  advertise-url: \"http://127.0.0.1:{}\"\n",
-            primary.port
-        ),
-    )
+    Node::start_in(dir, &replica_yaml(primary))
 }
 
 /// A reader process: one persistent read-only connection (30 s busy

@@ -9,15 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    assert_identical, sqlite3, sqlite3_ok, temp_dir, wait_caught_up, wait_for, Node, CATCH_UP,
+    assert_identical, replica_yaml, sqlite3, sqlite3_ok, temp_dir, wait_caught_up, wait_for, Node,
+    CATCH_UP,
 };
-
-fn replica_yaml(primary: &Node) -> String {
-    format!(
-        "lease:\n  type: static\n  candidate: false\n  hostname: primary-host\n  advertise-url: \"http://127.0.0.1:{}\"\n",
-        primary.port
-    )
-}
 
 /// A primary and `n` replicas under one temp dir.
 fn cluster(name: &str, n: usize) -> (tempfile::TempDir, Node, Vec<Node>) {

@@ -8,7 +8,7 @@ mod common;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use common::{sqlite3_ok, temp_dir, wait_caught_up, Node, DEADLINE};
+use common::{replica_yaml, sqlite3_ok, temp_dir, wait_caught_up, Node, DEADLINE};
 
 /// The socket systemd would listen on, and what arrived on it.
 struct NotifySocket {
@@ -116,13 +116,7 @@ fn a_replica_is_ready_once_caught_up_with_its_primary() {
     let path = sock.path.display().to_string();
     let replica = Node::start_with_env(
         &dir.path().join("replica"),
-        |_| {
-            format!(
-                "lease:\n  type: static\n  candidate: false\n  hostname: primary-host\n  \
-                 advertise-url: \"http://127.0.0.1:{}\"\n",
-                primary.port
-            )
-        },
+        |_| replica_yaml(&primary),
         &[("NOTIFY_SOCKET", path.as_str())],
     );
     let ready = sock.wait_for("READY=1", DEADLINE);
@@ -163,13 +157,7 @@ fn lag_file_says_zero_on_the_primary_and_grows_on_a_replica_only_while_behind() 
         std::fs::read_to_string(primary.mount.join(".lag")).unwrap(),
         "0\n"
     );
-    let replica = Node::start_in(
-        &dir.path().join("replica"),
-        &format!(
-            "lease:\n  type: static\n  candidate: false\n  hostname: p\n  advertise-url: \"http://127.0.0.1:{}\"\n",
-            primary.port
-        ),
-    );
+    let replica = Node::start_in(&dir.path().join("replica"), &replica_yaml(&primary));
     wait_caught_up(&primary, &replica, "l.db");
     let lag = |node: &Node| -> f64 {
         std::fs::read_to_string(node.mount.join(".lag"))

@@ -214,7 +214,7 @@ fn stream_once(
     while !stop.load(Ordering::SeqCst) {
         match reader.frame_type()? {
             None => return Err(Error::Closed { url }),
-            Some(wire::FRAME_HEARTBEAT) => store.note_caught_up(),
+            Some(wire::FRAME_HEARTBEAT) => store.note_caught_up(true),
             Some(wire::FRAME_ERROR) => {
                 let message = reader.error_message()?;
                 return Err(Error::PrimaryError { url, message });

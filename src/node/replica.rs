@@ -172,7 +172,7 @@ fn apply_loop(store: &Store, applier: &Applier, shared: &Shared, wake: &Receiver
         if applied {
             // Everything received is applied: as current as the stream
             // (`.lag`). Idle rounds say nothing: the stream may be down.
-            store.note_caught_up();
+            store.note_caught_up(false);
         }
         if shared.stopped() {
             // Draining, and every queue is empty: nothing more can be

@@ -402,3 +402,12 @@ impl Rng {
         self.0
     }
 }
+
+/// The lease section of a static replica of `primary` (hostname
+/// `primary-host`).
+pub fn replica_yaml(primary: &Node) -> String {
+    format!(
+        "lease:\n  type: static\n  candidate: false\n  hostname: primary-host\n  advertise-url: \"http://127.0.0.1:{}\"\n",
+        primary.port
+    )
+}
