@@ -344,13 +344,19 @@ impl Store {
     /// When the replica last had applied everything it had received (see
     /// [`Store::note_caught_up`]): the `.lag` of a replica.
     pub fn caught_up_at(&self) -> Option<std::time::Instant> {
-        self.caught_up_at.lock().unwrap_or_else(|e| e.into_inner()).0
+        self.caught_up_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
     }
 
     /// When the replica was last known to be at its primary's position
     /// (a heartbeat found nothing waiting): readiness.
     pub fn idle_caught_up_at(&self) -> Option<std::time::Instant> {
-        self.caught_up_at.lock().unwrap_or_else(|e| e.into_inner()).1
+        self.caught_up_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
     }
 
     /// Tells whoever waits in [`Store::wait_for_change`] that a database
