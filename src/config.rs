@@ -253,12 +253,29 @@ pub fn find_config() -> Result<PathBuf, Error> {
 
 /// Reads and parses the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, Error> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+    let read_error = |source| Error::Read {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    // Read at most one byte past the limit: a config is a few hundred
+    // bytes, and a wrong path (a device, a huge file) must not be slurped.
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            io::Read::read_to_string(&mut io::Read::take(f, MAX_CONFIG_LEN + 1), &mut text)
+        })
+        .map_err(read_error)?;
+    if text.len() as u64 > MAX_CONFIG_LEN {
+        return Err(read_error(io::Error::other(format!(
+            "it is larger than {} KiB, which no litefs config is; is this the right file?",
+            MAX_CONFIG_LEN / 1024
+        ))));
+    }
     parse(&text, path)
 }
+
+/// The largest config file litefs reads.
+const MAX_CONFIG_LEN: u64 = 1 << 20;
 
 /// Parses config text. `source` names the file in errors, and relative
 /// paths in the config are resolved against its directory.
@@ -731,6 +748,24 @@ fn directories(
         ));
     }
     let data_dir = absolute(&base_dir, &data_text);
+    if data_dir.parent().is_none() {
+        return Err(invalid(
+            source,
+            data_key,
+            "is the root directory `/`; give litefs a directory of its own",
+        ));
+    }
+    if mount_dir.starts_with(&data_dir) {
+        return Err(invalid(
+            source,
+            data_key,
+            format!(
+                "`{}` contains the mount directory `{}`; keep them apart",
+                data_dir.display(),
+                mount_dir.display()
+            ),
+        ));
+    }
     if data_dir.starts_with(&mount_dir) {
         return Err(invalid(
             source,

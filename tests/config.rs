@@ -525,3 +525,26 @@ fn http_token_is_read_and_an_empty_one_is_refused() {
     let err = litefs::config::load(&path).unwrap_err().to_string();
     assert!(err.contains("http.token") && err.contains("empty"), "{err}");
 }
+
+#[test]
+fn data_dir_of_root_or_around_the_mount_and_huge_files_are_refused() {
+    let (_, message) = refuse("mount-dir: /srv/mnt\ndata-dir: /\n");
+    assert!(message.contains("root directory"), "{message}");
+    let (_, message) = refuse("mount-dir: /srv/data/mnt\ndata-dir: /srv/data\n");
+    assert!(
+        message.contains("contains the mount directory"),
+        "{message}"
+    );
+    let (_, message) = refuse("mount-dir: /srv/mnt\ndata-dir: /srv/mnt/data\n");
+    assert!(message.contains("inside the mount directory"), "{message}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("litefs.yml");
+    let mut text = String::from("mount-dir: /srv/mnt\n");
+    while text.len() <= 1 << 20 {
+        text.push_str("# padding padding padding padding padding padding padding\n");
+    }
+    std::fs::write(&path, &text).unwrap();
+    let err = config::load(&path).unwrap_err().to_string();
+    assert!(err.contains("larger than 1024 KiB"), "{err}");
+}
