@@ -45,6 +45,8 @@ use crate::{ltx, sqlite};
 /// database name may not end with one.
 const RESERVED_SUFFIXES: [&str; 4] = ["-journal", "-wal", "-shm", "-pos"];
 /// Names the mount uses for itself.
+/// Where received LTX files wait to be verified (see `Store::incoming_dir`).
+const INCOMING_DIR: &str = "incoming";
 const RESERVED_NAMES: [&str; 4] = [".", "..", ".primary", ".lag"];
 /// Bytes read at a time when checksumming a whole database file.
 const READ_CHUNK: usize = 1 << 20;
@@ -253,6 +255,8 @@ impl Store {
         let dbs_dir = data_dir.join("dbs");
         fs::create_dir_all(&dbs_dir)
             .map_err(io_error("creating the databases directory", &dbs_dir))?;
+        // Files half received when the last run stopped.
+        let _ = fs::remove_dir_all(data_dir.join(INCOMING_DIR));
         let mut dbs = BTreeMap::new();
         let entries = fs::read_dir(&dbs_dir)
             .map_err(io_error("listing the databases directory", &dbs_dir))?;
@@ -289,6 +293,15 @@ impl Store {
             changed: std::sync::Condvar::new(),
             caught_up_at: Mutex::new((None, None)),
         })
+    }
+
+    /// `incoming/` in the data directory, where a replica receives LTX
+    /// files before they are verified and belong to a database. Created
+    /// when first needed; emptied at start-up.
+    pub fn incoming_dir(&self) -> Result<PathBuf, Error> {
+        let dir = self.data_dir.join(INCOMING_DIR);
+        fs::create_dir_all(&dir).map_err(io_error("creating the incoming directory", &dir))?;
+        Ok(dir)
     }
 
     /// The data directory this store was opened on.

@@ -475,8 +475,10 @@ fn corrupted_or_cut_streams_leave_the_replica_at_its_last_good_position() {
             .unwrap_err();
         let message = err.to_string();
         match mangle {
+            // Verified as it arrives, before it reaches the database.
             Mangle::Flip => assert!(
-                matches!(&err, Error::Store { db, .. } if db == "a")
+                matches!(&err, Error::Protocol { .. })
+                    && message.contains("database a")
                     && message.contains("corrupt LTX file"),
                 "{message}"
             ),
@@ -521,7 +523,18 @@ fn malformed_frames_are_refused_with_a_reason() {
     let (_r, replica) = new_store();
     let head = "HTTP/1.1 200 OK\r\nContent-Type: application/x-litefs-stream\r\n\
                 Connection: close\r\n\r\n";
-    let cases: [(&[u8], &str); 6] = [
+    // A whole frame of garbage for a new database: 200 bytes announced
+    // and sent.
+    let mut garbage = b"L\x00\x05ghost\x00\x00\x00\x00\x00\x00\x00\xc8".to_vec();
+    garbage.extend_from_slice(&[0x5a; 200]);
+    let garbage: &'static [u8] = Box::leak(garbage.into_boxed_slice());
+    let cases: [(&[u8], &str); 8] = [
+        // A frame header for a new database and 3 bytes, then silence.
+        (
+            b"L\x00\x05ghost\x00\x00\x00\x00\x00\x00\x00\xc8abc",
+            "not even a heartbeat",
+        ),
+        (garbage, "database ghost: the received LTX file is damaged"),
         (b"HHX", "unknown frame type byte 0x58 (frame 3)"),
         (b"L\x01\x00", "database name of 256 bytes"),
         (b"L\x00\x02a/", "names no valid database"),
@@ -548,8 +561,9 @@ fn malformed_frames_are_refused_with_a_reason() {
             .unwrap_err();
         assert!(err.to_string().contains(want), "{frames:?}: {err}");
     }
-    // Nothing was created for the bad frames.
+    // Nothing was created for the bad frames, not even a directory.
     assert!(replica.dbs().is_empty());
+    assert!(!replica.data_dir().join("dbs").join("ghost").exists());
 
     // Not a stream at all.
     let addr = start_fake_primary(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<html>");

@@ -346,15 +346,27 @@ impl<R: Read> FrameReader<'_, R> {
                  ({MIN_LTX_LEN} to {MAX_LTX_LEN} allowed)"
             )));
         }
-        let db = store.create_db(&name).map_err(|source| Error::Store {
+        // Received into the store's incoming directory and verified whole
+        // before anything else: a frame that is cut or corrupt creates no
+        // database and touches none.
+        let incoming = store.incoming_dir().map_err(|source| Error::Store {
             db: name.clone(),
             source,
         })?;
-        let tmp = TempFile(db.ltx_dir().join(format!(
+        let tmp = TempFile(incoming.join(format!(
             "received-{}.tmp",
             TEMP_COUNTER.fetch_add(1, Ordering::SeqCst)
         )));
         self.receive(&name, len, &tmp.0)?;
+        if let Err(err) = crate::ltx::verify_file(&tmp.0) {
+            return Err(self.protocol(format!(
+                "database {name}: the received LTX file is damaged: {err}"
+            )));
+        }
+        let db = store.create_db(&name).map_err(|source| Error::Store {
+            db: name.clone(),
+            source,
+        })?;
         let pos = apply(&db, &tmp.0).map_err(|source| Error::Store {
             db: name.clone(),
             source,

@@ -53,8 +53,9 @@ impl Db {
         }
     }
 
-    /// Verifies the received LTX file at `path` (in `ltx/`, or copied
-    /// there) and queues it for applying. It must follow the received
+    /// Verifies the received LTX file at `path` and queues it for applying
+    /// (the file is moved into `ltx/`; copied when it is on another file
+    /// system). It must follow the received
     /// position (next TXID, pre-apply checksum equal to the received
     /// checksum) or be a snapshot; otherwise it is refused and nothing
     /// changes. The file is fsynced and renamed into the queue, and the
@@ -87,11 +88,15 @@ impl Db {
         );
         let place = || -> std::io::Result<()> {
             File::open(path)?.sync_all()?;
-            if path.parent() == Some(self.ltx_dir.as_path()) {
-                fs::rename(path, &queued)
-            } else {
-                fs::copy(path, &queued)?;
-                File::open(&queued)?.sync_all()
+            // A rename where the data directory's file system allows (the
+            // store's incoming directory); a copy from anywhere else.
+            match fs::rename(path, &queued) {
+                Ok(()) => Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                    fs::copy(path, &queued)?;
+                    File::open(&queued)?.sync_all()
+                }
+                Err(e) => Err(e),
             }
         };
         place().map_err(io_error(
