@@ -1,0 +1,409 @@
+//! One replication stream: the LTX files after a replica's position (or a
+//! snapshot), then every new commit as it happens, and heartbeats when
+//! idle, until the replica goes away, this node stops being the primary,
+//! or the server shuts down. See the parent module for the threads.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Shared, COPY_BUFFER, SNAPSHOT_RETRY};
+use crate::http::wire::{self, CONTENT_TYPE, HEARTBEAT_INTERVAL};
+use crate::ltx;
+use crate::store::{self, Db, Position};
+
+/// Why a stream ended.
+enum End {
+    /// Writing to the replica failed: it went away.
+    Gone(io::Error),
+    /// This side cannot go on; the message is sent in an error frame.
+    Fatal(String),
+}
+
+impl From<io::Error> for End {
+    fn from(err: io::Error) -> End {
+        End::Gone(err)
+    }
+}
+
+pub(super) fn serve_stream(
+    shared: &Arc<Shared>,
+    request: tiny_http::Request,
+    peer: String,
+    replica: BTreeMap<String, Position>,
+) {
+    // This request's thread now only streams: replication work.
+    crate::priority::raise_for_replication("stream");
+    shared.streams_started.fetch_add(1, Ordering::SeqCst);
+    shared.streams_active.fetch_add(1, Ordering::SeqCst);
+    log::info!(
+        "replica {peer} connected ({} databases listed)",
+        replica.len()
+    );
+    let mut stream = Stream {
+        shared,
+        peer,
+        out: Out {
+            writer: BufWriter::with_capacity(COPY_BUFFER, request.into_writer()),
+            last_write: Instant::now(),
+            broken: None,
+        },
+        replica,
+        retry_snapshot: false,
+    };
+    let result = stream.run();
+    let peer = &stream.peer;
+    match result {
+        Ok(message) => {
+            log::info!("replication stream to {peer} ended: {message}");
+            let _ = stream.out.send(&wire::error_frame(&message));
+        }
+        Err(End::Gone(err)) => log::info!("replica {peer} disconnected: {err}"),
+        Err(End::Fatal(message)) => {
+            log::error!("replication stream to {peer} failed: {message}");
+            let _ = stream.out.send(&wire::error_frame(&message));
+        }
+    }
+    shared.streams_active.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// The network side of a stream.
+struct Out {
+    writer: BufWriter<Box<dyn Write + Send>>,
+    last_write: Instant,
+    /// The error of a failed heartbeat sent from inside a snapshot.
+    broken: Option<io::Error>,
+}
+
+impl Out {
+    /// Writes `bytes` and flushes.
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.writer.write_all(bytes)?;
+        self.writer.flush()?;
+        self.last_write = Instant::now();
+        Ok(())
+    }
+
+    /// Sends a heartbeat if nothing was sent for `HEARTBEAT_INTERVAL`.
+    fn heartbeat_if_idle(&mut self) -> io::Result<()> {
+        if self.last_write.elapsed() >= HEARTBEAT_INTERVAL {
+            self.send(&[wire::FRAME_HEARTBEAT])?;
+        }
+        Ok(())
+    }
+
+    /// Sends an `L` frame with the `len` bytes of `file`.
+    fn send_ltx(&mut self, name: &str, file: &mut File, len: u64) -> Result<(), End> {
+        self.writer.write_all(&wire::ltx_frame_header(name, len))?;
+        let mut buf = vec![0u8; COPY_BUFFER];
+        let mut left = len;
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = match file.read(&mut buf[..want]) {
+                Ok(0) => {
+                    // The frame is half sent: the stream cannot go on.
+                    return Err(End::Fatal(format!(
+                        "database {name}: an LTX file shrank while it was being sent \
+                         ({} of {len} bytes sent)",
+                        len - left
+                    )));
+                }
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    return Err(End::Fatal(format!(
+                        "database {name}: reading an LTX file to send failed: {err}"
+                    )))
+                }
+            };
+            self.writer.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        self.writer.flush()?;
+        self.last_write = Instant::now();
+        Ok(())
+    }
+}
+
+/// A writer for a snapshot's temporary file that keeps the stream alive
+/// with heartbeats while a large snapshot is written.
+struct HeartbeatWriter<'a> {
+    file: BufWriter<File>,
+    out: &'a mut Out,
+}
+
+impl Write for HeartbeatWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.out.broken.is_none() {
+            if let Err(err) = self.out.heartbeat_if_idle() {
+                self.out.broken = Some(err);
+            }
+        }
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Deletes a temporary file when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Err(err) = fs::remove_file(&self.0) {
+            if err.kind() != io::ErrorKind::NotFound {
+                log::warn!(
+                    "cannot delete the temporary snapshot {}: {err}",
+                    self.0.display()
+                );
+            }
+        }
+    }
+}
+
+/// Gives every temporary snapshot of this process its own name.
+static SNAPSHOT_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// What `send_files_after` did.
+enum Chain {
+    /// Sent every file there was (at least one).
+    Sent,
+    /// The files cannot bring the replica forward; the reason says why.
+    Broken(String),
+}
+
+/// One replica's stream.
+struct Stream<'a> {
+    shared: &'a Shared,
+    peer: String,
+    out: Out,
+    /// The position each database will have on the replica once it has
+    /// applied what was sent.
+    replica: BTreeMap<String, Position>,
+    /// A snapshot failed because the database changed under it.
+    retry_snapshot: bool,
+}
+
+impl Stream<'_> {
+    /// Streams until the replica goes away (`Err(Gone)`), something fails
+    /// (`Err(Fatal)`), or this node stops serving (`Ok(reason)`).
+    fn run(&mut self) -> Result<String, End> {
+        self.out.send(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE}\r\n\
+                 Cache-Control: no-store\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )?;
+        let store = self.shared.store.clone();
+        for name in self.replica.keys() {
+            if store.db(name).is_none() {
+                log::debug!("replica {} lists database {name}, unknown here", self.peer);
+            }
+        }
+        let mut seen = store.wait_for_change(u64::MAX, Duration::ZERO);
+        loop {
+            if self.shared.stopping.load(Ordering::SeqCst) {
+                return Ok("the primary is shutting down".to_string());
+            }
+            if !self.shared.serving.load(Ordering::SeqCst) {
+                return Ok("not the primary".to_string());
+            }
+            self.retry_snapshot = false;
+            for db in store.dbs() {
+                self.sync_db(&db)?;
+            }
+            self.out.heartbeat_if_idle()?;
+            let mut wait = HEARTBEAT_INTERVAL.saturating_sub(self.out.last_write.elapsed());
+            if self.retry_snapshot {
+                wait = wait.min(SNAPSHOT_RETRY);
+            }
+            seen = store.wait_for_change(seen, wait);
+        }
+    }
+
+    /// Sends what `db`'s replica lacks: the LTX files after its position
+    /// when they lead on from it, a snapshot otherwise.
+    fn sync_db(&mut self, db: &Arc<Db>) -> Result<(), End> {
+        let primary = db.pos();
+        if primary.txid == 0 {
+            return Ok(());
+        }
+        let replica = self.replica.get(db.name()).copied().unwrap_or_default();
+        if replica == primary {
+            return Ok(());
+        }
+        let reason = if replica.txid < primary.txid {
+            match self.send_files_after(db, replica)? {
+                Chain::Sent => return Ok(()),
+                Chain::Broken(reason) => reason,
+            }
+        } else if replica.txid == primary.txid {
+            "the checksums differ at the same TXID: the replica diverged".to_string()
+        } else {
+            "the replica is ahead of the primary".to_string()
+        };
+        self.send_snapshot(db, replica, primary, &reason)
+    }
+
+    /// Sends the chain of LTX files starting at the replica's TXID + 1 while
+    /// each one's pre-apply checksum is the checksum the replica will have.
+    fn send_files_after(&mut self, db: &Db, replica: Position) -> Result<Chain, End> {
+        let name = db.name();
+        // A primary's commits are one-TXID files, so the next file is
+        // found by name with one stat; the directory (which may hold a
+        // retention period's worth of files) is listed only when that
+        // fails, e.g. for a snapshot's 1-N file, and then only once.
+        let mut listing: Option<BTreeMap<u64, PathBuf>> = None;
+        let mut pos = replica;
+        let mut sent = 0;
+        loop {
+            let next = pos.txid + 1;
+            let single = db.ltx_dir().join(ltx::filename(next, next));
+            let path = if single.exists() {
+                single
+            } else {
+                if listing.is_none() {
+                    let files = db.ltx_files().map_err(|err| End::Fatal(err.to_string()))?;
+                    listing = Some(files.into_iter().map(|(min, _, p)| (min, p)).collect());
+                }
+                match listing.as_ref().and_then(|l| l.get(&next)) {
+                    Some(path) => path.clone(),
+                    None => break,
+                }
+            };
+            let path = &path;
+            let (header, trailer) = match ltx::read_header_and_trailer(path) {
+                Ok(found) => found,
+                Err(err) => {
+                    return Ok(Chain::Broken(format!(
+                        "cannot read the LTX file for TXID {next:016x}: {err}"
+                    )))
+                }
+            };
+            if header.pre_apply_checksum != pos.checksum {
+                return Ok(Chain::Broken(format!(
+                    "{} starts from checksum {:016x}, not {:016x}: the replica's history \
+                     differs from the primary's",
+                    path.display(),
+                    header.pre_apply_checksum,
+                    pos.checksum
+                )));
+            }
+            let opened = File::open(path).and_then(|f| f.metadata().map(|m| (f, m.len())));
+            let (mut file, len) = match opened {
+                Ok(opened) => opened,
+                Err(err) => {
+                    return Ok(Chain::Broken(format!(
+                        "cannot open {}: {err}",
+                        path.display()
+                    )))
+                }
+            };
+            self.out.send_ltx(name, &mut file, len)?;
+            pos = Position {
+                txid: header.max_txid,
+                checksum: trailer.post_apply_checksum,
+            };
+            self.replica.insert(name.to_string(), pos);
+            self.shared.ltx_files_sent.fetch_add(1, Ordering::SeqCst);
+            sent += 1;
+        }
+        if sent > 0 {
+            log::debug!(
+                "database {name}: sent {sent} LTX files to {}, now at {pos}",
+                self.peer
+            );
+            return Ok(Chain::Sent);
+        }
+        Ok(Chain::Broken(format!(
+            "no LTX file starts at TXID {:016x} (deleted by retention?)",
+            replica.txid + 1
+        )))
+    }
+
+    /// Writes a snapshot of `db` to a temporary file in its LTX directory,
+    /// then sends it. A snapshot that meets a write in progress is retried
+    /// on the next round.
+    fn send_snapshot(
+        &mut self,
+        db: &Db,
+        replica: Position,
+        primary: Position,
+        reason: &str,
+    ) -> Result<(), End> {
+        let name = db.name();
+        let tmp = TempFile(db.ltx_dir().join(format!(
+            "snapshot-{}.tmp",
+            SNAPSHOT_COUNTER.fetch_add(1, Ordering::SeqCst)
+        )));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp.0)
+            .map_err(|err| {
+                End::Fatal(format!(
+                    "database {name}: cannot create the temporary snapshot {}: {err}",
+                    tmp.0.display()
+                ))
+            })?;
+        let written = {
+            let mut writer = HeartbeatWriter {
+                file: BufWriter::with_capacity(COPY_BUFFER, file),
+                out: &mut self.out,
+            };
+            db.write_snapshot(&mut writer)
+        };
+        if let Some(err) = self.out.broken.take() {
+            return Err(End::Gone(err));
+        }
+        let header = match written {
+            Ok(header) => header,
+            Err(store::Error::Changed { reason, .. }) => {
+                log::debug!(
+                    "database {name}: snapshot for {} deferred: {reason}",
+                    self.peer
+                );
+                self.retry_snapshot = true;
+                return Ok(());
+            }
+            Err(store::Error::NoTransactions { .. }) => return Ok(()),
+            Err(err) => return Err(End::Fatal(format!("cannot make a snapshot: {err}"))),
+        };
+        let (mut file, len, trailer) =
+            open_snapshot(&tmp.0).map_err(|err| End::Fatal(format!("database {name}: {err}")))?;
+        let pos = Position {
+            txid: header.max_txid,
+            checksum: trailer.post_apply_checksum,
+        };
+        log::info!(
+            "database {name}: sending a snapshot at {pos} ({len} bytes) to replica {}: \
+             {reason} (replica at {replica}, primary at {primary})",
+            self.peer
+        );
+        self.out.send_ltx(name, &mut file, len)?;
+        self.replica.insert(name.to_string(), pos);
+        self.shared.snapshots_sent.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Opens a freshly written snapshot and reads its trailer.
+fn open_snapshot(path: &Path) -> Result<(File, u64, ltx::Trailer), String> {
+    let (_, trailer) = ltx::read_header_and_trailer(path).map_err(|err| err.to_string())?;
+    let file = File::open(path)
+        .map_err(|err| format!("cannot open the snapshot {}: {err}", path.display()))?;
+    let len = file
+        .metadata()
+        .map_err(|err| format!("cannot read the size of {}: {err}", path.display()))?
+        .len();
+    Ok((file, len, trailer))
+}
