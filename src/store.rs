@@ -240,9 +240,17 @@ pub struct Store {
     /// Counts changes (see [`Store::notify_change`]); replication streams wait on it.
     changes: Mutex<u64>,
     changed: std::sync::Condvar,
-    /// When this replica last had everything it received applied, and
-    /// when that was also at an idle stream (see [`Store::note_caught_up`]).
-    caught_up_at: Mutex<(Option<std::time::Instant>, Option<std::time::Instant>)>,
+    /// When this replica last was caught up (see [`Store::note_caught_up`]).
+    caught_up: Mutex<CaughtUp>,
+}
+
+/// When a replica last was caught up with its primary.
+#[derive(Debug, Default)]
+struct CaughtUp {
+    /// Everything received was applied.
+    applied: Option<std::time::Instant>,
+    /// The same, at a heartbeat: the primary had nothing more to send.
+    idle: Option<std::time::Instant>,
 }
 
 impl Store {
@@ -291,7 +299,7 @@ impl Store {
             dbs: Mutex::new(dbs),
             changes: Mutex::new(0),
             changed: std::sync::Condvar::new(),
-            caught_up_at: Mutex::new((None, None)),
+            caught_up: Mutex::new(CaughtUp::default()),
         })
     }
 
@@ -345,11 +353,11 @@ impl Store {
     /// thread when it empties the queue (as current as the stream).
     pub fn note_caught_up(&self, idle: bool) {
         if self.dbs().iter().all(|db| db.queued_len() == 0) {
-            let now = std::time::Instant::now();
-            let mut at = self.caught_up_at.lock().unwrap_or_else(|e| e.into_inner());
-            at.0 = Some(now);
+            let now = Some(std::time::Instant::now());
+            let mut caught_up = self.caught_up.lock().unwrap_or_else(|e| e.into_inner());
+            caught_up.applied = now;
             if idle {
-                at.1 = Some(now);
+                caught_up.idle = now;
             }
         }
     }
@@ -357,19 +365,19 @@ impl Store {
     /// When the replica last had applied everything it had received (see
     /// [`Store::note_caught_up`]): the `.lag` of a replica.
     pub fn caught_up_at(&self) -> Option<std::time::Instant> {
-        self.caught_up_at
+        self.caught_up
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .0
+            .applied
     }
 
     /// When the replica was last known to be at its primary's position
     /// (a heartbeat found nothing waiting): readiness.
     pub fn idle_caught_up_at(&self) -> Option<std::time::Instant> {
-        self.caught_up_at
+        self.caught_up
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .1
+            .idle
     }
 
     /// Tells whoever waits in [`Store::wait_for_change`] that a database

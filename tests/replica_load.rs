@@ -64,6 +64,21 @@ fn queued_files(node: &Node, db: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// A primary and a replica with the `t`/`meta` schema the readers check,
+/// replicated.
+fn cluster_with_schema(name: &str, db: &str) -> (tempfile::TempDir, Node, Node) {
+    let dir = temp_dir(name);
+    let primary = Node::start_in(&dir.path().join("primary"), "");
+    let replica = replica_of(&dir.path().join("replica"), &primary);
+    sqlite3_ok(
+        &primary.db(db),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER);
+         CREATE TABLE meta(n INTEGER); INSERT INTO meta VALUES(0);",
+    );
+    wait_caught_up(&primary, &replica, db);
+    (dir, primary, replica)
+}
+
 fn pos_txid(pos: &str) -> u64 {
     u64::from_str_radix(pos.split('/').next().unwrap_or(""), 16).unwrap_or(0)
 }
@@ -74,16 +89,8 @@ fn read_pos(node: &Node, db: &str) -> String {
 
 #[test]
 fn a_replica_keeps_up_while_four_readers_query_in_a_tight_loop() {
-    let dir = temp_dir("load-readers");
-    let primary = Node::start_in(&dir.path().join("primary"), "");
-    let replica = replica_of(&dir.path().join("replica"), &primary);
     let db = "load.db";
-    sqlite3_ok(
-        &primary.db(db),
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER);
-         CREATE TABLE meta(n INTEGER); INSERT INTO meta VALUES(0);",
-    );
-    wait_caught_up(&primary, &replica, db);
+    let (dir, primary, replica) = cluster_with_schema("load-readers", db);
 
     let stop: PathBuf = dir.path().join("stop-readers");
     let mut readers: Vec<Child> = (0..4)
@@ -147,16 +154,8 @@ fn a_replica_keeps_up_while_four_readers_query_in_a_tight_loop() {
 
 #[test]
 fn a_long_read_on_a_replica_delays_applies_but_not_the_stream() {
-    let dir = temp_dir("load-long-read");
-    let primary = Node::start_in(&dir.path().join("primary"), "");
-    let replica = replica_of(&dir.path().join("replica"), &primary);
     let db = "long.db";
-    sqlite3_ok(
-        &primary.db(db),
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v INTEGER);
-         CREATE TABLE meta(n INTEGER); INSERT INTO meta VALUES(0);",
-    );
-    wait_caught_up(&primary, &replica, db);
+    let (_dir, primary, replica) = cluster_with_schema("load-long-read", db);
     let held_pos = read_pos(&replica, db);
 
     // A read transaction held open on the replica.

@@ -31,17 +31,20 @@ impl NotifySocket {
         }
     }
 
-    /// Reads datagrams until one contains `want` (or the deadline passes).
-    fn wait_for(&mut self, want: &str, deadline: Duration) -> String {
+    /// Reads datagrams until `count` of them contain `want` (or the
+    /// deadline passes); returns the first such.
+    fn wait_count(&mut self, want: &str, count: usize, deadline: Duration) -> String {
         let end = Instant::now() + deadline;
         let mut buf = vec![0u8; 4096];
         loop {
-            if let Some(m) = self.received.iter().find(|m| m.contains(want)) {
-                return m.clone();
+            let matching: Vec<&String> =
+                self.received.iter().filter(|m| m.contains(want)).collect();
+            if matching.len() >= count {
+                return matching[0].clone();
             }
             assert!(
                 Instant::now() < end,
-                "no {want:?} from litefs; got {:?}",
+                "fewer than {count} {want:?} from litefs; got {:?}",
                 self.received
             );
             if let Ok(n) = self.socket.recv(&mut buf) {
@@ -49,6 +52,11 @@ impl NotifySocket {
                     .push(String::from_utf8_lossy(&buf[..n]).into_owned());
             }
         }
+    }
+
+    /// Reads datagrams until one contains `want`.
+    fn wait_for(&mut self, want: &str, deadline: Duration) -> String {
+        self.wait_count(want, 1, deadline)
     }
 }
 
@@ -70,22 +78,9 @@ fn a_primary_tells_systemd_it_is_ready_pings_the_watchdog_and_says_when_it_stops
     assert!(ready.contains("STATUS=primary"), "{ready}");
     // READY comes once the mount is up: a database works at once.
     sqlite3_ok(&node.db("sd.db"), "CREATE TABLE t(x);");
-    // Watchdog pings at half of WATCHDOG_USEC.
-    let pings_before = sock.received.iter().filter(|m| *m == "WATCHDOG=1").count();
-    let started = Instant::now();
-    while sock.received.iter().filter(|m| *m == "WATCHDOG=1").count() < pings_before + 3 {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            sock.received
-        );
-        sock.wait_for("WATCHDOG=1", Duration::from_secs(5));
-        let mut buf = [0u8; 256];
-        if let Ok(n) = sock.socket.recv(&mut buf) {
-            sock.received
-                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-    }
+    // Watchdog pings at half of WATCHDOG_USEC: 3 more within 5 s.
+    let pings = sock.received.iter().filter(|m| *m == "WATCHDOG=1").count();
+    sock.wait_count("WATCHDOG=1", pings + 3, Duration::from_secs(5));
     node.signal_and_wait(libc::SIGTERM);
     sock.wait_for("STOPPING=1", DEADLINE);
     // Under systemd (JOURNAL_STREAM set) lines carry no timestamp.

@@ -16,10 +16,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use crossbeam_channel::Receiver;
-use log::{debug, error, info};
+use crossbeam_channel::{Receiver, Sender};
+use log::{debug, error};
 
 use super::Error;
 use crate::fuse::Applier;
@@ -27,15 +26,14 @@ use crate::http;
 use crate::lease::PrimaryInfo;
 use crate::store::{self, Db, Position, Store};
 
-/// How often an idle apply thread looks at its stop flag.
-const APPLY_IDLE: Duration = Duration::from_millis(200);
-
 /// A running replication from one primary.
 pub(super) struct ReplicaTask {
     pub(super) url: String,
     shared: Arc<Shared>,
     stream: JoinHandle<()>,
     apply: JoinHandle<()>,
+    /// Wakes the apply thread: a file was queued, or the task stops.
+    wake: Sender<()>,
 }
 
 /// What the task's two threads and the node share.
@@ -76,6 +74,7 @@ impl ReplicaTask {
 
         let stream = {
             let (store, shared, url) = (store.clone(), shared.clone(), url.clone());
+            let wake_tx = wake_tx.clone();
             std::thread::Builder::new()
                 .name("replica".into())
                 .spawn(move || {
@@ -120,6 +119,7 @@ impl ReplicaTask {
             shared,
             stream,
             apply,
+            wake: wake_tx,
         })
     }
 
@@ -135,13 +135,11 @@ impl ReplicaTask {
             self.shared.drain.store(drain, Ordering::SeqCst);
             self.shared.stop.store(true, Ordering::SeqCst);
         }
-        if drain {
-            info!(
-                "applying what was received from {} before going on",
-                self.url
-            );
-            let _ = self.apply.join();
-        } else if self.apply.is_finished() {
+        let _ = self.wake.send(());
+        // Draining: wait for the queue to empty. Otherwise the apply thread
+        // ends at once, unless it waits in the kernel for a reader's lock;
+        // it then finds `stop` set and applies nothing (see the gate).
+        if drain || self.apply.is_finished() {
             let _ = self.apply.join();
         }
         // The stream thread ends at its next frame or heartbeat.
@@ -179,7 +177,10 @@ fn apply_loop(store: &Store, applier: &Applier, shared: &Shared, wake: &Receiver
             // queued once `stop` is set.
             return;
         }
-        let _ = wake.recv_timeout(APPLY_IDLE);
+        // Woken by the next queued file or by `stop`.
+        if wake.recv().is_err() {
+            return;
+        }
     }
 }
 

@@ -46,7 +46,11 @@ impl Db {
     /// file, or the database's own when nothing waits. It is what the
     /// replica tells the primary, so nothing received is sent again.
     pub fn received_pos(&self) -> Position {
-        let queue = self.queue();
+        self.received_locked(&self.queue())
+    }
+
+    /// `received_pos` with the queue's lock held.
+    fn received_locked(&self, queue: &Queue) -> Position {
         match queue.files.back() {
             Some(last) => last.after,
             None => self.pos(),
@@ -63,10 +67,7 @@ impl Db {
     pub fn enqueue_ltx(&self, path: &Path) -> Result<Position, Error> {
         let (header, trailer) = ltx::verify_file(path).map_err(self.ltx_error(path))?;
         let mut queue = self.queue();
-        let received = match queue.files.back() {
-            Some(last) => last.after,
-            None => self.pos(),
-        };
+        let received = self.received_locked(&queue);
         if !header.is_snapshot()
             && (header.min_txid != received.txid + 1
                 || header.pre_apply_checksum != received.checksum)
