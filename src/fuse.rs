@@ -126,20 +126,25 @@ impl LitefsFs {
     }
 
     /// The inode number of `db`'s file of `kind` (stable for the mount's life).
-    pub fn ino(&self, db: &str, kind: FileKind) -> u64 {
+    pub fn ino(&self, db: &Db, kind: FileKind) -> u64 {
         self.inodes
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .ino(db, kind)
+            .ino(db.name(), db.instance(), kind)
     }
 
     fn resolve(&self, ino: u64) -> Option<(Arc<Db>, FileKind)> {
-        let (name, kind) = self
+        let (name, instance, kind) = self
             .inodes
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .lookup(ino)?;
-        Some((self.store.db(&name)?, kind))
+        // An inode of a database since deleted resolves to nothing.
+        let db = self
+            .store
+            .db(&name)
+            .filter(|db| db.instance() == instance)?;
+        Some((db, kind))
     }
 
     fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
@@ -151,13 +156,57 @@ impl LitefsFs {
             .ok_or(Errno::EBADF)
     }
 
-    fn add_handle(&self, handle: Handle) -> FileHandle {
+    /// Registers an open file. ENOENT when its database was deleted since
+    /// it was looked up: `delete_database` deletes under the same lock.
+    fn add_handle(&self, handle: Handle) -> Result<FileHandle, Errno> {
+        let mut handles = self.handles.write().unwrap_or_else(|e| e.into_inner());
+        if handle.db.is_deleted() {
+            return Err(Errno::ENOENT);
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(fh, Arc::new(handle));
-        FileHandle(fh)
+        handles.insert(fh, Arc::new(handle));
+        Ok(FileHandle(fh))
+    }
+
+    /// Deletes `db` (the application removed its file on the primary), and
+    /// replies. Refused with EBUSY while any of its files is open, so that
+    /// no connection goes on writing to a database that is gone; the check
+    /// and the deletion are made under the handle table's lock, which
+    /// `add_handle` takes too. The store leaves a tombstone that the
+    /// replication stream carries to every replica.
+    fn delete_database(&self, db: &Arc<Db>, reply: fuser::ReplyEmpty) {
+        let handles = self.handles.write().unwrap_or_else(|e| e.into_inner());
+        let open = handles
+            .values()
+            .filter(|h| h.db.instance() == db.instance())
+            .count();
+        if open > 0 {
+            info!(
+                "refused to delete database {}: {open} of its files are open; close every \
+                 connection to it first",
+                db.name()
+            );
+            return reply.error(Errno::EBUSY);
+        }
+        match self.store.delete_db(db.name()) {
+            Ok(_) => {
+                drop(handles);
+                for set in [
+                    &self.hidden_journals,
+                    &self.changed_dirs,
+                    &*self.active_journals,
+                ] {
+                    set.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(db.name());
+                }
+                reply.ok()
+            }
+            Err(e) => {
+                error!("cannot delete database {}: {e}", db.name());
+                reply.error(Errno::EIO)
+            }
+        }
     }
 
     fn journal_active(&self, db: &str) -> bool {

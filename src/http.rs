@@ -11,7 +11,7 @@ mod client;
 mod server;
 mod wire;
 
-pub use client::{run_replica_loop, stream_from_primary, ApplyFn};
+pub use client::{run_replica_loop, stream_from_primary, ApplyFn, DeleteFn, Receivers};
 pub use server::{Server, Stats};
 pub use wire::{
     format_positions, parse_positions, CONTENT_TYPE, HEARTBEAT_INTERVAL, IDLE_TIMEOUT, MAX_LTX_LEN,

@@ -7,7 +7,8 @@
 //! says: an `id` file with the node id, and `dbs/<name>/` per database with
 //! `database`, `journal`, `wal`, `shm` and `ltx/<min>-<max>.ltx`. The store
 //! adds `dbs/<name>/undo` (old content of reused free-list pages, see
-//! `undo.rs`), and while applying, `ltx/<min>-<max>.ltx.pending`.
+//! `undo.rs`), and while applying, `ltx/<min>-<max>.ltx.pending`; and at
+//! the top `deleted/<name>` (tombstones) and `trash/` (see `delete.rs`).
 //!
 //! One database is a `Db` (`db.rs`); what changes or reads it is split by
 //! concern: commits on the primary (`commit.rs`), applying LTX files on a
@@ -23,6 +24,7 @@
 mod apply;
 mod commit;
 mod db;
+mod delete;
 mod queue;
 mod recovery;
 mod snapshot;
@@ -265,6 +267,7 @@ impl Store {
             .map_err(io_error("creating the databases directory", &dbs_dir))?;
         // Files half received when the last run stopped.
         let _ = fs::remove_dir_all(data_dir.join(INCOMING_DIR));
+        delete::finish_deletions(data_dir, &dbs_dir)?;
         let mut dbs = BTreeMap::new();
         let entries = fs::read_dir(&dbs_dir)
             .map_err(io_error("listing the databases directory", &dbs_dir))?;
@@ -335,6 +338,8 @@ impl Store {
         if let Some(db) = dbs.get(name) {
             return Ok(db.clone());
         }
+        // Before the directory exists: see `delete.rs` for why.
+        delete::remove_tombstone(&self.data_dir, name)?;
         let db = Arc::new(Db::open(&self.dbs_dir, name, self.node_id)?);
         sync_dir(&self.dbs_dir)?;
         log::info!("created database {name}");

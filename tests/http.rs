@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
-use litefs::http::{self, run_replica_loop, stream_from_primary, Error, Server};
+use litefs::http::{self, run_replica_loop, stream_from_primary, Error, Receivers, Server};
 use litefs::store::{Db, Position, Store};
 use rusqlite::Connection;
 use tempfile::TempDir;
@@ -138,7 +138,10 @@ impl Client {
                 &url,
                 None,
                 &store,
-                &mut |db, p| db.apply_ltx(p),
+                &mut Receivers {
+                    apply: &mut |db, p| db.apply_ltx(p),
+                    delete: &mut |name| store.delete_db(name).map(drop),
+                },
                 &thread_stop,
             )
         });
@@ -829,7 +832,10 @@ fn the_replica_loop_reconnects_and_resumes() {
                 || Some(url.clone()),
                 None,
                 &replica,
-                &mut |db, p| db.apply_ltx(p),
+                &mut Receivers {
+                    apply: &mut |db, p| db.apply_ltx(p),
+                    delete: &mut |name| replica.delete_db(name).map(drop),
+                },
                 &stop,
             )
         })

@@ -146,6 +146,24 @@ impl Applier {
             .remove(db);
     }
 
+    /// Forgets a database deleted on a replica: closes litefs's own
+    /// descriptor of it and drops the kernel's cached names of its files.
+    pub fn forget_deleted(&self, name: &str) {
+        self.forget_file(name);
+        let notifier = self.notifier.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(n) = notifier.as_ref() else {
+            return;
+        };
+        for kind in FileKind::ALL {
+            let file = format!("{name}{}", kind.suffix());
+            if let Err(e) = n.inval_entry(INodeNo(ROOT_INO), OsStr::new(&file)) {
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    warn!("db {name}: cannot invalidate the kernel's entry for {file}: {e}");
+                }
+            }
+        }
+    }
+
     /// Closes the databases litefs holds open through the mount, so the
     /// mount can be unmounted (shutdown) and nothing is held while this
     /// node is the primary.
@@ -162,11 +180,11 @@ impl Applier {
         path: &Path,
         _lock: &DatabaseLock<'_>,
     ) -> Result<Position, store::Error> {
-        let ino = self
-            .inodes
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .ino(db.name(), FileKind::Database);
+        let ino = self.inodes.write().unwrap_or_else(|e| e.into_inner()).ino(
+            db.name(),
+            db.instance(),
+            FileKind::Database,
+        );
         let result = db.apply_ltx(path);
         if result.is_ok() {
             self.invalidate(ino, db.name());
@@ -182,8 +200,8 @@ impl Applier {
         let (db_ino, journal_ino) = {
             let mut inodes = self.inodes.write().unwrap_or_else(|e| e.into_inner());
             (
-                inodes.ino(db.name(), FileKind::Database),
-                inodes.ino(db.name(), FileKind::Journal),
+                inodes.ino(db.name(), db.instance(), FileKind::Database),
+                inodes.ino(db.name(), db.instance(), FileKind::Journal),
             )
         };
         let result = db.abandon_transaction();

@@ -57,7 +57,7 @@ impl Filesystem for LitefsFs {
             debug!("lookup {name:?}: there is no database {db_name:?}");
             return reply.error(Errno::ENOENT);
         };
-        let ino = self.ino(db_name, kind);
+        let ino = self.ino(&db, kind);
         match self.attr(ino, &db, kind) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(Errno::ENOENT) if kind != FileKind::Database => {
@@ -197,8 +197,9 @@ impl Filesystem for LitefsFs {
             return reply.error(self.read_only_error("delete", name));
         };
         match kind {
-            FileKind::Database | FileKind::Pos => {
-                info!("refused to delete {name:?}: deleting a database is not supported; drop its tables instead");
+            FileKind::Database => return self.delete_database(&db, reply),
+            FileKind::Pos => {
+                info!("refused to delete {name:?}: it is litefs's; delete the database instead");
                 return reply.error(Errno::EPERM);
             }
             FileKind::Journal => {
@@ -295,12 +296,14 @@ impl Filesystem for LitefsFs {
             if wants_write(flags) {
                 return reply.error(Errno::EACCES);
             }
-            let fh = self.add_handle(Handle {
+            return match self.add_handle(Handle {
                 db,
                 kind,
                 file: None,
-            });
-            return reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO);
+            }) {
+                Ok(fh) => reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO),
+                Err(e) => reply.error(e),
+            };
         }
         // litefs's own process opens a replica's database read-write to
         // take SQLite's write locks while applying (`Applier`); it writes
@@ -327,12 +330,14 @@ impl Filesystem for LitefsFs {
         } else {
             FopenFlags::empty()
         };
-        let fh = self.add_handle(Handle {
+        match self.add_handle(Handle {
             db,
             kind,
             file: Some(file),
-        });
-        reply.opened(fh, open_flags);
+        }) {
+            Ok(fh) => reply.opened(fh, open_flags),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn read(
@@ -549,7 +554,7 @@ impl Filesystem for LitefsFs {
                 };
                 if present {
                     let name = format!("{}{}", db.name(), kind.suffix());
-                    entries.push((self.ino(db.name(), kind), FileType::RegularFile, name));
+                    entries.push((self.ino(&db, kind), FileType::RegularFile, name));
                 }
             }
         }
@@ -704,19 +709,21 @@ impl Filesystem for LitefsFs {
             Ok(md) => md,
             Err(e) => return reply.error(io_errno(&e)),
         };
-        let ino = self.ino(db.name(), kind);
+        let ino = self.ino(&db, kind);
         let attr = self.file_attr(ino, &md);
-        let fh = self.add_handle(Handle {
-            db,
-            kind,
-            file: Some(file),
-        });
         let open_flags = if kind == FileKind::Database {
             FopenFlags::FOPEN_KEEP_CACHE
         } else {
             FopenFlags::empty()
         };
-        reply.created(&TTL, &attr, Generation(0), fh, open_flags);
+        match self.add_handle(Handle {
+            db,
+            kind,
+            file: Some(file),
+        }) {
+            Ok(fh) => reply.created(&TTL, &attr, Generation(0), fh, open_flags),
+            Err(e) => reply.error(e),
+        }
     }
     fn ioctl(
         &self,

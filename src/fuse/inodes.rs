@@ -1,7 +1,10 @@
 //! Names and inode numbers on the mount: which database and which of its
 //! files (`FileKind`) a name or an inode stands for. Inode numbers are
 //! stable for the life of the mount: each database gets a slot of
-//! `INOS_PER_DB` numbers, one per kind of file.
+//! `INOS_PER_DB` numbers, one per kind of file. A database deleted and
+//! created again under the same name is another `Db` (another
+//! `Db::instance`) and gets a new slot, so the kernel never mistakes its
+//! cached pages or attributes of the old database for the new one's.
 
 use std::collections::HashMap;
 
@@ -69,33 +72,37 @@ pub fn parse_name(name: &str) -> (&str, FileKind) {
     (name, FileKind::Database)
 }
 
-/// Database names by inode slot, so inode numbers stay stable for the life
-/// of the mount.
+/// Databases (name and `Db::instance`) by inode slot, so inode numbers
+/// stay stable for the life of the mount.
 #[derive(Default)]
 pub(super) struct Inodes {
-    names: Vec<String>,
-    slots: HashMap<String, u64>,
+    names: Vec<(String, u64)>,
+    /// The slot of each name's newest instance, and that instance.
+    slots: HashMap<String, (u64, u64)>,
 }
 
 impl Inodes {
-    pub(super) fn ino(&mut self, db: &str, kind: FileKind) -> u64 {
+    /// The inode number of the file of `kind` of database `db` whose
+    /// `Db::instance` is `instance`.
+    pub(super) fn ino(&mut self, db: &str, instance: u64, kind: FileKind) -> u64 {
         let slot = match self.slots.get(db) {
-            Some(slot) => *slot,
-            None => {
+            Some(&(slot, known)) if known == instance => slot,
+            _ => {
                 let slot = self.names.len() as u64;
-                self.names.push(db.to_string());
-                self.slots.insert(db.to_string(), slot);
+                self.names.push((db.to_string(), instance));
+                self.slots.insert(db.to_string(), (slot, instance));
                 slot
             }
         };
         FIRST_DB_INO + slot * INOS_PER_DB + kind.index()
     }
 
-    pub(super) fn lookup(&self, ino: u64) -> Option<(String, FileKind)> {
+    /// The database name, its instance and the file kind of `ino`.
+    pub(super) fn lookup(&self, ino: u64) -> Option<(String, u64, FileKind)> {
         let rel = ino.checked_sub(FIRST_DB_INO)?;
-        let name = self.names.get((rel / INOS_PER_DB) as usize)?;
+        let (name, instance) = self.names.get((rel / INOS_PER_DB) as usize)?;
         let kind = FileKind::ALL.get((rel % INOS_PER_DB) as usize)?;
-        Some((name.clone(), *kind))
+        Some((name.clone(), *instance, *kind))
     }
 }
 
@@ -116,11 +123,18 @@ mod tests {
     #[test]
     fn inode_numbers_round_trip() {
         let mut inodes = Inodes::default();
-        let a = inodes.ino("a", FileKind::Journal);
-        let b = inodes.ino("b", FileKind::Pos);
-        assert_eq!(inodes.ino("a", FileKind::Journal), a);
-        assert_eq!(inodes.lookup(a), Some(("a".to_string(), FileKind::Journal)));
-        assert_eq!(inodes.lookup(b), Some(("b".to_string(), FileKind::Pos)));
+        let a = inodes.ino("a", 1, FileKind::Journal);
+        let b = inodes.ino("b", 2, FileKind::Pos);
+        assert_eq!(inodes.ino("a", 1, FileKind::Journal), a);
+        assert_eq!(
+            inodes.lookup(a),
+            Some(("a".to_string(), 1, FileKind::Journal))
+        );
+        assert_eq!(inodes.lookup(b), Some(("b".to_string(), 2, FileKind::Pos)));
+        // "a" deleted and created again: a new instance, new numbers.
+        let a2 = inodes.ino("a", 3, FileKind::Journal);
+        assert_ne!(a2, a);
+        assert_eq!(inodes.lookup(a).map(|(_, i, _)| i), Some(1));
         assert_eq!(inodes.lookup(ROOT_INO), None);
         assert_eq!(inodes.lookup(FIRST_DB_INO + 7), None);
     }

@@ -41,6 +41,18 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// and returns the database's new received position.
 pub type ApplyFn<'a> = dyn FnMut(&Arc<Db>, &Path) -> Result<Position, store::Error> + 'a;
 
+/// The function that deletes a database the primary deleted (given its
+/// name), as `Store::delete_db` does, plus whatever the caller keeps for it.
+pub type DeleteFn<'a> = dyn FnMut(&str) -> Result<(), store::Error> + 'a;
+
+/// What a replica does with what the primary sends.
+pub struct Receivers<'a, 'b> {
+    /// Takes each received LTX file.
+    pub apply: &'b mut ApplyFn<'a>,
+    /// Deletes a database the primary deleted.
+    pub delete: &'b mut DeleteFn<'a>,
+}
+
 /// Connects once to the primary at `primary_url` (`http://host:port`),
 /// with the cluster's `token` when there is one, sends the position of every database in `store`, and applies every LTX
 /// file the primary streams back with `apply` (which must verify before it
@@ -54,10 +66,10 @@ pub fn stream_from_primary(
     primary_url: &str,
     token: Option<&str>,
     store: &Store,
-    apply: &mut ApplyFn<'_>,
+    receivers: &mut Receivers<'_, '_>,
     stop: &AtomicBool,
 ) -> Result<(), Error> {
-    stream_once(primary_url, token, store, apply, stop, &mut false)
+    stream_once(primary_url, token, store, receivers, stop, &mut false)
 }
 
 /// Replicates from the primary until `stop` is set: asks `primary_url` for
@@ -70,7 +82,7 @@ pub fn run_replica_loop(
     primary_url: impl Fn() -> Option<String>,
     token: Option<&str>,
     store: &Store,
-    apply: &mut ApplyFn<'_>,
+    receivers: &mut Receivers<'_, '_>,
     stop: &AtomicBool,
 ) {
     let mut backoff = MIN_BACKOFF;
@@ -86,7 +98,7 @@ pub fn run_replica_loop(
             continue;
         };
         let mut connected = false;
-        let result = stream_once(&url, token, store, apply, stop, &mut connected);
+        let result = stream_once(&url, token, store, receivers, stop, &mut connected);
         if connected {
             backoff = MIN_BACKOFF;
         }
@@ -128,7 +140,7 @@ fn stream_once(
     primary_url: &str,
     token: Option<&str>,
     store: &Store,
-    apply: &mut ApplyFn<'_>,
+    receivers: &mut Receivers<'_, '_>,
     stop: &AtomicBool,
     connected: &mut bool,
 ) -> Result<(), Error> {
@@ -219,7 +231,16 @@ fn stream_once(
                 let message = reader.error_message()?;
                 return Err(Error::PrimaryError { url, message });
             }
-            Some(wire::FRAME_LTX) => reader.ltx_frame(store, apply)?,
+            Some(wire::FRAME_LTX) => reader.ltx_frame(store, receivers.apply)?,
+            Some(wire::FRAME_DELETE) => {
+                let name = reader.name("a delete frame")?;
+                if store.db(&name).is_some() {
+                    (receivers.delete)(&name).map_err(|source| Error::Store {
+                        db: name.clone(),
+                        source,
+                    })?;
+                }
+            }
             Some(other) => {
                 return Err(reader.protocol(format!(
                     "unknown frame type byte {other:#04x} (frame {})",
@@ -321,22 +342,7 @@ impl<R: Read> FrameReader<'_, R> {
     /// Reads an `L` frame into a temporary file in the database's LTX
     /// directory, applies it, and deletes the temporary file.
     fn ltx_frame(&mut self, store: &Store, apply: &mut ApplyFn<'_>) -> Result<(), Error> {
-        let mut len = [0u8; 2];
-        self.read_exact(&mut len, "the name length of an LTX frame")?;
-        let name_len = u16::from_be_bytes(len) as usize;
-        if name_len == 0 || name_len > MAX_NAME_LEN {
-            return Err(self.protocol(format!(
-                "an LTX frame has a database name of {name_len} bytes (1 to {MAX_NAME_LEN} allowed)"
-            )));
-        }
-        let mut name = vec![0u8; name_len];
-        self.read_exact(&mut name, "the database name of an LTX frame")?;
-        let Ok(name) = String::from_utf8(name) else {
-            return Err(self.protocol("an LTX frame has a database name that is not UTF-8".into()));
-        };
-        if let Err(err) = store::validate_name(&name) {
-            return Err(self.protocol(format!("an LTX frame names no valid database: {err}")));
-        }
+        let name = self.name("an LTX frame")?;
         let mut len = [0u8; 8];
         self.read_exact(&mut len, &format!("the LTX length of database {name}"))?;
         let len = u64::from_be_bytes(len);
@@ -373,6 +379,28 @@ impl<R: Read> FrameReader<'_, R> {
         })?;
         log::debug!("database {name}: received an LTX file up to {pos}");
         Ok(())
+    }
+
+    /// A frame's database name (length, then the name), checked as a
+    /// database name; `frame` says which kind of frame, for errors.
+    fn name(&mut self, frame: &str) -> Result<String, Error> {
+        let mut len = [0u8; 2];
+        self.read_exact(&mut len, &format!("the name length of {frame}"))?;
+        let name_len = u16::from_be_bytes(len) as usize;
+        if name_len == 0 || name_len > MAX_NAME_LEN {
+            return Err(self.protocol(format!(
+                "{frame} has a database name of {name_len} bytes (1 to {MAX_NAME_LEN} allowed)"
+            )));
+        }
+        let mut name = vec![0u8; name_len];
+        self.read_exact(&mut name, &format!("the database name of {frame}"))?;
+        let Ok(name) = String::from_utf8(name) else {
+            return Err(self.protocol(format!("{frame} has a database name that is not UTF-8")));
+        };
+        if let Err(err) = store::validate_name(&name) {
+            return Err(self.protocol(format!("{frame} names no valid database: {err}")));
+        }
+        Ok(name)
     }
 
     /// Copies exactly `len` bytes of the stream into a new file at `path`.

@@ -32,6 +32,8 @@ pub const FRAME_LTX: u8 = b'L';
 pub const FRAME_HEARTBEAT: u8 = b'H';
 /// Frame type: the primary cannot go on; a message follows, then the end.
 pub const FRAME_ERROR: u8 = b'E';
+/// Frame type: a database was deleted on the primary; its name follows.
+pub const FRAME_DELETE: u8 = b'D';
 
 /// The request body listing a replica's positions: one line
 /// `<txid 16 hex>/<checksum 16 hex> <name>\n` per database.
@@ -115,6 +117,15 @@ pub fn ltx_frame_header(name: &str, len: u64) -> Vec<u8> {
     buf.extend_from_slice(&(name.len() as u16).to_be_bytes());
     buf.extend_from_slice(name.as_bytes());
     buf.extend_from_slice(&len.to_be_bytes());
+    buf
+}
+
+/// A whole `D` frame: type byte, name length, name.
+pub fn delete_frame(name: &str) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(1 + 2 + name.len());
+    buf.push(FRAME_DELETE);
+    buf.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    buf.extend_from_slice(name.as_bytes());
     buf
 }
 

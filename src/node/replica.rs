@@ -74,6 +74,7 @@ impl ReplicaTask {
 
         let stream = {
             let (store, shared, url) = (store.clone(), shared.clone(), url.clone());
+            let applier = applier.clone();
             let wake_tx = wake_tx.clone();
             std::thread::Builder::new()
                 .name("replica".into())
@@ -93,12 +94,23 @@ impl ReplicaTask {
                             let _ = wake_tx.send(());
                             Ok(pos)
                         };
+                    // Under the gate, so no apply of that database is
+                    // under way; its queued files go with it.
+                    let mut delete = |name: &str| -> Result<(), store::Error> {
+                        let _gate = shared.gate();
+                        store.delete_db(name)?;
+                        applier.forget_deleted(name);
+                        Ok(())
+                    };
                     let stop = &shared.stop;
                     http::run_replica_loop(
                         || Some(url.clone()),
                         token.as_deref(),
                         &store,
-                        &mut enqueue,
+                        &mut http::Receivers {
+                            apply: &mut enqueue,
+                            delete: &mut delete,
+                        },
                         stop,
                     );
                 })

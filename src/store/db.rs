@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::queue::Queue;
@@ -40,7 +41,16 @@ pub struct Db {
     /// Received LTX files waiting to be applied (`queue.rs`). Never held
     /// while waiting for `state`, except to read the position.
     pub(super) queue: Mutex<Queue>,
+    /// Tells this `Db` apart from an earlier or later database of the
+    /// same name (one deleted, then created again): unique in the process.
+    instance: u64,
+    /// Set once the database was deleted (`delete.rs`); a handle still
+    /// open on it must not write.
+    pub(super) deleted: AtomicBool,
 }
+
+/// Gives every `Db` of this process its own `instance`.
+static INSTANCES: AtomicU64 = AtomicU64::new(1);
 
 /// What a commit did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +208,8 @@ impl Db {
             undo_path,
             dir,
             node_id,
+            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
+            deleted: AtomicBool::new(false),
         };
         let state = db.recover()?;
         log::debug!("database {}: recovered at position {}", db.name, state.pos);
@@ -209,6 +221,17 @@ impl Db {
     /// The database's name (its file name in the mount).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A number no other `Db` of this process has, so that a database
+    /// deleted and created again under the same name is told apart.
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    /// Whether the database was deleted (see `Store::delete_db`).
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::SeqCst)
     }
 
     /// The database's directory, `dbs/<name>`.

@@ -183,6 +183,11 @@ impl Db {
         Ok(())
     }
 
+    /// Forgets every queued file (the database was deleted with its files).
+    pub(super) fn clear_queue(&self) {
+        self.queue().files.clear();
+    }
+
     fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -219,6 +219,7 @@ impl Stream<'_> {
             for db in store.dbs() {
                 self.sync_db(&db)?;
             }
+            self.send_deletions()?;
             self.out.heartbeat_if_idle()?;
             let mut wait = HEARTBEAT_INTERVAL.saturating_sub(self.out.last_write.elapsed());
             if self.retry_snapshot {
@@ -226,6 +227,25 @@ impl Stream<'_> {
             }
             seen = store.wait_for_change(seen, wait);
         }
+    }
+
+    /// Tells the replica to delete each database it has that was deleted
+    /// here (a tombstone, see `store/delete.rs`); a database that is only
+    /// unknown here is left alone.
+    fn send_deletions(&mut self) -> Result<(), End> {
+        let store = &self.shared.store;
+        let gone: Vec<String> = self
+            .replica
+            .keys()
+            .filter(|name| store.db(name).is_none() && store.is_deleted(name))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.out.send(&wire::delete_frame(&name))?;
+            self.replica.remove(&name);
+            log::info!("told replica {} to delete database {name}", self.peer);
+        }
+        Ok(())
     }
 
     /// Sends what `db`'s replica lacks: the LTX files after its position
