@@ -7,12 +7,14 @@
 //! - [`run_replica_loop`]: streams forever, reconnecting with backoff.
 
 mod auth;
+
+pub use auth::bearer as auth_header;
 mod client;
 mod server;
 mod wire;
 
 pub use client::{run_replica_loop, stream_from_primary, ApplyFn, DeleteFn, Receivers};
-pub use server::{Server, Stats};
+pub use server::{percent_decode, percent_encode, Server, Stats, LTX_CONTENT_TYPE};
 pub use wire::{
     format_positions, parse_positions, CONTENT_TYPE, HEARTBEAT_INTERVAL, IDLE_TIMEOUT, MAX_LTX_LEN,
     MAX_NAME_LEN, MAX_REQUEST_BODY,

@@ -15,3 +15,4 @@ pub mod priority;
 pub mod sdnotify;
 pub mod sqlite;
 pub mod store;
+pub mod transfer;

@@ -27,13 +27,32 @@ Usage:
                                 each, exit status 1 if any is corrupt
   litefs ltx checksum DBFILE    print the database checksum of a SQLite file
                                 (16 hex digits)
+  litefs import -name NAME [-url URL] [-config PATH] FILE
+                                load the SQLite database FILE into database
+                                NAME on the running primary, as one
+                                transaction that replicates
+  litefs export -name NAME [-url URL] [-config PATH] FILE
+                                write a consistent copy of database NAME
+                                from any running node to FILE
   litefs version                print the version
   litefs help                   print this help
 
 Without -config, the config is the first of ./litefs.yml, ~/litefs.yml,
 /etc/litefs.yml. `--config` works too. Logging goes to stderr; set
 RUST_LOG (e.g. RUST_LOG=debug) to change the level (default: info).
+import and export talk to the node's HTTP port: -url, else the config's
+port on 127.0.0.1 (with its http.token), else http://127.0.0.1:20202.
 ";
+
+/// `litefs import` or `litefs export` as given on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Transfer {
+    import: bool,
+    name: String,
+    url: Option<String>,
+    config: Option<PathBuf>,
+    file: PathBuf,
+}
 
 /// Exit status for a command line litefs does not understand.
 const EXIT_USAGE: u8 = 2;
@@ -45,6 +64,7 @@ enum Command {
     LtxDump(PathBuf),
     LtxVerify(Vec<PathBuf>),
     LtxChecksum(PathBuf),
+    Transfer(Transfer),
     Version,
     Help,
 }
@@ -78,6 +98,7 @@ fn main() -> ExitCode {
         Command::LtxDump(path) => ltx_dump(&path),
         Command::LtxVerify(paths) => ltx_verify(&paths),
         Command::LtxChecksum(path) => ltx_checksum(&path),
+        Command::Transfer(transfer) => run_transfer(&transfer),
     }
 }
 
@@ -95,6 +116,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
         }
         "mount" => parse_mount_flags(rest),
         "ltx" => parse_ltx(rest),
+        "import" | "export" => parse_transfer(first == "import", rest),
         flag if flag.starts_with('-') => parse_mount_flags(args),
         other => Err(format!("unknown command `{other}`")),
     }
@@ -128,6 +150,85 @@ fn parse_mount_flags(args: &[String]) -> Result<Command, String> {
         }
     }
     Ok(Command::Mount { config })
+}
+
+/// Parses `import`/`export`: `-name NAME`, `-url URL`, `-config PATH`
+/// (each also `--flag` and `-flag=value`), then one FILE.
+fn parse_transfer(import: bool, args: &[String]) -> Result<Command, String> {
+    let command = if import { "import" } else { "export" };
+    let usage = format!("{command} -name NAME [-url URL] [-config PATH] FILE");
+    let (mut name, mut url, mut config, mut files) = (None, None, None, Vec::new());
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if matches!(arg.as_str(), "-h" | "--help" | "-help") {
+            return Ok(Command::Help);
+        }
+        if !arg.starts_with('-') || arg == "-" {
+            files.push(arg.clone());
+            continue;
+        }
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) => (flag, Some(value.to_string())),
+            None => (arg.as_str(), None),
+        };
+        let slot = match flag.trim_start_matches('-') {
+            "name" => &mut name,
+            "url" => &mut url,
+            "config" => &mut config,
+            _ => return Err(format!("unknown flag `{flag}` for `{command}`: {usage}")),
+        };
+        let value = match inline.or_else(|| iter.next().cloned()) {
+            Some(value) if !value.is_empty() => value,
+            _ => return Err(format!("`{flag}` needs a value: {usage}")),
+        };
+        if slot.replace(value).is_some() {
+            return Err(format!("`{flag}` is given more than once"));
+        }
+    }
+    let Some(name) = name else {
+        return Err(format!("`{command}` needs -name NAME: {usage}"));
+    };
+    Ok(Command::Transfer(Transfer {
+        import,
+        name,
+        url,
+        config: config.map(PathBuf::from),
+        file: one_file(&files, &usage)?,
+    }))
+}
+
+/// Runs `import` or `export` against the node the flags or config name.
+fn run_transfer(transfer: &Transfer) -> ExitCode {
+    // The config only tells where the node listens and its token; without
+    // -config and -url, one found on the search path is used if any.
+    let config_path = match (&transfer.config, &transfer.url) {
+        (Some(path), _) => Some(path.clone()),
+        (None, None) => config::find_config().ok(),
+        (None, Some(_)) => None,
+    };
+    let config = match config_path.map(|path| config::load(&path)).transpose() {
+        Ok(config) => config,
+        Err(e) => return fail(&e),
+    };
+    let target = litefs::transfer::Target::new(config.as_ref(), transfer.url.as_deref());
+    let (name, file) = (&transfer.name, &transfer.file);
+    if transfer.import {
+        match litefs::transfer::import(&target, name, file) {
+            Ok(message) => {
+                println!("{message}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        }
+    } else {
+        match litefs::transfer::export(&target, name, file) {
+            Ok(txid) => {
+                println!("exported {name} at TXID {txid:016x} to {}", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        }
+    }
 }
 
 /// Parses the `ltx` subcommands.

@@ -163,6 +163,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
 
     let background = mount(fs, &mount_dir)?;
     applier.set_notifier(background.notifier());
+    server.set_importer(applier.clone(), role.clone());
     info!(
         "mounted {} (data in {})",
         mount_dir.display(),

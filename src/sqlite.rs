@@ -186,6 +186,50 @@ pub fn read_database_header(path: &Path) -> Result<DatabaseHeader, Error> {
     read().map_err(|err| err.in_file(path))
 }
 
+/// Checks that the file at `path` is a whole SQLite database in a
+/// rollback-journal mode, as `litefs import` needs it: a valid header, a
+/// length that is a whole number of pages, and at least as many pages as
+/// the header says. Returns the header and the number of pages the
+/// database has (what SQLite itself would read).
+pub fn check_database_file(path: &Path) -> Result<(DatabaseHeader, u32), Error> {
+    let check = || -> Result<(DatabaseHeader, u32), Error> {
+        let header = read_database_header(path)?;
+        let len = std::fs::metadata(path)?.len();
+        let page_size = u64::from(header.page_size);
+        if len % page_size != 0 {
+            return Err(Error::Corrupt(format!(
+                "the file is {len} bytes, not a whole number of {page_size}-byte pages: \
+                 it is truncated or not a database file"
+            )));
+        }
+        let in_file = len / page_size;
+        let pages = if header.page_count_is_valid() {
+            if u64::from(header.page_count) > in_file {
+                return Err(Error::Corrupt(format!(
+                    "the header says {} pages but the file holds only {in_file}: it is truncated",
+                    header.page_count
+                )));
+            }
+            header.page_count
+        } else {
+            u32::try_from(in_file).map_err(|_| {
+                Error::Corrupt(format!(
+                    "the file holds {in_file} pages, more than SQLite allows"
+                ))
+            })?
+        };
+        if header.is_wal() {
+            return Err(Error::Corrupt(
+                "the database is in WAL mode, which litefs does not replicate yet: run \
+                 `sqlite3 FILE 'PRAGMA journal_mode=DELETE'` on it first"
+                    .to_string(),
+            ));
+        }
+        Ok((header, pages))
+    };
+    check().map_err(|err| err.in_file(path))
+}
+
 /// Whether `page_size` is a page size SQLite allows.
 fn is_valid_page_size(page_size: u32) -> bool {
     page_size.is_power_of_two() && (512..=65536).contains(&page_size)

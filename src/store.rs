@@ -25,6 +25,7 @@ mod apply;
 mod commit;
 mod db;
 mod delete;
+mod import;
 mod queue;
 mod recovery;
 mod snapshot;

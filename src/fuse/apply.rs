@@ -7,6 +7,7 @@ use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -14,12 +15,15 @@ use fuser::INodeNo;
 use log::{info, warn};
 
 use super::inodes::{FileKind, Inodes, ROOT_INO};
+use super::Role;
 use crate::store::{self, Db, Position};
 
 /// SQLite's lock bytes in the database file (see sqlite3's os.h).
 const PENDING_BYTE: i64 = 0x4000_0000;
 const SHARED_FIRST: i64 = PENDING_BYTE + 2;
 const SHARED_SIZE: i64 = 510;
+/// Gives every import's temporary LTX file its own name.
+static IMPORT_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// How long an apply may wait for readers before one WARN says so.
 const STALL_WARNING: Duration = Duration::from_secs(5);
 
@@ -189,6 +193,36 @@ impl Applier {
         if result.is_ok() {
             self.invalidate(ino, db.name());
         }
+        result
+    }
+
+    /// Loads the SQLite database file at `src` into `db` on the primary as
+    /// one transaction (`litefs import`): takes SQLite's locks as a writer
+    /// would (waiting for readers and writers to finish), writes the LTX
+    /// file (`Db::write_import_ltx`) and applies it as a replica applies
+    /// one, then closes litefs's descriptor (a primary keeps none open, see
+    /// `close_files`). Refused unless `role` is primary throughout.
+    pub fn import(&self, db: &Db, src: &Path, role: &Role) -> Result<Position, store::Error> {
+        let result = (|| {
+            let lock = self.lock(db)?;
+            let Some(_primary) = role.hold_primary() else {
+                return Err(store::Error::Refused {
+                    db: db.name().to_string(),
+                    path: src.to_path_buf(),
+                    reason: "this node stopped being the primary".to_string(),
+                });
+            };
+            let tmp = db.ltx_dir().join(format!(
+                "import-{}.tmp",
+                IMPORT_COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            let applied = db
+                .write_import_ltx(src, &tmp)
+                .and_then(|_| self.apply(db, &tmp, &lock));
+            let _ = std::fs::remove_file(&tmp);
+            applied
+        })();
+        self.forget_file(db.name());
         result
     }
 

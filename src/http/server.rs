@@ -1,6 +1,7 @@
 //! The primary's HTTP server (tiny_http): `POST /stream` streams LTX files
 //! to a replica, `GET /info` tells whether this node is the primary and
-//! where its databases are.
+//! where its databases are, `POST /import` and `GET /export` copy whole
+//! databases in and out (`server/transfer.rs`).
 //!
 //! One thread accepts requests and hands each to a thread of its own, so a
 //! slow or dead replica only ever blocks its own thread: the store is read
@@ -19,17 +20,20 @@
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::wire::{self, MAX_REQUEST_BODY};
 use super::Error;
+use crate::fuse::{Applier, Role};
 use crate::store::Store;
 
 mod stream;
+mod transfer;
 
 use stream::serve_stream;
+pub use transfer::{percent_decode, percent_encode, LTX_CONTENT_TYPE};
 
 /// Most requests handled at once; more are answered 503.
 const MAX_CONNECTIONS: usize = 256;
@@ -67,6 +71,8 @@ struct Shared {
     streams_started: AtomicU64,
     ltx_files_sent: AtomicU64,
     snapshots_sent: AtomicU64,
+    /// What `/import` needs from the node, once the mount is up.
+    importer: OnceLock<(Arc<Applier>, Arc<Role>)>,
 }
 
 /// The replication HTTP server. Dropping it shuts it down like
@@ -126,6 +132,7 @@ impl Server {
             streams_started: AtomicU64::new(0),
             ltx_files_sent: AtomicU64::new(0),
             snapshots_sent: AtomicU64::new(0),
+            importer: OnceLock::new(),
         });
         let accept_thread = {
             let shared = shared.clone();
@@ -162,6 +169,13 @@ impl Server {
             // Wake the stream threads so they notice at once.
             self.shared.store.notify_change();
         }
+    }
+
+    /// Enables `POST /import` (on the primary): imports take SQLite's
+    /// locks through the mount with `applier` and are refused unless
+    /// `role` is primary.
+    pub fn set_importer(&self, applier: Arc<Applier>, role: Arc<Role>) {
+        let _ = self.shared.importer.set((applier, role));
     }
 
     /// Whether this node serves replication streams.
@@ -298,6 +312,17 @@ fn respond_text(
         let peer = request.remote_addr().map(|a| a.to_string());
         return refuse_oversized(request, peer.as_deref().unwrap_or("unknown"));
     }
+    respond_plain(request, status, message, header);
+}
+
+/// Answers with a plain-text message and `status`, for a request whose
+/// body was read whole (or that has none).
+fn respond_plain(
+    request: tiny_http::Request,
+    status: u16,
+    message: &str,
+    header: Option<(&str, &str)>,
+) {
     let mut response =
         tiny_http::Response::from_string(format!("{message}\n")).with_status_code(status);
     for (name, value) in [("Content-Type", "text/plain; charset=utf-8")]
@@ -331,6 +356,25 @@ fn handle_request(shared: &Arc<Shared>, mut request: tiny_http::Request) {
             "unauthorized: this node requires the cluster's token (http.token)",
             Some(("WWW-Authenticate", "Bearer")),
         );
+    }
+    let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
+    match (path, &method) {
+        ("/import", tiny_http::Method::Post) => {
+            return transfer::import(shared, request, query, &peer)
+        }
+        ("/export", tiny_http::Method::Get) => {
+            return transfer::export(shared, request, query, &peer)
+        }
+        ("/import", _) | ("/export", _) => {
+            let allow = if path == "/import" { "POST" } else { "GET" };
+            return respond_text(
+                request,
+                405,
+                &format!("method not allowed: use {allow} {path}"),
+                Some(("Allow", allow)),
+            );
+        }
+        _ => {}
     }
     if request.body_length().is_some_and(|n| n > MAX_REQUEST_BODY) {
         return refuse_oversized(request, &peer);

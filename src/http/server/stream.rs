@@ -152,7 +152,7 @@ impl Write for HeartbeatWriter<'_> {
 }
 
 /// Deletes a temporary file when dropped.
-struct TempFile(PathBuf);
+pub(super) struct TempFile(pub(super) PathBuf);
 
 impl Drop for TempFile {
     fn drop(&mut self) {
@@ -168,7 +168,7 @@ impl Drop for TempFile {
 }
 
 /// Gives every temporary snapshot of this process its own name.
-static SNAPSHOT_COUNTER: AtomicU64 = AtomicU64::new(0);
+pub(super) static SNAPSHOT_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// What `send_files_after` did.
 enum Chain {
@@ -417,7 +417,7 @@ impl Stream<'_> {
 }
 
 /// Opens a freshly written snapshot and reads its trailer.
-fn open_snapshot(path: &Path) -> Result<(File, u64, ltx::Trailer), String> {
+pub(super) fn open_snapshot(path: &Path) -> Result<(File, u64, ltx::Trailer), String> {
     let (_, trailer) = ltx::read_header_and_trailer(path).map_err(|err| err.to_string())?;
     let file = File::open(path)
         .map_err(|err| format!("cannot open the snapshot {}: {err}", path.display()))?;

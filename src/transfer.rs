@@ -1,0 +1,267 @@
+//! `litefs import` and `litefs export`: the client side of copying a whole
+//! database into a running primary or out of any node, over the node's
+//! HTTP API (`POST /import`, `GET /export`; see `http/server/transfer.rs`).
+//!
+//! An import checks the file locally first (an SQLite header, a whole
+//! number of pages, not in WAL mode), so a wrong file is refused before a
+//! byte is sent. An export arrives as an LTX snapshot; its pages are
+//! written to a temporary file beside the destination, every checksum is
+//! verified, and only then is the file fsynced and renamed into place, so
+//! the destination is either the whole, verified database or untouched.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::{http, ltx, sqlite};
+
+/// The node address used when there is no config and no `-url`.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:20202";
+/// Time allowed to connect to the node.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest error message read from a refusing node.
+const MAX_ERROR_BODY: u64 = 64 * 1024;
+
+/// Which node to talk to, and the cluster's token if it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `http://host:port`, without a trailing slash.
+    pub url: String,
+    /// Sent as `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+impl Target {
+    /// The node of `config` (its HTTP port on loopback, its token), with
+    /// `url` taking precedence when given; [`DEFAULT_URL`] without either.
+    pub fn new(config: Option<&Config>, url: Option<&str>) -> Target {
+        let url = match (url, config) {
+            (Some(url), _) => url.trim_end_matches('/').to_string(),
+            (None, Some(config)) => format!("http://127.0.0.1:{}", config.http_port()),
+            (None, None) => DEFAULT_URL.to_string(),
+        };
+        Target {
+            url,
+            token: config.and_then(|c| c.http_token.clone()),
+        }
+    }
+}
+
+/// What went wrong with an import or an export; each says what to do.
+#[derive(Debug)]
+pub enum Error {
+    /// The local file cannot be used.
+    File { path: PathBuf, reason: String },
+    /// The node could not be reached or the transfer broke off.
+    Request { url: String, reason: String },
+    /// The node answered with an error.
+    Refused {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    /// What the node sent is not a valid database snapshot.
+    Damaged { url: String, reason: String },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::File { path, reason } => write!(f, "{}: {reason}", path.display()),
+            Error::Request { url, reason } => write!(
+                f,
+                "{url}: {reason} (is litefs running there? pass -url to name another node)"
+            ),
+            Error::Refused {
+                url,
+                status,
+                message,
+            } => write!(f, "{url} refused ({status}): {message}"),
+            Error::Damaged { url, reason } => {
+                write!(f, "{url}: the snapshot received is damaged: {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Loads the SQLite database `file` into database `name` on the primary
+/// at `target`, as one transaction. Returns the node's answer.
+pub fn import(target: &Target, name: &str, file: &Path) -> Result<String, Error> {
+    let file_error = |reason: String| Error::File {
+        path: file.to_path_buf(),
+        reason,
+    };
+    sqlite::check_database_file(file).map_err(|err| file_error(strip_path(err, file)))?;
+    let body = File::open(file).map_err(|err| file_error(err.to_string()))?;
+    let len = body
+        .metadata()
+        .map_err(|err| file_error(err.to_string()))?
+        .len();
+    let url = format!("{}/import?name={}", target.url, http::percent_encode(name));
+    let mut request = agent()
+        .post(&url)
+        .header("Content-Type", "application/vnd.sqlite3")
+        .header("Content-Length", len.to_string());
+    if let Some(token) = &target.token {
+        request = request.header("Authorization", http::auth_header(token));
+    }
+    let response = request
+        .send(ureq::SendBody::from_reader(&mut BufReader::new(body)))
+        .map_err(|err| request_error(&url, err))?;
+    let (status, mut body) = (response.status().as_u16(), response.into_body());
+    let message = read_message(&mut body);
+    if status != 200 {
+        return Err(Error::Refused {
+            url,
+            status,
+            message,
+        });
+    }
+    Ok(message)
+}
+
+/// Writes a consistent copy of database `name` on the node at `target` to
+/// `file` (replaced only once the copy is whole and verified). Returns the
+/// TXID of the copy.
+pub fn export(target: &Target, name: &str, file: &Path) -> Result<u64, Error> {
+    let url = format!("{}/export?name={}", target.url, http::percent_encode(name));
+    let mut request = agent().get(&url);
+    if let Some(token) = &target.token {
+        request = request.header("Authorization", http::auth_header(token));
+    }
+    let response = request.call().map_err(|err| request_error(&url, err))?;
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    if status != 200 {
+        return Err(Error::Refused {
+            url,
+            status,
+            message: read_message(&mut body),
+        });
+    }
+    let tmp = temp_path(file);
+    let result = write_snapshot_as_database(body.into_reader(), &tmp, &url);
+    match result {
+        Ok(txid) => {
+            let done = || -> io::Result<()> {
+                fs::rename(&tmp, file)?;
+                let dir = match file.parent() {
+                    Some(dir) if !dir.as_os_str().is_empty() => dir,
+                    _ => Path::new("."),
+                };
+                File::open(dir)?.sync_all()
+            };
+            done().map_err(|err| Error::File {
+                path: file.to_path_buf(),
+                reason: format!("cannot put the copy in place: {err}"),
+            })?;
+            Ok(txid)
+        }
+        Err(err) => {
+            let _ = fs::remove_file(&tmp);
+            Err(err)
+        }
+    }
+}
+
+/// Decodes an LTX snapshot from `reader` into a database file at `path`,
+/// verifying every checksum, and fsyncs it. Returns its max TXID.
+fn write_snapshot_as_database(reader: impl io::Read, path: &Path, url: &str) -> Result<u64, Error> {
+    let damaged = |err: ltx::Error| Error::Damaged {
+        url: url.to_string(),
+        reason: err.to_string(),
+    };
+    let file_error = |err: io::Error| Error::File {
+        path: path.to_path_buf(),
+        reason: err.to_string(),
+    };
+    let mut decoder = ltx::LtxDecoder::new(BufReader::new(reader)).map_err(damaged)?;
+    let header = *decoder.header();
+    if !header.is_snapshot() {
+        return Err(Error::Damaged {
+            url: url.to_string(),
+            reason: format!(
+                "expected a snapshot (min TXID 1), got TXIDs {}-{}",
+                header.min_txid, header.max_txid
+            ),
+        });
+    }
+    let out = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(file_error)?;
+    let page_size = header.page_size;
+    let mut page = vec![0u8; page_size as usize];
+    let mut checksum = ltx::CHECKSUM_FLAG;
+    while let Some(pgno) = decoder.next_page(&mut page).map_err(damaged)? {
+        checksum = ltx::checksum_replace(checksum, 0, ltx::page_checksum(pgno, &page));
+        out.write_all_at(&page, u64::from(pgno - 1) * u64::from(page_size))
+            .map_err(file_error)?;
+    }
+    let trailer = decoder.finish().map_err(damaged)?;
+    if trailer.post_apply_checksum != checksum {
+        return Err(Error::Damaged {
+            url: url.to_string(),
+            reason: format!(
+                "its pages give the checksum {checksum:016x}, not {:016x}",
+                trailer.post_apply_checksum
+            ),
+        });
+    }
+    out.set_len(u64::from(header.commit) * u64::from(page_size))
+        .and_then(|()| out.sync_all())
+        .map_err(file_error)?;
+    Ok(header.max_txid)
+}
+
+fn agent() -> ureq::Agent {
+    let config = ureq::Agent::config_builder()
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None)
+        .build();
+    ureq::Agent::new_with_config(config)
+}
+
+fn request_error(url: &str, err: ureq::Error) -> Error {
+    Error::Request {
+        url: url.to_string(),
+        reason: err.to_string(),
+    }
+}
+
+fn read_message(body: &mut ureq::Body) -> String {
+    body.with_config()
+        .limit(MAX_ERROR_BODY)
+        .lossy_utf8(true)
+        .read_to_string()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The error without the path it names (the caller names it already).
+fn strip_path(err: sqlite::Error, path: &Path) -> String {
+    match err {
+        sqlite::Error::File { source, .. } => source.to_string(),
+        other => other
+            .to_string()
+            .replace(&path.display().to_string(), "the file"),
+    }
+}
+
+/// `<file>.litefs-export.tmp` beside `file`.
+fn temp_path(file: &Path) -> PathBuf {
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push(".litefs-export.tmp");
+    file.with_file_name(name)
+}

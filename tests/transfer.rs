@@ -1,0 +1,265 @@
+//! `litefs import` and `litefs export` against real litefs processes: a
+//! file loaded into a running primary as one transaction that replicates,
+//! copies taken from any node, and bad files or wrong nodes refused with
+//! nothing changed. Needs root and /dev/fuse.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{assert_identical, replica_yaml, sqlite3_ok, temp_dir, wait_caught_up, Node};
+
+fn litefs(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_litefs"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run litefs")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn config(node: &Node) -> &str {
+    node.config.to_str().unwrap()
+}
+
+/// A plain SQLite file (not on any mount) made by the sqlite3 CLI.
+fn make_file(path: &Path, sql: &str) {
+    let _ = std::fs::remove_file(path);
+    sqlite3_ok(path, sql);
+}
+
+fn txid(node: &Node, db: &str) -> u64 {
+    u64::from_str_radix(&node.pos(db)[..16], 16).unwrap()
+}
+
+#[test]
+fn import_replaces_a_database_in_one_replicated_transaction() {
+    let dir = temp_dir("import");
+    let primary = Node::start_in(&dir.path().join("primary"), "");
+    let replica = Node::start_in(&dir.path().join("replica"), &replica_yaml(&primary));
+    let file = dir.path().join("source.db");
+    make_file(
+        &file,
+        "PRAGMA page_size=1024; CREATE TABLE src(x);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<2000)
+         INSERT INTO src SELECT 'row ' || i FROM n;",
+    );
+
+    // A new database.
+    let out = litefs(&[
+        "import",
+        "-name",
+        "new.db",
+        "-config",
+        config(&primary),
+        file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("imported new.db"), "{}", text(&out));
+    assert_eq!(txid(&primary, "new.db"), 1);
+    assert_eq!(
+        sqlite3_ok(&primary.db("new.db"), "SELECT count(*) FROM src;"),
+        "2000\n"
+    );
+    wait_caught_up(&primary, &replica, "new.db");
+    assert_identical(&primary, &replica, "new.db");
+
+    // Over a live database with history and an open, idle connection
+    // (page size 4096 before, 1024 after).
+    for n in 0..3 {
+        sqlite3_ok(
+            &primary.db("live.db"),
+            &format!("CREATE TABLE IF NOT EXISTS old(y); INSERT INTO old VALUES({n});"),
+        );
+    }
+    let conn = rusqlite::Connection::open(primary.db("live.db")).unwrap();
+    let old: i64 = conn
+        .query_row("SELECT count(*) FROM old", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(old, 3);
+    let before = txid(&primary, "live.db");
+    let out = litefs(&[
+        "import",
+        "--name=live.db",
+        "--config",
+        config(&primary),
+        file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(txid(&primary, "live.db"), before + 1, "one transaction");
+    // The open connection notices (the change counter moved).
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM src", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 2000);
+    drop(conn);
+    assert_eq!(
+        sqlite3_ok(&primary.db("live.db"), "PRAGMA integrity_check;"),
+        "ok\n"
+    );
+    // Writes go on afterwards, and everything replicates.
+    sqlite3_ok(&primary.db("live.db"), "INSERT INTO src VALUES('after');");
+    wait_caught_up(&primary, &replica, "live.db");
+    assert_identical(&primary, &replica, "live.db");
+    assert_eq!(
+        sqlite3_ok(&replica.db("live.db"), "SELECT count(*) FROM src;"),
+        "2001\n"
+    );
+    let out = common::sqlite3(&replica.db("live.db"), "SELECT count(*) FROM old;");
+    assert!(
+        !out.status.success(),
+        "the old table is gone on the replica too"
+    );
+
+    // On a replica: refused, naming the primary.
+    let out = litefs(&[
+        "import",
+        "-name",
+        "new.db",
+        "-config",
+        config(&replica),
+        file.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("replica") && text(&out).contains("primary-host"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn bad_files_are_refused_and_change_nothing() {
+    let dir = temp_dir("import-bad");
+    let primary = Node::start_in(&dir.path().join("primary"), "");
+    sqlite3_ok(
+        &primary.db("a.db"),
+        "CREATE TABLE t(x); INSERT INTO t VALUES(1);",
+    );
+    let pos = primary.pos("a.db");
+
+    let not_sqlite = dir.path().join("notes.txt");
+    std::fs::write(&not_sqlite, vec![b'x'; 8192]).unwrap();
+    let truncated = dir.path().join("truncated.db");
+    make_file(
+        &truncated,
+        "CREATE TABLE t(x); INSERT INTO t VALUES(randomblob(20000));",
+    );
+    let len = std::fs::metadata(&truncated).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&truncated)
+        .unwrap();
+    f.set_len(len - 4096 - 100).unwrap();
+    let wal = dir.path().join("wal.db");
+    make_file(&wal, "PRAGMA journal_mode=WAL; CREATE TABLE t(x);");
+    for (file, why) in [
+        (&not_sqlite, "not a SQLite database"),
+        (&truncated, "not a whole number"),
+        (&wal, "WAL"),
+        (&dir.path().join("missing.db"), "No such file"),
+    ] {
+        let out = litefs(&[
+            "import",
+            "-name",
+            "a.db",
+            "-config",
+            config(&primary),
+            file.to_str().unwrap(),
+        ]);
+        assert!(!out.status.success(), "{}", file.display());
+        assert!(
+            text(&out).contains(why),
+            "{}: {}",
+            file.display(),
+            text(&out)
+        );
+    }
+    assert_eq!(primary.pos("a.db"), pos);
+    assert_eq!(sqlite3_ok(&primary.db("a.db"), "SELECT x FROM t;"), "1\n");
+
+    // Bad command lines.
+    for args in [
+        vec!["import", "a.db"],
+        vec!["export", "-name", "a.db"],
+        vec!["import", "-name", "a.db", "-bogus", "x", "f"],
+    ] {
+        let out = litefs(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+    }
+}
+
+#[test]
+fn export_writes_a_verified_copy_from_any_node() {
+    let dir = temp_dir("export");
+    let token = "s3cret-token";
+    let cluster_yaml = format!("  token: \"{token}\"\n");
+    // The token goes under http:, which the harness opens last in the
+    // config's first lines; the lease follows for the replica.
+    let primary = Node::start_in(&dir.path().join("primary"), &cluster_yaml);
+    let replica = Node::start_in(
+        &dir.path().join("replica"),
+        &format!("{cluster_yaml}{}", replica_yaml(&primary)),
+    );
+    sqlite3_ok(
+        &primary.db("e.db"),
+        "CREATE TABLE t(x);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<500)
+         INSERT INTO t SELECT randomblob(300) FROM n;",
+    );
+    wait_caught_up(&primary, &replica, "e.db");
+    let checksum = primary.pos("e.db")[17..33].to_string();
+    for node in [&primary, &replica] {
+        let out_file = dir.path().join(format!("copy-{}.db", node.port));
+        let out = litefs(&[
+            "export",
+            "-name",
+            "e.db",
+            "-config",
+            config(node),
+            out_file.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(sqlite3_ok(&out_file, "PRAGMA integrity_check;"), "ok\n");
+        assert_eq!(sqlite3_ok(&out_file, "SELECT count(*) FROM t;"), "500\n");
+        let sum = litefs(&["ltx", "checksum", out_file.to_str().unwrap()]);
+        assert_eq!(String::from_utf8_lossy(&sum.stdout).trim(), checksum);
+    }
+    // Unknown database, wrong token: refused, nothing written.
+    let nothing = dir.path().join("nothing.db");
+    let out = litefs(&[
+        "export",
+        "-name",
+        "nope.db",
+        "-config",
+        config(&primary),
+        nothing.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("no database nope.db"), "{}", text(&out));
+    let url = format!("http://127.0.0.1:{}", primary.port);
+    let out = litefs(&[
+        "export",
+        "-name",
+        "e.db",
+        "-url",
+        &url,
+        nothing.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("401"), "{}", text(&out));
+    assert!(!nothing.exists());
+    assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".tmp")));
+}
