@@ -167,9 +167,11 @@ impl Applier {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .ino(db.name(), FileKind::Database);
+        let began = Instant::now();
         let result = db.apply_ltx(path);
         if result.is_ok() {
             self.invalidate(ino, db.name());
+            crate::metrics::apply(db.name(), began.elapsed());
         }
         result
     }
