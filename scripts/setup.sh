@@ -8,7 +8,13 @@
 #    system's sources, lists and caches are never touched. The .deb is
 #    unpacked (not installed) into .local/consul, so the binary is
 #    .local/consul/usr/bin/consul.
-# 3. Checks that a Rust toolchain (cargo) is on PATH.
+# 3. Fetches promtool (the metrics test checks litefs's /metrics with it)
+#    from Debian's own prometheus package: downloaded with the system's apt
+#    and unpacked (not installed) into .local/prometheus, so the binary is
+#    .local/prometheus/usr/bin/promtool. Installing the package would start
+#    and enable a Prometheus server listening on every interface, and pull
+#    a dozen JavaScript packages for its web UI; promtool needs only libc.
+# 4. Checks that a Rust toolchain (cargo) is on PATH.
 #
 # Safe to run again: finished steps are detected and skipped.
 # Runs as root; otherwise uses sudo for the apt-get steps only.
@@ -19,6 +25,8 @@ LOCAL="$ROOT/.local"
 APT_DIR="$LOCAL/apt"
 CONSUL_DIR="$LOCAL/consul"
 CONSUL_BIN="$CONSUL_DIR/usr/bin/consul"
+PROM_DIR="$LOCAL/prometheus"
+PROMTOOL_BIN="$PROM_DIR/usr/bin/promtool"
 
 PACKAGES=(
     fuse3
@@ -112,7 +120,34 @@ else
     say "Consul ready: $("$CONSUL_BIN" version | head -n 1)"
 fi
 
-# --- 3. Rust toolchain ------------------------------------------------------
+# --- 3. promtool from bookworm's prometheus package, unpacked --------------
+
+promtool_works() {
+    [ -x "$PROMTOOL_BIN" ] && "$PROMTOOL_BIN" --version >/dev/null 2>&1
+}
+
+if promtool_works; then
+    say "promtool already unpacked: $("$PROMTOOL_BIN" --version 2>&1 | head -n 1)"
+else
+    say "fetching promtool from Debian's prometheus package (unpacked into $PROM_DIR)"
+    if ! apt-cache show prometheus >/dev/null 2>&1; then
+        # A fresh machine (or container) may have no package lists yet.
+        "${SUDO[@]}" apt-get update
+    fi
+    mkdir -p "$LOCAL/debs"
+    rm -f "$LOCAL"/debs/prometheus_*.deb
+    # Downloading needs no root; apt notes that it does not sandbox it.
+    (cd "$LOCAL/debs" && apt-get download prometheus 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+    deb="$(ls "$LOCAL"/debs/prometheus_*.deb 2>/dev/null | head -n 1 || true)"
+    [ -n "$deb" ] || die "apt-get download prometheus produced no .deb in $LOCAL/debs"
+    rm -rf "$PROM_DIR"
+    mkdir -p "$PROM_DIR"
+    dpkg -x "$deb" "$PROM_DIR"
+    promtool_works || die "unpacked $deb but '$PROMTOOL_BIN --version' fails"
+    say "promtool ready: $("$PROMTOOL_BIN" --version 2>&1 | head -n 1)"
+fi
+
+# --- 4. Rust toolchain ------------------------------------------------------
 
 if command -v cargo >/dev/null 2>&1; then
     say "Rust toolchain: $(cargo --version)"
@@ -122,4 +157,4 @@ else
 then open a new shell (or run: . \"\$HOME/.cargo/env\") and run this script again"
 fi
 
-say "done. Consul binary: $CONSUL_BIN"
+say "done. Consul binary: $CONSUL_BIN; promtool: $PROMTOOL_BIN"

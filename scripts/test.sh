@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: prepares the machine (scripts/setup.sh: Debian
-# packages, Consul under .local/consul), then runs every test target with
-# the project's Consul on PATH. Exits with the tests' status.
+# packages, Consul under .local/consul, promtool under .local/prometheus),
+# then runs every test target with both on PATH. Exits with the tests'
+# status.
 #
 # Arguments, if any, replace `--all-targets --no-fail-fast` in the cargo
 # call: `scripts/test.sh --test config` runs only the config tests.
@@ -12,7 +13,7 @@ cd "$ROOT"
 
 scripts/setup.sh
 
-export PATH="$ROOT/.local/consul/usr/bin:$PATH"
+export PATH="$ROOT/.local/consul/usr/bin:$ROOT/.local/prometheus/usr/bin:$PATH"
 if [ "$#" -eq 0 ]; then
     set -- --all-targets --no-fail-fast
 fi

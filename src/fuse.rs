@@ -11,6 +11,7 @@
 //! crash can never leave a committed transaction without its LTX file.
 
 mod apply;
+mod counted;
 mod filesystem;
 mod inodes;
 mod role;
@@ -76,8 +77,6 @@ pub struct LitefsFs {
     changed_dirs: Mutex<HashSet<String>>,
     /// The kernel skips opendir/releasedir (FUSE_NO_OPENDIR_SUPPORT).
     no_opendir: bool,
-    /// When the mount was made (`.lag` of a replica that never caught up).
-    mounted_at: std::time::Instant,
     /// Kinds of request litefs does not support that were logged already.
     unsupported_seen: Mutex<HashSet<&'static str>>,
     uid: u32,
@@ -108,7 +107,6 @@ impl LitefsFs {
             hidden_journals: Mutex::new(hidden_journals),
             no_opendir: false,
             unsupported_seen: Mutex::new(HashSet::new()),
-            mounted_at: std::time::Instant::now(),
             uid,
             gid,
         }
@@ -174,7 +172,7 @@ impl LitefsFs {
     /// and the deletion are made under the handle table's lock, which
     /// `add_handle` takes too. The store leaves a tombstone that the
     /// replication stream carries to every replica.
-    fn delete_database(&self, db: &Arc<Db>, reply: fuser::ReplyEmpty) {
+    fn delete_database(&self, db: &Arc<Db>, reply: counted::Counted<fuser::ReplyEmpty>) {
         let handles = self.handles.write().unwrap_or_else(|e| e.into_inner());
         let open = handles
             .values()
@@ -436,14 +434,13 @@ impl LitefsFs {
     }
 
     /// `.lag`: seconds since this replica last had applied everything its
-    /// primary had sent (see `Store::caught_up_at`), one decimal; `0` on
-    /// the primary. A replica that never caught up counts from the mount.
+    /// primary had sent (see `Store::replica_lag`), one decimal; `0` on
+    /// the primary. A replica that never caught up counts from the start.
     fn lag_contents(&self) -> String {
         if self.role.is_primary() {
             return "0\n".to_string();
         }
-        let since = self.store.caught_up_at().unwrap_or(self.mounted_at);
-        format!("{:.1}\n", since.elapsed().as_secs_f64())
+        format!("{:.1}\n", self.store.replica_lag().as_secs_f64())
     }
 }
 

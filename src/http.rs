@@ -2,7 +2,8 @@
 //! files to replicas, the replica's client that pulls and applies them, and
 //! the wire format between the two (README.md, "Replication wire format").
 //!
-//! - [`Server`]: `POST /stream` (the replication stream), `GET /info`.
+//! - [`Server`]: `POST /stream` (the replication stream), `GET /info`,
+//!   `GET /metrics` (Prometheus, see `crate::metrics`).
 //! - [`stream_from_primary`]: one stream, applied as it arrives.
 //! - [`run_replica_loop`]: streams forever, reconnecting with backoff.
 

@@ -1011,7 +1011,7 @@ impl Driver {
                 self.send(LeaseEvent::NoPrimary);
                 return Some(lease);
             }
-            match self.leaser.renew(&mut lease) {
+            match crate::metrics::lease_renewal(self.leaser.renew(&mut lease)) {
                 Ok(()) => {
                     retry_at = None;
                     self.trouble.succeeded();

@@ -10,6 +10,7 @@ pub mod http;
 pub mod json;
 pub mod lease;
 pub mod ltx;
+pub mod metrics;
 pub mod node;
 pub mod priority;
 pub mod sdnotify;

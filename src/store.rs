@@ -245,6 +245,9 @@ pub struct Store {
     changed: std::sync::Condvar,
     /// When this replica last was caught up (see [`Store::note_caught_up`]).
     caught_up: Mutex<CaughtUp>,
+    /// When the store was opened: a replica that never caught up lags
+    /// since then.
+    opened_at: std::time::Instant,
 }
 
 /// When a replica last was caught up with its primary.
@@ -304,6 +307,7 @@ impl Store {
             changes: Mutex::new(0),
             changed: std::sync::Condvar::new(),
             caught_up: Mutex::new(CaughtUp::default()),
+            opened_at: std::time::Instant::now(),
         })
     }
 
@@ -375,6 +379,13 @@ impl Store {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .applied
+    }
+
+    /// A replica's lag: the time since [`Store::caught_up_at`], or since
+    /// the store was opened when it never caught up. The `.lag` file and
+    /// the metrics show it (the primary shows 0 instead).
+    pub fn replica_lag(&self) -> std::time::Duration {
+        self.caught_up_at().unwrap_or(self.opened_at).elapsed()
     }
 
     /// When the replica was last known to be at its primary's position

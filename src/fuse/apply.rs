@@ -189,9 +189,11 @@ impl Applier {
             db.instance(),
             FileKind::Database,
         );
+        let began = Instant::now();
         let result = db.apply_ltx(path);
         if result.is_ok() {
             self.invalidate(ino, db.name());
+            crate::metrics::apply(db.name(), began.elapsed());
         }
         result
     }

@@ -15,6 +15,7 @@ use fuser::{
 };
 use log::{debug, error, info, warn};
 
+use super::counted::{Counted, FuseOp};
 use super::inodes::{parse_name, FileKind, ROOT_INO};
 use super::{
     io_errno, is_journal_header, is_own_thread, is_special, journal_on_disk_is_live, name_str,
@@ -36,6 +37,7 @@ impl Filesystem for LitefsFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let reply = Counted::new(FuseOp::Lookup, reply);
         if parent.0 != ROOT_INO {
             return reply.error(Errno::ENOENT);
         }
@@ -74,6 +76,7 @@ impl Filesystem for LitefsFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let reply = Counted::new(FuseOp::Getattr, reply);
         if ino.0 == ROOT_INO {
             return reply.attr(&TTL, &self.synthetic_attr(ROOT_INO, 0));
         }
@@ -110,6 +113,7 @@ impl Filesystem for LitefsFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let reply = Counted::new(FuseOp::Setattr, reply);
         let Some((db, kind)) = self.resolve(ino.0) else {
             return reply.error(Errno::ENOENT);
         };
@@ -165,7 +169,7 @@ impl Filesystem for LitefsFs {
         reply: ReplyEntry,
     ) {
         info!("refused mknod of {name:?}: litefs holds only SQLite databases");
-        reply.error(Errno::EPERM);
+        Counted::new(FuseOp::Mknod, reply).error(Errno::EPERM);
     }
 
     fn mkdir(
@@ -178,10 +182,11 @@ impl Filesystem for LitefsFs {
         reply: ReplyEntry,
     ) {
         info!("refused mkdir of {name:?}: the litefs mount is one flat directory of databases");
-        reply.error(Errno::EPERM);
+        Counted::new(FuseOp::Mkdir, reply).error(Errno::EPERM);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let reply = Counted::new(FuseOp::Unlink, reply);
         if parent.0 != ROOT_INO {
             return reply.error(Errno::ENOENT);
         }
@@ -236,7 +241,7 @@ impl Filesystem for LitefsFs {
 
     fn rmdir(&self, _req: &Request, _parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         info!("refused rmdir of {name:?}: the litefs mount has no directories");
-        reply.error(Errno::ENOTDIR);
+        Counted::new(FuseOp::Rmdir, reply).error(Errno::ENOTDIR);
     }
 
     fn symlink(
@@ -248,7 +253,7 @@ impl Filesystem for LitefsFs {
         reply: ReplyEntry,
     ) {
         info!("refused symlink {link_name:?}: litefs holds only SQLite databases");
-        reply.error(Errno::EPERM);
+        Counted::new(FuseOp::Symlink, reply).error(Errno::EPERM);
     }
 
     fn rename(
@@ -262,7 +267,7 @@ impl Filesystem for LitefsFs {
         reply: ReplyEmpty,
     ) {
         info!("refused rename of {name:?} to {newname:?}: renaming databases is not supported");
-        reply.error(Errno::EPERM);
+        Counted::new(FuseOp::Rename, reply).error(Errno::EPERM);
     }
 
     fn link(
@@ -274,10 +279,11 @@ impl Filesystem for LitefsFs {
         reply: ReplyEntry,
     ) {
         info!("refused hard link {newname:?}: hard links are not supported on litefs");
-        reply.error(Errno::EPERM);
+        Counted::new(FuseOp::Link, reply).error(Errno::EPERM);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let reply = Counted::new(FuseOp::Open, reply);
         let flags = flags.0;
         if is_special(ino.0) {
             if wants_write(flags) {
@@ -351,6 +357,7 @@ impl Filesystem for LitefsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let reply = Counted::new(FuseOp::Read, reply);
         if is_special(ino.0) {
             let text = self.special_contents(ino.0).unwrap_or_default();
             return reply.data(slice_at(text.as_bytes(), offset, size));
@@ -394,6 +401,7 @@ impl Filesystem for LitefsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let reply = Counted::new(FuseOp::Write, reply);
         let handle = match self.handle(fh) {
             Ok(h) => h,
             Err(e) => return reply.error(e),
@@ -468,7 +476,7 @@ impl Filesystem for LitefsFs {
         // the round trip: litefs holds files of its own mount open (see
         // `Applier`), and at a kill -9 the kernel would send their FLUSH to
         // the dying process and wait for it forever.
-        reply.error(Errno::ENOSYS);
+        Counted::new(FuseOp::Flush, reply).error(Errno::ENOSYS);
     }
 
     fn release(
@@ -481,6 +489,7 @@ impl Filesystem for LitefsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let reply = Counted::new(FuseOp::Release, reply);
         self.handles
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -496,6 +505,7 @@ impl Filesystem for LitefsFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let reply = Counted::new(FuseOp::Fsync, reply);
         let handle = match self.handle(fh) {
             Ok(h) => h,
             Err(e) => return reply.error(e),
@@ -531,8 +541,9 @@ impl Filesystem for LitefsFs {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
+        let mut reply = Counted::new(FuseOp::Readdir, reply);
         if ino.0 != ROOT_INO {
             return reply.error(Errno::ENOTDIR);
         }
@@ -574,6 +585,7 @@ impl Filesystem for LitefsFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let reply = Counted::new(FuseOp::Fsyncdir, reply);
         // SQLite syncs the directory so a new journal's name is durable
         // before it overwrites database pages. The backing files live in one
         // directory per database; sync those whose entries changed since
@@ -596,6 +608,7 @@ impl Filesystem for LitefsFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let reply = Counted::new(FuseOp::Statfs, reply);
         match statvfs(self.store.data_dir()) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -622,14 +635,15 @@ impl Filesystem for LitefsFs {
         // ENOSYS, not "no such attribute": the kernel then stops asking
         // (it otherwise asks for `security.capability` before every write)
         // and answers EOPNOTSUPP itself.
-        reply.error(Errno::ENOSYS);
+        Counted::new(FuseOp::Getxattr, reply).error(Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+        Counted::new(FuseOp::Listxattr, reply).error(Errno::ENOSYS);
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let reply = Counted::new(FuseOp::Opendir, reply);
         // With FUSE_NO_OPENDIR_SUPPORT, ENOSYS tells the kernel to skip
         // opendir and releasedir from now on (SQLite opens the directory
         // for every commit's fsync); readdir and fsyncdir need no handle.
@@ -641,6 +655,7 @@ impl Filesystem for LitefsFs {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        let reply = Counted::new(FuseOp::Access, reply);
         if mask.contains(fuser::AccessFlags::W_OK) && !self.role.is_primary() {
             return reply.error(Errno::EROFS);
         }
@@ -657,6 +672,7 @@ impl Filesystem for LitefsFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let reply = Counted::new(FuseOp::Create, reply);
         if parent.0 != ROOT_INO {
             return reply.error(Errno::ENOENT);
         }
@@ -740,7 +756,7 @@ impl Filesystem for LitefsFs {
         // a regular file answers. The kernel does not remember an ioctl
         // refusal, so this must stay quiet.
         self.unsupported("ioctl", cmd);
-        reply.error(Errno::ENOTTY);
+        Counted::new(FuseOp::Ioctl, reply).error(Errno::ENOTTY);
     }
 
     fn fallocate(
@@ -756,7 +772,7 @@ impl Filesystem for LitefsFs {
         // ENOSYS: the kernel stops asking and answers EOPNOTSUPP, which
         // SQLite takes as "no preallocation".
         self.unsupported("fallocate", mode as u32);
-        reply.error(Errno::ENOSYS);
+        Counted::new(FuseOp::Fallocate, reply).error(Errno::ENOSYS);
     }
 
     fn lseek(
@@ -770,7 +786,7 @@ impl Filesystem for LitefsFs {
     ) {
         // ENOSYS: the kernel handles SEEK_DATA/SEEK_HOLE itself from then on.
         self.unsupported("lseek", whence as u32);
-        reply.error(Errno::ENOSYS);
+        Counted::new(FuseOp::Lseek, reply).error(Errno::ENOSYS);
     }
 
     fn copy_file_range(
@@ -789,6 +805,6 @@ impl Filesystem for LitefsFs {
         // ENOSYS: the kernel falls back to reads and writes, which litefs
         // checks like any other.
         self.unsupported("copy_file_range", 0);
-        reply.error(Errno::ENOSYS);
+        Counted::new(FuseOp::CopyFileRange, reply).error(Errno::ENOSYS);
     }
 }

@@ -105,6 +105,7 @@ pub fn run_replica_loop(
         match result {
             Ok(()) => break,
             Err(err) => {
+                crate::metrics::replica_stream_failed();
                 let message = err.to_string();
                 if connected || last_failure.as_deref() != Some(message.as_str()) {
                     log::warn!(
@@ -214,6 +215,7 @@ fn stream_once(
         });
     }
     *connected = true;
+    crate::metrics::replica_connected();
     log::info!(
         "replicating from {base} ({} databases at their positions)",
         listed.len()

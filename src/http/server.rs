@@ -1,7 +1,9 @@
 //! The primary's HTTP server (tiny_http): `POST /stream` streams LTX files
 //! to a replica, `GET /info` tells whether this node is the primary and
-//! where its databases are, `POST /import` and `GET /export` copy whole
-//! databases in and out (`server/transfer.rs`).
+//! where its databases are, `GET /metrics` gives Prometheus the metrics
+//! (`crate::metrics`), where every request is counted by path and status,
+//! `POST /import` and `GET /export` copy whole databases in and out
+//! (`server/transfer.rs`).
 //!
 //! One thread accepts requests and hands each to a thread of its own, so a
 //! slow or dead replica only ever blocks its own thread: the store is read
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 use super::wire::{self, MAX_REQUEST_BODY};
 use super::Error;
 use crate::fuse::{Applier, Role};
+use crate::metrics;
 use crate::store::Store;
 
 mod stream;
@@ -280,11 +283,15 @@ fn accept_loop(shared: &Arc<Shared>, http: &tiny_http::Server) {
             }
         };
         if shared.stopping.load(Ordering::SeqCst) {
-            respond_text(request, 503, "the server is shutting down", None);
+            let path = request_path(&request);
+            let status = respond_text(request, 503, "the server is shutting down", None);
+            metrics::http_request(&path, status);
             continue;
         }
         let Some(guard) = ActiveGuard::try_new(shared) else {
-            respond_text(request, 503, "too many connections", None);
+            let path = request_path(&request);
+            let status = respond_text(request, 503, "too many connections", None);
+            metrics::http_request(&path, status);
             continue;
         };
         let thread_shared = shared.clone();
@@ -300,29 +307,36 @@ fn accept_loop(shared: &Arc<Shared>, http: &tiny_http::Server) {
     }
 }
 
+/// The path of a request, without the query.
+fn request_path(request: &tiny_http::Request) -> String {
+    let url = request.url();
+    url.split('?').next().unwrap_or(url).to_string()
+}
+
 /// Answers with a plain-text message and `status` (or with 413, see
-/// [`refuse_oversized`], when the request declares too large a body).
+/// [`refuse_oversized`], when the request declares too large a body);
+/// returns the status sent.
 fn respond_text(
     request: tiny_http::Request,
     status: u16,
     message: &str,
     header: Option<(&str, &str)>,
-) {
+) -> u16 {
     if request.body_length().is_some_and(|n| n > MAX_REQUEST_BODY) {
         let peer = request.remote_addr().map(|a| a.to_string());
         return refuse_oversized(request, peer.as_deref().unwrap_or("unknown"));
     }
-    respond_plain(request, status, message, header);
+    respond_plain(request, status, message, header)
 }
 
 /// Answers with a plain-text message and `status`, for a request whose
-/// body was read whole (or that has none).
+/// body was read whole (or that has none); returns the status sent.
 fn respond_plain(
     request: tiny_http::Request,
     status: u16,
     message: &str,
     header: Option<(&str, &str)>,
-) {
+) -> u16 {
     let mut response =
         tiny_http::Response::from_string(format!("{message}\n")).with_status_code(status);
     for (name, value) in [("Content-Type", "text/plain; charset=utf-8")]
@@ -336,11 +350,21 @@ fn respond_plain(
     if let Err(err) = request.respond(response) {
         log::debug!("HTTP server: cannot send a {status} response: {err}");
     }
+    status
 }
 
-fn handle_request(shared: &Arc<Shared>, mut request: tiny_http::Request) {
+/// Answers one request and counts it (a stream as soon as it starts).
+fn handle_request(shared: &Arc<Shared>, request: tiny_http::Request) {
+    let path = request_path(&request);
+    if let Some(status) = route(shared, request, &path) {
+        metrics::http_request(&path, status);
+    }
+}
+
+/// Answers one request; returns the status sent, or `None` for a
+/// replication stream, which is counted when it starts.
+fn route(shared: &Arc<Shared>, mut request: tiny_http::Request, path: &str) -> Option<u16> {
     let url = request.url().to_string();
-    let path = url.split('?').next().unwrap_or("");
     let method = request.method().clone();
     let peer = request
         .remote_addr()
@@ -350,47 +374,48 @@ fn handle_request(shared: &Arc<Shared>, mut request: tiny_http::Request) {
     // Nothing, not even a 404 or a database name, before the token.
     if !super::auth::authorized(&request, shared.token.as_deref()) {
         log::debug!("HTTP server: refused {peer} without the cluster's token");
-        return respond_text(
+        return Some(respond_text(
             request,
             401,
             "unauthorized: this node requires the cluster's token (http.token)",
             Some(("WWW-Authenticate", "Bearer")),
-        );
+        ));
     }
     let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
     match (path, &method) {
         ("/import", tiny_http::Method::Post) => {
-            return transfer::import(shared, request, query, &peer)
+            return Some(transfer::import(shared, request, query, &peer))
         }
         ("/export", tiny_http::Method::Get) => {
-            return transfer::export(shared, request, query, &peer)
+            return Some(transfer::export(shared, request, query, &peer))
         }
         ("/import", _) | ("/export", _) => {
             let allow = if path == "/import" { "POST" } else { "GET" };
-            return respond_text(
+            return Some(respond_text(
                 request,
                 405,
                 &format!("method not allowed: use {allow} {path}"),
                 Some(("Allow", allow)),
-            );
+            ));
         }
         _ => {}
     }
     if request.body_length().is_some_and(|n| n > MAX_REQUEST_BODY) {
-        return refuse_oversized(request, &peer);
+        return Some(refuse_oversized(request, &peer));
     }
+    let text = |request, status, message: &str| Some(respond_text(request, status, message, None));
     match path {
         "/stream" => {
             if method != tiny_http::Method::Post {
-                return respond_text(
+                return Some(respond_text(
                     request,
                     405,
                     "method not allowed: use POST /stream",
                     Some(("Allow", "POST")),
-                );
+                ));
             }
             if !shared.serving.load(Ordering::SeqCst) {
-                return respond_text(request, 503, "not the primary", None);
+                return text(request, 503, "not the primary");
             }
             let mut body = Vec::new();
             let read = request
@@ -399,45 +424,49 @@ fn handle_request(shared: &Arc<Shared>, mut request: tiny_http::Request) {
                 .read_to_end(&mut body);
             if let Err(err) = read {
                 log::debug!("HTTP server: reading the body from {peer} failed: {err}");
-                return respond_text(request, 400, "cannot read the request body", None);
+                return text(request, 400, "cannot read the request body");
             }
             if body.len() > MAX_REQUEST_BODY {
-                return respond_text(
-                    request,
-                    413,
-                    &format!("the position list is larger than {MAX_REQUEST_BODY} bytes"),
-                    None,
-                );
+                let message = format!("the position list is larger than {MAX_REQUEST_BODY} bytes");
+                return text(request, 413, &message);
             }
             let positions = match wire::parse_positions(&body) {
                 Ok(positions) => positions,
                 Err(msg) => {
                     log::info!("HTTP server: bad position list from {peer}: {msg}");
-                    return respond_text(request, 400, &format!("bad position list: {msg}"), None);
+                    return text(request, 400, &format!("bad position list: {msg}"));
                 }
             };
+            metrics::http_request(path, 200);
             serve_stream(shared, request, peer, positions);
+            None
         }
-        "/info" => {
+        "/info" | "/metrics" => {
             if method != tiny_http::Method::Get {
-                return respond_text(
+                return Some(respond_text(
                     request,
                     405,
-                    "method not allowed: use GET /info",
+                    &format!("method not allowed: use GET {path}"),
                     Some(("Allow", "GET")),
-                );
+                ));
             }
-            let mut response = tiny_http::Response::from_string(info_json(shared));
+            let (body, content_type) = if path == "/info" {
+                (info_json(shared), "application/json")
+            } else {
+                (metrics_text(shared), metrics::CONTENT_TYPE)
+            };
+            let mut response = tiny_http::Response::from_string(body);
             if let Ok(header) =
-                tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
+                tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes())
             {
                 response.add_header(header);
             }
             if let Err(err) = request.respond(response) {
-                log::debug!("HTTP server: cannot answer /info to {peer}: {err}");
+                log::debug!("HTTP server: cannot answer {path} to {peer}: {err}");
             }
+            Some(200)
         }
-        _ => respond_text(request, 404, &format!("not found: {path}"), None),
+        _ => text(request, 404, &format!("not found: {path}")),
     }
 }
 
@@ -451,7 +480,7 @@ fn handle_request(shared: &Arc<Shared>, mut request: tiny_http::Request) {
 /// answer goes out through `upgrade`, which hands back the connection, and
 /// the connection is forgotten. That costs one socket and one tiny_http
 /// thread per abusive request instead of the whole node.
-fn refuse_oversized(request: tiny_http::Request, peer: &str) {
+fn refuse_oversized(request: tiny_http::Request, peer: &str) -> u16 {
     log::warn!(
         "HTTP server: {peer} declared a request body of {} bytes (the limit is \
          {MAX_REQUEST_BODY}); refused, and its connection is left open",
@@ -467,6 +496,7 @@ fn refuse_oversized(request: tiny_http::Request, peer: &str) {
         response.add_header(header);
     }
     std::mem::forget(request.upgrade("none", response));
+    413
 }
 
 /// `{"primary": bool, "dbs": {"name": "txid/checksum", ...}}`.
@@ -482,6 +512,33 @@ fn info_json(shared: &Shared) -> String {
         shared.serving.load(Ordering::SeqCst),
         dbs.join(",")
     )
+}
+
+/// The metrics (`crate::metrics`), with what the store and this server
+/// know now: each database's TXID and size, the role, the lag, streams.
+fn metrics_text(shared: &Shared) -> String {
+    let primary = shared.serving.load(Ordering::SeqCst);
+    let dbs = shared
+        .store
+        .dbs()
+        .iter()
+        .map(|db| metrics::DbState {
+            name: db.name().to_string(),
+            txid: db.pos().txid,
+            size_bytes: db.size_bytes(),
+        })
+        .collect();
+    metrics::render(&metrics::Snapshot {
+        primary,
+        lag: if primary {
+            Duration::ZERO
+        } else {
+            shared.store.replica_lag()
+        },
+        streams_active: shared.streams_active.load(Ordering::SeqCst),
+        streams_served: shared.streams_started.load(Ordering::SeqCst),
+        dbs,
+    })
 }
 
 /// Sets TCP_NODELAY on a listening socket (std only offers it on streams).

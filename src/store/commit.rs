@@ -331,10 +331,13 @@ impl Db {
         };
         let final_path = self.ltx_dir.join(ltx::filename(txid, txid));
         let tmp_path = temp_path(&final_path);
-        if let Err(err) = self.write_ltx(&tmp_path, &header, &file, &change) {
-            let _ = fs::remove_file(&tmp_path);
-            return Err(err);
-        }
+        let ltx_bytes = match self.write_ltx(&tmp_path, &header, &file, &change) {
+            Ok(len) => len,
+            Err(err) => {
+                let _ = fs::remove_file(&tmp_path);
+                return Err(err);
+            }
+        };
         fs::rename(&tmp_path, &final_path).map_err(|err| {
             let _ = fs::remove_file(&tmp_path);
             io_error(
@@ -350,6 +353,7 @@ impl Db {
         self.refresh_freelist(state, &file, &shape, &change);
         state.end_transaction(&self.name);
         sync_dir(&self.ltx_dir)?;
+        crate::metrics::commit(&self.name, ltx_bytes);
         Ok(Commit {
             position: Some(state.pos),
             restored_pages,
@@ -430,14 +434,14 @@ impl Db {
     }
 
     /// Writes the pages of `change`, read from the database file, as an LTX
-    /// file at `path`, fsynced.
+    /// file at `path`, fsynced; returns its length in bytes (for the metrics).
     fn write_ltx(
         &self,
         path: &Path,
         header: &ltx::Header,
         database: &File,
         change: &Change,
-    ) -> Result<(), Error> {
+    ) -> Result<u64, Error> {
         let ltx_error = self.ltx_error(path);
         let file = File::create(path).map_err(io_error(
             format!("creating an LTX file of database {}", self.name),
@@ -466,6 +470,9 @@ impl Db {
         file.sync_all().map_err(io_error(
             format!("syncing an LTX file of database {}", self.name),
             path,
-        ))
+        ))?;
+        // Only the metrics want the length: should fstat fail, they miss
+        // these bytes rather than the commit failing.
+        Ok(file.metadata().map_or(0, |md| md.len()))
     }
 }

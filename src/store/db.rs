@@ -280,6 +280,14 @@ impl Db {
         self.lock().page_size
     }
 
+    /// The database's size in bytes as of the newest recorded transaction
+    /// (page size times page count); 0 while it has no pages.
+    pub fn size_bytes(&self) -> u64 {
+        let state = self.lock();
+        let pages = u64::from(state.checksums.page_count());
+        state.page_size.map_or(0, |size| u64::from(size) * pages)
+    }
+
     /// Reads page `pgno` of the database file into `page`.
     pub(super) fn read_page(
         &self,

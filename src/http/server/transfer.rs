@@ -24,12 +24,17 @@ pub const LTX_CONTENT_TYPE: &str = "application/x-litefs-ltx";
 const EXPORT_PATIENCE: Duration = Duration::from_secs(30);
 
 /// `POST /import?name=NAME`.
-pub(super) fn import(shared: &Shared, mut request: tiny_http::Request, query: &str, peer: &str) {
+pub(super) fn import(
+    shared: &Shared,
+    mut request: tiny_http::Request,
+    query: &str,
+    peer: &str,
+) -> u16 {
     // Every refusal first reads the body away: tiny_http would otherwise
     // buffer all of it in memory when the request is dropped.
     let refuse = |mut request: tiny_http::Request, status: u16, message: &str| {
         let _ = io::copy(&mut request.as_reader(), &mut io::sink());
-        respond_plain(request, status, message, None);
+        respond_plain(request, status, message, None)
     };
     let name = match database_name(query) {
         Ok(name) => name,
@@ -87,17 +92,17 @@ pub(super) fn import(shared: &Shared, mut request: tiny_http::Request, query: &s
                 200,
                 &format!("imported {name} at position {pos}"),
                 None,
-            );
+            )
         }
         Err(err) => {
             log::error!("database {name}: import from {peer} failed: {err}");
-            respond_plain(request, 500, &format!("import failed: {err}"), None);
+            respond_plain(request, 500, &format!("import failed: {err}"), None)
         }
     }
 }
 
 /// `GET /export?name=NAME`.
-pub(super) fn export(shared: &Shared, request: tiny_http::Request, query: &str, peer: &str) {
+pub(super) fn export(shared: &Shared, request: tiny_http::Request, query: &str, peer: &str) -> u16 {
     let name = match database_name(query) {
         Ok(name) => name,
         Err(message) => return respond_text(request, 400, &message, None),
@@ -158,6 +163,7 @@ pub(super) fn export(shared: &Shared, request: tiny_http::Request, query: &str, 
     } else {
         log::info!("database {name}: exported {len} bytes to {peer}");
     }
+    200
 }
 
 /// The `name` parameter of a query string, percent-decoded and checked as
