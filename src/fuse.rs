@@ -15,6 +15,7 @@ mod counted;
 mod filesystem;
 mod inodes;
 mod role;
+mod writes;
 
 pub use apply::{Applier, DatabaseLock};
 pub use inodes::{parse_name, FileKind};
@@ -164,47 +165,6 @@ impl LitefsFs {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         handles.insert(fh, Arc::new(handle));
         Ok(FileHandle(fh))
-    }
-
-    /// Deletes `db` (the application removed its file on the primary), and
-    /// replies. Refused with EBUSY while any of its files is open, so that
-    /// no connection goes on writing to a database that is gone; the check
-    /// and the deletion are made under the handle table's lock, which
-    /// `add_handle` takes too. The store leaves a tombstone that the
-    /// replication stream carries to every replica.
-    fn delete_database(&self, db: &Arc<Db>, reply: counted::Counted<fuser::ReplyEmpty>) {
-        let handles = self.handles.write().unwrap_or_else(|e| e.into_inner());
-        let open = handles
-            .values()
-            .filter(|h| h.db.instance() == db.instance())
-            .count();
-        if open > 0 {
-            info!(
-                "refused to delete database {}: {open} of its files are open; close every \
-                 connection to it first",
-                db.name()
-            );
-            return reply.error(Errno::EBUSY);
-        }
-        match self.store.delete_db(db.name()) {
-            Ok(_) => {
-                drop(handles);
-                for set in [
-                    &self.hidden_journals,
-                    &self.changed_dirs,
-                    &*self.active_journals,
-                ] {
-                    set.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(db.name());
-                }
-                reply.ok()
-            }
-            Err(e) => {
-                error!("cannot delete database {}: {e}", db.name());
-                reply.error(Errno::EIO)
-            }
-        }
     }
 
     fn journal_active(&self, db: &str) -> bool {

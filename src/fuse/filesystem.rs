@@ -2,7 +2,7 @@
 //! answered from the inode table, the open handles and the store.
 
 use std::ffi::OsStr;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
 use std::time::SystemTime;
@@ -18,9 +18,9 @@ use log::{debug, error, info, warn};
 use super::counted::{Counted, FuseOp};
 use super::inodes::{parse_name, FileKind, ROOT_INO};
 use super::{
-    io_errno, is_journal_header, is_own_thread, is_special, journal_on_disk_is_live, name_str,
-    path_of, pos_text, slice_at, special_ino, statvfs, wants_write, Handle, LitefsFs, NEGATIVE_TTL,
-    SPECIAL_FILES, TTL,
+    io_errno, is_own_thread, is_special, journal_on_disk_is_live, name_str, path_of, pos_text,
+    slice_at, special_ino, statvfs, wants_write, Handle, LitefsFs, NEGATIVE_TTL, SPECIAL_FILES,
+    TTL,
 };
 
 impl Filesystem for LitefsFs {
@@ -119,31 +119,8 @@ impl Filesystem for LitefsFs {
         };
         let path = path_of(&db, kind);
         if let Some(size) = size {
-            if kind == FileKind::Pos {
-                return reply.error(Errno::EACCES);
-            }
-            let Some(_primary) = self.role.hold_primary() else {
-                return reply.error(self.read_only_error("truncate", db.name()));
-            };
-            if kind == FileKind::Journal && size == 0 {
-                // journal_mode=TRUNCATE: truncating the journal commits.
-                if let Err(e) = self.commit(&db) {
-                    return reply.error(e);
-                }
-            }
-            if kind == FileKind::Database {
-                if let Err(e) = db.before_truncate(size) {
-                    warn!("db {}: refused truncate: {e}", db.name());
-                    return reply.error(Errno::EINVAL);
-                }
-            }
-            let res = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .and_then(|f| f.set_len(size));
-            if let Err(e) = res {
-                warn!("truncate {}: {e}", path.display());
-                return reply.error(io_errno(&e));
+            if let Err(e) = self.truncate(&db, kind, size) {
+                return reply.error(e);
             }
         }
         if let (Some(mode), false) = (mode, kind == FileKind::Pos) {
@@ -201,41 +178,9 @@ impl Filesystem for LitefsFs {
         let Some(_primary) = self.role.hold_primary() else {
             return reply.error(self.read_only_error("delete", name));
         };
-        match kind {
-            FileKind::Database => return self.delete_database(&db, reply),
-            FileKind::Pos => {
-                info!("refused to delete {name:?}: it is litefs's; delete the database instead");
-                return reply.error(Errno::EPERM);
-            }
-            FileKind::Journal => {
-                // journal_mode=DELETE: deleting the journal commits.
-                if let Err(e) = self.commit(&db) {
-                    return reply.error(e);
-                }
-            }
-            FileKind::Wal | FileKind::Shm => {}
-        }
-        if kind == FileKind::Journal {
-            // Keep the backing file, emptied, and show it as absent: a
-            // journal created and deleted per transaction costs the backing
-            // file system an inode each time (see `hide_journal`).
-            if self.journal_hidden(db.name()) {
-                return reply.error(Errno::ENOENT);
-            }
-            return match self.hide_journal(&db) {
-                Ok(()) => reply.ok(),
-                Err(e) => {
-                    error!("db {}: cannot empty the journal: {e}", db.name());
-                    reply.error(io_errno(&e))
-                }
-            };
-        }
-        match std::fs::remove_file(path_of(&db, kind)) {
-            Ok(()) => {
-                self.mark_dir_changed(db.name());
-                reply.ok()
-            }
-            Err(e) => reply.error(io_errno(&e)),
+        match self.remove(&db, kind, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -413,46 +358,8 @@ impl Filesystem for LitefsFs {
         let Some(_primary) = self.role.hold_primary() else {
             return reply.error(self.read_only_error("write", db.name()));
         };
-        match handle.kind {
-            FileKind::Database => {
-                // Pure checks on the data first; before_write records the
-                // write (dirty pages, undo log) once it is going to happen.
-                if offset == 0 && data.len() >= 20 && (data[18] == 2 || data[19] == 2) {
-                    error!(
-                        "db {}: refused switching to journal_mode=WAL: WAL is not supported yet; \
-                         use journal_mode=DELETE, TRUNCATE or PERSIST",
-                        db.name()
-                    );
-                    return reply.error(Errno::EIO);
-                }
-                if let Err(e) = db.before_write(offset, data) {
-                    error!(
-                        "db {}: refused write of {} bytes at {offset}: {e}",
-                        db.name(),
-                        data.len()
-                    );
-                    return reply.error(Errno::EINVAL);
-                }
-                if !self.journal_active(db.name()) {
-                    error!(
-                        "db {}: refused a write with no rollback journal: journal_mode=OFF and \
-                         MEMORY cannot be replicated; use PRAGMA journal_mode=DELETE (or TRUNCATE, PERSIST)",
-                        db.name()
-                    );
-                    return reply.error(Errno::EIO);
-                }
-            }
-            FileKind::Journal if offset == 0 => {
-                if is_journal_header(data) {
-                    self.set_journal_active(db.name(), true);
-                } else if data.len() >= 8 && data[..8].iter().all(|b| *b == 0) {
-                    // journal_mode=PERSIST: zeroing the header commits.
-                    if let Err(e) = self.commit(db) {
-                        return reply.error(e);
-                    }
-                }
-            }
-            _ => {}
+        if let Err(e) = self.before_write(&handle, offset, data) {
+            return reply.error(e);
         }
         match file.write_all_at(data, offset) {
             Ok(()) => reply.written(data.len() as u32),

@@ -1,0 +1,175 @@
+//! Writes, truncates and deletes on the primary, as the store sees them:
+//! a database write is checked and its pages noted dirty; the rollback
+//! journal's end (deleted, truncated to zero, or its header zeroed) is the
+//! commit point; deleting a database deletes it everywhere; and what
+//! cannot be replicated (WAL, no journal) is refused with a log line.
+//! The `Filesystem` methods in `filesystem.rs` call these with the
+//! primary role held (`Role::hold_primary`).
+
+use std::fs::OpenOptions;
+use std::sync::Arc;
+
+use fuser::Errno;
+use log::{error, info, warn};
+
+use super::inodes::FileKind;
+use super::{io_errno, is_journal_header, path_of, Handle, LitefsFs};
+use crate::store::Db;
+
+impl LitefsFs {
+    /// Checks and records a write of `data` at `offset` through `handle`,
+    /// before it reaches the backing file; a journal header zeroed in
+    /// PERSIST mode commits first.
+    pub(super) fn before_write(
+        &self,
+        handle: &Handle,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), Errno> {
+        let db = &handle.db;
+        match handle.kind {
+            FileKind::Database => {
+                // Pure checks on the data first; before_write records the
+                // write (dirty pages, undo log) once it is going to happen.
+                if offset == 0 && data.len() >= 20 && (data[18] == 2 || data[19] == 2) {
+                    error!(
+                        "db {}: refused switching to journal_mode=WAL: WAL is not supported yet; \
+                         use journal_mode=DELETE, TRUNCATE or PERSIST",
+                        db.name()
+                    );
+                    return Err(Errno::EIO);
+                }
+                if let Err(e) = db.before_write(offset, data) {
+                    error!(
+                        "db {}: refused write of {} bytes at {offset}: {e}",
+                        db.name(),
+                        data.len()
+                    );
+                    return Err(Errno::EINVAL);
+                }
+                if !self.journal_active(db.name()) {
+                    error!(
+                        "db {}: refused a write with no rollback journal: journal_mode=OFF and \
+                         MEMORY cannot be replicated; use PRAGMA journal_mode=DELETE (or TRUNCATE, PERSIST)",
+                        db.name()
+                    );
+                    return Err(Errno::EIO);
+                }
+            }
+            FileKind::Journal if offset == 0 => {
+                if is_journal_header(data) {
+                    self.set_journal_active(db.name(), true);
+                } else if data.len() >= 8 && data[..8].iter().all(|b| *b == 0) {
+                    // journal_mode=PERSIST: zeroing the header commits.
+                    self.commit(db)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Truncates `db`'s file of `kind` to `size`; truncating the journal
+    /// to zero (TRUNCATE mode) commits first.
+    pub(super) fn truncate(&self, db: &Arc<Db>, kind: FileKind, size: u64) -> Result<(), Errno> {
+        let path = path_of(db, kind);
+        if kind == FileKind::Pos {
+            return Err(Errno::EACCES);
+        }
+        let Some(_primary) = self.role.hold_primary() else {
+            return Err(self.read_only_error("truncate", db.name()));
+        };
+        if kind == FileKind::Journal && size == 0 {
+            // journal_mode=TRUNCATE: truncating the journal commits.
+            self.commit(db)?;
+        }
+        if kind == FileKind::Database {
+            if let Err(e) = db.before_truncate(size) {
+                warn!("db {}: refused truncate: {e}", db.name());
+                return Err(Errno::EINVAL);
+            }
+        }
+        let res = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(size));
+        if let Err(e) = res {
+            warn!("truncate {}: {e}", path.display());
+            return Err(io_errno(&e));
+        }
+        Ok(())
+    }
+
+    /// Removes `db`'s file of `kind` (called `name` on the mount): the
+    /// database itself, or a companion; deleting the journal (DELETE mode)
+    /// commits first.
+    pub(super) fn remove(&self, db: &Arc<Db>, kind: FileKind, name: &str) -> Result<(), Errno> {
+        match kind {
+            FileKind::Database => return self.delete_database(db),
+            FileKind::Pos => {
+                info!("refused to delete {name:?}: it is litefs's; delete the database instead");
+                return Err(Errno::EPERM);
+            }
+            FileKind::Journal => {
+                // journal_mode=DELETE: deleting the journal commits.
+                self.commit(db)?;
+            }
+            FileKind::Wal | FileKind::Shm => {}
+        }
+        if kind == FileKind::Journal {
+            // Keep the backing file, emptied, and show it as absent: a
+            // journal created and deleted per transaction costs the backing
+            // file system an inode each time (see `hide_journal`).
+            if self.journal_hidden(db.name()) {
+                return Err(Errno::ENOENT);
+            }
+            return self.hide_journal(db).map_err(|e| {
+                error!("db {}: cannot empty the journal: {e}", db.name());
+                io_errno(&e)
+            });
+        }
+        std::fs::remove_file(path_of(db, kind)).map_err(|e| io_errno(&e))?;
+        self.mark_dir_changed(db.name());
+        Ok(())
+    }
+
+    /// Deletes `db` (the application removed its file on the primary). Refused with EBUSY while any of its files is open, so that
+    /// no connection goes on writing to a database that is gone; the check
+    /// and the deletion are made under the handle table's lock, which
+    /// `add_handle` takes too. The store leaves a tombstone that the
+    /// replication stream carries to every replica.
+    fn delete_database(&self, db: &Arc<Db>) -> Result<(), Errno> {
+        let handles = self.handles.write().unwrap_or_else(|e| e.into_inner());
+        let open = handles
+            .values()
+            .filter(|h| h.db.instance() == db.instance())
+            .count();
+        if open > 0 {
+            info!(
+                "refused to delete database {}: {open} of its files are open; close every \
+                 connection to it first",
+                db.name()
+            );
+            return Err(Errno::EBUSY);
+        }
+        match self.store.delete_db(db.name()) {
+            Ok(_) => {
+                drop(handles);
+                for set in [
+                    &self.hidden_journals,
+                    &self.changed_dirs,
+                    &*self.active_journals,
+                ] {
+                    set.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(db.name());
+                }
+                Ok(())
+            }
+            Err(e) => {
+                error!("cannot delete database {}: {e}", db.name());
+                Err(Errno::EIO)
+            }
+        }
+    }
+}
