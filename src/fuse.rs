@@ -15,6 +15,7 @@ mod counted;
 mod filesystem;
 mod inodes;
 mod role;
+mod wal;
 mod writes;
 
 pub use apply::{Applier, DatabaseLock};
@@ -73,6 +74,8 @@ pub struct LitefsFs {
     /// Databases whose journal SQLite deleted while litefs kept its
     /// backing file, emptied: shown as absent until SQLite creates it again.
     hidden_journals: Mutex<HashSet<String>>,
+    /// What litefs follows of each database's WAL (`wal.rs`), by name.
+    wals: Mutex<HashMap<String, wal::WalTracker>>,
     /// Databases whose backing directory gained or lost an entry since the
     /// last fsyncdir: the only ones it must sync.
     changed_dirs: Mutex<HashSet<String>>,
@@ -105,6 +108,7 @@ impl LitefsFs {
             next_fh: AtomicU64::new(1),
             active_journals: Arc::new(Mutex::new(HashSet::new())),
             changed_dirs: Mutex::new(HashSet::new()),
+            wals: Mutex::new(HashMap::new()),
             hidden_journals: Mutex::new(hidden_journals),
             no_opendir: false,
             unsupported_seen: Mutex::new(HashSet::new()),

@@ -12,6 +12,8 @@
 //! truncated to that size instead). Super-journals (multi-database commits)
 //! are not looked at.
 
+pub mod wal;
+
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};

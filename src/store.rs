@@ -30,8 +30,10 @@ mod queue;
 mod recovery;
 mod snapshot;
 mod undo;
+mod wal;
 
 pub use db::{Commit, Db};
+pub use wal::WalPosition;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -362,6 +362,12 @@ impl Filesystem for LitefsFs {
             return reply.error(e);
         }
         match file.write_all_at(data, offset) {
+            Ok(()) if handle.kind == FileKind::Wal => {
+                match self.wal_written(&handle.db, offset, data) {
+                    Ok(()) => reply.written(data.len() as u32),
+                    Err(e) => reply.error(e),
+                }
+            }
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => {
                 error!("db {}: write {:?} at {offset}: {e}", db.name(), handle.kind);
@@ -420,6 +426,14 @@ impl Filesystem for LitefsFs {
         let Some(file) = &handle.file else {
             return reply.ok();
         };
+        if handle.kind == FileKind::Wal {
+            // The LTX files of the WAL's transactions are as durable as
+            // the WAL: synced first.
+            if let Err(e) = handle.db.sync_wal_ltx() {
+                error!("db {}: cannot sync LTX files: {e}", handle.db.name());
+                return reply.error(Errno::EIO);
+            }
+        }
         if handle.kind == FileKind::Database {
             // The undo log of overwritten free pages must reach the disk
             // before the pages themselves do.
@@ -598,20 +612,13 @@ impl Filesystem for LitefsFs {
                     return reply.error(Errno::EINVAL);
                 }
             },
-            FileKind::Journal => match self.store.db(db_name) {
+            FileKind::Journal | FileKind::Wal | FileKind::Shm => match self.store.db(db_name) {
                 Some(db) => db,
                 None => {
                     info!("refused to create {name:?}: there is no database {db_name:?}");
                     return reply.error(Errno::ENOENT);
                 }
             },
-            FileKind::Wal | FileKind::Shm => {
-                error!(
-                    "refused to create {name:?}: WAL mode is not supported yet; use \
-                     journal_mode=DELETE, TRUNCATE or PERSIST"
-                );
-                return reply.error(Errno::EIO);
-            }
             FileKind::Pos => {
                 info!("refused to create {name:?}: -pos files are litefs's own, read-only");
                 return reply.error(Errno::EPERM);

@@ -1,8 +1,10 @@
 //! Writes, truncates and deletes on the primary, as the store sees them:
 //! a database write is checked and its pages noted dirty; the rollback
 //! journal's end (deleted, truncated to zero, or its header zeroed) is the
-//! commit point; deleting a database deletes it everywhere; and what
-//! cannot be replicated (WAL, no journal) is refused with a log line.
+//! commit point; in WAL mode a write to the database file is a
+//! checkpoint and the WAL's commit frames are the commit points (`wal.rs`);
+//! deleting a database deletes it everywhere; and what cannot be
+//! replicated (no journal at all) is refused with a log line.
 //! The `Filesystem` methods in `filesystem.rs` call these with the
 //! primary role held (`Role::hold_primary`).
 
@@ -29,16 +31,14 @@ impl LitefsFs {
         let db = &handle.db;
         match handle.kind {
             FileKind::Database => {
+                let journal = self.journal_active(db.name());
+                if !journal && self.wal_active(db) {
+                    // WAL mode: a checkpoint copying committed pages from
+                    // the WAL; recorded when they were committed.
+                    return Ok(());
+                }
                 // Pure checks on the data first; before_write records the
                 // write (dirty pages, undo log) once it is going to happen.
-                if offset == 0 && data.len() >= 20 && (data[18] == 2 || data[19] == 2) {
-                    error!(
-                        "db {}: refused switching to journal_mode=WAL: WAL is not supported yet; \
-                         use journal_mode=DELETE, TRUNCATE or PERSIST",
-                        db.name()
-                    );
-                    return Err(Errno::EIO);
-                }
                 if let Err(e) = db.before_write(offset, data) {
                     error!(
                         "db {}: refused write of {} bytes at {offset}: {e}",
@@ -47,10 +47,11 @@ impl LitefsFs {
                     );
                     return Err(Errno::EINVAL);
                 }
-                if !self.journal_active(db.name()) {
+                if !journal {
                     error!(
                         "db {}: refused a write with no rollback journal: journal_mode=OFF and \
-                         MEMORY cannot be replicated; use PRAGMA journal_mode=DELETE (or TRUNCATE, PERSIST)",
+                         MEMORY cannot be replicated; use PRAGMA journal_mode=DELETE (or \
+                         TRUNCATE, PERSIST, WAL)",
                         db.name()
                     );
                     return Err(Errno::EIO);
@@ -83,7 +84,10 @@ impl LitefsFs {
             // journal_mode=TRUNCATE: truncating the journal commits.
             self.commit(db)?;
         }
-        if kind == FileKind::Database {
+        if kind == FileKind::Wal && size == 0 {
+            self.wal_gone(db);
+        }
+        if kind == FileKind::Database && !self.wal_active(db) {
             if let Err(e) = db.before_truncate(size) {
                 warn!("db {}: refused truncate: {e}", db.name());
                 return Err(Errno::EINVAL);
@@ -114,7 +118,8 @@ impl LitefsFs {
                 // journal_mode=DELETE: deleting the journal commits.
                 self.commit(db)?;
             }
-            FileKind::Wal | FileKind::Shm => {}
+            FileKind::Wal => self.wal_gone(db),
+            FileKind::Shm => {}
         }
         if kind == FileKind::Journal {
             // Keep the backing file, emptied, and show it as absent: a

@@ -8,7 +8,7 @@
 //! (`snapshot.rs`), and recovery at start-up (`recovery.rs`). Each of those
 //! files says in what order its changes reach the disk.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -86,6 +86,14 @@ pub(super) struct State {
     pub(super) rescan: bool,
     /// Old content of the free-list pages overwritten since `pos`.
     pub(super) undo: UndoLog,
+    /// WAL mode: where the newest committed content of each page is in
+    /// the WAL file (the page data's offset), for pages a checkpoint may
+    /// not have copied into the database file yet (`wal.rs`). Emptied when
+    /// the WAL starts over.
+    pub(super) wal_index: BTreeMap<u32, u64>,
+    /// WAL mode: LTX files written but not yet fsynced; the WAL's next
+    /// fsync syncs them first (`wal.rs`).
+    pub(super) unsynced_ltx: Vec<PathBuf>,
 }
 
 impl State {
@@ -99,6 +107,8 @@ impl State {
             pending_page_size: None,
             rescan: false,
             undo: UndoLog::new(undo_path),
+            wal_index: BTreeMap::new(),
+            unsynced_ltx: Vec::new(),
         }
     }
 

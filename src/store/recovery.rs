@@ -7,7 +7,8 @@
 //! `*.tmp` files are deleted, pending LTX files are applied again (see
 //! `apply.rs`), and a hot rollback journal is either deleted, when its
 //! transaction was already recorded, or rolled back together with the undo
-//! log of reused free-list pages (see `commit.rs`).
+//! log of reused free-list pages (see `commit.rs`); a WAL is reconciled
+//! with the LTX chain and emptied (see `wal.rs`).
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -33,6 +34,8 @@ impl Db {
     pub(super) fn recover(&self) -> Result<State, Error> {
         self.remove_temp_files()?;
         self.finish_pending_apply()?;
+        // WAL mode: the WAL's recorded commits into the database file.
+        self.checkpoint_recorded_wal()?;
         let files = self.ltx_files()?;
         let newest = match files.iter().max_by_key(|&&(min, max, _)| (max, min)) {
             Some((_, _, path)) => {
@@ -55,6 +58,8 @@ impl Db {
             );
             self.commit_locked(&mut state, &BTreeSet::new())?;
         }
+        // WAL mode: LTX files for the WAL's unrecorded commits.
+        self.record_unrecorded_wal(&mut state)?;
         Ok(state)
     }
 

@@ -18,12 +18,15 @@ impl Db {
     /// write transaction in progress: hold SQLite's shared lock while
     /// snapshotting). Does not block commits while it streams.
     pub fn write_snapshot<W: Write>(&self, w: W) -> Result<ltx::Header, Error> {
-        let (pos, page_size, checksums) = {
+        let (pos, page_size, checksums, wal_index) = {
             let state = self.lock();
             match state.page_size {
-                Some(page_size) if state.pos.txid > 0 => {
-                    (state.pos, page_size, state.checksums.clone())
-                }
+                Some(page_size) if state.pos.txid > 0 => (
+                    state.pos,
+                    page_size,
+                    state.checksums.clone(),
+                    state.wal_index.clone(),
+                ),
                 _ => {
                     return Err(Error::NoTransactions {
                         db: self.name.clone(),
@@ -51,6 +54,18 @@ impl Db {
             path,
         ))?;
         let mut encoder = ltx::LtxEncoder::new(w, &header).map_err(snapshot_error)?;
+        // WAL mode: pages a checkpoint has not copied yet come from the WAL.
+        let wal_file = if wal_index.is_empty() {
+            None
+        } else {
+            Some(File::open(self.wal_path()).map_err(io_error(
+                format!("opening the WAL of database {} for a snapshot", self.name),
+                self.wal_path(),
+            ))?)
+        };
+        let from_wal = wal_file
+            .as_ref()
+            .map(|wal| super::wal::PageSource::with_frames(wal, wal_index, &database));
         let size = page_size as usize;
         let pages_per_chunk = (READ_CHUNK / size).max(1) as u32;
         let mut buf = vec![0u8; pages_per_chunk as usize * size];
@@ -58,12 +73,19 @@ impl Db {
         while pgno <= header.commit {
             let count = pages_per_chunk.min(header.commit - pgno + 1);
             let chunk = &mut buf[..count as usize * size];
-            database
-                .read_exact_at(chunk, page_offset(pgno, page_size))
-                .map_err(io_error(
-                    format!("reading database {} for a snapshot", self.name),
-                    path,
-                ))?;
+            match &from_wal {
+                Some(source) => {
+                    for (i, page) in chunk.chunks_exact_mut(size).enumerate() {
+                        source.read(self, pgno + i as u32, page)?;
+                    }
+                }
+                None => database
+                    .read_exact_at(chunk, page_offset(pgno, page_size))
+                    .map_err(io_error(
+                        format!("reading database {} for a snapshot", self.name),
+                        path,
+                    ))?,
+            }
             for (i, page) in chunk.chunks_exact(size).enumerate() {
                 let n = pgno + i as u32;
                 if is_lock_page(n, page_size) {

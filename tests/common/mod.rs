@@ -411,3 +411,44 @@ pub fn replica_yaml(primary: &Node) -> String {
         primary.port
     )
 }
+
+/// The position `<name>-pos` must show: the newest LTX file's TXID and
+/// post-apply checksum.
+pub fn newest_ltx_pos(node: &Node, db: &str) -> String {
+    let files = node.ltx_files(db);
+    let newest = files.last().expect("no LTX file");
+    let (header, trailer) = litefs::ltx::read_header_and_trailer(newest).unwrap();
+    format!(
+        "{:016x}/{:016x}\n",
+        header.max_txid, trailer.post_apply_checksum
+    )
+}
+
+/// Replays every LTX file of `db` onto an empty store and checks the result
+/// is byte-identical to the node's database file.
+pub fn assert_replay_identical(node: &Node, db: &str) {
+    let replay_dir = temp_dir("replay");
+    let replay = litefs::store::Store::open(replay_dir.path()).unwrap();
+    let target = replay.create_db(db).unwrap();
+    let files = node.ltx_files(db);
+    for (i, file) in files.iter().enumerate() {
+        let (header, _) = litefs::ltx::read_header_and_trailer(file).unwrap();
+        assert_eq!(
+            header.min_txid,
+            i as u64 + 1,
+            "LTX files are not contiguous"
+        );
+        target.apply_ltx(file).unwrap();
+    }
+    let original = std::fs::read(node.data_db(db)).unwrap();
+    let replayed = std::fs::read(target.database_path()).unwrap();
+    assert!(
+        original == replayed,
+        "replayed {db} differs from the original"
+    );
+    assert_eq!(format!("{}\n", target.pos()), node.pos(db));
+    assert_eq!(
+        litefs::store::database_checksum(&node.data_db(db)).unwrap(),
+        target.pos().checksum
+    );
+}

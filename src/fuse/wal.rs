@@ -1,0 +1,242 @@
+//! Following SQLite's writes to a database's `-wal` on the primary: the
+//! WAL header, each frame's header and page as they are written, and the
+//! commit frame that ends a transaction, which the store records as one
+//! LTX file (`Db::commit_wal`) before the write returns to SQLite.
+//!
+//! SQLite writes a WAL in a fixed shape (wal.c): a 32-byte header at
+//! offset 0 whenever it starts the WAL over (new salts), then per frame a
+//! 24-byte frame header and the page, each one write (which the kernel
+//! may split into several requests). A transaction's
+//! frames follow the last committed frame; a page written twice in one
+//! transaction is overwritten in place, and frame headers may be written
+//! again with new checksums after the commit frame. So the frames after
+//! the last commit are the transaction under way; a rolled-back one is
+//! simply overwritten by the next.
+//!
+//! The tracker of each database lives in `LitefsFs::wals`; its lock is
+//! held for one write's bookkeeping and the commit it may complete, which
+//! also keeps two commits of one database in order (SQLite's WAL write
+//! lock already allows only one writer).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use fuser::Errno;
+use log::error;
+
+use super::LitefsFs;
+use crate::sqlite::wal::{self, WalHeader, FRAME_HEADER_SIZE, WAL_HEADER_SIZE};
+use crate::store::{Db, WalPosition};
+
+/// What litefs knows of one database's WAL.
+#[derive(Debug, Default)]
+pub(super) struct WalTracker {
+    /// The current generation's header; `None` until SQLite writes one.
+    header: Option<WalHeader>,
+    /// Index of the last commit frame of this generation (`None`: none yet).
+    last_commit: Option<u64>,
+    /// Frames after the last commit whose header is written: index ->
+    /// (page number, commit size).
+    frames: BTreeMap<u64, (u32, u32)>,
+    /// Frames after the last commit whose page is written.
+    written: BTreeSet<u64>,
+    /// Byte ranges written so far of frame headers and pages not yet
+    /// whole: the kernel may split one write of SQLite's into several
+    /// requests (at page-cache boundaries), handled in any order.
+    partial: BTreeMap<(u64, bool), Vec<(u64, u64)>>,
+}
+
+impl WalTracker {
+    fn start_over(&mut self, header: Option<WalHeader>) {
+        *self = WalTracker {
+            header,
+            ..WalTracker::default()
+        };
+    }
+
+    fn first_open_frame(&self) -> u64 {
+        self.last_commit.map_or(0, |i| i + 1)
+    }
+
+    /// Adds `[start, end)` (relative to the region) to what is written of
+    /// frame `index`'s header (`page` false) or page; true once the region
+    /// of `len` bytes is whole.
+    fn cover(&mut self, index: u64, page: bool, start: u64, end: u64, len: u64) -> bool {
+        if start == 0 && end == len {
+            self.partial.remove(&(index, page));
+            return true;
+        }
+        let ranges = self.partial.entry((index, page)).or_default();
+        ranges.push((start, end));
+        ranges.sort_unstable();
+        let mut reach = 0;
+        for &(s, e) in ranges.iter() {
+            if s > reach {
+                return false;
+            }
+            reach = reach.max(e);
+        }
+        if reach >= len {
+            self.partial.remove(&(index, page));
+            return true;
+        }
+        false
+    }
+}
+
+impl LitefsFs {
+    /// Whether `db` is in WAL mode as far as its writes go: SQLite has
+    /// written a WAL header in this mount's life, so writes to the
+    /// database file without a rollback journal are checkpoints.
+    pub(super) fn wal_active(&self, db: &Db) -> bool {
+        self.wals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(db.name())
+            .is_some_and(|t| t.header.is_some())
+    }
+
+    /// Notes a write of `data` at `offset` to `db`'s WAL, which has reached
+    /// the backing file, and records the transaction it commits, if any.
+    pub(super) fn wal_written(&self, db: &Db, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        let mut wals = self.wals.lock().unwrap_or_else(|e| e.into_inner());
+        let tracker = wals.entry(db.name().to_string()).or_default();
+        let end = offset + data.len() as u64;
+        let mut at = offset;
+        if offset == 0 {
+            let header = wal::parse_header(data).ok_or_else(|| {
+                error!(
+                    "db {}: refused a WAL header litefs cannot read ({} bytes)",
+                    db.name(),
+                    data.len()
+                );
+                Errno::EIO
+            })?;
+            tracker.start_over(Some(header));
+            // Every frame of the old generation was checkpointed before
+            // SQLite started the WAL over.
+            db.wal_reset();
+            at = WAL_HEADER_SIZE;
+        }
+        let Some(header) = tracker.header else {
+            error!(
+                "db {}: a WAL frame was written before any WAL header litefs saw; \
+                 refused (close every connection to the database and retry)",
+                db.name()
+            );
+            return Err(Errno::EIO);
+        };
+        let frame_size = FRAME_HEADER_SIZE + u64::from(header.page_size);
+        let page_size = u64::from(header.page_size);
+        while at < end {
+            let rel = at - WAL_HEADER_SIZE;
+            let (index, within) = (rel / frame_size, rel % frame_size);
+            let open = index >= tracker.first_open_frame();
+            // The part of this write inside one region: the frame header
+            // (`within` < 24) or the page.
+            let (page, region_start, region_len) = if within < FRAME_HEADER_SIZE {
+                (false, 0, FRAME_HEADER_SIZE)
+            } else {
+                (true, FRAME_HEADER_SIZE, page_size)
+            };
+            let piece_end = end.min(at - within + region_start + region_len);
+            let (start, stop) = (
+                within - region_start,
+                piece_end - (at - within + region_start),
+            );
+            at = piece_end;
+            if !open || !tracker.cover(index, page, start, stop, region_len) {
+                continue;
+            }
+            if page {
+                tracker.written.insert(index);
+                continue;
+            }
+            // A whole frame header: read it back from the backing file
+            // (its bytes may have come in several requests).
+            let mut buf = [0u8; FRAME_HEADER_SIZE as usize];
+            let offset_in_file = wal::frame_offset(index, header.page_size);
+            let read = std::fs::File::open(db.wal_path()).and_then(|f| {
+                std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, offset_in_file)
+            });
+            if let Err(e) = read {
+                error!("db {}: cannot read back a WAL frame header: {e}", db.name());
+                return Err(Errno::EIO);
+            }
+            let fh = wal::parse_frame_header(&buf);
+            if (fh.salt1, fh.salt2) == (header.salt1, header.salt2) {
+                tracker.frames.insert(index, (fh.pgno, fh.commit));
+            }
+        }
+        self.commit_wal_frames(db, tracker, &header)
+    }
+
+    /// Records every transaction whose frames are all written.
+    fn commit_wal_frames(
+        &self,
+        db: &Db,
+        tracker: &mut WalTracker,
+        header: &WalHeader,
+    ) -> Result<(), Errno> {
+        loop {
+            let first = tracker.first_open_frame();
+            let mut pages = BTreeMap::new();
+            let mut commit_at = None;
+            for index in first.. {
+                let (Some(&(pgno, commit)), true) =
+                    (tracker.frames.get(&index), tracker.written.contains(&index))
+                else {
+                    break;
+                };
+                pages.insert(
+                    pgno,
+                    wal::frame_offset(index, header.page_size) + FRAME_HEADER_SIZE,
+                );
+                if commit != 0 {
+                    commit_at = Some((index, commit));
+                    break;
+                }
+            }
+            let Some((last, commit)) = commit_at else {
+                return Ok(());
+            };
+            let start = wal::frame_offset(first, header.page_size);
+            let at = WalPosition {
+                salt1: header.salt1,
+                salt2: header.salt2,
+                offset: start,
+                size: wal::frame_offset(last + 1, header.page_size) - start,
+            };
+            match db.commit_wal(db.wal_path(), header.page_size, commit, &pages, at) {
+                Ok(pos) => {
+                    if let Some(pos) = pos {
+                        log::debug!("db {}: committed WAL TXID {pos}", db.name());
+                    }
+                    tracker.last_commit = Some(last);
+                    tracker.frames.retain(|&i, _| i > last);
+                    tracker.written.retain(|&i| i > last);
+                }
+                Err(e) => {
+                    // The commit fails in SQLite too, which writes the next
+                    // transaction over these frames: forget them.
+                    error!("db {}: cannot record a WAL transaction: {e}", db.name());
+                    tracker.frames.clear();
+                    tracker.written.clear();
+                    return Err(Errno::EIO);
+                }
+            }
+        }
+    }
+
+    /// `db`'s WAL was truncated to zero or deleted: it starts over.
+    pub(super) fn wal_gone(&self, db: &Db) {
+        if let Some(tracker) = self
+            .wals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(db.name())
+        {
+            tracker.start_over(None);
+        }
+        db.wal_reset();
+    }
+}

@@ -1,0 +1,453 @@
+//! WAL mode on the primary: each transaction SQLite commits to the WAL
+//! (a commit frame) becomes one LTX file, with the pages read back from
+//! the WAL itself; checkpoints make no TXID; and at start-up the WAL and
+//! the LTX chain are reconciled.
+//!
+//! Durability follows SQLite's own promise in each mode. The LTX file of a
+//! WAL transaction is written (and renamed into place) when the commit
+//! frame reaches the WAL, before SQLite can acknowledge the commit, but it
+//! is fsynced, with its directory, only when SQLite fsyncs the WAL
+//! (`Db::sync_wal_ltx`): at every commit with synchronous=FULL, at
+//! checkpoints with NORMAL. A kill -9 loses nothing either way (the page
+//! cache survives it); a power failure may lose what SQLite itself may
+//! lose, and start-up reconciles the two logs:
+//! - WAL commits newer than the newest LTX file's WAL position (the LTX
+//!   header's WAL salts and offset) have no LTX file yet: one is made for
+//!   each, in order (`recover_wal`);
+//! - an LTX file that claims a WAL commit the WAL no longer holds is
+//!   removed;
+//! - then every WAL commit is copied into the database file, which is
+//!   fsynced, and the WAL emptied (SQLite's `-shm` index is deleted with
+//!   it; the first connection rebuilds it), so the rest of recovery sees
+//!   a database file at the newest LTX file's position.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::db::{temp_path, Change, State, LTX_BUFFER};
+use super::{io_error, is_lock_page, now_ms, page_offset, sync_dir, Db, Error, Position};
+use crate::ltx;
+use crate::sqlite::wal::{self, WalCommit};
+
+/// Where a WAL transaction's frames are, as recorded in its LTX header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalPosition {
+    /// The salts of the WAL generation the frames belong to.
+    pub salt1: u32,
+    pub salt2: u32,
+    /// Offset of the transaction's first frame.
+    pub offset: u64,
+    /// Bytes from there to the end of its commit frame.
+    pub size: u64,
+}
+
+impl Db {
+    /// Records a transaction committed to the WAL at `wal_path`: `pages`
+    /// gives each page it wrote with the offset of its data in the WAL,
+    /// `commit` the database size in pages after it. Writes the LTX file
+    /// (not yet fsynced, see the module comment) and advances the
+    /// position; `None` when the database did not change.
+    pub fn commit_wal(
+        &self,
+        wal_path: &Path,
+        page_size: u32,
+        commit: u32,
+        pages: &BTreeMap<u32, u64>,
+        at: WalPosition,
+    ) -> Result<Option<Position>, Error> {
+        let mut state = self.lock();
+        let wal_file = File::open(wal_path).map_err(io_error(
+            format!("opening the WAL of database {}", self.name),
+            wal_path,
+        ))?;
+        let source = PageSource::open(self, &state, &wal_file, pages)?;
+        let incremental = state.pos.txid > 0 && state.page_size == Some(page_size);
+        let old_count = if incremental {
+            state.checksums.page_count()
+        } else {
+            0
+        };
+        let candidates: Vec<u32> = if incremental {
+            pages
+                .keys()
+                .copied()
+                .filter(|&pgno| pgno <= commit.min(old_count))
+                .chain(old_count + 1..=commit)
+                .collect::<BTreeSet<u32>>()
+                .into_iter()
+                .collect()
+        } else {
+            (1..=commit).collect()
+        };
+        let mut page = vec![0u8; page_size as usize];
+        let mut changed = Vec::new();
+        for pgno in candidates {
+            if is_lock_page(pgno, page_size) {
+                continue;
+            }
+            source.read(self, pgno, &mut page)?;
+            let checksum = ltx::page_checksum(pgno, &page);
+            if pgno <= old_count && state.checksums.get(pgno) == checksum {
+                continue;
+            }
+            changed.push((pgno, checksum));
+        }
+        let index_pages = |state: &mut State| {
+            for (&pgno, &offset) in pages {
+                if pgno <= commit {
+                    state.wal_index.insert(pgno, offset);
+                }
+            }
+            state.wal_index.retain(|&pgno, _| pgno <= commit);
+        };
+        if incremental && commit == old_count && changed.is_empty() {
+            index_pages(&mut state);
+            return Ok(None);
+        }
+        let change = Change::new(&state.checksums, incremental, page_size, commit, changed);
+        let txid = state.pos.txid + 1;
+        let header = ltx::Header {
+            page_size,
+            commit,
+            min_txid: txid,
+            max_txid: txid,
+            timestamp: now_ms(),
+            pre_apply_checksum: if txid == 1 { 0 } else { state.pos.checksum },
+            wal_offset: at.offset,
+            wal_size: at.size,
+            wal_salt1: at.salt1,
+            wal_salt2: at.salt2,
+            node_id: self.node_id,
+            ..ltx::Header::default()
+        };
+        let final_path = self.ltx_dir.join(ltx::filename(txid, txid));
+        let tmp_path = temp_path(&final_path);
+        let written = self
+            .write_wal_ltx(&tmp_path, &header, &source, &change)
+            .and_then(|len| {
+                fs::rename(&tmp_path, &final_path)
+                    .map(|()| len)
+                    .map_err(io_error(
+                        format!("renaming the new LTX file of database {}", self.name),
+                        &final_path,
+                    ))
+            });
+        let ltx_bytes = match written {
+            Ok(len) => len,
+            Err(err) => {
+                let _ = fs::remove_file(&tmp_path);
+                return Err(err);
+            }
+        };
+        change.apply_to(&mut state);
+        state.pos = Position {
+            txid,
+            checksum: change.checksum,
+        };
+        index_pages(&mut state);
+        state.unsynced_ltx.push(final_path);
+        crate::metrics::commit(&self.name, ltx_bytes);
+        Ok(Some(state.pos))
+    }
+
+    /// Fsyncs the LTX files of WAL transactions written since the last
+    /// call, and their directory: called before the WAL itself is fsynced.
+    pub fn sync_wal_ltx(&self) -> Result<(), Error> {
+        let mut state = self.lock();
+        if state.unsynced_ltx.is_empty() {
+            return Ok(());
+        }
+        for path in &state.unsynced_ltx {
+            File::open(path)
+                .and_then(|f| f.sync_all())
+                .map_err(io_error(
+                    format!("syncing an LTX file of database {}", self.name),
+                    path,
+                ))?;
+        }
+        sync_dir(&self.ltx_dir)?;
+        state.unsynced_ltx.clear();
+        Ok(())
+    }
+
+    /// The WAL started over (a new header, truncated, or deleted): every
+    /// page it held is in the database file now.
+    pub fn wal_reset(&self) {
+        self.lock().wal_index.clear();
+    }
+
+    /// Whether any committed page is still read from the WAL.
+    pub fn wal_in_use(&self) -> bool {
+        !self.lock().wal_index.is_empty()
+    }
+
+    fn write_wal_ltx(
+        &self,
+        path: &Path,
+        header: &ltx::Header,
+        source: &PageSource<'_>,
+        change: &Change,
+    ) -> Result<u64, Error> {
+        let ltx_error = self.ltx_error(path);
+        let file = File::create(path).map_err(io_error(
+            format!("creating an LTX file of database {}", self.name),
+            path,
+        ))?;
+        let mut encoder = ltx::LtxEncoder::new(BufWriter::with_capacity(LTX_BUFFER, file), header)
+            .map_err(ltx_error)?;
+        let mut page = vec![0u8; header.page_size as usize];
+        for &(pgno, _) in &change.pages {
+            source.read(self, pgno, &mut page)?;
+            encoder.encode_page(pgno, &page).map_err(ltx_error)?;
+        }
+        let (writer, _) = encoder.finish(change.checksum).map_err(ltx_error)?;
+        let file = writer
+            .into_inner()
+            .map_err(|err| io_error("writing the LTX file", path)(err.into_error()))?;
+        file.metadata()
+            .map(|md| md.len())
+            .map_err(io_error("reading the size of an LTX file", path))
+    }
+
+    /// Reconciles the WAL with the LTX chain at start-up (see the module
+    /// comment). `state` is the state as of the newest LTX file, built
+    /// from the database file *after* `checkpoint_recorded_wal` ran.
+    pub(super) fn record_unrecorded_wal(&self, state: &mut State) -> Result<(), Error> {
+        let Some((header, commits)) = self.read_wal()? else {
+            return Ok(());
+        };
+        let recorded_end = self.recorded_wal_end(header.salt1, header.salt2)?;
+        let unrecorded: Vec<&WalCommit> = commits.iter().filter(|c| c.end > recorded_end).collect();
+        if !unrecorded.is_empty() {
+            let wal_file = File::open(self.wal_path()).map_err(io_error(
+                format!("opening the WAL of database {}", self.name),
+                self.wal_path(),
+            ))?;
+            for commit in &unrecorded {
+                self.copy_commit(&wal_file, header.page_size, commit)?;
+                let dirty: BTreeSet<u32> = commit.pages.iter().map(|&(pgno, _)| pgno).collect();
+                let made = self.commit_locked(state, &dirty)?;
+                log::warn!(
+                    "database {}: the WAL held a committed transaction with no LTX file; \
+                     recorded it as {}",
+                    self.name,
+                    made.position
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "no change".to_string())
+                );
+            }
+        }
+        self.empty_wal()
+    }
+
+    /// The first half of the reconciliation: removes LTX files that claim
+    /// WAL commits the WAL does not hold, then copies every WAL commit the
+    /// LTX chain holds into the database file (fsynced).
+    pub(super) fn checkpoint_recorded_wal(&self) -> Result<(), Error> {
+        let Some((header, commits)) = self.read_wal()? else {
+            return Ok(());
+        };
+        let last_end = commits.last().map(|c| c.end).unwrap_or(0);
+        // An LTX file beyond the WAL's last commit (a power failure took
+        // WAL frames whose LTX file survived): the database never had it.
+        while let Some((path, h)) = self.newest_ltx_header()? {
+            let same_generation = (h.wal_salt1, h.wal_salt2) == (header.salt1, header.salt2);
+            if !(same_generation && h.wal_offset + h.wal_size > last_end) {
+                break;
+            }
+            log::warn!(
+                "database {}: {} records a WAL transaction the WAL does not hold (lost in a \
+                 power failure before SQLite synced it); removing it",
+                self.name,
+                path.display()
+            );
+            fs::remove_file(&path).map_err(io_error("removing an LTX file", &path))?;
+            sync_dir(&self.ltx_dir)?;
+        }
+        let recorded_end = self.recorded_wal_end(header.salt1, header.salt2)?;
+        let wal_file = File::open(self.wal_path()).map_err(io_error(
+            format!("opening the WAL of database {}", self.name),
+            self.wal_path(),
+        ))?;
+        for commit in commits.iter().filter(|c| c.end <= recorded_end) {
+            self.copy_commit(&wal_file, header.page_size, commit)?;
+        }
+        Ok(())
+    }
+
+    /// The WAL's committed transactions; `None` when it has none.
+    fn read_wal(&self) -> Result<Option<(wal::WalHeader, Vec<WalCommit>)>, Error> {
+        let path = self.wal_path();
+        match crate::sqlite::wal::read_commits(path) {
+            Ok(Some((header, commits))) if !commits.is_empty() => Ok(Some((header, commits))),
+            Ok(_) => Ok(None),
+            Err(source) => Err(Error::Journal {
+                db: self.name.clone(),
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// The end of the WAL transactions of generation `salts` the LTX chain
+    /// holds (0: none).
+    fn recorded_wal_end(&self, salt1: u32, salt2: u32) -> Result<u64, Error> {
+        Ok(match self.newest_ltx_header()? {
+            Some((_, h)) if (h.wal_salt1, h.wal_salt2) == (salt1, salt2) => {
+                h.wal_offset + h.wal_size
+            }
+            _ => 0,
+        })
+    }
+
+    fn newest_ltx_header(&self) -> Result<Option<(PathBuf, ltx::Header)>, Error> {
+        let files = self.ltx_files()?;
+        let Some((_, _, path)) = files.iter().max_by_key(|&&(min, max, _)| (max, min)) else {
+            return Ok(None);
+        };
+        let (header, _) = ltx::read_header_and_trailer(path).map_err(self.ltx_error(path))?;
+        Ok(Some((path.clone(), header)))
+    }
+
+    /// Writes one WAL transaction's pages into the database file and sets
+    /// its size, fsynced.
+    fn copy_commit(
+        &self,
+        wal_file: &File,
+        page_size: u32,
+        commit: &WalCommit,
+    ) -> Result<(), Error> {
+        let path = &self.database_path;
+        let write_error =
+            |err| io_error(format!("checkpointing database {}", self.name), path)(err);
+        let database = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(write_error)?;
+        let mut page = vec![0u8; page_size as usize];
+        for &(pgno, offset) in &commit.pages {
+            if pgno > commit.commit {
+                continue;
+            }
+            wal_file.read_exact_at(&mut page, offset).map_err(io_error(
+                format!("reading the WAL of database {}", self.name),
+                self.wal_path(),
+            ))?;
+            database
+                .write_all_at(&page, page_offset(pgno, page_size))
+                .map_err(write_error)?;
+        }
+        database
+            .set_len(u64::from(commit.commit) * u64::from(page_size))
+            .and_then(|()| database.sync_all())
+            .map_err(write_error)
+    }
+
+    /// Empties the WAL (everything in it is in the database file and the
+    /// LTX chain) and deletes SQLite's index of it.
+    fn empty_wal(&self) -> Result<(), Error> {
+        let wal = self.wal_path();
+        OpenOptions::new()
+            .write(true)
+            .open(wal)
+            .and_then(|f| f.set_len(0).and_then(|()| f.sync_all()))
+            .map_err(io_error(
+                format!("emptying the WAL of database {}", self.name),
+                wal,
+            ))?;
+        match fs::remove_file(self.shm_path()) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(io_error("removing the WAL index", self.shm_path())(err)),
+        }
+        log::info!(
+            "database {}: the WAL was copied into the database file and emptied",
+            self.name
+        );
+        Ok(())
+    }
+}
+
+/// Where pages are read from while a WAL transaction is recorded or a
+/// snapshot made: the transaction's own frames, then earlier committed
+/// frames still in the WAL, then the database file.
+pub(super) struct PageSource<'a> {
+    wal: Option<&'a File>,
+    /// The transaction's pages (offsets in the WAL), then the WAL index.
+    frames: BTreeMap<u32, u64>,
+    database: Option<File>,
+}
+
+impl<'a> PageSource<'a> {
+    pub(super) fn open(
+        db: &Db,
+        state: &State,
+        wal: &'a File,
+        pages: &BTreeMap<u32, u64>,
+    ) -> Result<PageSource<'a>, Error> {
+        let mut frames = state.wal_index.clone();
+        frames.extend(pages.iter().map(|(&p, &o)| (p, o)));
+        let database = match File::open(&db.database_path) {
+            Ok(file) => Some(file),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+            Err(err) => {
+                return Err(io_error(
+                    format!("opening database {}", db.name),
+                    &db.database_path,
+                )(err))
+            }
+        };
+        Ok(PageSource {
+            wal: Some(wal),
+            frames,
+            database,
+        })
+    }
+
+    /// A source over committed frames only (`frames`: page -> offset in
+    /// `wal`), falling back to `database`.
+    pub(super) fn with_frames(
+        wal: &'a File,
+        frames: BTreeMap<u32, u64>,
+        database: &File,
+    ) -> PageSource<'a> {
+        PageSource {
+            wal: Some(wal),
+            frames,
+            database: database.try_clone().ok(),
+        }
+    }
+
+    /// Reads page `pgno` into `page` (a missing page of the database file
+    /// reads as zeros, as SQLite's own would).
+    pub(super) fn read(&self, db: &Db, pgno: u32, page: &mut [u8]) -> Result<(), Error> {
+        if let (Some(wal), Some(&offset)) = (self.wal, self.frames.get(&pgno)) {
+            return wal.read_exact_at(page, offset).map_err(io_error(
+                format!("reading page {pgno} of database {} from the WAL", db.name),
+                db.wal_path(),
+            ));
+        }
+        match &self.database {
+            Some(file) => match file.read_exact_at(page, page_offset(pgno, page.len() as u32)) {
+                Ok(()) => Ok(()),
+                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => {
+                    page.fill(0);
+                    Ok(())
+                }
+                Err(err) => Err(io_error(
+                    format!("reading page {pgno} of database {}", db.name),
+                    &db.database_path,
+                )(err)),
+            },
+            None => {
+                page.fill(0);
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! WAL mode on a real mount: every transaction SQLite commits to the WAL
+//! becomes exactly one LTX file whose chain replays byte-identical to the
+//! checkpointed database; rollbacks and checkpoints make no TXID; mode
+//! switches are one transaction each; kill -9 loses nothing acknowledged.
+//! Needs root and /dev/fuse.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{assert_replay_identical, newest_ltx_pos, sqlite3_ok, temp_dir, wait_for, Node, Rng};
+use rusqlite::Connection;
+
+fn txid(node: &Node, db: &str) -> u64 {
+    u64::from_str_radix(&node.pos(db)[..16], 16).unwrap()
+}
+
+fn open(path: &Path, synchronous: &str) -> Connection {
+    let conn = Connection::open(path).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous={synchronous}; PRAGMA cache_size=20;"
+    ))
+    .unwrap();
+    conn
+}
+
+/// Checkpoints everything into the database file and empties the WAL, so
+/// the data file is the whole database.
+fn checkpoint_truncate(conn: &Connection) {
+    let busy: i64 = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(busy, 0, "the checkpoint was blocked");
+}
+
+/// A random WAL workload, step by step; after each step the TXID moved by
+/// exactly the number of transactions that changed the database.
+fn random_workload(node: &Node, db: &str, synchronous: &str, rng: &mut Rng) {
+    let path = node.db(db);
+    let conn = open(&path, synchronous);
+    let other = open(&path, synchronous);
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v BLOB, n INT);")
+        .unwrap();
+    for step in 0..60 {
+        let before = txid(node, db);
+        let expected = match rng.next() % 10 {
+            0 => {
+                // Larger than the page cache (20 pages): spills mid-transaction.
+                conn.execute_batch(
+                    "BEGIN; WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i<400)
+                     INSERT INTO t(v, n) SELECT randomblob(700), i FROM k; COMMIT;",
+                )
+                .unwrap();
+                1
+            }
+            1 => {
+                conn.execute_batch("BEGIN; INSERT INTO t(v) VALUES(randomblob(3000)); ROLLBACK;")
+                    .unwrap();
+                0
+            }
+            2 => {
+                conn.execute_batch(
+                    "BEGIN; INSERT INTO t(v) VALUES(1); SAVEPOINT s; UPDATE t SET n = n + 1;
+                     ROLLBACK TO s; RELEASE s; COMMIT;",
+                )
+                .unwrap();
+                1
+            }
+            3 => {
+                let kind = ["PASSIVE", "FULL", "RESTART", "TRUNCATE"][(rng.next() % 4) as usize];
+                other
+                    .query_row(&format!("PRAGMA wal_checkpoint({kind})"), [], |_| Ok(()))
+                    .unwrap();
+                0
+            }
+            4 => {
+                conn.execute_batch("DELETE FROM t WHERE id % 4 = 1;")
+                    .unwrap();
+                1
+            }
+            5 if step % 3 == 0 => {
+                conn.execute_batch("VACUUM;").unwrap();
+                1
+            }
+            6 => {
+                // From the other connection.
+                other
+                    .execute("UPDATE t SET v = randomblob(50) WHERE id % 7 = 0", [])
+                    .unwrap();
+                1
+            }
+            _ => {
+                conn.execute(
+                    "INSERT INTO t(v, n) VALUES(randomblob(?1), 1)",
+                    [(rng.next() % 5000) as i64],
+                )
+                .unwrap();
+                1
+            }
+        };
+        let after = txid(node, db);
+        // An UPDATE or DELETE that matched nothing changes nothing.
+        assert!(
+            after - before == expected || (expected == 1 && after == before),
+            "step {step}: TXID {before} -> {after}, expected +{expected}"
+        );
+        if step % 15 == 14 {
+            checkpoint_truncate(&conn);
+            assert_replay_identical(node, db);
+        }
+    }
+    assert_eq!(
+        conn.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0))
+            .unwrap(),
+        "ok"
+    );
+    checkpoint_truncate(&conn);
+    assert_replay_identical(node, db);
+}
+
+#[test]
+fn wal_transactions_become_one_ltx_file_each_and_replay_identical() {
+    let dir = temp_dir("wal-random");
+    let node = Node::start_in(dir.path(), "");
+    let mut rng = Rng::from_clock("wal workload");
+    random_workload(&node, "normal.db", "NORMAL", &mut rng);
+    random_workload(&node, "full.db", "FULL", &mut rng);
+    assert_eq!(node.pos("full.db"), newest_ltx_pos(&node, "full.db"));
+    // Nothing failed on the way.
+    let log = node.log_text();
+    assert!(!log.contains("ERROR"), "{log}");
+}
+
+#[test]
+fn switching_journal_modes_is_one_transaction_each_and_keeps_the_chain() {
+    let dir = temp_dir("wal-switch");
+    let node = Node::start_in(dir.path(), "");
+    let path = node.db("s.db");
+    sqlite3_ok(
+        &path,
+        "CREATE TABLE t(x); INSERT INTO t VALUES('delete mode');",
+    );
+    let mut expected = txid(&node, "s.db");
+    for mode in ["WAL", "DELETE", "WAL", "TRUNCATE", "WAL", "PERSIST", "WAL"] {
+        let out = sqlite3_ok(
+            &path,
+            &format!("PRAGMA journal_mode={mode}; INSERT INTO t VALUES('{mode}');"),
+        );
+        assert_eq!(out.trim().to_ascii_uppercase(), mode);
+        // The switch (a header change) and the insert.
+        expected += 2;
+        assert_eq!(txid(&node, "s.db"), expected, "after switching to {mode}");
+    }
+    assert_eq!(sqlite3_ok(&path, "SELECT count(*) FROM t;"), "8\n");
+    assert_replay_identical(&node, "s.db");
+}
+
+#[test]
+fn several_processes_write_in_wal_mode() {
+    let dir = temp_dir("wal-procs");
+    let node = Node::start_in(dir.path(), "");
+    let path = node.db("p.db");
+    sqlite3_ok(&path, "PRAGMA journal_mode=WAL; CREATE TABLE t(w, i);");
+    let before = txid(&node, "p.db");
+    let children: Vec<_> = (0..3)
+        .map(|w| {
+            let sql: String = (0..40)
+                .map(|i| format!("INSERT INTO t VALUES({w}, {i});\n"))
+                .collect();
+            std::process::Command::new("sqlite3")
+                .arg("-cmd")
+                .arg(".timeout 20000")
+                .arg(&path)
+                .arg(sql)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    assert_eq!(sqlite3_ok(&path, "SELECT count(*) FROM t;"), "120\n");
+    assert_eq!(txid(&node, "p.db"), before + 120);
+    let conn = open(&path, "NORMAL");
+    checkpoint_truncate(&conn);
+    drop(conn);
+    assert_replay_identical(&node, "p.db");
+}
+
+#[test]
+fn kill_9_during_wal_writes_loses_nothing_acknowledged() {
+    let dir = temp_dir("wal-crash");
+    let mut node = Node::start_in(dir.path(), "");
+    let path = node.db("k.db");
+    sqlite3_ok(
+        &path,
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(i INTEGER PRIMARY KEY, b BLOB);",
+    );
+    let mut rng = Rng::from_clock("wal crash test");
+    let committed = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let mut next_i = 1i64;
+    for round in 0..12 {
+        let synchronous = if round % 2 == 0 { "NORMAL" } else { "FULL" };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (path, committed, stop) = (path.clone(), committed.clone(), stop.clone());
+            let start = next_i;
+            std::thread::spawn(move || {
+                let mut i = start;
+                let Ok(conn) = Connection::open(&path) else {
+                    return i;
+                };
+                let setup = conn.busy_timeout(Duration::from_secs(5)).and_then(|()| {
+                    conn.execute_batch(&format!("PRAGMA synchronous={synchronous};"))
+                });
+                if setup.is_err() {
+                    return i;
+                }
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let res = conn.execute(
+                        "INSERT INTO t(i, b) VALUES(?1, randomblob(?2))",
+                        rusqlite::params![i, 100 + (i % 7) * 900],
+                    );
+                    match res {
+                        Ok(_) => {
+                            committed.lock().unwrap().insert(i);
+                            i += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                i + 1
+            })
+        };
+        let committed_before = committed.lock().unwrap().len();
+        wait_for("a commit", Duration::from_secs(30), || {
+            committed.lock().unwrap().len() > committed_before
+        });
+        std::thread::sleep(Duration::from_millis(rng.next() % 150));
+        node.kill9();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        next_i = writer.join().unwrap();
+        node.restart();
+
+        // Start-up reconciled the WAL: the database file is at the newest
+        // LTX file's position, and the WAL is empty.
+        assert_eq!(
+            node.pos("k.db"),
+            newest_ltx_pos(&node, "k.db"),
+            "round {round}"
+        );
+        let files = node.ltx_files("k.db");
+        let (_, trailer) = litefs::ltx::read_header_and_trailer(files.last().unwrap()).unwrap();
+        assert_eq!(
+            litefs::store::database_checksum(&node.data_db("k.db")).unwrap(),
+            trailer.post_apply_checksum,
+            "round {round}"
+        );
+        assert_eq!(
+            sqlite3_ok(&path, "PRAGMA integrity_check;"),
+            "ok\n",
+            "round {round}"
+        );
+        let present: BTreeSet<i64> = sqlite3_ok(&path, "SELECT i FROM t;")
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        let committed = committed.lock().unwrap();
+        let lost: Vec<_> = committed.difference(&present).collect();
+        assert!(
+            lost.is_empty(),
+            "round {round}: acknowledged rows lost: {lost:?}"
+        );
+    }
+    // The kills left committed frames in the WAL, which start-up moved
+    // into the database file (or the test proved nothing).
+    let reconciled = node
+        .log_text()
+        .matches("the WAL was copied into the database file")
+        .count();
+    assert!(reconciled >= 6, "only {reconciled} start-ups found a WAL");
+    assert_replay_identical(&node, "k.db");
+}
