@@ -1,0 +1,336 @@
+//! The lease thread: runs a [`Leaser`] (take the lease when free, renew
+//! it, step down in time, release it on stop; otherwise watch who holds
+//! it) and reports this node's role changes as [`LeaseEvent`]s. The timing
+//! rules are in `lease.rs`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use log::{debug, info, warn};
+
+use super::{Error, Lease, LeaseEvent, Leaser, WATCH_FAILURE_GRACE, WATCH_WAIT};
+
+/// How soon a candidate tries again when the key looked free but Consul
+/// refused the lock (the lock delay after a lost session).
+const ACQUIRE_RETRY_WAIT: Duration = Duration::from_millis(250);
+
+/// First pause after a failed call to Consul; doubled up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Longest pause between retries while Consul fails.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// How often a sleeping lease thread looks at its stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(50);
+
+/// Runs `leaser` on a thread named `lease` and sends a [`LeaseEvent`] on
+/// `events` each time this node's role changes (never the same event twice
+/// in a row). A `candidate` takes the lease whenever no node holds it.
+///
+/// Setting `stop` (or dropping the receiver) ends the thread; a held lease
+/// is released first so another candidate takes over at once. A node that
+/// does not hold the lease notices `stop` within [`WATCH_WAIT`].
+pub fn spawn_lease_thread(
+    leaser: Box<dyn Leaser>,
+    candidate: bool,
+    events: Sender<LeaseEvent>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
+    let driver = Driver {
+        leaser,
+        candidate,
+        events,
+        stop,
+        last_event: None,
+        receiver_gone: false,
+        trouble: Trouble::new("Consul"),
+        acquire_trouble: Trouble::new("taking the lease"),
+    };
+    thread::Builder::new()
+        .name("lease".to_string())
+        .spawn(move || driver.run())
+}
+
+/// The lease thread's state.
+struct Driver {
+    leaser: Box<dyn Leaser>,
+    candidate: bool,
+    events: Sender<LeaseEvent>,
+    stop: Arc<AtomicBool>,
+    last_event: Option<LeaseEvent>,
+    receiver_gone: bool,
+    /// Failures to reach Consul: watching, renewing, releasing.
+    trouble: Trouble,
+    /// Failures to take the lease, tracked apart so that a node allowed to
+    /// read the key but not to take it logs that once, not on every turn.
+    acquire_trouble: Trouble,
+}
+
+impl Driver {
+    fn run(mut self) {
+        // The index of the last watch answer; 0 asks without blocking.
+        let mut index = 0;
+        // Whether to try to take the lease before the next watch.
+        let mut try_acquire = self.candidate;
+        // The key looked free but the lock was refused (lock delay): watch
+        // only briefly before trying again.
+        let mut retry_soon = false;
+        // A lease this node stepped down from without releasing it.
+        let mut stale: Option<Lease> = None;
+
+        while !self.should_stop() {
+            // A lease this node stepped down from (it could not renew) may
+            // still hold the key: free it before anything else, so the key
+            // does not wait for the TTL and this node never follows itself
+            // as a replica. Once Consul has surely expired it (twice the
+            // TTL), stop trying.
+            if let Some(lease) = stale.take() {
+                match self.leaser.release(lease.clone()) {
+                    Ok(()) => {
+                        self.trouble.succeeded();
+                        info!("lease: released the lease this node stepped down from");
+                    }
+                    Err(e) if surely_expired(&lease) => {
+                        debug!("lease: {e}; the session has expired by now");
+                    }
+                    Err(e) => {
+                        let pause = self.trouble.failed(&e);
+                        stale = Some(lease);
+                        self.sleep_until(Instant::now() + pause);
+                        continue;
+                    }
+                }
+            }
+
+            if try_acquire {
+                try_acquire = false;
+                match self.leaser.acquire() {
+                    Ok(Some(lease)) => {
+                        self.acquire_trouble.succeeded();
+                        stale = self.hold(lease).or(stale);
+                        // Try again at once: the key may be free.
+                        try_acquire = self.candidate;
+                        index = 0;
+                        retry_soon = false;
+                        continue;
+                    }
+                    Ok(None) => {
+                        self.acquire_trouble.succeeded();
+                        retry_soon = true;
+                    }
+                    Err(e) => {
+                        // Watch anyway, to follow whoever is primary; the
+                        // next attempt comes when the watch again finds the
+                        // key free, which paces the retries.
+                        self.acquire_trouble.failed(&e);
+                        retry_soon = false;
+                    }
+                }
+            }
+
+            let wait = if retry_soon {
+                ACQUIRE_RETRY_WAIT
+            } else {
+                WATCH_WAIT
+            };
+            let started = Instant::now();
+            match self.leaser.primary(index, wait) {
+                Ok((primary, new_index)) => {
+                    self.trouble.succeeded();
+                    let unchanged = new_index == index;
+                    index = new_index;
+                    match primary {
+                        Some(primary) => {
+                            retry_soon = false;
+                            self.send(LeaseEvent::Replica(primary));
+                        }
+                        None => {
+                            self.send(LeaseEvent::NoPrimary);
+                            try_acquire = self.candidate;
+                        }
+                    }
+                    // An answer that neither changed nor waited would make
+                    // this loop spin against a misbehaving server.
+                    if unchanged && started.elapsed() < wait / 2 {
+                        self.sleep_until(Instant::now() + MIN_BACKOFF);
+                    }
+                }
+                Err(e) => {
+                    let pause = self.trouble.failed(&e);
+                    index = 0;
+                    if self.last_event.is_none()
+                        || self.trouble.failing_for() >= WATCH_FAILURE_GRACE
+                    {
+                        self.send(LeaseEvent::NoPrimary);
+                    }
+                    self.sleep_until(Instant::now() + pause);
+                }
+            }
+        }
+
+        if let Some(lease) = stale {
+            if let Err(e) = self.leaser.release(lease) {
+                debug!("lease: {e}");
+            }
+        }
+    }
+
+    /// Holds `lease` until it is lost, cannot be renewed in time, or the
+    /// thread stops. Returns a lease that was given up without being
+    /// released (to release once Consul answers again).
+    fn hold(&mut self, mut lease: Lease) -> Option<Lease> {
+        self.send(LeaseEvent::Primary);
+        // When to try again after a failed renewal; None after a success.
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            if self.should_stop() {
+                match self.leaser.release(lease) {
+                    Ok(()) => info!("lease: released the lease; another candidate can take over"),
+                    Err(e) => warn!(
+                        "lease: could not release the lease ({e}); other candidates must wait \
+                         for it to expire"
+                    ),
+                }
+                return None;
+            }
+            let step_down_at = lease.step_down_at();
+            let next = retry_at.or(lease.renew_due());
+            let wake = match (next, step_down_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let Some(wake) = wake else {
+                // A lease that never expires: nothing to do until stopped.
+                self.sleep_until(Instant::now() + WATCH_WAIT);
+                continue;
+            };
+            if !self.sleep_until(wake) {
+                continue;
+            }
+            if step_down_at.is_some_and(|at| Instant::now() >= at) {
+                warn!(
+                    "lease: could not renew the lease for half its TTL; no longer primary \
+                     (stepping down before another node could take over)"
+                );
+                self.send(LeaseEvent::NoPrimary);
+                return Some(lease);
+            }
+            match self.leaser.renew(&mut lease) {
+                Ok(()) => {
+                    retry_at = None;
+                    self.trouble.succeeded();
+                }
+                Err(e @ Error::Lost { .. }) => {
+                    warn!("lease: {e}; no longer primary");
+                    self.send(LeaseEvent::NoPrimary);
+                    return None;
+                }
+                Err(e) => {
+                    let pause = self.trouble.failed(&e);
+                    retry_at = Some(Instant::now() + pause);
+                }
+            }
+        }
+    }
+
+    fn should_stop(&self) -> bool {
+        self.receiver_gone || self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps until `deadline`; false if the thread was told to stop first.
+    fn sleep_until(&self, deadline: Instant) -> bool {
+        loop {
+            if self.should_stop() {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return true;
+            }
+            thread::sleep((deadline - now).min(STOP_CHECK));
+        }
+    }
+
+    /// Sends `event` unless it is the last one sent.
+    fn send(&mut self, event: LeaseEvent) {
+        if self.last_event.as_ref() == Some(&event) {
+            return;
+        }
+        match &event {
+            LeaseEvent::Primary => info!("lease: this node is now the primary"),
+            LeaseEvent::Replica(p) => {
+                info!(
+                    "lease: the primary is {} at {}",
+                    p.hostname, p.advertise_url
+                )
+            }
+            LeaseEvent::NoPrimary => info!("lease: no primary"),
+        }
+        if self.events.send(event.clone()).is_err() {
+            debug!("lease: the event receiver is gone; stopping the lease thread");
+            self.receiver_gone = true;
+        }
+        self.last_event = Some(event);
+    }
+}
+
+/// Whether Consul has certainly invalidated `lease`'s session by now: it
+/// keeps a session between one and two TTLs after its last renewal.
+fn surely_expired(lease: &Lease) -> bool {
+    lease
+        .ttl
+        .and_then(|ttl| lease.renewed_at.checked_add(ttl * 2))
+        .is_some_and(|at| Instant::now() >= at)
+}
+
+/// Failures in a row: logged once when they start and once when they end,
+/// with a capped, doubling pause between retries.
+struct Trouble {
+    /// What works again when the failures end, for the log.
+    what: &'static str,
+    since: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Trouble {
+    fn new(what: &'static str) -> Trouble {
+        Trouble {
+            what,
+            since: None,
+            backoff: MIN_BACKOFF,
+        }
+    }
+
+    /// Records a failure; returns how long to wait before retrying.
+    fn failed(&mut self, e: &Error) -> Duration {
+        if self.since.is_none() {
+            warn!("lease: {e}; retrying with backoff (repeats are logged at debug level)");
+            self.since = Some(Instant::now());
+        } else {
+            debug!("lease: {e}");
+        }
+        let pause = self.backoff.max(MIN_BACKOFF);
+        self.backoff = (pause * 2).min(MAX_BACKOFF);
+        pause
+    }
+
+    /// Records a success.
+    fn succeeded(&mut self) {
+        if let Some(since) = self.since.take() {
+            info!(
+                "lease: {} works again after {:.1?} of failures",
+                self.what,
+                since.elapsed()
+            );
+        }
+        self.backoff = MIN_BACKOFF;
+    }
+
+    /// How long calls have been failing (zero when they work).
+    fn failing_for(&self) -> Duration {
+        self.since.map_or(Duration::ZERO, |s| s.elapsed())
+    }
+}
