@@ -27,16 +27,17 @@
 //! values and the same setting given in both spellings are errors that name
 //! the file, the key and what is allowed.
 //!
-//! This file holds the structure (the raw YAML types and how they resolve
-//! into a `Config`); `config/values.rs` the values inside it (expansion,
-//! durations, URLs, addresses, paths).
+//! This file holds the resolved types and how the file becomes a `Config`;
+//! `config/raw.rs` the file as written (the serde types) and the errors
+//! serde reports; `config/lease.rs` the lease and Consul settings;
+//! `config/values.rs` the values inside it (expansion, durations, URLs,
+//! addresses, paths).
 
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_yaml::Value;
 
 /// The config file name searched for by [`find_config`].
@@ -58,9 +59,13 @@ pub const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
 /// Default time LTX files are kept (the newest file is always kept).
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(600);
 
+mod lease;
+mod raw;
 mod values;
 
-use values::{absolute, base_dir, format_duration, local_hostname, split_host_port, url_host};
+use lease::lease_config;
+use raw::{yaml_error, RawFile};
+use values::{absolute, base_dir, split_host_port};
 pub use values::{check_http_url, expand_env, expand_with, parse_duration};
 
 const DURATION_HELP: &str =
@@ -294,120 +299,6 @@ pub fn parse(text: &str, source: &Path) -> Result<Config, Error> {
     resolve(raw, source)
 }
 
-/// The file as written, before defaults and validation. Every struct denies
-/// unknown fields so a typo is an error rather than a silent default.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    #[serde(rename = "mount-dir")]
-    mount_dir: Option<String>,
-    #[serde(rename = "data-dir")]
-    data_dir: Option<String>,
-    fuse: Option<RawFuse>,
-    data: Option<RawData>,
-    http: Option<RawHttp>,
-    lease: Option<RawLease>,
-    consul: Option<RawSeedConsul>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFuse {
-    dir: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawData {
-    dir: Option<String>,
-    retention: Option<Value>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttp {
-    addr: Option<String>,
-    token: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLease {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    candidate: Option<bool>,
-    hostname: Option<String>,
-    #[serde(rename = "advertise-url")]
-    advertise_url: Option<String>,
-    consul: Option<RawLeaseConsul>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLeaseConsul {
-    url: Option<String>,
-    key: Option<String>,
-    ttl: Option<Value>,
-    #[serde(rename = "lock-delay")]
-    lock_delay: Option<Value>,
-}
-
-/// The seed's top-level `consul:` block.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSeedConsul {
-    url: Option<String>,
-    #[serde(rename = "advertise-url")]
-    advertise_url: Option<String>,
-    key: Option<String>,
-    ttl: Option<Value>,
-    #[serde(rename = "lock-delay")]
-    lock_delay: Option<Value>,
-}
-
-/// Turns a serde_yaml error into an [`Error`], recognising unknown keys so
-/// the message names the full dotted key.
-fn yaml_error(path: &Path, err: serde_yaml::Error) -> Error {
-    let mut message = err.to_string();
-    let location = err
-        .location()
-        .map(|l| format!(" at line {} column {}", l.line(), l.column()));
-    if let Some(loc) = &location {
-        if let Some(stripped) = message.strip_suffix(loc.as_str()) {
-            message = stripped.to_string();
-        }
-    }
-    let location = location.unwrap_or_default();
-    const UNKNOWN: &str = "unknown field `";
-    if let Some(at) = message.find(UNKNOWN) {
-        let parent = message[..at].trim_end().trim_end_matches(':');
-        let rest = &message[at + UNKNOWN.len()..];
-        if let Some(end) = rest.find('`') {
-            let name = &rest[..end];
-            let key = if parent.is_empty() {
-                name.to_string()
-            } else {
-                format!("{parent}.{name}")
-            };
-            let expected = rest[end + 1..].trim_start_matches(',').trim();
-            let allowed = expected
-                .strip_prefix("expected one of ")
-                .or_else(|| expected.strip_prefix("expected "))
-                .unwrap_or(expected);
-            return Error::UnknownKey {
-                path: path.to_path_buf(),
-                key,
-                location,
-                allowed: allowed.to_string(),
-            };
-        }
-    }
-    Error::Yaml {
-        path: path.to_path_buf(),
-        message: format!("{message}{location}"),
-    }
-}
-
 /// Applies defaults and checks every value.
 fn resolve(raw: RawFile, source: &Path) -> Result<Config, Error> {
     let fuse = raw.fuse.unwrap_or_default();
@@ -546,215 +437,6 @@ fn directories(
         ));
     }
     Ok((mount_dir, data_dir))
-}
-
-/// Resolves the lease settings from the Go-style `lease:` block and the
-/// seed's `consul:` block; `port` is the HTTP port for the default
-/// advertise URL.
-fn lease_config(
-    source: &Path,
-    lease: RawLease,
-    seed_consul: Option<RawSeedConsul>,
-    port: u16,
-) -> Result<LeaseConfig, Error> {
-    let seed_block = seed_consul.is_some();
-    let consul_given = seed_block || lease.consul.is_some();
-    let kind = match lease.kind.as_deref() {
-        Some("consul") => LeaseKind::Consul,
-        Some("static") => LeaseKind::Static,
-        Some(other) => {
-            return Err(invalid(
-                source,
-                "lease.type",
-                format!("`{other}` is not a lease type; allowed: `consul`, `static`"),
-            ))
-        }
-        None if consul_given => LeaseKind::Consul,
-        None => LeaseKind::Static,
-    };
-    if kind == LeaseKind::Static && consul_given {
-        let key = if seed_block { "consul" } else { "lease.consul" };
-        return Err(invalid(
-            source,
-            key,
-            "is given but lease.type is `static`; remove one of them",
-        ));
-    }
-    let candidate = lease.candidate.unwrap_or(true);
-    let mut seed_consul = seed_consul.unwrap_or_default();
-
-    let advertise = match pick(
-        source,
-        seed_consul.advertise_url.take(),
-        "consul.advertise-url",
-        lease.advertise_url,
-        "lease.advertise-url",
-    )? {
-        Some((url, key)) => {
-            check_http_url(&url).map_err(|m| invalid(source, key, m))?;
-            Some(url.trim_end_matches('/').to_string())
-        }
-        None => None,
-    };
-
-    // A static replica names its primary; every other node names itself.
-    let static_replica = kind == LeaseKind::Static && !candidate;
-    let (hostname, advertise_url) = if static_replica {
-        let Some(url) = advertise else {
-            return Err(invalid(
-                source,
-                "lease.advertise-url",
-                "is required when lease.type is `static` and lease.candidate is false: the \
-                 URL of the primary to replicate from, http://host[:port]",
-            ));
-        };
-        let hostname = match lease.hostname {
-            Some(name) => name,
-            None => url_host(&url).to_string(),
-        };
-        (hostname, url)
-    } else {
-        let hostname = match lease.hostname {
-            Some(name) => name,
-            None => local_hostname().map_err(|e| Error::Hostname {
-                path: source.to_path_buf(),
-                source: e,
-            })?,
-        };
-        let url = advertise.unwrap_or_else(|| format!("http://{hostname}:{port}"));
-        (hostname, url)
-    };
-    if hostname.trim().is_empty() {
-        return Err(invalid(
-            source,
-            "lease.hostname",
-            "is empty (an unset environment variable?); remove it for the default",
-        ));
-    }
-
-    let consul = match kind {
-        LeaseKind::Static => None,
-        LeaseKind::Consul => Some(consul_config(
-            source,
-            seed_consul,
-            lease.consul.unwrap_or_default(),
-            seed_block,
-        )?),
-    };
-    Ok(LeaseConfig {
-        kind,
-        candidate,
-        hostname,
-        advertise_url,
-        consul,
-    })
-}
-
-/// Resolves the Consul settings from either spelling; `seed_block` says
-/// whether the seed's `consul:` block was written (it decides which key a
-/// "missing URL" error names).
-fn consul_config(
-    source: &Path,
-    seed: RawSeedConsul,
-    lease: RawLeaseConsul,
-    seed_block: bool,
-) -> Result<ConsulConfig, Error> {
-    let url_key = if seed_block {
-        "consul.url"
-    } else {
-        "lease.consul.url"
-    };
-    let Some((url, url_key)) = pick(
-        source,
-        seed.url,
-        "consul.url",
-        lease.url,
-        "lease.consul.url",
-    )?
-    else {
-        return Err(invalid(
-            source,
-            url_key,
-            "is required for a Consul lease: Consul's HTTP API, e.g. http://localhost:8500",
-        ));
-    };
-    check_http_url(&url).map_err(|m| invalid(source, url_key, m))?;
-
-    let key = match pick(
-        source,
-        seed.key,
-        "consul.key",
-        lease.key,
-        "lease.consul.key",
-    )? {
-        Some((key, name)) if key.trim().is_empty() || key.starts_with('/') => {
-            return Err(invalid(
-                source,
-                name,
-                format!(
-                    "`{key}` is not a usable Consul key; give a non-empty key without a \
-                     leading `/`, e.g. `{DEFAULT_CONSUL_KEY}`"
-                ),
-            ))
-        }
-        Some((key, _)) => key,
-        None => DEFAULT_CONSUL_KEY.to_string(),
-    };
-
-    let ttl = match pick(
-        source,
-        seed.ttl,
-        "consul.ttl",
-        lease.ttl,
-        "lease.consul.ttl",
-    )? {
-        Some((value, name)) => {
-            let ttl = duration_value(source, name, &value)?;
-            if !(MIN_CONSUL_TTL..=MAX_CONSUL_TTL).contains(&ttl) {
-                return Err(invalid(
-                    source,
-                    name,
-                    format!(
-                        "{} is outside what Consul allows for a session TTL: 10s to 24h",
-                        format_duration(ttl)
-                    ),
-                ));
-            }
-            ttl
-        }
-        None => DEFAULT_CONSUL_TTL,
-    };
-
-    let lock_delay = match pick(
-        source,
-        seed.lock_delay,
-        "consul.lock-delay",
-        lease.lock_delay,
-        "lease.consul.lock-delay",
-    )? {
-        Some((value, name)) => {
-            let delay = duration_value(source, name, &value)?;
-            if delay > MAX_LOCK_DELAY {
-                return Err(invalid(
-                    source,
-                    name,
-                    format!(
-                        "{} is more than Consul allows for a lock delay: 0s to 60s",
-                        format_duration(delay)
-                    ),
-                ));
-            }
-            delay
-        }
-        None => DEFAULT_LOCK_DELAY,
-    };
-
-    Ok(ConsulConfig {
-        url: url.trim_end_matches('/').to_string(),
-        key,
-        ttl,
-        lock_delay,
-    })
 }
 
 /// Returns whichever of two spellings is given, with its key name; both
