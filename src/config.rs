@@ -20,6 +20,30 @@
 //! | session TTL       | `consul.ttl`           | `lease.consul.ttl`        | 10s (at least 10s)            |
 //! | lock delay        | `consul.lock-delay`    | `lease.consul.lock-delay` | 1s (at most 60s)              |
 //!
+//! Every key of the Go LiteFS v0.5.14 schema (`cmd/litefs/config.go`), and
+//! what litefs does with it:
+//!
+//! | Go LiteFS key                      | here                                                        |
+//! |------------------------------------|-------------------------------------------------------------|
+//! | `fuse.dir`, `data.dir`, `data.retention`, `http.addr` | implemented (table above)                |
+//! | `lease.type`, `.hostname`, `.advertise-url`, `.candidate`, `.consul.*` | implemented (table above) |
+//! | `data.retention-monitor-interval`  | implemented: how often the retention thread runs (at least 50ms; default a quarter of the retention, 50ms to 1m) |
+//! | `fuse.allow-other`                 | implemented: the `allow_other` mount option (default: on when litefs runs as root, off otherwise) |
+//! | `fuse.debug`                       | implemented: logs every FUSE request (`fuser=debug`) unless `RUST_LOG` is set |
+//! | `log.format`                       | implemented: `text` (default) or `json`, one object per line |
+//! | `log.debug`                        | implemented: litefs's debug lines, unless `RUST_LOG` is set  |
+//! | `log.timestamp`                    | implemented: timestamps on or off (default: on, except under systemd's journal) |
+//! | `lease.reconnect-delay`            | implemented: the longest pause between retries to reach the primary or Consul (10ms to 10m; default 5s and 2s) |
+//! | `lease.demote-delay`               | implemented: how long a node that lost the lease waits before it tries to take it again (0s to 1h; default 0s) |
+//! | `exit-on-error`                    | implemented: exit 1 on a fatal lease or replication error instead of retrying (default false) |
+//! | `skip-sync`, `strict-verify`, `data.compress`, `lease.promote` | accepted when false; refused when true |
+//! | `lease.databases`                  | accepted when empty; refused otherwise                      |
+//! | `http.snapshot-timeout`            | refused                                                     |
+//! | `exec`                             | refused                                                     |
+//! | `proxy.*`, `backup.*`, `tracing.*` | refused (an empty or all-false block is accepted)            |
+//!
+//! A refused key is named with what to do instead (`config/unsupported.rs`).
+//!
 //! Before parsing, `$VAR` and `${VAR}` are replaced by the environment
 //! variable's value (an unset variable becomes the empty string, as Go's
 //! `os.ExpandEnv` does) and `$$` by a single `$`. Relative paths are taken
@@ -30,6 +54,7 @@
 //! This file holds the resolved types and how the file becomes a `Config`;
 //! `config/raw.rs` the file as written (the serde types) and the errors
 //! serde reports; `config/lease.rs` the lease and Consul settings;
+//! `config/unsupported.rs` the Go LiteFS keys litefs refuses;
 //! `config/values.rs` the values inside it (expansion, durations, URLs,
 //! addresses, paths).
 
@@ -58,14 +83,25 @@ pub const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(1);
 pub const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
 /// Default time LTX files are kept (the newest file is always kept).
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(600);
+/// Shortest `data.retention-monitor-interval` (also the floor of the
+/// default).
+pub const MIN_RETENTION_MONITOR_INTERVAL: Duration = Duration::from_millis(50);
+/// Longest default retention check interval.
+pub const MAX_DEFAULT_RETENTION_MONITOR_INTERVAL: Duration = Duration::from_secs(60);
+/// Range of `lease.reconnect-delay`.
+pub const RECONNECT_DELAY_RANGE: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_secs(600));
+/// Longest `lease.demote-delay`.
+pub const MAX_DEMOTE_DELAY: Duration = Duration::from_secs(3600);
 
 mod lease;
 mod raw;
+mod unsupported;
 mod values;
 
 use lease::lease_config;
 use raw::{yaml_error, RawFile};
-use values::{absolute, base_dir, split_host_port};
+use values::{absolute, base_dir, format_duration, split_host_port};
 pub use values::{check_http_url, expand_env, expand_with, parse_duration};
 
 const DURATION_HELP: &str =
@@ -90,6 +126,46 @@ pub struct Config {
     pub lease: LeaseConfig,
     /// How long LTX files are kept; the newest one is always kept.
     pub retention: Duration,
+    /// How often the retention thread runs (`data.retention-monitor-interval`);
+    /// `None` for the default, see [`Config::retention_interval`].
+    pub retention_monitor_interval: Option<Duration>,
+    /// Exit (status 1) on a fatal lease or replication error instead of
+    /// retrying (`exit-on-error`).
+    pub exit_on_error: bool,
+    /// Log format and levels (`log:`).
+    pub log: LogConfig,
+    /// Mount options (`fuse:` besides `dir`).
+    pub fuse: FuseConfig,
+}
+
+/// How litefs logs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogConfig {
+    /// `log.format`.
+    pub format: LogFormat,
+    /// `log.debug`: litefs's debug lines (when `RUST_LOG` is unset).
+    pub debug: bool,
+    /// `log.timestamp`; `None`: timestamps except under systemd's journal.
+    pub timestamp: Option<bool>,
+}
+
+/// The shape of a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// env_logger's text lines.
+    #[default]
+    Text,
+    /// One JSON object per line: `time`, `level`, `target`, `msg`.
+    Json,
+}
+
+/// Mount options.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FuseConfig {
+    /// `fuse.allow-other`; `None`: on when litefs runs as root.
+    pub allow_other: Option<bool>,
+    /// `fuse.debug`: log every FUSE request (when `RUST_LOG` is unset).
+    pub debug: bool,
 }
 
 /// Lease settings: which kind of lease, and how this node presents itself.
@@ -108,6 +184,14 @@ pub struct LeaseConfig {
     pub advertise_url: String,
     /// Consul settings; `Some` exactly when `kind` is [`LeaseKind::Consul`].
     pub consul: Option<ConsulConfig>,
+    /// `lease.reconnect-delay`: the longest pause between retries to reach
+    /// the primary or Consul (they start at 100ms, or this if shorter, and
+    /// double); `None` keeps the built-in caps (5s and 2s).
+    pub reconnect_delay: Option<Duration>,
+    /// `lease.demote-delay`: how long a node that lost the lease (it could
+    /// not renew it, or Consul says it is gone) waits before it tries to
+    /// take it again; it follows any other primary meanwhile.
+    pub demote_delay: Duration,
 }
 
 /// The kind of lease that decides the primary.
@@ -142,6 +226,17 @@ impl Config {
         }
     }
 
+    /// How often the retention thread runs: `data.retention-monitor-interval`,
+    /// or a quarter of the retention between 50ms and 1m.
+    pub fn retention_interval(&self) -> Duration {
+        self.retention_monitor_interval.unwrap_or_else(|| {
+            (self.retention / 4).clamp(
+                MIN_RETENTION_MONITOR_INTERVAL,
+                MAX_DEFAULT_RETENTION_MONITOR_INTERVAL,
+            )
+        })
+    }
+
     /// The port of the HTTP address (validated when the config was parsed).
     pub fn http_port(&self) -> u16 {
         split_host_port(&self.http_addr).map_or(0, |(_, port)| port)
@@ -172,6 +267,15 @@ pub enum Error {
         path: PathBuf,
         key: String,
         message: String,
+    },
+    /// A Go LiteFS key for a feature litefs does not have.
+    Unsupported {
+        path: PathBuf,
+        key: String,
+        /// The feature, e.g. "the HTTP proxy".
+        feature: String,
+        /// What to do instead.
+        instead: String,
     },
     /// The same setting is given in both spellings.
     Conflict {
@@ -213,6 +317,16 @@ impl fmt::Display for Error {
             Error::Invalid { path, key, message } => {
                 write!(f, "{}: {key}: {message}", path.display())
             }
+            Error::Unsupported {
+                path,
+                key,
+                feature,
+                instead,
+            } => write!(
+                f,
+                "{}: `{key}`: {feature} is not supported by this litefs; {instead}",
+                path.display()
+            ),
             Error::Conflict { path, key, other } => write!(
                 f,
                 "{}: `{key}` and `{other}` are two spellings of the same setting; keep only one",
@@ -301,6 +415,7 @@ pub fn parse(text: &str, source: &Path) -> Result<Config, Error> {
 
 /// Applies defaults and checks every value.
 fn resolve(raw: RawFile, source: &Path) -> Result<Config, Error> {
+    unsupported::check(&raw, source)?;
     let fuse = raw.fuse.unwrap_or_default();
     let data = raw.data.unwrap_or_default();
     let mount = pick(source, raw.mount_dir, "mount-dir", fuse.dir, "fuse.dir")?;
@@ -309,6 +424,36 @@ fn resolve(raw: RawFile, source: &Path) -> Result<Config, Error> {
     let retention = match data.retention {
         Some(value) => duration_value(source, "data.retention", &value)?,
         None => DEFAULT_RETENTION,
+    };
+    let retention_monitor_interval = match data.retention_monitor_interval {
+        Some(value) => Some(duration_in(
+            source,
+            "data.retention-monitor-interval",
+            &value,
+            MIN_RETENTION_MONITOR_INTERVAL,
+            Duration::MAX,
+        )?),
+        None => None,
+    };
+    let raw_log = raw.log.unwrap_or_default();
+    let log = LogConfig {
+        format: match raw_log.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(invalid(
+                    source,
+                    "log.format",
+                    format!("`{other}` is not a log format; allowed: `text`, `json`"),
+                ))
+            }
+        },
+        debug: raw_log.debug.unwrap_or(false),
+        timestamp: raw_log.timestamp,
+    };
+    let fuse = FuseConfig {
+        allow_other: fuse.allow_other,
+        debug: fuse.debug.unwrap_or(false),
     };
 
     let raw_http = raw.http.unwrap_or_default();
@@ -349,6 +494,10 @@ fn resolve(raw: RawFile, source: &Path) -> Result<Config, Error> {
         http_token,
         lease,
         retention,
+        retention_monitor_interval,
+        exit_on_error: raw.exit_on_error.unwrap_or(false),
+        log,
+        fuse,
     })
 }
 
@@ -478,4 +627,38 @@ fn duration_value(source: &Path, key: &str, value: &Value) -> Result<Duration, E
             format!("expected a duration; {DURATION_HELP}"),
         )),
     }
+}
+
+/// Reads a duration that must lie in `min..=max`.
+fn duration_in(
+    source: &Path,
+    key: &str,
+    value: &Value,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, Error> {
+    let d = duration_value(source, key, value)?;
+    if d < min {
+        return Err(invalid(
+            source,
+            key,
+            format!(
+                "{} is too short: at least {}",
+                format_duration(d),
+                format_duration(min)
+            ),
+        ));
+    }
+    if d > max {
+        return Err(invalid(
+            source,
+            key,
+            format!(
+                "{} is too long: at most {}",
+                format_duration(d),
+                format_duration(max)
+            ),
+        ));
+    }
+    Ok(d)
 }

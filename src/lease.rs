@@ -38,7 +38,7 @@ mod consul;
 mod driver;
 
 pub use consul::ConsulLeaser;
-pub use driver::spawn_lease_thread;
+pub use driver::{spawn_lease_thread, spawn_lease_thread_with, LeaseOptions};
 
 /// How long one watch (a Consul blocking query) waits for a change before
 /// it is issued again. A stop request is noticed within this time on a node

@@ -32,7 +32,8 @@ Usage:
 
 Without -config, the config is the first of ./litefs.yml, ~/litefs.yml,
 /etc/litefs.yml. `--config` works too. Logging goes to stderr; set
-RUST_LOG (e.g. RUST_LOG=debug) to change the level (default: info).
+RUST_LOG (e.g. RUST_LOG=debug) to change the level (default: info, or
+what the config's `log:` block says).
 ";
 
 /// Exit status for a command line litefs does not understand.
@@ -50,13 +51,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let mut logger =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        // Under systemd the journal stamps every line itself.
-        logger.format_timestamp(None);
-    }
-    logger.init();
+    // The defaults until the config says otherwise (`log:`).
+    litefs::logging::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = match parse_args(&args) {
         Ok(command) => command,
@@ -195,6 +191,7 @@ fn mount(config_path: Option<PathBuf>) -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(&e),
     };
+    litefs::logging::configure(&config.log, &config.fuse);
     log::info!(
         "litefs {}: config {}, mount {}, data {}, http {}",
         env!("CARGO_PKG_VERSION"),
@@ -223,6 +220,12 @@ fn mount(config_path: Option<PathBuf>) -> ExitCode {
             config.lease.hostname,
             config.lease.advertise_url
         ),
+    }
+    if config.exit_on_error {
+        log::info!(
+            "exit-on-error: a lost lease, a refusal by Consul or the primary, or a local I/O \
+             error while replicating stops litefs with status 1"
+        );
     }
     match litefs::node::run(&config) {
         Ok(()) => ExitCode::SUCCESS,

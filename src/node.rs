@@ -24,6 +24,7 @@ use log::{debug, error, info, warn};
 mod replica;
 
 use crate::config::{Config, LeaseKind};
+use crate::fatal::Fatal;
 use crate::fuse::{Applier, LitefsFs, Role};
 use crate::http;
 use crate::lease::{self, LeaseEvent, PrimaryInfo};
@@ -62,6 +63,8 @@ pub enum Error {
     Mount {
         path: PathBuf,
         source: std::io::Error,
+        /// Whether `allow_other` was asked for.
+        allow_other: bool,
     },
     /// Signal set-up failed.
     Signals(std::io::Error),
@@ -69,6 +72,8 @@ pub enum Error {
     Http(http::Error),
     /// A thread could not be started.
     Thread(std::io::Error),
+    /// `exit-on-error`: a fatal lease or replication error stopped the node.
+    Fatal(String),
     /// The mount could not be removed at shutdown.
     Unmount {
         path: PathBuf,
@@ -95,15 +100,34 @@ impl fmt::Display for Error {
                 write!(f, "mount directory {}: {source}", path.display())
             }
             Error::Store(e) => write!(f, "{e}"),
-            Error::Mount { path, source } => write!(
-                f,
-                "cannot mount at {}: {source} (litefs needs root or access to /dev/fuse, and the \
-                 fuse3 package)",
-                path.display()
-            ),
+            Error::Mount {
+                path,
+                source,
+                allow_other,
+            } => {
+                write!(
+                    f,
+                    "cannot mount at {}: {} (litefs needs root or access to /dev/fuse, and the \
+                     fuse3 package",
+                    path.display(),
+                    source.to_string().trim()
+                )?;
+                if *allow_other && !is_root() {
+                    write!(
+                        f,
+                        "; fuse.allow-other needs `user_allow_other` in /etc/fuse.conf when \
+                         litefs does not run as root, or set fuse.allow-other: false"
+                    )?;
+                }
+                write!(f, ")")
+            }
             Error::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
             Error::Http(e) => write!(f, "{e}"),
             Error::Thread(e) => write!(f, "cannot start a thread: {e}"),
+            Error::Fatal(message) => write!(
+                f,
+                "stopped by exit-on-error: {message} (set exit-on-error: false to retry instead)"
+            ),
             Error::Unmount { path, source } => write!(
                 f,
                 "cannot unmount {0}: {source}; close the programs using it and run `umount -f {0}`",
@@ -121,7 +145,18 @@ impl From<store::Error> for Error {
     }
 }
 
-/// Runs the node until SIGINT or SIGTERM.
+/// Why the main loop ended.
+enum Stop {
+    /// SIGINT or SIGTERM.
+    Signal(&'static str),
+    /// The lease thread ended, which it does only when told to.
+    LeaseThreadGone,
+    /// `exit-on-error` made an error fatal.
+    Fatal(String),
+}
+
+/// Runs the node until SIGINT or SIGTERM (or, with `exit-on-error`, a
+/// fatal error).
 pub fn run(config: &Config) -> Result<(), Error> {
     raise_open_file_limit();
     let signals = ShutdownSignals::block().map_err(Error::Signals)?;
@@ -161,7 +196,8 @@ pub fn run(config: &Config) -> Result<(), Error> {
     server.set_serving(role.is_primary());
     info!("replication server listening on {}", server.local_addr());
 
-    let background = mount(fs, &mount_dir)?;
+    let allow_other = config.fuse.allow_other.unwrap_or_else(is_root);
+    let background = mount(fs, &mount_dir, allow_other)?;
     applier.set_notifier(background.notifier());
     info!(
         "mounted {} (data in {})",
@@ -170,11 +206,21 @@ pub fn run(config: &Config) -> Result<(), Error> {
     );
 
     let stop = Arc::new(AtomicBool::new(false));
-    let retention = spawn_retention(store.clone(), config.retention, stop.clone())?;
+    let retention = spawn_retention(
+        store.clone(),
+        config.retention,
+        config.retention_interval(),
+        stop.clone(),
+    )?;
+    let (fatal, fatal_rx) = if config.exit_on_error {
+        Fatal::channel()
+    } else {
+        (Fatal::disabled(), crossbeam_channel::never())
+    };
     let (lease_tx, lease_rx) = crossbeam_channel::unbounded();
-    let lease_thread = lease::spawn_lease_thread(
+    let lease_thread = lease::spawn_lease_thread_with(
         lease::leaser_from_config(&config.lease),
-        config.lease.candidate,
+        lease::LeaseOptions::from_config(&config.lease, fatal.clone()),
         lease_tx,
         stop.clone(),
     )
@@ -187,6 +233,13 @@ pub fn run(config: &Config) -> Result<(), Error> {
         server: &server,
         applier,
         token: config.http_token.clone(),
+        retry: http::RetryOptions {
+            max_backoff: config
+                .lease
+                .reconnect_delay
+                .unwrap_or(http::RetryOptions::default().max_backoff),
+            fatal,
+        },
         replica: None,
         systemd: Readiness::new(SdNotify::from_env(), role.is_primary()),
     };
@@ -195,14 +248,15 @@ pub fn run(config: &Config) -> Result<(), Error> {
     let ticks = crossbeam_channel::tick(watchdog.unwrap_or(READY_POLL).min(READY_POLL));
     let idle = crossbeam_channel::never();
     let mut last_watchdog = Instant::now();
-    let signal = loop {
+    let stopped_by = loop {
         select! {
-            recv(signal_rx) -> sig => break sig.unwrap_or("a closed signal channel"),
+            recv(signal_rx) -> sig => break Stop::Signal(sig.unwrap_or("a closed signal channel")),
+            recv(fatal_rx) -> message => break Stop::Fatal(message.unwrap_or_default()),
             recv(lease_rx) -> event => match event {
                 Ok(event) => roles.handle(event)?,
                 Err(_) => {
                     error!("the lease thread ended unexpectedly; shutting down");
-                    break "lease thread exit";
+                    break Stop::LeaseThreadGone;
                 }
             },
             recv(if roles.systemd.ready && watchdog.is_none() { &idle } else { &ticks }) -> _ => {}
@@ -218,7 +272,11 @@ pub fn run(config: &Config) -> Result<(), Error> {
         }
     };
     roles.systemd.notify.stopping();
-    info!("received {signal}, shutting down");
+    match &stopped_by {
+        Stop::Signal(signal) => info!("received {signal}, shutting down"),
+        Stop::LeaseThreadGone => {}
+        Stop::Fatal(_) => info!("shutting down (exit-on-error)"),
+    }
     // No new writes, then give up the lease so another candidate takes
     // over at once, then stop everything else.
     role.set_replica(None);
@@ -229,7 +287,11 @@ pub fn run(config: &Config) -> Result<(), Error> {
     let _ = lease_thread.join();
     let _ = retention.join();
     server.shutdown();
-    unmount(background, &mount_dir)
+    unmount(background, &mount_dir)?;
+    match stopped_by {
+        Stop::Fatal(message) => Err(Error::Fatal(message)),
+        Stop::Signal(_) | Stop::LeaseThreadGone => Ok(()),
+    }
 }
 
 /// The node's side of role changes: what the mount, the HTTP server and
@@ -241,6 +303,8 @@ struct Roles<'a> {
     applier: Arc<Applier>,
     /// The cluster's token, sent to the primary.
     token: Option<String>,
+    /// How replication retries (`lease.reconnect-delay`, `exit-on-error`).
+    retry: http::RetryOptions,
     replica: Option<ReplicaTask>,
     /// systemd's view of this node (readiness, status, watchdog).
     systemd: Readiness,
@@ -380,6 +444,7 @@ impl Roles<'_> {
             self.applier.clone(),
             self.token.clone(),
             primary,
+            self.retry.clone(),
         )
     }
 
@@ -391,7 +456,17 @@ impl Roles<'_> {
     }
 }
 
-fn mount(fs: LitefsFs, mount_dir: &Path) -> Result<fuser::BackgroundSession, Error> {
+/// Whether litefs runs as root (which may always use `allow_other`).
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn mount(
+    fs: LitefsFs,
+    mount_dir: &Path,
+    allow_other: bool,
+) -> Result<fuser::BackgroundSession, Error> {
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = vec![
         fuser::MountOption::FSName("litefs".to_string()),
@@ -400,14 +475,20 @@ fn mount(fs: LitefsFs, mount_dir: &Path) -> Result<fuser::BackgroundSession, Err
         fuser::MountOption::NoSuid,
         fuser::MountOption::DefaultPermissions,
     ];
-    // Let every local user reach the mount, like any other directory; file
-    // permissions still apply (the backing files' modes are reported).
-    fuse_config.acl = fuser::SessionACL::All;
+    // With allow_other every local user reaches the mount, like any other
+    // directory; file permissions still apply (the backing files' modes
+    // are reported). Without, only the user litefs runs as.
+    fuse_config.acl = if allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
     fuse_config.n_threads = Some(FUSE_THREADS);
     fuse_config.clone_fd = true;
     let mount_error = |source| Error::Mount {
         path: mount_dir.to_path_buf(),
         source,
+        allow_other,
     };
     fuser::Session::new(fs, mount_dir, &fuse_config)
         .map_err(mount_error)?
@@ -416,13 +497,13 @@ fn mount(fs: LitefsFs, mount_dir: &Path) -> Result<fuser::BackgroundSession, Err
 }
 
 /// Deletes LTX files older than `retention` (the newest of each database
-/// is always kept), checking a few times per retention period.
+/// is always kept), checking `every` (`Config::retention_interval`).
 fn spawn_retention(
     store: Arc<Store>,
     retention: Duration,
+    every: Duration,
     stop: Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>, Error> {
-    let every = (retention / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
     std::thread::Builder::new()
         .name("retention".into())
         .spawn(move || {

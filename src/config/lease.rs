@@ -3,12 +3,14 @@
 //! hostname, advertise URL, Consul session and key).
 
 use std::path::Path;
+use std::time::Duration;
 
 use super::raw::{RawLease, RawLeaseConsul, RawSeedConsul};
 use super::values::{check_http_url, format_duration, local_hostname, url_host};
 use super::{
-    duration_value, invalid, pick, ConsulConfig, Error, LeaseConfig, LeaseKind, DEFAULT_CONSUL_KEY,
-    DEFAULT_CONSUL_TTL, DEFAULT_LOCK_DELAY, MAX_CONSUL_TTL, MAX_LOCK_DELAY, MIN_CONSUL_TTL,
+    duration_in, duration_value, invalid, pick, ConsulConfig, Error, LeaseConfig, LeaseKind,
+    DEFAULT_CONSUL_KEY, DEFAULT_CONSUL_TTL, DEFAULT_LOCK_DELAY, MAX_CONSUL_TTL, MAX_DEMOTE_DELAY,
+    MAX_LOCK_DELAY, MIN_CONSUL_TTL, RECONNECT_DELAY_RANGE,
 };
 
 /// Resolves the lease settings from the Go-style `lease:` block and the
@@ -95,6 +97,26 @@ pub(super) fn lease_config(
         ));
     }
 
+    let reconnect_delay = match &lease.reconnect_delay {
+        Some(value) => Some(duration_in(
+            source,
+            "lease.reconnect-delay",
+            value,
+            RECONNECT_DELAY_RANGE.0,
+            RECONNECT_DELAY_RANGE.1,
+        )?),
+        None => None,
+    };
+    let demote_delay = match &lease.demote_delay {
+        Some(value) => duration_in(
+            source,
+            "lease.demote-delay",
+            value,
+            Duration::ZERO,
+            MAX_DEMOTE_DELAY,
+        )?,
+        None => Duration::ZERO,
+    };
     let consul = match kind {
         LeaseKind::Static => None,
         LeaseKind::Consul => Some(consul_config(
@@ -110,6 +132,8 @@ pub(super) fn lease_config(
         hostname,
         advertise_url,
         consul,
+        reconnect_delay,
+        demote_delay,
     })
 }
 

@@ -23,12 +23,27 @@ pub(super) struct RawFile {
     pub(super) http: Option<RawHttp>,
     pub(super) lease: Option<RawLease>,
     pub(super) consul: Option<RawSeedConsul>,
+    pub(super) log: Option<RawLog>,
+    #[serde(rename = "exit-on-error")]
+    pub(super) exit_on_error: Option<bool>,
+    // Go LiteFS keys of features litefs does not have (see unsupported.rs).
+    pub(super) exec: Option<Value>,
+    #[serde(rename = "skip-sync")]
+    pub(super) skip_sync: Option<Value>,
+    #[serde(rename = "strict-verify")]
+    pub(super) strict_verify: Option<Value>,
+    pub(super) proxy: Option<RawProxy>,
+    pub(super) backup: Option<RawBackup>,
+    pub(super) tracing: Option<RawTracing>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawFuse {
     pub(super) dir: Option<String>,
+    #[serde(rename = "allow-other")]
+    pub(super) allow_other: Option<bool>,
+    pub(super) debug: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -36,6 +51,9 @@ pub(super) struct RawFuse {
 pub(super) struct RawData {
     pub(super) dir: Option<String>,
     pub(super) retention: Option<Value>,
+    #[serde(rename = "retention-monitor-interval")]
+    pub(super) retention_monitor_interval: Option<Value>,
+    pub(super) compress: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -43,6 +61,8 @@ pub(super) struct RawData {
 pub(super) struct RawHttp {
     pub(super) addr: Option<String>,
     pub(super) token: Option<String>,
+    #[serde(rename = "snapshot-timeout")]
+    pub(super) snapshot_timeout: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -55,6 +75,12 @@ pub(super) struct RawLease {
     #[serde(rename = "advertise-url")]
     pub(super) advertise_url: Option<String>,
     pub(super) consul: Option<RawLeaseConsul>,
+    #[serde(rename = "reconnect-delay")]
+    pub(super) reconnect_delay: Option<Value>,
+    #[serde(rename = "demote-delay")]
+    pub(super) demote_delay: Option<Value>,
+    pub(super) promote: Option<Value>,
+    pub(super) databases: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -65,6 +91,67 @@ pub(super) struct RawLeaseConsul {
     pub(super) ttl: Option<Value>,
     #[serde(rename = "lock-delay")]
     pub(super) lock_delay: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub(super) format: Option<String>,
+    pub(super) timestamp: Option<bool>,
+    pub(super) debug: Option<bool>,
+}
+
+/// Go LiteFS's HTTP proxy, which litefs does not have: read only to name
+/// the key that is refused (a typo in it is still an unknown key).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProxy {
+    pub(super) addr: Option<Value>,
+    pub(super) target: Option<Value>,
+    pub(super) db: Option<Value>,
+    #[serde(rename = "max-lag")]
+    pub(super) max_lag: Option<Value>,
+    pub(super) debug: Option<Value>,
+    pub(super) passthrough: Option<Value>,
+    #[serde(rename = "always-forward")]
+    pub(super) always_forward: Option<Value>,
+    #[serde(rename = "primary-redirect-timeout")]
+    pub(super) primary_redirect_timeout: Option<Value>,
+    #[serde(rename = "read-timeout")]
+    pub(super) read_timeout: Option<Value>,
+    #[serde(rename = "read-header-timeout")]
+    pub(super) read_header_timeout: Option<Value>,
+    #[serde(rename = "write-timeout")]
+    pub(super) write_timeout: Option<Value>,
+    #[serde(rename = "idle-timeout")]
+    pub(super) idle_timeout: Option<Value>,
+}
+
+/// Go LiteFS's backup service (LiteFS Cloud or a file), which litefs does
+/// not have.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackup {
+    #[serde(rename = "type")]
+    pub(super) kind: Option<Value>,
+    pub(super) path: Option<Value>,
+    pub(super) url: Option<Value>,
+    pub(super) cluster: Option<Value>,
+    #[serde(rename = "auth-token")]
+    pub(super) auth_token: Option<Value>,
+}
+
+/// Go LiteFS's on-disk trace log, which litefs does not have.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTracing {
+    pub(super) enabled: Option<Value>,
+    pub(super) path: Option<Value>,
+    #[serde(rename = "max-size")]
+    pub(super) max_size: Option<Value>,
+    #[serde(rename = "max-count")]
+    pub(super) max_count: Option<Value>,
+    pub(super) compress: Option<Value>,
 }
 
 /// The seed's top-level `consul:` block.

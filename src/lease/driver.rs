@@ -12,6 +12,8 @@ use crossbeam_channel::Sender;
 use log::{debug, info, warn};
 
 use super::{Error, Lease, LeaseEvent, Leaser, WATCH_FAILURE_GRACE, WATCH_WAIT};
+use crate::config::LeaseConfig;
+use crate::fatal::Fatal;
 
 /// How soon a candidate tries again when the key looked free but Consul
 /// refused the lock (the lock delay after a lost session).
@@ -20,8 +22,9 @@ const ACQUIRE_RETRY_WAIT: Duration = Duration::from_millis(250);
 /// First pause after a failed call to Consul; doubled up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Longest pause between retries while Consul fails.
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Longest pause between retries while Consul fails, unless
+/// `lease.reconnect-delay` says otherwise.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// How often a sleeping lease thread looks at its stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(50);
@@ -39,15 +42,68 @@ pub fn spawn_lease_thread(
     events: Sender<LeaseEvent>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
+    spawn_lease_thread_with(leaser, LeaseOptions::new(candidate), events, stop)
+}
+
+/// How the lease thread behaves, beyond taking and keeping the lease.
+#[derive(Clone, Debug)]
+pub struct LeaseOptions {
+    /// Whether this node may take the lease.
+    pub candidate: bool,
+    /// Longest pause between retries while Consul fails
+    /// (`lease.reconnect-delay`); the first is 100ms, or this if shorter.
+    pub max_backoff: Duration,
+    /// How long a node that lost the lease waits before it tries to take
+    /// it again (`lease.demote-delay`); it follows other primaries meanwhile.
+    pub demote_delay: Duration,
+    /// Where a lost lease or a refusal by Consul is reported when
+    /// `exit-on-error` makes them fatal.
+    pub fatal: Fatal,
+}
+
+impl LeaseOptions {
+    /// The defaults: 2s between retries at most, no demote delay, nothing
+    /// fatal.
+    pub fn new(candidate: bool) -> LeaseOptions {
+        LeaseOptions {
+            candidate,
+            max_backoff: MAX_BACKOFF,
+            demote_delay: Duration::ZERO,
+            fatal: Fatal::disabled(),
+        }
+    }
+
+    /// The options `config` asks for.
+    pub fn from_config(config: &LeaseConfig, fatal: Fatal) -> LeaseOptions {
+        LeaseOptions {
+            candidate: config.candidate,
+            max_backoff: config.reconnect_delay.unwrap_or(MAX_BACKOFF),
+            demote_delay: config.demote_delay,
+            fatal,
+        }
+    }
+}
+
+/// [`spawn_lease_thread`] with every option.
+pub fn spawn_lease_thread_with(
+    leaser: Box<dyn Leaser>,
+    options: LeaseOptions,
+    events: Sender<LeaseEvent>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
     let driver = Driver {
         leaser,
-        candidate,
+        candidate: options.candidate,
         events,
         stop,
         last_event: None,
         receiver_gone: false,
-        trouble: Trouble::new("Consul"),
-        acquire_trouble: Trouble::new("taking the lease"),
+        trouble: Trouble::new("Consul", options.max_backoff),
+        acquire_trouble: Trouble::new("taking the lease", options.max_backoff),
+        demote_delay: options.demote_delay,
+        held_off_until: None,
+        fatal: options.fatal,
+        fatal_reported: false,
     };
     thread::Builder::new()
         .name("lease".to_string())
@@ -67,6 +123,13 @@ struct Driver {
     /// Failures to take the lease, tracked apart so that a node allowed to
     /// read the key but not to take it logs that once, not on every turn.
     acquire_trouble: Trouble,
+    /// See [`LeaseOptions::demote_delay`].
+    demote_delay: Duration,
+    /// Until when this node does not try to take the lease (it lost it).
+    held_off_until: Option<Instant>,
+    fatal: Fatal,
+    /// A fatal error was reported already (the node is stopping).
+    fatal_reported: bool,
 }
 
 impl Driver {
@@ -97,6 +160,7 @@ impl Driver {
                         debug!("lease: {e}; the session has expired by now");
                     }
                     Err(e) => {
+                        self.check_refused(&e);
                         let pause = self.trouble.failed(&e);
                         stale = Some(lease);
                         self.sleep_until(Instant::now() + pause);
@@ -105,12 +169,16 @@ impl Driver {
                 }
             }
 
-            if try_acquire {
+            let held_off = self.held_off();
+            if try_acquire && !held_off {
                 try_acquire = false;
                 match self.leaser.acquire() {
                     Ok(Some(lease)) => {
                         self.acquire_trouble.succeeded();
                         stale = self.hold(lease).or(stale);
+                        if !self.should_stop() {
+                            self.lost_the_lease();
+                        }
                         // Try again at once: the key may be free.
                         try_acquire = self.candidate;
                         index = 0;
@@ -125,17 +193,23 @@ impl Driver {
                         // Watch anyway, to follow whoever is primary; the
                         // next attempt comes when the watch again finds the
                         // key free, which paces the retries.
+                        self.check_refused(&e);
                         self.acquire_trouble.failed(&e);
                         retry_soon = false;
                     }
                 }
             }
 
-            let wait = if retry_soon {
+            let mut wait = if retry_soon {
                 ACQUIRE_RETRY_WAIT
             } else {
                 WATCH_WAIT
             };
+            if let (true, Some(until)) = (held_off && try_acquire, self.held_off_until) {
+                // Watch no longer than the hold-off, to try the free key
+                // as soon as it ends.
+                wait = wait.min(until.saturating_duration_since(Instant::now()) + STOP_CHECK);
+            }
             let started = Instant::now();
             match self.leaser.primary(index, wait) {
                 Ok((primary, new_index)) => {
@@ -145,6 +219,7 @@ impl Driver {
                     match primary {
                         Some(primary) => {
                             retry_soon = false;
+                            try_acquire = false;
                             self.send(LeaseEvent::Replica(primary));
                         }
                         None => {
@@ -159,6 +234,7 @@ impl Driver {
                     }
                 }
                 Err(e) => {
+                    self.check_refused(&e);
                     let pause = self.trouble.failed(&e);
                     index = 0;
                     if self.last_event.is_none()
@@ -216,6 +292,9 @@ impl Driver {
                      (stepping down before another node could take over)"
                 );
                 self.send(LeaseEvent::NoPrimary);
+                self.report_fatal(
+                    "this node lost the lease: it could not renew it for half its TTL",
+                );
                 return Some(lease);
             }
             match self.leaser.renew(&mut lease) {
@@ -226,13 +305,58 @@ impl Driver {
                 Err(e @ Error::Lost { .. }) => {
                     warn!("lease: {e}; no longer primary");
                     self.send(LeaseEvent::NoPrimary);
+                    self.report_fatal(&format!("this node {e}"));
                     return None;
                 }
                 Err(e) => {
+                    self.check_refused(&e);
                     let pause = self.trouble.failed(&e);
                     retry_at = Some(Instant::now() + pause);
                 }
             }
+        }
+    }
+
+    /// Starts the demote delay after this node lost the lease.
+    fn lost_the_lease(&mut self) {
+        if self.demote_delay.is_zero() {
+            return;
+        }
+        info!(
+            "lease: waiting {:?} (lease.demote-delay) before trying to take the lease again",
+            self.demote_delay
+        );
+        self.held_off_until = Instant::now().checked_add(self.demote_delay);
+    }
+
+    /// Whether this node must not try to take the lease yet.
+    fn held_off(&mut self) -> bool {
+        match self.held_off_until {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                self.held_off_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Reports a refusal by Consul (401/403) as fatal, when it is.
+    fn check_refused(&mut self, e: &Error) {
+        if let Error::Status {
+            status: 401 | 403, ..
+        } = e
+        {
+            self.report_fatal(&format!(
+                "{e} (this litefs sends no Consul ACL token; give it a Consul agent that                  allows the key)"
+            ));
+        }
+    }
+
+    /// Reports `message` once through `exit-on-error`.
+    fn report_fatal(&mut self, message: &str) {
+        if !self.fatal_reported && self.fatal.report(format!("lease: {message}")) {
+            self.fatal_reported = true;
         }
     }
 
@@ -293,14 +417,16 @@ struct Trouble {
     what: &'static str,
     since: Option<Instant>,
     backoff: Duration,
+    max_backoff: Duration,
 }
 
 impl Trouble {
-    fn new(what: &'static str) -> Trouble {
+    fn new(what: &'static str, max_backoff: Duration) -> Trouble {
         Trouble {
             what,
             since: None,
-            backoff: MIN_BACKOFF,
+            backoff: MIN_BACKOFF.min(max_backoff),
+            max_backoff,
         }
     }
 
@@ -312,8 +438,8 @@ impl Trouble {
         } else {
             debug!("lease: {e}");
         }
-        let pause = self.backoff.max(MIN_BACKOFF);
-        self.backoff = (pause * 2).min(MAX_BACKOFF);
+        let pause = self.backoff.max(MIN_BACKOFF.min(self.max_backoff));
+        self.backoff = (pause * 2).min(self.max_backoff);
         pause
     }
 
@@ -326,7 +452,7 @@ impl Trouble {
                 since.elapsed()
             );
         }
-        self.backoff = MIN_BACKOFF;
+        self.backoff = MIN_BACKOFF.min(self.max_backoff);
     }
 
     /// How long calls have been failing (zero when they work).
