@@ -36,10 +36,11 @@
 //! | `lease.reconnect-delay`            | implemented: the longest pause between retries to reach the primary or Consul (10ms to 10m; default 5s and 2s) |
 //! | `lease.demote-delay`               | implemented: how long a node that lost the lease waits before it tries to take it again (0s to 1h; default 0s) |
 //! | `exit-on-error`                    | implemented: exit 1 on a fatal lease or replication error instead of retrying (default false) |
+//! | `exec`                             | implemented: a command for `sh -c`, or a list of `{cmd, if-candidate}` entries; started once the node is ready (`exec-wait`, a litefs key: `ready` or `caught-up`) |
+//! | `exec[].cmd`, `exec[].if-candidate` | implemented (the list form of `exec`; `config/exec.rs`)  |
 //! | `skip-sync`, `strict-verify`, `data.compress`, `lease.promote` | accepted when false; refused when true |
 //! | `lease.databases`                  | accepted when empty; refused otherwise                      |
 //! | `http.snapshot-timeout`            | refused                                                     |
-//! | `exec`                             | refused                                                     |
 //! | `proxy.*`, `backup.*`, `tracing.*` | refused (an empty or all-false block is accepted)            |
 //!
 //! A refused key is named with what to do instead (`config/unsupported.rs`).
@@ -94,11 +95,13 @@ pub const RECONNECT_DELAY_RANGE: (Duration, Duration) =
 /// Longest `lease.demote-delay`.
 pub const MAX_DEMOTE_DELAY: Duration = Duration::from_secs(3600);
 
+mod exec;
 mod lease;
 mod raw;
 mod unsupported;
 mod values;
 
+pub use exec::{ExecCommand, ExecWait, Program};
 use lease::lease_config;
 use raw::{yaml_error, RawFile};
 use values::{absolute, base_dir, format_duration, split_host_port};
@@ -136,6 +139,11 @@ pub struct Config {
     pub log: LogConfig,
     /// Mount options (`fuse:` besides `dir`).
     pub fuse: FuseConfig,
+    /// The application to start once the node is ready (`exec`), in
+    /// order; empty for none.
+    pub exec: Vec<ExecCommand>,
+    /// When `exec` starts (`exec-wait`).
+    pub exec_wait: ExecWait,
 }
 
 /// How litefs logs.
@@ -498,6 +506,8 @@ fn resolve(raw: RawFile, source: &Path) -> Result<Config, Error> {
         exit_on_error: raw.exit_on_error.unwrap_or(false),
         log,
         fuse,
+        exec: exec::exec_commands(source, raw.exec)?,
+        exec_wait: exec::exec_wait(source, raw.exec_wait)?,
     })
 }
 

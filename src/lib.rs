@@ -5,6 +5,7 @@
 //! threads together. Dependencies point downward only.
 
 pub mod config;
+pub mod exec;
 pub mod fatal;
 pub mod fuse;
 pub mod http;

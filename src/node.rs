@@ -21,20 +21,20 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver};
 use log::{debug, error, info, warn};
 
+mod ready;
 mod replica;
 
 use crate::config::{Config, LeaseKind};
+use crate::exec::{Exec, Next};
 use crate::fatal::Fatal;
 use crate::fuse::{Applier, LitefsFs, Role};
 use crate::http;
 use crate::lease::{self, LeaseEvent, PrimaryInfo};
 use crate::sdnotify::SdNotify;
 use crate::store::{self, Store};
+use ready::Readiness;
 use replica::ReplicaTask;
 
-/// How long a node waits to be caught up (or to learn its role) before it
-/// tells systemd it is ready anyway.
-const READY_WAIT: Duration = Duration::from_secs(30);
 /// How often the main loop looks at readiness while nothing happens.
 const READY_POLL: Duration = Duration::from_millis(100);
 
@@ -153,11 +153,14 @@ enum Stop {
     LeaseThreadGone,
     /// `exit-on-error` made an error fatal.
     Fatal(String),
+    /// An `exec` command exited (or could not start): exit with this status.
+    Exec(u8),
 }
 
 /// Runs the node until SIGINT or SIGTERM (or, with `exit-on-error`, a
-/// fatal error).
-pub fn run(config: &Config) -> Result<(), Error> {
+/// fatal error; or, with `exec`, until the application exits). Returns the
+/// status litefs exits with: 0, or the `exec` command's.
+pub fn run(config: &Config) -> Result<u8, Error> {
     raise_open_file_limit();
     let signals = ShutdownSignals::block().map_err(Error::Signals)?;
     let mount_dir = config.mount_dir.clone();
@@ -244,13 +247,42 @@ pub fn run(config: &Config) -> Result<(), Error> {
         systemd: Readiness::new(SdNotify::from_env(), role.is_primary()),
     };
     roles.systemd.check(&role, &store);
+    let mut exec = Exec::new(&config.exec, config.lease.candidate);
+    let exec_exits = exec.exits().clone();
     let watchdog = roles.systemd.notify.watchdog_interval();
     let ticks = crossbeam_channel::tick(watchdog.unwrap_or(READY_POLL).min(READY_POLL));
     let idle = crossbeam_channel::never();
     let mut last_watchdog = Instant::now();
     let stopped_by = loop {
+        if exec.waiting()
+            && roles
+                .systemd
+                .exec_may_start(config.exec_wait, &role, &store)
+        {
+            if let Next::Exit(status) = exec.start_next() {
+                break Stop::Exec(status);
+            }
+        }
+        // Ticks while systemd or exec wait for readiness, or for the
+        // watchdog; otherwise only events wake the loop.
+        let waiting = !roles.systemd.ready || exec.waiting() || watchdog.is_some();
         select! {
-            recv(signal_rx) -> sig => break Stop::Signal(sig.unwrap_or("a closed signal channel")),
+            recv(signal_rx) -> sig => match sig {
+                // With a command running, litefs stops once it has exited.
+                Ok(name) => {
+                    if !exec.forward(signal_number(name), name) {
+                        break Stop::Signal(name);
+                    }
+                }
+                Err(_) => break Stop::Signal("a closed signal channel"),
+            },
+            recv(exec_exits) -> exited => {
+                if let Ok(exited) = exited {
+                    if let Next::Exit(status) = exec.exited(exited) {
+                        break Stop::Exec(status);
+                    }
+                }
+            }
             recv(fatal_rx) -> message => break Stop::Fatal(message.unwrap_or_default()),
             recv(lease_rx) -> event => match event {
                 Ok(event) => roles.handle(event)?,
@@ -259,7 +291,7 @@ pub fn run(config: &Config) -> Result<(), Error> {
                     break Stop::LeaseThreadGone;
                 }
             },
-            recv(if roles.systemd.ready && watchdog.is_none() { &idle } else { &ticks }) -> _ => {}
+            recv(if waiting { &ticks } else { &idle }) -> _ => {}
         }
         roles.systemd.check(&role, &store);
         if let Some(interval) = watchdog {
@@ -274,9 +306,11 @@ pub fn run(config: &Config) -> Result<(), Error> {
     roles.systemd.notify.stopping();
     match &stopped_by {
         Stop::Signal(signal) => info!("received {signal}, shutting down"),
-        Stop::LeaseThreadGone => {}
+        Stop::LeaseThreadGone | Stop::Exec(_) => {}
         Stop::Fatal(_) => info!("shutting down (exit-on-error)"),
     }
+    // The application first, while the mount still works for it.
+    exec.terminate();
     // No new writes, then give up the lease so another candidate takes
     // over at once, then stop everything else.
     role.set_replica(None);
@@ -287,10 +321,31 @@ pub fn run(config: &Config) -> Result<(), Error> {
     let _ = lease_thread.join();
     let _ = retention.join();
     server.shutdown();
-    unmount(background, &mount_dir)?;
-    match stopped_by {
-        Stop::Fatal(message) => Err(Error::Fatal(message)),
-        Stop::Signal(_) | Stop::LeaseThreadGone => Ok(()),
+    let unmounted = unmount(background, &mount_dir);
+    match (stopped_by, unmounted) {
+        (Stop::Fatal(message), unmounted) => {
+            if let Err(e) = unmounted {
+                error!("{e}");
+            }
+            Err(Error::Fatal(message))
+        }
+        // The application's failure is what the exit status reports.
+        (Stop::Exec(status), Err(e)) if status != 0 => {
+            error!("{e}");
+            Ok(status)
+        }
+        (_, Err(e)) => Err(e),
+        (Stop::Exec(status), Ok(())) => Ok(status),
+        (Stop::Signal(_) | Stop::LeaseThreadGone, Ok(())) => Ok(0),
+    }
+}
+
+/// The number of a signal the signal thread names.
+fn signal_number(name: &str) -> i32 {
+    if name == "SIGINT" {
+        libc::SIGINT
+    } else {
+        libc::SIGTERM
     }
 }
 
@@ -308,76 +363,6 @@ struct Roles<'a> {
     replica: Option<ReplicaTask>,
     /// systemd's view of this node (readiness, status, watchdog).
     systemd: Readiness,
-}
-
-/// What systemd has been told: `READY=1` once the mount is up and the node
-/// knows its role (a replica: once caught up with its primary, or after
-/// `READY_WAIT`), then `STATUS=` on every role change.
-struct Readiness {
-    notify: SdNotify,
-    ready: bool,
-    /// The role as `systemctl status` shows it.
-    status: String,
-    /// Since when the node has had this role.
-    since: Instant,
-}
-
-impl Readiness {
-    fn new(notify: SdNotify, primary: bool) -> Readiness {
-        Readiness {
-            notify,
-            ready: false,
-            status: if primary {
-                "primary"
-            } else {
-                "starting: no primary known yet"
-            }
-            .to_string(),
-            since: Instant::now(),
-        }
-    }
-
-    fn set_status(&mut self, status: String) {
-        if status != self.status {
-            self.status = status;
-            self.since = Instant::now();
-            if self.ready {
-                self.notify.status(&self.status);
-            }
-        }
-    }
-
-    /// Sends `READY=1` when the node is ready (see the type's comment).
-    fn check(&mut self, role: &Role, store: &Store) {
-        if self.ready {
-            return;
-        }
-        let waited = self.since.elapsed() >= READY_WAIT;
-        let status = if role.is_primary() {
-            Some(self.status.clone())
-        } else if role.hostname().is_some() {
-            match store.idle_caught_up_at() {
-                Some(at) if at >= self.since => Some(self.status.clone()),
-                _ if waited => {
-                    info!(
-                        "{}: not caught up after {}s; telling systemd the node is ready anyway",
-                        self.status,
-                        READY_WAIT.as_secs()
-                    );
-                    Some(format!("{}, still catching up", self.status))
-                }
-                _ => None,
-            }
-        } else if waited {
-            Some("read-only: no primary is known yet".to_string())
-        } else {
-            None
-        };
-        if let Some(status) = status {
-            self.notify.ready(&status);
-            self.ready = true;
-        }
-    }
 }
 
 impl Roles<'_> {

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use litefs::config::{self, Config, Error, LeaseKind, LogFormat};
+use litefs::config::{self, Config, Error, ExecCommand, ExecWait, LeaseKind, LogFormat, Program};
 
 fn src() -> &'static Path {
     Path::new("/etc/litefs/litefs.yml")
@@ -555,6 +555,10 @@ fn data_dir_of_root_or_around_the_mount_and_huge_files_are_refused() {
 /// A config as an operator of the Go LiteFS v0.5.14 writes it, with every
 /// key litefs implements and the unsupported ones switched off.
 const GO_CONFIG: &str = r#"
+exec:
+  - cmd: "myapp migrate"
+    if-candidate: true
+  - cmd: "myapp -addr :8081"
 exit-on-error: true
 skip-sync: false
 strict-verify: false
@@ -615,6 +619,58 @@ fn a_go_litefs_config_with_every_implemented_key_loads() {
     let consul = config.lease.consul.unwrap();
     assert_eq!(consul.key, "litefs/app");
     assert_eq!(consul.ttl, Duration::from_secs(20));
+    assert_eq!(
+        config.exec,
+        vec![
+            ExecCommand {
+                program: Program::Shell("myapp migrate".into()),
+                if_candidate: true,
+            },
+            ExecCommand {
+                program: Program::Shell("myapp -addr :8081".into()),
+                if_candidate: false,
+            },
+        ]
+    );
+    assert_eq!(config.exec_wait, ExecWait::Ready);
+}
+
+#[test]
+fn exec_is_a_command_or_a_list_of_entries() {
+    let shell = |line: &str| ExecCommand {
+        program: Program::Shell(line.into()),
+        if_candidate: false,
+    };
+    assert_eq!(
+        parse("mount-dir: /m\nexec: \"app serve --port 8081\"\n").exec,
+        vec![shell("app serve --port 8081")]
+    );
+    assert_eq!(
+        parse("mount-dir: /m\nexec:\n  - \"a\"\n  - cmd: b\n    if-candidate: false\n").exec,
+        vec![shell("a"), shell("b")]
+    );
+    assert!(parse("mount-dir: /m\nexec:\n").exec.is_empty());
+    assert!(parse("mount-dir: /m\nexec: \"\"\n").exec.is_empty());
+    assert!(parse("mount-dir: /m\n").exec.is_empty());
+    assert_eq!(
+        parse("mount-dir: /m\nexec-wait: caught-up\n").exec_wait,
+        ExecWait::CaughtUp
+    );
+
+    let (err, message) = refuse("mount-dir: /m\nexec:\n  - cmdd: a\n");
+    assert!(matches!(err, Error::UnknownKey { ref key, .. } if key == "exec[0].cmdd"));
+    assert_mentions(&message, &["`exec[0].cmdd`", "`cmd`", "`if-candidate`"]);
+    let (_, message) = refuse("mount-dir: /m\nexec:\n  - cmd: a\n  - if-candidate: true\n");
+    assert_mentions(&message, &["exec[1].cmd", "required"]);
+    let (_, message) = refuse("mount-dir: /m\nexec:\n  - cmd: a\n    if-candidate: maybe\n");
+    assert_mentions(&message, &["exec[0].if-candidate", "true or false"]);
+    let (_, message) = refuse("mount-dir: /m\nexec: 5\n");
+    assert_mentions(&message, &["exec", "a list of entries"]);
+    let (_, message) = refuse("mount-dir: /m\nexec-wait: later\n");
+    assert_mentions(
+        &message,
+        &["exec-wait", "`later`", "`ready`", "`caught-up`"],
+    );
 }
 
 #[test]
@@ -645,7 +701,6 @@ fn each_unsupported_go_key_is_refused_by_name() {
     let cases = [
         ("skip-sync: true\n", "skip-sync"),
         ("strict-verify: true\n", "strict-verify"),
-        ("exec: \"myapp -addr :8081\"\n", "exec"),
         ("data:\n  compress: true\n", "data.compress"),
         ("http:\n  snapshot-timeout: 1m\n", "http.snapshot-timeout"),
         ("lease:\n  promote: true\n", "lease.promote"),

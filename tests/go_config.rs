@@ -7,7 +7,6 @@ mod common;
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -131,83 +130,28 @@ fn fuse_allow_other_sets_the_mount_option() {
     on.stop();
 }
 
-/// A litefs process started by hand (one that may exit before its mount
-/// is seen); killed and unmounted when dropped.
-struct Process {
-    child: Child,
-    mount: std::path::PathBuf,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if is_mounted(&self.mount) {
-            let _ = Command::new("fusermount3")
-                .arg("-uz")
-                .arg(&self.mount)
-                .output();
-        }
-    }
-}
-
 #[test]
 fn exit_on_error_stops_a_replica_the_primary_refuses() {
     let tmp = temp_dir("exit-on-error");
     // The harness's config ends in its `http:` block: this extends it.
     let mut primary = Node::start_in(&tmp.path().join("primary"), "  token: right\n");
-
-    let dir = tmp.path().join("replica");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mount = dir.join("mnt");
-    let config = dir.join("litefs.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "mount-dir: \"{}\"\nhttp:\n  addr: \"127.0.0.1:{}\"\n  token: wrong\n\
-             exit-on-error: true\n\
-             lease:\n  type: static\n  candidate: false\n  advertise-url: \"http://127.0.0.1:{}\"\n",
-            mount.display(),
-            common::free_port(),
-            primary.port
-        ),
-    )
-    .unwrap();
-    let log = dir.join("litefs.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_litefs"))
-        .arg("-config")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    let mut replica = Process {
-        child,
-        mount: mount.clone(),
-    };
-    let deadline = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = replica.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the replica is still running; log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        thread::sleep(Duration::from_millis(20));
-    };
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert_eq!(status.code(), Some(1), "log:\n{text}");
-    assert!(
-        text.contains("exit-on-error") && text.contains("401"),
-        "{text}"
+    let yaml = format!(
+        "  token: wrong\nexit-on-error: true\n{}",
+        common::replica_yaml(&primary)
     );
-    assert!(!is_mounted(&mount), "the mount is left behind");
+    // Not waiting for the mount: the replica may be gone before it is seen.
+    let mut replica = Node::spawn_in(&tmp.path().join("replica"), &yaml, &[]);
+    let status = replica.wait_exit();
+    let log = replica.log_text();
+    assert_eq!(status.code(), Some(1), "log:\n{log}");
+    assert!(
+        log.contains("exit-on-error") && log.contains("401"),
+        "{log}"
+    );
+    assert!(!is_mounted(&replica.mount), "the mount is left behind");
     // The primary is unharmed.
     assert!(primary.is_running());
+    primary.stop();
 }
 
 #[test]

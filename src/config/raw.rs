@@ -26,8 +26,10 @@ pub(super) struct RawFile {
     pub(super) log: Option<RawLog>,
     #[serde(rename = "exit-on-error")]
     pub(super) exit_on_error: Option<bool>,
-    // Go LiteFS keys of features litefs does not have (see unsupported.rs).
     pub(super) exec: Option<Value>,
+    #[serde(rename = "exec-wait")]
+    pub(super) exec_wait: Option<String>,
+    // Go LiteFS keys of features litefs does not have (see unsupported.rs).
     #[serde(rename = "skip-sync")]
     pub(super) skip_sync: Option<Value>,
     #[serde(rename = "strict-verify")]

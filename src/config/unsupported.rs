@@ -31,19 +31,12 @@ const TRACING: (&str, &str) = (
 pub(super) fn check(raw: &RawFile, source: &Path) -> Result<(), Error> {
     let mut keys: Vec<(&str, Option<&Value>, (&str, &str))> = vec![
         (
-            "exec",
-            raw.exec.as_ref(),
-            (
-                "running an application (`exec`)",
-                "start it after litefs (systemd: After=litefs.service); remove the key",
-            ),
-        ),
-        (
             "skip-sync",
             raw.skip_sync.as_ref(),
             (
                 "starting before the node has synced with the cluster",
-                "litefs always waits until the node is ready; remove the key or set it to false",
+                "exec starts once the node is ready (`exec-wait`); remove the key or set it \
+                 to false",
             ),
         ),
         (
