@@ -20,6 +20,31 @@
 //! | session TTL       | `consul.ttl`           | `lease.consul.ttl`        | 10s (at least 10s)            |
 //! | lock delay        | `consul.lock-delay`    | `lease.consul.lock-delay` | 1s (at most 60s)              |
 //!
+//! Every key of the Go LiteFS v0.5.14 schema (`cmd/litefs/config.go`), and
+//! what litefs does with it:
+//!
+//! | Go LiteFS key                      | here                                                        |
+//! |------------------------------------|-------------------------------------------------------------|
+//! | `fuse.dir`, `data.dir`, `data.retention`, `http.addr` | implemented (table above)                |
+//! | `lease.type`, `.hostname`, `.advertise-url`, `.candidate`, `.consul.*` | implemented (table above) |
+//! | `data.retention-monitor-interval`  | implemented: how often the retention thread runs (at least 50ms; default a quarter of the retention, 50ms to 1m) |
+//! | `fuse.allow-other`                 | implemented: the `allow_other` mount option (default: on when litefs runs as root, off otherwise) |
+//! | `fuse.debug`                       | implemented: logs every FUSE request (`fuser=debug`) unless `RUST_LOG` is set |
+//! | `log.format`                       | implemented: `text` (default) or `json`, one object per line |
+//! | `log.debug`                        | implemented: litefs's debug lines, unless `RUST_LOG` is set  |
+//! | `log.timestamp`                    | implemented: timestamps on or off (default: on, except under systemd's journal) |
+//! | `lease.reconnect-delay`            | implemented: the longest pause between retries to reach the primary or Consul (10ms to 10m; default 5s and 2s) |
+//! | `lease.demote-delay`               | implemented: how long a node that lost the lease waits before it tries to take it again (0s to 1h; default 0s) |
+//! | `exit-on-error`                    | implemented: exit 1 on a fatal lease or replication error instead of retrying (default false) |
+//! | `exec`                             | implemented: a command for `sh -c`, or a list of `{cmd, if-candidate}` entries; started once the node is ready (`exec-wait`, a litefs key: `ready` or `caught-up`) |
+//! | `exec[].cmd`, `exec[].if-candidate` | implemented (the list form of `exec`; `config/exec.rs`)  |
+//! | `skip-sync`, `strict-verify`, `data.compress`, `lease.promote` | accepted when false; refused when true |
+//! | `lease.databases`                  | accepted when empty; refused otherwise                      |
+//! | `http.snapshot-timeout`            | refused                                                     |
+//! | `proxy.*`, `backup.*`, `tracing.*` | refused (an empty or all-false block is accepted)            |
+//!
+//! A refused key is named with what to do instead (`config/unsupported.rs`).
+//!
 //! Before parsing, `$VAR` and `${VAR}` are replaced by the environment
 //! variable's value (an unset variable becomes the empty string, as Go's
 //! `os.ExpandEnv` does) and `$$` by a single `$`. Relative paths are taken
@@ -27,16 +52,18 @@
 //! values and the same setting given in both spellings are errors that name
 //! the file, the key and what is allowed.
 //!
-//! This file holds the structure (the raw YAML types and how they resolve
-//! into a `Config`); `config/values.rs` the values inside it (expansion,
-//! durations, URLs, addresses, paths).
+//! This file holds the resolved types and how the file becomes a `Config`;
+//! `config/raw.rs` the file as written (the serde types) and the errors
+//! serde reports; `config/lease.rs` the lease and Consul settings;
+//! `config/unsupported.rs` the Go LiteFS keys litefs refuses;
+//! `config/values.rs` the values inside it (expansion, durations, URLs,
+//! addresses, paths).
 
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_yaml::Value;
 
 /// The config file name searched for by [`find_config`].
@@ -57,10 +84,27 @@ pub const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(1);
 pub const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
 /// Default time LTX files are kept (the newest file is always kept).
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(600);
+/// Shortest `data.retention-monitor-interval` (also the floor of the
+/// default).
+pub const MIN_RETENTION_MONITOR_INTERVAL: Duration = Duration::from_millis(50);
+/// Longest default retention check interval.
+pub const MAX_DEFAULT_RETENTION_MONITOR_INTERVAL: Duration = Duration::from_secs(60);
+/// Range of `lease.reconnect-delay`.
+pub const RECONNECT_DELAY_RANGE: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_secs(600));
+/// Longest `lease.demote-delay`.
+pub const MAX_DEMOTE_DELAY: Duration = Duration::from_secs(3600);
 
+mod exec;
+mod lease;
+mod raw;
+mod unsupported;
 mod values;
 
-use values::{absolute, base_dir, format_duration, local_hostname, split_host_port, url_host};
+pub use exec::{ExecCommand, ExecWait, Program};
+use lease::lease_config;
+use raw::{yaml_error, RawFile};
+use values::{absolute, base_dir, format_duration, split_host_port};
 pub use values::{check_http_url, expand_env, expand_with, parse_duration};
 
 const DURATION_HELP: &str =
@@ -85,6 +129,51 @@ pub struct Config {
     pub lease: LeaseConfig,
     /// How long LTX files are kept; the newest one is always kept.
     pub retention: Duration,
+    /// How often the retention thread runs (`data.retention-monitor-interval`);
+    /// `None` for the default, see [`Config::retention_interval`].
+    pub retention_monitor_interval: Option<Duration>,
+    /// Exit (status 1) on a fatal lease or replication error instead of
+    /// retrying (`exit-on-error`).
+    pub exit_on_error: bool,
+    /// Log format and levels (`log:`).
+    pub log: LogConfig,
+    /// Mount options (`fuse:` besides `dir`).
+    pub fuse: FuseConfig,
+    /// The application to start once the node is ready (`exec`), in
+    /// order; empty for none.
+    pub exec: Vec<ExecCommand>,
+    /// When `exec` starts (`exec-wait`).
+    pub exec_wait: ExecWait,
+}
+
+/// How litefs logs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogConfig {
+    /// `log.format`.
+    pub format: LogFormat,
+    /// `log.debug`: litefs's debug lines (when `RUST_LOG` is unset).
+    pub debug: bool,
+    /// `log.timestamp`; `None`: timestamps except under systemd's journal.
+    pub timestamp: Option<bool>,
+}
+
+/// The shape of a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// env_logger's text lines.
+    #[default]
+    Text,
+    /// One JSON object per line: `time`, `level`, `target`, `msg`.
+    Json,
+}
+
+/// Mount options.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FuseConfig {
+    /// `fuse.allow-other`; `None`: on when litefs runs as root.
+    pub allow_other: Option<bool>,
+    /// `fuse.debug`: log every FUSE request (when `RUST_LOG` is unset).
+    pub debug: bool,
 }
 
 /// Lease settings: which kind of lease, and how this node presents itself.
@@ -103,6 +192,14 @@ pub struct LeaseConfig {
     pub advertise_url: String,
     /// Consul settings; `Some` exactly when `kind` is [`LeaseKind::Consul`].
     pub consul: Option<ConsulConfig>,
+    /// `lease.reconnect-delay`: the longest pause between retries to reach
+    /// the primary or Consul (they start at 100ms, or this if shorter, and
+    /// double); `None` keeps the built-in caps (5s and 2s).
+    pub reconnect_delay: Option<Duration>,
+    /// `lease.demote-delay`: how long a node that lost the lease (it could
+    /// not renew it, or Consul says it is gone) waits before it tries to
+    /// take it again; it follows any other primary meanwhile.
+    pub demote_delay: Duration,
 }
 
 /// The kind of lease that decides the primary.
@@ -137,6 +234,17 @@ impl Config {
         }
     }
 
+    /// How often the retention thread runs: `data.retention-monitor-interval`,
+    /// or a quarter of the retention between 50ms and 1m.
+    pub fn retention_interval(&self) -> Duration {
+        self.retention_monitor_interval.unwrap_or_else(|| {
+            (self.retention / 4).clamp(
+                MIN_RETENTION_MONITOR_INTERVAL,
+                MAX_DEFAULT_RETENTION_MONITOR_INTERVAL,
+            )
+        })
+    }
+
     /// The port of the HTTP address (validated when the config was parsed).
     pub fn http_port(&self) -> u16 {
         split_host_port(&self.http_addr).map_or(0, |(_, port)| port)
@@ -167,6 +275,15 @@ pub enum Error {
         path: PathBuf,
         key: String,
         message: String,
+    },
+    /// A Go LiteFS key for a feature litefs does not have.
+    Unsupported {
+        path: PathBuf,
+        key: String,
+        /// The feature, e.g. "the HTTP proxy".
+        feature: String,
+        /// What to do instead.
+        instead: String,
     },
     /// The same setting is given in both spellings.
     Conflict {
@@ -208,6 +325,16 @@ impl fmt::Display for Error {
             Error::Invalid { path, key, message } => {
                 write!(f, "{}: {key}: {message}", path.display())
             }
+            Error::Unsupported {
+                path,
+                key,
+                feature,
+                instead,
+            } => write!(
+                f,
+                "{}: `{key}`: {feature} is not supported by this litefs; {instead}",
+                path.display()
+            ),
             Error::Conflict { path, key, other } => write!(
                 f,
                 "{}: `{key}` and `{other}` are two spellings of the same setting; keep only one",
@@ -294,122 +421,9 @@ pub fn parse(text: &str, source: &Path) -> Result<Config, Error> {
     resolve(raw, source)
 }
 
-/// The file as written, before defaults and validation. Every struct denies
-/// unknown fields so a typo is an error rather than a silent default.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    #[serde(rename = "mount-dir")]
-    mount_dir: Option<String>,
-    #[serde(rename = "data-dir")]
-    data_dir: Option<String>,
-    fuse: Option<RawFuse>,
-    data: Option<RawData>,
-    http: Option<RawHttp>,
-    lease: Option<RawLease>,
-    consul: Option<RawSeedConsul>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFuse {
-    dir: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawData {
-    dir: Option<String>,
-    retention: Option<Value>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttp {
-    addr: Option<String>,
-    token: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLease {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    candidate: Option<bool>,
-    hostname: Option<String>,
-    #[serde(rename = "advertise-url")]
-    advertise_url: Option<String>,
-    consul: Option<RawLeaseConsul>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLeaseConsul {
-    url: Option<String>,
-    key: Option<String>,
-    ttl: Option<Value>,
-    #[serde(rename = "lock-delay")]
-    lock_delay: Option<Value>,
-}
-
-/// The seed's top-level `consul:` block.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSeedConsul {
-    url: Option<String>,
-    #[serde(rename = "advertise-url")]
-    advertise_url: Option<String>,
-    key: Option<String>,
-    ttl: Option<Value>,
-    #[serde(rename = "lock-delay")]
-    lock_delay: Option<Value>,
-}
-
-/// Turns a serde_yaml error into an [`Error`], recognising unknown keys so
-/// the message names the full dotted key.
-fn yaml_error(path: &Path, err: serde_yaml::Error) -> Error {
-    let mut message = err.to_string();
-    let location = err
-        .location()
-        .map(|l| format!(" at line {} column {}", l.line(), l.column()));
-    if let Some(loc) = &location {
-        if let Some(stripped) = message.strip_suffix(loc.as_str()) {
-            message = stripped.to_string();
-        }
-    }
-    let location = location.unwrap_or_default();
-    const UNKNOWN: &str = "unknown field `";
-    if let Some(at) = message.find(UNKNOWN) {
-        let parent = message[..at].trim_end().trim_end_matches(':');
-        let rest = &message[at + UNKNOWN.len()..];
-        if let Some(end) = rest.find('`') {
-            let name = &rest[..end];
-            let key = if parent.is_empty() {
-                name.to_string()
-            } else {
-                format!("{parent}.{name}")
-            };
-            let expected = rest[end + 1..].trim_start_matches(',').trim();
-            let allowed = expected
-                .strip_prefix("expected one of ")
-                .or_else(|| expected.strip_prefix("expected "))
-                .unwrap_or(expected);
-            return Error::UnknownKey {
-                path: path.to_path_buf(),
-                key,
-                location,
-                allowed: allowed.to_string(),
-            };
-        }
-    }
-    Error::Yaml {
-        path: path.to_path_buf(),
-        message: format!("{message}{location}"),
-    }
-}
-
 /// Applies defaults and checks every value.
 fn resolve(raw: RawFile, source: &Path) -> Result<Config, Error> {
+    unsupported::check(&raw, source)?;
     let fuse = raw.fuse.unwrap_or_default();
     let data = raw.data.unwrap_or_default();
     let mount = pick(source, raw.mount_dir, "mount-dir", fuse.dir, "fuse.dir")?;
@@ -418,6 +432,36 @@ fn resolve(raw: RawFile, source: &Path) -> Result<Config, Error> {
     let retention = match data.retention {
         Some(value) => duration_value(source, "data.retention", &value)?,
         None => DEFAULT_RETENTION,
+    };
+    let retention_monitor_interval = match data.retention_monitor_interval {
+        Some(value) => Some(duration_in(
+            source,
+            "data.retention-monitor-interval",
+            &value,
+            MIN_RETENTION_MONITOR_INTERVAL,
+            Duration::MAX,
+        )?),
+        None => None,
+    };
+    let raw_log = raw.log.unwrap_or_default();
+    let log = LogConfig {
+        format: match raw_log.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(invalid(
+                    source,
+                    "log.format",
+                    format!("`{other}` is not a log format; allowed: `text`, `json`"),
+                ))
+            }
+        },
+        debug: raw_log.debug.unwrap_or(false),
+        timestamp: raw_log.timestamp,
+    };
+    let fuse = FuseConfig {
+        allow_other: fuse.allow_other,
+        debug: fuse.debug.unwrap_or(false),
     };
 
     let raw_http = raw.http.unwrap_or_default();
@@ -458,6 +502,12 @@ fn resolve(raw: RawFile, source: &Path) -> Result<Config, Error> {
         http_token,
         lease,
         retention,
+        retention_monitor_interval,
+        exit_on_error: raw.exit_on_error.unwrap_or(false),
+        log,
+        fuse,
+        exec: exec::exec_commands(source, raw.exec)?,
+        exec_wait: exec::exec_wait(source, raw.exec_wait)?,
     })
 }
 
@@ -548,215 +598,6 @@ fn directories(
     Ok((mount_dir, data_dir))
 }
 
-/// Resolves the lease settings from the Go-style `lease:` block and the
-/// seed's `consul:` block; `port` is the HTTP port for the default
-/// advertise URL.
-fn lease_config(
-    source: &Path,
-    lease: RawLease,
-    seed_consul: Option<RawSeedConsul>,
-    port: u16,
-) -> Result<LeaseConfig, Error> {
-    let seed_block = seed_consul.is_some();
-    let consul_given = seed_block || lease.consul.is_some();
-    let kind = match lease.kind.as_deref() {
-        Some("consul") => LeaseKind::Consul,
-        Some("static") => LeaseKind::Static,
-        Some(other) => {
-            return Err(invalid(
-                source,
-                "lease.type",
-                format!("`{other}` is not a lease type; allowed: `consul`, `static`"),
-            ))
-        }
-        None if consul_given => LeaseKind::Consul,
-        None => LeaseKind::Static,
-    };
-    if kind == LeaseKind::Static && consul_given {
-        let key = if seed_block { "consul" } else { "lease.consul" };
-        return Err(invalid(
-            source,
-            key,
-            "is given but lease.type is `static`; remove one of them",
-        ));
-    }
-    let candidate = lease.candidate.unwrap_or(true);
-    let mut seed_consul = seed_consul.unwrap_or_default();
-
-    let advertise = match pick(
-        source,
-        seed_consul.advertise_url.take(),
-        "consul.advertise-url",
-        lease.advertise_url,
-        "lease.advertise-url",
-    )? {
-        Some((url, key)) => {
-            check_http_url(&url).map_err(|m| invalid(source, key, m))?;
-            Some(url.trim_end_matches('/').to_string())
-        }
-        None => None,
-    };
-
-    // A static replica names its primary; every other node names itself.
-    let static_replica = kind == LeaseKind::Static && !candidate;
-    let (hostname, advertise_url) = if static_replica {
-        let Some(url) = advertise else {
-            return Err(invalid(
-                source,
-                "lease.advertise-url",
-                "is required when lease.type is `static` and lease.candidate is false: the \
-                 URL of the primary to replicate from, http://host[:port]",
-            ));
-        };
-        let hostname = match lease.hostname {
-            Some(name) => name,
-            None => url_host(&url).to_string(),
-        };
-        (hostname, url)
-    } else {
-        let hostname = match lease.hostname {
-            Some(name) => name,
-            None => local_hostname().map_err(|e| Error::Hostname {
-                path: source.to_path_buf(),
-                source: e,
-            })?,
-        };
-        let url = advertise.unwrap_or_else(|| format!("http://{hostname}:{port}"));
-        (hostname, url)
-    };
-    if hostname.trim().is_empty() {
-        return Err(invalid(
-            source,
-            "lease.hostname",
-            "is empty (an unset environment variable?); remove it for the default",
-        ));
-    }
-
-    let consul = match kind {
-        LeaseKind::Static => None,
-        LeaseKind::Consul => Some(consul_config(
-            source,
-            seed_consul,
-            lease.consul.unwrap_or_default(),
-            seed_block,
-        )?),
-    };
-    Ok(LeaseConfig {
-        kind,
-        candidate,
-        hostname,
-        advertise_url,
-        consul,
-    })
-}
-
-/// Resolves the Consul settings from either spelling; `seed_block` says
-/// whether the seed's `consul:` block was written (it decides which key a
-/// "missing URL" error names).
-fn consul_config(
-    source: &Path,
-    seed: RawSeedConsul,
-    lease: RawLeaseConsul,
-    seed_block: bool,
-) -> Result<ConsulConfig, Error> {
-    let url_key = if seed_block {
-        "consul.url"
-    } else {
-        "lease.consul.url"
-    };
-    let Some((url, url_key)) = pick(
-        source,
-        seed.url,
-        "consul.url",
-        lease.url,
-        "lease.consul.url",
-    )?
-    else {
-        return Err(invalid(
-            source,
-            url_key,
-            "is required for a Consul lease: Consul's HTTP API, e.g. http://localhost:8500",
-        ));
-    };
-    check_http_url(&url).map_err(|m| invalid(source, url_key, m))?;
-
-    let key = match pick(
-        source,
-        seed.key,
-        "consul.key",
-        lease.key,
-        "lease.consul.key",
-    )? {
-        Some((key, name)) if key.trim().is_empty() || key.starts_with('/') => {
-            return Err(invalid(
-                source,
-                name,
-                format!(
-                    "`{key}` is not a usable Consul key; give a non-empty key without a \
-                     leading `/`, e.g. `{DEFAULT_CONSUL_KEY}`"
-                ),
-            ))
-        }
-        Some((key, _)) => key,
-        None => DEFAULT_CONSUL_KEY.to_string(),
-    };
-
-    let ttl = match pick(
-        source,
-        seed.ttl,
-        "consul.ttl",
-        lease.ttl,
-        "lease.consul.ttl",
-    )? {
-        Some((value, name)) => {
-            let ttl = duration_value(source, name, &value)?;
-            if !(MIN_CONSUL_TTL..=MAX_CONSUL_TTL).contains(&ttl) {
-                return Err(invalid(
-                    source,
-                    name,
-                    format!(
-                        "{} is outside what Consul allows for a session TTL: 10s to 24h",
-                        format_duration(ttl)
-                    ),
-                ));
-            }
-            ttl
-        }
-        None => DEFAULT_CONSUL_TTL,
-    };
-
-    let lock_delay = match pick(
-        source,
-        seed.lock_delay,
-        "consul.lock-delay",
-        lease.lock_delay,
-        "lease.consul.lock-delay",
-    )? {
-        Some((value, name)) => {
-            let delay = duration_value(source, name, &value)?;
-            if delay > MAX_LOCK_DELAY {
-                return Err(invalid(
-                    source,
-                    name,
-                    format!(
-                        "{} is more than Consul allows for a lock delay: 0s to 60s",
-                        format_duration(delay)
-                    ),
-                ));
-            }
-            delay
-        }
-        None => DEFAULT_LOCK_DELAY,
-    };
-
-    Ok(ConsulConfig {
-        url: url.trim_end_matches('/').to_string(),
-        key,
-        ttl,
-        lock_delay,
-    })
-}
-
 /// Returns whichever of two spellings is given, with its key name; both
 /// at once is a [`Error::Conflict`].
 fn pick<T>(
@@ -796,4 +637,38 @@ fn duration_value(source: &Path, key: &str, value: &Value) -> Result<Duration, E
             format!("expected a duration; {DURATION_HELP}"),
         )),
     }
+}
+
+/// Reads a duration that must lie in `min..=max`.
+fn duration_in(
+    source: &Path,
+    key: &str,
+    value: &Value,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, Error> {
+    let d = duration_value(source, key, value)?;
+    if d < min {
+        return Err(invalid(
+            source,
+            key,
+            format!(
+                "{} is too short: at least {}",
+                format_duration(d),
+                format_duration(min)
+            ),
+        ));
+    }
+    if d > max {
+        return Err(invalid(
+            source,
+            key,
+            format!(
+                "{} is too long: at most {}",
+                format_duration(d),
+                format_duration(max)
+            ),
+        ));
+    }
+    Ok(d)
 }

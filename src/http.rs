@@ -14,7 +14,10 @@ mod client;
 mod server;
 mod wire;
 
-pub use client::{run_replica_loop, stream_from_primary, ApplyFn, DeleteFn, Receivers};
+pub use client::{
+    run_replica_loop, run_replica_loop_with, stream_from_primary, ApplyFn, DeleteFn, Receivers,
+    RetryOptions,
+};
 pub use server::{percent_decode, percent_encode, Server, Stats, LTX_CONTENT_TYPE};
 pub use wire::{
     format_positions, parse_positions, CONTENT_TYPE, HEARTBEAT_INTERVAL, IDLE_TIMEOUT, MAX_LTX_LEN,
@@ -70,6 +73,22 @@ pub enum Error {
     },
     /// The store refused to create a database or apply a received file.
     Store { db: String, source: store::Error },
+}
+
+impl Error {
+    /// Whether retrying cannot fix this without an operator: the primary
+    /// refuses this node's token (401, 403), or storing what it sent failed
+    /// on a local I/O error. These are what `exit-on-error` makes fatal.
+    pub fn needs_operator(&self) -> bool {
+        match self {
+            Error::Refused {
+                status: 401 | 403, ..
+            } => true,
+            Error::Io { .. } => true,
+            Error::Store { source, .. } => source.is_local_io(),
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Display for Error {

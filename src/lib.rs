@@ -5,10 +5,13 @@
 //! threads together. Dependencies point downward only.
 
 pub mod config;
+pub mod exec;
+pub mod fatal;
 pub mod fuse;
 pub mod http;
 pub mod json;
 pub mod lease;
+pub mod logging;
 pub mod ltx;
 pub mod metrics;
 pub mod node;

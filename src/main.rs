@@ -11,7 +11,7 @@ use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use litefs::config::{self, LeaseKind};
+use litefs::config::{self, ExecCommand, LeaseKind, Program};
 use litefs::ltx;
 
 const USAGE: &str = "\
@@ -19,8 +19,12 @@ litefs: a FUSE file system that replicates SQLite databases across a cluster.
 
 Usage:
   litefs [-config PATH]         mount and run (same as `litefs mount`)
-  litefs mount [-config PATH]   mount the file system and replicate until
-                                SIGINT or SIGTERM
+  litefs mount [-config PATH] [-- CMD ARGS...]
+                                mount the file system and replicate until
+                                SIGINT or SIGTERM; with CMD (or the config's
+                                `exec`), start CMD once the node is ready,
+                                forward SIGINT/SIGTERM to it, and when it
+                                exits, stop and exit with its status
   litefs ltx dump FILE          print an LTX file: header, every page number
                                 with its page checksum, trailer
   litefs ltx verify FILE...     check LTX files; prints OK or the reason for
@@ -39,9 +43,10 @@ Usage:
 
 Without -config, the config is the first of ./litefs.yml, ~/litefs.yml,
 /etc/litefs.yml. `--config` works too. Logging goes to stderr; set
-RUST_LOG (e.g. RUST_LOG=debug) to change the level (default: info).
-import and export talk to the node's HTTP port: -url, else the config's
-port on 127.0.0.1 (with its http.token), else http://127.0.0.1:20202.
+RUST_LOG (e.g. RUST_LOG=debug) to change the level (default: info, or
+what the config's `log:` block says). import and export talk to the
+node's HTTP port: -url, else the config's port on 127.0.0.1 (with its
+http.token), else http://127.0.0.1:20202.
 ";
 
 /// `litefs import` or `litefs export` as given on the command line.
@@ -60,7 +65,11 @@ const EXIT_USAGE: u8 = 2;
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Command {
-    Mount { config: Option<PathBuf> },
+    Mount {
+        config: Option<PathBuf>,
+        /// `-- CMD ARGS...`: run instead of the config's `exec`.
+        exec: Option<Vec<String>>,
+    },
     LtxDump(PathBuf),
     LtxVerify(Vec<PathBuf>),
     LtxChecksum(PathBuf),
@@ -70,13 +79,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let mut logger =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        // Under systemd the journal stamps every line itself.
-        logger.format_timestamp(None);
-    }
-    logger.init();
+    // The defaults until the config says otherwise (`log:`).
+    litefs::logging::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = match parse_args(&args) {
         Ok(command) => command,
@@ -94,7 +98,7 @@ fn main() -> ExitCode {
             println!("litefs {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Mount { config } => mount(config),
+        Command::Mount { config, exec } => mount(config, exec),
         Command::LtxDump(path) => ltx_dump(&path),
         Command::LtxVerify(paths) => ltx_verify(&paths),
         Command::LtxChecksum(path) => ltx_checksum(&path),
@@ -105,7 +109,10 @@ fn main() -> ExitCode {
 /// Parses the arguments after the program name.
 fn parse_args(args: &[String]) -> Result<Command, String> {
     let Some(first) = args.first() else {
-        return Ok(Command::Mount { config: None });
+        return Ok(Command::Mount {
+            config: None,
+            exec: None,
+        });
     };
     let rest = &args[1..];
     match first.as_str() {
@@ -122,13 +129,23 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
     }
 }
 
-/// Parses `-config PATH` / `--config PATH` / `-config=PATH` for mounting.
+/// Parses `-config PATH` / `--config PATH` / `-config=PATH` for mounting,
+/// and `-- CMD ARGS...`.
 fn parse_mount_flags(args: &[String]) -> Result<Command, String> {
     let mut config = None;
+    let mut exec = None;
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         let path = match arg.as_str() {
             "-h" | "--help" | "-help" => return Ok(Command::Help),
+            "--" => {
+                let command: Vec<String> = iter.by_ref().cloned().collect();
+                if command.is_empty() {
+                    return Err("`--` needs a command after it: -- CMD ARGS...".to_string());
+                }
+                exec = Some(command);
+                break;
+            }
             "-config" | "--config" => match iter.next() {
                 Some(path) => path.clone(),
                 None => return Err(format!("`{arg}` needs a path: {arg} PATH")),
@@ -149,7 +166,7 @@ fn parse_mount_flags(args: &[String]) -> Result<Command, String> {
             return Err("-config is given more than once".to_string());
         }
     }
-    Ok(Command::Mount { config })
+    Ok(Command::Mount { config, exec })
 }
 
 /// Parses `import`/`export`: `-name NAME`, `-url URL`, `-config PATH`
@@ -283,8 +300,10 @@ fn no_more_args(rest: &[String], command: &str) -> Result<(), String> {
     }
 }
 
-/// Loads the config and runs the node until it is told to stop.
-fn mount(config_path: Option<PathBuf>) -> ExitCode {
+/// Loads the config and runs the node until it is told to stop (or its
+/// `exec` command exits). `exec` from the command line replaces the
+/// config's.
+fn mount(config_path: Option<PathBuf>, exec: Option<Vec<String>>) -> ExitCode {
     let path = match config_path {
         Some(path) => path,
         None => match config::find_config() {
@@ -292,10 +311,17 @@ fn mount(config_path: Option<PathBuf>) -> ExitCode {
             Err(e) => return fail(&e),
         },
     };
-    let config = match config::load(&path) {
+    let mut config = match config::load(&path) {
         Ok(config) => config,
         Err(e) => return fail(&e),
     };
+    if let Some(args) = exec {
+        config.exec = vec![ExecCommand {
+            program: Program::Argv(args),
+            if_candidate: false,
+        }];
+    }
+    litefs::logging::configure(&config.log, &config.fuse);
     log::info!(
         "litefs {}: config {}, mount {}, data {}, http {}",
         env!("CARGO_PKG_VERSION"),
@@ -325,8 +351,27 @@ fn mount(config_path: Option<PathBuf>) -> ExitCode {
             config.lease.advertise_url
         ),
     }
+    match config.exec.as_slice() {
+        [] => {}
+        [one] => log::info!(
+            "exec: {} starts once the node is ready (exec-wait: {})",
+            one.program.display(),
+            config.exec_wait.as_str()
+        ),
+        many => log::info!(
+            "exec: {} commands start in order once the node is ready (exec-wait: {})",
+            many.len(),
+            config.exec_wait.as_str()
+        ),
+    }
+    if config.exit_on_error {
+        log::info!(
+            "exit-on-error: a lost lease, a refusal by Consul or the primary, or a local I/O \
+             error while replicating stops litefs with status 1"
+        );
+    }
     match litefs::node::run(&config) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(status) => ExitCode::from(status),
         Err(e) => fail(&e),
     }
 }
@@ -536,6 +581,7 @@ mod tests {
     fn mount_forms() {
         let want = Command::Mount {
             config: Some(PathBuf::from("x.yml")),
+            exec: None,
         };
         for form in [
             &["-config", "x.yml"][..],
@@ -547,11 +593,36 @@ mod tests {
         ] {
             assert_eq!(parse_args(&args(form)), Ok(want.clone()), "{form:?}");
         }
-        assert_eq!(parse_args(&[]), Ok(Command::Mount { config: None }));
+        let bare = Command::Mount {
+            config: None,
+            exec: None,
+        };
+        assert_eq!(parse_args(&[]), Ok(bare.clone()));
+        assert_eq!(parse_args(&args(&["mount"])), Ok(bare));
+    }
+
+    #[test]
+    fn a_command_after_double_dash_is_exec() {
+        let want = Command::Mount {
+            config: Some(PathBuf::from("x.yml")),
+            exec: Some(args(&["sh", "-c", "exit 7", "--", "-config"])),
+        };
+        for form in [
+            &[
+                "mount", "-config", "x.yml", "--", "sh", "-c", "exit 7", "--", "-config",
+            ][..],
+            &["-config=x.yml", "--", "sh", "-c", "exit 7", "--", "-config"],
+        ] {
+            assert_eq!(parse_args(&args(form)), Ok(want.clone()), "{form:?}");
+        }
         assert_eq!(
-            parse_args(&args(&["mount"])),
-            Ok(Command::Mount { config: None })
+            parse_args(&args(&["mount", "--", "app"])),
+            Ok(Command::Mount {
+                config: None,
+                exec: Some(args(&["app"])),
+            })
         );
+        assert!(parse_args(&args(&["mount", "-config", "x.yml", "--"])).is_err());
     }
 
     #[test]

@@ -21,19 +21,20 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver};
 use log::{debug, error, info, warn};
 
+mod ready;
 mod replica;
 
 use crate::config::{Config, LeaseKind};
+use crate::exec::{Exec, Next};
+use crate::fatal::Fatal;
 use crate::fuse::{Applier, LitefsFs, Role};
 use crate::http;
 use crate::lease::{self, LeaseEvent, PrimaryInfo};
 use crate::sdnotify::SdNotify;
 use crate::store::{self, Store};
+use ready::Readiness;
 use replica::ReplicaTask;
 
-/// How long a node waits to be caught up (or to learn its role) before it
-/// tells systemd it is ready anyway.
-const READY_WAIT: Duration = Duration::from_secs(30);
 /// How often the main loop looks at readiness while nothing happens.
 const READY_POLL: Duration = Duration::from_millis(100);
 
@@ -62,6 +63,8 @@ pub enum Error {
     Mount {
         path: PathBuf,
         source: std::io::Error,
+        /// Whether `allow_other` was asked for.
+        allow_other: bool,
     },
     /// Signal set-up failed.
     Signals(std::io::Error),
@@ -69,6 +72,8 @@ pub enum Error {
     Http(http::Error),
     /// A thread could not be started.
     Thread(std::io::Error),
+    /// `exit-on-error`: a fatal lease or replication error stopped the node.
+    Fatal(String),
     /// The mount could not be removed at shutdown.
     Unmount {
         path: PathBuf,
@@ -95,15 +100,34 @@ impl fmt::Display for Error {
                 write!(f, "mount directory {}: {source}", path.display())
             }
             Error::Store(e) => write!(f, "{e}"),
-            Error::Mount { path, source } => write!(
-                f,
-                "cannot mount at {}: {source} (litefs needs root or access to /dev/fuse, and the \
-                 fuse3 package)",
-                path.display()
-            ),
+            Error::Mount {
+                path,
+                source,
+                allow_other,
+            } => {
+                write!(
+                    f,
+                    "cannot mount at {}: {} (litefs needs root or access to /dev/fuse, and the \
+                     fuse3 package",
+                    path.display(),
+                    source.to_string().trim()
+                )?;
+                if *allow_other && !is_root() {
+                    write!(
+                        f,
+                        "; fuse.allow-other needs `user_allow_other` in /etc/fuse.conf when \
+                         litefs does not run as root, or set fuse.allow-other: false"
+                    )?;
+                }
+                write!(f, ")")
+            }
             Error::Signals(e) => write!(f, "cannot set up signal handling: {e}"),
             Error::Http(e) => write!(f, "{e}"),
             Error::Thread(e) => write!(f, "cannot start a thread: {e}"),
+            Error::Fatal(message) => write!(
+                f,
+                "stopped by exit-on-error: {message} (set exit-on-error: false to retry instead)"
+            ),
             Error::Unmount { path, source } => write!(
                 f,
                 "cannot unmount {0}: {source}; close the programs using it and run `umount -f {0}`",
@@ -121,8 +145,22 @@ impl From<store::Error> for Error {
     }
 }
 
-/// Runs the node until SIGINT or SIGTERM.
-pub fn run(config: &Config) -> Result<(), Error> {
+/// Why the main loop ended.
+enum Stop {
+    /// SIGINT or SIGTERM.
+    Signal(&'static str),
+    /// The lease thread ended, which it does only when told to.
+    LeaseThreadGone,
+    /// `exit-on-error` made an error fatal.
+    Fatal(String),
+    /// An `exec` command exited (or could not start): exit with this status.
+    Exec(u8),
+}
+
+/// Runs the node until SIGINT or SIGTERM (or, with `exit-on-error`, a
+/// fatal error; or, with `exec`, until the application exits). Returns the
+/// status litefs exits with: 0, or the `exec` command's.
+pub fn run(config: &Config) -> Result<u8, Error> {
     raise_open_file_limit();
     let signals = ShutdownSignals::block().map_err(Error::Signals)?;
     let mount_dir = config.mount_dir.clone();
@@ -161,7 +199,8 @@ pub fn run(config: &Config) -> Result<(), Error> {
     server.set_serving(role.is_primary());
     info!("replication server listening on {}", server.local_addr());
 
-    let background = mount(fs, &mount_dir)?;
+    let allow_other = config.fuse.allow_other.unwrap_or_else(is_root);
+    let background = mount(fs, &mount_dir, allow_other)?;
     applier.set_notifier(background.notifier());
     server.set_importer(applier.clone(), role.clone());
     info!(
@@ -171,11 +210,21 @@ pub fn run(config: &Config) -> Result<(), Error> {
     );
 
     let stop = Arc::new(AtomicBool::new(false));
-    let retention = spawn_retention(store.clone(), config.retention, stop.clone())?;
+    let retention = spawn_retention(
+        store.clone(),
+        config.retention,
+        config.retention_interval(),
+        stop.clone(),
+    )?;
+    let (fatal, fatal_rx) = if config.exit_on_error {
+        Fatal::channel()
+    } else {
+        (Fatal::disabled(), crossbeam_channel::never())
+    };
     let (lease_tx, lease_rx) = crossbeam_channel::unbounded();
-    let lease_thread = lease::spawn_lease_thread(
+    let lease_thread = lease::spawn_lease_thread_with(
         lease::leaser_from_config(&config.lease),
-        config.lease.candidate,
+        lease::LeaseOptions::from_config(&config.lease, fatal.clone()),
         lease_tx,
         stop.clone(),
     )
@@ -188,25 +237,62 @@ pub fn run(config: &Config) -> Result<(), Error> {
         server: &server,
         applier,
         token: config.http_token.clone(),
+        retry: http::RetryOptions {
+            max_backoff: config
+                .lease
+                .reconnect_delay
+                .unwrap_or(http::RetryOptions::default().max_backoff),
+            fatal,
+        },
         replica: None,
         systemd: Readiness::new(SdNotify::from_env(), role.is_primary()),
     };
     roles.systemd.check(&role, &store);
+    let mut exec = Exec::new(&config.exec, config.lease.candidate);
+    let exec_exits = exec.exits().clone();
     let watchdog = roles.systemd.notify.watchdog_interval();
     let ticks = crossbeam_channel::tick(watchdog.unwrap_or(READY_POLL).min(READY_POLL));
     let idle = crossbeam_channel::never();
     let mut last_watchdog = Instant::now();
-    let signal = loop {
+    let stopped_by = loop {
+        if exec.waiting()
+            && roles
+                .systemd
+                .exec_may_start(config.exec_wait, &role, &store)
+        {
+            if let Next::Exit(status) = exec.start_next() {
+                break Stop::Exec(status);
+            }
+        }
+        // Ticks while systemd or exec wait for readiness, or for the
+        // watchdog; otherwise only events wake the loop.
+        let waiting = !roles.systemd.ready || exec.waiting() || watchdog.is_some();
         select! {
-            recv(signal_rx) -> sig => break sig.unwrap_or("a closed signal channel"),
+            recv(signal_rx) -> sig => match sig {
+                // With a command running, litefs stops once it has exited.
+                Ok(name) => {
+                    if !exec.forward(signal_number(name), name) {
+                        break Stop::Signal(name);
+                    }
+                }
+                Err(_) => break Stop::Signal("a closed signal channel"),
+            },
+            recv(exec_exits) -> exited => {
+                if let Ok(exited) = exited {
+                    if let Next::Exit(status) = exec.exited(exited) {
+                        break Stop::Exec(status);
+                    }
+                }
+            }
+            recv(fatal_rx) -> message => break Stop::Fatal(message.unwrap_or_default()),
             recv(lease_rx) -> event => match event {
                 Ok(event) => roles.handle(event)?,
                 Err(_) => {
                     error!("the lease thread ended unexpectedly; shutting down");
-                    break "lease thread exit";
+                    break Stop::LeaseThreadGone;
                 }
             },
-            recv(if roles.systemd.ready && watchdog.is_none() { &idle } else { &ticks }) -> _ => {}
+            recv(if waiting { &ticks } else { &idle }) -> _ => {}
         }
         roles.systemd.check(&role, &store);
         if let Some(interval) = watchdog {
@@ -219,7 +305,13 @@ pub fn run(config: &Config) -> Result<(), Error> {
         }
     };
     roles.systemd.notify.stopping();
-    info!("received {signal}, shutting down");
+    match &stopped_by {
+        Stop::Signal(signal) => info!("received {signal}, shutting down"),
+        Stop::LeaseThreadGone | Stop::Exec(_) => {}
+        Stop::Fatal(_) => info!("shutting down (exit-on-error)"),
+    }
+    // The application first, while the mount still works for it.
+    exec.terminate();
     // No new writes, then give up the lease so another candidate takes
     // over at once, then stop everything else.
     role.set_replica(None);
@@ -230,7 +322,32 @@ pub fn run(config: &Config) -> Result<(), Error> {
     let _ = lease_thread.join();
     let _ = retention.join();
     server.shutdown();
-    unmount(background, &mount_dir)
+    let unmounted = unmount(background, &mount_dir);
+    match (stopped_by, unmounted) {
+        (Stop::Fatal(message), unmounted) => {
+            if let Err(e) = unmounted {
+                error!("{e}");
+            }
+            Err(Error::Fatal(message))
+        }
+        // The application's failure is what the exit status reports.
+        (Stop::Exec(status), Err(e)) if status != 0 => {
+            error!("{e}");
+            Ok(status)
+        }
+        (_, Err(e)) => Err(e),
+        (Stop::Exec(status), Ok(())) => Ok(status),
+        (Stop::Signal(_) | Stop::LeaseThreadGone, Ok(())) => Ok(0),
+    }
+}
+
+/// The number of a signal the signal thread names.
+fn signal_number(name: &str) -> i32 {
+    if name == "SIGINT" {
+        libc::SIGINT
+    } else {
+        libc::SIGTERM
+    }
 }
 
 /// The node's side of role changes: what the mount, the HTTP server and
@@ -242,79 +359,11 @@ struct Roles<'a> {
     applier: Arc<Applier>,
     /// The cluster's token, sent to the primary.
     token: Option<String>,
+    /// How replication retries (`lease.reconnect-delay`, `exit-on-error`).
+    retry: http::RetryOptions,
     replica: Option<ReplicaTask>,
     /// systemd's view of this node (readiness, status, watchdog).
     systemd: Readiness,
-}
-
-/// What systemd has been told: `READY=1` once the mount is up and the node
-/// knows its role (a replica: once caught up with its primary, or after
-/// `READY_WAIT`), then `STATUS=` on every role change.
-struct Readiness {
-    notify: SdNotify,
-    ready: bool,
-    /// The role as `systemctl status` shows it.
-    status: String,
-    /// Since when the node has had this role.
-    since: Instant,
-}
-
-impl Readiness {
-    fn new(notify: SdNotify, primary: bool) -> Readiness {
-        Readiness {
-            notify,
-            ready: false,
-            status: if primary {
-                "primary"
-            } else {
-                "starting: no primary known yet"
-            }
-            .to_string(),
-            since: Instant::now(),
-        }
-    }
-
-    fn set_status(&mut self, status: String) {
-        if status != self.status {
-            self.status = status;
-            self.since = Instant::now();
-            if self.ready {
-                self.notify.status(&self.status);
-            }
-        }
-    }
-
-    /// Sends `READY=1` when the node is ready (see the type's comment).
-    fn check(&mut self, role: &Role, store: &Store) {
-        if self.ready {
-            return;
-        }
-        let waited = self.since.elapsed() >= READY_WAIT;
-        let status = if role.is_primary() {
-            Some(self.status.clone())
-        } else if role.hostname().is_some() {
-            match store.idle_caught_up_at() {
-                Some(at) if at >= self.since => Some(self.status.clone()),
-                _ if waited => {
-                    info!(
-                        "{}: not caught up after {}s; telling systemd the node is ready anyway",
-                        self.status,
-                        READY_WAIT.as_secs()
-                    );
-                    Some(format!("{}, still catching up", self.status))
-                }
-                _ => None,
-            }
-        } else if waited {
-            Some("read-only: no primary is known yet".to_string())
-        } else {
-            None
-        };
-        if let Some(status) = status {
-            self.notify.ready(&status);
-            self.ready = true;
-        }
-    }
 }
 
 impl Roles<'_> {
@@ -381,6 +430,7 @@ impl Roles<'_> {
             self.applier.clone(),
             self.token.clone(),
             primary,
+            self.retry.clone(),
         )
     }
 
@@ -392,7 +442,17 @@ impl Roles<'_> {
     }
 }
 
-fn mount(fs: LitefsFs, mount_dir: &Path) -> Result<fuser::BackgroundSession, Error> {
+/// Whether litefs runs as root (which may always use `allow_other`).
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn mount(
+    fs: LitefsFs,
+    mount_dir: &Path,
+    allow_other: bool,
+) -> Result<fuser::BackgroundSession, Error> {
     let mut fuse_config = fuser::Config::default();
     fuse_config.mount_options = vec![
         fuser::MountOption::FSName("litefs".to_string()),
@@ -401,14 +461,20 @@ fn mount(fs: LitefsFs, mount_dir: &Path) -> Result<fuser::BackgroundSession, Err
         fuser::MountOption::NoSuid,
         fuser::MountOption::DefaultPermissions,
     ];
-    // Let every local user reach the mount, like any other directory; file
-    // permissions still apply (the backing files' modes are reported).
-    fuse_config.acl = fuser::SessionACL::All;
+    // With allow_other every local user reaches the mount, like any other
+    // directory; file permissions still apply (the backing files' modes
+    // are reported). Without, only the user litefs runs as.
+    fuse_config.acl = if allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::Owner
+    };
     fuse_config.n_threads = Some(FUSE_THREADS);
     fuse_config.clone_fd = true;
     let mount_error = |source| Error::Mount {
         path: mount_dir.to_path_buf(),
         source,
+        allow_other,
     };
     fuser::Session::new(fs, mount_dir, &fuse_config)
         .map_err(mount_error)?
@@ -417,13 +483,13 @@ fn mount(fs: LitefsFs, mount_dir: &Path) -> Result<fuser::BackgroundSession, Err
 }
 
 /// Deletes LTX files older than `retention` (the newest of each database
-/// is always kept), checking a few times per retention period.
+/// is always kept), checking `every` (`Config::retention_interval`).
 fn spawn_retention(
     store: Arc<Store>,
     retention: Duration,
+    every: Duration,
     stop: Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>, Error> {
-    let every = (retention / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
     std::thread::Builder::new()
         .name("retention".into())
         .spawn(move || {

@@ -134,6 +134,21 @@ pub enum Error {
     Snapshot { db: String, source: ltx::Error },
 }
 
+impl Error {
+    /// Whether this is a local I/O failure (disk full, EIO, permissions)
+    /// rather than a file or database that does not fit.
+    pub fn is_local_io(&self) -> bool {
+        matches!(
+            self,
+            Error::Io { .. }
+                | Error::Ltx {
+                    source: ltx::Error::Io(_),
+                    ..
+                }
+        )
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

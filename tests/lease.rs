@@ -4,20 +4,24 @@
 
 #[path = "common/consul.rs"]
 mod consul;
+#[path = "common/scripted_lease.rs"]
+mod scripted_lease;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError};
+use crossbeam_channel::unbounded;
 use litefs::config::{ConsulConfig, LeaseConfig, LeaseKind};
+use litefs::fatal::Fatal;
 use litefs::lease::{
-    leaser_from_config, spawn_lease_thread, ConsulLeaser, Error, Lease, LeaseEvent, Leaser,
-    PrimaryInfo, StaticLeaser, WATCH_WAIT,
+    leaser_from_config, spawn_lease_thread, ConsulLeaser, Error, Lease, LeaseEvent, LeaseOptions,
+    Leaser, PrimaryInfo, StaticLeaser, WATCH_WAIT,
 };
 
 use consul::ConsulAgent;
+use scripted_lease::{scripted, LeaseThread, Script};
 
 /// The smallest TTL Consul accepts; the one every Consul test uses.
 const TTL: Duration = Duration::from_secs(10);
@@ -41,58 +45,6 @@ fn consul_config(url: &str, key: &str) -> ConsulConfig {
 
 fn consul_leaser(url: &str, key: &str, name: &str) -> ConsulLeaser {
     ConsulLeaser::new(&consul_config(url, key), info(name))
-}
-
-/// A running lease thread and its ends.
-struct LeaseThread {
-    events: Receiver<LeaseEvent>,
-    stop: Arc<AtomicBool>,
-    handle: Option<thread::JoinHandle<()>>,
-}
-
-impl LeaseThread {
-    fn start(leaser: Box<dyn Leaser>, candidate: bool) -> LeaseThread {
-        let _ = env_logger::builder().is_test(true).try_init();
-        let (tx, rx) = unbounded();
-        let stop = Arc::new(AtomicBool::new(false));
-        let handle = spawn_lease_thread(leaser, candidate, tx, stop.clone()).unwrap();
-        LeaseThread {
-            events: rx,
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    fn next(&self, within: Duration) -> LeaseEvent {
-        match self.events.recv_timeout(within) {
-            Ok(event) => event,
-            Err(e) => panic!("no lease event within {within:?}: {e}"),
-        }
-    }
-
-    /// Asserts that no event arrives for `quiet`.
-    fn assert_quiet(&self, quiet: Duration) {
-        match self.events.recv_timeout(quiet) {
-            Err(RecvTimeoutError::Timeout) => {}
-            other => panic!("expected no event for {quiet:?}, got {other:?}"),
-        }
-    }
-
-    /// Sets the stop flag and joins; returns how long the thread took.
-    fn stop(&mut self) -> Duration {
-        let started = Instant::now();
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(handle) = self.handle.take() {
-            handle.join().expect("the lease thread panicked");
-        }
-        started.elapsed()
-    }
-}
-
-impl Drop for LeaseThread {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -491,80 +443,6 @@ fn lease_thread_survives_garbage() {
 // ---------------------------------------------------------------------------
 // The lease thread's rules, with a scripted leaser
 
-/// What the scripted leaser answers; shared with the test.
-#[derive(Default)]
-struct Script {
-    /// Whether acquire succeeds.
-    grant: bool,
-    /// The answer to renew: None succeeds, Some(true) is Lost, Some(false)
-    /// is a (retryable) HTTP 500.
-    renew_fails: Option<bool>,
-    /// Who `primary` says holds the lease.
-    holder: Option<PrimaryInfo>,
-    renews: usize,
-    releases: usize,
-}
-
-struct ScriptedLeaser {
-    ttl: Duration,
-    script: Arc<Mutex<Script>>,
-}
-
-impl Leaser for ScriptedLeaser {
-    fn acquire(&mut self) -> Result<Option<Lease>, Error> {
-        let script = self.script.lock().unwrap();
-        Ok(script.grant.then(|| Lease {
-            session: "scripted".to_string(),
-            ttl: Some(self.ttl),
-            renewed_at: Instant::now(),
-        }))
-    }
-
-    fn renew(&mut self, lease: &mut Lease) -> Result<(), Error> {
-        let mut script = self.script.lock().unwrap();
-        script.renews += 1;
-        match script.renew_fails {
-            None => {
-                lease.renewed_at = Instant::now();
-                Ok(())
-            }
-            Some(true) => Err(Error::Lost {
-                key: "k".into(),
-                session: lease.session.clone(),
-                reason: "scripted".into(),
-            }),
-            Some(false) => Err(Error::Status {
-                action: "renew the Consul session",
-                url: "http://scripted".into(),
-                status: 500,
-                body: "scripted".into(),
-            }),
-        }
-    }
-
-    fn release(&mut self, _lease: Lease) -> Result<(), Error> {
-        self.script.lock().unwrap().releases += 1;
-        Ok(())
-    }
-
-    fn primary(&mut self, index: u64, wait: Duration) -> Result<(Option<PrimaryInfo>, u64), Error> {
-        // Answers at once, as a server ignoring the index would.
-        let _ = (index, wait);
-        Ok((self.script.lock().unwrap().holder.clone(), 1))
-    }
-}
-
-fn scripted(ttl: Duration, script: Script) -> (Box<dyn Leaser>, Arc<Mutex<Script>>) {
-    let script = Arc::new(Mutex::new(script));
-    (
-        Box::new(ScriptedLeaser {
-            ttl,
-            script: script.clone(),
-        }),
-        script,
-    )
-}
-
 #[test]
 fn holder_renews_and_steps_down_within_half_the_ttl_when_renewals_fail() {
     let ttl = Duration::from_millis(1200);
@@ -710,6 +588,8 @@ fn static_replica_follows_the_configured_primary() {
         hostname: "primary".to_string(),
         advertise_url: "http://primary:20202".to_string(),
         consul: None,
+        reconnect_delay: None,
+        demote_delay: Duration::ZERO,
     };
     let mut thread = LeaseThread::start(leaser_from_config(&config), false);
     assert_eq!(
@@ -722,4 +602,144 @@ fn static_replica_follows_the_configured_primary() {
         took <= WATCH_WAIT + Duration::from_millis(500),
         "stop took {took:?}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Options from the config: lease.demote-delay, lease.reconnect-delay,
+// exit-on-error
+
+#[test]
+fn a_node_that_lost_the_lease_waits_the_demote_delay_before_taking_it_again() {
+    let (leaser, script) = scripted(
+        Duration::from_millis(600),
+        Script {
+            grant: true,
+            ..Script::default()
+        },
+    );
+    let demote_delay = Duration::from_millis(1500);
+    let mut thread = LeaseThread::start_with(
+        leaser,
+        LeaseOptions {
+            demote_delay,
+            ..LeaseOptions::new(true)
+        },
+    );
+    assert_eq!(thread.next(Duration::from_secs(1)), LeaseEvent::Primary);
+    script.lock().unwrap().renew_fails = Some(true);
+    assert_eq!(thread.next(Duration::from_secs(1)), LeaseEvent::NoPrimary);
+    let lost_at = Instant::now();
+    {
+        let mut script = script.lock().unwrap();
+        script.renew_fails = None;
+        script.acquires = 0;
+    }
+    // The key is free all along, yet the node keeps off it for the delay.
+    assert_eq!(thread.next(Duration::from_secs(4)), LeaseEvent::Primary);
+    let took = lost_at.elapsed();
+    assert!(
+        took >= demote_delay - Duration::from_millis(50),
+        "took the lease again after {took:?}"
+    );
+    assert!(
+        took <= demote_delay + Duration::from_millis(700),
+        "took {took:?}"
+    );
+    assert_eq!(script.lock().unwrap().acquires, 1, "no attempt before");
+    thread.stop();
+}
+
+#[test]
+fn reconnect_delay_caps_the_pause_between_retries_to_consul() {
+    let count_watches = |max_backoff: Duration| {
+        let (leaser, script) = scripted(
+            Duration::from_secs(10),
+            Script {
+                watch_fails: Some(500),
+                ..Script::default()
+            },
+        );
+        let mut thread = LeaseThread::start_with(
+            leaser,
+            LeaseOptions {
+                max_backoff,
+                ..LeaseOptions::new(false)
+            },
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        thread.stop();
+        let watches = script.lock().unwrap().watches;
+        watches
+    };
+    // 100ms, 150ms, 150ms, ...: about 20 tries in 3 s.
+    let short = count_watches(Duration::from_millis(150));
+    assert!((12..=32).contains(&short), "{short} watches");
+    // The default doubles up to 2 s: 100, 200, 400, 800, 1600 ms.
+    let default = count_watches(LeaseOptions::new(false).max_backoff);
+    assert!(default <= 7, "{default} watches");
+}
+
+#[test]
+fn exit_on_error_reports_a_lost_lease_and_a_refusal_by_consul() {
+    let (leaser, script) = scripted(
+        Duration::from_millis(600),
+        Script {
+            grant: true,
+            ..Script::default()
+        },
+    );
+    let (fatal, reports) = Fatal::channel();
+    let mut thread = LeaseThread::start_with(
+        leaser,
+        LeaseOptions {
+            fatal,
+            ..LeaseOptions::new(true)
+        },
+    );
+    assert_eq!(thread.next(Duration::from_secs(1)), LeaseEvent::Primary);
+    // Healthy renewals are not reported.
+    assert!(reports.recv_timeout(Duration::from_millis(700)).is_err());
+    script.lock().unwrap().renew_fails = Some(true);
+    let report = reports.recv_timeout(Duration::from_secs(1)).unwrap();
+    assert!(report.contains("lost the lease"), "{report}");
+    thread.stop();
+
+    // A node that is refused by Consul (ACLs) cannot fix that by retrying.
+    let (leaser, _script) = scripted(
+        Duration::from_secs(10),
+        Script {
+            watch_fails: Some(403),
+            ..Script::default()
+        },
+    );
+    let (fatal, reports) = Fatal::channel();
+    let mut thread = LeaseThread::start_with(
+        leaser,
+        LeaseOptions {
+            fatal,
+            ..LeaseOptions::new(false)
+        },
+    );
+    let report = reports.recv_timeout(Duration::from_secs(1)).unwrap();
+    assert!(report.contains("403") && report.contains("ACL"), "{report}");
+    thread.stop();
+
+    // Without exit-on-error nothing is reported; a 500 is never fatal.
+    let (leaser, _script) = scripted(
+        Duration::from_secs(10),
+        Script {
+            watch_fails: Some(500),
+            ..Script::default()
+        },
+    );
+    let (fatal, reports) = Fatal::channel();
+    let mut thread = LeaseThread::start_with(
+        leaser,
+        LeaseOptions {
+            fatal,
+            ..LeaseOptions::new(false)
+        },
+    );
+    assert!(reports.recv_timeout(Duration::from_millis(700)).is_err());
+    thread.stop();
 }

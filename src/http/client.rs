@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::wire::{self, CONTENT_TYPE, IDLE_TIMEOUT, MAX_LTX_LEN, MAX_NAME_LEN, MIN_LTX_LEN};
 use super::Error;
+use crate::fatal::Fatal;
 use crate::store::{self, Db, Position, Store};
 
 /// Time allowed to open the TCP connection to the primary.
@@ -26,8 +27,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// First wait before reconnecting.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest wait before reconnecting.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest wait before reconnecting, unless `lease.reconnect-delay` says
+/// otherwise.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Longest error message read from a refusing primary.
 const MAX_ERROR_BODY: u64 = 4096;
 /// Buffer between the socket and the frame parser.
@@ -85,7 +87,44 @@ pub fn run_replica_loop(
     receivers: &mut Receivers<'_, '_>,
     stop: &AtomicBool,
 ) {
-    let mut backoff = MIN_BACKOFF;
+    let options = RetryOptions::default();
+    run_replica_loop_with(primary_url, token, store, receivers, stop, &options)
+}
+
+/// How [`run_replica_loop_with`] retries.
+#[derive(Clone, Debug)]
+pub struct RetryOptions {
+    /// Longest pause before reconnecting (`lease.reconnect-delay`); the
+    /// first is 100ms, or this if shorter.
+    pub max_backoff: Duration,
+    /// Where an error that needs an operator ([`Error::needs_operator`]) is
+    /// reported when `exit-on-error` makes it fatal. The loop retries
+    /// either way, until stopped.
+    pub fatal: Fatal,
+}
+
+impl Default for RetryOptions {
+    fn default() -> RetryOptions {
+        RetryOptions {
+            max_backoff: MAX_BACKOFF,
+            fatal: Fatal::disabled(),
+        }
+    }
+}
+
+/// [`run_replica_loop`] with the given retry options.
+pub fn run_replica_loop_with(
+    primary_url: impl Fn() -> Option<String>,
+    token: Option<&str>,
+    store: &Store,
+    receivers: &mut Receivers<'_, '_>,
+    stop: &AtomicBool,
+    options: &RetryOptions,
+) {
+    let min_backoff = MIN_BACKOFF.min(options.max_backoff);
+    let max_backoff = options.max_backoff;
+    let mut backoff = min_backoff;
+    let mut fatal_reported = false;
     let mut last_failure: Option<String> = None;
     while !stop.load(Ordering::SeqCst) {
         let Some(url) = primary_url() else {
@@ -94,19 +133,24 @@ pub fn run_replica_loop(
                 last_failure = Some("no primary".to_string());
             }
             sleep_unless_stopped(backoff, stop);
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff = (backoff * 2).min(max_backoff);
             continue;
         };
         let mut connected = false;
         let result = stream_once(&url, token, store, receivers, stop, &mut connected);
         if connected {
-            backoff = MIN_BACKOFF;
+            backoff = min_backoff;
         }
         match result {
             Ok(()) => break,
             Err(err) => {
                 crate::metrics::replica_stream_failed();
                 let message = err.to_string();
+                if err.needs_operator() && !fatal_reported {
+                    fatal_reported = options
+                        .fatal
+                        .report(format!("replication from {url} failed: {message}"));
+                }
                 if connected || last_failure.as_deref() != Some(message.as_str()) {
                     log::warn!(
                         "replication from {url} failed: {message}; retrying in {} ms",
@@ -119,7 +163,7 @@ pub fn run_replica_loop(
             }
         }
         sleep_unless_stopped(backoff, stop);
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        backoff = (backoff * 2).min(max_backoff);
     }
     log::info!("replication stopped");
 }

@@ -21,6 +21,7 @@ use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error};
 
 use super::Error;
+use crate::fatal::Fatal;
 use crate::fuse::Applier;
 use crate::http;
 use crate::lease::PrimaryInfo;
@@ -44,6 +45,8 @@ struct Shared {
     /// queued (the node is about to become the primary).
     drain: AtomicBool,
     gate: Mutex<()>,
+    /// Where a local I/O error while applying is reported (`exit-on-error`).
+    fatal: Fatal,
 }
 
 impl Shared {
@@ -63,11 +66,13 @@ impl ReplicaTask {
         applier: Arc<Applier>,
         token: Option<String>,
         primary: &PrimaryInfo,
+        retry: http::RetryOptions,
     ) -> Result<ReplicaTask, Error> {
         let shared = Arc::new(Shared {
             stop: AtomicBool::new(false),
             drain: AtomicBool::new(false),
             gate: Mutex::new(()),
+            fatal: retry.fatal.clone(),
         });
         let url = primary.advertise_url.clone();
         let (wake_tx, wake_rx) = crossbeam_channel::unbounded::<()>();
@@ -103,7 +108,7 @@ impl ReplicaTask {
                         Ok(())
                     };
                     let stop = &shared.stop;
-                    http::run_replica_loop(
+                    http::run_replica_loop_with(
                         || Some(url.clone()),
                         token.as_deref(),
                         &store,
@@ -112,6 +117,7 @@ impl ReplicaTask {
                             delete: &mut delete,
                         },
                         stop,
+                        &retry,
                     );
                 })
                 .map_err(Error::Thread)?
@@ -203,6 +209,9 @@ fn apply_front(applier: &Applier, db: &Db, shared: &Shared) -> bool {
         Ok(lock) => lock,
         Err(e) => {
             error!("db {}: cannot apply received LTX files: {e}", db.name());
+            if e.is_local_io() {
+                shared.fatal.report(format!("db {}: {e}", db.name()));
+            }
             if let Some(path) = db.front_queued() {
                 db.finish_queued(&path, false);
             }
@@ -235,6 +244,9 @@ fn apply_front(applier: &Applier, db: &Db, shared: &Shared) -> bool {
                  it are dropped and the stream resynchronizes from {before}: {e}",
                 db.name()
             );
+            if e.is_local_io() {
+                shared.fatal.report(format!("db {}: {e}", db.name()));
+            }
             db.finish_queued(&path, false);
         }
     }

@@ -46,6 +46,22 @@ impl Node {
         extra_yaml: impl FnOnce(u16) -> String,
         env: &[(&str, &str)],
     ) -> Node {
+        let mut node = Node::configure(dir, extra_yaml, env);
+        node.restart();
+        node
+    }
+
+    /// Writes a config like `start_in` and starts `litefs -config X ARGS`
+    /// without waiting for the mount: with a command to run (`-- CMD`),
+    /// litefs may be done before the mount is seen. See `wait_exit`.
+    pub fn spawn_in(dir: &Path, extra_yaml: &str, args: &[&str]) -> Node {
+        let mut node = Node::configure(dir, |_| extra_yaml.to_string(), &[]);
+        node.spawn(args);
+        node
+    }
+
+    /// Writes the config; starts nothing.
+    fn configure(dir: &Path, extra_yaml: impl FnOnce(u16) -> String, env: &[(&str, &str)]) -> Node {
         std::fs::create_dir_all(dir).unwrap();
         let port = free_port();
         let extra_yaml = extra_yaml(port);
@@ -61,7 +77,7 @@ impl Node {
             ),
         )
         .unwrap();
-        let mut node = Node {
+        Node {
             dir: dir.to_path_buf(),
             mount,
             data,
@@ -73,13 +89,17 @@ impl Node {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             child: None,
-        };
-        node.restart();
-        node
+        }
     }
 
     /// Starts litefs again with the same config (after `stop` or `kill9`).
     pub fn restart(&mut self) {
+        self.spawn(&[]);
+        self.wait_mounted();
+    }
+
+    /// Starts `litefs -config X ARGS`.
+    fn spawn(&mut self, args: &[&str]) {
         assert!(self.child.is_none(), "litefs is still running");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -94,13 +114,31 @@ impl Node {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info,litefs=debug".into()),
             )
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("start litefs");
         self.child = Some(child);
-        self.wait_mounted();
+    }
+
+    /// Waits for litefs to exit by itself (within `DEADLINE`).
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("litefs is not running");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "litefs did not exit in time; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Polls until the mount is up; fails with the log if litefs exits.
