@@ -37,10 +37,10 @@ fn a_replica_reads_a_wal_database_without_torn_transactions() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let reads = Arc::new(AtomicU64::new(0));
-    let max_seen = Arc::new(AtomicU64::new(0));
+    let last_seen = Arc::new(AtomicU64::new(0));
     let reader = {
         let path = replica.db("bank.db");
-        let (stop, reads, max_seen) = (stop.clone(), reads.clone(), max_seen.clone());
+        let (stop, reads, last_seen) = (stop.clone(), reads.clone(), last_seen.clone());
         std::thread::spawn(move || {
             let conn = rusqlite::Connection::open(&path).unwrap();
             conn.busy_timeout(Duration::from_secs(30)).unwrap();
@@ -53,7 +53,7 @@ fn a_replica_reads_a_wal_database_without_torn_transactions() {
                     )
                     .unwrap();
                 assert_eq!(sum, 200_000, "a replica reader saw a torn transaction");
-                max_seen.fetch_max(transfers as u64, Ordering::Relaxed);
+                last_seen.store(transfers as u64, Ordering::Relaxed);
                 reads.fetch_add(1, Ordering::Relaxed);
             }
         })
@@ -90,7 +90,7 @@ fn a_replica_reads_a_wal_database_without_torn_transactions() {
     .parse()
     .unwrap();
     wait_for("the reader to see the last transfer", CATCH_UP, || {
-        max_seen.load(Ordering::Relaxed) == final_transfers
+        last_seen.load(Ordering::Relaxed) == final_transfers
     });
     stop.store(true, Ordering::Relaxed);
     reader.join().unwrap();

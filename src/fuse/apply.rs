@@ -24,6 +24,10 @@ const SHARED_FIRST: i64 = PENDING_BYTE + 2;
 const SHARED_SIZE: i64 = 510;
 /// Gives every import's temporary LTX file its own name.
 static IMPORT_COUNTER: AtomicU64 = AtomicU64::new(0);
+/// SQLite's WAL read-mark locks in `-shm` (WAL_READ_LOCK(0..4), bytes
+/// 123 to 127; see sqlite3's os_unix.c `UNIX_SHM_BASE` and wal.c).
+const WAL_READ_LOCKS: i64 = 120 + 3;
+const WAL_READ_LOCK_COUNT: i64 = 5;
 /// How long an apply may wait for readers before one WARN says so.
 const STALL_WARNING: Duration = Duration::from_secs(5);
 
@@ -47,25 +51,31 @@ pub struct Applier {
     pub(super) files: Mutex<HashMap<String, Arc<File>>>,
 }
 
-/// SQLite's PENDING and SHARED locks on one database, held by litefs
-/// through its own mount (see [`Applier::lock`]). Dropping it unlocks both
-/// (F_UNLCK on the descriptor), which wakes the waiting readers.
+/// The locks that keep SQLite's readers out of one database while litefs
+/// writes it, held through litefs's own mount (see [`Applier::lock`]):
+/// PENDING and SHARED on the database file, or in WAL mode the read-mark
+/// locks in `-shm`. Dropping it unlocks them (F_UNLCK on the descriptor),
+/// which wakes the waiting readers.
 pub struct DatabaseLock<'a> {
     applier: &'a Applier,
     db: String,
+    /// The key of `file` in `Applier::files`.
+    key: String,
     file: Arc<File>,
+    /// The locked byte range.
+    start: i64,
+    len: i64,
 }
 
 impl Drop for DatabaseLock<'_> {
     fn drop(&mut self) {
-        let range = SHARED_FIRST + SHARED_SIZE - PENDING_BYTE;
-        if let Err(e) = set_ofd_lock(&self.file, libc::F_UNLCK, PENDING_BYTE, range, false) {
+        if let Err(e) = set_ofd_lock(&self.file, libc::F_UNLCK, self.start, self.len, false) {
             // Closing the descriptor releases its locks for certain.
             warn!(
                 "db {}: cannot unlock SQLite's locks, closing instead: {e}",
                 self.db
             );
-            self.applier.forget_file(&self.db);
+            self.applier.forget_file(&self.key);
         }
     }
 }
@@ -79,17 +89,44 @@ impl Applier {
     /// Takes SQLite's locks on `db` as a writer would, waiting as long as
     /// readers hold the database (one WARN after `STALL_WARNING`), as
     /// SQLite's own writer would. The locks last as long as the value.
+    ///
+    /// A database whose `-shm` exists is read in WAL mode: its readers hold
+    /// a SHARED lock on the database file for as long as they are
+    /// connected, and one of the WAL read-mark locks in `-shm` for each
+    /// read transaction, so the read marks are what is locked.
     pub fn lock(&self, db: &Db) -> Result<DatabaseLock<'_>, store::Error> {
         let refused = |reason: String| store::Error::Refused {
             db: db.name().to_string(),
             path: db.database_path().to_path_buf(),
             reason,
         };
-        let file = self.mount_file(db).map_err(refused)?;
+        if db.shm_path().exists() {
+            let key = format!("{}{}", db.name(), FileKind::Shm.suffix());
+            let file = self.mount_file(db, FileKind::Shm).map_err(refused)?;
+            let lock = DatabaseLock {
+                applier: self,
+                db: db.name().to_string(),
+                key,
+                file,
+                start: WAL_READ_LOCKS,
+                len: WAL_READ_LOCK_COUNT,
+            };
+            lock_waiting(&lock.file, lock.start, lock.len, db.name()).map_err(|e| {
+                refused(format!(
+                    "cannot take SQLite's WAL read-mark locks on {}-shm: {e}",
+                    self.mount_dir.join(db.name()).display()
+                ))
+            })?;
+            return Ok(lock);
+        }
+        let file = self.mount_file(db, FileKind::Database).map_err(refused)?;
         let lock = DatabaseLock {
             applier: self,
             db: db.name().to_string(),
+            key: db.name().to_string(),
             file,
+            start: PENDING_BYTE,
+            len: SHARED_FIRST + SHARED_SIZE - PENDING_BYTE,
         };
         for (start, len, what) in [
             (PENDING_BYTE, 1, "PENDING"),
@@ -107,21 +144,24 @@ impl Applier {
 
     /// The database opened through the mount, kept open between applies
     /// (opening and closing costs four round trips through the kernel).
-    fn mount_file(&self, db: &Db) -> Result<Arc<File>, String> {
+    fn mount_file(&self, db: &Db, kind: FileKind) -> Result<Arc<File>, String> {
+        let name = format!("{}{}", db.name(), kind.suffix());
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(file) = files.get(db.name()) {
+        if let Some(file) = files.get(&name) {
             return Ok(file.clone());
         }
-        // A new database has no file yet; an empty one (a database with
-        // no pages, as the position before its first TXID says) gives the
-        // locks something to hold on to before any page is written.
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(db.database_path())
-            .map_err(|e| format!("cannot create {}: {e}", db.database_path().display()))?;
-        let on_mount = self.mount_dir.join(db.name());
+        if kind == FileKind::Database {
+            // A new database has no file yet; an empty one (a database with
+            // no pages, as the position before its first TXID says) gives
+            // the locks something to hold on to before any page is written.
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(db.database_path())
+                .map_err(|e| format!("cannot create {}: {e}", db.database_path().display()))?;
+        }
+        let on_mount = self.mount_dir.join(&name);
         // One open and close first: its FLUSH, answered ENOSYS, turns
         // FLUSH off for the mount, so closing the file kept open below can
         // never wait on this process (at a kill -9 it would, forever).
@@ -139,15 +179,16 @@ impl Applier {
                 )
             })?;
         let file = Arc::new(file);
-        files.insert(db.name().to_string(), file.clone());
+        files.insert(name, file.clone());
         Ok(file)
     }
 
+    /// Closes litefs's descriptors of `db`'s files (the database's key is
+    /// its name; `-shm`'s the name with the suffix).
     fn forget_file(&self, db: &str) {
-        self.files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(db);
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        files.remove(db);
+        files.remove(&format!("{db}{}", FileKind::Shm.suffix()));
     }
 
     /// Forgets a database deleted on a replica: closes litefs's own
@@ -192,6 +233,8 @@ impl Applier {
         let began = Instant::now();
         let result = db.apply_ltx(path);
         if result.is_ok() {
+            self.sync_wal_companions(db);
+            self.reset_wal_index(db);
             self.invalidate(ino, db.name());
             crate::metrics::apply(db.name(), began.elapsed());
         }
@@ -206,6 +249,18 @@ impl Applier {
     /// `close_files`). Refused unless `role` is primary throughout.
     pub fn import(&self, db: &Db, src: &Path, role: &Role) -> Result<Position, store::Error> {
         let result = (|| {
+            let in_wal_mode =
+                crate::sqlite::read_database_header(db.database_path()).is_ok_and(|h| h.is_wal());
+            if in_wal_mode {
+                // Open WAL connections would keep pages cached from before.
+                return Err(store::Error::Refused {
+                    db: db.name().to_string(),
+                    path: src.to_path_buf(),
+                    reason: "the database is in WAL mode: switch it to \
+                             PRAGMA journal_mode=DELETE first, then import"
+                        .to_string(),
+                });
+            }
             let lock = self.lock(db)?;
             let Some(_primary) = role.hold_primary() else {
                 return Err(store::Error::Refused {
@@ -241,6 +296,26 @@ impl Applier {
             )
         };
         let result = db.abandon_transaction();
+        // WAL mode: the WAL's transactions into the database file, so the
+        // replica's applies land on the position; every connection then
+        // rebuilds its WAL index (reads in progress fail once).
+        match db.fold_wal() {
+            Ok(true) => {
+                let wal_ino = self.inodes.write().unwrap_or_else(|e| e.into_inner()).ino(
+                    db.name(),
+                    db.instance(),
+                    FileKind::Wal,
+                );
+                self.invalidate(wal_ino, db.name());
+                self.reset_wal_index(db);
+                info!(
+                    "db {}: moved the WAL into the database file at step-down",
+                    db.name()
+                );
+            }
+            Ok(false) => {}
+            Err(e) => warn!("db {}: cannot fold the WAL at step-down: {e}", db.name()),
+        }
         self.active_journals
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -260,6 +335,79 @@ impl Applier {
             }
         }
         result
+    }
+
+    /// Gives a replica's database in WAL mode the empty `-wal` and `-shm`
+    /// SQLite's readers need: they cannot create them on a read-only
+    /// mount, and open them read-only instead (EROFS for read-write), which
+    /// makes SQLite keep its WAL index in private memory and re-read the
+    /// database at every read transaction ("unreliable" shared memory in
+    /// wal.c): each applied transaction is seen at the next one. When the
+    /// database leaves WAL mode, empty ones are removed again. The kernel's
+    /// cached names are dropped either way (they may say "absent").
+    fn sync_wal_companions(&self, db: &Db) {
+        let wal = crate::sqlite::read_database_header(db.database_path())
+            .map(|h| h.is_wal())
+            .unwrap_or(false);
+        for kind in [FileKind::Wal, FileKind::Shm] {
+            let path = match kind {
+                FileKind::Wal => db.wal_path(),
+                _ => db.shm_path(),
+            };
+            let exists = path.exists();
+            let changed = if wal && !exists {
+                OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(path)
+                    .map(|_| true)
+            } else if !wal && exists && std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+                std::fs::remove_file(path).map(|()| true)
+            } else {
+                Ok(false)
+            };
+            match changed {
+                Ok(true) => {
+                    if kind == FileKind::Shm && !wal {
+                        self.forget_file(db.name());
+                    }
+                    self.invalidate_name(db.name(), kind);
+                }
+                Ok(false) => {}
+                Err(e) => warn!("db {}: cannot update {}: {e}", db.name(), path.display()),
+            }
+        }
+    }
+
+    /// Makes connections that keep a WAL index in `-shm` (opened while
+    /// this node was primary) rebuild it and drop their cached pages.
+    fn reset_wal_index(&self, db: &Db) {
+        match db.clear_wal_index_header() {
+            Ok(true) => {
+                let ino = self.inodes.write().unwrap_or_else(|e| e.into_inner()).ino(
+                    db.name(),
+                    db.instance(),
+                    FileKind::Shm,
+                );
+                self.invalidate(ino, db.name());
+            }
+            Ok(false) => {}
+            Err(e) => warn!("db {}: {e}", db.name()),
+        }
+    }
+
+    /// Drops the kernel's cached entry for `db`'s file of `kind`.
+    fn invalidate_name(&self, db: &str, kind: FileKind) {
+        let notifier = self.notifier.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = notifier.as_ref() {
+            let file = format!("{db}{}", kind.suffix());
+            if let Err(e) = n.inval_entry(INodeNo(ROOT_INO), OsStr::new(&file)) {
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    warn!("db {db}: cannot invalidate the kernel's entry for {file}: {e}");
+                }
+            }
+        }
     }
 
     /// Drops the kernel's cached pages and attributes of the database file.

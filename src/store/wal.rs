@@ -32,6 +32,9 @@ use super::{io_error, is_lock_page, now_ms, page_offset, sync_dir, Db, Error, Po
 use crate::ltx;
 use crate::sqlite::wal::{self, WalCommit};
 
+/// The two copies of the WAL-index header at the start of `-shm` (wal.c).
+const WAL_INDEX_HEADER_SIZE: u64 = 96;
+
 /// Where a WAL transaction's frames are, as recorded in its LTX header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WalPosition {
@@ -182,6 +185,64 @@ impl Db {
     /// Whether any committed page is still read from the WAL.
     pub fn wal_in_use(&self) -> bool {
         !self.lock().wal_index.is_empty()
+    }
+
+    /// A primary stepping down: copies the WAL's transactions (all
+    /// recorded) into the database file and empties the WAL, so that the
+    /// database file is at the position, as a replica's must be. Returns
+    /// whether there was anything to copy.
+    pub fn fold_wal(&self) -> Result<bool, Error> {
+        let Some((header, commits)) = self.read_wal()? else {
+            return Ok(false);
+        };
+        let recorded_end = self.recorded_wal_end(header.salt1, header.salt2)?;
+        let unrecorded = commits.iter().filter(|c| c.end > recorded_end).count();
+        if unrecorded > 0 {
+            log::error!(
+                "database {}: {unrecorded} WAL transactions have no LTX file at step-down; \
+                 they are dropped (the new primary never had them)",
+                self.name
+            );
+        }
+        self.checkpoint_recorded_wal()?;
+        let wal = self.wal_path();
+        OpenOptions::new()
+            .write(true)
+            .open(wal)
+            .and_then(|f| f.set_len(0).and_then(|()| f.sync_all()))
+            .map_err(io_error(
+                format!("emptying the WAL of database {}", self.name),
+                wal,
+            ))?;
+        self.wal_reset();
+        Ok(true)
+    }
+
+    /// Zeroes the header of SQLite's WAL index (`-shm`) when a connection
+    /// keeps one there, so that every connection rebuilds it from the WAL
+    /// at its next read transaction and drops its cached pages: on a
+    /// replica, after litefs changed the database file under it. Returns
+    /// whether it wrote anything (the caller drops the kernel's cached
+    /// copy).
+    pub fn clear_wal_index_header(&self) -> Result<bool, Error> {
+        let path = self.shm_path();
+        let len = match fs::metadata(path) {
+            Ok(md) => md.len(),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(err) => return Err(io_error("reading the size of the WAL index", path)(err)),
+        };
+        if len < WAL_INDEX_HEADER_SIZE {
+            return Ok(false);
+        }
+        OpenOptions::new()
+            .write(true)
+            .open(path)
+            .and_then(|f| f.write_all_at(&[0u8; WAL_INDEX_HEADER_SIZE as usize], 0))
+            .map_err(io_error(
+                format!("resetting the WAL index of database {}", self.name),
+                path,
+            ))?;
+        Ok(true)
     }
 
     fn write_wal_ltx(
