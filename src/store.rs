@@ -8,12 +8,15 @@
 //! `database`, `journal`, `wal`, `shm` and `ltx/<min>-<max>.ltx`. The store
 //! adds `dbs/<name>/undo` (old content of reused free-list pages, see
 //! `undo.rs`), and while applying, `ltx/<min>-<max>.ltx.pending`; and at
-//! the top `deleted/<name>` (tombstones) and `trash/` (see `delete.rs`).
+//! the top `deleted/<name>` (tombstones) and `trash/` (see `delete.rs`),
+//! and `lost/` (what litefs set aside instead of deleting, `lost.rs`).
 //!
 //! One database is a `Db` (`db.rs`); what changes or reads it is split by
 //! concern: commits on the primary (`commit.rs`), applying LTX files on a
 //! replica (`apply.rs`), snapshots, LTX listing and retention
-//! (`snapshot.rs`), and recovery at start-up (`recovery.rs`).
+//! (`snapshot.rs`), recovery at start-up (`recovery.rs`) and damaged files
+//! (`damage.rs`). A database that cannot be recovered is refused alone
+//! (`Store::refused`); the store serves the others.
 //!
 //! The database checksum is the XOR of `ltx::page_checksum` over every page
 //! except SQLite's lock page (the page holding byte offset 1 GiB, which
@@ -23,9 +26,11 @@
 
 mod apply;
 mod commit;
+mod damage;
 mod db;
 mod delete;
 mod import;
+mod lost;
 mod queue;
 mod recovery;
 mod snapshot;
@@ -130,6 +135,17 @@ pub enum Error {
     NoTransactions { db: String },
     /// Writing a snapshot to its destination failed.
     Snapshot { db: String, source: ltx::Error },
+    /// A database's files are damaged in a way litefs cannot repair with
+    /// certainty (see `damage.rs`): `path` is the file, `problem` what is
+    /// wrong with it, `remedy` what to do.
+    Damaged {
+        db: String,
+        path: PathBuf,
+        problem: String,
+        remedy: String,
+    },
+    /// The database was refused at start-up (see [`Store::refused`]).
+    RefusedAtStart { db: String, reason: String },
 }
 
 impl fmt::Display for Error {
@@ -206,6 +222,16 @@ impl fmt::Display for Error {
             Error::Snapshot { db, source } => {
                 write!(f, "database {db}: writing a snapshot: {source}")
             }
+            Error::Damaged {
+                db,
+                path,
+                problem,
+                remedy,
+            } => write!(f, "database {db}: {}: {problem}; {remedy}", path.display()),
+            Error::RefusedAtStart { db, reason } => write!(
+                f,
+                "database {db} was refused at start-up and is not served: {reason}"
+            ),
         }
     }
 }
@@ -240,6 +266,8 @@ pub struct Store {
     dbs_dir: PathBuf,
     node_id: u64,
     dbs: Mutex<BTreeMap<String, Arc<Db>>>,
+    /// Databases refused at start-up, by name (see [`Store::refused`]).
+    refused: Mutex<BTreeMap<String, Refusal>>,
     /// Counts changes (see [`Store::notify_change`]); replication streams wait on it.
     changes: Mutex<u64>,
     changed: std::sync::Condvar,
@@ -248,6 +276,15 @@ pub struct Store {
     /// When the store was opened: a replica that never caught up lags
     /// since then.
     opened_at: std::time::Instant,
+}
+
+/// A database refused at start-up (see [`Store::refused`]).
+#[derive(Debug, Clone)]
+struct Refusal {
+    /// Why, naming the file and what to do.
+    reason: String,
+    /// A replica said once that it skips the primary's frames for it.
+    skip_logged: bool,
 }
 
 /// When a replica last was caught up with its primary.
@@ -261,8 +298,12 @@ struct CaughtUp {
 
 impl Store {
     /// Opens the data directory (creating it, its `id` file and `dbs/` when
-    /// missing) and opens and recovers every database in `dbs/`. Fails if any
-    /// database cannot be recovered to a verified position.
+    /// missing) and opens and recovers every database in `dbs/`. A database
+    /// that cannot be recovered (damaged files, see `damage.rs`, or any
+    /// other error opening it) is refused: logged at ERROR with the file
+    /// and what to do, listed by [`Store::refused`], and otherwise left
+    /// alone; the others are opened. Fails only for the data directory
+    /// itself (creating it, the node id).
     pub fn open(data_dir: &Path) -> Result<Store, Error> {
         fs::create_dir_all(data_dir).map_err(io_error("creating the data directory", data_dir))?;
         let node_id = read_or_create_node_id(&data_dir.join("id"))?;
@@ -273,6 +314,7 @@ impl Store {
         let _ = fs::remove_dir_all(data_dir.join(INCOMING_DIR));
         delete::finish_deletions(data_dir, &dbs_dir)?;
         let mut dbs = BTreeMap::new();
+        let mut refused = BTreeMap::new();
         let entries = fs::read_dir(&dbs_dir)
             .map_err(io_error("listing the databases directory", &dbs_dir))?;
         for entry in entries {
@@ -296,14 +338,38 @@ impl Store {
                 log::warn!("ignoring {:?}: {err}", path.display().to_string());
                 continue;
             }
-            let db = Db::open(&dbs_dir, &name, node_id)?;
-            dbs.insert(name, Arc::new(db));
+            match Db::open(&dbs_dir, &name, node_id) {
+                Ok(db) => {
+                    dbs.insert(name, Arc::new(db));
+                }
+                Err(err) => {
+                    let reason = match err {
+                        Error::Damaged { .. } => err.to_string(),
+                        other => format!(
+                            "{other}; fix that (or move {} out of the data directory) and \
+                             start litefs again",
+                            path.display()
+                        ),
+                    };
+                    log::error!(
+                        "refusing database {name:?}: {reason}. It is not served or \
+                         replicated until then, nothing of it was deleted, and the other \
+                         databases are served"
+                    );
+                    let refusal = Refusal {
+                        reason,
+                        skip_logged: false,
+                    };
+                    refused.insert(name, refusal);
+                }
+            }
         }
         Ok(Store {
             data_dir: data_dir.to_path_buf(),
             dbs_dir,
             node_id,
             dbs: Mutex::new(dbs),
+            refused: Mutex::new(refused),
             changes: Mutex::new(0),
             changed: std::sync::Condvar::new(),
             caught_up: Mutex::new(CaughtUp::default()),
@@ -337,8 +403,15 @@ impl Store {
 
     /// The database called `name`, created (empty, position 0/0) if missing.
     /// Fails for a name that cannot be a database (see [`validate_name`]).
+    /// Fails for a database refused at start-up: its files stay as they are.
     pub fn create_db(&self, name: &str) -> Result<Arc<Db>, Error> {
         validate_name(name)?;
+        if let Some(reason) = self.refusal(name) {
+            return Err(Error::RefusedAtStart {
+                db: name.to_string(),
+                reason,
+            });
+        }
         let mut dbs = self.lock();
         if let Some(db) = dbs.get(name) {
             return Ok(db.clone());
@@ -355,6 +428,36 @@ impl Store {
     /// Every database, sorted by name.
     pub fn dbs(&self) -> Vec<Arc<Db>> {
         self.lock().values().cloned().collect()
+    }
+
+    /// The databases refused at start-up, sorted by name, each with the
+    /// reason (naming the file and what to do). A refused database is not
+    /// among [`Store::dbs`], not on the mount, not replicated in either
+    /// direction, and cannot be created again until litefs restarts with
+    /// its files repaired or moved away.
+    pub fn refused(&self) -> Vec<(String, String)> {
+        self.refused_lock()
+            .iter()
+            .map(|(name, r)| (name.clone(), r.reason.clone()))
+            .collect()
+    }
+
+    /// Why `name` was refused at start-up; `None` if it was not.
+    pub fn refusal(&self, name: &str) -> Option<String> {
+        self.refused_lock().get(name).map(|r| r.reason.clone())
+    }
+
+    /// For a replica skipping a frame of the refused database `name`: true
+    /// the first time (so the skip is logged once).
+    pub fn first_skip_of_refused(&self, name: &str) -> bool {
+        match self.refused_lock().get_mut(name) {
+            Some(refusal) => !std::mem::replace(&mut refusal.skip_logged, true),
+            None => false,
+        }
+    }
+
+    fn refused_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Refusal>> {
+        self.refused.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Called by a replica when everything it received is applied: by the

@@ -354,6 +354,19 @@ impl<R: Read> FrameReader<'_, R> {
                  ({MIN_LTX_LEN} to {MAX_LTX_LEN} allowed)"
             )));
         }
+        // A database refused at start-up here is left as it is: its
+        // frames are read past (logged once), so the stream goes on for
+        // the others instead of failing on it again at every reconnect.
+        if let Some(reason) = store.refusal(&name) {
+            self.skip(&name, len)?;
+            if store.first_skip_of_refused(&name) {
+                log::warn!(
+                    "database {name}: skipping what the primary sends for it (logged once): \
+                     {reason}"
+                );
+            }
+            return Ok(());
+        }
         // Received into the store's incoming directory and verified whole
         // before anything else: a frame that is cut or corrupt creates no
         // database and touches none.
@@ -403,6 +416,21 @@ impl<R: Read> FrameReader<'_, R> {
             return Err(self.protocol(format!("{frame} names no valid database: {err}")));
         }
         Ok(name)
+    }
+
+    /// Reads and drops the `len` bytes of an LTX file of database `name`.
+    fn skip(&mut self, name: &str, len: u64) -> Result<(), Error> {
+        let copied = io::copy(&mut (&mut self.reader).take(len), &mut io::sink());
+        match copied {
+            Ok(n) if n == len => Ok(()),
+            Ok(n) => Err(self.protocol(format!(
+                "database {name}: the stream ended after {n} of the {len} bytes of an LTX file"
+            ))),
+            Err(err) => {
+                let what = format!("an LTX file of database {name}");
+                Err(self.read_error(err, &what))
+            }
+        }
     }
 
     /// Copies exactly `len` bytes of the stream into a new file at `path`.

@@ -81,7 +81,11 @@ impl Db {
     /// Reads and verifies the whole LTX file at `path` and computes what
     /// applying it to the database in `state` gives; refuses it unless it
     /// follows the position and leads to its post-apply checksum.
-    fn plan_apply(&self, path: &Path, state: &State) -> Result<(ltx::Header, Change), Error> {
+    pub(super) fn plan_apply(
+        &self,
+        path: &Path,
+        state: &State,
+    ) -> Result<(ltx::Header, Change), Error> {
         let refuse = |reason: String| Error::Refused {
             db: self.name.clone(),
             path: path.to_path_buf(),
@@ -199,8 +203,17 @@ impl Db {
     /// Writes the pages of the (already verified) LTX file at `path` into the
     /// database file, truncates it to `commit` pages and fsyncs it.
     pub(super) fn write_pages(&self, path: &Path, header: &ltx::Header) -> Result<(), Error> {
+        self.write_pages_to(&self.database_path, path, header)
+    }
+
+    /// [`Db::write_pages`] into the file at `db_path` (created if missing).
+    pub(super) fn write_pages_to(
+        &self,
+        db_path: &Path,
+        path: &Path,
+        header: &ltx::Header,
+    ) -> Result<(), Error> {
         let ltx_error = self.ltx_error(path);
-        let db_path = &self.database_path;
         let write_error = |err| io_error(format!("writing database {}", self.name), db_path)(err);
         let database = OpenOptions::new()
             .read(true)
