@@ -29,6 +29,7 @@ mod commit;
 mod damage;
 mod db;
 mod delete;
+mod diverged;
 mod error;
 mod import;
 mod lost;

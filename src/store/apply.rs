@@ -29,10 +29,15 @@ impl Db {
     /// in `ltx/` under its proper name (moved when it already is in `ltx/`,
     /// copied otherwise), the pages written, the file truncated to `commit`
     /// pages and fsynced, and the position advanced. A snapshot also
-    /// removes every other LTX file (they belong to a different history).
+    /// removes every other LTX file (they belong to a different history),
+    /// after saving a local history it may replace (`diverged.rs`).
     pub fn apply_ltx(&self, path: &Path) -> Result<Position, Error> {
         let mut state = self.lock();
         let (header, change) = self.plan_apply(path, &state)?;
+        if header.is_snapshot() {
+            // Before anything of the local history is overwritten.
+            self.keep_diverged(&state, &header, change.checksum)?;
+        }
         let final_path = self
             .ltx_dir
             .join(ltx::filename(header.min_txid, header.max_txid));

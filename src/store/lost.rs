@@ -8,7 +8,7 @@
 //! the path at WARN. litefs never reads or deletes anything there: it is
 //! the operator's, to inspect (`litefs ltx dump`, `sqlite3`) and remove.
 
-use std::fs;
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -62,5 +62,20 @@ pub(super) fn move_into(dir: &Path, path: &Path) -> Result<PathBuf, Error> {
     if let Some(parent) = path.parent() {
         sync_dir(parent)?;
     }
+    Ok(target)
+}
+
+/// Copies `path` into `dir` under its own file name, fsynced.
+pub(super) fn copy_into(dir: &Path, path: &Path) -> Result<PathBuf, Error> {
+    let target = dir.join(path.file_name().unwrap_or_default());
+    let copy = || -> io::Result<()> {
+        fs::copy(path, &target)?;
+        File::open(&target)?.sync_all()
+    };
+    copy().map_err(io_error(
+        format!("copying {} aside", path.display()),
+        &target,
+    ))?;
+    sync_dir(dir)?;
     Ok(target)
 }
