@@ -537,7 +537,10 @@ fn malformed_frames_are_refused_with_a_reason() {
             b"L\x00\x05ghost\x00\x00\x00\x00\x00\x00\x00\xc8abc",
             "not even a heartbeat",
         ),
-        (garbage, "database ghost: the received LTX file is damaged"),
+        (
+            garbage,
+            "database ghost: refused an LTX frame before writing it: invalid header",
+        ),
         (b"HHX", "unknown frame type byte 0x58 (frame 3)"),
         (b"L\x01\x00", "database name of 256 bytes"),
         (b"L\x00\x02a/", "names no valid database"),

@@ -367,9 +367,22 @@ impl<R: Read> FrameReader<'_, R> {
             }
             return Ok(());
         }
-        // Received into the store's incoming directory and verified whole
-        // before anything else: a frame that is cut or corrupt creates no
-        // database and touches none.
+        // The header first, checked against the frame's length and what
+        // this replica has received, before any byte is written.
+        let mut head = [0u8; crate::ltx::HEADER_SIZE];
+        self.read_exact(&mut head, &format!("the LTX header of database {name}"))?;
+        let received = store
+            .db(&name)
+            .map(|db| db.received_pos())
+            .unwrap_or_default();
+        if let Err(reason) = wire::check_ltx_header(&head, len, received) {
+            return Err(self.protocol(format!(
+                "database {name}: refused an LTX frame before writing it: {reason}"
+            )));
+        }
+        // Then received into the store's incoming directory and verified
+        // whole before anything else: a frame that is cut or corrupt
+        // creates no database and touches none.
         let incoming = store.incoming_dir().map_err(|source| Error::Store {
             db: name.clone(),
             source,
@@ -378,7 +391,7 @@ impl<R: Read> FrameReader<'_, R> {
             "received-{}.tmp",
             TEMP_COUNTER.fetch_add(1, Ordering::SeqCst)
         )));
-        self.receive(&name, len, &tmp.0)?;
+        self.receive(&name, &head, len, &tmp.0)?;
         if let Err(err) = crate::ltx::verify_file(&tmp.0) {
             return Err(self.protocol(format!(
                 "database {name}: the received LTX file is damaged: {err}"
@@ -433,8 +446,9 @@ impl<R: Read> FrameReader<'_, R> {
         }
     }
 
-    /// Copies exactly `len` bytes of the stream into a new file at `path`.
-    fn receive(&mut self, name: &str, len: u64, path: &Path) -> Result<(), Error> {
+    /// Writes `head` (already read) and the rest of the `len` bytes of an
+    /// LTX file from the stream into a new file at `path`.
+    fn receive(&mut self, name: &str, head: &[u8], len: u64, path: &Path) -> Result<(), Error> {
         let io_error = |what: &str, source| Error::Io {
             what: format!("database {name}: {what}"),
             path: path.to_path_buf(),
@@ -442,8 +456,10 @@ impl<R: Read> FrameReader<'_, R> {
         };
         let mut file = File::create(path)
             .map_err(|err| io_error("creating a file for a received LTX file", err))?;
+        file.write_all(head)
+            .map_err(|err| io_error("writing a received LTX file", err))?;
         let mut buf = vec![0u8; READ_BUFFER];
-        let mut left = len;
+        let mut left = len - head.len() as u64;
         while left > 0 {
             let want = left.min(buf.len() as u64) as usize;
             let n = match self.reader.read(&mut buf[..want]) {
