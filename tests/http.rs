@@ -888,7 +888,8 @@ fn bad_urls_are_refused() {
     for (url, want) in [
         ("https://primary:20202", "http://"),
         ("http://", "no host"),
-        ("http://primary:20202/stream", "without a path"),
+        ("http://primary:20202/litefs?x=1", "without a query"),
+        ("http://user@primary:20202", "user name"),
     ] {
         let err = Client::start(url, &replica).join().unwrap_err();
         assert!(

@@ -255,8 +255,11 @@ fn stream_once(
     Ok(())
 }
 
-/// Checks `url` is `http://host[:port]` (one trailing `/` allowed) and
-/// returns it without the trailing `/`.
+/// Checks `url` is `http://host[:port][/path]` (trailing `/`s allowed)
+/// and returns it without the trailing `/`s: the base the replica appends
+/// `/stream` to, so a primary behind a reverse proxy under a path prefix
+/// is reached at `<prefix>/stream`. The config refuses the same URLs at
+/// load (`config::check_http_url`).
 fn normalize_url(url: &str) -> Result<String, Error> {
     let bad = |reason: &str| Error::BadUrl {
         url: url.to_string(),
@@ -267,14 +270,21 @@ fn normalize_url(url: &str) -> Result<String, Error> {
             "it must start with http:// (this build has no TLS for https)",
         ));
     };
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    if rest.is_empty() {
+    let rest = rest.trim_end_matches('/');
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    if authority.is_empty() {
         return Err(bad("it names no host"));
     }
-    if rest.contains(['/', '?', '#', '@', ' ']) {
+    if authority.contains('@') {
+        return Err(bad("it must not hold a user name or password"));
+    }
+    if rest.contains(['?', '#']) {
         return Err(bad(
-            "it must be only http://host:port, without a path, query or user",
+            "it must be http://host[:port][/path], without a query or fragment",
         ));
+    }
+    if rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("it holds a space or control character"));
     }
     Ok(format!("http://{rest}"))
 }
