@@ -20,8 +20,8 @@ pub use client::{
 };
 pub use server::{percent_decode, percent_encode, Server, Stats, LTX_CONTENT_TYPE};
 pub use wire::{
-    format_positions, parse_positions, CONTENT_TYPE, HEARTBEAT_INTERVAL, IDLE_TIMEOUT, MAX_LTX_LEN,
-    MAX_NAME_LEN, MAX_REQUEST_BODY,
+    check_ltx_header, format_positions, parse_positions, CONTENT_TYPE, HEARTBEAT_INTERVAL,
+    IDLE_TIMEOUT, MAX_DATABASE_SIZE, MAX_LTX_LEN, MAX_NAME_LEN, MAX_REQUEST_BODY,
 };
 
 use std::fmt;

@@ -8,12 +8,15 @@
 //! `database`, `journal`, `wal`, `shm` and `ltx/<min>-<max>.ltx`. The store
 //! adds `dbs/<name>/undo` (old content of reused free-list pages, see
 //! `undo.rs`), and while applying, `ltx/<min>-<max>.ltx.pending`; and at
-//! the top `deleted/<name>` (tombstones) and `trash/` (see `delete.rs`).
+//! the top `deleted/<name>` (tombstones) and `trash/` (see `delete.rs`),
+//! and `lost/` (what litefs set aside instead of deleting, `lost.rs`).
 //!
 //! One database is a `Db` (`db.rs`); what changes or reads it is split by
 //! concern: commits on the primary (`commit.rs`), applying LTX files on a
 //! replica (`apply.rs`), snapshots, LTX listing and retention
-//! (`snapshot.rs`), and recovery at start-up (`recovery.rs`).
+//! (`snapshot.rs`), recovery at start-up (`recovery.rs`) and damaged files
+//! (`damage.rs`). A database that cannot be recovered is refused alone
+//! (`Store::refused`); the store serves the others.
 //!
 //! The database checksum is the XOR of `ltx::page_checksum` over every page
 //! except SQLite's lock page (the page holding byte offset 1 GiB, which
@@ -23,9 +26,13 @@
 
 mod apply;
 mod commit;
+mod damage;
 mod db;
 mod delete;
+mod diverged;
+mod error;
 mod import;
+mod lost;
 mod queue;
 mod recovery;
 mod snapshot;
@@ -33,6 +40,8 @@ mod undo;
 mod wal;
 
 pub use db::{Commit, Db};
+use error::io_error;
+pub use error::Error;
 pub use wal::WalPosition;
 
 use std::collections::BTreeMap;
@@ -72,191 +81,14 @@ impl fmt::Display for Position {
     }
 }
 
-/// An error of the store; every variant says which database, file or TXID.
-#[derive(Debug)]
-pub enum Error {
-    /// An I/O operation failed; `what` says what was being done.
-    Io {
-        what: String,
-        path: PathBuf,
-        source: io::Error,
-    },
-    /// A name that cannot be a database name.
-    InvalidName { name: String, reason: String },
-    /// The node id file does not hold a hexadecimal u64.
-    InvalidNodeId { path: PathBuf, content: String },
-    /// A write to a database file was refused before reaching the file.
-    InvalidWrite {
-        db: String,
-        offset: u64,
-        len: usize,
-        reason: String,
-    },
-    /// A database file is not a SQLite database litefs can handle.
-    InvalidDatabase {
-        db: String,
-        path: PathBuf,
-        reason: String,
-    },
-    /// An LTX file could not be read or written.
-    Ltx {
-        db: String,
-        path: PathBuf,
-        source: ltx::Error,
-    },
-    /// A hot rollback journal could not be read.
-    Journal {
-        db: String,
-        path: PathBuf,
-        source: sqlite::Error,
-    },
-    /// An LTX file was not applied because it does not fit the database;
-    /// nothing was changed.
-    Refused {
-        db: String,
-        path: PathBuf,
-        reason: String,
-    },
-    /// The database file does not match the position of its newest LTX file.
-    ChecksumMismatch {
-        db: String,
-        txid: u64,
-        ltx_checksum: u64,
-        file_checksum: u64,
-        ltx_path: PathBuf,
-    },
-    /// The database file changed while litefs read it, outside a transaction
-    /// litefs knows about.
-    Changed { db: String, reason: String },
-    /// The database has no transaction yet, so there is nothing to snapshot.
-    NoTransactions { db: String },
-    /// Writing a snapshot to its destination failed.
-    Snapshot { db: String, source: ltx::Error },
-}
-
-impl Error {
-    /// Whether this is a local I/O failure (disk full, EIO, permissions)
-    /// rather than a file or database that does not fit.
-    pub fn is_local_io(&self) -> bool {
-        matches!(
-            self,
-            Error::Io { .. }
-                | Error::Ltx {
-                    source: ltx::Error::Io(_),
-                    ..
-                }
-        )
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Io { what, path, source } => {
-                write!(f, "{what} ({}): {source}", path.display())
-            }
-            Error::InvalidName { name, reason } => {
-                write!(f, "invalid database name {name:?}: {reason}")
-            }
-            Error::InvalidNodeId { path, content } => write!(
-                f,
-                "node id file {} holds {content:?}, expected a hexadecimal number; \
-                 delete the file to get a new node id",
-                path.display()
-            ),
-            Error::InvalidWrite {
-                db,
-                offset,
-                len,
-                reason,
-            } => write!(
-                f,
-                "database {db}: refused write of {len} bytes at offset {offset}: {reason}"
-            ),
-            Error::InvalidDatabase { db, path, reason } => {
-                write!(f, "database {db} ({}): {reason}", path.display())
-            }
-            Error::Ltx { db, path, source } => {
-                // The path is said here; do not repeat the one inside.
-                let source = match source {
-                    ltx::Error::File { source, .. } => source.as_ref(),
-                    other => other,
-                };
-                write!(f, "database {db}: LTX file {}: {source}", path.display())
-            }
-            Error::Journal { db, path, source } => {
-                let source = match source {
-                    sqlite::Error::File { source, .. } => source.as_ref(),
-                    other => other,
-                };
-                write!(
-                    f,
-                    "database {db}: cannot read the rollback journal {}: {source}",
-                    path.display()
-                )
-            }
-            Error::Refused { db, path, reason } => write!(
-                f,
-                "database {db}: refused to apply {}: {reason}",
-                path.display()
-            ),
-            Error::ChecksumMismatch {
-                db,
-                txid,
-                ltx_checksum,
-                file_checksum,
-                ltx_path,
-            } => write!(
-                f,
-                "database {db}: the database file does not match TXID {txid:016x}: \
-                 its checksum is {file_checksum:016x}, the newest LTX file {} says \
-                 {ltx_checksum:016x}; the file was changed outside litefs or a \
-                 transaction was lost. Restore the database (or remove its directory \
-                 to start empty) before starting again",
-                ltx_path.display()
-            ),
-            Error::Changed { db, reason } => write!(f, "database {db}: {reason}"),
-            Error::NoTransactions { db } => write!(
-                f,
-                "database {db}: no transaction has been recorded yet, nothing to snapshot"
-            ),
-            Error::Snapshot { db, source } => {
-                write!(f, "database {db}: writing a snapshot: {source}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Io { source, .. } => Some(source),
-            Error::Ltx { source, .. } => Some(source),
-            Error::Journal { source, .. } => Some(source),
-            Error::Snapshot { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
-
-/// Builds a closure turning an `io::Error` into `Error::Io` with context.
-fn io_error<'a>(
-    what: impl Into<String> + 'a,
-    path: &'a Path,
-) -> impl FnOnce(io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        what: what.into(),
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 /// All databases of one data directory.
 pub struct Store {
     data_dir: PathBuf,
     dbs_dir: PathBuf,
     node_id: u64,
     dbs: Mutex<BTreeMap<String, Arc<Db>>>,
+    /// Databases refused at start-up, by name (see [`Store::refused`]).
+    refused: Mutex<BTreeMap<String, Refusal>>,
     /// Counts changes (see [`Store::notify_change`]); replication streams wait on it.
     changes: Mutex<u64>,
     changed: std::sync::Condvar,
@@ -265,6 +97,15 @@ pub struct Store {
     /// When the store was opened: a replica that never caught up lags
     /// since then.
     opened_at: std::time::Instant,
+}
+
+/// A database refused at start-up (see [`Store::refused`]).
+#[derive(Debug, Clone)]
+struct Refusal {
+    /// Why, naming the file and what to do.
+    reason: String,
+    /// A replica said once that it skips the primary's frames for it.
+    skip_logged: bool,
 }
 
 /// When a replica last was caught up with its primary.
@@ -278,8 +119,12 @@ struct CaughtUp {
 
 impl Store {
     /// Opens the data directory (creating it, its `id` file and `dbs/` when
-    /// missing) and opens and recovers every database in `dbs/`. Fails if any
-    /// database cannot be recovered to a verified position.
+    /// missing) and opens and recovers every database in `dbs/`. A database
+    /// that cannot be recovered (damaged files, see `damage.rs`, or any
+    /// other error opening it) is refused: logged at ERROR with the file
+    /// and what to do, listed by [`Store::refused`], and otherwise left
+    /// alone; the others are opened. Fails only for the data directory
+    /// itself (creating it, the node id).
     pub fn open(data_dir: &Path) -> Result<Store, Error> {
         fs::create_dir_all(data_dir).map_err(io_error("creating the data directory", data_dir))?;
         let node_id = read_or_create_node_id(&data_dir.join("id"))?;
@@ -290,6 +135,7 @@ impl Store {
         let _ = fs::remove_dir_all(data_dir.join(INCOMING_DIR));
         delete::finish_deletions(data_dir, &dbs_dir)?;
         let mut dbs = BTreeMap::new();
+        let mut refused = BTreeMap::new();
         let entries = fs::read_dir(&dbs_dir)
             .map_err(io_error("listing the databases directory", &dbs_dir))?;
         for entry in entries {
@@ -313,14 +159,38 @@ impl Store {
                 log::warn!("ignoring {:?}: {err}", path.display().to_string());
                 continue;
             }
-            let db = Db::open(&dbs_dir, &name, node_id)?;
-            dbs.insert(name, Arc::new(db));
+            match Db::open(&dbs_dir, &name, node_id) {
+                Ok(db) => {
+                    dbs.insert(name, Arc::new(db));
+                }
+                Err(err) => {
+                    let reason = match err {
+                        Error::Damaged { .. } => err.to_string(),
+                        other => format!(
+                            "{other}; fix that (or move {} out of the data directory) and \
+                             start litefs again",
+                            path.display()
+                        ),
+                    };
+                    log::error!(
+                        "refusing database {name:?}: {reason}. It is not served or \
+                         replicated until then, nothing of it was deleted, and the other \
+                         databases are served"
+                    );
+                    let refusal = Refusal {
+                        reason,
+                        skip_logged: false,
+                    };
+                    refused.insert(name, refusal);
+                }
+            }
         }
         Ok(Store {
             data_dir: data_dir.to_path_buf(),
             dbs_dir,
             node_id,
             dbs: Mutex::new(dbs),
+            refused: Mutex::new(refused),
             changes: Mutex::new(0),
             changed: std::sync::Condvar::new(),
             caught_up: Mutex::new(CaughtUp::default()),
@@ -354,8 +224,15 @@ impl Store {
 
     /// The database called `name`, created (empty, position 0/0) if missing.
     /// Fails for a name that cannot be a database (see [`validate_name`]).
+    /// Fails for a database refused at start-up: its files stay as they are.
     pub fn create_db(&self, name: &str) -> Result<Arc<Db>, Error> {
         validate_name(name)?;
+        if let Some(reason) = self.refusal(name) {
+            return Err(Error::RefusedAtStart {
+                db: name.to_string(),
+                reason,
+            });
+        }
         let mut dbs = self.lock();
         if let Some(db) = dbs.get(name) {
             return Ok(db.clone());
@@ -372,6 +249,36 @@ impl Store {
     /// Every database, sorted by name.
     pub fn dbs(&self) -> Vec<Arc<Db>> {
         self.lock().values().cloned().collect()
+    }
+
+    /// The databases refused at start-up, sorted by name, each with the
+    /// reason (naming the file and what to do). A refused database is not
+    /// among [`Store::dbs`], not on the mount, not replicated in either
+    /// direction, and cannot be created again until litefs restarts with
+    /// its files repaired or moved away.
+    pub fn refused(&self) -> Vec<(String, String)> {
+        self.refused_lock()
+            .iter()
+            .map(|(name, r)| (name.clone(), r.reason.clone()))
+            .collect()
+    }
+
+    /// Why `name` was refused at start-up; `None` if it was not.
+    pub fn refusal(&self, name: &str) -> Option<String> {
+        self.refused_lock().get(name).map(|r| r.reason.clone())
+    }
+
+    /// For a replica skipping a frame of the refused database `name`: true
+    /// the first time (so the skip is logged once).
+    pub fn first_skip_of_refused(&self, name: &str) -> bool {
+        match self.refused_lock().get_mut(name) {
+            Some(refusal) => !std::mem::replace(&mut refusal.skip_logged, true),
+            None => false,
+        }
+    }
+
+    fn refused_lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Refusal>> {
+        self.refused.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Called by a replica when everything it received is applied: by the

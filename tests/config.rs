@@ -336,6 +336,36 @@ fn malformed_urls_are_refused() {
     );
 }
 
+/// Issue 11, item 8: an advertise URL with a path works (the replica
+/// requests `<path>/stream`, see tests/advertise_path.rs); what cannot
+/// take a suffix is refused at load.
+#[test]
+fn advertise_url_with_a_path_is_kept_and_a_query_is_refused() {
+    let config = parse(
+        "mount-dir: /m\nlease:\n  type: static\n  candidate: false\n  \
+         advertise-url: \"http://proxy.lan:8080/litefs/primary//\"\n",
+    );
+    assert_eq!(
+        config.lease.advertise_url,
+        "http://proxy.lan:8080/litefs/primary"
+    );
+    assert_eq!(config.lease.hostname, "proxy.lan");
+
+    for (url, piece) in [
+        ("http://n1:20202/litefs?node=1", "query or fragment"),
+        ("http://n1:20202/litefs#top", "query or fragment"),
+        ("http://n1:20202/lite fs", "space or control character"),
+    ] {
+        let (_, message) = refuse(&format!(
+            "mount-dir: /m\nlease:\n  advertise-url: \"{url}\"\n"
+        ));
+        assert_mentions(
+            &message,
+            &["lease.advertise-url", piece, "http://host[:port][/path]"],
+        );
+    }
+}
+
 #[test]
 fn missing_consul_url_is_refused() {
     let (_, message) = refuse("mount-dir: /m\nconsul:\n  advertise-url: http://n:1\n");

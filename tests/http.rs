@@ -537,7 +537,10 @@ fn malformed_frames_are_refused_with_a_reason() {
             b"L\x00\x05ghost\x00\x00\x00\x00\x00\x00\x00\xc8abc",
             "not even a heartbeat",
         ),
-        (garbage, "database ghost: the received LTX file is damaged"),
+        (
+            garbage,
+            "database ghost: refused an LTX frame before writing it: invalid header",
+        ),
         (b"HHX", "unknown frame type byte 0x58 (frame 3)"),
         (b"L\x01\x00", "database name of 256 bytes"),
         (b"L\x00\x02a/", "names no valid database"),
@@ -885,7 +888,8 @@ fn bad_urls_are_refused() {
     for (url, want) in [
         ("https://primary:20202", "http://"),
         ("http://", "no host"),
-        ("http://primary:20202/stream", "without a path"),
+        ("http://primary:20202/litefs?x=1", "without a query"),
+        ("http://user@primary:20202", "user name"),
     ] {
         let err = Client::start(url, &replica).join().unwrap_err();
         assert!(

@@ -240,6 +240,96 @@ fn a_replica_behind_retention_gets_a_snapshot_and_continues() {
         sqlite3_ok(&replica.db("r.db"), "SELECT count(*) FROM t;"),
         "12\n"
     );
+    // Behind, with nothing of its own: nothing set aside.
+    assert!(!replica.data.join("lost").exists());
+}
+
+/// Replaces the lease section of `node`'s config with `lease_yaml` (empty:
+/// a static primary).
+fn set_lease(node: &Node, lease_yaml: &str) {
+    let config = std::fs::read_to_string(&node.config).unwrap();
+    let base = config.split("lease:").next().unwrap().to_string();
+    std::fs::write(&node.config, format!("{base}{lease_yaml}")).unwrap();
+}
+
+/// The directories under `lost/<db>/` of a node's data directory.
+fn lost_dirs(node: &Node, db: &str) -> Vec<std::path::PathBuf> {
+    match std::fs::read_dir(node.data.join("lost").join(db)) {
+        Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Issue 11, item 6: a former primary that rejoins with transactions the
+/// new primary does not have keeps them under `lost/` before it takes the
+/// new primary's snapshot: once when it is ahead (x.db), once when the new
+/// primary wrote more, so it is behind by TXID but diverged (y.db).
+#[test]
+fn a_former_primary_keeps_its_diverged_writes_under_lost() {
+    let dir = temp_dir("repl-lost");
+    let mut a = Node::start_in(&dir.path().join("a"), "");
+    let mut b = Node::start_in(&dir.path().join("b"), &replica_yaml(&a));
+    for db in ["x.db", "y.db"] {
+        sqlite3_ok(
+            &a.db(db),
+            "CREATE TABLE t(v TEXT); INSERT INTO t VALUES('common');",
+        );
+        wait_caught_up(&a, &b, db);
+    }
+    // b goes away; a goes on writing, then stops too.
+    b.stop();
+    for db in ["x.db", "y.db"] {
+        for _ in 0..2 {
+            sqlite3_ok(&a.db(db), "INSERT INTO t VALUES('a-only');");
+        }
+    }
+    a.stop();
+    // b becomes the primary and writes its own history: one transaction on
+    // x.db (a is ahead), four on y.db (a is behind by TXID).
+    set_lease(&b, "");
+    b.restart();
+    sqlite3_ok(&b.db("x.db"), "INSERT INTO t VALUES('b-only');");
+    for _ in 0..4 {
+        sqlite3_ok(&b.db("y.db"), "INSERT INTO t VALUES('b-only');");
+    }
+    // a rejoins as b's replica and takes b's snapshots.
+    set_lease(&a, &replica_yaml(&b));
+    a.restart();
+    for db in ["x.db", "y.db"] {
+        wait_caught_up(&b, &a, db);
+        assert_identical(&b, &a, db);
+        assert_eq!(
+            sqlite3_ok(&a.db(db), "SELECT count(*) FROM t WHERE v = 'a-only';"),
+            "0\n"
+        );
+        // a's rows are in the copy of its database under lost/.
+        let lost = lost_dirs(&a, db);
+        assert_eq!(lost.len(), 1, "{db}: {lost:?}");
+        let saved = lost[0].join("database");
+        assert_eq!(
+            sqlite3_ok(&saved, "SELECT v, count(*) FROM t GROUP BY v ORDER BY v;"),
+            "a-only|2\ncommon|1\n",
+            "{db}"
+        );
+        // With the LTX files of its own transactions.
+        let names: Vec<String> = std::fs::read_dir(&lost[0])
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        for txid in [3u64, 4] {
+            let name = format!("{txid:016x}-{txid:016x}.ltx");
+            assert!(names.contains(&name), "{db}: {name} not in {names:?}");
+        }
+        let path = lost[0].display().to_string();
+        assert!(
+            a.log_text()
+                .lines()
+                .any(|l| l.contains("WARN") && l.contains(&path)),
+            "no WARN naming {path}"
+        );
+    }
+    // b, the primary, set nothing aside.
+    assert!(!b.data.join("lost").exists());
 }
 
 /// Fetches `path` from a node's HTTP server, with `token` when given;

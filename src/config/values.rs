@@ -145,6 +145,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Checks that `url` is `http://host[:port][/path]`; the error says why not.
+/// A path is a prefix: litefs appends its own paths to the URL (`/stream`
+/// to an advertise URL, `/v1/...` to Consul's), so a node behind a
+/// reverse proxy at `http://proxy/litefs/node1` works. A query or
+/// fragment cannot take such a suffix and is refused.
 pub fn check_http_url(url: &str) -> Result<(), String> {
     if url.is_empty() {
         return Err(format!("is empty; {URL_HELP}"));
@@ -163,6 +167,18 @@ pub fn check_http_url(url: &str) -> Result<(), String> {
     let authority = &rest[..authority_end];
     if authority.is_empty() {
         return Err(format!("`{url}` has no host; {URL_HELP}"));
+    }
+    let path = &rest[authority_end..];
+    if path.contains(['?', '#']) {
+        return Err(format!(
+            "`{url}` has a query or fragment (`?`, `#`), which litefs cannot use: it appends \
+             its own paths (such as `/stream`) to the URL; {URL_HELP}"
+        ));
+    }
+    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "`{url}` has a space or control character in its path; {URL_HELP}"
+        ));
     }
     if authority.contains('@') {
         return Err(format!(

@@ -607,6 +607,10 @@ impl Filesystem for LitefsFs {
         let db = match kind {
             FileKind::Database => match self.store.create_db(db_name) {
                 Ok(db) => db,
+                Err(e @ crate::store::Error::RefusedAtStart { .. }) => {
+                    error!("refused to create {name:?}: {e}");
+                    return reply.error(Errno::EIO);
+                }
                 Err(e) => {
                     info!("refused to create {name:?}: {e}");
                     return reply.error(Errno::EINVAL);

@@ -299,8 +299,11 @@ fn stream_once(
     Ok(())
 }
 
-/// Checks `url` is `http://host[:port]` (one trailing `/` allowed) and
-/// returns it without the trailing `/`.
+/// Checks `url` is `http://host[:port][/path]` (trailing `/`s allowed)
+/// and returns it without the trailing `/`s: the base the replica appends
+/// `/stream` to, so a primary behind a reverse proxy under a path prefix
+/// is reached at `<prefix>/stream`. The config refuses the same URLs at
+/// load (`config::check_http_url`).
 fn normalize_url(url: &str) -> Result<String, Error> {
     let bad = |reason: &str| Error::BadUrl {
         url: url.to_string(),
@@ -311,14 +314,21 @@ fn normalize_url(url: &str) -> Result<String, Error> {
             "it must start with http:// (this build has no TLS for https)",
         ));
     };
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    if rest.is_empty() {
+    let rest = rest.trim_end_matches('/');
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    if authority.is_empty() {
         return Err(bad("it names no host"));
     }
-    if rest.contains(['/', '?', '#', '@', ' ']) {
+    if authority.contains('@') {
+        return Err(bad("it must not hold a user name or password"));
+    }
+    if rest.contains(['?', '#']) {
         return Err(bad(
-            "it must be only http://host:port, without a path, query or user",
+            "it must be http://host[:port][/path], without a query or fragment",
         ));
+    }
+    if rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("it holds a space or control character"));
     }
     Ok(format!("http://{rest}"))
 }
@@ -398,9 +408,35 @@ impl<R: Read> FrameReader<'_, R> {
                  ({MIN_LTX_LEN} to {MAX_LTX_LEN} allowed)"
             )));
         }
-        // Received into the store's incoming directory and verified whole
-        // before anything else: a frame that is cut or corrupt creates no
-        // database and touches none.
+        // A database refused at start-up here is left as it is: its
+        // frames are read past (logged once), so the stream goes on for
+        // the others instead of failing on it again at every reconnect.
+        if let Some(reason) = store.refusal(&name) {
+            self.skip(&name, len)?;
+            if store.first_skip_of_refused(&name) {
+                log::warn!(
+                    "database {name}: skipping what the primary sends for it (logged once): \
+                     {reason}"
+                );
+            }
+            return Ok(());
+        }
+        // The header first, checked against the frame's length and what
+        // this replica has received, before any byte is written.
+        let mut head = [0u8; crate::ltx::HEADER_SIZE];
+        self.read_exact(&mut head, &format!("the LTX header of database {name}"))?;
+        let received = store
+            .db(&name)
+            .map(|db| db.received_pos())
+            .unwrap_or_default();
+        if let Err(reason) = wire::check_ltx_header(&head, len, received) {
+            return Err(self.protocol(format!(
+                "database {name}: refused an LTX frame before writing it: {reason}"
+            )));
+        }
+        // Then received into the store's incoming directory and verified
+        // whole before anything else: a frame that is cut or corrupt
+        // creates no database and touches none.
         let incoming = store.incoming_dir().map_err(|source| Error::Store {
             db: name.clone(),
             source,
@@ -409,7 +445,7 @@ impl<R: Read> FrameReader<'_, R> {
             "received-{}.tmp",
             TEMP_COUNTER.fetch_add(1, Ordering::SeqCst)
         )));
-        self.receive(&name, len, &tmp.0)?;
+        self.receive(&name, &head, len, &tmp.0)?;
         if let Err(err) = crate::ltx::verify_file(&tmp.0) {
             return Err(self.protocol(format!(
                 "database {name}: the received LTX file is damaged: {err}"
@@ -449,8 +485,24 @@ impl<R: Read> FrameReader<'_, R> {
         Ok(name)
     }
 
-    /// Copies exactly `len` bytes of the stream into a new file at `path`.
-    fn receive(&mut self, name: &str, len: u64, path: &Path) -> Result<(), Error> {
+    /// Reads and drops the `len` bytes of an LTX file of database `name`.
+    fn skip(&mut self, name: &str, len: u64) -> Result<(), Error> {
+        let copied = io::copy(&mut (&mut self.reader).take(len), &mut io::sink());
+        match copied {
+            Ok(n) if n == len => Ok(()),
+            Ok(n) => Err(self.protocol(format!(
+                "database {name}: the stream ended after {n} of the {len} bytes of an LTX file"
+            ))),
+            Err(err) => {
+                let what = format!("an LTX file of database {name}");
+                Err(self.read_error(err, &what))
+            }
+        }
+    }
+
+    /// Writes `head` (already read) and the rest of the `len` bytes of an
+    /// LTX file from the stream into a new file at `path`.
+    fn receive(&mut self, name: &str, head: &[u8], len: u64, path: &Path) -> Result<(), Error> {
         let io_error = |what: &str, source| Error::Io {
             what: format!("database {name}: {what}"),
             path: path.to_path_buf(),
@@ -458,8 +510,10 @@ impl<R: Read> FrameReader<'_, R> {
         };
         let mut file = File::create(path)
             .map_err(|err| io_error("creating a file for a received LTX file", err))?;
+        file.write_all(head)
+            .map_err(|err| io_error("writing a received LTX file", err))?;
         let mut buf = vec![0u8; READ_BUFFER];
-        let mut left = len;
+        let mut left = len - head.len() as u64;
         while left > 0 {
             let want = left.min(buf.len() as u64) as usize;
             let n = match self.reader.read(&mut buf[..want]) {

@@ -25,6 +25,10 @@ pub const MAX_NAME_LEN: usize = 255;
 pub const MAX_LTX_LEN: u64 = 16 << 30;
 /// The smallest possible LTX file: header, the zero page number, trailer.
 pub const MIN_LTX_LEN: u64 = (ltx::HEADER_SIZE + ltx::PAGE_HEADER_SIZE + ltx::TRAILER_SIZE) as u64;
+/// The largest database a replica accepts (commit pages times page size):
+/// 1 TiB, far beyond what litefs is for, and a bound on what a hostile
+/// header can make a replica allocate or write.
+pub const MAX_DATABASE_SIZE: u64 = 1 << 40;
 
 /// Frame type: one LTX file follows.
 pub const FRAME_LTX: u8 = b'L';
@@ -108,6 +112,75 @@ fn shorten(s: &str) -> String {
         out.push_str("...");
     }
     out
+}
+
+/// Checks the first bytes of an LTX frame's file (its 100-byte header),
+/// before any byte of the frame is written anywhere, against the frame's
+/// length `len` and the position `received` the replica has received for
+/// that database (0/0 for a database it lacks): a valid header (page size,
+/// flags, TXIDs, checksums), a database of at most `MAX_DATABASE_SIZE`,
+/// a length that is the header, whole page frames (no more than `commit`
+/// pages; all of them for a snapshot) and the trailer, and TXIDs that
+/// follow `received` (min TXID one past it, from its checksum) unless it
+/// is a snapshot. The error names the field.
+pub fn check_ltx_header(
+    head: &[u8; ltx::HEADER_SIZE],
+    len: u64,
+    received: Position,
+) -> Result<ltx::Header, String> {
+    let header = ltx::Header::decode(head).map_err(|err| format!("invalid header: {err}"))?;
+    let page_size = u64::from(header.page_size);
+    let commit = u64::from(header.commit);
+    let size = commit * page_size;
+    if size > MAX_DATABASE_SIZE {
+        return Err(format!(
+            "commit {commit} pages of {page_size} bytes makes a database of {size} bytes, \
+             more than the limit of {MAX_DATABASE_SIZE} bytes (1 TiB)"
+        ));
+    }
+    let frame = ltx::PAGE_HEADER_SIZE as u64 + page_size;
+    let body = len.checked_sub(MIN_LTX_LEN).ok_or_else(|| {
+        format!("length {len} is shorter than the smallest LTX file ({MIN_LTX_LEN} bytes)")
+    })?;
+    if body % frame != 0 {
+        return Err(format!(
+            "length {len} is not the header, whole page frames of {frame} bytes (page size \
+             {page_size}) and the trailer"
+        ));
+    }
+    let pages = body / frame;
+    if pages > commit {
+        return Err(format!(
+            "length {len} holds {pages} pages, but commit is {commit} pages"
+        ));
+    }
+    if header.is_snapshot() {
+        let lock_page = u64::from(ltx::lock_pgno(header.page_size));
+        let all = commit - u64::from(lock_page <= commit);
+        if pages != all {
+            return Err(format!(
+                "a snapshot (min TXID 1) of commit {commit} pages must hold {all} pages, \
+                 its length {len} holds {pages}"
+            ));
+        }
+        return Ok(header);
+    }
+    if header.min_txid != received.txid + 1 {
+        return Err(format!(
+            "min TXID {:016x} does not follow the received position {received} (the next \
+             is {:016x}), and the file is not a snapshot (min TXID 1)",
+            header.min_txid,
+            received.txid + 1
+        ));
+    }
+    if header.pre_apply_checksum != received.checksum {
+        return Err(format!(
+            "pre-apply checksum {:016x} is not the received checksum at TXID {:016x} \
+             ({:016x})",
+            header.pre_apply_checksum, received.txid, received.checksum
+        ));
+    }
+    Ok(header)
 }
 
 /// The header of an `L` frame: type byte, name length, name, payload length.

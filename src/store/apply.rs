@@ -29,10 +29,15 @@ impl Db {
     /// in `ltx/` under its proper name (moved when it already is in `ltx/`,
     /// copied otherwise), the pages written, the file truncated to `commit`
     /// pages and fsynced, and the position advanced. A snapshot also
-    /// removes every other LTX file (they belong to a different history).
+    /// removes every other LTX file (they belong to a different history),
+    /// after saving a local history it may replace (`diverged.rs`).
     pub fn apply_ltx(&self, path: &Path) -> Result<Position, Error> {
         let mut state = self.lock();
         let (header, change) = self.plan_apply(path, &state)?;
+        if header.is_snapshot() {
+            // Before anything of the local history is overwritten.
+            self.keep_diverged(&state, &header, change.checksum)?;
+        }
         let final_path = self
             .ltx_dir
             .join(ltx::filename(header.min_txid, header.max_txid));
@@ -81,7 +86,11 @@ impl Db {
     /// Reads and verifies the whole LTX file at `path` and computes what
     /// applying it to the database in `state` gives; refuses it unless it
     /// follows the position and leads to its post-apply checksum.
-    fn plan_apply(&self, path: &Path, state: &State) -> Result<(ltx::Header, Change), Error> {
+    pub(super) fn plan_apply(
+        &self,
+        path: &Path,
+        state: &State,
+    ) -> Result<(ltx::Header, Change), Error> {
         let refuse = |reason: String| Error::Refused {
             db: self.name.clone(),
             path: path.to_path_buf(),
@@ -199,8 +208,17 @@ impl Db {
     /// Writes the pages of the (already verified) LTX file at `path` into the
     /// database file, truncates it to `commit` pages and fsyncs it.
     pub(super) fn write_pages(&self, path: &Path, header: &ltx::Header) -> Result<(), Error> {
+        self.write_pages_to(&self.database_path, path, header)
+    }
+
+    /// [`Db::write_pages`] into the file at `db_path` (created if missing).
+    pub(super) fn write_pages_to(
+        &self,
+        db_path: &Path,
+        path: &Path,
+        header: &ltx::Header,
+    ) -> Result<(), Error> {
         let ltx_error = self.ltx_error(path);
-        let db_path = &self.database_path;
         let write_error = |err| io_error(format!("writing database {}", self.name), db_path)(err);
         let database = OpenOptions::new()
             .read(true)

@@ -249,6 +249,15 @@ impl Db {
         &self.dir
     }
 
+    /// The data directory (the parent of `dbs/`).
+    pub(super) fn data_dir(&self) -> PathBuf {
+        self.dir
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
     /// The SQLite database file, `dbs/<name>/database`.
     pub fn database_path(&self) -> &Path {
         &self.database_path

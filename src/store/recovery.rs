@@ -30,26 +30,28 @@ impl Db {
     /// (or, if already recorded, deletes) a hot journal, puts back free-list
     /// pages from the undo log, and checks the database checksum against
     /// the newest LTX file. A database file without LTX files is recorded
-    /// as TXID 1.
+    /// as TXID 1. A damaged newest LTX file or database file is repaired
+    /// when litefs can prove what is right, and refused with
+    /// [`Error::Damaged`] otherwise (see `damage.rs`).
     pub(super) fn recover(&self) -> Result<State, Error> {
         self.remove_temp_files()?;
         self.finish_pending_apply()?;
         // WAL mode: the WAL's recorded commits into the database file.
         self.checkpoint_recorded_wal()?;
         let files = self.ltx_files()?;
-        let newest = match files.iter().max_by_key(|&&(min, max, _)| (max, min)) {
-            Some((_, _, path)) => {
-                let (header, trailer) = ltx::verify_file(path).map_err(self.ltx_error(path))?;
-                let pos = Position {
-                    txid: header.max_txid,
-                    checksum: trailer.post_apply_checksum,
-                };
-                Some((path.clone(), pos))
-            }
-            None => None,
-        };
+        let newest = self.newest_position(&files)?;
         let base = newest.as_ref().map(|(_, pos)| *pos).unwrap_or_default();
-        let mut state = self.reload(base, newest.is_some())?;
+        if let Some((path, _)) = &newest {
+            self.check_database_file(&files, path, base)?;
+        }
+        let mut state = match (self.reload(base, newest.is_some()), &newest) {
+            // Still short once a hot journal was rolled back.
+            (Err(Error::InvalidDatabase { reason, .. }), Some((path, _))) => {
+                self.repair_database(&files, path, base, reason)?;
+                self.reload(base, true)?
+            }
+            (result, _) => result?,
+        };
         if newest.is_none() && state.checksums.page_count() > 0 {
             log::warn!(
                 "database {}: the database file has no LTX files (copied in?); \
@@ -139,6 +141,9 @@ impl Db {
         for (min, max, path) in pending {
             match ltx::verify_file(&path) {
                 Ok((header, _)) => {
+                    if !header.is_snapshot() {
+                        self.check_pending_target(&path)?;
+                    }
                     log::warn!(
                         "database {}: completing the interrupted apply of {}",
                         self.name,

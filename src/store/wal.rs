@@ -280,6 +280,9 @@ impl Db {
         let Some((header, commits)) = self.read_wal()? else {
             return Ok(());
         };
+        if !self.newest_ltx_readable() {
+            return Ok(());
+        }
         let recorded_end = self.recorded_wal_end(header.salt1, header.salt2)?;
         let unrecorded: Vec<&WalCommit> = commits.iter().filter(|c| c.end > recorded_end).collect();
         if !unrecorded.is_empty() {
@@ -311,6 +314,9 @@ impl Db {
         let Some((header, commits)) = self.read_wal()? else {
             return Ok(());
         };
+        if !self.newest_ltx_readable() {
+            return Ok(());
+        }
         let last_end = commits.last().map(|c| c.end).unwrap_or(0);
         // An LTX file beyond the WAL's last commit (a power failure took
         // WAL frames whose LTX file survived): the database never had it.
@@ -364,6 +370,8 @@ impl Db {
         })
     }
 
+    /// The newest LTX file and its header. A damaged one is an error here:
+    /// the WAL is then left alone for the damage checks (`damage.rs`).
     fn newest_ltx_header(&self) -> Result<Option<(PathBuf, ltx::Header)>, Error> {
         let files = self.ltx_files()?;
         let Some((_, _, path)) = files.iter().max_by_key(|&&(min, max, _)| (max, min)) else {
@@ -371,6 +379,17 @@ impl Db {
         };
         let (header, _) = ltx::read_header_and_trailer(path).map_err(self.ltx_error(path))?;
         Ok(Some((path.clone(), header)))
+    }
+
+    /// Whether the newest LTX file can be read (see `newest_ltx_header`).
+    fn newest_ltx_readable(&self) -> bool {
+        match self.newest_ltx_header() {
+            Ok(_) => true,
+            Err(err) => {
+                log::warn!("database {}: the WAL is left as it is: {err}", self.name);
+                false
+            }
+        }
     }
 
     /// Writes one WAL transaction's pages into the database file and sets
