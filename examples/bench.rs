@@ -151,6 +151,8 @@ fn parse_args() -> Result<Args, String> {
 /// Figures for one directory.
 struct Figures {
     writes_per_sec: f64,
+    wal_normal_per_sec: f64,
+    wal_full_per_sec: f64,
     rows_per_sec: f64,
     scans_per_sec: f64,
 }
@@ -172,6 +174,8 @@ fn run_single(dir: &Path, args: &Args) -> rusqlite::Result<Figures> {
     }
     let writes_per_sec = args.writes as f64 / start.elapsed().as_secs_f64();
     drop(conn);
+    let wal_normal_per_sec = wal_writes(dir, "bench-wal-normal.db", "NORMAL", args.writes * 4)?;
+    let wal_full_per_sec = wal_writes(dir, "bench-wal-full.db", "FULL", args.writes)?;
 
     // Bulk insert in one transaction.
     let conn = open(dir, "bench-bulk.db")?;
@@ -203,9 +207,29 @@ fn run_single(dir: &Path, args: &Args) -> rusqlite::Result<Figures> {
     let scans_per_sec = scans as f64 / start.elapsed().as_secs_f64();
     Ok(Figures {
         writes_per_sec,
+        wal_normal_per_sec,
+        wal_full_per_sec,
         rows_per_sec,
         scans_per_sec,
     })
+}
+
+/// Single-row write transactions per second in WAL mode with the given
+/// `synchronous`, on a fresh database.
+fn wal_writes(dir: &Path, name: &str, synchronous: &str, count: u32) -> rusqlite::Result<f64> {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.join(format!("{name}{suffix}")));
+    }
+    let conn = Connection::open(dir.join(name))?;
+    conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous={synchronous}; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);"
+    ))?;
+    let start = Instant::now();
+    for i in 0..count {
+        conn.execute("INSERT INTO t(v) VALUES(?1)", [format!("row {i}")])?;
+    }
+    Ok(count as f64 / start.elapsed().as_secs_f64())
 }
 
 /// The median of `values` (the upper one of the middle two).
@@ -220,6 +244,8 @@ fn median_figures(rounds: &[Figures]) -> Figures {
     let of = |figure: fn(&Figures) -> f64| median(&rounds.iter().map(figure).collect::<Vec<_>>());
     Figures {
         writes_per_sec: of(|f| f.writes_per_sec),
+        wal_normal_per_sec: of(|f| f.wal_normal_per_sec),
+        wal_full_per_sec: of(|f| f.wal_full_per_sec),
         rows_per_sec: of(|f| f.rows_per_sec),
         scans_per_sec: of(|f| f.scans_per_sec),
     }
@@ -255,6 +281,16 @@ fn single(args: &Args) -> Result<(), String> {
             "single-row write txns/s (DELETE, FULL)",
             mount.writes_per_sec,
             plain.writes_per_sec,
+        ),
+        (
+            "single-row write txns/s (WAL, NORMAL)",
+            mount.wal_normal_per_sec,
+            plain.wal_normal_per_sec,
+        ),
+        (
+            "single-row write txns/s (WAL, FULL)",
+            mount.wal_full_per_sec,
+            plain.wal_full_per_sec,
         ),
         ("bulk insert rows/s", mount.rows_per_sec, plain.rows_per_sec),
         (
