@@ -43,6 +43,8 @@ pub(super) struct WalTracker {
     /// whole: the kernel may split one write of SQLite's into several
     /// requests (at page-cache boundaries), handled in any order.
     partial: BTreeMap<(u64, bool), Vec<(u64, u64)>>,
+    /// The backing WAL file, open for reading back what was written.
+    file: Option<std::fs::File>,
 }
 
 impl WalTracker {
@@ -51,6 +53,17 @@ impl WalTracker {
             header,
             ..WalTracker::default()
         };
+    }
+
+    /// The backing WAL file of `db`, opened once per generation.
+    fn file(&mut self, db: &Db) -> std::io::Result<&std::fs::File> {
+        if self.file.is_none() {
+            self.file = Some(std::fs::File::open(db.wal_path())?);
+        }
+        // Just set when it was None.
+        self.file
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("the WAL file is not open"))
     }
 
     fn first_open_frame(&self) -> u64 {
@@ -155,8 +168,8 @@ impl LitefsFs {
             // (its bytes may have come in several requests).
             let mut buf = [0u8; FRAME_HEADER_SIZE as usize];
             let offset_in_file = wal::frame_offset(index, header.page_size);
-            let read = std::fs::File::open(db.wal_path()).and_then(|f| {
-                std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, offset_in_file)
+            let read = tracker.file(db).and_then(|f| {
+                std::os::unix::fs::FileExt::read_exact_at(f, &mut buf, offset_in_file)
             });
             if let Err(e) = read {
                 error!("db {}: cannot read back a WAL frame header: {e}", db.name());
@@ -206,7 +219,14 @@ impl LitefsFs {
                 offset: start,
                 size: wal::frame_offset(last + 1, header.page_size) - start,
             };
-            match db.commit_wal(db.wal_path(), header.page_size, commit, &pages, at) {
+            let recorded = tracker.file(db).map_err(|e| crate::store::Error::Io {
+                what: format!("opening the WAL of database {}", db.name()),
+                path: db.wal_path().to_path_buf(),
+                source: e,
+            });
+            let recorded =
+                recorded.and_then(|file| db.commit_wal(file, header.page_size, commit, &pages, at));
+            match recorded {
                 Ok(pos) => {
                     if let Some(pos) = pos {
                         log::debug!("db {}: committed WAL TXID {pos}", db.name());

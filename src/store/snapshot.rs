@@ -63,9 +63,10 @@ impl Db {
                 self.wal_path(),
             ))?)
         };
+        let no_txn = std::collections::BTreeMap::new();
         let from_wal = wal_file
             .as_ref()
-            .map(|wal| super::wal::PageSource::with_frames(wal, wal_index, &database));
+            .map(|wal| super::wal::PageSource::new(wal, &no_txn, &wal_index));
         let size = page_size as usize;
         let pages_per_chunk = (READ_CHUNK / size).max(1) as u32;
         let mut buf = vec![0u8; pages_per_chunk as usize * size];

@@ -32,6 +32,8 @@ use super::{io_error, is_lock_page, now_ms, page_offset, sync_dir, Db, Error, Po
 use crate::ltx;
 use crate::sqlite::wal::{self, WalCommit};
 
+/// More unsynced LTX files than this are synced with one syncfs.
+const SYNCFS_THRESHOLD: usize = 16;
 /// The two copies of the WAL-index header at the start of `-shm` (wal.c).
 const WAL_INDEX_HEADER_SIZE: u64 = 96;
 
@@ -48,25 +50,50 @@ pub struct WalPosition {
 }
 
 impl Db {
-    /// Records a transaction committed to the WAL at `wal_path`: `pages`
+    /// Records a transaction committed to the WAL open as `wal_file`: `pages`
     /// gives each page it wrote with the offset of its data in the WAL,
     /// `commit` the database size in pages after it. Writes the LTX file
     /// (not yet fsynced, see the module comment) and advances the
     /// position; `None` when the database did not change.
     pub fn commit_wal(
         &self,
-        wal_path: &Path,
+        wal_file: &File,
         page_size: u32,
         commit: u32,
         pages: &BTreeMap<u32, u64>,
         at: WalPosition,
     ) -> Result<Option<Position>, Error> {
         let mut state = self.lock();
-        let wal_file = File::open(wal_path).map_err(io_error(
-            format!("opening the WAL of database {}", self.name),
-            wal_path,
-        ))?;
-        let source = PageSource::open(self, &state, &wal_file, pages)?;
+        // Taken out for the page source to borrow while `state` changes;
+        // put back whatever happens.
+        let mut index = std::mem::take(&mut state.wal_index);
+        let result =
+            self.record_wal_commit(&mut state, &index, wal_file, page_size, commit, pages, at);
+        if result.is_ok() {
+            // The transaction's pages are committed frames now.
+            for (&pgno, &offset) in pages {
+                if pgno <= commit {
+                    index.insert(pgno, offset);
+                }
+            }
+            index.retain(|&pgno, _| pgno <= commit);
+        }
+        state.wal_index = index;
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_wal_commit(
+        &self,
+        state: &mut State,
+        index: &BTreeMap<u32, u64>,
+        wal_file: &File,
+        page_size: u32,
+        commit: u32,
+        pages: &BTreeMap<u32, u64>,
+        at: WalPosition,
+    ) -> Result<Option<Position>, Error> {
+        let source = PageSource::new(wal_file, pages, index);
         let incremental = state.pos.txid > 0 && state.page_size == Some(page_size);
         let old_count = if incremental {
             state.checksums.page_count()
@@ -98,16 +125,7 @@ impl Db {
             }
             changed.push((pgno, checksum));
         }
-        let index_pages = |state: &mut State| {
-            for (&pgno, &offset) in pages {
-                if pgno <= commit {
-                    state.wal_index.insert(pgno, offset);
-                }
-            }
-            state.wal_index.retain(|&pgno, _| pgno <= commit);
-        };
         if incremental && commit == old_count && changed.is_empty() {
-            index_pages(&mut state);
             return Ok(None);
         }
         let change = Change::new(&state.checksums, incremental, page_size, commit, changed);
@@ -145,12 +163,11 @@ impl Db {
                 return Err(err);
             }
         };
-        change.apply_to(&mut state);
+        change.apply_to(state);
         state.pos = Position {
             txid,
             checksum: change.checksum,
         };
-        index_pages(&mut state);
         state.unsynced_ltx.push(final_path);
         crate::metrics::commit(&self.name, ltx_bytes);
         Ok(Some(state.pos))
@@ -163,15 +180,30 @@ impl Db {
         if state.unsynced_ltx.is_empty() {
             return Ok(());
         }
-        for path in &state.unsynced_ltx {
-            File::open(path)
-                .and_then(|f| f.sync_all())
-                .map_err(io_error(
-                    format!("syncing an LTX file of database {}", self.name),
-                    path,
-                ))?;
+        if state.unsynced_ltx.len() > SYNCFS_THRESHOLD {
+            // Many files (synchronous=NORMAL syncs at checkpoints only):
+            // one syncfs of the data directory's file system costs less
+            // than an fsync each, and covers the directory too.
+            let dir = File::open(&self.ltx_dir)
+                .map_err(io_error("opening the LTX directory", &self.ltx_dir))?;
+            // SAFETY: a valid descriptor; syncfs touches no memory.
+            if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
+                return Err(io_error(
+                    format!("syncing the LTX files of database {}", self.name),
+                    &self.ltx_dir,
+                )(io::Error::last_os_error()));
+            }
+        } else {
+            for path in &state.unsynced_ltx {
+                File::open(path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io_error(
+                        format!("syncing an LTX file of database {}", self.name),
+                        path,
+                    ))?;
+            }
+            sync_dir(&self.ltx_dir)?;
         }
-        sync_dir(&self.ltx_dir)?;
         state.unsynced_ltx.clear();
         Ok(())
     }
@@ -455,64 +487,57 @@ impl Db {
 
 /// Where pages are read from while a WAL transaction is recorded or a
 /// snapshot made: the transaction's own frames, then earlier committed
-/// frames still in the WAL, then the database file.
+/// frames still in the WAL, then the database file (opened only if a page
+/// is not in the WAL).
 pub(super) struct PageSource<'a> {
-    wal: Option<&'a File>,
-    /// The transaction's pages (offsets in the WAL), then the WAL index.
-    frames: BTreeMap<u32, u64>,
-    database: Option<File>,
+    wal: &'a File,
+    /// The transaction's pages (offsets in the WAL); empty for a snapshot.
+    txn: &'a BTreeMap<u32, u64>,
+    /// Committed pages still in the WAL (`State::wal_index`).
+    index: &'a BTreeMap<u32, u64>,
+    database: std::cell::OnceCell<Option<File>>,
 }
 
 impl<'a> PageSource<'a> {
-    pub(super) fn open(
-        db: &Db,
-        state: &State,
+    pub(super) fn new(
         wal: &'a File,
-        pages: &BTreeMap<u32, u64>,
-    ) -> Result<PageSource<'a>, Error> {
-        let mut frames = state.wal_index.clone();
-        frames.extend(pages.iter().map(|(&p, &o)| (p, o)));
-        let database = match File::open(&db.database_path) {
-            Ok(file) => Some(file),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => None,
-            Err(err) => {
-                return Err(io_error(
-                    format!("opening database {}", db.name),
-                    &db.database_path,
-                )(err))
-            }
-        };
-        Ok(PageSource {
-            wal: Some(wal),
-            frames,
-            database,
-        })
-    }
-
-    /// A source over committed frames only (`frames`: page -> offset in
-    /// `wal`), falling back to `database`.
-    pub(super) fn with_frames(
-        wal: &'a File,
-        frames: BTreeMap<u32, u64>,
-        database: &File,
+        txn: &'a BTreeMap<u32, u64>,
+        index: &'a BTreeMap<u32, u64>,
     ) -> PageSource<'a> {
         PageSource {
-            wal: Some(wal),
-            frames,
-            database: database.try_clone().ok(),
+            wal,
+            txn,
+            index,
+            database: std::cell::OnceCell::new(),
         }
     }
 
     /// Reads page `pgno` into `page` (a missing page of the database file
     /// reads as zeros, as SQLite's own would).
     pub(super) fn read(&self, db: &Db, pgno: u32, page: &mut [u8]) -> Result<(), Error> {
-        if let (Some(wal), Some(&offset)) = (self.wal, self.frames.get(&pgno)) {
-            return wal.read_exact_at(page, offset).map_err(io_error(
+        if let Some(&offset) = self.txn.get(&pgno).or_else(|| self.index.get(&pgno)) {
+            return self.wal.read_exact_at(page, offset).map_err(io_error(
                 format!("reading page {pgno} of database {} from the WAL", db.name),
                 db.wal_path(),
             ));
         }
-        match &self.database {
+        let database = match self.database.get() {
+            Some(file) => file,
+            None => {
+                let opened = match File::open(&db.database_path) {
+                    Ok(file) => Some(file),
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+                    Err(err) => {
+                        return Err(io_error(
+                            format!("opening database {}", db.name),
+                            &db.database_path,
+                        )(err))
+                    }
+                };
+                self.database.get_or_init(|| opened)
+            }
+        };
+        match database {
             Some(file) => match file.read_exact_at(page, page_offset(pgno, page.len() as u32)) {
                 Ok(()) => Ok(()),
                 Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => {
