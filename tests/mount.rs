@@ -492,3 +492,48 @@ fn litefs_raises_its_open_file_limit_to_the_hard_limit() {
     // "Max open files <soft> <hard> files"
     assert_eq!(fields[3], fields[4], "{line}");
 }
+
+#[test]
+fn a_transaction_across_attached_databases_is_refused_clearly() {
+    let dir = temp_dir("superjournal");
+    let node = Node::start_in(dir.path(), "");
+    sqlite3_ok(
+        &node.db("a.db"),
+        "CREATE TABLE t(x); INSERT INTO t VALUES(1);",
+    );
+    sqlite3_ok(
+        &node.db("b.db"),
+        "CREATE TABLE u(y); INSERT INTO u VALUES(1);",
+    );
+    let (pos_a, pos_b) = (node.pos("a.db"), node.pos("b.db"));
+    let out = sqlite3(
+        &node.db("a.db"),
+        &format!(
+            "ATTACH '{}' AS b; BEGIN; INSERT INTO t VALUES(2); INSERT INTO b.u VALUES(2); COMMIT;",
+            node.db("b.db").display()
+        ),
+    );
+    assert!(!out.status.success(), "the multi-database commit succeeded");
+    // Nothing of it landed, and no stray database appeared.
+    assert_eq!((node.pos("a.db"), node.pos("b.db")), (pos_a, pos_b));
+    assert_eq!(
+        sqlite3_ok(&node.db("a.db"), "SELECT count(*) FROM t;"),
+        "1\n"
+    );
+    assert_eq!(
+        sqlite3_ok(&node.db("b.db"), "SELECT count(*) FROM u;"),
+        "1\n"
+    );
+    let names: Vec<String> = std::fs::read_dir(&node.mount)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains("-mj")), "{names:?}");
+    assert!(node.log_text().contains("super-journal"));
+    // Each database on its own still commits.
+    sqlite3_ok(&node.db("a.db"), "INSERT INTO t VALUES(3);");
+    assert_eq!(
+        sqlite3_ok(&node.db("a.db"), "SELECT count(*) FROM t;"),
+        "2\n"
+    );
+}

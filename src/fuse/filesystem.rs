@@ -16,7 +16,7 @@ use fuser::{
 use log::{debug, error, info, warn};
 
 use super::counted::{Counted, FuseOp};
-use super::inodes::{parse_name, FileKind, ROOT_INO};
+use super::inodes::{is_super_journal, parse_name, FileKind, ROOT_INO};
 use super::{
     io_errno, is_own_thread, is_special, journal_on_disk_is_live, name_str, path_of, pos_text,
     slice_at, special_ino, statvfs, wants_write, Handle, LitefsFs, NEGATIVE_TTL, SPECIAL_FILES,
@@ -602,6 +602,14 @@ impl Filesystem for LitefsFs {
         };
         if !self.role.is_primary() {
             return reply.error(self.read_only_error("create", name));
+        }
+        if is_super_journal(name) {
+            error!(
+                "refused to create {name:?}: a transaction across ATTACHed databases needs a \
+                 super-journal, which litefs does not support yet; commit each database in a \
+                 transaction of its own"
+            );
+            return reply.error(Errno::EPERM);
         }
         let (db_name, kind) = parse_name(name);
         let db = match kind {

@@ -72,6 +72,20 @@ pub fn parse_name(name: &str) -> (&str, FileKind) {
     (name, FileKind::Database)
 }
 
+/// Whether `name` is a super-journal SQLite makes beside the main
+/// database for a transaction across ATTACHed databases: `<main>-mj`
+/// followed by nine hexadecimal digits (sqlite3's vdbeaux.c).
+pub fn is_super_journal(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    match bytes.len().checked_sub(12) {
+        Some(at) if at > 0 => {
+            let tail = &bytes[at..];
+            tail.starts_with(b"-mj") && tail[3..].iter().all(|b| b.is_ascii_hexdigit())
+        }
+        _ => false,
+    }
+}
+
 /// Databases (name and `Db::instance`) by inode slot, so inode numbers
 /// stay stable for the life of the mount.
 #[derive(Default)]
@@ -118,6 +132,16 @@ mod tests {
         assert_eq!(parse_name("my.db-shm"), ("my.db", FileKind::Shm));
         assert_eq!(parse_name("my.db-pos"), ("my.db", FileKind::Pos));
         assert_eq!(parse_name("-pos"), ("-pos", FileKind::Database));
+    }
+
+    #[test]
+    fn super_journals_are_recognised() {
+        assert!(is_super_journal("main.db-mj0A1B2C9FF"));
+        assert!(!is_super_journal("main.db-mj0A1B2C9F"));
+        assert!(!is_super_journal("main.db-mjXA1B2C9FF"));
+        assert!(!is_super_journal("-mj0A1B2C9FF"));
+        assert!(!is_super_journal("main.db"));
+        assert!(!is_super_journal("ééééééé.db"));
     }
 
     #[test]
