@@ -374,6 +374,9 @@ impl Roles<'_> {
                 // before this node accepts a write.
                 self.stop_replica(true);
                 self.applier.close_files();
+                for db in self.store.dbs() {
+                    self.applier.drop_wal_companions(&db);
+                }
                 self.role.set_primary();
                 self.server.set_serving(true);
                 self.systemd.set_status("primary".to_string());

@@ -288,3 +288,38 @@ fn kill_9_during_wal_writes_loses_nothing_acknowledged() {
     assert!(reconciled >= 6, "only {reconciled} start-ups found a WAL");
     assert_replay_identical(&node, "k.db");
 }
+
+#[test]
+fn a_rolled_back_transaction_that_spilled_to_the_wal_records_nothing() {
+    let dir = temp_dir("wal-spill-rollback");
+    let node = Node::start_in(dir.path(), "");
+    let path = node.db("r.db");
+    let conn = open(&path, "NORMAL");
+    conn.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB); INSERT INTO t(v) VALUES(1);",
+    )
+    .unwrap();
+    for round in 0..3 {
+        let before = txid(&node, "r.db");
+        // Larger than the page cache (20 pages): SQLite writes frames to the
+        // WAL before COMMIT, then the ROLLBACK leaves them behind.
+        conn.execute_batch(
+            "BEGIN; WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM k WHERE i<300)
+             INSERT INTO t(v) SELECT randomblob(900) FROM k; ROLLBACK;",
+        )
+        .unwrap();
+        assert_eq!(
+            txid(&node, "r.db"),
+            before,
+            "round {round}: the rollback made a TXID"
+        );
+        // Small transactions now reuse those frame slots.
+        for i in 0..3 {
+            conn.execute("UPDATE t SET v = ?1 WHERE id = 1", [i + round * 10])
+                .unwrap();
+        }
+        assert_eq!(txid(&node, "r.db"), before + 3, "round {round}");
+        checkpoint_truncate(&conn);
+        assert_replay_identical(&node, "r.db");
+    }
+}

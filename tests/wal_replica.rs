@@ -121,3 +121,42 @@ fn a_replica_reads_a_wal_database_without_torn_transactions() {
         "200000\n"
     );
 }
+
+#[test]
+fn journal_mode_switches_replicate_and_replica_readers_follow() {
+    let dir = temp_dir("wal-switch-replica");
+    let primary = Node::start_in(&dir.path().join("primary"), "");
+    let replica = Node::start_in(&dir.path().join("replica"), &replica_yaml(&primary));
+    let db = "sw.db";
+    sqlite3_ok(
+        &primary.db(db),
+        "CREATE TABLE t(x); INSERT INTO t VALUES('delete');",
+    );
+    // A reader on the replica that stays connected through every switch.
+    let reader = rusqlite::Connection::open(replica.db(db));
+    wait_caught_up(&primary, &replica, db);
+    let reader = reader.unwrap();
+    reader.busy_timeout(Duration::from_secs(10)).unwrap();
+    let mut rows = 1;
+    for mode in ["WAL", "DELETE", "WAL", "TRUNCATE", "WAL", "PERSIST"] {
+        sqlite3_ok(
+            &primary.db(db),
+            &format!("PRAGMA journal_mode={mode}; INSERT INTO t VALUES('{mode}');"),
+        );
+        rows += 1;
+        wait_caught_up(&primary, &replica, db);
+        let on_replica = sqlite3_ok(&replica.db(db), "SELECT count(*) FROM t;");
+        assert_eq!(on_replica, format!("{rows}\n"), "after switching to {mode}");
+        let seen: i64 = reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(seen, rows, "the connected reader after switching to {mode}");
+        // The replica gives readers -wal/-shm once the database was in WAL
+        // mode (and keeps them: see `Applier::sync_wal_companions`).
+        assert!(
+            replica.mount.join(format!("{db}-wal")).exists(),
+            "after {mode}"
+        );
+    }
+    assert_identical(&primary, &replica, db);
+}

@@ -342,40 +342,58 @@ impl Applier {
     /// mount, and open them read-only instead (EROFS for read-write), which
     /// makes SQLite keep its WAL index in private memory and re-read the
     /// database at every read transaction ("unreliable" shared memory in
-    /// wal.c): each applied transaction is seen at the next one. When the
-    /// database leaves WAL mode, empty ones are removed again. The kernel's
-    /// cached names are dropped either way (they may say "absent").
+    /// wal.c): each applied transaction is seen at the next one. They stay
+    /// when the database leaves WAL mode: a connection in WAL mode stays
+    /// so (holding a SHARED lock on the database file) until it closes,
+    /// and with `-wal` present new connections use WAL mode too, so every
+    /// reader keeps to one locking protocol (see `lock`). The kernel's
+    /// cached names are dropped (they may say "absent").
     fn sync_wal_companions(&self, db: &Db) {
         let wal = crate::sqlite::read_database_header(db.database_path())
             .map(|h| h.is_wal())
             .unwrap_or(false);
+        if !wal {
+            return;
+        }
         for kind in [FileKind::Wal, FileKind::Shm] {
             let path = match kind {
                 FileKind::Wal => db.wal_path(),
                 _ => db.shm_path(),
             };
-            let exists = path.exists();
-            let changed = if wal && !exists {
-                OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(path)
-                    .map(|_| true)
-            } else if !wal && exists && std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
-                std::fs::remove_file(path).map(|()| true)
-            } else {
-                Ok(false)
+            if path.exists() {
+                continue;
+            }
+            let created = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path);
+            match created {
+                Ok(_) => self.invalidate_name(db.name(), kind),
+                Err(e) => warn!("db {}: cannot create {}: {e}", db.name(), path.display()),
+            }
+        }
+    }
+
+    /// On promotion: removes the empty `-wal` and `-shm` a replica gave a
+    /// database that is no longer in WAL mode, so that new connections
+    /// use the rollback journal the header names (with `-wal` present,
+    /// SQLite would open the WAL whatever the header says).
+    pub fn drop_wal_companions(&self, db: &Db) {
+        let wal = crate::sqlite::read_database_header(db.database_path())
+            .map(|h| h.is_wal())
+            .unwrap_or(true);
+        let empty = |path: &Path| std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
+        if wal || !empty(db.wal_path()) {
+            return;
+        }
+        for kind in [FileKind::Wal, FileKind::Shm] {
+            let path = match kind {
+                FileKind::Wal => db.wal_path(),
+                _ => db.shm_path(),
             };
-            match changed {
-                Ok(true) => {
-                    if kind == FileKind::Shm && !wal {
-                        self.forget_file(db.name());
-                    }
-                    self.invalidate_name(db.name(), kind);
-                }
-                Ok(false) => {}
-                Err(e) => warn!("db {}: cannot update {}: {e}", db.name(), path.display()),
+            if path.exists() && std::fs::remove_file(path).is_ok() {
+                self.invalidate_name(db.name(), kind);
             }
         }
     }

@@ -178,6 +178,11 @@ impl LitefsFs {
             let fh = wal::parse_frame_header(&buf);
             if (fh.salt1, fh.salt2) == (header.salt1, header.salt2) {
                 tracker.frames.insert(index, (fh.pgno, fh.commit));
+                // A new frame: its page follows its header (a page written
+                // at this index before belonged to a rolled-back
+                // transaction and must not count).
+                tracker.written.remove(&index);
+                tracker.partial.remove(&(index, true));
             }
         }
         self.commit_wal_frames(db, tracker, &header)
