@@ -43,6 +43,11 @@ pub(super) struct WalTracker {
     /// whole: the kernel may split one write of SQLite's into several
     /// requests (at page-cache boundaries), handled in any order.
     partial: BTreeMap<(u64, bool), Vec<(u64, u64)>>,
+    /// A transaction whose commit could not be recorded (SQLite was told
+    /// it failed): the index of its first frame and the errno it got.
+    /// Writes to its frames are refused with that errno until SQLite
+    /// starts its next transaction there (see `wal_write_allowed`).
+    failed: Option<(u64, Errno)>,
 }
 
 impl WalTracker {
@@ -93,6 +98,37 @@ impl LitefsFs {
             .unwrap_or_else(|e| e.into_inner())
             .get(db.name())
             .is_some_and(|t| t.header.is_some())
+    }
+
+    /// Checks a write at `offset` to `db`'s WAL before it reaches the
+    /// backing file. After a commit that could not be recorded, SQLite may
+    /// write the rest of the commit frame again (it retries a short write,
+    /// and the kernel splits large writes), which would complete the
+    /// commit on disk with no LTX file and report success: such writes
+    /// get the commit's errno. The next transaction starts at the failed
+    /// one's first frame (or a new WAL header), which ends this.
+    pub(super) fn wal_write_allowed(&self, db: &Db, offset: u64) -> Result<(), Errno> {
+        let mut wals = self.wals.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tracker) = wals.get_mut(db.name()) else {
+            return Ok(());
+        };
+        let (Some((first, errno)), Some(header)) = (tracker.failed, tracker.header) else {
+            return Ok(());
+        };
+        let start = wal::frame_offset(first, header.page_size);
+        if offset == 0 || offset == start {
+            tracker.failed = None;
+            return Ok(());
+        }
+        if offset < start {
+            return Ok(());
+        }
+        log::debug!(
+            "db {}: refused a WAL write at {offset}: it belongs to a transaction whose commit \
+             failed",
+            db.name()
+        );
+        Err(errno)
     }
 
     /// Notes a write of `data` at `offset` to `db`'s WAL, which has reached
@@ -210,18 +246,20 @@ impl LitefsFs {
                 Ok(pos) => {
                     if let Some(pos) = pos {
                         log::debug!("db {}: committed WAL TXID {pos}", db.name());
+                        self.recorded();
                     }
                     tracker.last_commit = Some(last);
                     tracker.frames.retain(|&i, _| i > last);
                     tracker.written.retain(|&i| i > last);
                 }
                 Err(e) => {
-                    // The commit fails in SQLite too, which writes the next
-                    // transaction over these frames: forget them.
-                    error!("db {}: cannot record a WAL transaction: {e}", db.name());
-                    tracker.frames.clear();
-                    tracker.written.clear();
-                    return Err(Errno::EIO);
+                    // The commit fails in SQLite too (SQLITE_FULL for a
+                    // full disk), which writes the next transaction over
+                    // these frames: forget them, and make sure they never
+                    // count (see `fail_wal_commit`).
+                    let errno = self.store_errno(db, "cannot record a WAL transaction", &e);
+                    fail_wal_commit(db, tracker, header, first, last, errno);
+                    return Err(errno);
                 }
             }
         }
@@ -238,5 +276,39 @@ impl LitefsFs {
             tracker.start_over(None);
         }
         db.wal_reset();
+    }
+}
+
+/// A WAL transaction (frames `first` to `last`) whose commit could not be
+/// recorded: its commit frame is whole on disk, so SQLite's own recovery,
+/// or litefs's at start-up, would take it for a commit SQLite's caller was
+/// told failed. Its salts are zeroed there (an overwrite, which needs no
+/// room), and further writes to its frames are refused until SQLite
+/// starts the next transaction (`wal_write_allowed`).
+fn fail_wal_commit(
+    db: &Db,
+    tracker: &mut WalTracker,
+    header: &WalHeader,
+    first: u64,
+    last: u64,
+    errno: Errno,
+) {
+    tracker.frames.clear();
+    tracker.written.clear();
+    tracker.partial.clear();
+    tracker.failed = Some((first, errno));
+    // The salts are bytes 8 to 16 of the frame header.
+    let at = wal::frame_offset(last, header.page_size) + 8;
+    let zeroed = std::fs::OpenOptions::new()
+        .write(true)
+        .open(db.wal_path())
+        .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 8], at));
+    if let Err(e) = zeroed {
+        error!(
+            "db {}: cannot invalidate the unrecorded commit frame at {at} of {}: {e}; \
+             a crash before SQLite overwrites it would keep that transaction",
+            db.name(),
+            db.wal_path().display()
+        );
     }
 }
