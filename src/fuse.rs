@@ -13,6 +13,7 @@
 mod apply;
 mod counted;
 mod filesystem;
+mod full;
 mod inodes;
 mod role;
 mod wal;
@@ -32,7 +33,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{Errno, FileAttr, FileHandle, FileType, INodeNo};
-use log::{debug, error, info, warn};
+use log::{debug, info, warn};
 
 use crate::sqlite;
 use crate::store::{Db, Store};
@@ -267,16 +268,18 @@ impl LitefsFs {
         match db.commit() {
             Ok(Some(pos)) => {
                 debug!("db {}: committed TXID {}", db.name(), pos);
+                self.recorded();
                 // Wake the replication streams.
                 self.store.notify_change();
             }
             Ok(None) => debug!("db {}: transaction rolled back, no LTX", db.name()),
             Err(e) => {
-                error!(
-                    "db {}: commit failed, the transaction is not recorded: {e}",
-                    db.name()
-                );
-                return Err(Errno::EIO);
+                // The journal stays: SQLite rolls the transaction back.
+                return Err(self.store_errno(
+                    db,
+                    "commit failed, the transaction is not recorded",
+                    &e,
+                ));
             }
         }
         self.set_journal_active(db.name(), false);
@@ -439,8 +442,11 @@ pub(crate) fn path_of(db: &Db, kind: FileKind) -> PathBuf {
     }
 }
 
+/// The errno of a failed I/O on a backing file; a used-up quota is a full
+/// disk to SQLite (it reports SQLITE_FULL only for ENOSPC).
 pub(crate) fn io_errno(e: &std::io::Error) -> Errno {
     match e.raw_os_error() {
+        Some(libc::EDQUOT) => Errno::ENOSPC,
         Some(code) => Errno::from_i32(code),
         None => Errno::EIO,
     }

@@ -89,6 +89,16 @@ impl Error {
             _ => false,
         }
     }
+
+    /// Whether storing what the primary sent failed for lack of space in
+    /// the data directory: retried with backoff, one WARN per episode.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => store::is_disk_full_io(source),
+            Error::Store { source, .. } => source.is_disk_full(),
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Display for Error {

@@ -36,12 +36,14 @@ mod lost;
 mod queue;
 mod recovery;
 mod snapshot;
+mod space;
 mod undo;
 mod wal;
 
 pub use db::{Commit, Db};
 use error::io_error;
 pub use error::Error;
+pub use space::{is_disk_full_io, DiskFull};
 pub use wal::WalPosition;
 
 use std::collections::BTreeMap;
@@ -97,6 +99,11 @@ pub struct Store {
     /// When the store was opened: a replica that never caught up lags
     /// since then.
     opened_at: std::time::Instant,
+    /// Full-disk episodes of the data directory (`space.rs`).
+    disk: DiskFull,
+    /// When databases refused for a full disk were last tried again.
+    /// and the free bytes then.
+    last_retry: Mutex<Option<(std::time::Instant, u64)>>,
 }
 
 /// A database refused at start-up (see [`Store::refused`]).
@@ -106,6 +113,9 @@ struct Refusal {
     reason: String,
     /// A replica said once that it skips the primary's frames for it.
     skip_logged: bool,
+    /// Refused for a full disk: opened again once there is room
+    /// (`Store::retry_full_refusals`).
+    full: bool,
 }
 
 /// When a replica last was caught up with its primary.
@@ -163,6 +173,19 @@ impl Store {
                 Ok(db) => {
                     dbs.insert(name, Arc::new(db));
                 }
+                Err(err) if err.is_disk_full() => {
+                    log::warn!(
+                        "database {name:?} is not served yet: the data directory is full \
+                         ({err}); free space there and it is opened again when next asked \
+                         for, without a restart"
+                    );
+                    let refusal = Refusal {
+                        reason: err.to_string(),
+                        skip_logged: false,
+                        full: true,
+                    };
+                    refused.insert(name, refusal);
+                }
                 Err(err) => {
                     let reason = match err {
                         Error::Damaged { .. } => err.to_string(),
@@ -180,6 +203,7 @@ impl Store {
                     let refusal = Refusal {
                         reason,
                         skip_logged: false,
+                        full: false,
                     };
                     refused.insert(name, refusal);
                 }
@@ -195,6 +219,8 @@ impl Store {
             changed: std::sync::Condvar::new(),
             caught_up: Mutex::new(CaughtUp::default()),
             opened_at: std::time::Instant::now(),
+            disk: DiskFull::new(data_dir),
+            last_retry: Mutex::new(None),
         })
     }
 
@@ -210,6 +236,11 @@ impl Store {
     /// The data directory this store was opened on.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// Full-disk episodes of the data directory: one WARN each.
+    pub fn disk(&self) -> &DiskFull {
+        &self.disk
     }
 
     /// This node's id, written into every LTX file it creates.
@@ -265,6 +296,7 @@ impl Store {
 
     /// Why `name` was refused at start-up; `None` if it was not.
     pub fn refusal(&self, name: &str) -> Option<String> {
+        self.retry_full_refusals();
         self.refused_lock().get(name).map(|r| r.reason.clone())
     }
 

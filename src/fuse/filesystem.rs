@@ -55,7 +55,10 @@ impl Filesystem for LitefsFs {
             };
         }
         let (db_name, kind) = parse_name(name);
-        let Some(db) = self.store.db(db_name) else {
+        // One refused for a full disk may open now (`retry_full_refusals`).
+        let found = || self.store.db(db_name);
+        let Some(db) = found().or_else(|| self.store.retry_full_refusals().then(found).flatten())
+        else {
             debug!("lookup {name:?}: there is no database {db_name:?}");
             return reply.error(Errno::ENOENT);
         };
@@ -370,8 +373,8 @@ impl Filesystem for LitefsFs {
             }
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => {
-                error!("db {}: write {:?} at {offset}: {e}", db.name(), handle.kind);
-                reply.error(io_errno(&e))
+                let what = format!("write {:?} at {offset}", handle.kind);
+                reply.error(self.backing_errno(db, &what, &e))
             }
         }
     }
@@ -430,16 +433,14 @@ impl Filesystem for LitefsFs {
             // The LTX files of the WAL's transactions are as durable as
             // the WAL: synced first.
             if let Err(e) = handle.db.sync_wal_ltx() {
-                error!("db {}: cannot sync LTX files: {e}", handle.db.name());
-                return reply.error(Errno::EIO);
+                return reply.error(self.store_errno(&handle.db, "cannot sync LTX files", &e));
             }
         }
         if handle.kind == FileKind::Database {
             // The undo log of overwritten free pages must reach the disk
             // before the pages themselves do.
             if let Err(e) = handle.db.before_sync() {
-                error!("db {}: cannot sync the undo log: {e}", handle.db.name());
-                return reply.error(Errno::EIO);
+                return reply.error(self.store_errno(&handle.db, "cannot sync the undo log", &e));
             }
         }
         let res = if datasync {
@@ -450,8 +451,8 @@ impl Filesystem for LitefsFs {
         match res {
             Ok(()) => reply.ok(),
             Err(e) => {
-                error!("db {}: fsync {:?}: {e}", handle.db.name(), handle.kind);
-                reply.error(io_errno(&e))
+                let what = format!("fsync {:?}", handle.kind);
+                reply.error(self.backing_errno(&handle.db, &what, &e))
             }
         }
     }
@@ -517,12 +518,8 @@ impl Filesystem for LitefsFs {
                 for unsynced in &dbs[i..] {
                     self.mark_dir_changed(unsynced.name());
                 }
-                error!(
-                    "db {}: cannot sync its directory {}: {e}",
-                    db.name(),
-                    db.dir().display()
-                );
-                return reply.error(io_errno(&e));
+                let what = format!("cannot sync its directory {}", db.dir().display());
+                return reply.error(self.backing_errno(db, &what, &e));
             }
         }
         reply.ok();

@@ -6,12 +6,17 @@
 //! SQLite writes a WAL in a fixed shape (wal.c): a 32-byte header at
 //! offset 0 whenever it starts the WAL over (new salts), then per frame a
 //! 24-byte frame header and the page, each one write (which the kernel
-//! may split into several requests). A transaction's
-//! frames follow the last committed frame; a page written twice in one
-//! transaction is overwritten in place, and frame headers may be written
-//! again with new checksums after the commit frame. So the frames after
-//! the last commit are the transaction under way; a rolled-back one is
-//! simply overwritten by the next.
+//! may split into several requests). A transaction's frames follow the
+//! last committed frame, so the frames after it are the transaction under
+//! way; a rolled-back one is simply overwritten by the next. A page
+//! written twice in one transaction is overwritten in place; after such an
+//! overwrite SQLite writes the following frame headers without salts and
+//! checksums and fills them in once the commit frame is written (wal.c's
+//! walRewriteChecksums). So a transaction is recorded when its commit
+//! frame's page is written, or, when that frame's header still lacks its
+//! checksums, when its rewritten header arrives: never on an earlier
+//! event, so a page left at a frame slot by a rolled-back transaction can
+//! never stand in for the new one's.
 //!
 //! The tracker of each database lives in `LitefsFs::wals`; its lock is
 //! held for one write's bookkeeping and the commit it may complete, which
@@ -35,8 +40,12 @@ pub(super) struct WalTracker {
     /// Index of the last commit frame of this generation (`None`: none yet).
     last_commit: Option<u64>,
     /// Frames after the last commit whose header is written: index ->
-    /// (page number, commit size).
-    frames: BTreeMap<u64, (u32, u32)>,
+    /// (page number, commit size, whether the header has its salts and
+    /// checksums yet).
+    frames: BTreeMap<u64, (u32, u32, bool)>,
+    /// A commit frame whose page is written but whose header still waits
+    /// for its salts and checksums.
+    awaiting_checksums: Option<u64>,
     /// Frames after the last commit whose page is written.
     written: BTreeSet<u64>,
     /// Byte ranges written so far of frame headers and pages not yet
@@ -45,6 +54,11 @@ pub(super) struct WalTracker {
     partial: BTreeMap<(u64, bool), Vec<(u64, u64)>>,
     /// The backing WAL file, open for reading back what was written.
     file: Option<std::fs::File>,
+    /// A transaction whose commit could not be recorded (SQLite was told
+    /// it failed): the index of its first frame and the errno it got.
+    /// Writes to its frames are refused with that errno until SQLite
+    /// starts its next transaction there (see `wal_write_allowed`).
+    failed: Option<(u64, Errno)>,
 }
 
 impl WalTracker {
@@ -108,6 +122,37 @@ impl LitefsFs {
             .is_some_and(|t| t.header.is_some())
     }
 
+    /// Checks a write at `offset` to `db`'s WAL before it reaches the
+    /// backing file. After a commit that could not be recorded, SQLite may
+    /// write the rest of the commit frame again (it retries a short write,
+    /// and the kernel splits large writes), which would complete the
+    /// commit on disk with no LTX file and report success: such writes
+    /// get the commit's errno. The next transaction starts at the failed
+    /// one's first frame (or a new WAL header), which ends this.
+    pub(super) fn wal_write_allowed(&self, db: &Db, offset: u64) -> Result<(), Errno> {
+        let mut wals = self.wals.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(tracker) = wals.get_mut(db.name()) else {
+            return Ok(());
+        };
+        let (Some((first, errno)), Some(header)) = (tracker.failed, tracker.header) else {
+            return Ok(());
+        };
+        let start = wal::frame_offset(first, header.page_size);
+        if offset == 0 || offset == start {
+            tracker.failed = None;
+            return Ok(());
+        }
+        if offset < start {
+            return Ok(());
+        }
+        log::debug!(
+            "db {}: refused a WAL write at {offset}: it belongs to a transaction whose commit \
+             failed",
+            db.name()
+        );
+        Err(errno)
+    }
+
     /// Notes a write of `data` at `offset` to `db`'s WAL, which has reached
     /// the backing file, and records the transaction it commits, if any.
     pub(super) fn wal_written(&self, db: &Db, offset: u64, data: &[u8]) -> Result<(), Errno> {
@@ -162,6 +207,20 @@ impl LitefsFs {
             }
             if page {
                 tracker.written.insert(index);
+                match tracker.frames.get(&index) {
+                    // The commit frame's page, written after its header:
+                    // every page of the transaction is in place now.
+                    Some(&(_, commit, true)) if commit != 0 => {
+                        self.commit_wal_frames(db, tracker, &header, index)?;
+                    }
+                    // Its header still lacks salts and checksums: SQLite
+                    // writes them again once the frames are written (see
+                    // the module comment).
+                    Some(&(_, commit, false)) if commit != 0 => {
+                        tracker.awaiting_checksums = Some(index);
+                    }
+                    _ => {}
+                }
                 continue;
             }
             // A whole frame header: read it back from the backing file
@@ -176,78 +235,85 @@ impl LitefsFs {
                 return Err(Errno::EIO);
             }
             let fh = wal::parse_frame_header(&buf);
-            if (fh.salt1, fh.salt2) == (header.salt1, header.salt2) {
-                tracker.frames.insert(index, (fh.pgno, fh.commit));
-                // A new frame: its page follows its header (a page written
-                // at this index before belonged to a rolled-back
-                // transaction and must not count).
-                tracker.written.remove(&index);
-                tracker.partial.remove(&(index, true));
+            let salted = (fh.salt1, fh.salt2) == (header.salt1, header.salt2);
+            if !salted && (fh.salt1, fh.salt2) != (0, 0) {
+                continue;
+            }
+            tracker.frames.insert(index, (fh.pgno, fh.commit, salted));
+            if salted && fh.commit != 0 && tracker.awaiting_checksums == Some(index) {
+                // The checksums of the transaction's frames are written,
+                // the commit frame's last.
+                self.commit_wal_frames(db, tracker, &header, index)?;
             }
         }
-        self.commit_wal_frames(db, tracker, &header)
+        Ok(())
     }
 
-    /// Records every transaction whose frames are all written.
+    /// Records the transaction whose commit frame is `last`: the frames
+    /// after the last commit up to it.
     fn commit_wal_frames(
         &self,
         db: &Db,
         tracker: &mut WalTracker,
         header: &WalHeader,
+        last: u64,
     ) -> Result<(), Errno> {
-        loop {
-            let first = tracker.first_open_frame();
-            let mut pages = BTreeMap::new();
-            let mut commit_at = None;
-            for index in first.. {
-                let (Some(&(pgno, commit)), true) =
-                    (tracker.frames.get(&index), tracker.written.contains(&index))
-                else {
-                    break;
-                };
-                pages.insert(
-                    pgno,
-                    wal::frame_offset(index, header.page_size) + FRAME_HEADER_SIZE,
+        let first = tracker.first_open_frame();
+        let mut pages = BTreeMap::new();
+        let mut commit = 0;
+        for index in first..=last {
+            let (Some(&(pgno, frame_commit, _)), true) =
+                (tracker.frames.get(&index), tracker.written.contains(&index))
+            else {
+                error!(
+                    "db {}: lost track of WAL frame {index} before the commit frame {last}; \
+                     the transaction is refused (nothing is recorded)",
+                    db.name()
                 );
-                if commit != 0 {
-                    commit_at = Some((index, commit));
-                    break;
+                fail_wal_commit(db, tracker, header, first, last, Errno::EIO);
+                return Err(Errno::EIO);
+            };
+            pages.insert(
+                pgno,
+                wal::frame_offset(index, header.page_size) + FRAME_HEADER_SIZE,
+            );
+            commit = frame_commit;
+        }
+        let start = wal::frame_offset(first, header.page_size);
+        let at = WalPosition {
+            salt1: header.salt1,
+            salt2: header.salt2,
+            offset: start,
+            size: wal::frame_offset(last + 1, header.page_size) - start,
+        };
+        let recorded = tracker.file(db).map_err(|e| crate::store::Error::Io {
+            what: format!("opening the WAL of database {}", db.name()),
+            path: db.wal_path().to_path_buf(),
+            source: e,
+        });
+        let recorded =
+            recorded.and_then(|file| db.commit_wal(file, header.page_size, commit, &pages, at));
+        match recorded {
+            Ok(pos) => {
+                if let Some(pos) = pos {
+                    log::debug!("db {}: committed WAL TXID {pos}", db.name());
+                    self.recorded();
                 }
+                tracker.last_commit = Some(last);
+                tracker.frames.retain(|&i, _| i > last);
+                tracker.written.retain(|&i| i > last);
+                tracker.partial.retain(|&(i, _), _| i > last);
+                tracker.awaiting_checksums = None;
+                Ok(())
             }
-            let Some((last, commit)) = commit_at else {
-                return Ok(());
-            };
-            let start = wal::frame_offset(first, header.page_size);
-            let at = WalPosition {
-                salt1: header.salt1,
-                salt2: header.salt2,
-                offset: start,
-                size: wal::frame_offset(last + 1, header.page_size) - start,
-            };
-            let recorded = tracker.file(db).map_err(|e| crate::store::Error::Io {
-                what: format!("opening the WAL of database {}", db.name()),
-                path: db.wal_path().to_path_buf(),
-                source: e,
-            });
-            let recorded =
-                recorded.and_then(|file| db.commit_wal(file, header.page_size, commit, &pages, at));
-            match recorded {
-                Ok(pos) => {
-                    if let Some(pos) = pos {
-                        log::debug!("db {}: committed WAL TXID {pos}", db.name());
-                    }
-                    tracker.last_commit = Some(last);
-                    tracker.frames.retain(|&i, _| i > last);
-                    tracker.written.retain(|&i| i > last);
-                }
-                Err(e) => {
-                    // The commit fails in SQLite too, which writes the next
-                    // transaction over these frames: forget them.
-                    error!("db {}: cannot record a WAL transaction: {e}", db.name());
-                    tracker.frames.clear();
-                    tracker.written.clear();
-                    return Err(Errno::EIO);
-                }
+            Err(e) => {
+                // The commit fails in SQLite too (SQLITE_FULL for a full
+                // disk), which writes the next transaction over these
+                // frames: forget them, and make sure they never count
+                // (see `fail_wal_commit`).
+                let errno = self.store_errno(db, "cannot record a WAL transaction", &e);
+                fail_wal_commit(db, tracker, header, first, last, errno);
+                Err(errno)
             }
         }
     }
@@ -263,5 +329,39 @@ impl LitefsFs {
             tracker.start_over(None);
         }
         db.wal_reset();
+    }
+}
+
+/// A WAL transaction (frames `first` to `last`) whose commit could not be
+/// recorded: its commit frame is whole on disk, so SQLite's own recovery,
+/// or litefs's at start-up, would take it for a commit SQLite's caller was
+/// told failed. Its salts are zeroed there (an overwrite, which needs no
+/// room), and further writes to its frames are refused until SQLite
+/// starts the next transaction (`wal_write_allowed`).
+fn fail_wal_commit(
+    db: &Db,
+    tracker: &mut WalTracker,
+    header: &WalHeader,
+    first: u64,
+    last: u64,
+    errno: Errno,
+) {
+    tracker.frames.clear();
+    tracker.written.clear();
+    tracker.partial.clear();
+    tracker.failed = Some((first, errno));
+    // The salts are bytes 8 to 16 of the frame header.
+    let at = wal::frame_offset(last, header.page_size) + 8;
+    let zeroed = std::fs::OpenOptions::new()
+        .write(true)
+        .open(db.wal_path())
+        .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 8], at));
+    if let Err(e) = zeroed {
+        error!(
+            "db {}: cannot invalidate the unrecorded commit frame at {at} of {}: {e}; \
+             a crash before SQLite overwrites it would keep that transaction",
+            db.name(),
+            db.wal_path().display()
+        );
     }
 }

@@ -39,13 +39,18 @@ impl LitefsFs {
                 }
                 // Pure checks on the data first; before_write records the
                 // write (dirty pages, undo log) once it is going to happen.
-                if let Err(e) = db.before_write(offset, data) {
-                    error!(
-                        "db {}: refused write of {} bytes at {offset}: {e}",
-                        db.name(),
-                        data.len()
-                    );
-                    return Err(Errno::EINVAL);
+                match db.before_write(offset, data) {
+                    Ok(()) => {}
+                    Err(e @ crate::store::Error::InvalidWrite { .. }) => {
+                        error!(
+                            "db {}: refused write of {} bytes at {offset}: {e}",
+                            db.name(),
+                            data.len()
+                        );
+                        return Err(Errno::EINVAL);
+                    }
+                    // No room for the LTX file or the undo log: SQLITE_FULL.
+                    Err(e) => return Err(self.store_errno(db, "refused a write", &e)),
                 }
                 if !journal {
                     error!(
@@ -65,6 +70,7 @@ impl LitefsFs {
                     self.commit(db)?;
                 }
             }
+            FileKind::Wal => self.wal_write_allowed(db, offset)?,
             _ => {}
         }
         Ok(())
@@ -98,8 +104,7 @@ impl LitefsFs {
             .open(&path)
             .and_then(|f| f.set_len(size));
         if let Err(e) = res {
-            warn!("truncate {}: {e}", path.display());
-            return Err(io_errno(&e));
+            return Err(self.backing_errno(db, &format!("truncate {}", path.display()), &e));
         }
         Ok(())
     }
@@ -128,10 +133,9 @@ impl LitefsFs {
             if self.journal_hidden(db.name()) {
                 return Err(Errno::ENOENT);
             }
-            return self.hide_journal(db).map_err(|e| {
-                error!("db {}: cannot empty the journal: {e}", db.name());
-                io_errno(&e)
-            });
+            return self
+                .hide_journal(db)
+                .map_err(|e| self.backing_errno(db, "cannot empty the journal", &e));
         }
         std::fs::remove_file(path_of(db, kind)).map_err(|e| io_errno(&e))?;
         self.mark_dir_changed(db.name());

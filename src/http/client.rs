@@ -30,6 +30,9 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait before reconnecting, unless `lease.reconnect-delay` says
 /// otherwise.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// What a full data directory means on a replica, for its WARN.
+const DISK_FULL_EFFECT: &str = "this replica stops advancing (its position and everything \
+                                it applied are kept) and retries with backoff";
 /// Longest error message read from a refusing primary.
 const MAX_ERROR_BODY: u64 = 4096;
 /// Buffer between the socket and the frame parser.
@@ -138,7 +141,10 @@ pub fn run_replica_loop_with(
         };
         let mut connected = false;
         let result = stream_once(&url, token, store, receivers, stop, &mut connected);
-        if connected {
+        let full = result.as_ref().is_err_and(|err| err.is_disk_full());
+        // A full disk backs off like an unreachable primary, though the
+        // stream was established: each attempt downloads again.
+        if connected && !full {
             backoff = min_backoff;
         }
         match result {
@@ -151,7 +157,13 @@ pub fn run_replica_loop_with(
                         .fatal
                         .report(format!("replication from {url} failed: {message}"));
                 }
-                if connected || last_failure.as_deref() != Some(message.as_str()) {
+                if full {
+                    // One WARN per episode (`DiskFull`), debug at each retry.
+                    store.disk().full(
+                        &format!("replication from {url} failed: {message}"),
+                        DISK_FULL_EFFECT,
+                    );
+                } else if connected || last_failure.as_deref() != Some(message.as_str()) {
                     log::warn!(
                         "replication from {url} failed: {message}; retrying in {} ms",
                         backoff.as_millis()
@@ -277,7 +289,11 @@ fn stream_once(
                 let message = reader.error_message()?;
                 return Err(Error::PrimaryError { url, message });
             }
-            Some(wire::FRAME_LTX) => reader.ltx_frame(store, receivers.apply)?,
+            Some(wire::FRAME_LTX) => {
+                reader.ltx_frame(store, receivers.apply)?;
+                // Stored: a full-disk episode, if any, is over.
+                store.disk().space();
+            }
             Some(wire::FRAME_DELETE) => {
                 let name = reader.name("a delete frame")?;
                 if store.db(&name).is_some() {

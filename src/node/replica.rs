@@ -179,7 +179,7 @@ fn apply_loop(store: &Store, applier: &Applier, shared: &Shared, wake: &Receiver
         let mut applied = false;
         for db in store.dbs() {
             while db.front_queued().is_some() {
-                if !apply_front(applier, &db, shared) {
+                if !apply_front(store, applier, &db, shared) {
                     return;
                 }
                 applied = true;
@@ -204,7 +204,7 @@ fn apply_loop(store: &Store, applier: &Applier, shared: &Shared, wake: &Receiver
 
 /// Applies the front file of `db`'s queue. False when the task was
 /// stopped (without draining) while waiting for the locks.
-fn apply_front(applier: &Applier, db: &Db, shared: &Shared) -> bool {
+fn apply_front(store: &Store, applier: &Applier, db: &Db, shared: &Shared) -> bool {
     let lock = match applier.lock(db) {
         Ok(lock) => lock,
         Err(e) => {
@@ -237,6 +237,20 @@ fn apply_front(applier: &Applier, db: &Db, shared: &Shared) -> bool {
                 db.name()
             );
             db.finish_queued(&path, true);
+        }
+        Err(e) if e.is_disk_full() => {
+            // The database is back at `before` (`Db::apply_ltx`); the
+            // queue goes, which frees room, and the stream resumes from
+            // `before` once there is room. One WARN per episode.
+            store.disk().full(
+                &format!("db {}: applying a received LTX file: {e}", db.name()),
+                "this replica stops advancing (its position is kept) and the stream \
+                 retries with backoff",
+            );
+            if e.is_local_io() {
+                shared.fatal.report(format!("db {}: {e}", db.name()));
+            }
+            db.finish_queued(&path, false);
         }
         Err(e) => {
             error!(

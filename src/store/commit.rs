@@ -48,6 +48,7 @@ impl Db {
         }
         let mut state = self.lock();
         self.check_write(&mut state, offset, data)?;
+        self.ensure_ltx_space(&mut state, offset, data)?;
         self.save_free_pages(&mut state, offset, data.len() as u64)
     }
 
@@ -345,6 +346,20 @@ impl Db {
                 &final_path,
             )(err)
         })?;
+        // Durable before the position moves: should the directory sync
+        // fail (a full disk, an I/O error), the file goes again and the
+        // transaction is not recorded; the journal is still there, so
+        // SQLite rolls it back.
+        if let Err(err) = sync_dir(&self.ltx_dir) {
+            if let Err(rm) = fs::remove_file(&final_path) {
+                log::error!(
+                    "database {}: cannot remove {} after its directory sync failed: {rm}",
+                    self.name,
+                    final_path.display()
+                );
+            }
+            return Err(err);
+        }
         change.apply_to(state);
         state.pos = Position {
             txid,
@@ -352,7 +367,6 @@ impl Db {
         };
         self.refresh_freelist(state, &file, &shape, &change);
         state.end_transaction(&self.name);
-        sync_dir(&self.ltx_dir)?;
         crate::metrics::commit(&self.name, ltx_bytes);
         Ok(Commit {
             position: Some(state.pos),

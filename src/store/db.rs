@@ -94,6 +94,9 @@ pub(super) struct State {
     /// WAL mode: LTX files written but not yet fsynced; the WAL's next
     /// fsync syncs them first (`wal.rs`).
     pub(super) unsynced_ltx: Vec<PathBuf>,
+    /// The data directory's free bytes when last asked, and when
+    /// (`space.rs`).
+    pub(super) free_space: Option<(u64, std::time::Instant)>,
 }
 
 impl State {
@@ -109,6 +112,7 @@ impl State {
             undo: UndoLog::new(undo_path),
             wal_index: BTreeMap::new(),
             unsynced_ltx: Vec::new(),
+            free_space: None,
         }
     }
 
