@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::wire::{self, MAX_REQUEST_BODY};
+use super::wire::{self, MAX_DATABASE_SIZE, MAX_REQUEST_BODY};
 use super::Error;
 use crate::fuse::{Applier, Role};
 use crate::metrics;
@@ -361,19 +361,20 @@ fn route(shared: &Arc<Shared>, mut request: Request, path: &str, slot: &ConnSlot
             &[("WWW-Authenticate", "Bearer")],
         ));
     }
-    // Only an import streams a body of any size; every other body is
-    // refused unread beyond the limit.
-    let import = path == "/import" && method == "POST";
-    if !import
-        && request
-            .content_length()
-            .is_some_and(|n| n > MAX_REQUEST_BODY as u64)
-    {
+    // An import streams a database file of up to `MAX_DATABASE_SIZE`;
+    // every other body is a position list of at most `MAX_REQUEST_BODY`.
+    // Beyond, the answer is 413 and the body is never read.
+    let limit = if path == "/import" && method == "POST" {
+        MAX_DATABASE_SIZE
+    } else {
+        MAX_REQUEST_BODY as u64
+    };
+    if request.content_length().is_some_and(|n| n > limit) {
         log::debug!(
             "HTTP server: {peer} declared a request body of {} bytes; refused unread",
             request.content_length().unwrap_or(0)
         );
-        let message = format!("the request body is larger than {MAX_REQUEST_BODY} bytes");
+        let message = format!("the request body is larger than {limit} bytes");
         return Some(respond_text(request, 413, &message, &[]));
     }
     let query = request.query().to_string();
@@ -417,7 +418,7 @@ fn route(shared: &Arc<Shared>, mut request: Request, path: &str, slot: &ConnSlot
             let positions = match wire::parse_positions(&body) {
                 Ok(positions) => positions,
                 Err(msg) => {
-                    log::info!("HTTP server: bad position list from {peer}: {msg:?}");
+                    log::debug!("HTTP server: bad position list from {peer}: {msg:?}");
                     let message = format!("bad position list: {msg}");
                     return Some(respond_text(request, 400, &message, &[]));
                 }
