@@ -1,4 +1,4 @@
-//! Replication over HTTP: the primary's server (tiny_http) that streams LTX
+//! Replication over HTTP: the primary's server (std::net) that streams LTX
 //! files to replicas, the replica's client that pulls and applies them, and
 //! the wire format between the two (README.md, "Replication wire format").
 //!
@@ -18,7 +18,10 @@ pub use client::{
     run_replica_loop, run_replica_loop_with, stream_from_primary, ApplyFn, DeleteFn, Receivers,
     RetryOptions,
 };
-pub use server::{percent_decode, percent_encode, Server, Stats, LTX_CONTENT_TYPE};
+pub use server::{
+    percent_decode, percent_encode, Limits, Server, Stats, HEAD_TIMEOUT, LTX_CONTENT_TYPE,
+    MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT, MAX_HEAD, MAX_STREAMS_PER_CLIENT,
+};
 pub use wire::{
     check_ltx_header, format_positions, parse_positions, CONTENT_TYPE, HEARTBEAT_INTERVAL,
     IDLE_TIMEOUT, MAX_DATABASE_SIZE, MAX_LTX_LEN, MAX_NAME_LEN, MAX_REQUEST_BODY,

@@ -308,52 +308,88 @@ fn consul_unreachable_is_an_error_not_a_panic() {
 // A fake Consul that answers garbage
 
 /// An HTTP server that answers every request with one fixed status and body
-/// (and `X-Consul-Index: 7`).
+/// (and `X-Consul-Index: 7`), one connection at a time, each closed after
+/// its answer.
 struct FakeConsul {
     url: String,
-    server: Arc<tiny_http::Server>,
+    addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
     requests: Arc<Mutex<Vec<String>>>,
     handle: Option<thread::JoinHandle<()>>,
 }
 
 impl FakeConsul {
     fn start(status: u16, body: &'static str) -> FakeConsul {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
-        let url = format!("http://{}", server.server_addr().to_ip().unwrap());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(Mutex::new(Vec::new()));
         let handle = {
-            let server = server.clone();
+            let stop = stop.clone();
             let requests = requests.clone();
             thread::spawn(move || {
-                for mut request in server.incoming_requests() {
-                    let mut ignored = String::new();
-                    let _ = request.as_reader().read_to_string(&mut ignored);
-                    requests.lock().unwrap().push(format!(
-                        "{} {}",
-                        request.method(),
-                        request.url()
-                    ));
-                    let header =
-                        tiny_http::Header::from_bytes(&b"X-Consul-Index"[..], &b"7"[..]).unwrap();
-                    let response = tiny_http::Response::from_string(body)
-                        .with_status_code(status)
-                        .with_header(header);
-                    let _ = request.respond(response);
+                for conn in listener.incoming() {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    if let Some(line) = answer(conn, status, body) {
+                        requests.lock().unwrap().push(line);
+                    }
                 }
             })
         };
         FakeConsul {
-            url,
-            server,
+            url: format!("http://{addr}"),
+            addr,
+            stop,
             requests,
             handle: Some(handle),
         }
     }
 }
 
+/// Reads one request (head and `Content-Length` body) from `conn`, answers
+/// it, and returns its `METHOD URL`.
+fn answer(conn: std::net::TcpStream, status: u16, body: &str) -> Option<String> {
+    use std::io::{BufRead, Read, Write};
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut reader = std::io::BufReader::new(&conn);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).ok()?;
+    let mut len = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                len = value.trim().parse().ok()?;
+            }
+        }
+    }
+    std::io::copy(&mut reader.take(len), &mut std::io::sink()).ok()?;
+    let mut parts = request_line.split(' ');
+    let line = format!("{} {}", parts.next()?, parts.next()?);
+    let _ = (&conn).write_all(
+        format!(
+            "HTTP/1.1 {status} Whatever\r\nX-Consul-Index: 7\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    Some(line)
+}
+
 impl Drop for FakeConsul {
     fn drop(&mut self) {
-        self.server.unblock();
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop.
+        let _ = std::net::TcpStream::connect(self.addr);
         if let Some(handle) = self.handle.take() {
             let _ = handle.join();
         }

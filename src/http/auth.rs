@@ -10,16 +10,14 @@ pub fn bearer(token: &str) -> String {
 
 /// Whether `request` may be served: always when no token is configured,
 /// otherwise only with the exact `Authorization: Bearer <token>` header.
-pub fn authorized(request: &tiny_http::Request, token: Option<&str>) -> bool {
+pub(super) fn authorized(request: &super::server::Request, token: Option<&str>) -> bool {
     let Some(token) = token else {
         return true;
     };
     let want = bearer(token);
     request
-        .headers()
-        .iter()
-        .filter(|h| h.field.equiv("Authorization"))
-        .any(|h| constant_time_eq(h.value.as_str().as_bytes(), want.as_bytes()))
+        .headers("authorization")
+        .any(|value| constant_time_eq(value.as_bytes(), want.as_bytes()))
 }
 
 /// Compares without stopping at the first difference (the length is not

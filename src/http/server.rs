@@ -1,51 +1,109 @@
-//! The primary's HTTP server (tiny_http): `POST /stream` streams LTX files
-//! to a replica, `GET /info` tells whether this node is the primary and
-//! where its databases are, `GET /metrics` gives Prometheus the metrics
+//! The primary's HTTP server: `POST /stream` streams LTX files to a
+//! replica, `GET /info` tells whether this node is the primary and where
+//! its databases are, `GET /metrics` gives Prometheus the metrics
 //! (`crate::metrics`), where every request is counted by path and status,
 //! `POST /import` and `GET /export` copy whole databases in and out
 //! (`server/transfer.rs`).
 //!
-//! One thread accepts requests and hands each to a thread of its own, so a
-//! slow or dead replica only ever blocks its own thread: the store is read
+//! It is a small server of litefs's own on `std::net`, so that it can
+//! promise what a node needs from it whatever its clients do: a bounded
+//! request head, read within a deadline (`server/conn.rs`); caps on
+//! connections in total and per client, and on streams per client, so no
+//! client can take every descriptor, thread or stream slot
+//! (`server/accept.rs`); an accept loop that survives running out of
+//! descriptors; and write timeouts on every answer. [`Limits`] holds the
+//! numbers and says why they are what they are.
+//!
+//! One thread accepts connections and hands each to a thread of its own,
+//! which reads one request, answers it and closes the connection, so a
+//! slow or dead client only ever blocks its own thread: the store is read
 //! without holding any lock across network writes, and commits never wait
-//! for a replica. A stream thread writes the HTTP response head itself
-//! (`Request::into_writer`) and then frames until the replica goes away,
-//! this node stops being the primary, or the server shuts down.
-//!
-//! tiny_http does not expose the socket, so no write timeout can be set: a
-//! replica that vanishes without a reset keeps its thread blocked in a
-//! write until TCP gives up (minutes). That costs a thread, never progress.
-//!
-//! This file holds the server, its accept loop and the request handlers;
-//! `server/stream.rs` holds one replication stream.
+//! for a replica. A stream thread writes the HTTP response head itself and
+//! then frames until the replica goes away, this node stops being the
+//! primary, or the server shuts down (`server/stream.rs`).
 
-use std::io::Read;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::wire::{self, MAX_REQUEST_BODY};
+use super::wire::{self, MAX_DATABASE_SIZE, MAX_REQUEST_BODY};
 use super::Error;
 use crate::fuse::{Applier, Role};
 use crate::metrics;
 use crate::store::Store;
 
+mod accept;
+mod conn;
 mod stream;
 mod transfer;
 
+use accept::{ConnSlot, Slots, Throttled};
+pub(in crate::http) use conn::Request;
+use conn::{read_request, ReadError};
 use stream::serve_stream;
 pub use transfer::{percent_decode, percent_encode, LTX_CONTENT_TYPE};
 
-/// Most requests handled at once; more are answered 503.
-const MAX_CONNECTIONS: usize = 256;
-/// How long `shutdown` waits for stream threads to end.
+/// Connections open at once, all clients together. Each costs a
+/// descriptor and a thread (a mostly untouched stack); 512 stays well
+/// inside the 1,024 descriptors a process has before litefs raises its
+/// limit, leaving the rest for databases and LTX files, and is far more
+/// than a cluster's replicas, scrapers and CLI calls need.
+pub const MAX_CONNECTIONS: usize = 512;
+/// Connections open at once from one client (IPv4 address or IPv6 /64):
+/// a node has one stream per replica behind that address plus the odd
+/// scrape or CLI call; 64 leaves room for several nodes behind one NAT
+/// while keeping one client to an eighth of `MAX_CONNECTIONS`.
+pub const MAX_CONNECTIONS_PER_CLIENT: usize = 64;
+/// Replication streams at once from one client: one per replica behind
+/// that address, so 8 allows several nodes behind one NAT and a
+/// reconnecting replica whose old stream has not timed out yet, while one
+/// client can never take the stream slots the other replicas need.
+pub const MAX_STREAMS_PER_CLIENT: usize = 8;
+/// The largest request head (request line and headers): litefs's clients
+/// send about 200 bytes; 16 KiB is what common servers allow and room for
+/// any token.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// How long a request head may take to arrive, from the moment the
+/// connection is accepted: a client sends it in one write, so 5 s is
+/// generous even on a bad link, and a slow or silent client (slowloris)
+/// holds its slot no longer than that.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `shutdown` waits for connection threads to end.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
 /// How soon a snapshot is tried again after the database changed under it.
 const SNAPSHOT_RETRY: Duration = Duration::from_millis(50);
 /// Buffer for copying LTX files to the network.
 const COPY_BUFFER: usize = 64 * 1024;
+
+/// What the server allows its clients; [`Limits::default`] is the
+/// constants above (tests use smaller numbers).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections open at once, in total.
+    pub max_connections: usize,
+    /// Connections open at once from one client.
+    pub max_connections_per_client: usize,
+    /// Replication streams at once from one client.
+    pub max_streams_per_client: usize,
+    /// The largest request head, in bytes.
+    pub max_head: usize,
+    /// How long a request head may take to arrive.
+    pub head_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: MAX_CONNECTIONS,
+            max_connections_per_client: MAX_CONNECTIONS_PER_CLIENT,
+            max_streams_per_client: MAX_STREAMS_PER_CLIENT,
+            max_head: MAX_HEAD,
+            head_timeout: HEAD_TIMEOUT,
+        }
+    }
+}
 
 /// Counters of what the server has done since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -58,18 +116,22 @@ pub struct Stats {
     pub ltx_files_sent: u64,
     /// Snapshots sent.
     pub snapshots_sent: u64,
+    /// Connections open now (streams included).
+    pub connections_open: u64,
 }
 
-/// What the accept thread and the request threads share.
+/// What the accept thread and the connection threads share.
 struct Shared {
     store: Arc<Store>,
     /// The cluster's shared secret; every request must carry it when set.
     token: Option<String>,
+    limits: Limits,
     serving: AtomicBool,
     stopping: AtomicBool,
-    /// Requests being handled (threads alive), with a condvar for shutdown.
-    active: Mutex<usize>,
-    active_changed: Condvar,
+    /// The open connections and streams, per client.
+    slots: Arc<Slots>,
+    /// Refused streams (a client over its stream slots), logged sparingly.
+    stream_refusals: Throttled,
     streams_active: AtomicU64,
     streams_started: AtomicU64,
     ltx_files_sent: AtomicU64,
@@ -82,7 +144,6 @@ struct Shared {
 /// [`Server::shutdown`].
 pub struct Server {
     shared: Arc<Shared>,
-    http: Arc<tiny_http::Server>,
     accept_thread: Option<JoinHandle<()>>,
     local_addr: SocketAddr,
 }
@@ -92,7 +153,7 @@ impl Server {
     /// and starts the accept thread. The server starts serving streams (as
     /// a primary); see [`Server::set_serving`].
     pub fn start(addr: &str, store: Arc<Store>) -> Result<Server, Error> {
-        Server::start_with_token(addr, store, None)
+        Server::start_with(addr, store, None, Limits::default())
     }
 
     /// Like [`Server::start`], answering 401 to every request without
@@ -101,6 +162,17 @@ impl Server {
         addr: &str,
         store: Arc<Store>,
         token: Option<String>,
+    ) -> Result<Server, Error> {
+        Server::start_with(addr, store, token, Limits::default())
+    }
+
+    /// Like [`Server::start_with_token`], with `limits` instead of the
+    /// defaults.
+    pub fn start_with(
+        addr: &str,
+        store: Arc<Store>,
+        token: Option<String>,
+        limits: Limits,
     ) -> Result<Server, Error> {
         let bind_addr = if addr.starts_with(':') {
             format!("0.0.0.0{addr}")
@@ -111,26 +183,27 @@ impl Server {
             addr: addr.to_string(),
             reason,
         };
-        let listener = std::net::TcpListener::bind(bind_addr.as_str())
-            .map_err(|err| bind_error(err.to_string()))?;
+        let listener =
+            TcpListener::bind(bind_addr.as_str()).map_err(|err| bind_error(err.to_string()))?;
         // Frames are small and latency matters: without TCP_NODELAY a frame
         // can wait ~40 ms for the replica's delayed ACK (Nagle). Linux
         // passes the option on to every accepted connection.
         set_nodelay(&listener).map_err(|err| bind_error(format!("setting TCP_NODELAY: {err}")))?;
-        let http = tiny_http::Server::from_listener(listener, None)
+        // Polled by the accept loop, so that it notices shutdown.
+        listener
+            .set_nonblocking(true)
+            .map_err(|err| bind_error(format!("making the listener non-blocking: {err}")))?;
+        let local_addr = listener
+            .local_addr()
             .map_err(|err| bind_error(err.to_string()))?;
-        let local_addr = http.server_addr().to_ip().ok_or_else(|| Error::Bind {
-            addr: addr.to_string(),
-            reason: "the listener has no IP address".to_string(),
-        })?;
-        let http = Arc::new(http);
         let shared = Arc::new(Shared {
             store,
             token,
+            slots: Arc::new(Slots::new(limits.clone())),
+            limits,
             serving: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
-            active: Mutex::new(0),
-            active_changed: Condvar::new(),
+            stream_refusals: Throttled::new(),
             streams_active: AtomicU64::new(0),
             streams_started: AtomicU64::new(0),
             ltx_files_sent: AtomicU64::new(0),
@@ -139,19 +212,14 @@ impl Server {
         });
         let accept_thread = {
             let shared = shared.clone();
-            let http = http.clone();
             thread::Builder::new()
                 .name("litefs-http-accept".to_string())
-                .spawn(move || accept_loop(&shared, &http))
-                .map_err(|err| Error::Bind {
-                    addr: addr.to_string(),
-                    reason: format!("cannot start the accept thread: {err}"),
-                })?
+                .spawn(move || accept::accept_loop(&shared, &listener))
+                .map_err(|err| bind_error(format!("cannot start the accept thread: {err}")))?
         };
         log::info!("HTTP server listening on {local_addr}");
         Ok(Server {
             shared,
-            http,
             accept_thread: Some(accept_thread),
             local_addr,
         })
@@ -194,12 +262,14 @@ impl Server {
             streams_started: shared.streams_started.load(Ordering::SeqCst),
             ltx_files_sent: shared.ltx_files_sent.load(Ordering::SeqCst),
             snapshots_sent: shared.snapshots_sent.load(Ordering::SeqCst),
+            connections_open: shared.slots.open() as u64,
         }
     }
 
-    /// Stops accepting requests, ends every stream with an error frame, and
-    /// waits a few seconds for the request threads (a thread blocked
-    /// writing to a dead replica is left behind and ends on its own).
+    /// Stops accepting connections, ends every stream with an error frame
+    /// and every wait for a request head, and waits a few seconds for the
+    /// connection threads (a thread blocked writing to a dead replica is
+    /// left behind and ends at its write timeout).
     pub fn shutdown(self) {
         // Drop does the work.
     }
@@ -209,29 +279,19 @@ impl Server {
             return;
         };
         self.shared.stopping.store(true, Ordering::SeqCst);
-        self.http.unblock();
         if accept_thread.join().is_err() {
             log::error!("the HTTP accept thread panicked");
         }
         self.shared.store.notify_change();
-        let deadline = Instant::now() + SHUTDOWN_WAIT;
-        let mut active = lock(&self.shared.active);
-        while *active > 0 {
-            let now = Instant::now();
-            if now >= deadline {
-                log::warn!(
-                    "HTTP server shut down with {} request threads still running \
-                     (blocked writing to unresponsive replicas)",
-                    *active
-                );
-                break;
-            }
-            active = self
-                .shared
-                .active_changed
-                .wait_timeout(active, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        let open = self
+            .shared
+            .slots
+            .wait_until_closed(Instant::now() + SHUTDOWN_WAIT);
+        if open > 0 {
+            log::warn!(
+                "HTTP server shut down with {open} connection threads still running \
+                 (blocked on unresponsive clients until their timeouts)"
+            );
         }
         log::info!("HTTP server on {} stopped", self.local_addr);
     }
@@ -247,130 +307,50 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Counts a request thread for as long as it lives.
-struct ActiveGuard(Arc<Shared>);
-
-impl ActiveGuard {
-    /// Counts one more request, unless `MAX_CONNECTIONS` are being handled.
-    fn try_new(shared: &Arc<Shared>) -> Option<ActiveGuard> {
-        let mut active = lock(&shared.active);
-        if *active >= MAX_CONNECTIONS {
-            return None;
-        }
-        *active += 1;
-        Some(ActiveGuard(shared.clone()))
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        let mut active = lock(&self.0.active);
-        *active -= 1;
-        self.0.active_changed.notify_all();
-    }
-}
-
-fn accept_loop(shared: &Arc<Shared>, http: &tiny_http::Server) {
-    loop {
-        let request = match http.recv() {
-            Ok(request) => request,
-            Err(err) => {
-                if shared.stopping.load(Ordering::SeqCst) {
-                    return;
+/// One connection, on its own thread: reads the request, answers it, and
+/// counts it (a stream as soon as it starts). `slot` is held until the
+/// connection is closed.
+fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, slot: ConnSlot) {
+    let request = match read_request(stream, peer, &shared.limits, &shared.stopping) {
+        Ok(request) => request,
+        Err((stream, err)) => {
+            match err {
+                ReadError::Gone(why) => log::debug!("HTTP server: {peer} went away: {why}"),
+                ReadError::TimedOut => {
+                    log::debug!("HTTP server: {peer} did not send a request in time");
+                    conn::refuse(&stream, 408, "the request did not arrive in time");
+                    metrics::http_request("", 408);
                 }
-                log::error!("HTTP server: receiving a request failed: {err}");
-                continue;
+                ReadError::Refused { status, message } => {
+                    log::debug!("HTTP server: refused a request from {peer}: {message}");
+                    conn::refuse(&stream, status, &message);
+                    metrics::http_request("", status);
+                }
             }
-        };
-        if shared.stopping.load(Ordering::SeqCst) {
-            let path = request_path(&request);
-            let status = respond_text(request, 503, "the server is shutting down", None);
-            metrics::http_request(&path, status);
-            continue;
+            return;
         }
-        let Some(guard) = ActiveGuard::try_new(shared) else {
-            let path = request_path(&request);
-            let status = respond_text(request, 503, "too many connections", None);
-            metrics::http_request(&path, status);
-            continue;
-        };
-        let thread_shared = shared.clone();
-        let spawned = thread::Builder::new()
-            .name("litefs-http".to_string())
-            .spawn(move || {
-                let _guard = guard;
-                handle_request(&thread_shared, request);
-            });
-        if let Err(err) = spawned {
-            log::error!("HTTP server: cannot start a request thread: {err}");
-        }
-    }
-}
-
-/// The path of a request, without the query.
-fn request_path(request: &tiny_http::Request) -> String {
-    let url = request.url();
-    url.split('?').next().unwrap_or(url).to_string()
-}
-
-/// Answers with a plain-text message and `status` (or with 413, see
-/// [`refuse_oversized`], when the request declares too large a body);
-/// returns the status sent.
-fn respond_text(
-    request: tiny_http::Request,
-    status: u16,
-    message: &str,
-    header: Option<(&str, &str)>,
-) -> u16 {
-    if request.body_length().is_some_and(|n| n > MAX_REQUEST_BODY) {
-        let peer = request.remote_addr().map(|a| a.to_string());
-        return refuse_oversized(request, peer.as_deref().unwrap_or("unknown"));
-    }
-    respond_plain(request, status, message, header)
-}
-
-/// Answers with a plain-text message and `status`, for a request whose
-/// body was read whole (or that has none); returns the status sent.
-fn respond_plain(
-    request: tiny_http::Request,
-    status: u16,
-    message: &str,
-    header: Option<(&str, &str)>,
-) -> u16 {
-    let mut response =
-        tiny_http::Response::from_string(format!("{message}\n")).with_status_code(status);
-    for (name, value) in [("Content-Type", "text/plain; charset=utf-8")]
-        .into_iter()
-        .chain(header)
-    {
-        if let Ok(header) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            response.add_header(header);
-        }
-    }
-    if let Err(err) = request.respond(response) {
-        log::debug!("HTTP server: cannot send a {status} response: {err}");
-    }
-    status
-}
-
-/// Answers one request and counts it (a stream as soon as it starts).
-fn handle_request(shared: &Arc<Shared>, request: tiny_http::Request) {
-    let path = request_path(&request);
-    if let Some(status) = route(shared, request, &path) {
+    };
+    let path = request.path().to_string();
+    if let Some(status) = route(shared, request, &path, &slot) {
         metrics::http_request(&path, status);
     }
 }
 
+/// Answers with a plain-text message and `status`; returns the status.
+fn respond_text(request: Request, status: u16, message: &str, extra: &[(&str, &str)]) -> u16 {
+    let peer = request.peer();
+    if let Err(err) = request.respond_text(status, message, extra) {
+        log::debug!("HTTP server: cannot send a {status} answer to {peer}: {err}");
+    }
+    status
+}
+
 /// Answers one request; returns the status sent, or `None` for a
 /// replication stream, which is counted when it starts.
-fn route(shared: &Arc<Shared>, mut request: tiny_http::Request, path: &str) -> Option<u16> {
-    let url = request.url().to_string();
-    let method = request.method().clone();
-    let peer = request
-        .remote_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| "unknown".to_string());
-    log::debug!("HTTP {method} {url:?} from {peer}");
+fn route(shared: &Arc<Shared>, mut request: Request, path: &str, slot: &ConnSlot) -> Option<u16> {
+    let method = request.method().to_string();
+    let peer = request.peer();
+    log::debug!("HTTP {method} {path:?} from {peer}");
     // Nothing, not even a 404 or a database name, before the token.
     if !super::auth::authorized(&request, shared.token.as_deref()) {
         log::debug!("HTTP server: refused {peer} without the cluster's token");
@@ -378,125 +358,99 @@ fn route(shared: &Arc<Shared>, mut request: tiny_http::Request, path: &str) -> O
             request,
             401,
             "unauthorized: this node requires the cluster's token (http.token)",
-            Some(("WWW-Authenticate", "Bearer")),
+            &[("WWW-Authenticate", "Bearer")],
         ));
     }
-    let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
-    match (path, &method) {
-        ("/import", tiny_http::Method::Post) => {
-            return Some(transfer::import(shared, request, query, &peer))
-        }
-        ("/export", tiny_http::Method::Get) => {
-            return Some(transfer::export(shared, request, query, &peer))
-        }
-        ("/import", _) | ("/export", _) => {
-            let allow = if path == "/import" { "POST" } else { "GET" };
+    // An import streams a database file of up to `MAX_DATABASE_SIZE`;
+    // every other body is a position list of at most `MAX_REQUEST_BODY`.
+    // Beyond, the answer is 413 and the body is never read.
+    let limit = if path == "/import" && method == "POST" {
+        MAX_DATABASE_SIZE
+    } else {
+        MAX_REQUEST_BODY as u64
+    };
+    if request.content_length().is_some_and(|n| n > limit) {
+        log::debug!(
+            "HTTP server: {peer} declared a request body of {} bytes; refused unread",
+            request.content_length().unwrap_or(0)
+        );
+        let message = format!("the request body is larger than {limit} bytes");
+        return Some(respond_text(request, 413, &message, &[]));
+    }
+    let query = request.query().to_string();
+    let allow = match path {
+        "/import" | "/stream" => "POST",
+        "/export" | "/info" | "/metrics" => "GET",
+        _ => {
             return Some(respond_text(
                 request,
-                405,
-                &format!("method not allowed: use {allow} {path}"),
-                Some(("Allow", allow)),
-            ));
+                404,
+                &format!("not found: {path}"),
+                &[],
+            ))
         }
-        _ => {}
+    };
+    if method != allow {
+        return Some(respond_text(
+            request,
+            405,
+            &format!("method not allowed: use {allow} {path}"),
+            &[("Allow", allow)],
+        ));
     }
-    if request.body_length().is_some_and(|n| n > MAX_REQUEST_BODY) {
-        return Some(refuse_oversized(request, &peer));
-    }
-    let text = |request, status, message: &str| Some(respond_text(request, status, message, None));
     match path {
+        "/import" => Some(transfer::import(shared, request, &query)),
+        "/export" => Some(transfer::export(shared, request, &query)),
         "/stream" => {
-            if method != tiny_http::Method::Post {
-                return Some(respond_text(
-                    request,
-                    405,
-                    "method not allowed: use POST /stream",
-                    Some(("Allow", "POST")),
-                ));
-            }
             if !shared.serving.load(Ordering::SeqCst) {
-                return text(request, 503, "not the primary");
+                return Some(respond_text(request, 503, "not the primary", &[]));
             }
             let mut body = Vec::new();
-            let read = request
-                .as_reader()
-                .take(MAX_REQUEST_BODY as u64 + 1)
-                .read_to_end(&mut body);
-            if let Err(err) = read {
+            if let Err(err) = std::io::Read::read_to_end(&mut request.body(), &mut body) {
                 log::debug!("HTTP server: reading the body from {peer} failed: {err}");
-                return text(request, 400, "cannot read the request body");
-            }
-            if body.len() > MAX_REQUEST_BODY {
-                let message = format!("the position list is larger than {MAX_REQUEST_BODY} bytes");
-                return text(request, 413, &message);
+                return Some(respond_text(
+                    request,
+                    400,
+                    "cannot read the request body",
+                    &[],
+                ));
             }
             let positions = match wire::parse_positions(&body) {
                 Ok(positions) => positions,
                 Err(msg) => {
-                    log::info!("HTTP server: bad position list from {peer}: {msg}");
-                    return text(request, 400, &format!("bad position list: {msg}"));
+                    log::debug!("HTTP server: bad position list from {peer}: {msg:?}");
+                    let message = format!("bad position list: {msg}");
+                    return Some(respond_text(request, 400, &message, &[]));
                 }
             };
+            let Some(stream_slot) = shared.slots.stream(slot) else {
+                let most = shared.limits.max_streams_per_client;
+                shared.stream_refusals.warn(|| {
+                    format!(
+                        "refused a replication stream to {}: it has {most} open already",
+                        peer.ip()
+                    )
+                });
+                let message = format!("too many streams from this address (at most {most})");
+                return Some(respond_text(request, 503, &message, &[]));
+            };
             metrics::http_request(path, 200);
-            serve_stream(shared, request, peer, positions);
+            serve_stream(shared, request.into_stream(), peer, positions);
+            drop(stream_slot);
             None
         }
-        "/info" | "/metrics" => {
-            if method != tiny_http::Method::Get {
-                return Some(respond_text(
-                    request,
-                    405,
-                    &format!("method not allowed: use GET {path}"),
-                    Some(("Allow", "GET")),
-                ));
-            }
+        _ => {
             let (body, content_type) = if path == "/info" {
                 (info_json(shared), "application/json")
             } else {
                 (metrics_text(shared), metrics::CONTENT_TYPE)
             };
-            let mut response = tiny_http::Response::from_string(body);
-            if let Ok(header) =
-                tiny_http::Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes())
-            {
-                response.add_header(header);
-            }
-            if let Err(err) = request.respond(response) {
+            if let Err(err) = request.respond(200, content_type, body.as_bytes(), &[]) {
                 log::debug!("HTTP server: cannot answer {path} to {peer}: {err}");
             }
             Some(200)
         }
-        _ => text(request, 404, &format!("not found: {path}")),
     }
-}
-
-/// Answers 413 to a request that declares a body larger than
-/// `MAX_REQUEST_BODY`, and leaks the request's connection.
-///
-/// tiny_http 0.12 drains an unread body when the request is dropped, into a
-/// buffer as large as the declared `Content-Length`: a request declaring
-/// petabytes aborts the process on that allocation (upstream PR
-/// tiny-http/tiny-http#290). Such a request is therefore never dropped: the
-/// answer goes out through `upgrade`, which hands back the connection, and
-/// the connection is forgotten. That costs one socket and one tiny_http
-/// thread per abusive request instead of the whole node.
-fn refuse_oversized(request: tiny_http::Request, peer: &str) -> u16 {
-    log::warn!(
-        "HTTP server: {peer} declared a request body of {} bytes (the limit is \
-         {MAX_REQUEST_BODY}); refused, and its connection is left open",
-        request.body_length().unwrap_or(0)
-    );
-    let mut response = tiny_http::Response::from_string(format!(
-        "the request body is larger than {MAX_REQUEST_BODY} bytes\n"
-    ))
-    .with_status_code(413);
-    if let Ok(header) =
-        tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"text/plain; charset=utf-8"[..])
-    {
-        response.add_header(header);
-    }
-    std::mem::forget(request.upgrade("none", response));
-    413
 }
 
 /// `{"primary": bool, "dbs": {"name": "txid/checksum", ...}}`.

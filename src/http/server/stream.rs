@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,12 +32,28 @@ impl From<io::Error> for End {
     }
 }
 
+/// How long a write to a replica may make no progress, and how long sent
+/// bytes may stay unacknowledged (`TCP_USER_TIMEOUT`), before the replica
+/// is taken for gone: its receiving thread reads continuously, so 30 s of
+/// nothing is a dead or hostile peer, and heartbeats (one byte a second)
+/// alone would never fill the socket buffer to make a write block.
+const STREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Streams to the replica at `peer` on `conn` until it ends (see the
+/// module comment); writes the response head itself.
 pub(super) fn serve_stream(
     shared: &Arc<Shared>,
-    request: tiny_http::Request,
-    peer: String,
+    conn: TcpStream,
+    peer: SocketAddr,
     replica: BTreeMap<String, Position>,
 ) {
+    let peer = peer.to_string();
+    if let Err(err) = conn
+        .set_write_timeout(Some(STREAM_WRITE_TIMEOUT))
+        .and_then(|()| set_user_timeout(&conn, STREAM_WRITE_TIMEOUT))
+    {
+        log::debug!("replica {peer}: cannot set the write timeouts: {err}");
+    }
     // This request's thread now only streams: replication work.
     crate::priority::raise_for_replication("stream");
     shared.streams_started.fetch_add(1, Ordering::SeqCst);
@@ -48,7 +66,7 @@ pub(super) fn serve_stream(
         shared,
         peer,
         out: Out {
-            writer: BufWriter::with_capacity(COPY_BUFFER, request.into_writer()),
+            writer: BufWriter::with_capacity(COPY_BUFFER, conn),
             last_write: Instant::now(),
             broken: None,
         },
@@ -71,9 +89,29 @@ pub(super) fn serve_stream(
     shared.streams_active.fetch_sub(1, Ordering::SeqCst);
 }
 
+/// Sets `TCP_USER_TIMEOUT`: the kernel drops the connection when sent
+/// data stays unacknowledged for `timeout`.
+fn set_user_timeout(conn: &TcpStream, timeout: Duration) -> io::Result<()> {
+    let ms = timeout.as_millis().min(libc::c_uint::MAX as u128) as libc::c_uint;
+    // SAFETY: a valid socket fd and a pointer to a c_uint of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&ms as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The network side of a stream.
 struct Out {
-    writer: BufWriter<Box<dyn Write + Send>>,
+    writer: BufWriter<TcpStream>,
     last_write: Instant,
     /// The error of a failed heartbeat sent from inside a snapshot.
     broken: Option<io::Error>,

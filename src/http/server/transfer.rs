@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::stream::{open_snapshot, TempFile, SNAPSHOT_COUNTER};
-use super::{respond_plain, respond_text, Shared, COPY_BUFFER, SNAPSHOT_RETRY};
+use super::{respond_text, Request, Shared, COPY_BUFFER, SNAPSHOT_RETRY};
 use crate::store;
 
 /// The `Content-Type` of an exported snapshot.
@@ -23,18 +23,23 @@ pub const LTX_CONTENT_TYPE: &str = "application/x-litefs-ltx";
 /// How long an export keeps trying while write transactions get in its way.
 const EXPORT_PATIENCE: Duration = Duration::from_secs(30);
 
-/// `POST /import?name=NAME`.
-pub(super) fn import(
-    shared: &Shared,
-    mut request: tiny_http::Request,
-    query: &str,
-    peer: &str,
-) -> u16 {
-    // Every refusal first reads the body away: tiny_http would otherwise
-    // buffer all of it in memory when the request is dropped.
-    let refuse = |mut request: tiny_http::Request, status: u16, message: &str| {
-        let _ = io::copy(&mut request.as_reader(), &mut io::sink());
-        respond_plain(request, status, message, None)
+/// `POST /import?name=NAME`: the body (its `Content-Length` required) is
+/// streamed to a file, whatever its size.
+pub(super) fn import(shared: &Shared, mut request: Request, query: &str) -> u16 {
+    let peer = request.peer();
+    // Every refusal first reads the body away: the client sends all of it
+    // before it reads the answer. The client has the cluster's token.
+    let refuse = |mut request: Request, status: u16, message: &str| {
+        request.discard_body();
+        respond_text(request, status, message, &[])
+    };
+    let Some(len) = request.content_length() else {
+        return respond_text(
+            request,
+            411,
+            "an import needs a Content-Length (the size of the database file)",
+            &[],
+        );
     };
     let name = match database_name(query) {
         Ok(name) => name,
@@ -65,54 +70,61 @@ pub(super) fn import(
         ))),
         Err(err) => return refuse(request, 500, &err.to_string()),
     };
-    let received = File::create(&tmp.0).and_then(|mut file| {
-        io::copy(&mut request.as_reader(), &mut file)?;
+    let received = File::create(&tmp.0).and_then(|file| {
+        let mut file = io::BufWriter::with_capacity(COPY_BUFFER, file);
+        io::copy(&mut request.body(), &mut file)?;
         file.flush()
     });
     if let Err(err) = received {
-        log::warn!("import of {name} from {peer}: receiving the file failed: {err}");
-        return refuse(request, 400, &format!("cannot receive the file: {err}"));
+        log::warn!("import of {name} ({len} bytes) from {peer}: receiving the file failed: {err}");
+        return respond_text(
+            request,
+            400,
+            &format!("cannot receive the file: {err}"),
+            &[],
+        );
     }
     if let Err(err) = crate::sqlite::check_database_file(&tmp.0) {
         let message = err
             .to_string()
             .replace(&tmp.0.display().to_string(), "the file");
-        return respond_plain(request, 400, &format!("not importable: {message}"), None);
+        return respond_text(request, 400, &format!("not importable: {message}"), &[]);
     }
     let db = match store.create_db(&name) {
         Ok(db) => db,
-        Err(err) => return respond_plain(request, 400, &err.to_string(), None),
+        Err(err) => return respond_text(request, 400, &err.to_string(), &[]),
     };
     match applier.import(&db, &tmp.0, role) {
         Ok(pos) => {
             store.notify_change();
             log::info!("database {name}: imported a file from {peer}, now at {pos}");
-            respond_plain(
+            respond_text(
                 request,
                 200,
                 &format!("imported {name} at position {pos}"),
-                None,
+                &[],
             )
         }
         Err(err) => {
             log::error!("database {name}: import from {peer} failed: {err}");
-            respond_plain(request, 500, &format!("import failed: {err}"), None)
+            respond_text(request, 500, &format!("import failed: {err}"), &[])
         }
     }
 }
 
 /// `GET /export?name=NAME`.
-pub(super) fn export(shared: &Shared, request: tiny_http::Request, query: &str, peer: &str) -> u16 {
+pub(super) fn export(shared: &Shared, request: Request, query: &str) -> u16 {
+    let peer = request.peer();
     let name = match database_name(query) {
         Ok(name) => name,
-        Err(message) => return respond_text(request, 400, &message, None),
+        Err(message) => return respond_text(request, 400, &message, &[]),
     };
     let Some(db) = shared.store.db(&name) else {
         return respond_text(
             request,
             404,
             &format!("no database {name} on this node"),
-            None,
+            &[],
         );
     };
     let deadline = Instant::now() + EXPORT_PATIENCE;
@@ -138,30 +150,22 @@ pub(super) fn export(shared: &Shared, request: tiny_http::Request, query: &str, 
                     request,
                     404,
                     &format!("database {name} has no transactions yet"),
-                    None,
+                    &[],
                 )
             }
             Err(err) => {
                 log::warn!("database {name}: export to {peer} failed: {err}");
-                return respond_text(request, 500, &format!("export failed: {err}"), None);
+                return respond_text(request, 500, &format!("export failed: {err}"), &[]);
             }
         }
     }
     let (file, len, _) = match open_snapshot(&tmp.0) {
         Ok(opened) => opened,
-        Err(err) => return respond_text(request, 500, &format!("export failed: {err}"), None),
+        Err(err) => return respond_text(request, 500, &format!("export failed: {err}"), &[]),
     };
-    let mut response =
-        tiny_http::Response::new(200.into(), Vec::new(), file, Some(len as usize), None);
-    if let Ok(header) =
-        tiny_http::Header::from_bytes(&b"Content-Type"[..], LTX_CONTENT_TYPE.as_bytes())
-    {
-        response.add_header(header);
-    }
-    if let Err(err) = request.respond(response) {
-        log::debug!("database {name}: sending an export to {peer} failed: {err}");
-    } else {
-        log::info!("database {name}: exported {len} bytes to {peer}");
+    match request.respond_file(LTX_CONTENT_TYPE, file, len) {
+        Ok(()) => log::info!("database {name}: exported {len} bytes to {peer}"),
+        Err(err) => log::debug!("database {name}: sending an export to {peer} failed: {err}"),
     }
     200
 }
