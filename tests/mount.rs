@@ -8,9 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{
-    assert_replay_identical, newest_ltx_pos, sqlite3, sqlite3_ok, temp_dir, wait_for, Node, Rng,
+    assert_replay_identical, kill9_during_writes, newest_ltx_pos, sqlite3, sqlite3_ok, temp_dir,
+    Node, Rng,
 };
-use litefs::{ltx, store};
 
 fn count_rows(db: &Path, table: &str) -> i64 {
     sqlite3_ok(db, &format!("SELECT count(*) FROM {table};"))
@@ -358,84 +358,12 @@ fn clean_stop_unmounts_and_a_crash_leaves_a_mount_that_restart_clears() {
 fn kill_9_during_writes_never_loses_a_committed_transaction() {
     let dir = temp_dir("crash");
     let mut node = Node::start_in(dir.path(), "");
-    let path = node.db("k.db");
-    sqlite3_ok(&path, "CREATE TABLE t(i INTEGER PRIMARY KEY, b BLOB);");
+    sqlite3_ok(
+        &node.db("k.db"),
+        "CREATE TABLE t(i INTEGER PRIMARY KEY, b BLOB);",
+    );
     let mut rng = Rng::from_clock("crash test");
-    let committed = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
-    let mut next_i = 1i64;
-    for round in 0..20 {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let writer = {
-            let path = path.clone();
-            let committed = committed.clone();
-            let stop = stop.clone();
-            let start = next_i;
-            std::thread::spawn(move || {
-                let mut i = start;
-                let Ok(mut conn) = rusqlite::Connection::open(&path) else {
-                    return i;
-                };
-                let _ = conn.busy_timeout(Duration::from_secs(5));
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let res = (|| -> rusqlite::Result<()> {
-                        let tx = conn.transaction()?;
-                        tx.execute(
-                            "INSERT INTO t(i, b) VALUES(?1, randomblob(?2))",
-                            rusqlite::params![i, 100 + (i % 7) * 900],
-                        )?;
-                        tx.commit()
-                    })();
-                    match res {
-                        Ok(()) => {
-                            committed.lock().unwrap().insert(i);
-                            i += 1;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                i + 1
-            })
-        };
-        // Let the writer commit something, then kill at a random moment.
-        let committed_before = committed.lock().unwrap().len();
-        wait_for("a commit", Duration::from_secs(30), || {
-            committed.lock().unwrap().len() > committed_before
-        });
-        std::thread::sleep(Duration::from_millis(rng.next() % 200));
-        node.kill9();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        next_i = writer.join().unwrap();
-        node.restart();
-
-        let files = node.ltx_files("k.db");
-        assert_eq!(
-            node.pos("k.db"),
-            newest_ltx_pos(&node, "k.db"),
-            "round {round}"
-        );
-        let (_, trailer) = ltx::read_header_and_trailer(files.last().unwrap()).unwrap();
-        assert_eq!(
-            store::database_checksum(&node.data_db("k.db")).unwrap(),
-            trailer.post_apply_checksum,
-            "round {round}"
-        );
-        assert_eq!(
-            sqlite3_ok(&path, "PRAGMA integrity_check;"),
-            "ok\n",
-            "round {round}"
-        );
-        let present: BTreeSet<i64> = sqlite3_ok(&path, "SELECT i FROM t;")
-            .lines()
-            .map(|l| l.parse().unwrap())
-            .collect();
-        let committed = committed.lock().unwrap();
-        let missing: Vec<_> = committed.difference(&present).collect();
-        assert!(
-            missing.is_empty(),
-            "round {round}: committed rows lost: {missing:?}"
-        );
-    }
-    assert_replay_identical(&node, "k.db");
+    kill9_during_writes(&mut node, "k.db", 20, &mut rng, |_| String::new());
 }
 
 #[test]

@@ -81,6 +81,14 @@ impl Drop for DatabaseLock<'_> {
 }
 
 impl Applier {
+    /// The inode number of `db`'s file of `kind` on the mount.
+    fn ino(&self, db: &Db, kind: FileKind) -> u64 {
+        self.inodes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .ino(db.name(), db.instance(), kind)
+    }
+
     /// Gives the applier the mount's notifier, once the mount is up.
     pub fn set_notifier(&self, notifier: fuser::Notifier) {
         *self.notifier.lock().unwrap_or_else(|e| e.into_inner()) = Some(notifier);
@@ -225,11 +233,7 @@ impl Applier {
         path: &Path,
         _lock: &DatabaseLock<'_>,
     ) -> Result<Position, store::Error> {
-        let ino = self.inodes.write().unwrap_or_else(|e| e.into_inner()).ino(
-            db.name(),
-            db.instance(),
-            FileKind::Database,
-        );
+        let ino = self.ino(db, FileKind::Database);
         let began = Instant::now();
         let result = db.apply_ltx(path);
         if result.is_ok() {
@@ -288,24 +292,17 @@ impl Applier {
     /// cached pages of the database, which may hold that transaction's
     /// uncommitted writes, and its cached view of the journal.
     pub fn abandon_transaction(&self, db: &Db) -> Result<Position, store::Error> {
-        let (db_ino, journal_ino) = {
-            let mut inodes = self.inodes.write().unwrap_or_else(|e| e.into_inner());
-            (
-                inodes.ino(db.name(), db.instance(), FileKind::Database),
-                inodes.ino(db.name(), db.instance(), FileKind::Journal),
-            )
-        };
+        let (db_ino, journal_ino) = (
+            self.ino(db, FileKind::Database),
+            self.ino(db, FileKind::Journal),
+        );
         let result = db.abandon_transaction();
         // WAL mode: the WAL's transactions into the database file, so the
         // replica's applies land on the position; every connection then
         // rebuilds its WAL index (reads in progress fail once).
         match db.fold_wal() {
             Ok(true) => {
-                let wal_ino = self.inodes.write().unwrap_or_else(|e| e.into_inner()).ino(
-                    db.name(),
-                    db.instance(),
-                    FileKind::Wal,
-                );
+                let wal_ino = self.ino(db, FileKind::Wal);
                 self.invalidate(wal_ino, db.name());
                 self.reset_wal_index(db);
                 info!(
@@ -403,11 +400,7 @@ impl Applier {
     fn reset_wal_index(&self, db: &Db) {
         match db.clear_wal_index_header() {
             Ok(true) => {
-                let ino = self.inodes.write().unwrap_or_else(|e| e.into_inner()).ino(
-                    db.name(),
-                    db.instance(),
-                    FileKind::Shm,
-                );
+                let ino = self.ino(db, FileKind::Shm);
                 self.invalidate(ino, db.name());
             }
             Ok(false) => {}

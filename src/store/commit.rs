@@ -456,6 +456,23 @@ impl Db {
         database: &File,
         change: &Change,
     ) -> Result<u64, Error> {
+        self.write_change(path, header, change, true, |pgno, page| {
+            self.read_page(database, pgno, page)
+        })
+    }
+
+    /// Writes the pages of `change` as an LTX file at `path`, each read
+    /// with `read` and checked against its checksum in `change` (a page
+    /// that changed meanwhile fails the write), fsynced when `sync`;
+    /// returns its length in bytes (for the metrics; 0 when unknown).
+    pub(super) fn write_change(
+        &self,
+        path: &Path,
+        header: &ltx::Header,
+        change: &Change,
+        sync: bool,
+        read: impl Fn(u32, &mut [u8]) -> Result<(), Error>,
+    ) -> Result<u64, Error> {
         let ltx_error = self.ltx_error(path);
         let file = File::create(path).map_err(io_error(
             format!("creating an LTX file of database {}", self.name),
@@ -465,7 +482,7 @@ impl Db {
             .map_err(ltx_error)?;
         let mut page = vec![0u8; header.page_size as usize];
         for &(pgno, checksum) in &change.pages {
-            self.read_page(database, pgno, &mut page)?;
+            read(pgno, &mut page)?;
             if ltx::page_checksum(pgno, &page) != checksum {
                 return Err(Error::Changed {
                     db: self.name.clone(),
@@ -481,10 +498,12 @@ impl Db {
         let file = writer
             .into_inner()
             .map_err(|err| io_error("writing the LTX file", path)(err.into_error()))?;
-        file.sync_all().map_err(io_error(
-            format!("syncing an LTX file of database {}", self.name),
-            path,
-        ))?;
+        if sync {
+            file.sync_all().map_err(io_error(
+                format!("syncing an LTX file of database {}", self.name),
+                path,
+            ))?;
+        }
         // Only the metrics want the length: should fstat fail, they miss
         // these bytes rather than the commit failing.
         Ok(file.metadata().map_or(0, |md| md.len()))

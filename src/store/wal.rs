@@ -23,11 +23,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter};
+use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use super::db::{temp_path, Change, State, LTX_BUFFER};
+use super::db::{temp_path, Change, State};
 use super::{io_error, is_lock_page, now_ms, page_offset, sync_dir, Db, Error, Position};
 use crate::ltx;
 use crate::sqlite::wal::{self, WalCommit};
@@ -147,7 +147,9 @@ impl Db {
         let final_path = self.ltx_dir.join(ltx::filename(txid, txid));
         let tmp_path = temp_path(&final_path);
         let written = self
-            .write_wal_ltx(&tmp_path, &header, &source, &change)
+            .write_change(&tmp_path, &header, &change, false, |pgno, page| {
+                source.read(self, pgno, page)
+            })
             .and_then(|len| {
                 fs::rename(&tmp_path, &final_path)
                     .map(|()| len)
@@ -237,15 +239,7 @@ impl Db {
             );
         }
         self.checkpoint_recorded_wal()?;
-        let wal = self.wal_path();
-        OpenOptions::new()
-            .write(true)
-            .open(wal)
-            .and_then(|f| f.set_len(0).and_then(|()| f.sync_all()))
-            .map_err(io_error(
-                format!("emptying the WAL of database {}", self.name),
-                wal,
-            ))?;
+        self.truncate_wal()?;
         self.wal_reset();
         Ok(true)
     }
@@ -275,34 +269,6 @@ impl Db {
                 path,
             ))?;
         Ok(true)
-    }
-
-    fn write_wal_ltx(
-        &self,
-        path: &Path,
-        header: &ltx::Header,
-        source: &PageSource<'_>,
-        change: &Change,
-    ) -> Result<u64, Error> {
-        let ltx_error = self.ltx_error(path);
-        let file = File::create(path).map_err(io_error(
-            format!("creating an LTX file of database {}", self.name),
-            path,
-        ))?;
-        let mut encoder = ltx::LtxEncoder::new(BufWriter::with_capacity(LTX_BUFFER, file), header)
-            .map_err(ltx_error)?;
-        let mut page = vec![0u8; header.page_size as usize];
-        for &(pgno, _) in &change.pages {
-            source.read(self, pgno, &mut page)?;
-            encoder.encode_page(pgno, &page).map_err(ltx_error)?;
-        }
-        let (writer, _) = encoder.finish(change.checksum).map_err(ltx_error)?;
-        let file = writer
-            .into_inner()
-            .map_err(|err| io_error("writing the LTX file", path)(err.into_error()))?;
-        file.metadata()
-            .map(|md| md.len())
-            .map_err(io_error("reading the size of an LTX file", path))
     }
 
     /// Reconciles the WAL with the LTX chain at start-up (see the module
@@ -460,9 +426,8 @@ impl Db {
             .map_err(write_error)
     }
 
-    /// Empties the WAL (everything in it is in the database file and the
-    /// LTX chain) and deletes SQLite's index of it.
-    fn empty_wal(&self) -> Result<(), Error> {
+    /// Truncates the WAL to nothing, durably.
+    fn truncate_wal(&self) -> Result<(), Error> {
         let wal = self.wal_path();
         OpenOptions::new()
             .write(true)
@@ -471,7 +436,13 @@ impl Db {
             .map_err(io_error(
                 format!("emptying the WAL of database {}", self.name),
                 wal,
-            ))?;
+            ))
+    }
+
+    /// Empties the WAL (everything in it is in the database file and the
+    /// LTX chain) and deletes SQLite's index of it.
+    fn empty_wal(&self) -> Result<(), Error> {
+        self.truncate_wal()?;
         match fs::remove_file(self.shm_path()) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
