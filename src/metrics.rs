@@ -196,6 +196,8 @@ pub struct DbState {
     pub name: String,
     pub txid: u64,
     pub size_bytes: u64,
+    /// Seconds since the database was last caught up (0 on the primary).
+    pub lag_seconds: f64,
 }
 
 /// Every metric in the text exposition format: per database, then per node.
@@ -222,6 +224,14 @@ pub fn render(snapshot: &Snapshot) -> String {
     for (db, (state, _)) in &dbs {
         if let Some(state) = state {
             w.sample("", &[("db", db)], state.size_bytes);
+        }
+    }
+    let help = "Seconds since this database last had applied everything its primary had \
+                sent; 0 on the primary.";
+    w.family("litefs_db_replication_lag_seconds", "gauge", help);
+    for (db, (state, _)) in &dbs {
+        if let Some(state) = state {
+            w.sample("", &[("db", db)], state.lag_seconds);
         }
     }
     let help = "Transactions committed on this node while it was the primary.";

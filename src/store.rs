@@ -318,8 +318,15 @@ impl Store {
     /// so the replica is at the primary's position), or by the apply
     /// thread when it empties the queue (as current as the stream).
     pub fn note_caught_up(&self, idle: bool) {
-        if self.dbs().iter().all(|db| db.queued_len() == 0) {
-            let now = Some(std::time::Instant::now());
+        let dbs = self.dbs();
+        let now = std::time::Instant::now();
+        // Per database: each with nothing left to apply is as current as
+        // the stream (`litefs_db_replication_lag_seconds`).
+        for db in dbs.iter().filter(|db| db.queued_len() == 0) {
+            db.mark_caught_up(now);
+        }
+        if dbs.iter().all(|db| db.queued_len() == 0) {
+            let now = Some(now);
             let mut caught_up = self.caught_up.lock().unwrap_or_else(|e| e.into_inner());
             caught_up.applied = now;
             if idle {
@@ -341,7 +348,17 @@ impl Store {
     /// the store was opened when it never caught up. The `.lag` file and
     /// the metrics show it (the primary shows 0 instead).
     pub fn replica_lag(&self) -> std::time::Duration {
-        self.caught_up_at().unwrap_or(self.opened_at).elapsed()
+        self.lag_since(self.caught_up_at())
+    }
+
+    /// `db`'s lag on a replica: the time since it was last caught up (see
+    /// [`Store::note_caught_up`]), or since the store was opened.
+    pub fn db_lag(&self, db: &Db) -> std::time::Duration {
+        self.lag_since(db.caught_up_at())
+    }
+
+    fn lag_since(&self, at: Option<std::time::Instant>) -> std::time::Duration {
+        at.unwrap_or(self.opened_at).elapsed()
     }
 
     /// When the replica was last known to be at its primary's position

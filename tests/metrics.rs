@@ -183,6 +183,10 @@ fn a_primary_and_its_replica_report_what_they_did() {
     assert_eq!(value(&p, odd), pos_txid(&primary, ODD_DB));
     assert_eq!(value(&p, "litefs_primary"), 1.0);
     assert_eq!(value(&p, "litefs_replication_lag_seconds"), 0.0);
+    assert_eq!(
+        value(&p, r#"litefs_db_replication_lag_seconds{db="m.db"}"#),
+        0.0
+    );
     assert_eq!(value(&p, "litefs_streams_active"), 1.0);
     assert!(value(&p, "litefs_streams_served_total") >= 1.0);
     assert_eq!(value(&p, "litefs_replica_connects_total"), 0.0);
@@ -220,6 +224,11 @@ fn a_primary_and_its_replica_report_what_they_did() {
     assert_eq!(value(&r, "litefs_primary"), 0.0);
     let lag = value(&r, "litefs_replication_lag_seconds");
     assert!((0.0..CATCH_UP.as_secs_f64()).contains(&lag), "lag {lag}");
+    let db_lag = value(&r, r#"litefs_db_replication_lag_seconds{db="m.db"}"#);
+    assert!(
+        (0.0..CATCH_UP.as_secs_f64()).contains(&db_lag),
+        "lag {db_lag}"
+    );
     assert_eq!(value(&r, "litefs_streams_active"), 0.0);
     assert!(value(&r, "litefs_replica_connects_total") >= 1.0);
     // The applier takes SQLite's locks through the replica's own mount.

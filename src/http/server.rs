@@ -480,6 +480,11 @@ fn metrics_text(shared: &Shared) -> String {
             name: db.name().to_string(),
             txid: db.pos().txid,
             size_bytes: db.size_bytes(),
+            lag_seconds: if primary {
+                0.0
+            } else {
+                shared.store.db_lag(db).as_secs_f64()
+            },
         })
         .collect();
     metrics::render(&metrics::Snapshot {

@@ -47,6 +47,9 @@ pub struct Db {
     /// Set once the database was deleted (`delete.rs`); a handle still
     /// open on it must not write.
     pub(super) deleted: AtomicBool,
+    /// On a replica: when this database last had applied everything
+    /// received, with nothing more known to be coming (`Store::note_caught_up`).
+    caught_up_at: Mutex<Option<std::time::Instant>>,
 }
 
 /// Gives every `Db` of this process its own `instance`.
@@ -224,6 +227,7 @@ impl Db {
             node_id,
             instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
             deleted: AtomicBool::new(false),
+            caught_up_at: Mutex::new(None),
         };
         let state = db.recover()?;
         log::debug!("database {}: recovered at position {}", db.name, state.pos);
@@ -241,6 +245,16 @@ impl Db {
     /// deleted and created again under the same name is told apart.
     pub fn instance(&self) -> u64 {
         self.instance
+    }
+
+    /// On a replica: when this database was last caught up with its
+    /// primary (see `Store::note_caught_up`); `None` before the first time.
+    pub fn caught_up_at(&self) -> Option<std::time::Instant> {
+        *self.caught_up_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn mark_caught_up(&self, at: std::time::Instant) {
+        *self.caught_up_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
     }
 
     /// Whether the database was deleted (see `Store::delete_db`).
