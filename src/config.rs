@@ -11,6 +11,9 @@
 //! | data directory    | `data-dir`             | `data.dir`                | `.<mount name>` beside mount  |
 //! | LTX retention     | —                      | `data.retention`          | 10m                           |
 //! | HTTP address      | `http.addr`            | `http.addr`               | `:20202`                      |
+//! | cluster token     | `http.token`           | `http.token`              | none                          |
+//! | TLS cert and key  | `http.tls-cert`, `http.tls-key` | (litefs only)    | none: plain HTTP              |
+//! | CA for https URLs | `http.tls-ca`          | (litefs only)             | none: https refused           |
 //! | lease kind        | consul if `consul:` given | `lease.type`           | static                        |
 //! | may be primary    | —                      | `lease.candidate`         | true                          |
 //! | hostname          | —                      | `lease.hostname`          | this machine's hostname       |

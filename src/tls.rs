@@ -160,6 +160,10 @@ mod imp {
                     ),
                     other => error(key, format!("the key cannot be used: {other}")),
                 })?;
+            // One request per connection (streams are long, CLI calls one
+            // shot): resumption tickets would be work for nothing.
+            let mut config = config;
+            config.send_tls13_tickets = 0;
             Ok(ServerTls {
                 cert: cert.to_path_buf(),
                 key: key.to_path_buf(),
