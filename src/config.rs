@@ -11,6 +11,9 @@
 //! | data directory    | `data-dir`             | `data.dir`                | `.<mount name>` beside mount  |
 //! | LTX retention     | —                      | `data.retention`          | 10m                           |
 //! | HTTP address      | `http.addr`            | `http.addr`               | `:20202`                      |
+//! | cluster token     | `http.token`           | `http.token`              | none                          |
+//! | TLS cert and key  | `http.tls-cert`, `http.tls-key` | (litefs only)    | none: plain HTTP              |
+//! | CA for https URLs | `http.tls-ca`          | (litefs only)             | none: https refused           |
 //! | lease kind        | consul if `consul:` given | `lease.type`           | static                        |
 //! | may be primary    | —                      | `lease.candidate`         | true                          |
 //! | hostname          | —                      | `lease.hostname`          | this machine's hostname       |
@@ -102,14 +105,14 @@ mod unsupported;
 mod values;
 
 pub use exec::{ExecCommand, ExecWait, Program};
-use lease::lease_config;
+use lease::{lease_config, HttpTls};
 use raw::{yaml_error, RawFile};
 use values::{absolute, base_dir, format_duration, split_host_port};
 pub use values::{check_http_url, expand_env, expand_with, parse_duration};
 
 const DURATION_HELP: &str =
     "use a number with a unit (ns, us, ms, s, m, h), e.g. 10s, 1m30s, 500ms, 1h";
-const URL_HELP: &str = "it must look like http://host[:port][/path]";
+const URL_HELP: &str = "it must look like http://host[:port][/path] (or https://)";
 
 /// A complete, validated litefs configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +128,12 @@ pub struct Config {
     /// request must carry `Authorization: Bearer <token>`, and this node
     /// sends it to the primary.
     pub http_token: Option<String>,
+    /// The node's certificate and key (`http.tls-cert`, `http.tls-key`),
+    /// loaded and checked: when set, the server speaks only TLS.
+    pub http_tls: Option<crate::tls::ServerTls>,
+    /// The CA certificates (`http.tls-ca`), loaded: what an `https://`
+    /// primary, or node for `import`/`export`, is verified against.
+    pub http_tls_ca: Option<crate::tls::ClientTls>,
     /// Who decides which node is primary.
     pub lease: LeaseConfig,
     /// How long LTX files are kept; the newest one is always kept.
@@ -465,6 +474,7 @@ fn resolve(raw: RawFile, source: &Path) -> Result<Config, Error> {
     };
 
     let raw_http = raw.http.unwrap_or_default();
+    let (http_tls, http_tls_ca) = tls_config(source, &raw_http)?;
     let http_token = match raw_http.token {
         Some(token) if token.is_empty() => {
             return Err(invalid(
@@ -494,12 +504,18 @@ fn resolve(raw: RawFile, source: &Path) -> Result<Config, Error> {
         ));
     };
 
-    let lease = lease_config(source, raw.lease.unwrap_or_default(), raw.consul, port)?;
+    let tls = HttpTls {
+        serves: http_tls.is_some(),
+        verifies: http_tls_ca.is_some(),
+    };
+    let lease = lease_config(source, raw.lease.unwrap_or_default(), raw.consul, port, tls)?;
     Ok(Config {
         mount_dir,
         data_dir,
         http_addr,
         http_token,
+        http_tls,
+        http_tls_ca,
         lease,
         retention,
         retention_monitor_interval,
@@ -509,6 +525,67 @@ fn resolve(raw: RawFile, source: &Path) -> Result<Config, Error> {
         exec: exec::exec_commands(source, raw.exec)?,
         exec_wait: exec::exec_wait(source, raw.exec_wait)?,
     })
+}
+
+/// Loads `http.tls-cert` with `http.tls-key` (both or neither) and
+/// `http.tls-ca`, relative to the config file; a file that cannot be used
+/// is an error naming the key, the file and what is wrong.
+fn tls_config(
+    source: &Path,
+    http: &raw::RawHttp,
+) -> Result<(Option<crate::tls::ServerTls>, Option<crate::tls::ClientTls>), Error> {
+    let base = base_dir(source);
+    let path = |key: &str, value: &Option<String>| -> Result<Option<PathBuf>, Error> {
+        match value {
+            None => Ok(None),
+            Some(_) if !crate::tls::BUILT => Err(invalid(source, key, crate::tls::NOT_BUILT)),
+            Some(text) if text.trim().is_empty() => Err(invalid(
+                source,
+                key,
+                "is empty (an unset environment variable?); give a PEM file or leave the key out",
+            )),
+            Some(text) => Ok(Some(absolute(&base, text))),
+        }
+    };
+    let cert = path("http.tls-cert", &http.tls_cert)?;
+    let key = path("http.tls-key", &http.tls_key)?;
+    let ca = path("http.tls-ca", &http.tls_ca)?;
+    let server = match (cert, key) {
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(invalid(
+                source,
+                "http.tls-key",
+                "is required with http.tls-cert: the certificate's private key (PEM)",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                source,
+                "http.tls-cert",
+                "is required with http.tls-key: the node's certificate chain (PEM)",
+            ))
+        }
+        (Some(cert), Some(key)) => {
+            let loaded = crate::tls::ServerTls::load(&cert, &key).map_err(|err| {
+                let which = if err.path == key {
+                    "http.tls-key"
+                } else {
+                    "http.tls-cert"
+                };
+                invalid(source, which, err.to_string())
+            })?;
+            Some(loaded)
+        }
+    };
+    let client = match ca {
+        None => None,
+        Some(ca) => Some(
+            crate::tls::ClientTls::load(&ca)
+                .map_err(|err| invalid(source, "http.tls-ca", err.to_string()))?,
+        ),
+    };
+    Ok((server, client))
 }
 
 /// An [`Error::Invalid`] for `key` in `source`.

@@ -48,6 +48,10 @@ pub enum Error {
         url: String,
         source: Box<ureq::Error>,
     },
+    /// The primary's TLS certificate does not verify against the CA
+    /// (`http.tls-ca`): another CA signed it, or it names another host.
+    /// Retried like any connection failure; never a fallback to http.
+    Certificate { url: String, reason: String },
     /// The primary answered with a status other than 200.
     Refused {
         url: String,
@@ -112,6 +116,10 @@ impl fmt::Display for Error {
             }
             Error::BadUrl { url, reason } => write!(f, "bad primary URL {url:?}: {reason}"),
             Error::Request { url, source } => write!(f, "request to {url} failed: {source}"),
+            Error::Certificate { url, reason } => write!(
+                f,
+                "refusing {url}: {reason}; nothing is sent to or received from it"
+            ),
             Error::Refused {
                 url,
                 status,

@@ -19,4 +19,5 @@ pub mod priority;
 pub mod sdnotify;
 pub mod sqlite;
 pub mod store;
+pub mod tls;
 pub mod transfer;

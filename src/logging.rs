@@ -2,7 +2,7 @@
 //! at start (so that what the config loader says is not lost), then as the
 //! config's `log:` and `fuse.debug` keys ask.
 //!
-//! - Level: `RUST_LOG` when set; otherwise `info`, with litefs's own debug
+//! - Level: `RUST_LOG` when set; otherwise `info` (rustls `error`), with litefs's own debug
 //!   lines for `log.debug: true` and every FUSE request (fuser's debug
 //!   lines) for `fuse.debug: true`.
 //! - Format: env_logger's text lines, or with `log.format: json` one JSON
@@ -71,7 +71,9 @@ fn install(log: &LogConfig, fuse: &FuseConfig) {
 
 /// The filter used when `RUST_LOG` is unset.
 fn default_filter(log: &LogConfig, fuse: &FuseConfig) -> String {
-    let mut filter = String::from("info");
+    // rustls logs what a hostile client sends at WARN, a line per
+    // connection; litefs logs the failures that matter itself.
+    let mut filter = String::from("info,rustls=error");
     if log.debug {
         filter.push_str(",litefs=debug");
     }
@@ -124,13 +126,16 @@ mod tests {
     fn default_filters() {
         let mut log = LogConfig::default();
         let mut fuse = FuseConfig::default();
-        assert_eq!(default_filter(&log, &fuse), "info");
+        assert_eq!(default_filter(&log, &fuse), "info,rustls=error");
         log.debug = true;
-        assert_eq!(default_filter(&log, &fuse), "info,litefs=debug");
+        assert_eq!(
+            default_filter(&log, &fuse),
+            "info,rustls=error,litefs=debug"
+        );
         fuse.debug = true;
         assert_eq!(
             default_filter(&log, &fuse),
-            "info,litefs=debug,fuser=debug,litefs::fuse=debug"
+            "info,rustls=error,litefs=debug,fuser=debug,litefs::fuse=debug"
         );
     }
 }

@@ -182,10 +182,12 @@ pub fn run(config: &Config) -> Result<u8, Error> {
     let fs = LitefsFs::new(store.clone(), role.clone(), &mount_dir);
     let applier = Arc::new(fs.applier());
 
-    let server = http::Server::start_with_token(
+    let server = http::Server::start_tls(
         &config.http_bind_addr(),
         store.clone(),
         config.http_token.clone(),
+        config.http_tls.clone(),
+        http::Limits::default(),
     )
     .map_err(Error::Http)?;
     if config.http_token.is_none() && !is_loopback_bind(&config.http_bind_addr()) {
@@ -243,6 +245,7 @@ pub fn run(config: &Config) -> Result<u8, Error> {
                 .reconnect_delay
                 .unwrap_or(http::RetryOptions::default().max_backoff),
             fatal,
+            tls: config.http_tls_ca.clone(),
         },
         replica: None,
         systemd: Readiness::new(SdNotify::from_env(), role.is_primary()),

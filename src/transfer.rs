@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::tls::ClientTls;
 use crate::{http, ltx, sqlite};
 
 /// The node address used when there is no config and no `-url`.
@@ -26,27 +27,37 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest error message read from a refusing node.
 const MAX_ERROR_BODY: u64 = 64 * 1024;
 
-/// Which node to talk to, and the cluster's token if it has one.
+/// Which node to talk to, the cluster's token if it has one, and the CAs
+/// an `https://` node is verified against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// `http://host:port`, without a trailing slash.
+    /// `http://host:port` or `https://host:port`, without a trailing slash.
     pub url: String,
     /// Sent as `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// The config's `http.tls-ca`; an https URL is refused without it.
+    pub tls: Option<ClientTls>,
 }
 
 impl Target {
-    /// The node of `config` (its HTTP port on loopback, its token), with
-    /// `url` taking precedence when given; [`DEFAULT_URL`] without either.
+    /// The node of `config` (its HTTP port on loopback, its token, its
+    /// CAs), with `url` taking precedence when given; [`DEFAULT_URL`]
+    /// without either. A node that serves TLS is asked at
+    /// `https://localhost:<port>`: its certificate must name `localhost`
+    /// for that, or pass `-url`.
     pub fn new(config: Option<&Config>, url: Option<&str>) -> Target {
         let url = match (url, config) {
             (Some(url), _) => url.trim_end_matches('/').to_string(),
+            (None, Some(config)) if config.http_tls.is_some() => {
+                format!("https://localhost:{}", config.http_port())
+            }
             (None, Some(config)) => format!("http://127.0.0.1:{}", config.http_port()),
             (None, None) => DEFAULT_URL.to_string(),
         };
         Target {
             url,
             token: config.and_then(|c| c.http_token.clone()),
+            tls: config.and_then(|c| c.http_tls_ca.clone()),
         }
     }
 }
@@ -66,6 +77,9 @@ pub enum Error {
     },
     /// What the node sent is not a valid database snapshot.
     Damaged { url: String, reason: String },
+    /// An https URL that cannot be verified (no CA given, or a build
+    /// without TLS), or a node whose certificate does not verify.
+    Tls { url: String, reason: String },
 }
 
 impl fmt::Display for Error {
@@ -84,6 +98,7 @@ impl fmt::Display for Error {
             Error::Damaged { url, reason } => {
                 write!(f, "{url}: the snapshot received is damaged: {reason}")
             }
+            Error::Tls { url, reason } => write!(f, "{url}: {reason}"),
         }
     }
 }
@@ -104,7 +119,7 @@ pub fn import(target: &Target, name: &str, file: &Path) -> Result<String, Error>
         .map_err(|err| file_error(err.to_string()))?
         .len();
     let url = format!("{}/import?name={}", target.url, http::percent_encode(name));
-    let mut request = agent()
+    let mut request = agent(target, &url)?
         .post(&url)
         .header("Content-Type", "application/vnd.sqlite3")
         .header("Content-Length", len.to_string());
@@ -113,7 +128,7 @@ pub fn import(target: &Target, name: &str, file: &Path) -> Result<String, Error>
     }
     let response = request
         .send(ureq::SendBody::from_reader(&mut BufReader::new(body)))
-        .map_err(|err| request_error(&url, err))?;
+        .map_err(|err| request_error(target, &url, err))?;
     let (status, mut body) = (response.status().as_u16(), response.into_body());
     let message = read_message(&mut body);
     if status != 200 {
@@ -131,11 +146,13 @@ pub fn import(target: &Target, name: &str, file: &Path) -> Result<String, Error>
 /// TXID of the copy.
 pub fn export(target: &Target, name: &str, file: &Path) -> Result<u64, Error> {
     let url = format!("{}/export?name={}", target.url, http::percent_encode(name));
-    let mut request = agent().get(&url);
+    let mut request = agent(target, &url)?.get(&url);
     if let Some(token) = &target.token {
         request = request.header("Authorization", http::auth_header(token));
     }
-    let response = request.call().map_err(|err| request_error(&url, err))?;
+    let response = request
+        .call()
+        .map_err(|err| request_error(target, &url, err))?;
     let status = response.status().as_u16();
     let mut body = response.into_body();
     if status != 200 {
@@ -222,17 +239,43 @@ fn write_snapshot_as_database(reader: impl io::Read, path: &Path, url: &str) -> 
     Ok(header.max_txid)
 }
 
-fn agent() -> ureq::Agent {
-    let config = ureq::Agent::config_builder()
+/// An agent for `url` on `target`: with `target`'s CAs for https (refused
+/// without them).
+fn agent(target: &Target, url: &str) -> Result<ureq::Agent, Error> {
+    let builder = ureq::Agent::config_builder()
         .timeout_connect(Some(CONNECT_TIMEOUT))
         .http_status_as_error(false)
         .max_redirects(0)
-        .proxy(None)
-        .build();
-    ureq::Agent::new_with_config(config)
+        .proxy(None);
+    if !url.starts_with("https://") {
+        return Ok(ureq::Agent::new_with_config(builder.build()));
+    }
+    let refused = |reason: &str| Error::Tls {
+        url: url.to_string(),
+        reason: reason.to_string(),
+    };
+    match &target.tls {
+        #[cfg(feature = "tls")]
+        Some(tls) => Ok(ureq::Agent::new_with_config(
+            builder.tls_config(tls.ureq_config()).build(),
+        )),
+        #[cfg(not(feature = "tls"))]
+        Some(tls) => match *tls {},
+        None if crate::tls::BUILT => Err(refused(
+            "an https URL needs the CA to verify the node against: pass -config with a \
+             config that sets http.tls-ca",
+        )),
+        None => Err(refused(crate::tls::NOT_BUILT)),
+    }
 }
 
-fn request_error(url: &str, err: ureq::Error) -> Error {
+fn request_error(target: &Target, url: &str, err: ureq::Error) -> Error {
+    if let Some(reason) = crate::tls::certificate_problem(&err, target.tls.as_ref()) {
+        return Error::Tls {
+            url: url.to_string(),
+            reason,
+        };
+    }
     Error::Request {
         url: url.to_string(),
         reason: err.to_string(),

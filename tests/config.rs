@@ -324,10 +324,13 @@ fn malformed_urls_are_refused() {
     let (_, message) = refuse(
         "mount-dir: /m\nconsul:\n  url: http://localhost:8500\n  advertise-url: \"https://n1:20202\"\n",
     );
-    assert_mentions(
-        &message,
-        &["consul.advertise-url", "https", "http://host[:port]"],
-    );
+    // https needs TLS built in and a certificate on this node (tests/tls.rs).
+    let needs = if litefs::tls::BUILT {
+        "http.tls-cert"
+    } else {
+        "built without TLS"
+    };
+    assert_mentions(&message, &["consul.advertise-url", "https", needs]);
 
     let (_, message) = refuse("mount-dir: /m\nlease:\n  advertise-url: \"http://n1:port\"\n");
     assert_mentions(
@@ -812,4 +815,17 @@ fn bad_values_of_go_keys_are_refused() {
 
     let (_, message) = refuse("mount-dir: /m\nfuse:\n  allow-other: 1\n");
     assert_mentions(&message, &["fuse.allow-other"]);
+}
+
+/// Built without the `tls` feature, the TLS keys are refused, saying so.
+#[cfg(not(feature = "tls"))]
+#[test]
+fn tls_keys_are_refused_without_the_tls_feature() {
+    for key in ["tls-cert: c.pem\n  tls-key: k.pem", "tls-ca: ca.pem"] {
+        let (_, message) = refuse(&format!("mount-dir: /m\nhttp:\n  {key}\n"));
+        assert_mentions(
+            &message,
+            &["http.tls-", "built without TLS", "--features tls"],
+        );
+    }
 }

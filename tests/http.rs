@@ -885,8 +885,16 @@ fn an_absurd_content_length_harms_no_one() {
 #[test]
 fn bad_urls_are_refused() {
     let (_r, replica) = new_store();
+    // An https URL without a CA to verify it against (tests/tls.rs has
+    // the rest of TLS).
+    let https = if litefs::tls::BUILT {
+        "http.tls-ca"
+    } else {
+        "built without TLS"
+    };
     for (url, want) in [
-        ("https://primary:20202", "http://"),
+        ("ftp://primary:20202", "http://"),
+        ("https://primary:20202", https),
         ("http://", "no host"),
         ("http://primary:20202/litefs?x=1", "without a query"),
         ("http://user@primary:20202", "user name"),

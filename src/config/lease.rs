@@ -6,21 +6,31 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::raw::{RawLease, RawLeaseConsul, RawSeedConsul};
-use super::values::{check_http_url, format_duration, local_hostname, url_host};
+use super::values::{check_http_url, format_duration, is_https, local_hostname, url_host};
 use super::{
     duration_in, duration_value, invalid, pick, ConsulConfig, Error, LeaseConfig, LeaseKind,
     DEFAULT_CONSUL_KEY, DEFAULT_CONSUL_TTL, DEFAULT_LOCK_DELAY, MAX_CONSUL_TTL, MAX_DEMOTE_DELAY,
     MAX_LOCK_DELAY, MIN_CONSUL_TTL, RECONNECT_DELAY_RANGE,
 };
 
+/// What the `http:` block says about TLS, for the advertise URL.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct HttpTls {
+    /// This node serves TLS only (`http.tls-cert`).
+    pub(super) serves: bool,
+    /// This node can verify an https primary (`http.tls-ca`).
+    pub(super) verifies: bool,
+}
+
 /// Resolves the lease settings from the Go-style `lease:` block and the
 /// seed's `consul:` block; `port` is the HTTP port for the default
-/// advertise URL.
+/// advertise URL, `https://` when this node serves TLS.
 pub(super) fn lease_config(
     source: &Path,
     lease: RawLease,
     seed_consul: Option<RawSeedConsul>,
     port: u16,
+    tls: HttpTls,
 ) -> Result<LeaseConfig, Error> {
     let seed_block = seed_consul.is_some();
     let consul_given = seed_block || lease.consul.is_some();
@@ -57,10 +67,14 @@ pub(super) fn lease_config(
     )? {
         Some((url, key)) => {
             check_http_url(&url).map_err(|m| invalid(source, key, m))?;
-            Some(url.trim_end_matches('/').to_string())
+            Some((url.trim_end_matches('/').to_string(), key))
         }
         None => None,
     };
+    let advertise_key = advertise
+        .as_ref()
+        .map_or("lease.advertise-url", |(_, k)| *k);
+    let advertise = advertise.map(|(url, _)| url);
 
     // A static replica names its primary; every other node names itself.
     let static_replica = kind == LeaseKind::Static && !candidate;
@@ -86,9 +100,18 @@ pub(super) fn lease_config(
                 source: e,
             })?,
         };
-        let url = advertise.unwrap_or_else(|| format!("http://{hostname}:{port}"));
+        let scheme = if tls.serves { "https" } else { "http" };
+        let url = advertise.unwrap_or_else(|| format!("{scheme}://{hostname}:{port}"));
         (hostname, url)
     };
+    check_advertise_tls(
+        source,
+        advertise_key,
+        &advertise_url,
+        static_replica,
+        kind,
+        tls,
+    )?;
     if hostname.trim().is_empty() {
         return Err(invalid(
             source,
@@ -166,6 +189,16 @@ fn consul_config(
         ));
     };
     check_http_url(&url).map_err(|m| invalid(source, url_key, m))?;
+    if is_https(&url) {
+        return Err(invalid(
+            source,
+            url_key,
+            format!(
+                "`{url}`: Consul over https is not supported; talk to a local Consul agent \
+                 over http (e.g. http://127.0.0.1:8500)"
+            ),
+        ));
+    }
 
     let key = match pick(
         source,
@@ -242,4 +275,56 @@ fn consul_config(
         ttl,
         lock_delay,
     })
+}
+
+/// Checks the advertise URL against the node's TLS settings: a node that
+/// serves TLS only must advertise https and one that serves plain HTTP
+/// must not (replicas would fail to talk to it); a node that connects to
+/// an https primary (a static replica, or any node of a Consul cluster
+/// whose URLs are https) needs the CA to verify it.
+fn check_advertise_tls(
+    source: &Path,
+    key: &str,
+    url: &str,
+    static_replica: bool,
+    kind: LeaseKind,
+    tls: HttpTls,
+) -> Result<(), Error> {
+    let https = is_https(url);
+    if !static_replica && tls.serves && !https {
+        return Err(invalid(
+            source,
+            key,
+            format!(
+                "`{url}` is http, but this node serves only TLS (http.tls-cert is set): \
+                 advertise https://..."
+            ),
+        ));
+    }
+    if !static_replica && !tls.serves && https {
+        return Err(invalid(
+            source,
+            key,
+            format!(
+                "`{url}` is https, but this node serves plain HTTP: set http.tls-cert and \
+                 http.tls-key, or advertise http://..."
+            ),
+        ));
+    }
+    if https && !tls.verifies && (static_replica || kind == LeaseKind::Consul) {
+        let whose = if static_replica {
+            "the primary"
+        } else {
+            "the other nodes"
+        };
+        return Err(invalid(
+            source,
+            "http.tls-ca",
+            format!(
+                "is required: {key} `{url}` is https, and this node must verify {whose} \
+                 against the cluster's CA; set http.tls-ca to its certificate file (PEM)"
+            ),
+        ));
+    }
+    Ok(())
 }

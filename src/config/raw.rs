@@ -63,6 +63,12 @@ pub(super) struct RawData {
 pub(super) struct RawHttp {
     pub(super) addr: Option<String>,
     pub(super) token: Option<String>,
+    #[serde(rename = "tls-cert")]
+    pub(super) tls_cert: Option<String>,
+    #[serde(rename = "tls-key")]
+    pub(super) tls_key: Option<String>,
+    #[serde(rename = "tls-ca")]
+    pub(super) tls_ca: Option<String>,
     #[serde(rename = "snapshot-timeout")]
     pub(super) snapshot_timeout: Option<Value>,
 }

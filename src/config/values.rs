@@ -1,5 +1,5 @@
 //! The values inside a config file, apart from its structure: environment
-//! expansion, Go-style durations, http URLs, `host:port` addresses, the
+//! expansion, Go-style durations, http(s) URLs, `host:port` addresses, the
 //! local hostname, and paths relative to the config file.
 
 use std::io;
@@ -144,8 +144,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::new(secs, (total % 1_000_000_000) as u32))
 }
 
-/// Checks that `url` is `http://host[:port][/path]`; the error says why not.
-/// A path is a prefix: litefs appends its own paths to the URL (`/stream`
+/// Checks that `url` is `http://host[:port][/path]`, or `https://...` in a
+/// build with TLS; the error says why not. A path is a prefix: litefs appends its own paths to the URL (`/stream`
 /// to an advertise URL, `/v1/...` to Consul's), so a node behind a
 /// reverse proxy at `http://proxy/litefs/node1` works. A query or
 /// fragment cannot take such a suffix and is refused.
@@ -154,15 +154,16 @@ pub fn check_http_url(url: &str) -> Result<(), String> {
         return Err(format!("is empty; {URL_HELP}"));
     }
     let lower = url.to_ascii_lowercase();
-    if lower.starts_with("https://") {
-        return Err(format!(
-            "`{url}` uses https, which this build of litefs does not support; {URL_HELP}"
-        ));
-    }
-    if !lower.starts_with("http://") {
+    let rest = if lower.starts_with("https://") {
+        if !crate::tls::BUILT {
+            return Err(format!("`{url}` uses https: {}", crate::tls::NOT_BUILT));
+        }
+        &url["https://".len()..]
+    } else if lower.starts_with("http://") {
+        &url["http://".len()..]
+    } else {
         return Err(format!("`{url}` is not an http URL; {URL_HELP}"));
-    }
-    let rest = &url["http://".len()..];
+    };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..authority_end];
     if authority.is_empty() {
@@ -274,9 +275,15 @@ pub(super) fn format_duration(d: Duration) -> String {
     }
 }
 
-/// The host part of an already validated http URL.
+/// Whether an already validated URL is https.
+pub(super) fn is_https(url: &str) -> bool {
+    url.get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+}
+
+/// The host part of an already validated http(s) URL.
 pub(super) fn url_host(url: &str) -> &str {
-    let rest = &url["http://".len()..];
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
     if let Some(inner) = authority.strip_prefix('[') {
         return inner.split(']').next().unwrap_or(inner);
@@ -367,9 +374,14 @@ mod tests {
         ] {
             assert_eq!(check_http_url(ok), Ok(()), "{ok}");
         }
+        // https needs a build with TLS.
+        assert_eq!(
+            check_http_url("https://node1:20202").is_ok(),
+            crate::tls::BUILT
+        );
         for bad in [
             "localhost:8500",
-            "https://x",
+            "https://",
             "http://",
             "http://:80",
             "http://host:",
@@ -383,6 +395,8 @@ mod tests {
         }
         assert_eq!(url_host("http://[::1]:8500/v1"), "::1");
         assert_eq!(url_host("http://primary:20202"), "primary");
+        assert_eq!(url_host("https://primary:20202/x"), "primary");
+        assert!(is_https("HTTPS://primary") && !is_https("http://primary"));
     }
 
     #[test]

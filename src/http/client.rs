@@ -20,6 +20,7 @@ use super::wire::{self, CONTENT_TYPE, IDLE_TIMEOUT, MAX_LTX_LEN, MAX_NAME_LEN, M
 use super::Error;
 use crate::fatal::Fatal;
 use crate::store::{self, Db, Position, Store};
+use crate::tls::ClientTls;
 
 /// Time allowed to open the TCP connection to the primary.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -74,7 +75,7 @@ pub fn stream_from_primary(
     receivers: &mut Receivers<'_, '_>,
     stop: &AtomicBool,
 ) -> Result<(), Error> {
-    stream_once(primary_url, token, store, receivers, stop, &mut false)
+    stream_once(primary_url, token, None, store, receivers, stop, &mut false)
 }
 
 /// Replicates from the primary until `stop` is set: asks `primary_url` for
@@ -104,6 +105,9 @@ pub struct RetryOptions {
     /// reported when `exit-on-error` makes it fatal. The loop retries
     /// either way, until stopped.
     pub fatal: Fatal,
+    /// The CAs an `https://` primary is verified against (`http.tls-ca`);
+    /// without them an https URL is refused before connecting.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for RetryOptions {
@@ -111,6 +115,7 @@ impl Default for RetryOptions {
         RetryOptions {
             max_backoff: MAX_BACKOFF,
             fatal: Fatal::disabled(),
+            tls: None,
         }
     }
 }
@@ -140,7 +145,8 @@ pub fn run_replica_loop_with(
             continue;
         };
         let mut connected = false;
-        let result = stream_once(&url, token, store, receivers, stop, &mut connected);
+        let tls = options.tls.as_ref();
+        let result = stream_once(&url, token, tls, store, receivers, stop, &mut connected);
         let full = result.as_ref().is_err_and(|err| err.is_disk_full());
         // A full disk backs off like an unreachable primary, though the
         // stream was established: each attempt downloads again.
@@ -196,6 +202,7 @@ fn sleep_unless_stopped(duration: Duration, stop: &AtomicBool) {
 fn stream_once(
     primary_url: &str,
     token: Option<&str>,
+    tls: Option<&ClientTls>,
     store: &Store,
     receivers: &mut Receivers<'_, '_>,
     stop: &AtomicBool,
@@ -220,15 +227,15 @@ fn stream_once(
     }
     let body = wire::format_positions(listed.iter().map(|(n, p)| (n.as_str(), *p)));
 
-    let config = ureq::Agent::config_builder()
+    let builder = ureq::Agent::config_builder()
         .timeout_connect(Some(CONNECT_TIMEOUT))
         .timeout_per_read(Some(IDLE_TIMEOUT))
         .timeout_per_write(Some(WRITE_TIMEOUT))
         .http_status_as_error(false)
         .max_redirects(0)
-        .proxy(None)
-        .build();
-    let agent = ureq::Agent::new_with_config(config);
+        .proxy(None);
+    let builder = with_tls(builder, &base, tls)?;
+    let agent = ureq::Agent::new_with_config(builder.build());
     let mut request = agent
         .post(&url)
         .header("Content-Type", "text/plain; charset=utf-8")
@@ -236,9 +243,17 @@ fn stream_once(
     if let Some(token) = token {
         request = request.header("Authorization", super::auth::bearer(token));
     }
-    let response = request.send(body).map_err(|source| Error::Request {
-        url: url.clone(),
-        source: Box::new(source),
+    let response = request.send(body).map_err(|source| {
+        match crate::tls::certificate_problem(&source, tls) {
+            Some(reason) => Error::Certificate {
+                url: url.clone(),
+                reason,
+            },
+            None => Error::Request {
+                url: url.clone(),
+                source: Box::new(source),
+            },
+        }
     })?;
     let status = response.status().as_u16();
     let content_type = response
@@ -315,20 +330,51 @@ fn stream_once(
     Ok(())
 }
 
-/// Checks `url` is `http://host[:port][/path]` (trailing `/`s allowed)
-/// and returns it without the trailing `/`s: the base the replica appends
-/// `/stream` to, so a primary behind a reverse proxy under a path prefix
-/// is reached at `<prefix>/stream`. The config refuses the same URLs at
-/// load (`config::check_http_url`).
+/// The agent's TLS settings for `base`: for an `https://` URL, `tls`'s
+/// CAs only (the URL is refused without them, and in a build without
+/// TLS); an `http://` URL is left plain.
+fn with_tls(
+    builder: ureq::config::ConfigBuilder<ureq::typestate::AgentScope>,
+    base: &str,
+    tls: Option<&ClientTls>,
+) -> Result<ureq::config::ConfigBuilder<ureq::typestate::AgentScope>, Error> {
+    if !base.starts_with("https://") {
+        return Ok(builder);
+    }
+    match tls {
+        #[cfg(feature = "tls")]
+        Some(tls) => Ok(builder.tls_config(tls.ureq_config())),
+        #[cfg(not(feature = "tls"))]
+        Some(tls) => match *tls {},
+        None => Err(Error::BadUrl {
+            url: base.to_string(),
+            reason: if crate::tls::BUILT {
+                "it is https, but no CA to verify it against is configured: set \
+                 http.tls-ca to the cluster's CA certificate file"
+                    .to_string()
+            } else {
+                crate::tls::NOT_BUILT.to_string()
+            },
+        }),
+    }
+}
+
+/// Checks `url` is `http://host[:port][/path]` or `https://...` (trailing
+/// `/`s allowed) and returns it without the trailing `/`s: the base the
+/// replica appends `/stream` to, so a primary behind a reverse proxy under
+/// a path prefix is reached at `<prefix>/stream`. The config refuses the
+/// same URLs at load (`config::check_http_url`).
 fn normalize_url(url: &str) -> Result<String, Error> {
     let bad = |reason: &str| Error::BadUrl {
         url: url.to_string(),
         reason: reason.to_string(),
     };
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err(bad(
-            "it must start with http:// (this build has no TLS for https)",
-        ));
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        ("http", rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        ("https", rest)
+    } else {
+        return Err(bad("it must start with http:// or https://"));
     };
     let rest = rest.trim_end_matches('/');
     let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
@@ -346,7 +392,7 @@ fn normalize_url(url: &str) -> Result<String, Error> {
     if rest.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad("it holds a space or control character"));
     }
-    Ok(format!("http://{rest}"))
+    Ok(format!("{scheme}://{rest}"))
 }
 
 /// Reads frames from the body of a stream.

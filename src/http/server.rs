@@ -36,6 +36,7 @@ use crate::store::Store;
 
 mod accept;
 mod conn;
+mod socket;
 mod stream;
 mod transfer;
 
@@ -125,6 +126,8 @@ struct Shared {
     store: Arc<Store>,
     /// The cluster's shared secret; every request must carry it when set.
     token: Option<String>,
+    /// The node's certificate and key: when set, every connection is TLS.
+    tls: Option<crate::tls::ServerTls>,
     limits: Limits,
     serving: AtomicBool,
     stopping: AtomicBool,
@@ -156,6 +159,18 @@ impl Server {
         Server::start_with(addr, store, None, Limits::default())
     }
 
+    /// Like [`Server::start_with`], speaking only TLS with `tls` when it
+    /// is given (`http.tls-cert`, `http.tls-key`).
+    pub fn start_tls(
+        addr: &str,
+        store: Arc<Store>,
+        token: Option<String>,
+        tls: Option<crate::tls::ServerTls>,
+        limits: Limits,
+    ) -> Result<Server, Error> {
+        Server::start_inner(addr, store, token, tls, limits)
+    }
+
     /// Like [`Server::start`], answering 401 to every request without
     /// `Authorization: Bearer <token>` when `token` is set.
     pub fn start_with_token(
@@ -172,6 +187,16 @@ impl Server {
         addr: &str,
         store: Arc<Store>,
         token: Option<String>,
+        limits: Limits,
+    ) -> Result<Server, Error> {
+        Server::start_inner(addr, store, token, None, limits)
+    }
+
+    fn start_inner(
+        addr: &str,
+        store: Arc<Store>,
+        token: Option<String>,
+        tls: Option<crate::tls::ServerTls>,
         limits: Limits,
     ) -> Result<Server, Error> {
         let bind_addr = if addr.starts_with(':') {
@@ -199,6 +224,7 @@ impl Server {
         let shared = Arc::new(Shared {
             store,
             token,
+            tls,
             slots: Arc::new(Slots::new(limits.clone())),
             limits,
             serving: AtomicBool::new(true),
@@ -217,7 +243,13 @@ impl Server {
                 .spawn(move || accept::accept_loop(&shared, &listener))
                 .map_err(|err| bind_error(format!("cannot start the accept thread: {err}")))?
         };
-        log::info!("HTTP server listening on {local_addr}");
+        match &shared.tls {
+            Some(tls) => log::info!(
+                "HTTP server listening on {local_addr} (TLS only, certificate {})",
+                tls.cert_path().display()
+            ),
+            None => log::info!("HTTP server listening on {local_addr}"),
+        }
         Ok(Server {
             shared,
             accept_thread: Some(accept_thread),
@@ -311,19 +343,26 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// counts it (a stream as soon as it starts). `slot` is held until the
 /// connection is closed.
 fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, slot: ConnSlot) {
-    let request = match read_request(stream, peer, &shared.limits, &shared.stopping) {
+    let conn = match socket::Conn::new(stream, shared.tls.as_ref()) {
+        Ok(conn) => conn,
+        Err(err) => {
+            log::warn!("HTTP server: dropping a connection from {peer}: {err}");
+            return;
+        }
+    };
+    let request = match read_request(conn, peer, &shared.limits, &shared.stopping) {
         Ok(request) => request,
-        Err((stream, err)) => {
+        Err((mut stream, err)) => {
             match err {
                 ReadError::Gone(why) => log::debug!("HTTP server: {peer} went away: {why}"),
                 ReadError::TimedOut => {
                     log::debug!("HTTP server: {peer} did not send a request in time");
-                    conn::refuse(&stream, 408, "the request did not arrive in time");
+                    conn::refuse(&mut stream, 408, "the request did not arrive in time");
                     metrics::http_request("", 408);
                 }
                 ReadError::Refused { status, message } => {
                     log::debug!("HTTP server: refused a request from {peer}: {message}");
-                    conn::refuse(&stream, status, &message);
+                    conn::refuse(&mut stream, status, &message);
                     metrics::http_request("", status);
                 }
             }

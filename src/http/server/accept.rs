@@ -283,7 +283,11 @@ fn admit(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr, refusals: &T
                     shared.limits.max_connections
                 )
             });
-            conn::refuse(&stream, 503, why);
+            // Over TLS a plain answer would be noise, and a handshake
+            // here would hold up the accept thread: just close.
+            if shared.tls.is_none() {
+                conn::refuse(&mut stream.into(), 503, why);
+            }
             metrics::http_request("", 503);
             return;
         }

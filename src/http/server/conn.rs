@@ -18,10 +18,11 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use super::socket::Conn;
 use super::Limits;
 use crate::http::wire::MAX_REQUEST_BODY;
 
@@ -71,7 +72,7 @@ pub(in crate::http) struct Request {
     content_length: Option<u64>,
     expects_continue: bool,
     peer: SocketAddr,
-    stream: TcpStream,
+    stream: Conn,
     /// Body bytes read together with the head, from `buffered_at` on.
     buffered: Vec<u8>,
     buffered_at: usize,
@@ -80,14 +81,18 @@ pub(in crate::http) struct Request {
 }
 
 /// Reads a request head from `stream` within `limits`, giving up early
-/// when `stop` is set.
+/// when `stop` is set. On a TLS connection the handshake comes first,
+/// within the same deadline.
 pub(super) fn read_request(
-    mut stream: TcpStream,
+    stream: impl Into<Conn>,
     peer: SocketAddr,
     limits: &Limits,
     stop: &AtomicBool,
-) -> Result<Request, (TcpStream, ReadError)> {
-    match read_head(&mut stream, limits, stop) {
+) -> Result<Request, (Conn, ReadError)> {
+    let mut stream = stream.into();
+    let head = read_head(&mut stream, limits, stop);
+    stream.set_deadline(None);
+    match head {
         Ok((head, rest)) => match parse_head(&head) {
             Ok(parsed) => {
                 let body_left = parsed.content_length.unwrap_or(0);
@@ -113,11 +118,12 @@ pub(super) fn read_request(
 /// Reads until the blank line that ends the head; returns the head and
 /// whatever body bytes came with it.
 fn read_head(
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     limits: &Limits,
     stop: &AtomicBool,
 ) -> Result<(Vec<u8>, Vec<u8>), ReadError> {
     let deadline = Instant::now() + limits.head_timeout;
+    stream.set_deadline(Some(deadline));
     let mut buf = Vec::with_capacity(READ_CHUNK);
     let mut chunk = [0u8; READ_CHUNK];
     loop {
@@ -128,9 +134,18 @@ fn read_head(
         if left.is_zero() {
             return Err(ReadError::TimedOut);
         }
+        let timeout = Some(left.min(STOP_CHECK));
         stream
-            .set_read_timeout(Some(left.min(STOP_CHECK)))
+            .tcp()
+            .set_read_timeout(timeout)
             .map_err(|err| ReadError::Gone(err.to_string()))?;
+        // The TLS handshake writes too: bounded the same way.
+        if stream.is_tls() {
+            stream
+                .tcp()
+                .set_write_timeout(timeout)
+                .map_err(|err| ReadError::Gone(err.to_string()))?;
+        }
         // Never more than one byte past the limit, so an endless head
         // costs `max_head` bytes of memory at most.
         let want = (limits.max_head + 1 - buf.len()).min(READ_CHUNK);
@@ -348,13 +363,13 @@ impl Request {
     ) -> io::Result<()> {
         self.discard_small_body();
         let head = response_head(status, content_type, Some(body.len() as u64), extra);
-        self.stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-        let mut out = io::BufWriter::new(&self.stream);
+        self.stream.tcp().set_write_timeout(Some(WRITE_TIMEOUT))?;
+        let mut out = io::BufWriter::new(&mut self.stream);
         out.write_all(head.as_bytes())?;
         out.write_all(body)?;
         out.flush()?;
         drop(out);
-        close(&self.stream);
+        self.stream.close();
         Ok(())
     }
 
@@ -362,23 +377,25 @@ impl Request {
     pub fn respond_file(mut self, content_type: &str, file: File, len: u64) -> io::Result<()> {
         self.discard_small_body();
         let head = response_head(200, content_type, Some(len), &[]);
-        self.stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-        let mut out = &self.stream;
+        self.stream.tcp().set_write_timeout(Some(WRITE_TIMEOUT))?;
+        let mut out = io::BufWriter::with_capacity(64 * 1024, &mut self.stream);
         out.write_all(head.as_bytes())?;
         let copied = io::copy(&mut file.take(len), &mut out)?;
+        out.flush()?;
+        drop(out);
         if copied < len {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!("the file ended after {copied} of {len} bytes"),
             ));
         }
-        close(&self.stream);
+        self.stream.close();
         Ok(())
     }
 
     /// Hands the connection over to a handler that writes its own answer
     /// (a replication stream); the body must have been read.
-    pub fn into_stream(self) -> TcpStream {
+    pub fn into_stream(self) -> Conn {
         self.stream
     }
 }
@@ -407,8 +424,12 @@ impl Read for Body<'_> {
         } else {
             if request.expects_continue {
                 request.expects_continue = false;
-                request.stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-                (&request.stream).write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+                request
+                    .stream
+                    .tcp()
+                    .set_write_timeout(Some(WRITE_TIMEOUT))?;
+                request.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+                request.stream.flush()?;
             }
             let mut timeout = BODY_IDLE_TIMEOUT;
             if let Some(deadline) = self.deadline {
@@ -420,8 +441,12 @@ impl Read for Body<'_> {
                     ));
                 }
             }
-            request.stream.set_read_timeout(Some(timeout))?;
-            let n = request.stream.read(&mut buf[..want])?;
+            request.stream.tcp().set_read_timeout(Some(timeout))?;
+            // Over TLS one read may take many reads of the socket.
+            request.stream.set_deadline(self.deadline);
+            let n = request.stream.read(&mut buf[..want]);
+            request.stream.set_deadline(None);
+            let n = n?;
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -463,7 +488,7 @@ pub(super) fn response_head(
 /// refused before reading it) with a short plain-text message, without
 /// ever blocking: the answer fits in an empty socket buffer, and if it
 /// does not go out at once the client was not listening anyway.
-pub(super) fn refuse(stream: &TcpStream, status: u16, message: &str) {
+pub(super) fn refuse(stream: &mut Conn, status: u16, message: &str) {
     let body = format!("{message}\n");
     let mut answer = response_head(
         status,
@@ -472,16 +497,11 @@ pub(super) fn refuse(stream: &TcpStream, status: u16, message: &str) {
         &[],
     );
     answer.push_str(&body);
-    if stream.set_nonblocking(true).is_ok() {
-        let _ = (&*stream).write_all(answer.as_bytes());
+    if stream.tcp().set_nonblocking(true).is_ok() {
+        let _ = stream.write_all(answer.as_bytes());
+        let _ = stream.flush();
     }
-    close(stream);
-}
-
-/// Ends the connection after an answer: the client sees the end of the
-/// answer (FIN) even if it sent bytes that were never read.
-fn close(stream: &TcpStream) {
-    let _ = stream.shutdown(Shutdown::Write);
+    stream.close();
 }
 
 /// The reason phrase of each status this server sends.
@@ -508,7 +528,7 @@ fn reason(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::TcpListener;
+    use std::net::{TcpListener, TcpStream};
 
     fn limits() -> Limits {
         Limits {

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::socket::Conn;
 use super::{Shared, COPY_BUFFER, SNAPSHOT_RETRY};
 use crate::http::wire::{self, CONTENT_TYPE, HEARTBEAT_INTERVAL};
 use crate::ltx;
@@ -40,20 +41,26 @@ impl From<io::Error> for End {
 const STREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Streams to the replica at `peer` on `conn` until it ends (see the
-/// module comment); writes the response head itself.
+/// module comment); writes the response head itself. Each frame and
+/// heartbeat is flushed, through TLS too.
 pub(super) fn serve_stream(
     shared: &Arc<Shared>,
-    conn: TcpStream,
+    mut conn: Conn,
     peer: SocketAddr,
     replica: BTreeMap<String, Position>,
 ) {
     let peer = peer.to_string();
     if let Err(err) = conn
+        .tcp()
         .set_write_timeout(Some(STREAM_WRITE_TIMEOUT))
-        .and_then(|()| set_user_timeout(&conn, STREAM_WRITE_TIMEOUT))
+        .and_then(|()| set_user_timeout(conn.tcp(), STREAM_WRITE_TIMEOUT))
     {
         log::debug!("replica {peer}: cannot set the write timeouts: {err}");
     }
+    // Nothing more is read from a replica. rustls reads the socket when a
+    // write is blocked; a read that cannot wait keeps a stuck replica to
+    // the write timeout alone.
+    conn.set_deadline(Some(Instant::now()));
     // This request's thread now only streams: replication work.
     crate::priority::raise_for_replication("stream");
     shared.streams_started.fetch_add(1, Ordering::SeqCst);
@@ -111,7 +118,7 @@ fn set_user_timeout(conn: &TcpStream, timeout: Duration) -> io::Result<()> {
 
 /// The network side of a stream.
 struct Out {
-    writer: BufWriter<TcpStream>,
+    writer: BufWriter<Conn>,
     last_write: Instant,
     /// The error of a failed heartbeat sent from inside a snapshot.
     broken: Option<io::Error>,
