@@ -15,10 +15,11 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{assert_identical, sqlite3_ok, temp_dir, wait_caught_up, wait_for, Node};
+use common::{
+    assert_identical, litefs_cli, output_text, sqlite3_ok, temp_dir, wait_caught_up, wait_for, Node,
+};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
 /// A certificate authority made for one test.
@@ -82,22 +83,6 @@ fn replica_of(url: &str) -> String {
     format!(
         "lease:\n  type: static\n  candidate: false\n  hostname: primary-host\n  \
          advertise-url: \"{url}\"\n"
-    )
-}
-
-fn litefs(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_litefs"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run litefs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
     )
 }
 
@@ -168,7 +153,7 @@ fn a_replica_replicates_from_a_tls_primary_and_export_works_over_https() {
     // litefs's own client over http:// fails the same way.
     let out_file = dir.path().join("copy.db");
     let plain_url = format!("http://127.0.0.1:{}", primary.port);
-    let out = litefs(&[
+    let out = litefs_cli(&[
         "export",
         "-name",
         "a.db",
@@ -176,13 +161,13 @@ fn a_replica_replicates_from_a_tls_primary_and_export_works_over_https() {
         &plain_url,
         out_file.to_str().unwrap(),
     ]);
-    assert!(!out.status.success(), "{}", text(&out));
+    assert!(!out.status.success(), "{}", output_text(&out));
     assert!(!out_file.exists());
 
     // Export over https: from the replica's config (its CA) naming the
     // primary, and from the primary's own config (https://localhost).
     let replica_config = replica.config.to_str().unwrap();
-    let out = litefs(&[
+    let out = litefs_cli(&[
         "export",
         "-name",
         "a.db",
@@ -192,10 +177,10 @@ fn a_replica_replicates_from_a_tls_primary_and_export_works_over_https() {
         &url,
         out_file.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(sqlite3_ok(&out_file, "SELECT count(*) FROM t;"), "23\n");
     let own = dir.path().join("own.db");
-    let out = litefs(&[
+    let out = litefs_cli(&[
         "export",
         "-name",
         "a.db",
@@ -203,12 +188,16 @@ fn a_replica_replicates_from_a_tls_primary_and_export_works_over_https() {
         primary.config.to_str().unwrap(),
         own.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(sqlite3_ok(&own, "SELECT count(*) FROM t;"), "23\n");
     // https without a CA to verify against is refused before connecting.
-    let out = litefs(&["export", "-name", "a.db", "-url", &url, "/tmp/never.db"]);
+    let out = litefs_cli(&["export", "-name", "a.db", "-url", &url, "/tmp/never.db"]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("http.tls-ca"), "{}", text(&out));
+    assert!(
+        output_text(&out).contains("http.tls-ca"),
+        "{}",
+        output_text(&out)
+    );
 }
 
 /// Waits until `node`'s log holds `what`, then a little longer so a

@@ -6,25 +6,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-use common::{assert_identical, replica_yaml, sqlite3_ok, temp_dir, wait_caught_up, Node};
-
-fn litefs(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_litefs"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run litefs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use common::{
+    assert_identical, litefs_cli, output_text, replica_yaml, sqlite3_ok, temp_dir, wait_caught_up,
+    Node,
+};
 
 fn config(node: &Node) -> &str {
     node.config.to_str().unwrap()
@@ -54,7 +40,7 @@ fn import_replaces_a_database_in_one_replicated_transaction() {
     );
 
     // A new database.
-    let out = litefs(&[
+    let out = litefs_cli(&[
         "import",
         "-name",
         "new.db",
@@ -62,8 +48,12 @@ fn import_replaces_a_database_in_one_replicated_transaction() {
         config(&primary),
         file.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("imported new.db"), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("imported new.db"),
+        "{}",
+        output_text(&out)
+    );
     assert_eq!(txid(&primary, "new.db"), 1);
     assert_eq!(
         sqlite3_ok(&primary.db("new.db"), "SELECT count(*) FROM src;"),
@@ -86,14 +76,14 @@ fn import_replaces_a_database_in_one_replicated_transaction() {
         .unwrap();
     assert_eq!(old, 3);
     let before = txid(&primary, "live.db");
-    let out = litefs(&[
+    let out = litefs_cli(&[
         "import",
         "--name=live.db",
         "--config",
         config(&primary),
         file.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(txid(&primary, "live.db"), before + 1, "one transaction");
     // The open connection notices (the change counter moved).
     let rows: i64 = conn
@@ -120,7 +110,7 @@ fn import_replaces_a_database_in_one_replicated_transaction() {
     );
 
     // On a replica: refused, naming the primary.
-    let out = litefs(&[
+    let out = litefs_cli(&[
         "import",
         "-name",
         "new.db",
@@ -130,9 +120,9 @@ fn import_replaces_a_database_in_one_replicated_transaction() {
     ]);
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("replica") && text(&out).contains("primary-host"),
+        output_text(&out).contains("replica") && output_text(&out).contains("primary-host"),
         "{}",
-        text(&out)
+        output_text(&out)
     );
 }
 
@@ -167,7 +157,7 @@ fn bad_files_are_refused_and_change_nothing() {
         (&wal, "WAL"),
         (&dir.path().join("missing.db"), "No such file"),
     ] {
-        let out = litefs(&[
+        let out = litefs_cli(&[
             "import",
             "-name",
             "a.db",
@@ -177,10 +167,10 @@ fn bad_files_are_refused_and_change_nothing() {
         ]);
         assert!(!out.status.success(), "{}", file.display());
         assert!(
-            text(&out).contains(why),
+            output_text(&out).contains(why),
             "{}: {}",
             file.display(),
-            text(&out)
+            output_text(&out)
         );
     }
     assert_eq!(primary.pos("a.db"), pos);
@@ -192,8 +182,13 @@ fn bad_files_are_refused_and_change_nothing() {
         vec!["export", "-name", "a.db"],
         vec!["import", "-name", "a.db", "-bogus", "x", "f"],
     ] {
-        let out = litefs(&args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        let out = litefs_cli(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            output_text(&out)
+        );
     }
 }
 
@@ -219,7 +214,7 @@ fn export_writes_a_verified_copy_from_any_node() {
     let checksum = primary.pos("e.db")[17..33].to_string();
     for node in [&primary, &replica] {
         let out_file = dir.path().join(format!("copy-{}.db", node.port));
-        let out = litefs(&[
+        let out = litefs_cli(&[
             "export",
             "-name",
             "e.db",
@@ -227,15 +222,15 @@ fn export_writes_a_verified_copy_from_any_node() {
             config(node),
             out_file.to_str().unwrap(),
         ]);
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", output_text(&out));
         assert_eq!(sqlite3_ok(&out_file, "PRAGMA integrity_check;"), "ok\n");
         assert_eq!(sqlite3_ok(&out_file, "SELECT count(*) FROM t;"), "500\n");
-        let sum = litefs(&["ltx", "checksum", out_file.to_str().unwrap()]);
+        let sum = litefs_cli(&["ltx", "checksum", out_file.to_str().unwrap()]);
         assert_eq!(String::from_utf8_lossy(&sum.stdout).trim(), checksum);
     }
     // Unknown database, wrong token: refused, nothing written.
     let nothing = dir.path().join("nothing.db");
-    let out = litefs(&[
+    let out = litefs_cli(&[
         "export",
         "-name",
         "nope.db",
@@ -244,9 +239,13 @@ fn export_writes_a_verified_copy_from_any_node() {
         nothing.to_str().unwrap(),
     ]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("no database nope.db"), "{}", text(&out));
+    assert!(
+        output_text(&out).contains("no database nope.db"),
+        "{}",
+        output_text(&out)
+    );
     let url = format!("http://127.0.0.1:{}", primary.port);
-    let out = litefs(&[
+    let out = litefs_cli(&[
         "export",
         "-name",
         "e.db",
@@ -255,7 +254,7 @@ fn export_writes_a_verified_copy_from_any_node() {
         nothing.to_str().unwrap(),
     ]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("401"), "{}", text(&out));
+    assert!(output_text(&out).contains("401"), "{}", output_text(&out));
     assert!(!nothing.exists());
     assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
         .unwrap()

@@ -579,3 +579,21 @@ pub fn kill9_during_writes(
     }
     assert_replay_identical(node, db);
 }
+
+/// Runs the litefs binary with `args` (RUST_LOG=warn) and returns its output.
+pub fn litefs_cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_litefs"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run litefs")
+}
+
+/// A command's stdout then stderr, as text (for assertions and messages).
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
