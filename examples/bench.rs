@@ -60,6 +60,9 @@ struct Args {
     rounds: u32,
     /// Reader processes querying the replica during the lag run.
     readers: u32,
+    /// The lag run's journal mode on the primary: `delete` (synchronous
+    /// FULL) or `wal` (synchronous NORMAL).
+    journal: String,
     /// `reader` mode: the database to read, and the file whose existence
     /// stops it.
     db: PathBuf,
@@ -71,7 +74,7 @@ const USAGE: &str =
        bench replica-reads --replica DIR --plain DIR [--primary-port PORT --replica-port PORT] \
 [--rounds N]
        bench lag --primary DIR --primary-port PORT --replica DIR --replica-port PORT \
-[--pid PID] [--replica-pid PID] [--txns N] [--readers N]
+[--pid PID] [--replica-pid PID] [--txns N] [--readers N] [--journal delete|wal]
        bench reader --db FILE --stop FILE";
 
 fn parse_args() -> Result<Args, String> {
@@ -92,6 +95,7 @@ fn parse_args() -> Result<Args, String> {
         txns: 1000,
         rounds: 3,
         readers: 0,
+        journal: "delete".to_string(),
         db: PathBuf::new(),
         stop: PathBuf::new(),
     };
@@ -112,6 +116,7 @@ fn parse_args() -> Result<Args, String> {
             "--txns" => args.txns = value.parse().map_err(|_| number(&flag))?,
             "--rounds" => args.rounds = value.parse().map_err(|_| number(&flag))?,
             "--readers" => args.readers = value.parse().map_err(|_| number(&flag))?,
+            "--journal" if value == "delete" || value == "wal" => args.journal = value,
             "--db" => args.db = value.into(),
             "--stop" => args.stop = value.into(),
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
@@ -562,32 +567,43 @@ struct Lag {
 /// Commits `args.txns` single-row transactions on the primary and times
 /// each one's way to the replica.
 fn measure_lag(args: &Args) -> Result<Vec<Lag>, String> {
-    const DB: &str = "bench-lag.db";
+    let wal = args.journal == "wal";
+    let db = if wal {
+        "bench-lag-wal.db"
+    } else {
+        "bench-lag.db"
+    };
     let sql_err = |what: &str| {
         let what = what.to_string();
         move |e: rusqlite::Error| format!("{what}: {e}")
     };
-    let primary = open(&args.primary, DB).map_err(sql_err("opening the primary's database"))?;
+    let primary = open(&args.primary, db).map_err(sql_err("opening the primary's database"))?;
+    if wal {
+        primary
+            .query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+            .and_then(|()| primary.execute_batch("PRAGMA synchronous=NORMAL;"))
+            .map_err(sql_err("switching the primary's database to WAL"))?;
+    }
     primary
         .execute_batch("DROP TABLE IF EXISTS t; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
         .map_err(sql_err("creating the table on the primary"))?;
     wait_caught_up(args)?;
 
     let replica =
-        Connection::open_with_flags(args.replica.join(DB), OpenFlags::SQLITE_OPEN_READ_ONLY)
+        Connection::open_with_flags(args.replica.join(db), OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(sql_err("opening the replica's database"))?;
     replica
         .busy_timeout(Duration::from_secs(1))
         .map_err(sql_err("setting the replica's busy timeout"))?;
-    let _readers = Readers::start(args, &args.replica.join(DB))?;
+    let _readers = Readers::start(args, &args.replica.join(db))?;
     if args.readers > 0 {
         // The readers would otherwise also delay this process's polling of
         // the replica (5 busy processes on a 2-core machine), which would
         // measure the scheduler, not replication. Readers stay at 0.
         set_nice(-10);
     }
-    let primary_pos = args.primary.join(format!("{DB}-pos"));
-    let replica_pos = args.replica.join(format!("{DB}-pos"));
+    let primary_pos = args.primary.join(format!("{db}-pos"));
+    let replica_pos = args.replica.join(format!("{db}-pos"));
     let mut last_txid = read_txid(&primary_pos)?;
     let mut lags = Vec::with_capacity(args.txns as usize);
     for id in 1..=i64::from(args.txns) {
@@ -762,8 +778,13 @@ fn lag(args: &Args) -> Result<(), String> {
     position.sort();
     println!(
         "replication lag, COMMIT on the primary to the row readable on the replica, over {} \
-         single-row txns (DELETE, FULL; {} reader processes on the replica{}; {:.1} s in all):",
+         single-row txns ({}; {} reader processes on the replica{}; {:.1} s in all):",
         readable.len(),
+        if args.journal == "wal" {
+            "WAL, NORMAL"
+        } else {
+            "DELETE, FULL"
+        },
         args.readers,
         if args.readers > 0 {
             ", this measuring process at nice -10"

@@ -11,8 +11,8 @@
 #       opened read-only, full scans for 2 s and 17,500 point selects by
 #       random rowid, median of --rounds rounds); then the replication lag
 #       over --txns single-row transactions is measured (mode `lag`), first
-#       with the replica idle, then with 4 reader processes querying it in a
-#       tight loop. About 3 minutes.
+#       with the replica idle, then from a WAL database (NORMAL) on the
+#       primary, then with 4 reader processes querying it in a tight loop. About 3 minutes.
 #   scripts/bench.sh --speedtest [--rounds N] [--size N]
 #       Only SQLite's own benchmark, speedtest1 (built by
 #       scripts/speedtest1.sh from Debian's sqlite3 source package, against
@@ -361,6 +361,12 @@ if ! $failover; then
     --primary "$work/primary/mnt" --primary-port "$primary_port" \
     --replica "$work/replica/mnt" --replica-port "$replica_port" \
     --pid "$primary_pid" --replica-pid "$replica_pid" "${lag_args[@]}"
+  echo
+  # The same from a WAL database (synchronous=NORMAL) on the primary.
+  bounded 900 target/release/examples/bench lag \
+    --primary "$work/primary/mnt" --primary-port "$primary_port" \
+    --replica "$work/replica/mnt" --replica-port "$replica_port" \
+    --journal wal "${lag_args[@]}"
   echo
   # The same with 4 reader processes on the replica, each one persistent
   # connection querying in a tight loop.
