@@ -298,6 +298,8 @@ impl LitefsFs {
                 if let Some(pos) = pos {
                     log::debug!("db {}: committed WAL TXID {pos}", db.name());
                     self.recorded();
+                    // Wake the replication streams.
+                    self.store.notify_change();
                 }
                 tracker.last_commit = Some(last);
                 tracker.frames.retain(|&i, _| i > last);
