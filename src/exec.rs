@@ -102,11 +102,6 @@ impl Exec {
         !self.stopping && self.next == 0 && !self.commands.is_empty()
     }
 
-    /// Whether a command is running.
-    pub fn running(&self) -> bool {
-        self.running.is_some()
-    }
-
     /// Starts the next command; [`Next::Exit`] when it cannot be started.
     pub fn start_next(&mut self) -> Next {
         let Some((command, application)) = self.commands.get(self.next).cloned() else {

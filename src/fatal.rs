@@ -39,11 +39,6 @@ impl Fatal {
         (Fatal { tx: Some(tx) }, rx)
     }
 
-    /// Whether errors are fatal (`exit-on-error: true`).
-    pub fn enabled(&self) -> bool {
-        self.tx.is_some()
-    }
-
     /// Reports `message` as fatal; returns false (and does nothing) when
     /// errors are not fatal.
     pub fn report(&self, message: impl Into<String>) -> bool {

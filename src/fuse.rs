@@ -269,8 +269,6 @@ impl LitefsFs {
             Ok(Some(pos)) => {
                 debug!("db {}: committed TXID {}", db.name(), pos);
                 self.recorded();
-                // Wake the replication streams.
-                self.store.notify_change();
             }
             Ok(None) => debug!("db {}: transaction rolled back, no LTX", db.name()),
             Err(e) => {
@@ -485,19 +483,4 @@ fn slice_at(data: &[u8], offset: u64, size: u32) -> &[u8] {
     let start = (offset as usize).min(data.len());
     let end = start.saturating_add(size as usize).min(data.len());
     &data[start..end]
-}
-
-fn statvfs(path: &Path) -> std::io::Result<libc::statvfs> {
-    use std::os::unix::ffi::OsStrExt;
-    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: cpath is a valid NUL-terminated string and st is a plain C
-    // struct that statvfs fills in.
-    unsafe {
-        let mut st: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(cpath.as_ptr(), &mut st) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(st)
-    }
 }

@@ -19,12 +19,12 @@ pub use client::{
     RetryOptions,
 };
 pub use server::{
-    percent_decode, percent_encode, Limits, Server, Stats, HEAD_TIMEOUT, LTX_CONTENT_TYPE,
-    MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT, MAX_HEAD, MAX_STREAMS_PER_CLIENT,
+    percent_encode, Limits, Server, Stats, HEAD_TIMEOUT, MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_CLIENT,
 };
 pub use wire::{
-    check_ltx_header, format_positions, parse_positions, CONTENT_TYPE, HEARTBEAT_INTERVAL,
-    IDLE_TIMEOUT, MAX_DATABASE_SIZE, MAX_LTX_LEN, MAX_NAME_LEN, MAX_REQUEST_BODY,
+    format_positions, parse_positions, CONTENT_TYPE, HEARTBEAT_INTERVAL, IDLE_TIMEOUT,
+    MAX_DATABASE_SIZE, MAX_LTX_LEN, MAX_NAME_LEN, MAX_REQUEST_BODY,
 };
 
 use std::fmt;

@@ -43,8 +43,9 @@ mod wal;
 pub use db::{Commit, Db};
 use error::io_error;
 pub use error::Error;
+pub(crate) use space::statvfs;
 pub use space::{is_disk_full_io, DiskFull};
-pub use wal::WalPosition;
+pub use wal::{WalPosition, WalTransaction};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -93,6 +94,8 @@ pub struct Store {
     refused: Mutex<BTreeMap<String, Refusal>>,
     /// Counts changes (see [`Store::notify_change`]); replication streams wait on it.
     changes: Mutex<u64>,
+    /// Databases deleted since the store opened (see [`Store::deletions`]).
+    deletions: std::sync::atomic::AtomicU64,
     changed: std::sync::Condvar,
     /// When this replica last was caught up (see [`Store::note_caught_up`]).
     caught_up: Mutex<CaughtUp>,
@@ -216,6 +219,7 @@ impl Store {
             dbs: Mutex::new(dbs),
             refused: Mutex::new(refused),
             changes: Mutex::new(0),
+            deletions: std::sync::atomic::AtomicU64::new(0),
             changed: std::sync::Condvar::new(),
             caught_up: Mutex::new(CaughtUp::default()),
             opened_at: std::time::Instant::now(),
@@ -504,6 +508,8 @@ struct Shape {
     page_count: u32,
     freelist_trunk: u32,
     freelist_count: u32,
+    /// The header's file format versions say WAL mode.
+    wal: bool,
 }
 
 /// Reads the header of an open database file; `None` for an empty file.
@@ -553,6 +559,7 @@ fn read_database_shape(db: &str, path: &Path, file: &File) -> Result<Option<Shap
         page_size,
         page_count,
         freelist_trunk: header.freelist_trunk,
+        wal: header.is_wal(),
         freelist_count: header.freelist_count,
     }))
 }

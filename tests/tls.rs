@@ -200,13 +200,16 @@ fn a_replica_replicates_from_a_tls_primary_and_export_works_over_https() {
     );
 }
 
-/// Waits until `node`'s log holds `what`, then a little longer so a
-/// retrying replica would have logged again; returns the log.
+/// Waits until `node`'s log holds `what` and the replica has failed the
+/// same way twice more (its debug lines), so a repeated WARN would be
+/// there; returns the log.
 fn log_after(node: &Node, what: &str) -> String {
     wait_for(what, Duration::from_secs(20), || {
         node.log_text().contains(what)
     });
-    std::thread::sleep(Duration::from_secs(3));
+    wait_for("two more failed attempts", Duration::from_secs(20), || {
+        node.log_text().matches("failed again").count() >= 2
+    });
     node.log_text()
 }
 

@@ -253,9 +253,7 @@ impl Applier {
     /// `close_files`). Refused unless `role` is primary throughout.
     pub fn import(&self, db: &Db, src: &Path, role: &Role) -> Result<Position, store::Error> {
         let result = (|| {
-            let in_wal_mode =
-                crate::sqlite::read_database_header(db.database_path()).is_ok_and(|h| h.is_wal());
-            if in_wal_mode {
+            if db.in_wal_mode() {
                 // Open WAL connections would keep pages cached from before.
                 return Err(store::Error::Refused {
                     db: db.name().to_string(),
@@ -346,10 +344,7 @@ impl Applier {
     /// reader keeps to one locking protocol (see `lock`). The kernel's
     /// cached names are dropped (they may say "absent").
     fn sync_wal_companions(&self, db: &Db) {
-        let wal = crate::sqlite::read_database_header(db.database_path())
-            .map(|h| h.is_wal())
-            .unwrap_or(false);
-        if !wal {
+        if !db.in_wal_mode() {
             return;
         }
         for kind in [FileKind::Wal, FileKind::Shm] {
@@ -377,9 +372,7 @@ impl Applier {
     /// use the rollback journal the header names (with `-wal` present,
     /// SQLite would open the WAL whatever the header says).
     pub fn drop_wal_companions(&self, db: &Db) {
-        let wal = crate::sqlite::read_database_header(db.database_path())
-            .map(|h| h.is_wal())
-            .unwrap_or(true);
+        let wal = db.in_wal_mode();
         let empty = |path: &Path| std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
         if wal || !empty(db.wal_path()) {
             return;

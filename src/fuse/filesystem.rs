@@ -19,8 +19,7 @@ use super::counted::{Counted, FuseOp};
 use super::inodes::{is_super_journal, parse_name, FileKind, ROOT_INO};
 use super::{
     io_errno, is_own_thread, is_special, journal_on_disk_is_live, name_str, path_of, pos_text,
-    slice_at, special_ino, statvfs, wants_write, Handle, LitefsFs, NEGATIVE_TTL, SPECIAL_FILES,
-    TTL,
+    slice_at, special_ino, wants_write, Handle, LitefsFs, NEGATIVE_TTL, SPECIAL_FILES, TTL,
 };
 
 impl Filesystem for LitefsFs {
@@ -527,7 +526,7 @@ impl Filesystem for LitefsFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let reply = Counted::new(FuseOp::Statfs, reply);
-        match statvfs(self.store.data_dir()) {
+        match crate::store::statvfs(self.store.data_dir()) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
                 s.f_bfree,

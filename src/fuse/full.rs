@@ -43,8 +43,10 @@ impl LitefsFs {
         io_errno(err)
     }
 
-    /// A transaction was recorded: a full-disk episode, if any, is over.
+    /// A transaction was recorded: a full-disk episode, if any, is over,
+    /// and the replication streams have something to send.
     pub(super) fn recorded(&self) {
         self.store.disk().space();
+        self.store.notify_change();
     }
 }

@@ -30,7 +30,7 @@ use log::error;
 
 use super::LitefsFs;
 use crate::sqlite::wal::{self, WalHeader, FRAME_HEADER_SIZE, WAL_HEADER_SIZE};
-use crate::store::{Db, WalPosition};
+use crate::store::{Db, WalPosition, WalTransaction};
 
 /// What litefs knows of one database's WAL.
 #[derive(Debug, Default)]
@@ -71,13 +71,10 @@ impl WalTracker {
 
     /// The backing WAL file of `db`, opened once per generation.
     fn file(&mut self, db: &Db) -> std::io::Result<&std::fs::File> {
-        if self.file.is_none() {
-            self.file = Some(std::fs::File::open(db.wal_path())?);
-        }
-        // Just set when it was None.
-        self.file
-            .as_ref()
-            .ok_or_else(|| std::io::Error::other("the WAL file is not open"))
+        Ok(match self.file {
+            Some(ref file) => file,
+            None => self.file.insert(std::fs::File::open(db.wal_path())?),
+        })
     }
 
     fn first_open_frame(&self) -> u64 {
@@ -291,15 +288,18 @@ impl LitefsFs {
             path: db.wal_path().to_path_buf(),
             source: e,
         });
-        let recorded =
-            recorded.and_then(|file| db.commit_wal(file, header.page_size, commit, &pages, at));
+        let txn = WalTransaction {
+            page_size: header.page_size,
+            commit,
+            pages: &pages,
+            at,
+        };
+        let recorded = recorded.and_then(|file| db.commit_wal(file, &txn));
         match recorded {
             Ok(pos) => {
                 if let Some(pos) = pos {
                     log::debug!("db {}: committed WAL TXID {pos}", db.name());
                     self.recorded();
-                    // Wake the replication streams.
-                    self.store.notify_change();
                 }
                 tracker.last_commit = Some(last);
                 tracker.frames.retain(|&i, _| i > last);

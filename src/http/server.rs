@@ -44,7 +44,7 @@ use accept::{ConnSlot, Slots, Throttled};
 pub(in crate::http) use conn::Request;
 use conn::{read_request, ReadError};
 use stream::serve_stream;
-pub use transfer::{percent_decode, percent_encode, LTX_CONTENT_TYPE};
+pub use transfer::percent_encode;
 
 /// Connections open at once, all clients together. Each costs a
 /// descriptor and a thread (a mostly untouched stack); 512 stays well
@@ -172,17 +172,8 @@ impl Server {
     }
 
     /// Like [`Server::start`], answering 401 to every request without
-    /// `Authorization: Bearer <token>` when `token` is set.
-    pub fn start_with_token(
-        addr: &str,
-        store: Arc<Store>,
-        token: Option<String>,
-    ) -> Result<Server, Error> {
-        Server::start_with(addr, store, token, Limits::default())
-    }
-
-    /// Like [`Server::start_with_token`], with `limits` instead of the
-    /// defaults.
+    /// `Authorization: Bearer <token>` when `token` is set, with `limits`
+    /// instead of the defaults.
     pub fn start_with(
         addr: &str,
         store: Arc<Store>,
@@ -542,19 +533,5 @@ fn metrics_text(shared: &Shared) -> String {
 /// Sets TCP_NODELAY on a listening socket (std only offers it on streams).
 fn set_nodelay(listener: &std::net::TcpListener) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket fd and a pointer to a c_int of the given size.
-    let rc = unsafe {
-        libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    socket::set_tcp_option(listener.as_raw_fd(), libc::TCP_NODELAY, 1)
 }

@@ -348,7 +348,8 @@ impl Driver {
         } = e
         {
             self.report_fatal(&format!(
-                "{e} (this litefs sends no Consul ACL token; give it a Consul agent that                  allows the key)"
+                "{e} (this litefs sends no Consul ACL token; give it a Consul agent that \
+                 allows the key)"
             ));
         }
     }

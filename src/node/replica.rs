@@ -230,6 +230,11 @@ fn apply_front(store: &Store, applier: &Applier, db: &Db, shared: &Shared) -> bo
     let result = applier.apply(db, &path, &lock);
     // Readers may start again as soon as the pages are written.
     drop(lock);
+    if let Err(e) = &result {
+        if e.is_local_io() {
+            shared.fatal.report(format!("db {}: {e}", db.name()));
+        }
+    }
     match result {
         Ok(pos) => {
             debug!(
@@ -247,9 +252,6 @@ fn apply_front(store: &Store, applier: &Applier, db: &Db, shared: &Shared) -> bo
                 "this replica stops advancing (its position is kept) and the stream \
                  retries with backoff",
             );
-            if e.is_local_io() {
-                shared.fatal.report(format!("db {}: {e}", db.name()));
-            }
             db.finish_queued(&path, false);
         }
         Err(e) => {
@@ -258,9 +260,6 @@ fn apply_front(store: &Store, applier: &Applier, db: &Db, shared: &Shared) -> bo
                  it are dropped and the stream resynchronizes from {before}: {e}",
                 db.name()
             );
-            if e.is_local_io() {
-                shared.fatal.report(format!("db {}: {e}", db.name()));
-            }
             db.finish_queued(&path, false);
         }
     }

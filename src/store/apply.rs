@@ -71,7 +71,10 @@ impl Db {
             Ok((Ok(Some(shape)), file)) => {
                 self.refresh_freelist(&mut state, &file, &shape, &change)
             }
-            _ => state.freelist = Freelist::default(),
+            _ => {
+                state.freelist = Freelist::default();
+                state.wal_mode = false;
+            }
         }
         log::debug!(
             "database {}: applied {} ({} pages), position {}",

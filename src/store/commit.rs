@@ -426,7 +426,8 @@ impl Db {
         Ok(restored)
     }
 
-    /// Re-reads the free list if the change may have altered it.
+    /// After a change, takes the journal mode from the header just read
+    /// and re-reads the free list if the change may have altered it.
     pub(super) fn refresh_freelist(
         &self,
         state: &mut State,
@@ -434,6 +435,7 @@ impl Db {
         shape: &Shape,
         change: &Change,
     ) {
+        state.wal_mode = shape.wal;
         let list = &state.freelist;
         let unchanged = change.incremental
             && list.trunk == shape.freelist_trunk

@@ -89,6 +89,8 @@ pub(super) struct State {
     pub(super) rescan: bool,
     /// Old content of the free-list pages overwritten since `pos`.
     pub(super) undo: UndoLog,
+    /// The header as of `pos` names WAL mode.
+    pub(super) wal_mode: bool,
     /// WAL mode: where the newest committed content of each page is in
     /// the WAL file (the page data's offset), for pages a checkpoint may
     /// not have copied into the database file yet (`wal.rs`). Emptied when
@@ -113,6 +115,7 @@ impl State {
             pending_page_size: None,
             rescan: false,
             undo: UndoLog::new(undo_path),
+            wal_mode: false,
             wal_index: BTreeMap::new(),
             unsynced_ltx: Vec::new(),
             free_space: None,
@@ -255,6 +258,12 @@ impl Db {
 
     pub(super) fn mark_caught_up(&self, at: std::time::Instant) {
         *self.caught_up_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+    }
+
+    /// Whether the database's header, as of its position, names WAL mode
+    /// (file format versions 2).
+    pub fn in_wal_mode(&self) -> bool {
+        self.lock().wal_mode
     }
 
     /// Whether the database was deleted (see `Store::delete_db`).

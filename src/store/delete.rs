@@ -59,9 +59,16 @@ impl Store {
         drop(state);
         drop(dbs);
         remove_trash(&doomed);
+        self.deletions.fetch_add(1, Ordering::SeqCst);
         log::info!("deleted database {name} at position {pos}");
         self.notify_change();
         Ok(pos)
+    }
+
+    /// How many databases were deleted since the store opened: a reader
+    /// of tombstones looks again only when it changed.
+    pub fn deletions(&self) -> u64 {
+        self.deletions.load(Ordering::SeqCst)
     }
 
     /// Whether `name` was deleted here (or on the primary this node

@@ -102,6 +102,7 @@ impl Db {
             &self.undo_path,
         ))?;
         state.page_size = shape.map(|s| s.page_size);
+        state.wal_mode = shape.is_some_and(|s| s.wal);
         state.checksums = checksums;
         if let Some(shape) = &shape {
             if let Ok(file) = File::open(&self.database_path) {

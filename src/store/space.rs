@@ -91,17 +91,12 @@ impl DiskFull {
             );
         }
     }
-
-    /// Whether an episode is on.
-    pub fn is_full(&self) -> bool {
-        self.full.load(Ordering::SeqCst)
-    }
 }
 
-/// Bytes available to unprivileged writers on the file system of `dir`.
-fn free_bytes(dir: &Path) -> io::Result<u64> {
+/// The file system statistics of `path` (statvfs(3)).
+pub(crate) fn statvfs(path: &Path) -> io::Result<libc::statvfs> {
     use std::os::unix::ffi::OsStrExt;
-    let cpath = std::ffi::CString::new(dir.as_os_str().as_bytes())
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: cpath is NUL-terminated and st a plain C struct statvfs fills.
     unsafe {
@@ -109,8 +104,14 @@ fn free_bytes(dir: &Path) -> io::Result<u64> {
         if libc::statvfs(cpath.as_ptr(), &mut st) != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+        Ok(st)
     }
+}
+
+/// Bytes available to unprivileged writers on the file system of `dir`.
+fn free_bytes(dir: &Path) -> io::Result<u64> {
+    let st = statvfs(dir)?;
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 impl Db {
@@ -198,17 +199,22 @@ impl Store {
         if names.is_empty() {
             return false;
         }
-        {
-            // Again at once when space was freed since, else once a second.
-            let free = free_bytes(&self.data_dir).unwrap_or(u64::MAX);
-            let mut last = self.last_retry.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|(at, was)| at.elapsed() < RETRY_INTERVAL && free <= was) {
-                return false;
-            }
-            *last = Some((Instant::now(), free));
+        // Held through the reopening: two callers must never recover the
+        // same database at once.
+        let mut last = self.last_retry.lock().unwrap_or_else(|e| e.into_inner());
+        // Again at once when space was freed since, else once a second.
+        let free = free_bytes(&self.data_dir).unwrap_or(u64::MAX);
+        if last.is_some_and(|(at, was)| at.elapsed() < RETRY_INTERVAL && free <= was) {
+            return false;
         }
+        *last = Some((Instant::now(), free));
         let mut opened = false;
         for name in names {
+            // Another caller may have reopened it before this one got the lock.
+            let still_refused = self.refused_lock().get(&name).is_some_and(|r| r.full);
+            if !still_refused || self.db(&name).is_some() {
+                continue;
+            }
             match Db::open(&self.dbs_dir, &name, self.node_id) {
                 Ok(db) => {
                     self.refused_lock().remove(&name);

@@ -37,6 +37,19 @@ const SYNCFS_THRESHOLD: usize = 16;
 /// The two copies of the WAL-index header at the start of `-shm` (wal.c).
 const WAL_INDEX_HEADER_SIZE: u64 = 96;
 
+/// One transaction committed to the WAL, as `Db::commit_wal` records it.
+#[derive(Debug, Clone, Copy)]
+pub struct WalTransaction<'a> {
+    /// The WAL's page size.
+    pub page_size: u32,
+    /// The database size in pages after it (its commit frame's).
+    pub commit: u32,
+    /// Each page it wrote, with the offset of its newest data in the WAL.
+    pub pages: &'a BTreeMap<u32, u64>,
+    /// Where its frames are.
+    pub at: WalPosition,
+}
+
 /// Where a WAL transaction's frames are, as recorded in its LTX header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WalPosition {
@@ -50,49 +63,45 @@ pub struct WalPosition {
 }
 
 impl Db {
-    /// Records a transaction committed to the WAL open as `wal_file`: `pages`
-    /// gives each page it wrote with the offset of its data in the WAL,
-    /// `commit` the database size in pages after it. Writes the LTX file
-    /// (not yet fsynced, see the module comment) and advances the
+    /// Records `txn`, committed to the WAL open as `wal_file`. Writes the
+    /// LTX file (not yet fsynced, see the module comment) and advances the
     /// position; `None` when the database did not change.
     pub fn commit_wal(
         &self,
         wal_file: &File,
-        page_size: u32,
-        commit: u32,
-        pages: &BTreeMap<u32, u64>,
-        at: WalPosition,
+        txn: &WalTransaction<'_>,
     ) -> Result<Option<Position>, Error> {
         let mut state = self.lock();
         // Taken out for the page source to borrow while `state` changes;
         // put back whatever happens.
         let mut index = std::mem::take(&mut state.wal_index);
-        let result =
-            self.record_wal_commit(&mut state, &index, wal_file, page_size, commit, pages, at);
+        let result = self.record_wal_commit(&mut state, &index, wal_file, txn);
         if result.is_ok() {
             // The transaction's pages are committed frames now.
-            for (&pgno, &offset) in pages {
-                if pgno <= commit {
+            for (&pgno, &offset) in txn.pages {
+                if pgno <= txn.commit {
                     index.insert(pgno, offset);
                 }
             }
-            index.retain(|&pgno, _| pgno <= commit);
+            index.retain(|&pgno, _| pgno <= txn.commit);
         }
         state.wal_index = index;
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn record_wal_commit(
         &self,
         state: &mut State,
         index: &BTreeMap<u32, u64>,
         wal_file: &File,
-        page_size: u32,
-        commit: u32,
-        pages: &BTreeMap<u32, u64>,
-        at: WalPosition,
+        txn: &WalTransaction<'_>,
     ) -> Result<Option<Position>, Error> {
+        let WalTransaction {
+            page_size,
+            commit,
+            pages,
+            at,
+        } = *txn;
         let source = PageSource::new(wal_file, pages, index);
         let incremental = state.pos.txid > 0 && state.page_size == Some(page_size);
         let old_count = if incremental {
@@ -214,11 +223,6 @@ impl Db {
     /// page it held is in the database file now.
     pub fn wal_reset(&self) {
         self.lock().wal_index.clear();
-    }
-
-    /// Whether any committed page is still read from the WAL.
-    pub fn wal_in_use(&self) -> bool {
-        !self.lock().wal_index.is_empty()
     }
 
     /// A primary stepping down: copies the WAL's transactions (all

@@ -107,3 +107,27 @@ impl From<TcpStream> for Conn {
         Conn::Plain(tcp)
     }
 }
+
+/// Sets the TCP socket option `opt` of `fd` to `value` (std offers only a
+/// few of them).
+pub(in crate::http) fn set_tcp_option(
+    fd: std::os::fd::RawFd,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
+    // SAFETY: `fd` is a socket the caller owns; a pointer to a c_int of the
+    // given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -79,6 +79,7 @@ pub(super) fn serve_stream(
         },
         replica,
         retry_snapshot: false,
+        deletions_seen: None,
     };
     let result = stream.run();
     let peer = &stream.peer;
@@ -99,21 +100,8 @@ pub(super) fn serve_stream(
 /// Sets `TCP_USER_TIMEOUT`: the kernel drops the connection when sent
 /// data stays unacknowledged for `timeout`.
 fn set_user_timeout(conn: &TcpStream, timeout: Duration) -> io::Result<()> {
-    let ms = timeout.as_millis().min(libc::c_uint::MAX as u128) as libc::c_uint;
-    // SAFETY: a valid socket fd and a pointer to a c_uint of the given size.
-    let rc = unsafe {
-        libc::setsockopt(
-            conn.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_USER_TIMEOUT,
-            (&ms as *const libc::c_uint).cast(),
-            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let ms = timeout.as_millis().min(libc::c_int::MAX as u128) as libc::c_int;
+    super::socket::set_tcp_option(conn.as_raw_fd(), libc::TCP_USER_TIMEOUT, ms)
 }
 
 /// The network side of a stream.
@@ -233,19 +221,16 @@ struct Stream<'a> {
     replica: BTreeMap<String, Position>,
     /// A snapshot failed because the database changed under it.
     retry_snapshot: bool,
+    /// `Store::deletions` at the last `send_deletions` pass.
+    deletions_seen: Option<u64>,
 }
 
 impl Stream<'_> {
     /// Streams until the replica goes away (`Err(Gone)`), something fails
     /// (`Err(Fatal)`), or this node stops serving (`Ok(reason)`).
     fn run(&mut self) -> Result<String, End> {
-        self.out.send(
-            format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE}\r\n\
-                 Cache-Control: no-store\r\nConnection: close\r\n\r\n"
-            )
-            .as_bytes(),
-        )?;
+        self.out
+            .send(super::conn::response_head(200, CONTENT_TYPE, None, &[]).as_bytes())?;
         let store = self.shared.store.clone();
         for name in self.replica.keys() {
             if store.db(name).is_none() {
@@ -279,6 +264,13 @@ impl Stream<'_> {
     /// unknown here is left alone.
     fn send_deletions(&mut self) -> Result<(), End> {
         let store = &self.shared.store;
+        // Only when a database was deleted since the last pass (and once
+        // at the start): a tombstone is a file to look for.
+        let deletions = store.deletions();
+        if self.deletions_seen == Some(deletions) {
+            return Ok(());
+        }
+        self.deletions_seen = Some(deletions);
         let gone: Vec<String> = self
             .replica
             .keys()
