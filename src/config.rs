@@ -14,6 +14,7 @@
 //! | cluster token     | `http.token`           | `http.token`              | none                          |
 //! | TLS cert and key  | `http.tls-cert`, `http.tls-key` | (litefs only)    | none: plain HTTP              |
 //! | CA for https URLs | `http.tls-ca`          | (litefs only)             | none: https refused           |
+//! | WAL passthrough   | `fuse.passthrough`     | (litefs only)             | true (where the kernel has it) |
 //! | lease kind        | consul if `consul:` given | `lease.type`           | static                        |
 //! | may be primary    | —                      | `lease.candidate`         | true                          |
 //! | hostname          | —                      | `lease.hostname`          | this machine's hostname       |
@@ -183,6 +184,9 @@ pub struct FuseConfig {
     pub allow_other: Option<bool>,
     /// `fuse.debug`: log every FUSE request (when `RUST_LOG` is unset).
     pub debug: bool,
+    /// `fuse.passthrough` (litefs only): the primary's WAL passes through
+    /// the kernel to its backing file where the kernel allows it.
+    pub passthrough: bool,
 }
 
 /// Lease settings: which kind of lease, and how this node presents itself.
@@ -471,6 +475,7 @@ fn resolve(raw: RawFile, source: &Path) -> Result<Config, Error> {
     let fuse = FuseConfig {
         allow_other: fuse.allow_other,
         debug: fuse.debug.unwrap_or(false),
+        passthrough: fuse.passthrough.unwrap_or(true),
     };
 
     let raw_http = raw.http.unwrap_or_default();

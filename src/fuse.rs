@@ -15,8 +15,10 @@ mod counted;
 mod filesystem;
 mod full;
 mod inodes;
+mod passthrough;
 mod role;
 mod wal;
+mod watch;
 mod writes;
 
 pub use apply::{Applier, DatabaseLock};
@@ -58,6 +60,10 @@ struct Handle {
     kind: FileKind,
     /// The backing file in the data directory; None for `-pos`.
     file: Option<File>,
+    /// The kernel's registration of `file` when it is open in passthrough
+    /// (`passthrough.rs`): kept while any handle of the inode is open.
+    #[allow(dead_code)] // held, never read
+    backing: Option<Arc<fuser::BackingId>>,
 }
 
 /// The litefs file system.
@@ -76,7 +82,11 @@ pub struct LitefsFs {
     /// backing file, emptied: shown as absent until SQLite creates it again.
     hidden_journals: Mutex<HashSet<String>>,
     /// What litefs follows of each database's WAL (`wal.rs`), by name.
-    wals: Mutex<HashMap<String, wal::WalTracker>>,
+    wals: Arc<wal::WalFollowers>,
+    /// FUSE passthrough of the primary's `-wal` (`passthrough.rs`).
+    passthrough: passthrough::Passthrough,
+    /// Wakes on writes to the primary's WALs (`watch.rs`).
+    watcher: watch::WalWatcher,
     /// Databases whose backing directory gained or lost an entry since the
     /// last fsyncdir: the only ones it must sync.
     changed_dirs: Mutex<HashSet<String>>,
@@ -100,6 +110,8 @@ impl LitefsFs {
             .filter(|db| std::fs::metadata(db.journal_path()).is_ok_and(|md| md.len() == 0))
             .map(|db| db.name().to_string())
             .collect();
+        let wals = Arc::new(wal::WalFollowers::new(store.clone()));
+        let watcher = watch::WalWatcher::new(store.clone(), role.clone(), wals.clone());
         LitefsFs {
             store,
             role,
@@ -109,7 +121,9 @@ impl LitefsFs {
             next_fh: AtomicU64::new(1),
             active_journals: Arc::new(Mutex::new(HashSet::new())),
             changed_dirs: Mutex::new(HashSet::new()),
-            wals: Mutex::new(HashMap::new()),
+            wals,
+            passthrough: passthrough::Passthrough::default(),
+            watcher,
             hidden_journals: Mutex::new(hidden_journals),
             no_opendir: false,
             unsupported_seen: Mutex::new(HashSet::new()),
@@ -126,6 +140,7 @@ impl LitefsFs {
             inodes: self.inodes.clone(),
             notifier: Mutex::new(None),
             files: Mutex::new(HashMap::new()),
+            wals: self.wals.clone(),
         }
     }
 

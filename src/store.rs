@@ -33,6 +33,7 @@ mod diverged;
 mod error;
 mod import;
 mod lost;
+mod publish;
 mod queue;
 mod recovery;
 mod snapshot;

@@ -97,6 +97,15 @@ fn is_disk_full(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::DiskFull)
 }
 
+/// A WAL commit's fsync refused (SQLITE_IOERR_FSYNC): with FUSE passthrough
+/// the WAL's writes never reach litefs, so a commit whose LTX file finds
+/// no room can only fail at the fsync, which SQLite reports as an I/O
+/// error whatever the errno.
+fn is_refused_fsync(e: &rusqlite::Error) -> bool {
+    const SQLITE_IOERR_FSYNC: i32 = 1034;
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == SQLITE_IOERR_FSYNC)
+}
+
 /// Every acknowledged id is in the table, and nothing else.
 fn assert_rows(conn: &Connection, acked: &[i64]) {
     let mut stmt = conn.prepare("SELECT id FROM t ORDER BY id").unwrap();
@@ -135,7 +144,15 @@ fn assert_no_stray_files(node: &Node, db: &str) {
 /// then sweeps the free space up 4 KiB at a time, each commit either
 /// acknowledged or refused with SQLITE_FULL, until one succeeds; every
 /// failure leaves the rows and the position as they were.
-fn episode(node: &Node, conn: &Connection, db: &str, acked: &mut Vec<i64>) -> usize {
+/// `fsync_refusals`: a refused fsync counts as SQLITE_FULL (WAL with
+/// passthrough, see `is_refused_fsync`).
+fn episode(
+    node: &Node,
+    conn: &Connection,
+    db: &str,
+    fsync_refusals: bool,
+    acked: &mut Vec<i64>,
+) -> usize {
     let filler = node.data.join("filler");
     let mut failures = 0;
     let mut free = 0u64;
@@ -153,7 +170,7 @@ fn episode(node: &Node, conn: &Connection, db: &str, acked: &mut Vec<i64>) -> us
             }
             Err(e) => {
                 assert!(
-                    is_disk_full(&e),
+                    is_disk_full(&e) || (fsync_refusals && is_refused_fsync(&e)),
                     "a commit with {free} bytes free failed with {e:?}, not SQLITE_FULL"
                 );
                 failures += 1;
@@ -169,11 +186,18 @@ fn episode(node: &Node, conn: &Connection, db: &str, acked: &mut Vec<i64>) -> us
     failures
 }
 
-fn full_disk(wal: bool) {
+/// `passthrough`: the WAL's writes pass through the kernel (the default)
+/// rather than litefs (`fuse.passthrough: false`).
+fn full_disk(wal: bool, passthrough: bool) {
     let name = if wal { "full-wal" } else { "full-journal" };
     let tmp = temp_dir(name);
     let _tmpfs = Tmpfs::mount(&tmp.path().join("data"), "6m");
-    let mut node = Node::start_in(tmp.path(), "");
+    let extra = if passthrough {
+        ""
+    } else {
+        "fuse:\n  passthrough: false\n"
+    };
+    let mut node = Node::start_in(tmp.path(), extra);
     let db = "t.db";
     let mut acked = Vec::new();
     {
@@ -187,7 +211,7 @@ fn full_disk(wal: bool) {
         }
         // Two episodes on one connection, litefs never restarted.
         for round in 1..=2 {
-            let failures = episode(&node, &conn, db, &mut acked);
+            let failures = episode(&node, &conn, db, wal && passthrough, &mut acked);
             assert!(failures > 0);
             // Space is back: commits work again at once.
             for _ in 0..5 {
@@ -244,12 +268,17 @@ fn full_disk(wal: bool) {
 
 #[test]
 fn full_disk_rollback_journal() {
-    full_disk(false);
+    full_disk(false, true);
 }
 
 #[test]
 fn full_disk_wal() {
-    full_disk(true);
+    full_disk(true, true);
+}
+
+#[test]
+fn full_disk_wal_without_passthrough() {
+    full_disk(true, false);
 }
 
 #[test]

@@ -474,6 +474,61 @@ fn a_transaction_open_when_the_primary_steps_down_is_rolled_back() {
     assert_eq!(file_checksum(), Some(now.1));
 }
 
+/// A WAL connection opened while its node was primary writes to the WAL
+/// through the kernel's passthrough, which litefs never sees: at step-down
+/// the WAL is sealed, so its next write fails instead of committing on a
+/// replica, while what it committed before is kept and it still reads.
+#[test]
+fn a_wal_connection_from_before_a_step_down_cannot_write_after_it() {
+    let agent = ConsulAgent::start();
+    let dir = temp_dir("failover-wal-seal");
+    let db = "w.db";
+    let consul_link = Proxy::start(port_of(&agent.url));
+    let a = start_consul_node(dir.path(), "node-a", &consul_link.url(), "litefs/seal");
+    write_when_writable(
+        &a.db(db),
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(n INTEGER);",
+        Instant::now(),
+        CATCH_UP,
+        Duration::from_millis(20),
+    );
+    let conn = rusqlite::Connection::open(a.db(db)).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.execute_batch("PRAGMA synchronous=NORMAL;").unwrap();
+    for n in 0..50 {
+        conn.execute("INSERT INTO t VALUES(?1)", [n]).unwrap();
+    }
+    consul_link.cut();
+    wait_for("node-a to step down", TTL, || !opens_for_writing(&a, db));
+    wait_for("node-a to fold its WAL", Duration::from_secs(5), || {
+        count_in_log(&a, "moved the WAL into the database file") >= 1
+    });
+    // Every acknowledged commit is in the LTX chain.
+    let at_step_down = position(&a, db);
+    let refused = conn.execute("INSERT INTO t VALUES(1000)", []);
+    assert!(refused.is_err(), "a write on a replica was acknowledged");
+    let count = |c: &rusqlite::Connection| -> i64 {
+        c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(count(&conn), 50);
+    drop(conn);
+    assert_eq!(sqlite3_ok(&a.db(db), "SELECT count(*) FROM t;"), "50\n");
+    assert_eq!(position(&a, db), at_step_down);
+
+    // Back as primary: the WAL is writable again.
+    consul_link.heal();
+    write_when_writable(
+        &a.db(db),
+        "INSERT INTO t VALUES(51);",
+        Instant::now(),
+        CATCH_UP,
+        Duration::from_millis(20),
+    );
+    assert_eq!(sqlite3_ok(&a.db(db), "SELECT count(*) FROM t;"), "51\n");
+    assert_eq!(position(&a, db).0, at_step_down.0 + 1);
+}
+
 /// The port of a `http://127.0.0.1:<port>` URL.
 fn port_of(url: &str) -> u16 {
     url.rsplit(':').next().unwrap().parse().unwrap()

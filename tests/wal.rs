@@ -251,3 +251,25 @@ fn a_rolled_back_transaction_that_spilled_to_the_wal_records_nothing() {
         assert_replay_identical(&node, "r.db");
     }
 }
+
+/// The config that turns FUSE passthrough of the WAL off.
+const NO_PASSTHROUGH: &str = "fuse:\n  passthrough: false\n";
+
+#[test]
+fn without_passthrough_wal_transactions_are_recorded_the_same_way() {
+    let dir = temp_dir("wal-no-passthrough");
+    let mut node = Node::start_in(dir.path(), NO_PASSTHROUGH);
+    assert!(node.log_text().contains("fuse.passthrough is false"));
+    let mut rng = Rng::from_clock("wal workload without passthrough");
+    random_workload(&node, "normal.db", "NORMAL", &mut rng);
+    random_workload(&node, "full.db", "FULL", &mut rng);
+    assert!(!node.log_text().contains("ERROR"));
+    sqlite3_ok(
+        &node.db("k.db"),
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(i INTEGER PRIMARY KEY, b BLOB);",
+    );
+    kill9_during_writes(&mut node, "k.db", 6, &mut rng, |round| {
+        let synchronous = if round % 2 == 0 { "NORMAL" } else { "FULL" };
+        format!("PRAGMA synchronous={synchronous};")
+    });
+}

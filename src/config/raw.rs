@@ -46,6 +46,7 @@ pub(super) struct RawFuse {
     #[serde(rename = "allow-other")]
     pub(super) allow_other: Option<bool>,
     pub(super) debug: Option<bool>,
+    pub(super) passthrough: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

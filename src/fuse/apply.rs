@@ -49,6 +49,9 @@ pub struct Applier {
     pub(super) notifier: Mutex<Option<fuser::Notifier>>,
     /// Each database opened through the mount, by name (see `mount_file`).
     pub(super) files: Mutex<HashMap<String, Arc<File>>>,
+    /// The primary's WAL followers: what the WAL committed is recorded at
+    /// step-down.
+    pub(super) wals: Arc<super::wal::WalFollowers>,
 }
 
 /// The locks that keep SQLite's readers out of one database while litefs
@@ -295,9 +298,13 @@ impl Applier {
             self.ino(db, FileKind::Journal),
         );
         let result = db.abandon_transaction();
-        // WAL mode: the WAL's transactions into the database file, so the
-        // replica's applies land on the position; every connection then
-        // rebuilds its WAL index (reads in progress fail once).
+        // WAL mode: what the WAL committed is recorded, then copied into the
+        // database file, so the replica's applies land on the position;
+        // the WAL is sealed against connections opened while this node was
+        // primary (their writes pass through to it, see `seal_wal`); every
+        // connection then rebuilds its WAL index (reads in progress fail
+        // once).
+        self.wals.catch_up_quietly(db);
         match db.fold_wal() {
             Ok(true) => {
                 let wal_ino = self.ino(db, FileKind::Wal);
@@ -310,6 +317,18 @@ impl Applier {
             }
             Ok(false) => {}
             Err(e) => warn!("db {}: cannot fold the WAL at step-down: {e}", db.name()),
+        }
+        if db.wal_path().exists() {
+            match db.seal_wal() {
+                Ok(true) => {}
+                Ok(false) => warn!(
+                    "db {}: cannot make the WAL read-only (no immutable flag on the data \
+                     directory's file system, or no CAP_LINUX_IMMUTABLE): connections opened \
+                     while this node was primary could still write to it; close them",
+                    db.name()
+                ),
+                Err(e) => warn!("db {}: cannot make the WAL read-only: {e}", db.name()),
+            }
         }
         self.active_journals
             .lock()
@@ -367,11 +386,16 @@ impl Applier {
         }
     }
 
-    /// On promotion: removes the empty `-wal` and `-shm` a replica gave a
+    /// On promotion: makes the WAL writable again (`Db::seal_wal`), and
+    /// removes the empty `-wal` and `-shm` a replica gave a
     /// database that is no longer in WAL mode, so that new connections
     /// use the rollback journal the header names (with `-wal` present,
     /// SQLite would open the WAL whatever the header says).
     pub fn drop_wal_companions(&self, db: &Db) {
+        // Sealed at step-down; the primary's connections write it.
+        if let Err(e) = db.unseal_wal() {
+            warn!("db {}: cannot make the WAL writable again: {e}", db.name());
+        }
         let wal = db.in_wal_mode();
         let empty = |path: &Path| std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
         if wal || !empty(db.wal_path()) {

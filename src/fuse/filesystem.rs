@@ -27,6 +27,21 @@ impl Filesystem for LitefsFs {
         self.no_opendir = config
             .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
             .is_ok();
+        // The primary's WAL passes through (`passthrough.rs`). Depth 2 lets
+        // the data directory itself be on a stacked file system (overlayfs).
+        if self.passthrough.refused {
+            info!("fuse.passthrough is false: the WAL's writes go through litefs");
+            return Ok(());
+        }
+        let passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(2).is_ok();
+        self.passthrough.set_enabled(passthrough);
+        if !passthrough {
+            info!(
+                "the kernel offers no FUSE passthrough; the WAL's writes go through litefs \
+                 (slower; Linux 6.9 or later has it)"
+            );
+        }
         // FUSE_POSIX_LOCKS is deliberately not asked for: the kernel keeps
         // SQLite's POSIX locks itself, with no round trip to litefs per
         // lock, and wakes waiters on every unlock, downgrade, close and
@@ -253,6 +268,7 @@ impl Filesystem for LitefsFs {
                 db,
                 kind,
                 file: None,
+                backing: None,
             }) {
                 Ok(fh) => reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO),
                 Err(e) => reply.error(e),
@@ -278,17 +294,19 @@ impl Filesystem for LitefsFs {
         if kind == FileKind::Journal && journal_on_disk_is_live(db.journal_path()) {
             self.set_journal_active(db.name(), true);
         }
-        let open_flags = if kind == FileKind::Database {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
-        };
+        let (open_flags, backing) =
+            self.open_mode(&db, kind, flags, &file, |f| reply.open_backing(f));
+        let passthrough = backing.clone();
         match self.add_handle(Handle {
             db,
             kind,
             file: Some(file),
+            backing,
         }) {
-            Ok(fh) => reply.opened(fh, open_flags),
+            Ok(fh) => match passthrough {
+                Some(id) => reply.opened_passthrough(fh, open_flags, &id),
+                None => reply.opened(fh, open_flags),
+            },
             Err(e) => reply.error(e),
         }
     }
@@ -314,6 +332,10 @@ impl Filesystem for LitefsFs {
             Err(e) => return reply.error(e),
         };
         let Some(file) = &handle.file else {
+            // `-pos` is current: what the WAL committed is recorded first.
+            if self.role.is_primary() {
+                self.wals.catch_up_quietly(&handle.db);
+            }
             return reply.data(slice_at(pos_text(&handle.db).as_bytes(), offset, size));
         };
         let mut buf = vec![0u8; size as usize];
@@ -365,7 +387,7 @@ impl Filesystem for LitefsFs {
         }
         match file.write_all_at(data, offset) {
             Ok(()) if handle.kind == FileKind::Wal => {
-                match self.wal_written(&handle.db, offset, data) {
+                match self.wals.written(&handle.db, offset, data.len() as u64) {
                     Ok(()) => reply.written(data.len() as u32),
                     Err(e) => reply.error(e),
                 }
@@ -428,11 +450,10 @@ impl Filesystem for LitefsFs {
         let Some(file) = &handle.file else {
             return reply.ok();
         };
-        if handle.kind == FileKind::Wal {
-            // The LTX files of the WAL's transactions are as durable as
-            // the WAL: synced first.
-            if let Err(e) = handle.db.sync_wal_ltx() {
-                return reply.error(self.store_errno(&handle.db, "cannot sync LTX files", &e));
+        if handle.kind == FileKind::Wal && self.role.is_primary() {
+            // Records the commit now when the disk is nearly full.
+            if let Err(e) = self.wals.synced(&handle.db) {
+                return reply.error(e);
             }
         }
         if handle.kind == FileKind::Database {
@@ -649,17 +670,21 @@ impl Filesystem for LitefsFs {
         };
         let ino = self.ino(&db, kind);
         let attr = self.file_attr(ino, &md);
-        let open_flags = if kind == FileKind::Database {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
-        };
+        let (open_flags, backing) =
+            self.open_mode(&db, kind, flags, &file, |f| reply.open_backing(f));
+        let passthrough = backing.clone();
         match self.add_handle(Handle {
             db,
             kind,
             file: Some(file),
+            backing,
         }) {
-            Ok(fh) => reply.created(&TTL, &attr, Generation(0), fh, open_flags),
+            Ok(fh) => match passthrough {
+                Some(id) => {
+                    reply.created_passthrough(&TTL, &attr, Generation(0), fh, open_flags, &id)
+                }
+                None => reply.created(&TTL, &attr, Generation(0), fh, open_flags),
+            },
             Err(e) => reply.error(e),
         }
     }

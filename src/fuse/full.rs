@@ -10,7 +10,7 @@ use fuser::Errno;
 use log::error;
 
 use super::{io_errno, LitefsFs};
-use crate::store::{self, is_disk_full_io, Db};
+use crate::store::{self, is_disk_full_io, Db, Store};
 
 /// What a full data directory means on the primary, for its WARN.
 const EFFECT: &str = "commits fail with SQLITE_FULL (\"database or disk is full\") and SQLite \
@@ -20,14 +20,7 @@ impl LitefsFs {
     /// The errno for `what` on `db` failing in the store with `err`,
     /// logged: ENOSPC for a full data directory, EIO otherwise.
     pub(super) fn store_errno(&self, db: &Db, what: &str, err: &store::Error) -> Errno {
-        if err.is_disk_full() {
-            self.store
-                .disk()
-                .full(&format!("db {}: {what}: {err}", db.name()), EFFECT);
-            return Errno::ENOSPC;
-        }
-        error!("db {}: {what}: {err}", db.name());
-        Errno::EIO
+        store_errno(&self.store, db, what, err)
     }
 
     /// The errno for `what` on one of `db`'s backing files failing with
@@ -46,7 +39,24 @@ impl LitefsFs {
     /// A transaction was recorded: a full-disk episode, if any, is over,
     /// and the replication streams have something to send.
     pub(super) fn recorded(&self) {
-        self.store.disk().space();
-        self.store.notify_change();
+        recorded(&self.store);
     }
+}
+
+/// `LitefsFs::store_errno` for a part of the mount that has only the store.
+pub(super) fn store_errno(store: &Store, db: &Db, what: &str, err: &store::Error) -> Errno {
+    if err.is_disk_full() {
+        store
+            .disk()
+            .full(&format!("db {}: {what}: {err}", db.name()), EFFECT);
+        return Errno::ENOSPC;
+    }
+    error!("db {}: {what}: {err}", db.name());
+    Errno::EIO
+}
+
+/// `LitefsFs::recorded` for a part of the mount that has only the store.
+pub(super) fn recorded(store: &Store) {
+    store.disk().space();
+    store.notify_change();
 }

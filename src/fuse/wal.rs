@@ -1,142 +1,287 @@
-//! Following SQLite's writes to a database's `-wal` on the primary: the
-//! WAL header, each frame's header and page as they are written, and the
-//! commit frame that ends a transaction, which the store records as one
-//! LTX file (`Db::commit_wal`) before the write returns to SQLite.
+//! Following SQLite's WAL of each database on the primary: every
+//! transaction whose commit frame is in the WAL becomes one LTX file
+//! (`Db::commit_wal`), its pages read from the WAL itself.
 //!
-//! SQLite writes a WAL in a fixed shape (wal.c): a 32-byte header at
-//! offset 0 whenever it starts the WAL over (new salts), then per frame a
-//! 24-byte frame header and the page, each one write (which the kernel
-//! may split into several requests). A transaction's frames follow the
-//! last committed frame, so the frames after it are the transaction under
-//! way; a rolled-back one is simply overwritten by the next. A page
-//! written twice in one transaction is overwritten in place; after such an
-//! overwrite SQLite writes the following frame headers without salts and
-//! checksums and fills them in once the commit frame is written (wal.c's
-//! walRewriteChecksums). So a transaction is recorded when its commit
-//! frame's page is written, or, when that frame's header still lacks its
-//! checksums, when its rewritten header arrives: never on an earlier
-//! event, so a page left at a frame slot by a rolled-back transaction can
-//! never stand in for the new one's.
+//! SQLite's writes to a primary's `-wal` pass through the kernel straight
+//! to the backing file (`passthrough.rs`), so litefs reads what they
+//! committed from that file ("catches up"):
+//! - before anything that could take committed frames away: a write or
+//!   truncate of the database file in WAL mode (a checkpoint: once the
+//!   frames are in the database file, SQLite may start the WAL over and
+//!   overwrite them), and a truncate or deletion of the `-wal`;
+//! - when `-pos` is read, so that it is current;
+//! - soon after each commit: `watch.rs` wakes on the kernel's change
+//!   notification of the backing WAL.
 //!
-//! The tracker of each database lives in `LitefsFs::wals`; its lock is
-//! held for one write's bookkeeping and the commit it may complete, which
-//! also keeps two commits of one database in order (SQLite's WAL write
-//! lock already allows only one writer).
+//! A commit's durability is the WAL's, as SQLite makes it (with
+//! synchronous=FULL it fsyncs the WAL before COMMIT returns): start-up
+//! makes the LTX files of WAL commits that have none (`store/wal.rs`), so
+//! neither the recording nor the LTX file's fsync needs to be on the
+//! commit path; the LTX files are synced before their frames can go.
+//! Without passthrough every write comes through litefs, which catches up
+//! after each write to a commit frame, so the commit is recorded before
+//! its last write returns.
+//!
+//! A frame is committed by SQLite's own recovery rule (valid salts and
+//! checksum chain up to a commit frame, `sqlite::wal::WalCursor`), the
+//! rule start-up applies to a WAL left by a crash (`store/wal.rs`): a
+//! commit litefs has not read when it is killed is recorded at start.
+//!
+//! Locking: each database's follower has a mutex of its own, held while it
+//! reads the WAL and records what it found, so each commit is recorded
+//! once and in order; the map's lock is held only to find the follower.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::sync::{Arc, Mutex};
 
 use fuser::Errno;
 use log::error;
 
-use super::LitefsFs;
-use crate::sqlite::wal::{self, WalHeader, FRAME_HEADER_SIZE, WAL_HEADER_SIZE};
-use crate::store::{Db, WalPosition, WalTransaction};
+use super::full::{recorded, store_errno};
+use crate::sqlite::wal::{self, WalCommit, WalCursor, FRAME_HEADER_SIZE};
+use crate::store::{Db, Store, WalPosition, WalTransaction};
+
+/// The followers of every database's WAL, shared by the mount, the
+/// applier (step-down) and the watcher thread.
+pub struct WalFollowers {
+    store: Arc<Store>,
+    by_db: Mutex<HashMap<String, Arc<Mutex<WalFollower>>>>,
+}
 
 /// What litefs knows of one database's WAL.
 #[derive(Debug, Default)]
-pub(super) struct WalTracker {
-    /// The current generation's header; `None` until SQLite writes one.
-    header: Option<WalHeader>,
-    /// Index of the last commit frame of this generation (`None`: none yet).
-    last_commit: Option<u64>,
-    /// Frames after the last commit whose header is written: index ->
-    /// (page number, commit size, whether the header has its salts and
-    /// checksums yet).
-    frames: BTreeMap<u64, (u32, u32, bool)>,
-    /// A commit frame whose page is written but whose header still waits
-    /// for its salts and checksums.
-    awaiting_checksums: Option<u64>,
-    /// Frames after the last commit whose page is written.
-    written: BTreeSet<u64>,
-    /// Byte ranges written so far of frame headers and pages not yet
-    /// whole: the kernel may split one write of SQLite's into several
-    /// requests (at page-cache boundaries), handled in any order.
-    partial: BTreeMap<(u64, bool), Vec<(u64, u64)>>,
-    /// The backing WAL file, open for reading back what was written.
-    file: Option<std::fs::File>,
-    /// A transaction whose commit could not be recorded (SQLite was told
-    /// it failed): the index of its first frame and the errno it got.
-    /// Writes to its frames are refused with that errno until SQLite
-    /// starts its next transaction there (see `wal_write_allowed`).
+pub(super) struct WalFollower {
+    /// Where the current generation has been read to; `None` until a
+    /// valid WAL header is seen.
+    cursor: Option<WalCursor>,
+    /// The backing WAL file, open for reading (reopened after deletion).
+    file: Option<File>,
+    /// Without passthrough: a transaction whose commit could not be
+    /// recorded (SQLite was told its write failed), as the index of its
+    /// first frame and the errno it got. Writes to its frames are refused
+    /// with that errno until SQLite starts its next transaction there (see
+    /// `wal_write_allowed`).
     failed: Option<(u64, Errno)>,
+    /// The last catch-up off the commit path failed (logged once).
+    failing: bool,
 }
 
-impl WalTracker {
-    fn start_over(&mut self, header: Option<WalHeader>) {
-        *self = WalTracker {
-            header,
-            ..WalTracker::default()
-        };
-    }
+/// A catch-up that stopped short: the errno for SQLite, and the commit
+/// that could not be recorded (`None`: the WAL could not be read).
+struct Stopped {
+    errno: Errno,
+    commit: Option<WalCommit>,
+}
 
-    /// The backing WAL file of `db`, opened once per generation.
-    fn file(&mut self, db: &Db) -> std::io::Result<&std::fs::File> {
-        Ok(match self.file {
-            Some(ref file) => file,
-            None => self.file.insert(std::fs::File::open(db.wal_path())?),
-        })
-    }
-
-    fn first_open_frame(&self) -> u64 {
-        self.last_commit.map_or(0, |i| i + 1)
-    }
-
-    /// Adds `[start, end)` (relative to the region) to what is written of
-    /// frame `index`'s header (`page` false) or page; true once the region
-    /// of `len` bytes is whole.
-    fn cover(&mut self, index: u64, page: bool, start: u64, end: u64, len: u64) -> bool {
-        if start == 0 && end == len {
-            self.partial.remove(&(index, page));
-            return true;
-        }
-        let ranges = self.partial.entry((index, page)).or_default();
-        ranges.push((start, end));
-        ranges.sort_unstable();
-        let mut reach = 0;
-        for &(s, e) in ranges.iter() {
-            if s > reach {
-                return false;
-            }
-            reach = reach.max(e);
-        }
-        if reach >= len {
-            self.partial.remove(&(index, page));
-            return true;
-        }
-        false
+impl WalFollower {
+    fn forget(&mut self, db: &Db) {
+        self.cursor = None;
+        self.file = None;
+        db.wal_reset();
     }
 }
 
-impl LitefsFs {
-    /// Whether `db` is in WAL mode as far as its writes go: SQLite has
-    /// written a WAL header in this mount's life, so writes to the
-    /// database file without a rollback journal are checkpoints.
-    pub(super) fn wal_active(&self, db: &Db) -> bool {
-        self.wals
+impl WalFollowers {
+    pub(super) fn new(store: Arc<Store>) -> WalFollowers {
+        WalFollowers {
+            store,
+            by_db: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn follower(&self, db: &Db) -> Arc<Mutex<WalFollower>> {
+        self.by_db
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(db.name())
-            .is_some_and(|t| t.header.is_some())
+            .entry(db.name().to_string())
+            .or_default()
+            .clone()
     }
 
-    /// Checks a write at `offset` to `db`'s WAL before it reaches the
-    /// backing file. After a commit that could not be recorded, SQLite may
-    /// write the rest of the commit frame again (it retries a short write,
-    /// and the kernel splits large writes), which would complete the
-    /// commit on disk with no LTX file and report success: such writes
-    /// get the commit's errno. The next transaction starts at the failed
-    /// one's first frame (or a new WAL header), which ends this.
-    pub(super) fn wal_write_allowed(&self, db: &Db, offset: u64) -> Result<(), Errno> {
-        let mut wals = self.wals.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(tracker) = wals.get_mut(db.name()) else {
+    /// Whether `db` is in WAL mode as far as its writes go: its header
+    /// says so, or its WAL has a valid header, so that writes to the
+    /// database file without a rollback journal are checkpoints.
+    pub fn active(&self, db: &Db) -> bool {
+        db.in_wal_mode()
+            || self
+                .follower(db)
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .cursor
+                .is_some()
+    }
+
+    /// Records every transaction committed to `db`'s WAL that has no LTX
+    /// file yet; an error when one cannot be recorded (it stays in the
+    /// WAL, to be recorded at the next catch-up).
+    pub fn catch_up(&self, db: &Db) -> Result<(), Errno> {
+        let follower = self.follower(db);
+        let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
+        self.read_and_record(db, &mut f)
+            .map_err(|stopped| stopped.errno)
+    }
+
+    /// Catches up off the commit path (the watcher, `-pos`): a failure is
+    /// logged once until a catch-up succeeds again.
+    /// Returns how many frames of a transaction under way it read (which
+    /// the next catch-up reads again).
+    pub fn catch_up_quietly(&self, db: &Db) -> u64 {
+        let follower = self.follower(db);
+        let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
+        let caught_up = self.read_and_record(db, &mut f).is_ok();
+        if !caught_up && !f.failing {
+            error!(
+                "db {}: committed WAL transactions have no LTX file yet; litefs retries, and \
+                 checkpoints wait for them",
+                db.name()
+            );
+        }
+        f.failing = !caught_up;
+        f.cursor.as_ref().map_or(0, WalCursor::open_frames)
+    }
+
+    /// SQLite fsyncs `db`'s WAL (each commit with synchronous=FULL, and
+    /// checkpoints). The commit is normally recorded just after, off this
+    /// path; but when the data directory may lack room for its LTX file
+    /// (`Db::short_of_space_for`), it is recorded now, and a commit that
+    /// cannot be fails (SQLITE_FULL, with its commit frame invalidated)
+    /// rather than wait in the WAL, acknowledged, for room.
+    pub fn synced(&self, db: &Db) -> Result<(), Errno> {
+        let follower = self.follower(db);
+        let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
+        let len = f
+            .file
+            .as_ref()
+            .and_then(|file| file.metadata().ok())
+            .map_or(0, |md| md.len());
+        let recorded = f.cursor.as_ref().map_or(0, WalCursor::end);
+        if !db.short_of_space_for(len.saturating_sub(recorded)) {
+            return Ok(());
+        }
+        let Err(stopped) = self.read_and_record(db, &mut f) else {
             return Ok(());
         };
-        let (Some((first, errno)), Some(header)) = (tracker.failed, tracker.header) else {
+        if let (Some(commit), Some(cursor), Some(file)) = (&stopped.commit, &f.cursor, &f.file) {
+            if is_last_commit(file, cursor, commit) {
+                invalidate_commit(db, cursor, commit);
+            }
+        }
+        Err(stopped.errno)
+    }
+
+    /// Before SQLite copies WAL frames into the database file (after which
+    /// it may start the WAL over) or truncates or deletes the WAL: every
+    /// transaction they hold is recorded, and the LTX files are synced.
+    /// Until then the WAL itself, fsynced by SQLite, is what start-up makes
+    /// their LTX files from (`store/wal.rs`).
+    pub fn before_frames_go(&self, db: &Db) -> Result<(), Errno> {
+        self.catch_up(db)?;
+        db.sync_wal_ltx()
+            .map_err(|e| store_errno(&self.store, db, "cannot sync LTX files", &e))
+    }
+
+    /// Reads `db`'s WAL from where `f` stopped and records each commit.
+    fn read_and_record(&self, db: &Db, f: &mut WalFollower) -> Result<(), Stopped> {
+        let read_error = |e: std::io::Error| {
+            error!("db {}: cannot read the WAL: {e}", db.name());
+            Stopped {
+                errno: Errno::EIO,
+                commit: None,
+            }
+        };
+        let file = match f.file.take() {
+            Some(file) => file,
+            None => match File::open(db.wal_path()) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    f.forget(db);
+                    return Ok(());
+                }
+                Err(e) => return Err(read_error(e)),
+            },
+        };
+        let file = f.file.insert(file);
+        let len = file.metadata().map_err(read_error)?.len();
+        // A header that does not read as valid may be one SQLite is
+        // writing: the cursor stays until a different valid one appears
+        // (truncation and deletion, which come through litefs, reset it).
+        let Some(header) = wal::read_header(file, len).map_err(read_error)? else {
             return Ok(());
         };
-        let start = wal::frame_offset(first, header.page_size);
+        if f.cursor.as_ref().map(WalCursor::header) != Some(&header) {
+            // A new generation: SQLite starts the WAL over only once every
+            // frame is in the database file (a checkpoint, which caught up
+            // before its first write).
+            f.cursor = Some(WalCursor::new(header));
+            db.wal_reset();
+        }
+        let cursor = f.cursor.as_mut().expect("set above");
+        while let Some(commit) = cursor.read_commit(file, len).map_err(read_error)? {
+            self.record(db, file, cursor.header(), &commit)
+                .map_err(|errno| Stopped {
+                    errno,
+                    commit: Some(commit.clone()),
+                })?;
+            cursor.consume(&commit);
+        }
+        f.failed = None;
+        Ok(())
+    }
+
+    /// Records `commit`, read from the WAL open as `file`.
+    fn record(
+        &self,
+        db: &Db,
+        file: &File,
+        header: &wal::WalHeader,
+        commit: &WalCommit,
+    ) -> Result<(), Errno> {
+        let pages: BTreeMap<u32, u64> = commit.pages.iter().copied().collect();
+        let txn = WalTransaction {
+            page_size: header.page_size,
+            commit: commit.commit,
+            pages: &pages,
+            at: WalPosition {
+                salt1: header.salt1,
+                salt2: header.salt2,
+                offset: commit.start,
+                size: commit.end - commit.start,
+            },
+        };
+        match db.commit_wal(file, &txn) {
+            Ok(pos) => {
+                if let Some(pos) = pos {
+                    log::debug!("db {}: committed WAL TXID {pos}", db.name());
+                    recorded(&self.store);
+                }
+                Ok(())
+            }
+            Err(e) => Err(store_errno(
+                &self.store,
+                db,
+                "cannot record a WAL transaction",
+                &e,
+            )),
+        }
+    }
+
+    /// Without passthrough: checks a write at `offset` to `db`'s WAL before
+    /// it reaches the backing file. After a commit that could not be
+    /// recorded, SQLite may write the rest of the commit frame again (it
+    /// retries a short write, and the kernel splits large writes), which
+    /// would complete the commit on disk with no LTX file: such writes get
+    /// the commit's errno. The next transaction starts at the failed one's
+    /// first frame (or a new WAL header), which ends this.
+    pub fn write_allowed(&self, db: &Db, offset: u64) -> Result<(), Errno> {
+        let follower = self.follower(db);
+        let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
+        let (Some((first, errno)), Some(cursor)) = (f.failed, &f.cursor) else {
+            return Ok(());
+        };
+        let start = wal::frame_offset(first, cursor.header().page_size);
         if offset == 0 || offset == start {
-            tracker.failed = None;
+            f.failed = None;
             return Ok(());
         }
         if offset < start {
@@ -150,210 +295,84 @@ impl LitefsFs {
         Err(errno)
     }
 
-    /// Notes a write of `data` at `offset` to `db`'s WAL, which has reached
-    /// the backing file, and records the transaction it commits, if any.
-    pub(super) fn wal_written(&self, db: &Db, offset: u64, data: &[u8]) -> Result<(), Errno> {
-        let mut wals = self.wals.lock().unwrap_or_else(|e| e.into_inner());
-        let tracker = wals.entry(db.name().to_string()).or_default();
-        let end = offset + data.len() as u64;
-        let mut at = offset;
-        if offset == 0 {
-            let header = wal::parse_header(data).ok_or_else(|| {
-                error!(
-                    "db {}: refused a WAL header litefs cannot read ({} bytes)",
-                    db.name(),
-                    data.len()
-                );
-                Errno::EIO
-            })?;
-            tracker.start_over(Some(header));
-            // Every frame of the old generation was checkpointed before
-            // SQLite started the WAL over.
-            db.wal_reset();
-            at = WAL_HEADER_SIZE;
+    /// Without passthrough: a write to `db`'s WAL reached the backing file;
+    /// records the transaction it commits, if any, before SQLite hears
+    /// back. A commit that cannot be recorded fails, and its commit frame
+    /// is invalidated (`invalidate_commit`).
+    pub fn written(&self, db: &Db, offset: u64, len: u64) -> Result<(), Errno> {
+        let follower = self.follower(db);
+        let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
+        if !touches_commit_frame(&f, offset, len) {
+            return Ok(());
         }
-        let Some(header) = tracker.header else {
-            error!(
-                "db {}: a WAL frame was written before any WAL header litefs saw; \
-                 refused (close every connection to the database and retry)",
-                db.name()
-            );
-            return Err(Errno::EIO);
+        let Err(stopped) = self.read_and_record(db, &mut f) else {
+            return Ok(());
         };
-        let frame_size = FRAME_HEADER_SIZE + u64::from(header.page_size);
-        let page_size = u64::from(header.page_size);
-        while at < end {
-            let rel = at - WAL_HEADER_SIZE;
-            let (index, within) = (rel / frame_size, rel % frame_size);
-            let open = index >= tracker.first_open_frame();
-            // The part of this write inside one region: the frame header
-            // (`within` < 24) or the page.
-            let (page, region_start, region_len) = if within < FRAME_HEADER_SIZE {
-                (false, 0, FRAME_HEADER_SIZE)
-            } else {
-                (true, FRAME_HEADER_SIZE, page_size)
-            };
-            let piece_end = end.min(at - within + region_start + region_len);
-            let (start, stop) = (
-                within - region_start,
-                piece_end - (at - within + region_start),
-            );
-            at = piece_end;
-            if !open || !tracker.cover(index, page, start, stop, region_len) {
-                continue;
-            }
-            if page {
-                tracker.written.insert(index);
-                match tracker.frames.get(&index) {
-                    // The commit frame's page, written after its header:
-                    // every page of the transaction is in place now.
-                    Some(&(_, commit, true)) if commit != 0 => {
-                        self.commit_wal_frames(db, tracker, &header, index)?;
-                    }
-                    // Its header still lacks salts and checksums: SQLite
-                    // writes them again once the frames are written (see
-                    // the module comment).
-                    Some(&(_, commit, false)) if commit != 0 => {
-                        tracker.awaiting_checksums = Some(index);
-                    }
-                    _ => {}
-                }
-                continue;
-            }
-            // A whole frame header: read it back from the backing file
-            // (its bytes may have come in several requests).
-            let mut buf = [0u8; FRAME_HEADER_SIZE as usize];
-            let offset_in_file = wal::frame_offset(index, header.page_size);
-            let read = tracker.file(db).and_then(|f| {
-                std::os::unix::fs::FileExt::read_exact_at(f, &mut buf, offset_in_file)
-            });
-            if let Err(e) = read {
-                error!("db {}: cannot read back a WAL frame header: {e}", db.name());
-                return Err(Errno::EIO);
-            }
-            let fh = wal::parse_frame_header(&buf);
-            let salted = (fh.salt1, fh.salt2) == (header.salt1, header.salt2);
-            if !salted && (fh.salt1, fh.salt2) != (0, 0) {
-                continue;
-            }
-            tracker.frames.insert(index, (fh.pgno, fh.commit, salted));
-            if salted && fh.commit != 0 && tracker.awaiting_checksums == Some(index) {
-                // The checksums of the transaction's frames are written,
-                // the commit frame's last.
-                self.commit_wal_frames(db, tracker, &header, index)?;
-            }
+        if let (Some(commit), Some(cursor)) = (&stopped.commit, &f.cursor) {
+            invalidate_commit(db, cursor, commit);
+            let frame_len = FRAME_HEADER_SIZE + u64::from(cursor.header().page_size);
+            let first = (commit.start - wal::WAL_HEADER_SIZE) / frame_len;
+            f.failed = Some((first, stopped.errno));
         }
+        Err(stopped.errno)
+    }
+
+    /// `db`'s WAL is about to be truncated to zero or deleted: what it
+    /// committed is recorded first; then it starts over.
+    pub fn going(&self, db: &Db) -> Result<(), Errno> {
+        let follower = self.follower(db);
+        let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
+        self.read_and_record(db, &mut f)
+            .map_err(|stopped| stopped.errno)?;
+        db.sync_wal_ltx()
+            .map_err(|e| store_errno(&self.store, db, "cannot sync LTX files", &e))?;
+        f.forget(db);
+        f.failed = None;
         Ok(())
-    }
-
-    /// Records the transaction whose commit frame is `last`: the frames
-    /// after the last commit up to it.
-    fn commit_wal_frames(
-        &self,
-        db: &Db,
-        tracker: &mut WalTracker,
-        header: &WalHeader,
-        last: u64,
-    ) -> Result<(), Errno> {
-        let first = tracker.first_open_frame();
-        let mut pages = BTreeMap::new();
-        let mut commit = 0;
-        for index in first..=last {
-            let (Some(&(pgno, frame_commit, _)), true) =
-                (tracker.frames.get(&index), tracker.written.contains(&index))
-            else {
-                error!(
-                    "db {}: lost track of WAL frame {index} before the commit frame {last}; \
-                     the transaction is refused (nothing is recorded)",
-                    db.name()
-                );
-                fail_wal_commit(db, tracker, header, first, last, Errno::EIO);
-                return Err(Errno::EIO);
-            };
-            pages.insert(
-                pgno,
-                wal::frame_offset(index, header.page_size) + FRAME_HEADER_SIZE,
-            );
-            commit = frame_commit;
-        }
-        let start = wal::frame_offset(first, header.page_size);
-        let at = WalPosition {
-            salt1: header.salt1,
-            salt2: header.salt2,
-            offset: start,
-            size: wal::frame_offset(last + 1, header.page_size) - start,
-        };
-        let recorded = tracker.file(db).map_err(|e| crate::store::Error::Io {
-            what: format!("opening the WAL of database {}", db.name()),
-            path: db.wal_path().to_path_buf(),
-            source: e,
-        });
-        let txn = WalTransaction {
-            page_size: header.page_size,
-            commit,
-            pages: &pages,
-            at,
-        };
-        let recorded = recorded.and_then(|file| db.commit_wal(file, &txn));
-        match recorded {
-            Ok(pos) => {
-                if let Some(pos) = pos {
-                    log::debug!("db {}: committed WAL TXID {pos}", db.name());
-                    self.recorded();
-                }
-                tracker.last_commit = Some(last);
-                tracker.frames.retain(|&i, _| i > last);
-                tracker.written.retain(|&i| i > last);
-                tracker.partial.retain(|&(i, _), _| i > last);
-                tracker.awaiting_checksums = None;
-                Ok(())
-            }
-            Err(e) => {
-                // The commit fails in SQLite too (SQLITE_FULL for a full
-                // disk), which writes the next transaction over these
-                // frames: forget them, and make sure they never count
-                // (see `fail_wal_commit`).
-                let errno = self.store_errno(db, "cannot record a WAL transaction", &e);
-                fail_wal_commit(db, tracker, header, first, last, errno);
-                Err(errno)
-            }
-        }
-    }
-
-    /// `db`'s WAL was truncated to zero or deleted: it starts over.
-    pub(super) fn wal_gone(&self, db: &Db) {
-        if let Some(tracker) = self
-            .wals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(db.name())
-        {
-            tracker.start_over(None);
-        }
-        db.wal_reset();
     }
 }
 
-/// A WAL transaction (frames `first` to `last`) whose commit could not be
-/// recorded: its commit frame is whole on disk, so SQLite's own recovery,
-/// or litefs's at start-up, would take it for a commit SQLite's caller was
-/// told failed. Its salts are zeroed there (an overwrite, which needs no
-/// room), and further writes to its frames are refused until SQLite
-/// starts the next transaction (`wal_write_allowed`).
-fn fail_wal_commit(
-    db: &Db,
-    tracker: &mut WalTracker,
-    header: &WalHeader,
-    first: u64,
-    last: u64,
-    errno: Errno,
-) {
-    tracker.frames.clear();
-    tracker.written.clear();
-    tracker.partial.clear();
-    tracker.failed = Some((first, errno));
+/// Whether a write of `len` bytes at `offset` to the WAL `f` follows may
+/// complete a commit: it writes the header, or part of a frame whose
+/// header is a commit frame's. Reading the WAL after every other write
+/// would read a large transaction's frames again at each.
+fn touches_commit_frame(f: &WalFollower, offset: u64, len: u64) -> bool {
+    let (Some(cursor), Some(file)) = (&f.cursor, &f.file) else {
+        return true;
+    };
+    if offset < wal::WAL_HEADER_SIZE {
+        return true;
+    }
+    let frame_len = FRAME_HEADER_SIZE + u64::from(cursor.header().page_size);
+    let first = (offset - wal::WAL_HEADER_SIZE) / frame_len;
+    let last = (offset + len.max(1) - 1 - wal::WAL_HEADER_SIZE) / frame_len;
+    (first..=last).any(|index| {
+        let mut buf = [0u8; FRAME_HEADER_SIZE as usize];
+        let at = wal::frame_offset(index, cursor.header().page_size);
+        match std::os::unix::fs::FileExt::read_exact_at(file, &mut buf, at) {
+            Ok(()) => wal::parse_frame_header(&buf).commit != 0,
+            Err(_) => true,
+        }
+    })
+}
+
+/// Whether `commit` is the last valid commit of the WAL open as `file`
+/// (the one an fsync is completing).
+fn is_last_commit(file: &File, cursor: &WalCursor, commit: &WalCommit) -> bool {
+    let mut after = cursor.clone();
+    after.consume(commit);
+    let len = file.metadata().map_or(0, |m| m.len());
+    matches!(after.read_commit(file, len), Ok(None))
+}
+
+/// A WAL transaction whose commit could not be recorded: its commit frame
+/// is whole on disk, so SQLite's own recovery, or litefs's at start-up,
+/// would take it for a commit SQLite's caller was told failed. Its salts
+/// are zeroed there (an overwrite, which needs no room).
+fn invalidate_commit(db: &Db, cursor: &WalCursor, commit: &WalCommit) {
+    let frame_len = FRAME_HEADER_SIZE + u64::from(cursor.header().page_size);
     // The salts are bytes 8 to 16 of the frame header.
-    let at = wal::frame_offset(last, header.page_size) + 8;
+    let at = commit.end - frame_len + 8;
     let zeroed = std::fs::OpenOptions::new()
         .write(true)
         .open(db.wal_path())

@@ -32,10 +32,14 @@ impl LitefsFs {
         match handle.kind {
             FileKind::Database => {
                 let journal = self.journal_active(db.name());
-                if !journal && self.wal_active(db) {
+                if !journal {
                     // WAL mode: a checkpoint copying committed pages from
-                    // the WAL; recorded when they were committed.
-                    return Ok(());
+                    // the WAL, which must all be recorded before SQLite
+                    // may start the WAL over (`wal.rs`).
+                    self.wals.before_frames_go(db)?;
+                    if self.wals.active(db) {
+                        return Ok(());
+                    }
                 }
                 // Pure checks on the data first; before_write records the
                 // write (dirty pages, undo log) once it is going to happen.
@@ -70,7 +74,7 @@ impl LitefsFs {
                     self.commit(db)?;
                 }
             }
-            FileKind::Wal => self.wal_write_allowed(db, offset)?,
+            FileKind::Wal => self.wals.write_allowed(db, offset)?,
             _ => {}
         }
         Ok(())
@@ -90,14 +94,18 @@ impl LitefsFs {
             // journal_mode=TRUNCATE: truncating the journal commits.
             self.commit(db)?;
         }
-        if kind == FileKind::Wal && size == 0 {
-            self.wal_gone(db);
-        }
-        if kind == FileKind::Database && !self.wal_active(db) {
-            if let Err(e) = db.before_truncate(size) {
-                warn!("db {}: refused truncate: {e}", db.name());
-                return Err(Errno::EINVAL);
+        match kind {
+            // Committed frames are recorded before any of them can go.
+            FileKind::Wal if size == 0 => self.wals.going(db)?,
+            FileKind::Wal => self.wals.before_frames_go(db)?,
+            FileKind::Database if self.wals.active(db) => self.wals.before_frames_go(db)?,
+            FileKind::Database => {
+                if let Err(e) = db.before_truncate(size) {
+                    warn!("db {}: refused truncate: {e}", db.name());
+                    return Err(Errno::EINVAL);
+                }
             }
+            _ => {}
         }
         let res = OpenOptions::new()
             .write(true)
@@ -123,7 +131,10 @@ impl LitefsFs {
                 // journal_mode=DELETE: deleting the journal commits.
                 self.commit(db)?;
             }
-            FileKind::Wal => self.wal_gone(db),
+            FileKind::Wal => {
+                self.wals.going(db)?;
+                self.forget_wal_backing(db);
+            }
             FileKind::Shm => {}
         }
         if kind == FileKind::Journal {

@@ -57,8 +57,12 @@ pub struct WalCommit {
     pub pages: Vec<(u32, u64)>,
     /// Database size in pages after it.
     pub commit: u32,
+    /// File offset of its first frame.
+    pub start: u64,
     /// File offset just past its commit frame.
     pub end: u64,
+    /// The running checksum after its commit frame.
+    pub checksum: (u32, u32),
 }
 
 /// Parses a WAL header; `None` when the bytes are not a valid header
@@ -138,49 +142,132 @@ pub fn read_commits(path: &Path) -> Result<Option<(WalHeader, Vec<WalCommit>)>, 
             Err(err) => return Err(err.into()),
         };
         let len = file.metadata()?.len();
-        let mut buf = [0u8; WAL_HEADER_SIZE as usize];
-        if len < WAL_HEADER_SIZE {
-            return Ok(None);
-        }
-        file.read_exact_at(&mut buf, 0)?;
-        let Some(header) = parse_header(&buf) else {
+        let Some(header) = read_header(&file, len)? else {
             return Ok(None);
         };
-        let page_size = u64::from(header.page_size);
-        let mut frame = vec![0u8; (FRAME_HEADER_SIZE + page_size) as usize];
-        let mut checksum = header.checksum;
+        let mut cursor = WalCursor::new(header);
         let mut commits = Vec::new();
-        let mut pending: std::collections::BTreeMap<u32, u64> = Default::default();
-        let mut index = 0;
-        loop {
-            let offset = frame_offset(index, header.page_size);
-            if offset + frame.len() as u64 > len {
-                break;
-            }
-            file.read_exact_at(&mut frame, offset)?;
-            let fh = parse_frame_header(&frame);
-            if fh.pgno == 0 || (fh.salt1, fh.salt2) != (header.salt1, header.salt2) {
-                break;
-            }
-            let sum = checksum_bytes(header.big_endian, &frame[..8], checksum);
-            let sum = checksum_bytes(header.big_endian, &frame[FRAME_HEADER_SIZE as usize..], sum);
-            if sum != fh.checksum {
-                break;
-            }
-            checksum = sum;
-            pending.insert(fh.pgno, offset + FRAME_HEADER_SIZE);
-            index += 1;
-            if fh.commit != 0 {
-                commits.push(WalCommit {
-                    pages: std::mem::take(&mut pending).into_iter().collect(),
-                    commit: fh.commit,
-                    end: offset + frame.len() as u64,
-                });
-            }
+        while let Some(commit) = cursor.read_commit(&file, len)? {
+            cursor.consume(&commit);
+            commits.push(commit);
         }
         Ok(Some((header, commits)))
     };
     read().map_err(|err| err.in_file(path))
+}
+
+/// The header of the WAL open as `file` (`len` bytes long); `None` when it
+/// is too short or not a valid header.
+pub fn read_header(file: &File, len: u64) -> io::Result<Option<WalHeader>> {
+    if len < WAL_HEADER_SIZE {
+        return Ok(None);
+    }
+    let mut buf = [0u8; WAL_HEADER_SIZE as usize];
+    match file.read_exact_at(&mut buf, 0) {
+        Ok(()) => Ok(parse_header(&buf)),
+        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// Reads one WAL generation's committed transactions incrementally, by
+/// SQLite's recovery rules (valid salts and an unbroken checksum chain up
+/// to a commit frame), for a WAL that SQLite may be writing meanwhile.
+///
+/// Frames after the last commit read belong to a transaction under way, or
+/// to one rolled back, which the next transaction overwrites in place (a
+/// shorter one only in part), as is a page written twice in one
+/// transaction before its checksums are rewritten at commit (wal.c's
+/// walRewriteChecksums). So nothing is remembered of them: each read
+/// starts again after the last commit.
+#[derive(Debug, Clone)]
+pub struct WalCursor {
+    header: WalHeader,
+    /// Index of the first frame after the last commit consumed.
+    next: u64,
+    /// The running checksum at `next` (the header's for frame 0).
+    checksum: (u32, u32),
+    /// Valid frames after the last commit found by the last read.
+    open_frames: u64,
+}
+
+impl WalCursor {
+    /// A cursor at the start of the generation `header` begins.
+    pub fn new(header: WalHeader) -> WalCursor {
+        WalCursor {
+            header,
+            next: 0,
+            checksum: header.checksum,
+            open_frames: 0,
+        }
+    }
+
+    /// The generation's header.
+    pub fn header(&self) -> &WalHeader {
+        &self.header
+    }
+
+    /// How many valid frames of a transaction not yet committed the last
+    /// `read_commit` found (what reading it again costs).
+    pub fn open_frames(&self) -> u64 {
+        self.open_frames
+    }
+
+    /// Reads the transaction after the last one consumed from `file` (`len`
+    /// bytes long): `None` until its commit frame is valid. The cursor
+    /// stays where it is until `consume` is called with it.
+    pub fn read_commit(&mut self, file: &File, len: u64) -> io::Result<Option<WalCommit>> {
+        let page_size = self.header.page_size;
+        let frame_len = FRAME_HEADER_SIZE + u64::from(page_size);
+        let mut checksum = self.checksum;
+        let mut pages = std::collections::BTreeMap::new();
+        let mut frame = vec![0u8; frame_len as usize];
+        let mut index = self.next;
+        self.open_frames = 0;
+        loop {
+            let offset = frame_offset(index, page_size);
+            if offset + frame_len > len {
+                return Ok(None);
+            }
+            file.read_exact_at(&mut frame, offset)?;
+            let fh = parse_frame_header(&frame);
+            if fh.pgno == 0 || (fh.salt1, fh.salt2) != (self.header.salt1, self.header.salt2) {
+                return Ok(None);
+            }
+            let big_endian = self.header.big_endian;
+            let sum = checksum_bytes(big_endian, &frame[..8], checksum);
+            let sum = checksum_bytes(big_endian, &frame[FRAME_HEADER_SIZE as usize..], sum);
+            if sum != fh.checksum {
+                return Ok(None);
+            }
+            checksum = sum;
+            pages.insert(fh.pgno, offset + FRAME_HEADER_SIZE);
+            index += 1;
+            if fh.commit != 0 {
+                return Ok(Some(WalCommit {
+                    pages: pages.into_iter().collect(),
+                    commit: fh.commit,
+                    start: self.end(),
+                    end: offset + frame_len,
+                    checksum,
+                }));
+            }
+            self.open_frames += 1;
+        }
+    }
+
+    /// Offset just past the last commit consumed (of the first frame).
+    pub fn end(&self) -> u64 {
+        frame_offset(self.next, self.header.page_size)
+    }
+
+    /// Moves the cursor past `commit`, which `read_commit` returned.
+    pub fn consume(&mut self, commit: &WalCommit) {
+        let frame_len = FRAME_HEADER_SIZE + u64::from(self.header.page_size);
+        self.next = (commit.end - WAL_HEADER_SIZE) / frame_len;
+        self.checksum = commit.checksum;
+        self.open_frames = 0;
+    }
 }
 
 fn be(buf: &[u8], at: usize) -> u32 {

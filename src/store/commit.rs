@@ -4,11 +4,12 @@
 //! journal ends, committing the transaction as an LTX file.
 //!
 //! Crash safety, in the order things reach the disk:
-//! - commit: the LTX file is written under a temporary name, fsynced,
-//!   renamed, and the directory fsynced, all while the rollback journal
-//!   still exists (the mount calls commit before the journal goes away).
-//!   A crash before the rename leaves a hot journal that recovery rolls
-//!   back; a crash after it leaves a hot journal whose database already
+//! - commit: the LTX file is written unnamed (or under a temporary
+//!   name), fsynced, given its name (`publish.rs`), and the directory
+//!   fsynced, all while the rollback journal still exists (the mount
+//!   calls commit before the journal goes away). A crash before it is
+//!   named leaves a hot journal that recovery rolls back; a crash after
+//!   it leaves a hot journal whose database already
 //!   matches the newest LTX file, so recovery only deletes the journal
 //!   (see `recovery.rs`).
 //! - rollback: SQLite does not journal the free-list pages it reuses, so
@@ -22,7 +23,8 @@ use std::io::{self, BufWriter};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::db::{temp_path, Change, State, LTX_BUFFER};
+use super::db::{Change, State, LTX_BUFFER};
+use super::publish::NewFile;
 use super::{
     io_error, is_lock_page, now_ms, page_offset, read_database_shape, read_freelist, sync_dir,
     Commit, Db, Error, Position, Shape,
@@ -331,21 +333,7 @@ impl Db {
             ..ltx::Header::default()
         };
         let final_path = self.ltx_dir.join(ltx::filename(txid, txid));
-        let tmp_path = temp_path(&final_path);
-        let ltx_bytes = match self.write_ltx(&tmp_path, &header, &file, &change) {
-            Ok(len) => len,
-            Err(err) => {
-                let _ = fs::remove_file(&tmp_path);
-                return Err(err);
-            }
-        };
-        fs::rename(&tmp_path, &final_path).map_err(|err| {
-            let _ = fs::remove_file(&tmp_path);
-            io_error(
-                format!("renaming the new LTX file of database {}", self.name),
-                &final_path,
-            )(err)
-        })?;
+        let ltx_bytes = self.write_ltx(&final_path, &header, &file, &change)?;
         // Durable before the position moves: should the directory sync
         // fail (a full disk, an I/O error), the file goes again and the
         // transaction is not recorded; the journal is still there, so
@@ -463,9 +451,10 @@ impl Db {
         })
     }
 
-    /// Writes the pages of `change` as an LTX file at `path`, each read
+    /// Writes the pages of `change` as the LTX file `path`, each read
     /// with `read` and checked against its checksum in `change` (a page
-    /// that changed meanwhile fails the write), fsynced when `sync`;
+    /// that changed meanwhile fails the write), fsynced when `sync`, and
+    /// only then named `path` (`publish.rs`; the directory is not synced);
     /// returns its length in bytes (for the metrics; 0 when unknown).
     pub(super) fn write_change(
         &self,
@@ -475,11 +464,35 @@ impl Db {
         sync: bool,
         read: impl Fn(u32, &mut [u8]) -> Result<(), Error>,
     ) -> Result<u64, Error> {
-        let ltx_error = self.ltx_error(path);
-        let file = File::create(path).map_err(io_error(
+        let new = NewFile::create(path).map_err(io_error(
             format!("creating an LTX file of database {}", self.name),
             path,
         ))?;
+        match self.encode_change(&new.file, path, header, change, sync, read) {
+            Ok(len) => {
+                new.publish(path).map_err(io_error(
+                    format!("naming the new LTX file of database {}", self.name),
+                    path,
+                ))?;
+                Ok(len)
+            }
+            Err(err) => {
+                new.discard();
+                Err(err)
+            }
+        }
+    }
+
+    fn encode_change(
+        &self,
+        file: &File,
+        path: &Path,
+        header: &ltx::Header,
+        change: &Change,
+        sync: bool,
+        read: impl Fn(u32, &mut [u8]) -> Result<(), Error>,
+    ) -> Result<u64, Error> {
+        let ltx_error = self.ltx_error(path);
         let mut encoder = ltx::LtxEncoder::new(BufWriter::with_capacity(LTX_BUFFER, file), header)
             .map_err(ltx_error)?;
         let mut page = vec![0u8; header.page_size as usize];

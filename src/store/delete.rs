@@ -44,6 +44,10 @@ impl Store {
         // The state lock waits for a commit or an apply in progress.
         let state = db.lock();
         let pos = state.pos;
+        // A replica's WAL is sealed (`Db::seal_wal`): it must go too.
+        if let Err(err) = db.unseal_wal() {
+            log::warn!("database {name}: cannot make the WAL removable: {err}");
+        }
         write_tombstone(&self.data_dir, name)?;
         let trash = self.data_dir.join(TRASH_DIR);
         fs::create_dir_all(&trash).map_err(io_error("creating the trash directory", &trash))?;

@@ -36,6 +36,14 @@ impl Db {
     pub(super) fn recover(&self) -> Result<State, Error> {
         self.remove_temp_files()?;
         self.finish_pending_apply()?;
+        // Sealed by a step-down (`Db::seal_wal`); whoever is primary now,
+        // litefs itself may have to write it.
+        if let Err(err) = self.unseal_wal() {
+            log::warn!(
+                "database {}: cannot make the WAL writable: {err}",
+                self.name
+            );
+        }
         // WAL mode: the WAL's recorded commits into the database file.
         self.checkpoint_recorded_wal()?;
         let files = self.ltx_files()?;

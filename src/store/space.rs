@@ -158,6 +158,32 @@ impl Db {
     }
 }
 
+impl Db {
+    /// Whether the data directory may lack room for the LTX files of
+    /// `bytes` of WAL frames not yet recorded (with the margins
+    /// `ensure_ltx_space` keeps): the mount then records a WAL commit
+    /// before SQLite's fsync returns, so that one that cannot be recorded
+    /// fails (see `fuse/wal.rs`).
+    pub fn short_of_space_for(&self, bytes: u64) -> bool {
+        let need = bytes
+            .saturating_add(LTX_SPACE_MARGIN)
+            .saturating_add(FREE_SPACE_SLACK);
+        let mut state = self.lock();
+        if let Some((free, at)) = state.free_space {
+            if at.elapsed() < FREE_SPACE_TTL && free >= need {
+                return false;
+            }
+        }
+        match free_bytes(&self.ltx_dir) {
+            Ok(free) => {
+                state.free_space = Some((free, Instant::now()));
+                free < need
+            }
+            Err(_) => true,
+        }
+    }
+}
+
 /// Whether the write puts back whole pages exactly as they are at the
 /// position (SQLite rolling a transaction back), so it makes no LTX file
 /// larger.

@@ -3,14 +3,14 @@
 //! the WAL itself; checkpoints make no TXID; and at start-up the WAL and
 //! the LTX chain are reconciled.
 //!
-//! Durability follows SQLite's own promise in each mode. The LTX file of a
-//! WAL transaction is written (and renamed into place) when the commit
-//! frame reaches the WAL, before SQLite can acknowledge the commit, but it
-//! is fsynced, with its directory, only when SQLite fsyncs the WAL
-//! (`Db::sync_wal_ltx`): at every commit with synchronous=FULL, at
-//! checkpoints with NORMAL. A kill -9 loses nothing either way (the page
-//! cache survives it); a power failure may lose what SQLite itself may
-//! lose, and start-up reconciles the two logs:
+//! Durability follows SQLite's own promise in each mode: a commit is as
+//! durable as the WAL SQLite wrote it to. The mount records each WAL
+//! transaction as its LTX file soon after the commit (`fuse/wal.rs`), and
+//! fsyncs the LTX files, with their directory, before their frames can
+//! leave the WAL (`Db::sync_wal_ltx`, before a checkpoint's first write
+//! to the database file and before the WAL is truncated or deleted). A
+//! kill -9 loses nothing (the page cache survives it); a power failure
+//! may lose what SQLite itself may lose; start-up reconciles the two logs:
 //! - WAL commits newer than the newest LTX file's WAL position (the LTX
 //!   header's WAL salts and offset) have no LTX file yet: one is made for
 //!   each, in order (`recover_wal`);
@@ -25,9 +25,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use super::db::{temp_path, Change, State};
+use super::db::{Change, State};
 use super::{io_error, is_lock_page, now_ms, page_offset, sync_dir, Db, Error, Position};
 use crate::ltx;
 use crate::sqlite::wal::{self, WalCommit};
@@ -154,26 +154,9 @@ impl Db {
             ..ltx::Header::default()
         };
         let final_path = self.ltx_dir.join(ltx::filename(txid, txid));
-        let tmp_path = temp_path(&final_path);
-        let written = self
-            .write_change(&tmp_path, &header, &change, false, |pgno, page| {
-                source.read(self, pgno, page)
-            })
-            .and_then(|len| {
-                fs::rename(&tmp_path, &final_path)
-                    .map(|()| len)
-                    .map_err(io_error(
-                        format!("renaming the new LTX file of database {}", self.name),
-                        &final_path,
-                    ))
-            });
-        let ltx_bytes = match written {
-            Ok(len) => len,
-            Err(err) => {
-                let _ = fs::remove_file(&tmp_path);
-                return Err(err);
-            }
-        };
+        let ltx_bytes = self.write_change(&final_path, &header, &change, false, |pgno, page| {
+            source.read(self, pgno, page)
+        })?;
         change.apply_to(state);
         state.pos = Position {
             txid,
@@ -185,7 +168,8 @@ impl Db {
     }
 
     /// Fsyncs the LTX files of WAL transactions written since the last
-    /// call, and their directory: called before the WAL itself is fsynced.
+    /// call, and their directory: called before their frames can leave
+    /// the WAL.
     pub fn sync_wal_ltx(&self) -> Result<(), Error> {
         let mut state = self.lock();
         if state.unsynced_ltx.is_empty() {
@@ -529,5 +513,65 @@ impl<'a> PageSource<'a> {
                 Ok(())
             }
         }
+    }
+}
+
+/// FS_IMMUTABLE_FL of linux/fs.h: no write, truncation, rename or removal.
+const FS_IMMUTABLE_FL: libc::c_int = 0x10;
+
+impl Db {
+    /// Makes the backing WAL refuse every write, also through descriptors
+    /// opened before: a primary stepping down (connections opened while it
+    /// was primary write to the WAL through the kernel's passthrough, which
+    /// litefs cannot refuse). The file system's immutable flag does it;
+    /// false where there is none (or litefs lacks CAP_LINUX_IMMUTABLE).
+    pub fn seal_wal(&self) -> io::Result<bool> {
+        set_immutable(self.wal_path(), true)
+    }
+
+    /// Undoes `seal_wal` (promotion, start-up, deletion); nothing when the
+    /// WAL is missing or not sealed.
+    pub fn unseal_wal(&self) -> io::Result<()> {
+        set_immutable(self.wal_path(), false).map(|_| ())
+    }
+}
+
+/// Sets or clears the immutable flag of the file at `path`; false when the
+/// file system or the process cannot (or the file is missing, clearing).
+fn set_immutable(path: &Path, on: bool) -> io::Result<bool> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound && !on => return Ok(false),
+        Err(err) => return Err(err),
+    };
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int to `flags`.
+    if unsafe { libc::ioctl(fd, libc::FS_IOC_GETFLAGS, &mut flags) } != 0 {
+        return not_supported(io::Error::last_os_error());
+    }
+    let wanted = if on {
+        flags | FS_IMMUTABLE_FL
+    } else {
+        flags & !FS_IMMUTABLE_FL
+    };
+    if wanted == flags {
+        return Ok(true);
+    }
+    // SAFETY: FS_IOC_SETFLAGS reads one int from `wanted`.
+    if unsafe { libc::ioctl(fd, libc::FS_IOC_SETFLAGS, &wanted) } != 0 {
+        return not_supported(io::Error::last_os_error());
+    }
+    Ok(true)
+}
+
+/// `Ok(false)` for a file system without the flag or a process without
+/// the capability; the error otherwise.
+fn not_supported(err: io::Error) -> io::Result<bool> {
+    match err.raw_os_error() {
+        Some(libc::ENOTTY) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::EPERM) => {
+            Ok(false)
+        }
+        _ => Err(err),
     }
 }

@@ -1,0 +1,127 @@
+//! FUSE passthrough of a primary's `-wal` (Linux 6.9+, `FUSE_PASSTHROUGH`):
+//! SQLite's reads and writes of the WAL go from the kernel straight to the
+//! backing file, with no round trip to litefs per frame, and litefs
+//! follows the committed frames from that file instead (`wal.rs`).
+//!
+//! Only opens for writing on the primary pass through. The kernel requires
+//! every passthrough open of one inode to use the same backing file (one
+//! `BackingId`, kept here while any handle holds it), and refuses (EIO) an
+//! open that caches pages while another passes through: so every other
+//! open of a `-wal` is direct I/O, which mixes with either.
+//!
+//! Registering a backing file needs CAP_SYS_ADMIN; without it, or on an
+//! older kernel, the WAL's writes go through litefs as before (one WARN).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use fuser::{BackingId, FopenFlags};
+use log::warn;
+
+use super::inodes::FileKind;
+use super::{wants_write, LitefsFs};
+use crate::store::Db;
+
+/// The kernel's passthrough, and the backing files registered with it.
+#[derive(Debug, Default)]
+pub(super) struct Passthrough {
+    /// The configuration turned it off (`fuse.passthrough: false`).
+    pub(super) refused: bool,
+    /// The kernel granted FUSE_PASSTHROUGH and registering works.
+    enabled: AtomicBool,
+    /// The backing file of each inode open in passthrough. The lock is
+    /// held while one is looked up or registered, so two opens of one
+    /// inode cannot register two.
+    by_ino: Mutex<HashMap<u64, Weak<BackingId>>>,
+}
+
+impl Passthrough {
+    /// Called at INIT with whether the kernel granted FUSE_PASSTHROUGH.
+    pub(super) fn set_enabled(&self, enabled: bool) {
+        self.enabled.store(enabled, Ordering::Relaxed);
+    }
+
+    pub(super) fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// The backing id of inode `ino`, whose backing file is `file`:
+    /// the one already registered while any handle holds it, or a new one
+    /// from `register`. `None` when registering fails, which turns
+    /// passthrough off for the mount's life (one WARN).
+    pub(super) fn backing(
+        &self,
+        ino: u64,
+        file: &File,
+        register: impl FnOnce(&File) -> std::io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        let mut by_ino = self.by_ino.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = by_ino.get(&ino).and_then(Weak::upgrade) {
+            return Some(id);
+        }
+        match register(file) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                by_ino.retain(|_, weak| weak.strong_count() > 0);
+                by_ino.insert(ino, Arc::downgrade(&id));
+                Some(id)
+            }
+            Err(e) => {
+                self.set_enabled(false);
+                warn!(
+                    "FUSE passthrough is unavailable ({e}); the WAL's writes go through litefs, \
+                     which is slower (passthrough needs Linux 6.9 or later and CAP_SYS_ADMIN)"
+                );
+                None
+            }
+        }
+    }
+}
+
+impl LitefsFs {
+    /// Whether the WAL may pass through (`fuse.passthrough`; default yes).
+    pub fn allow_passthrough(&mut self, allowed: bool) {
+        self.passthrough.refused = !allowed;
+    }
+
+    /// How an open (`flags`) of `db`'s file of `kind`, backed by `file`,
+    /// is answered: its FOPEN flags, and the backing id when it passes
+    /// through (`register` makes one).
+    pub(super) fn open_mode(
+        &self,
+        db: &Db,
+        kind: FileKind,
+        flags: i32,
+        file: &File,
+        register: impl FnOnce(&File) -> std::io::Result<BackingId>,
+    ) -> (FopenFlags, Option<Arc<BackingId>>) {
+        match kind {
+            // Pages stay cached across opens: litefs drops them when it
+            // changes the file itself (a replica's apply).
+            FileKind::Database => (FopenFlags::FOPEN_KEEP_CACHE, None),
+            FileKind::Wal => {
+                if self.passthrough.enabled() && wants_write(flags) && self.role.is_primary() {
+                    let ino = self.ino(db, kind);
+                    if let Some(id) = self.passthrough.backing(ino, file, register) {
+                        self.watcher.watch(db);
+                        return (FopenFlags::empty(), Some(id));
+                    }
+                }
+                (FopenFlags::FOPEN_DIRECT_IO, None)
+            }
+            _ => (FopenFlags::empty(), None),
+        }
+    }
+
+    /// `db`'s WAL was deleted: a new one is a new backing file.
+    pub(super) fn forget_wal_backing(&self, db: &Db) {
+        let ino = self.ino(db, FileKind::Wal);
+        self.passthrough
+            .by_ino
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ino);
+    }
+}

@@ -1,0 +1,111 @@
+//! FUSE passthrough of the primary's WAL on a real mount: SQLite's WAL
+//! writes do not reach litefs (the FUSE write counter of `/metrics` stays
+//! put), yet every transaction becomes its LTX file within moments, with
+//! nothing reading `-pos` (the watcher), and the chain replays identical.
+//! Needs root, /dev/fuse and a kernel with FUSE passthrough (6.9+).
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{assert_replay_identical, temp_dir, Node};
+use rusqlite::Connection;
+
+/// `litefs_fuse_operations_total{op="write"}` of the node's `/metrics`.
+fn fuse_writes(node: &Node) -> u64 {
+    let url = format!("http://127.0.0.1:{}/metrics", node.port);
+    let body = ureq::get(&url)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix("litefs_fuse_operations_total{op=\"write\"} "))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// LTX files of `db` in the data directory (read directly: reading `-pos`
+/// would make litefs catch up).
+fn ltx_files(node: &Node, db: &str) -> usize {
+    std::fs::read_dir(node.data.join("dbs").join(db).join("ltx"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".ltx")
+        })
+        .count()
+}
+
+fn open_wal(path: &Path, synchronous: &str) -> Connection {
+    let conn = Connection::open(path).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous={synchronous}; PRAGMA wal_autocheckpoint=0;"
+    ))
+    .unwrap();
+    conn
+}
+
+#[test]
+fn wal_writes_pass_through_and_every_commit_is_recorded_promptly() {
+    let dir = temp_dir("wal-passthrough");
+    let node = Node::start_in(dir.path(), "");
+    for synchronous in ["NORMAL", "FULL"] {
+        let db = format!("{}.db", synchronous.to_lowercase());
+        let conn = open_wal(&node.db(&db), synchronous);
+        conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
+            .unwrap();
+        let start_files = {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while ltx_files(&node, &db) < 2 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{db}: the CREATE was not recorded"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            ltx_files(&node, &db)
+        };
+        let writes_before = fuse_writes(&node);
+        for i in 0..300 {
+            conn.execute("INSERT INTO t(v) VALUES(?1)", [format!("row {i}")])
+                .unwrap();
+        }
+        // Each commit is an LTX file soon, with nothing asking.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ltx_files(&node, &db) < start_files + 300 {
+            assert!(
+                Instant::now() < deadline,
+                "{db}: {} of 300 commits recorded",
+                ltx_files(&node, &db) - start_files
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(ltx_files(&node, &db), start_files + 300);
+        // 300 commits are at least 600 WAL writes through litefs without
+        // passthrough; what remains is SQLite's `-shm` pages written back.
+        let writes = fuse_writes(&node) - writes_before;
+        assert!(
+            writes < 60,
+            "{db}: {writes} FUSE writes for 300 WAL commits"
+        );
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .unwrap();
+        drop(conn);
+        assert_replay_identical(&node, &db);
+    }
+    let log = node.log_text();
+    assert!(
+        !log.contains("ERROR") && !log.contains("passthrough is unavailable"),
+        "{log}"
+    );
+}
