@@ -452,6 +452,7 @@ pub(crate) fn path_of(db: &Db, kind: FileKind) -> PathBuf {
         FileKind::Journal => db.journal_path().to_path_buf(),
         FileKind::Wal => db.wal_path().to_path_buf(),
         FileKind::Shm => db.shm_path().to_path_buf(),
+        FileKind::SuperJournal(digits) => db.super_journal_path(digits),
     }
 }
 

@@ -17,6 +17,7 @@ pub mod wal;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// The 16 bytes every SQLite database file starts with.
@@ -262,6 +263,63 @@ pub fn journal_checksum(nonce: u32, page: &[u8]) -> u32 {
         i -= 200;
     }
     sum
+}
+
+/// Splits a super-journal's file name, `<main database>-mj` and nine
+/// hexadecimal digits as SQLite makes it (`-mj%06X9%02X`, vdbeaux.c), into
+/// the main database's name and the digits' value; `None` for any other
+/// name.
+pub fn split_super_journal_name(name: &str) -> Option<(&str, u64)> {
+    let at = name.len().checked_sub(12)?;
+    if at == 0 || !name.is_char_boundary(at) {
+        return None;
+    }
+    let (main, tail) = name.split_at(at);
+    let digits = tail.strip_prefix("-mj")?;
+    if !digits
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    {
+        return None;
+    }
+    Some((main, u64::from_str_radix(digits, 16).ok()?))
+}
+
+/// The super-journal a rollback journal names, as SQLite's pager reads it
+/// (`readSuperJournal`): a transaction across ATTACHed databases appends
+/// `[name][length: u32][checksum: u32][journal magic]` to each database's
+/// journal. `None` when there is none, or its checksum does not add up
+/// (SQLite then rolls the journal back as usual).
+pub fn read_super_journal_name(path: &Path) -> Result<Option<String>, Error> {
+    let read = || -> io::Result<Option<String>> {
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let len = file.metadata()?.len();
+        if len < 16 {
+            return Ok(None);
+        }
+        let mut tail = [0u8; 16];
+        file.read_exact_at(&mut tail, len - 16)?;
+        let name_len = u64::from(be_u32(&tail, 0));
+        let checksum = be_u32(&tail, 4);
+        if tail[8..16] != JOURNAL_MAGIC || name_len == 0 || name_len > len - 16 {
+            return Ok(None);
+        }
+        let mut name = vec![0u8; name_len as usize];
+        file.read_exact_at(&mut name, len - 16 - name_len)?;
+        // SQLite sums the name's bytes as (signed) chars.
+        let sum = name
+            .iter()
+            .fold(0u32, |sum, &b| sum.wrapping_add(b as i8 as i32 as u32));
+        if sum != checksum {
+            return Ok(None);
+        }
+        Ok(Some(String::from_utf8_lossy(&name).into_owned()))
+    };
+    read().map_err(|err| Error::from(err).in_file(path))
 }
 
 /// Reads the original pages out of a rollback journal, segment by segment,

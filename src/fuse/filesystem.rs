@@ -16,7 +16,7 @@ use fuser::{
 use log::{debug, error, info, warn};
 
 use super::counted::{Counted, FuseOp};
-use super::inodes::{is_super_journal, parse_name, FileKind, ROOT_INO};
+use super::inodes::{parse_name, FileKind, ROOT_INO};
 use super::{
     io_errno, is_own_thread, is_special, journal_on_disk_is_live, name_str, path_of, pos_text,
     slice_at, special_ino, wants_write, Handle, LitefsFs, NEGATIVE_TTL, SPECIAL_FILES, TTL,
@@ -620,14 +620,6 @@ impl Filesystem for LitefsFs {
         if !self.role.is_primary() {
             return reply.error(self.read_only_error("create", name));
         }
-        if is_super_journal(name) {
-            error!(
-                "refused to create {name:?}: a transaction across ATTACHed databases needs a \
-                 super-journal, which litefs does not support yet; commit each database in a \
-                 transaction of its own"
-            );
-            return reply.error(Errno::EPERM);
-        }
         let (db_name, kind) = parse_name(name);
         let db = match kind {
             FileKind::Database => match self.store.create_db(db_name) {
@@ -641,13 +633,15 @@ impl Filesystem for LitefsFs {
                     return reply.error(Errno::EINVAL);
                 }
             },
-            FileKind::Journal | FileKind::Wal | FileKind::Shm => match self.store.db(db_name) {
-                Some(db) => db,
-                None => {
-                    info!("refused to create {name:?}: there is no database {db_name:?}");
-                    return reply.error(Errno::ENOENT);
+            FileKind::Journal | FileKind::Wal | FileKind::Shm | FileKind::SuperJournal(_) => {
+                match self.store.db(db_name) {
+                    Some(db) => db,
+                    None => {
+                        info!("refused to create {name:?}: there is no database {db_name:?}");
+                        return reply.error(Errno::ENOENT);
+                    }
                 }
-            },
+            }
             FileKind::Pos => {
                 info!("refused to create {name:?}: -pos files are litefs's own, read-only");
                 return reply.error(Errno::EPERM);

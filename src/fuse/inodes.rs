@@ -6,14 +6,20 @@
 //! `Db::instance`) and gets a new slot, so the kernel never mistakes its
 //! cached pages or attributes of the old database for the new one's.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 pub(super) const ROOT_INO: u64 = 1;
 pub(super) const PRIMARY_INO: u64 = 2;
 pub(super) const LAG_INO: u64 = 3;
 const FIRST_DB_INO: u64 = 16;
-/// Inode numbers reserved per database: one per `FileKind`.
+/// Inode numbers reserved per database: one per `FileKind` but
+/// `SuperJournal`.
 const INOS_PER_DB: u64 = 8;
+/// Super-journals' inode numbers: this, plus the database's slot shifted
+/// past the 36 bits of the name's nine hexadecimal digits, plus those.
+const SUPER_JOURNAL_INOS: u64 = 1 << 62;
+const SUPER_JOURNAL_BITS: u32 = 36;
 
 /// Which of a database's files a name or inode stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -23,6 +29,10 @@ pub enum FileKind {
     Wal,
     Shm,
     Pos,
+    /// A super-journal `<db>-mj<9 hex digits>` SQLite makes beside the
+    /// main database of a transaction across ATTACHed databases: a scratch
+    /// file, kept but not replicated. Holds the digits' value.
+    SuperJournal(u64),
 }
 
 impl FileKind {
@@ -34,13 +44,14 @@ impl FileKind {
         FileKind::Pos,
     ];
 
-    pub(super) fn suffix(self) -> &'static str {
+    pub(super) fn suffix(self) -> Cow<'static, str> {
         match self {
-            FileKind::Database => "",
-            FileKind::Journal => "-journal",
-            FileKind::Wal => "-wal",
-            FileKind::Shm => "-shm",
-            FileKind::Pos => "-pos",
+            FileKind::Database => "".into(),
+            FileKind::Journal => "-journal".into(),
+            FileKind::Wal => "-wal".into(),
+            FileKind::Shm => "-shm".into(),
+            FileKind::Pos => "-pos".into(),
+            FileKind::SuperJournal(digits) => format!("-mj{digits:09X}").into(),
         }
     }
 
@@ -51,39 +62,29 @@ impl FileKind {
             FileKind::Wal => 2,
             FileKind::Shm => 3,
             FileKind::Pos => 4,
+            FileKind::SuperJournal(digits) => digits,
         }
     }
 }
 
 /// Splits a name on the mount into its database name and file kind.
 pub fn parse_name(name: &str) -> (&str, FileKind) {
+    if let Some((db, digits)) = crate::sqlite::split_super_journal_name(name) {
+        return (db, FileKind::SuperJournal(digits));
+    }
     for kind in [
         FileKind::Journal,
         FileKind::Wal,
         FileKind::Shm,
         FileKind::Pos,
     ] {
-        if let Some(db) = name.strip_suffix(kind.suffix()) {
+        if let Some(db) = name.strip_suffix(kind.suffix().as_ref()) {
             if !db.is_empty() {
                 return (db, kind);
             }
         }
     }
     (name, FileKind::Database)
-}
-
-/// Whether `name` is a super-journal SQLite makes beside the main
-/// database for a transaction across ATTACHed databases: `<main>-mj`
-/// followed by nine hexadecimal digits (sqlite3's vdbeaux.c).
-pub fn is_super_journal(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    match bytes.len().checked_sub(12) {
-        Some(at) if at > 0 => {
-            let tail = &bytes[at..];
-            tail.starts_with(b"-mj") && tail[3..].iter().all(|b| b.is_ascii_hexdigit())
-        }
-        _ => false,
-    }
 }
 
 /// Databases (name and `Db::instance`) by inode slot, so inode numbers
@@ -108,11 +109,21 @@ impl Inodes {
                 slot
             }
         };
-        FIRST_DB_INO + slot * INOS_PER_DB + kind.index()
+        match kind {
+            FileKind::SuperJournal(_) => {
+                SUPER_JOURNAL_INOS + (slot << SUPER_JOURNAL_BITS) + kind.index()
+            }
+            _ => FIRST_DB_INO + slot * INOS_PER_DB + kind.index(),
+        }
     }
 
     /// The database name, its instance and the file kind of `ino`.
     pub(super) fn lookup(&self, ino: u64) -> Option<(String, u64, FileKind)> {
+        if let Some(rel) = ino.checked_sub(SUPER_JOURNAL_INOS) {
+            let (name, instance) = self.names.get((rel >> SUPER_JOURNAL_BITS) as usize)?;
+            let digits = rel & ((1 << SUPER_JOURNAL_BITS) - 1);
+            return Some((name.clone(), *instance, FileKind::SuperJournal(digits)));
+        }
         let rel = ino.checked_sub(FIRST_DB_INO)?;
         let (name, instance) = self.names.get((rel / INOS_PER_DB) as usize)?;
         let kind = FileKind::ALL.get((rel % INOS_PER_DB) as usize)?;
@@ -136,12 +147,22 @@ mod tests {
 
     #[test]
     fn super_journals_are_recognised() {
-        assert!(is_super_journal("main.db-mj0A1B2C9FF"));
-        assert!(!is_super_journal("main.db-mj0A1B2C9F"));
-        assert!(!is_super_journal("main.db-mjXA1B2C9FF"));
-        assert!(!is_super_journal("-mj0A1B2C9FF"));
-        assert!(!is_super_journal("main.db"));
-        assert!(!is_super_journal("ééééééé.db"));
+        let sj = FileKind::SuperJournal(0x0A1B2C9FF);
+        assert_eq!(parse_name("main.db-mj0A1B2C9FF"), ("main.db", sj));
+        assert_eq!(sj.suffix(), "-mj0A1B2C9FF");
+        for name in [
+            "main.db-mj0A1B2C9F",
+            "main.db-mjXA1B2C9FF",
+            "main.db-mj0a1b2c9ff",
+            "-mj0A1B2C9FF",
+            "ééééééé.db",
+        ] {
+            assert_eq!(parse_name(name), (name, FileKind::Database), "{name}");
+        }
+        let mut inodes = Inodes::default();
+        let ino = inodes.ino("main.db", 1, sj);
+        assert_eq!(inodes.lookup(ino), Some(("main.db".to_string(), 1, sj)));
+        assert_ne!(inodes.ino("main.db", 1, FileKind::SuperJournal(1)), ino);
     }
 
     #[test]

@@ -135,7 +135,10 @@ impl LitefsFs {
                 self.wals.going(db)?;
                 self.forget_wal_backing(db);
             }
-            FileKind::Shm => {}
+            // Deleting a super-journal commits a transaction across
+            // ATTACHed databases in SQLite's eyes; each database's LTX file
+            // comes when SQLite then ends its journal.
+            FileKind::Shm | FileKind::SuperJournal(_) => {}
         }
         if kind == FileKind::Journal {
             // Keep the backing file, emptied, and show it as absent: a

@@ -295,6 +295,13 @@ impl Db {
         &self.journal_path
     }
 
+    /// Where the super-journal `<name>-mj<digits as 9 hex digits>` of a
+    /// transaction across ATTACHed databases (this one the main database)
+    /// is kept: `dbs/<name>/super-journal-<digits>`.
+    pub fn super_journal_path(&self, digits: u64) -> PathBuf {
+        self.dir.join(super_journal_file(digits))
+    }
+
     /// The write-ahead log, `dbs/<name>/wal`.
     pub fn wal_path(&self) -> &Path {
         &self.wal_path
@@ -373,6 +380,12 @@ impl std::fmt::Debug for Db {
             .field("pos", &self.pos())
             .finish()
     }
+}
+
+/// The file name in a database's directory of its super-journal
+/// `<name>-mj<digits>` (`Db::super_journal_path`).
+pub(super) fn super_journal_file(digits: u64) -> String {
+    format!("super-journal-{digits:09X}")
 }
 
 /// The temporary name a file is written under before being renamed to `path`.

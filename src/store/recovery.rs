@@ -14,9 +14,10 @@ use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 use super::apply::PENDING_SUFFIX;
-use super::db::State;
+use super::db::{super_journal_file, State};
 use super::undo;
 use super::{
     io_error, page_offset, read_database, read_database_shape, read_freelist, sync_dir, Db, Error,
@@ -99,9 +100,14 @@ impl Db {
     /// position keeps the TXID with the file's own checksum, which no other
     /// node has, so replication resends a snapshot where needed.
     fn reload(&self, base: Position, recorded: bool) -> Result<State, Error> {
-        self.recover_journal(recorded.then_some(base.checksum))?;
+        let journal = self.recover_journal(recorded.then_some(base.checksum))?;
+        let committed = journal == HotJournal::Committed;
         let (mut shape, mut checksums) = self.read_database_file()?;
-        if base.txid > 0 && checksums.checksum() != base.checksum && self.restore_undo(base)? > 0 {
+        if !committed
+            && base.txid > 0
+            && checksums.checksum() != base.checksum
+            && self.restore_undo(base)? > 0
+        {
             (shape, checksums) = self.read_database_file()?;
         }
         let mut state = State::new(self.undo_path.clone());
@@ -118,9 +124,20 @@ impl Db {
             }
         }
         if !recorded {
+            if committed {
+                // The caller records the file as it is (TXID 1).
+                self.remove_journal()?;
+            }
             return Ok(state);
         }
         state.pos = base;
+        if committed && state.checksums.checksum() != base.checksum {
+            self.record_committed_journal(&mut state)?;
+            return Ok(state);
+        }
+        if committed {
+            self.remove_journal()?;
+        }
         if state.checksums.checksum() != base.checksum {
             let mismatch = Error::ChecksumMismatch {
                 db: self.name.clone(),
@@ -178,8 +195,13 @@ impl Db {
     /// Handles a hot rollback journal left by a crash: if the database
     /// already matches `recorded_checksum` (the newest LTX file's post-apply
     /// checksum) the transaction was recorded and the journal is deleted;
-    /// otherwise the journal is rolled back as SQLite would, then deleted.
-    fn recover_journal(&self, recorded_checksum: Option<u64>) -> Result<(), Error> {
+    /// if it belongs to a transaction across ATTACHed databases whose
+    /// super-journal is gone, SQLite committed it (deleting the
+    /// super-journal is that commit): the database is kept as it is and
+    /// `Committed` returned, the journal left for the caller to delete once
+    /// the transaction is recorded; otherwise the journal is rolled back as
+    /// SQLite would, then deleted.
+    fn recover_journal(&self, recorded_checksum: Option<u64>) -> Result<HotJournal, Error> {
         let journal_path = &self.journal_path;
         let journal =
             sqlite::read_journal_pages(journal_path).map_err(|source| Error::Journal {
@@ -188,7 +210,7 @@ impl Db {
                 source,
             })?;
         let Some((header, pages)) = journal else {
-            return Ok(());
+            return Ok(HotJournal::None);
         };
         let db_path = &self.database_path;
         let write_error =
@@ -200,7 +222,7 @@ impl Db {
                     "database {}: deleting a hot journal without a database file",
                     self.name
                 );
-                return self.remove_journal();
+                return self.remove_journal().map(|()| HotJournal::RolledBack);
             }
             Err(err) => return Err(write_error(err)),
         };
@@ -227,7 +249,16 @@ impl Db {
                  wrote only past the end); deleting the journal",
                 self.name
             );
-            return self.remove_journal();
+            return self.remove_journal().map(|()| HotJournal::RolledBack);
+        }
+        if let Some(super_journal) = self.gone_super_journal()? {
+            log::warn!(
+                "database {}: the hot journal belongs to a transaction across ATTACHed \
+                 databases that SQLite committed (its super-journal {super_journal:?} is \
+                 gone); keeping it",
+                self.name
+            );
+            return Ok(HotJournal::Committed);
         }
         let page_size = header.page_size;
         let mut restored = BTreeSet::new();
@@ -259,6 +290,55 @@ impl Db {
             self.name,
             restored.len(),
             header.initial_page_count
+        );
+        self.remove_journal().map(|()| HotJournal::RolledBack)
+    }
+
+    /// The super-journal the hot journal names, when it no longer exists.
+    /// On the mount it is kept beside its main database in the data
+    /// directory (`Db::super_journal_path`): the mount is not there at
+    /// start-up; any other path is looked up as it is.
+    fn gone_super_journal(&self) -> Result<Option<String>, Error> {
+        let name = sqlite::read_super_journal_name(&self.journal_path).map_err(|source| {
+            Error::Journal {
+                db: self.name.clone(),
+                path: self.journal_path.clone(),
+                source,
+            }
+        })?;
+        let Some(name) = name else {
+            return Ok(None);
+        };
+        let path = Path::new(&name);
+        let on_mount = path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .and_then(sqlite::split_super_journal_name)
+            .zip(self.dir.parent())
+            .map(|((main, digits), dbs)| dbs.join(main).join(super_journal_file(digits)));
+        let exists = path.exists() || on_mount.is_some_and(|p| p.exists());
+        Ok((!exists).then_some(name))
+    }
+
+    /// Records the transaction of a hot journal SQLite committed across
+    /// ATTACHed databases (see `recover_journal`), then deletes the
+    /// journal. `state` is at the position with the file's page checksums;
+    /// the whole file is recorded (an LTX file of every page, applied like
+    /// any other), which needs no page checksums of the position.
+    fn record_committed_journal(&self, state: &mut State) -> Result<(), Error> {
+        let page_size = state.page_size;
+        state.page_size = None;
+        let made = self.commit_locked(state, &BTreeSet::new());
+        if made.is_err() {
+            state.page_size = page_size;
+        }
+        let made = made?;
+        log::warn!(
+            "database {}: recorded the committed transaction of the hot journal as {}",
+            self.name,
+            made.position
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "no change".to_string())
         );
         self.remove_journal()
     }
@@ -335,4 +415,16 @@ impl Db {
         }
         Ok(())
     }
+}
+
+/// What `recover_journal` did with a hot journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HotJournal {
+    /// There was none.
+    None,
+    /// Rolled back (or already recorded) and deleted.
+    RolledBack,
+    /// Its transaction committed (across ATTACHed databases); the file is
+    /// kept and the journal is still there.
+    Committed,
 }
