@@ -7,10 +7,10 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
 use common::{
-    assert_replay_identical, kill9_during_writes, newest_ltx_pos, sqlite3_ok, temp_dir, Node, Rng,
+    assert_replay_identical, kill9_during_writes, newest_ltx_pos, open_wal, sqlite3_ok, temp_dir,
+    Node, Rng,
 };
 use rusqlite::Connection;
 
@@ -19,17 +19,10 @@ fn txid(node: &Node, db: &str) -> u64 {
 }
 
 fn open(path: &Path, synchronous: &str) -> Connection {
-    let conn = Connection::open(path).unwrap();
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(mode, "wal");
-    conn.execute_batch(&format!(
-        "PRAGMA synchronous={synchronous}; PRAGMA cache_size=20;"
-    ))
-    .unwrap();
-    conn
+    open_wal(
+        path,
+        &format!("PRAGMA synchronous={synchronous}; PRAGMA cache_size=20;"),
+    )
 }
 
 /// Checkpoints everything into the database file and empties the WAL, so

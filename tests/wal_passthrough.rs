@@ -6,11 +6,9 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{assert_replay_identical, temp_dir, Node};
-use rusqlite::Connection;
+use common::{assert_replay_identical, open_wal, temp_dir, Node};
 
 /// `litefs_fuse_operations_total{op="write"}` of the node's `/metrics`.
 fn fuse_writes(node: &Node) -> u64 {
@@ -41,27 +39,16 @@ fn ltx_files(node: &Node, db: &str) -> usize {
         .count()
 }
 
-fn open_wal(path: &Path, synchronous: &str) -> Connection {
-    let conn = Connection::open(path).unwrap();
-    conn.busy_timeout(Duration::from_secs(10)).unwrap();
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(mode, "wal");
-    conn.execute_batch(&format!(
-        "PRAGMA synchronous={synchronous}; PRAGMA wal_autocheckpoint=0;"
-    ))
-    .unwrap();
-    conn
-}
-
 #[test]
 fn wal_writes_pass_through_and_every_commit_is_recorded_promptly() {
     let dir = temp_dir("wal-passthrough");
     let node = Node::start_in(dir.path(), "");
     for synchronous in ["NORMAL", "FULL"] {
         let db = format!("{}.db", synchronous.to_lowercase());
-        let conn = open_wal(&node.db(&db), synchronous);
+        let conn = open_wal(
+            &node.db(&db),
+            &format!("PRAGMA synchronous={synchronous}; PRAGMA wal_autocheckpoint=0;"),
+        );
         conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
             .unwrap();
         let start_files = {

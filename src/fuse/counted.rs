@@ -140,25 +140,7 @@ impl Counted<ReplyCreate> {
     ) {
         self.reply.created(ttl, attr, generation, fh, flags)
     }
-}
 
-impl Counted<ReplyOpen> {
-    /// Registers `file` with the kernel for passthrough (see `passthrough.rs`).
-    pub(super) fn open_backing(&self, file: &std::fs::File) -> std::io::Result<fuser::BackingId> {
-        self.reply.open_backing(file)
-    }
-
-    pub(super) fn opened_passthrough(
-        self,
-        fh: FileHandle,
-        flags: FopenFlags,
-        backing: &fuser::BackingId,
-    ) {
-        self.reply.opened_passthrough(fh, flags, backing)
-    }
-}
-
-impl Counted<ReplyCreate> {
     /// Registers `file` with the kernel for passthrough (see `passthrough.rs`).
     pub(super) fn open_backing(&self, file: &std::fs::File) -> std::io::Result<fuser::BackingId> {
         self.reply.open_backing(file)
@@ -175,5 +157,21 @@ impl Counted<ReplyCreate> {
     ) {
         self.reply
             .created_passthrough(ttl, attr, generation, fh, flags, backing)
+    }
+}
+
+impl Counted<ReplyOpen> {
+    /// Registers `file` with the kernel for passthrough (see `passthrough.rs`).
+    pub(super) fn open_backing(&self, file: &std::fs::File) -> std::io::Result<fuser::BackingId> {
+        self.reply.open_backing(file)
+    }
+
+    pub(super) fn opened_passthrough(
+        self,
+        fh: FileHandle,
+        flags: FopenFlags,
+        backing: &fuser::BackingId,
+    ) {
+        self.reply.opened_passthrough(fh, flags, backing)
     }
 }

@@ -468,7 +468,41 @@ impl Db {
             format!("creating an LTX file of database {}", self.name),
             path,
         ))?;
-        match self.encode_change(&new.file, path, header, change, sync, read) {
+        let written = (|| {
+            let file = &new.file;
+            let ltx_error = self.ltx_error(path);
+            let mut encoder =
+                ltx::LtxEncoder::new(BufWriter::with_capacity(LTX_BUFFER, file), header)
+                    .map_err(ltx_error)?;
+            let mut page = vec![0u8; header.page_size as usize];
+            for &(pgno, checksum) in &change.pages {
+                read(pgno, &mut page)?;
+                if ltx::page_checksum(pgno, &page) != checksum {
+                    return Err(Error::Changed {
+                        db: self.name.clone(),
+                        reason: format!(
+                            "page {pgno} changed while TXID {:016x} was being recorded",
+                            header.max_txid
+                        ),
+                    });
+                }
+                encoder.encode_page(pgno, &page).map_err(ltx_error)?;
+            }
+            let (writer, _) = encoder.finish(change.checksum).map_err(ltx_error)?;
+            let file = writer
+                .into_inner()
+                .map_err(|err| io_error("writing the LTX file", path)(err.into_error()))?;
+            if sync {
+                file.sync_all().map_err(io_error(
+                    format!("syncing an LTX file of database {}", self.name),
+                    path,
+                ))?;
+            }
+            // Only the metrics want the length: should fstat fail, they
+            // miss these bytes rather than the commit failing.
+            Ok(file.metadata().map_or(0, |md| md.len()))
+        })();
+        match written {
             Ok(len) => {
                 new.publish(path).map_err(io_error(
                     format!("naming the new LTX file of database {}", self.name),
@@ -481,46 +515,5 @@ impl Db {
                 Err(err)
             }
         }
-    }
-
-    fn encode_change(
-        &self,
-        file: &File,
-        path: &Path,
-        header: &ltx::Header,
-        change: &Change,
-        sync: bool,
-        read: impl Fn(u32, &mut [u8]) -> Result<(), Error>,
-    ) -> Result<u64, Error> {
-        let ltx_error = self.ltx_error(path);
-        let mut encoder = ltx::LtxEncoder::new(BufWriter::with_capacity(LTX_BUFFER, file), header)
-            .map_err(ltx_error)?;
-        let mut page = vec![0u8; header.page_size as usize];
-        for &(pgno, checksum) in &change.pages {
-            read(pgno, &mut page)?;
-            if ltx::page_checksum(pgno, &page) != checksum {
-                return Err(Error::Changed {
-                    db: self.name.clone(),
-                    reason: format!(
-                        "page {pgno} changed while TXID {:016x} was being recorded",
-                        header.max_txid
-                    ),
-                });
-            }
-            encoder.encode_page(pgno, &page).map_err(ltx_error)?;
-        }
-        let (writer, _) = encoder.finish(change.checksum).map_err(ltx_error)?;
-        let file = writer
-            .into_inner()
-            .map_err(|err| io_error("writing the LTX file", path)(err.into_error()))?;
-        if sync {
-            file.sync_all().map_err(io_error(
-                format!("syncing an LTX file of database {}", self.name),
-                path,
-            ))?;
-        }
-        // Only the metrics want the length: should fstat fail, they miss
-        // these bytes rather than the commit failing.
-        Ok(file.metadata().map_or(0, |md| md.len()))
     }
 }

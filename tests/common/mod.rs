@@ -332,6 +332,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A connection to `path` switched to WAL mode (checked), with a 10 s busy
+/// timeout, then `pragmas` run.
+pub fn open_wal(path: &Path, pragmas: &str) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    conn.execute_batch(pragmas).unwrap();
+    conn
+}
+
 /// Runs the sqlite3 CLI on `db` with `sql` on stdin.
 pub fn sqlite3(db: &Path, sql: &str) -> Output {
     use std::io::Write;
