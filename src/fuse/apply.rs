@@ -305,7 +305,9 @@ impl Applier {
         // connection then rebuilds its WAL index (reads in progress fail
         // once).
         self.wals.catch_up_quietly(db);
-        match db.fold_wal() {
+        let folded = db.fold_wal();
+        self.wals.reset(db);
+        match folded {
             Ok(true) => {
                 let wal_ino = self.ino(db, FileKind::Wal);
                 self.invalidate(wal_ino, db.name());

@@ -452,7 +452,8 @@ impl Filesystem for LitefsFs {
         };
         if handle.kind == FileKind::Wal && self.role.is_primary() {
             // Records the commit now when the disk is nearly full.
-            if let Err(e) = self.wals.synced(&handle.db) {
+            let wal_len = file.metadata().map_or(u64::MAX, |md| md.len());
+            if let Err(e) = self.wals.synced(&handle.db, wal_len) {
                 return reply.error(e);
             }
         }

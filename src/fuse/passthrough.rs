@@ -109,7 +109,14 @@ impl LitefsFs {
                         return (FopenFlags::empty(), Some(id));
                     }
                 }
-                (FopenFlags::FOPEN_DIRECT_IO, None)
+                // Cached pages would make the kernel refuse passthrough
+                // opens of the inode (and the reverse); without
+                // passthrough, the cache is fine.
+                if self.passthrough.enabled() {
+                    (FopenFlags::FOPEN_DIRECT_IO, None)
+                } else {
+                    (FopenFlags::empty(), None)
+                }
             }
             _ => (FopenFlags::empty(), None),
         }

@@ -147,18 +147,15 @@ impl WalFollowers {
     /// (`Db::short_of_space_for`), it is recorded now, and a commit that
     /// cannot be fails (SQLITE_FULL, with its commit frame invalidated)
     /// rather than wait in the WAL, acknowledged, for room.
-    pub fn synced(&self, db: &Db) -> Result<(), Errno> {
-        let follower = self.follower(db);
-        let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
-        let len = f
-            .file
-            .as_ref()
-            .and_then(|file| file.metadata().ok())
-            .map_or(0, |md| md.len());
-        let recorded = f.cursor.as_ref().map_or(0, WalCursor::end);
-        if !db.short_of_space_for(len.saturating_sub(recorded)) {
+    /// `wal_len` is the WAL's length: no more than that is unrecorded, so
+    /// the common case needs not wait for the follower's lock, which a
+    /// transaction being recorded holds.
+    pub fn synced(&self, db: &Db, wal_len: u64) -> Result<(), Errno> {
+        if !db.short_of_space_for(wal_len) {
             return Ok(());
         }
+        let follower = self.follower(db);
+        let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
         let Err(stopped) = self.read_and_record(db, &mut f) else {
             return Ok(());
         };
@@ -168,6 +165,15 @@ impl WalFollowers {
             }
         }
         Err(stopped.errno)
+    }
+
+    /// litefs itself emptied `db`'s WAL (a step-down's fold): the follower
+    /// starts over.
+    pub fn reset(&self, db: &Db) {
+        let follower = self.follower(db);
+        let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
+        f.forget(db);
+        f.failed = None;
     }
 
     /// Before SQLite copies WAL frames into the database file (after which

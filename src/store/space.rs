@@ -164,23 +164,15 @@ impl Db {
     /// `ensure_ltx_space` keeps): the mount then records a WAL commit
     /// before SQLite's fsync returns, so that one that cannot be recorded
     /// fails (see `fuse/wal.rs`).
+    ///
+    /// Asks the file system each time (statvfs, no I/O) rather than take
+    /// the state lock for the cached figure: a WAL transaction being
+    /// recorded holds that lock, and this is on SQLite's commit path.
     pub fn short_of_space_for(&self, bytes: u64) -> bool {
         let need = bytes
             .saturating_add(LTX_SPACE_MARGIN)
             .saturating_add(FREE_SPACE_SLACK);
-        let mut state = self.lock();
-        if let Some((free, at)) = state.free_space {
-            if at.elapsed() < FREE_SPACE_TTL && free >= need {
-                return false;
-            }
-        }
-        match free_bytes(&self.ltx_dir) {
-            Ok(free) => {
-                state.free_space = Some((free, Instant::now()));
-                free < need
-            }
-            Err(_) => true,
-        }
+        free_bytes(&self.ltx_dir).map_or(true, |free| free < need)
     }
 }
 
