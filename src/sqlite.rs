@@ -17,6 +17,7 @@ pub mod wal;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -290,8 +291,8 @@ pub fn split_super_journal_name(name: &str) -> Option<(&str, u64)> {
 /// `[name][length: u32][checksum: u32][journal magic]` to each database's
 /// journal. `None` when there is none, or its checksum does not add up
 /// (SQLite then rolls the journal back as usual).
-pub fn read_super_journal_name(path: &Path) -> Result<Option<String>, Error> {
-    let read = || -> io::Result<Option<String>> {
+pub fn read_super_journal_name(path: &Path) -> Result<Option<PathBuf>, Error> {
+    let read = || -> io::Result<Option<PathBuf>> {
         let file = match File::open(path) {
             Ok(file) => file,
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -310,14 +311,15 @@ pub fn read_super_journal_name(path: &Path) -> Result<Option<String>, Error> {
         }
         let mut name = vec![0u8; name_len as usize];
         file.read_exact_at(&mut name, len - 16 - name_len)?;
-        // SQLite sums the name's bytes as (signed) chars.
-        let sum = name
-            .iter()
-            .fold(0u32, |sum, &b| sum.wrapping_add(b as i8 as i32 as u32));
+        // SQLite sums the name's bytes as C `char`s: signed on x86,
+        // unsigned on ARM, as the SQLite that wrote them.
+        let sum = name.iter().fold(0u32, |sum, &b| {
+            sum.wrapping_add(b as libc::c_char as i32 as u32)
+        });
         if sum != checksum {
             return Ok(None);
         }
-        Ok(Some(String::from_utf8_lossy(&name).into_owned()))
+        Ok(Some(PathBuf::from(std::ffi::OsString::from_vec(name))))
     };
     read().map_err(|err| Error::from(err).in_file(path))
 }

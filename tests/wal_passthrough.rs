@@ -96,3 +96,33 @@ fn wal_writes_pass_through_and_every_commit_is_recorded_promptly() {
         "{log}"
     );
 }
+
+/// Once a writer has the WAL open in passthrough, the kernel refuses any
+/// other open of it that does not pass through too: a read-only
+/// connection on the primary must still open it.
+#[test]
+fn read_only_connections_open_a_wal_a_writer_holds() {
+    let dir = temp_dir("wal-passthrough-readonly");
+    let node = Node::start_in(dir.path(), "");
+    let writer = open_wal(&node.db("r.db"), "PRAGMA synchronous=NORMAL;");
+    writer
+        .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES(1), (2);")
+        .unwrap();
+    let reader = rusqlite::Connection::open_with_flags(
+        node.db("r.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let count: i64 = reader
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 2);
+    writer.execute("INSERT INTO t VALUES(3)", []).unwrap();
+    let count: i64 = reader
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 3);
+    // The -wal opened read-only through the mount, beside the writer.
+    let wal = std::fs::File::open(node.db("r.db-wal"));
+    assert!(wal.is_ok(), "{wal:?}");
+}

@@ -30,6 +30,10 @@ const WAL_READ_LOCKS: i64 = 120 + 3;
 const WAL_READ_LOCK_COUNT: i64 = 5;
 /// How long an apply may wait for readers before one WARN says so.
 const STALL_WARNING: Duration = Duration::from_secs(5);
+/// SQLite's WAL write lock: byte 120 of `-shm` (WAL_WRITE_LOCK in wal.c).
+const WAL_WRITE_LOCK: i64 = 120;
+/// How long a step-down waits for a WAL writer to end its transaction.
+const STEP_DOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// Applies LTX files on a replica as a SQLite writer would. The kernel
 /// keeps SQLite's POSIX locks for the mount (litefs does not ask for
@@ -297,13 +301,45 @@ impl Applier {
             self.ino(db, FileKind::Database),
             self.ino(db, FileKind::Journal),
         );
+        // WAL mode first: the database file is complete only once the WAL
+        // is folded into it, and a rollback journal is only a journal's.
+        self.step_down_wal(db);
         let result = db.abandon_transaction();
-        // WAL mode: what the WAL committed is recorded, then copied into the
-        // database file, so the replica's applies land on the position;
-        // the WAL is sealed against connections opened while this node was
-        // primary (their writes pass through to it, see `seal_wal`); every
-        // connection then rebuilds its WAL index (reads in progress fail
-        // once).
+        self.active_journals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(db.name());
+        self.invalidate(db_ino, db.name());
+        self.invalidate(journal_ino, db.name());
+        let notifier = self.notifier.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = notifier.as_ref() {
+            let journal = format!("{}{}", db.name(), FileKind::Journal.suffix());
+            if let Err(e) = n.inval_entry(INodeNo(ROOT_INO), OsStr::new(&journal)) {
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    warn!(
+                        "db {}: cannot invalidate the kernel's entry for {journal}: {e}",
+                        db.name()
+                    );
+                }
+            }
+        }
+        result
+    }
+
+    /// A primary stepping down, for a database in WAL mode: what the WAL
+    /// committed is recorded, then copied into the database file (so the
+    /// replica's applies land on the position), and the WAL sealed against
+    /// connections opened while this node was primary (their writes pass
+    /// through to it, see `Db::seal_wal`); every connection then rebuilds
+    /// its WAL index (reads in progress fail once). All of it under
+    /// SQLite's WAL write lock, so that no transaction is half written
+    /// meanwhile: a writer still in one gets up to `STEP_DOWN_WAIT` to end
+    /// it (its later writes fail once the WAL is sealed).
+    fn step_down_wal(&self, db: &Db) {
+        if !db.wal_path().exists() {
+            return;
+        }
+        let _writer_lock = self.wal_write_lock(db);
         self.wals.catch_up_quietly(db);
         let folded = db.fold_wal();
         self.wals.reset(db);
@@ -332,25 +368,59 @@ impl Applier {
                 Err(e) => warn!("db {}: cannot make the WAL read-only: {e}", db.name()),
             }
         }
-        self.active_journals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(db.name());
-        self.invalidate(db_ino, db.name());
-        self.invalidate(journal_ino, db.name());
-        let notifier = self.notifier.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = notifier.as_ref() {
-            let journal = format!("{}{}", db.name(), FileKind::Journal.suffix());
-            if let Err(e) = n.inval_entry(INodeNo(ROOT_INO), OsStr::new(&journal)) {
-                if e.raw_os_error() != Some(libc::ENOENT) {
+    }
+
+    /// SQLite's WAL write lock on `db` (byte 120 of `-shm`), taken through
+    /// the mount within `STEP_DOWN_WAIT`; `None` (with a WARN) when there is
+    /// no `-shm` or a writer keeps it longer.
+    fn wal_write_lock(&self, db: &Db) -> Option<DatabaseLock<'_>> {
+        if !db.shm_path().exists() {
+            return None;
+        }
+        let file = match self.mount_file(db, FileKind::Shm) {
+            Ok(file) => file,
+            Err(e) => {
+                warn!(
+                    "db {}: step-down without SQLite's WAL write lock: {e}",
+                    db.name()
+                );
+                return None;
+            }
+        };
+        let deadline = Instant::now() + STEP_DOWN_WAIT;
+        loop {
+            match set_ofd_lock(&file, libc::F_WRLCK, WAL_WRITE_LOCK, 1, false) {
+                Ok(true) => {
+                    return Some(DatabaseLock {
+                        applier: self,
+                        db: db.name().to_string(),
+                        key: format!("{}{}", db.name(), FileKind::Shm.suffix()),
+                        file,
+                        start: WAL_WRITE_LOCK,
+                        len: 1,
+                    })
+                }
+                Ok(false) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(false) => {
                     warn!(
-                        "db {}: cannot invalidate the kernel's entry for {journal}: {e}",
+                        "db {}: a WAL writer held its transaction through the step-down for \
+                         {}s; folding the WAL without waiting longer",
+                        db.name(),
+                        STEP_DOWN_WAIT.as_secs()
+                    );
+                    return None;
+                }
+                Err(e) => {
+                    warn!(
+                        "db {}: step-down without SQLite's WAL write lock: {e}",
                         db.name()
                     );
+                    return None;
                 }
             }
         }
-        result
     }
 
     /// Gives a replica's database in WAL mode the empty `-wal` and `-shm`

@@ -48,18 +48,24 @@ impl Passthrough {
     }
 
     /// The backing id of inode `ino`, whose backing file is `file`:
-    /// the one already registered while any handle holds it, or a new one
-    /// from `register`. `None` when registering fails, which turns
-    /// passthrough off for the mount's life (one WARN).
+    /// the one already registered while any handle holds it (every open
+    /// of such an inode must pass through, the kernel refuses any other),
+    /// or, when `may_register`, a new one from `register`. `None` when
+    /// there is none to use, or registering fails, which turns passthrough
+    /// off for the mount's life (one WARN).
     pub(super) fn backing(
         &self,
         ino: u64,
+        may_register: bool,
         file: &File,
         register: impl FnOnce(&File) -> std::io::Result<BackingId>,
     ) -> Option<Arc<BackingId>> {
         let mut by_ino = self.by_ino.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(id) = by_ino.get(&ino).and_then(Weak::upgrade) {
             return Some(id);
+        }
+        if !may_register {
+            return None;
         }
         match register(file) {
             Ok(id) => {
@@ -102,12 +108,18 @@ impl LitefsFs {
             // changes the file itself (a replica's apply).
             FileKind::Database => (FopenFlags::FOPEN_KEEP_CACHE, None),
             FileKind::Wal => {
-                if self.passthrough.enabled() && wants_write(flags) && self.role.is_primary() {
-                    let ino = self.ino(db, kind);
-                    if let Some(id) = self.passthrough.backing(ino, file, register) {
+                // Writers on the primary register the backing file; every
+                // other open of the inode while it is registered (a
+                // read-only one, or one on a node that has since stepped
+                // down: the WAL is sealed then) must use it too.
+                let may_register =
+                    self.passthrough.enabled() && wants_write(flags) && self.role.is_primary();
+                let ino = self.ino(db, kind);
+                if let Some(id) = self.passthrough.backing(ino, may_register, file, register) {
+                    if may_register {
                         self.watcher.watch(db);
-                        return (FopenFlags::empty(), Some(id));
                     }
+                    return (FopenFlags::empty(), Some(id));
                 }
                 // Cached pages would make the kernel refuse passthrough
                 // opens of the inode (and the reverse); without

@@ -33,6 +33,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::{Arc, Mutex};
 
 use fuser::Errno;
@@ -65,6 +66,12 @@ pub(super) struct WalFollower {
     failed: Option<(u64, Errno)>,
     /// The last catch-up off the commit path failed (logged once).
     failing: bool,
+    /// The last commit frame recorded: its offset and header, which SQLite
+    /// never rewrites within a generation unless it takes that commit back
+    /// (an fsync that failed after litefs had read the commit).
+    last_commit: Option<(u64, [u8; FRAME_HEADER_SIZE as usize])>,
+    /// That happened (logged once).
+    taken_back: bool,
 }
 
 /// A catch-up that stopped short: the errno for SQLite, and the commit
@@ -78,6 +85,7 @@ impl WalFollower {
     fn forget(&mut self, db: &Db) {
         self.cursor = None;
         self.file = None;
+        self.last_commit = None;
         db.wal_reset();
     }
 }
@@ -196,16 +204,24 @@ impl WalFollowers {
                 commit: None,
             }
         };
+        // The WAL at its path now: a descriptor kept from before is of no
+        // use if the file was replaced (`going` covers SQLite's own
+        // deletions; this, anything else).
+        let at_path = match std::fs::metadata(db.wal_path()) {
+            Ok(md) => (md.dev(), md.ino()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                f.forget(db);
+                return Ok(());
+            }
+            Err(e) => return Err(read_error(e)),
+        };
+        let same_file = |file: &File| {
+            file.metadata()
+                .is_ok_and(|md| (md.dev(), md.ino()) == at_path)
+        };
         let file = match f.file.take() {
-            Some(file) => file,
-            None => match File::open(db.wal_path()) {
-                Ok(file) => file,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    f.forget(db);
-                    return Ok(());
-                }
-                Err(e) => return Err(read_error(e)),
-            },
+            Some(file) if same_file(&file) => file,
+            _ => File::open(db.wal_path()).map_err(read_error)?,
         };
         let file = f.file.insert(file);
         let len = file.metadata().map_err(read_error)?.len();
@@ -215,14 +231,33 @@ impl WalFollowers {
         let Some(header) = wal::read_header(file, len).map_err(read_error)? else {
             return Ok(());
         };
-        if f.cursor.as_ref().map(WalCursor::header) != Some(&header) {
+        let cursor = match &mut f.cursor {
+            Some(cursor) if cursor.header() == &header => {
+                if let Some((at, recorded)) = f.last_commit {
+                    let mut now = [0u8; FRAME_HEADER_SIZE as usize];
+                    file.read_exact_at(&mut now, at).map_err(read_error)?;
+                    if now != recorded {
+                        if !f.taken_back {
+                            taken_back(db, at);
+                        }
+                        f.taken_back = true;
+                        return Err(Stopped {
+                            errno: Errno::EIO,
+                            commit: None,
+                        });
+                    }
+                }
+                cursor
+            }
             // A new generation: SQLite starts the WAL over only once every
             // frame is in the database file (a checkpoint, which caught up
             // before its first write).
-            f.cursor = Some(WalCursor::new(header));
-            db.wal_reset();
-        }
-        let cursor = f.cursor.as_mut().expect("set above");
+            _ => {
+                db.wal_reset();
+                f.last_commit = None;
+                f.cursor.insert(WalCursor::new(header))
+            }
+        };
         while let Some(commit) = cursor.read_commit(file, len).map_err(read_error)? {
             self.record(db, file, cursor.header(), &commit)
                 .map_err(|errno| Stopped {
@@ -230,6 +265,10 @@ impl WalFollowers {
                     commit: Some(commit.clone()),
                 })?;
             cursor.consume(&commit);
+            let at = commit.end - FRAME_HEADER_SIZE - u64::from(header.page_size);
+            let mut recorded = [0u8; FRAME_HEADER_SIZE as usize];
+            file.read_exact_at(&mut recorded, at).map_err(read_error)?;
+            f.last_commit = Some((at, recorded));
         }
         f.failed = None;
         Ok(())
@@ -323,19 +362,47 @@ impl WalFollowers {
         Err(stopped.errno)
     }
 
-    /// `db`'s WAL is about to be truncated to zero or deleted: what it
-    /// committed is recorded first; then it starts over.
-    pub fn going(&self, db: &Db) -> Result<(), Errno> {
+    /// `db`'s WAL goes (truncated to zero or deleted by `go`): what it
+    /// committed is recorded and synced first, then it goes, then the
+    /// follower starts over; all under the follower's lock, so that no
+    /// catch-up reads the old WAL in between (from its start again, or
+    /// through a descriptor of the deleted file).
+    pub fn going(&self, db: &Db, go: impl FnOnce() -> Result<(), Errno>) -> Result<(), Errno> {
         let follower = self.follower(db);
         let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
         self.read_and_record(db, &mut f)
             .map_err(|stopped| stopped.errno)?;
         db.sync_wal_ltx()
             .map_err(|e| store_errno(&self.store, db, "cannot sync LTX files", &e))?;
+        go()?;
         f.forget(db);
         f.failed = None;
         Ok(())
     }
+
+    /// `db` was deleted: its follower goes with it (a database created
+    /// again under the name starts afresh).
+    pub fn forget_db(&self, db: &str) {
+        self.by_db
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(db);
+    }
+}
+
+/// SQLite rewrote a commit frame litefs had already recorded: it took
+/// that commit back (its fsync failed), so the LTX chain holds a
+/// transaction the database does not, and the frames after it no longer
+/// follow from what litefs read. Nothing more is recorded, and no
+/// checkpoint may run, until litefs restarts, whose reconciliation removes
+/// that LTX file and records the WAL's commits from the start.
+fn taken_back(db: &Db, at: u64) {
+    error!(
+        "db {}: SQLite rewrote the recorded WAL commit frame at offset {at} (a commit it took \
+         back, after an fsync error?); recording and checkpoints stop until litefs restarts \
+         and reconciles the WAL with the LTX files",
+        db.name()
+    );
 }
 
 /// Whether a write of `len` bytes at `offset` to the WAL `f` follows may

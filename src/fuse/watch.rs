@@ -132,10 +132,15 @@ fn watch_loop(
             continue;
         }
         let names = names.lock().unwrap_or_else(|e| e.into_inner());
-        let dbs: BTreeSet<String> = written
-            .iter()
-            .filter_map(|wd| names.get(wd).cloned())
-            .collect();
+        // The kernel's queue overflowed (events were lost): every WAL.
+        let dbs: BTreeSet<String> = if written.contains(&OVERFLOW) {
+            names.values().cloned().collect()
+        } else {
+            written
+                .iter()
+                .filter_map(|wd| names.get(wd).cloned())
+                .collect()
+        };
         drop(names);
         let mut reread = 0;
         for name in dbs {
@@ -152,7 +157,11 @@ fn watch_loop(
     }
 }
 
-/// The watch descriptors of the events in `buf` that name the WAL.
+/// What `wal_events` gives for an overflow of the kernel's event queue.
+const OVERFLOW: i32 = -1;
+
+/// The watch descriptors of the events in `buf` that name the WAL
+/// (`OVERFLOW` for a queue overflow).
 fn wal_events(buf: &[u8]) -> BTreeSet<i32> {
     const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
     let mut wds = BTreeSet::new();
@@ -164,7 +173,9 @@ fn wal_events(buf: &[u8]) -> BTreeSet<i32> {
         let name_end = (at + HEADER + event.len as usize).min(buf.len());
         let name = &buf[at + HEADER..name_end];
         let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-        if name == WAL_FILE {
+        if event.mask & libc::IN_Q_OVERFLOW != 0 {
+            wds.insert(OVERFLOW);
+        } else if name == WAL_FILE {
             wds.insert(event.wd);
         }
         at = name_end;

@@ -94,9 +94,16 @@ impl LitefsFs {
             // journal_mode=TRUNCATE: truncating the journal commits.
             self.commit(db)?;
         }
+        let set_len = || {
+            OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(size))
+                .map_err(|e| self.backing_errno(db, &format!("truncate {}", path.display()), &e))
+        };
         match kind {
             // Committed frames are recorded before any of them can go.
-            FileKind::Wal if size == 0 => self.wals.going(db)?,
+            FileKind::Wal if size == 0 => return self.wals.going(db, set_len),
             FileKind::Wal => self.wals.before_frames_go(db)?,
             FileKind::Database if self.wals.active(db) => self.wals.before_frames_go(db)?,
             FileKind::Database => {
@@ -107,14 +114,7 @@ impl LitefsFs {
             }
             _ => {}
         }
-        let res = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .and_then(|f| f.set_len(size));
-        if let Err(e) = res {
-            return Err(self.backing_errno(db, &format!("truncate {}", path.display()), &e));
-        }
-        Ok(())
+        set_len()
     }
 
     /// Removes `db`'s file of `kind` (called `name` on the mount): the
@@ -132,8 +132,12 @@ impl LitefsFs {
                 self.commit(db)?;
             }
             FileKind::Wal => {
-                self.wals.going(db)?;
+                self.wals.going(db, || {
+                    std::fs::remove_file(path_of(db, kind)).map_err(|e| io_errno(&e))
+                })?;
                 self.forget_wal_backing(db);
+                self.mark_dir_changed(db.name());
+                return Ok(());
             }
             // Deleting a super-journal commits a transaction across
             // ATTACHed databases in SQLite's eyes; each database's LTX file
@@ -178,6 +182,7 @@ impl LitefsFs {
         match self.store.delete_db(db.name()) {
             Ok(_) => {
                 drop(handles);
+                self.wals.forget_db(db.name());
                 for set in [
                     &self.hidden_journals,
                     &self.changed_dirs,

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::apply::PENDING_SUFFIX;
 use super::db::{super_journal_file, State};
@@ -298,7 +298,7 @@ impl Db {
     /// On the mount it is kept beside its main database in the data
     /// directory (`Db::super_journal_path`): the mount is not there at
     /// start-up; any other path is looked up as it is.
-    fn gone_super_journal(&self) -> Result<Option<String>, Error> {
+    fn gone_super_journal(&self) -> Result<Option<PathBuf>, Error> {
         let name = sqlite::read_super_journal_name(&self.journal_path).map_err(|source| {
             Error::Journal {
                 db: self.name.clone(),
@@ -309,15 +309,17 @@ impl Db {
         let Some(name) = name else {
             return Ok(None);
         };
-        let path = Path::new(&name);
-        let on_mount = path
+        let on_mount = name
             .file_name()
             .and_then(|f| f.to_str())
             .and_then(sqlite::split_super_journal_name)
             .zip(self.dir.parent())
             .map(|((main, digits), dbs)| dbs.join(main).join(super_journal_file(digits)));
-        let exists = path.exists() || on_mount.is_some_and(|p| p.exists());
-        Ok((!exists).then_some(name))
+        // When in doubt (a lookup that fails), it exists: rolling back is
+        // what SQLite does when it cannot tell either.
+        let exists = |path: &Path| path.try_exists().unwrap_or(true);
+        let gone = !exists(&name) && !on_mount.is_some_and(|p| exists(&p));
+        Ok(gone.then_some(name))
     }
 
     /// Records the transaction of a hot journal SQLite committed across

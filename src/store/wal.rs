@@ -226,6 +226,8 @@ impl Db {
                 self.name
             );
         }
+        // The LTX files are durable before the frames they came from go.
+        self.sync_wal_ltx()?;
         self.checkpoint_recorded_wal()?;
         self.truncate_wal()?;
         self.wal_reset();
@@ -532,7 +534,14 @@ impl Db {
     /// Undoes `seal_wal` (promotion, start-up, deletion); nothing when the
     /// WAL is missing or not sealed.
     pub fn unseal_wal(&self) -> io::Result<()> {
-        set_immutable(self.wal_path(), false).map(|_| ())
+        match set_immutable(self.wal_path(), false) {
+            Ok(false) if is_immutable(self.wal_path()) => Err(io::Error::other(format!(
+                "{} is marked immutable (a step-down sealed it) and litefs cannot clear the \
+                 flag (it needs CAP_LINUX_IMMUTABLE): run `chattr -i` on it",
+                self.wal_path().display()
+            ))),
+            other => other.map(|_| ()),
+        }
     }
 }
 
@@ -563,6 +572,24 @@ fn set_immutable(path: &Path, on: bool) -> io::Result<bool> {
         return not_supported(io::Error::last_os_error());
     }
     Ok(true)
+}
+
+/// Whether the file at `path` carries the immutable flag (false when that
+/// cannot be told).
+fn is_immutable(path: &Path) -> bool {
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one int to `flags`.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::FS_IOC_GETFLAGS,
+            &mut flags,
+        )
+    };
+    rc == 0 && flags & FS_IMMUTABLE_FL != 0
 }
 
 /// `Ok(false)` for a file system without the flag or a process without
