@@ -163,3 +163,94 @@ fn at_start_a_hot_journal_whose_super_journal_is_gone_is_committed() {
     assert_eq!(txid(&node, "b.db"), b);
     assert_replay_identical(&node, "b.db");
 }
+
+/// kill -9 of litefs while an application commits across two attached
+/// databases, again and again: after each restart every acknowledged
+/// transaction is in both databases, the two hold the same transactions
+/// (the commit is atomic across them, also when the crash fell between the
+/// super-journal's deletion and the journals' ends), and each LTX chain
+/// replays to its database.
+#[test]
+fn kill_9_during_commits_across_databases_keeps_them_atomic() {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    let dir = temp_dir("super-journal-kill");
+    let mut node = Node::start_in(dir.path(), "");
+    for db in ["a.db", "b.db"] {
+        sqlite3_ok(
+            &node.db(db),
+            "CREATE TABLE t(i INTEGER PRIMARY KEY, b BLOB);",
+        );
+    }
+    let mut rng = common::Rng::from_clock("cross-database kill test");
+    let committed = Arc::new(Mutex::new(BTreeSet::new()));
+    let mut next_i = 1i64;
+    for round in 0..8 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (a, b) = (node.db("a.db"), node.db("b.db"));
+            let (committed, stop, start) = (committed.clone(), stop.clone(), next_i);
+            std::thread::spawn(move || {
+                let mut i = start;
+                let Ok(conn) = rusqlite::Connection::open(&a) else {
+                    return i;
+                };
+                let attach = format!("ATTACH '{}' AS b;", b.display());
+                if conn.busy_timeout(Duration::from_secs(5)).is_err()
+                    || conn.execute_batch(&attach).is_err()
+                {
+                    return i;
+                }
+                while !stop.load(Ordering::Relaxed) {
+                    let txn = format!(
+                        "BEGIN; INSERT INTO t VALUES({i}, randomblob({n}));
+                         INSERT INTO b.t VALUES({i}, randomblob({n})); COMMIT;",
+                        n = 100 + (i % 5) * 1500
+                    );
+                    if conn.execute_batch(&txn).is_err() {
+                        break;
+                    }
+                    committed.lock().unwrap().insert(i);
+                    i += 1;
+                }
+                i + 1
+            })
+        };
+        let before = committed.lock().unwrap().len();
+        common::wait_for("a commit", Duration::from_secs(30), || {
+            committed.lock().unwrap().len() > before
+        });
+        std::thread::sleep(Duration::from_millis(rng.next() % 150));
+        node.kill9();
+        stop.store(true, Ordering::Relaxed);
+        next_i = writer.join().unwrap();
+        node.restart();
+
+        let ids = |db: &str| -> BTreeSet<i64> {
+            sqlite3_ok(&node.db(db), "SELECT i FROM t;")
+                .lines()
+                .map(|l| l.parse().unwrap())
+                .collect()
+        };
+        let (in_a, in_b) = (ids("a.db"), ids("b.db"));
+        assert_eq!(in_a, in_b, "round {round}: the databases disagree");
+        let committed = committed.lock().unwrap();
+        let lost: Vec<_> = committed.difference(&in_a).collect();
+        assert!(
+            lost.is_empty(),
+            "round {round}: acknowledged rows lost: {lost:?}"
+        );
+        for db in ["a.db", "b.db"] {
+            assert_eq!(
+                node.pos(db),
+                common::newest_ltx_pos(&node, db),
+                "round {round}"
+            );
+        }
+    }
+    assert_replay_identical(&node, "a.db");
+    assert_replay_identical(&node, "b.db");
+}
