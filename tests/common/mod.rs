@@ -289,6 +289,16 @@ impl Drop for Node {
         if is_mounted(&self.mount) {
             let _ = Command::new("umount").arg("-l").arg(&self.mount).output();
         }
+        // A step-down marks the WAL immutable; a test that ends with this
+        // node a replica would leave a temp dir nobody can remove.
+        if let Ok(dbs) = std::fs::read_dir(self.data.join("dbs")) {
+            for db in dbs.flatten() {
+                let wal = db.path().join("wal");
+                if wal.exists() {
+                    let _ = Command::new("chattr").arg("-i").arg(&wal).output();
+                }
+            }
+        }
     }
 }
 
