@@ -132,10 +132,10 @@ fn journal_mode_switches_replicate_and_replica_readers_follow() {
         &primary.db(db),
         "CREATE TABLE t(x); INSERT INTO t VALUES('delete');",
     );
-    // A reader on the replica that stays connected through every switch.
-    let reader = rusqlite::Connection::open(replica.db(db));
+    // A reader on the replica that stays connected through every switch,
+    // opened once the database is there (a replica cannot create it).
     wait_caught_up(&primary, &replica, db);
-    let reader = reader.unwrap();
+    let reader = rusqlite::Connection::open(replica.db(db)).unwrap();
     reader.busy_timeout(Duration::from_secs(10)).unwrap();
     let mut rows = 1;
     for mode in ["WAL", "DELETE", "WAL", "TRUNCATE", "WAL", "PERSIST"] {
@@ -163,8 +163,11 @@ fn journal_mode_switches_replicate_and_replica_readers_follow() {
 
 #[test]
 fn wal_commits_wake_the_replication_stream() {
-    // Each WAL commit must wake the stream at once, not at its periodic
-    // check (1 s): the median over 20 commits is far below that.
+    // Each recorded WAL commit must wake the stream at once, not at its
+    // periodic check (1 s): the median over 20 commits is far below that.
+    // (Reading the primary's `-pos` in `wait_caught_up` records the commit
+    // if the watcher has not yet; tests/wal_passthrough.rs checks the
+    // watcher on its own.)
     let dir = temp_dir("wal-wake");
     let primary = Node::start_in(&dir.path().join("primary"), "");
     let replica = Node::start_in(&dir.path().join("replica"), &replica_yaml(&primary));

@@ -356,17 +356,15 @@ impl Applier {
             Ok(false) => {}
             Err(e) => warn!("db {}: cannot fold the WAL at step-down: {e}", db.name()),
         }
-        if db.wal_path().exists() {
-            match db.seal_wal() {
-                Ok(true) => {}
-                Ok(false) => warn!(
-                    "db {}: cannot make the WAL read-only (no immutable flag on the data \
-                     directory's file system, or no CAP_LINUX_IMMUTABLE): connections opened \
-                     while this node was primary could still write to it; close them",
-                    db.name()
-                ),
-                Err(e) => warn!("db {}: cannot make the WAL read-only: {e}", db.name()),
-            }
+        match db.seal_wal() {
+            Ok(true) => {}
+            Ok(false) => warn!(
+                "db {}: cannot make the WAL read-only (no immutable flag on the data \
+                 directory's file system, or no CAP_LINUX_IMMUTABLE): connections opened \
+                 while this node was primary could still write to it; close them",
+                db.name()
+            ),
+            Err(e) => warn!("db {}: cannot make the WAL read-only: {e}", db.name()),
         }
     }
 
@@ -377,15 +375,16 @@ impl Applier {
         if !db.shm_path().exists() {
             return None;
         }
+        let without = |why: String| {
+            warn!(
+                "db {}: step-down without SQLite's WAL write lock: {why}",
+                db.name()
+            );
+            None
+        };
         let file = match self.mount_file(db, FileKind::Shm) {
             Ok(file) => file,
-            Err(e) => {
-                warn!(
-                    "db {}: step-down without SQLite's WAL write lock: {e}",
-                    db.name()
-                );
-                return None;
-            }
+            Err(e) => return without(e),
         };
         let deadline = Instant::now() + STEP_DOWN_WAIT;
         loop {
@@ -400,25 +399,18 @@ impl Applier {
                         len: 1,
                     })
                 }
+                // F_OFD_SETLKW has no timeout: a writer may keep its
+                // transaction open for ever, and a step-down must end.
                 Ok(false) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Ok(false) => {
-                    warn!(
-                        "db {}: a WAL writer held its transaction through the step-down for \
-                         {}s; folding the WAL without waiting longer",
-                        db.name(),
+                    return without(format!(
+                        "a WAL writer held its transaction for {}s",
                         STEP_DOWN_WAIT.as_secs()
-                    );
-                    return None;
+                    ))
                 }
-                Err(e) => {
-                    warn!(
-                        "db {}: step-down without SQLite's WAL write lock: {e}",
-                        db.name()
-                    );
-                    return None;
-                }
+                Err(e) => return without(e.to_string()),
             }
         }
     }

@@ -130,33 +130,26 @@ impl Counted<ReplyStatfs> {
 }
 
 impl Counted<ReplyCreate> {
-    pub(super) fn created(
-        self,
-        ttl: &Duration,
-        attr: &FileAttr,
-        generation: Generation,
-        fh: FileHandle,
-        flags: FopenFlags,
-    ) {
-        self.reply.created(ttl, attr, generation, fh, flags)
-    }
-
     /// Registers `file` with the kernel for passthrough (see `passthrough.rs`).
     pub(super) fn open_backing(&self, file: &std::fs::File) -> std::io::Result<fuser::BackingId> {
         self.reply.open_backing(file)
     }
 
-    pub(super) fn created_passthrough(
+    /// Answers a create, passing through with `backing` when there is one.
+    pub(super) fn created_with(
         self,
         ttl: &Duration,
         attr: &FileAttr,
-        generation: Generation,
         fh: FileHandle,
         flags: FopenFlags,
-        backing: &fuser::BackingId,
+        backing: Option<&fuser::BackingId>,
     ) {
-        self.reply
-            .created_passthrough(ttl, attr, generation, fh, flags, backing)
+        match backing {
+            Some(id) => self
+                .reply
+                .created_passthrough(ttl, attr, Generation(0), fh, flags, id),
+            None => self.reply.created(ttl, attr, Generation(0), fh, flags),
+        }
     }
 }
 
@@ -166,12 +159,16 @@ impl Counted<ReplyOpen> {
         self.reply.open_backing(file)
     }
 
-    pub(super) fn opened_passthrough(
+    /// `opened`, passing through with `backing` when there is one.
+    pub(super) fn opened_with(
         self,
         fh: FileHandle,
         flags: FopenFlags,
-        backing: &fuser::BackingId,
+        backing: Option<&fuser::BackingId>,
     ) {
-        self.reply.opened_passthrough(fh, flags, backing)
+        match backing {
+            Some(id) => self.reply.opened_passthrough(fh, flags, id),
+            None => self.reply.opened(fh, flags),
+        }
     }
 }

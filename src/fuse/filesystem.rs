@@ -296,17 +296,13 @@ impl Filesystem for LitefsFs {
         }
         let (open_flags, backing) =
             self.open_mode(&db, kind, flags, &file, |f| reply.open_backing(f));
-        let passthrough = backing.clone();
         match self.add_handle(Handle {
             db,
             kind,
             file: Some(file),
-            backing,
+            backing: backing.clone(),
         }) {
-            Ok(fh) => match passthrough {
-                Some(id) => reply.opened_passthrough(fh, open_flags, &id),
-                None => reply.opened(fh, open_flags),
-            },
+            Ok(fh) => reply.opened_with(fh, open_flags, backing.as_deref()),
             Err(e) => reply.error(e),
         }
     }
@@ -667,19 +663,13 @@ impl Filesystem for LitefsFs {
         let attr = self.file_attr(ino, &md);
         let (open_flags, backing) =
             self.open_mode(&db, kind, flags, &file, |f| reply.open_backing(f));
-        let passthrough = backing.clone();
         match self.add_handle(Handle {
             db,
             kind,
             file: Some(file),
-            backing,
+            backing: backing.clone(),
         }) {
-            Ok(fh) => match passthrough {
-                Some(id) => {
-                    reply.created_passthrough(&TTL, &attr, Generation(0), fh, open_flags, &id)
-                }
-                None => reply.created(&TTL, &attr, Generation(0), fh, open_flags),
-            },
+            Ok(fh) => reply.created_with(&TTL, &attr, fh, open_flags, backing.as_deref()),
             Err(e) => reply.error(e),
         }
     }

@@ -3,11 +3,12 @@
 //! backing file, with no round trip to litefs per frame, and litefs
 //! follows the committed frames from that file instead (`wal.rs`).
 //!
-//! Only opens for writing on the primary pass through. The kernel requires
-//! every passthrough open of one inode to use the same backing file (one
-//! `BackingId`, kept here while any handle holds it), and refuses (EIO) an
-//! open that caches pages while another passes through: so every other
-//! open of a `-wal` is direct I/O, which mixes with either.
+//! Opens for writing on the primary register the backing file. While one
+//! is registered, the kernel refuses (EINVAL) any open of the inode that
+//! does not pass through with the same `BackingId` (kept here while any
+//! handle holds it), so every open then uses it; while none is, opens of
+//! a `-wal` are direct I/O, which never stands in the way of a later
+//! passthrough open (cached pages would).
 //!
 //! Registering a backing file needs CAP_SYS_ADMIN; without it, or on an
 //! older kernel, the WAL's writes go through litefs as before (one WARN).

@@ -31,7 +31,7 @@
 //! reads the WAL and records what it found, so each commit is recorded
 //! once and in order; the map's lock is held only to find the follower.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::{Arc, Mutex};
@@ -66,10 +66,10 @@ pub(super) struct WalFollower {
     failed: Option<(u64, Errno)>,
     /// The last catch-up off the commit path failed (logged once).
     failing: bool,
-    /// The last commit frame recorded: its offset and header, which SQLite
-    /// never rewrites within a generation unless it takes that commit back
-    /// (an fsync that failed after litefs had read the commit).
-    last_commit: Option<(u64, [u8; FRAME_HEADER_SIZE as usize])>,
+    /// The last commit frame recorded: its offset and checksum, which
+    /// SQLite never rewrites within a generation unless it takes that
+    /// commit back (an fsync that failed after litefs had read it).
+    last_commit: Option<(u64, (u32, u32))>,
     /// That happened (logged once).
     taken_back: bool,
 }
@@ -82,10 +82,9 @@ struct Stopped {
 }
 
 impl WalFollower {
+    /// Starts over: the WAL is gone, emptied, or replaced.
     fn forget(&mut self, db: &Db) {
-        self.cursor = None;
-        self.file = None;
-        self.last_commit = None;
+        *self = WalFollower::default();
         db.wal_reset();
     }
 }
@@ -120,20 +119,10 @@ impl WalFollowers {
                 .is_some()
     }
 
-    /// Records every transaction committed to `db`'s WAL that has no LTX
-    /// file yet; an error when one cannot be recorded (it stays in the
-    /// WAL, to be recorded at the next catch-up).
-    pub fn catch_up(&self, db: &Db) -> Result<(), Errno> {
-        let follower = self.follower(db);
-        let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
-        self.read_and_record(db, &mut f)
-            .map_err(|stopped| stopped.errno)
-    }
-
-    /// Catches up off the commit path (the watcher, `-pos`): a failure is
-    /// logged once until a catch-up succeeds again.
-    /// Returns how many frames of a transaction under way it read (which
-    /// the next catch-up reads again).
+    /// Records what `db`'s WAL committed, off the commit path (the
+    /// watcher, `-pos`): a failure is logged once until a catch-up succeeds
+    /// again (the commits stay in the WAL). Returns how many frames of a
+    /// transaction under way it read (which the next catch-up reads again).
     pub fn catch_up_quietly(&self, db: &Db) -> u64 {
         let follower = self.follower(db);
         let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
@@ -153,8 +142,9 @@ impl WalFollowers {
     /// checkpoints). The commit is normally recorded just after, off this
     /// path; but when the data directory may lack room for its LTX file
     /// (`Db::short_of_space_for`), it is recorded now, and a commit that
-    /// cannot be fails (SQLITE_FULL, with its commit frame invalidated)
-    /// rather than wait in the WAL, acknowledged, for room.
+    /// cannot be fails (the fsync's errno, which SQLite reports as an I/O
+    /// error; its commit frame invalidated) rather than wait in the WAL,
+    /// acknowledged, for room.
     /// `wal_len` is the WAL's length: no more than that is unrecorded, so
     /// the common case needs not wait for the follower's lock, which a
     /// transaction being recorded holds.
@@ -179,9 +169,10 @@ impl WalFollowers {
     /// starts over.
     pub fn reset(&self, db: &Db) {
         let follower = self.follower(db);
-        let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
-        f.forget(db);
-        f.failed = None;
+        follower
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget(db);
     }
 
     /// Before SQLite copies WAL frames into the database file (after which
@@ -189,10 +180,15 @@ impl WalFollowers {
     /// transaction they hold is recorded, and the LTX files are synced.
     /// Until then the WAL itself, fsynced by SQLite, is what start-up makes
     /// their LTX files from (`store/wal.rs`).
-    pub fn before_frames_go(&self, db: &Db) -> Result<(), Errno> {
-        self.catch_up(db)?;
+    /// Returns whether `db` is in WAL mode (see `active`).
+    pub fn before_frames_go(&self, db: &Db) -> Result<bool, Errno> {
+        let follower = self.follower(db);
+        let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
+        self.read_and_record(db, &mut f)
+            .map_err(|stopped| stopped.errno)?;
         db.sync_wal_ltx()
-            .map_err(|e| store_errno(&self.store, db, "cannot sync LTX files", &e))
+            .map_err(|e| store_errno(&self.store, db, "cannot sync LTX files", &e))?;
+        Ok(f.cursor.is_some() || db.in_wal_mode())
     }
 
     /// Reads `db`'s WAL from where `f` stopped and records each commit.
@@ -215,16 +211,19 @@ impl WalFollowers {
             }
             Err(e) => return Err(read_error(e)),
         };
-        let same_file = |file: &File| {
-            file.metadata()
-                .is_ok_and(|md| (md.dev(), md.ino()) == at_path)
-        };
-        let file = match f.file.take() {
-            Some(file) if same_file(&file) => file,
-            _ => File::open(db.wal_path()).map_err(read_error)?,
+        let kept = f.file.take().and_then(|file| {
+            let md = file.metadata().ok()?;
+            ((md.dev(), md.ino()) == at_path).then_some((file, md.len()))
+        });
+        let (file, len) = match kept {
+            Some(kept) => kept,
+            None => {
+                let file = File::open(db.wal_path()).map_err(read_error)?;
+                let len = file.metadata().map_err(read_error)?.len();
+                (file, len)
+            }
         };
         let file = f.file.insert(file);
-        let len = file.metadata().map_err(read_error)?.len();
         // A header that does not read as valid may be one SQLite is
         // writing: the cursor stays until a different valid one appears
         // (truncation and deletion, which come through litefs, reset it).
@@ -236,7 +235,10 @@ impl WalFollowers {
                 if let Some((at, recorded)) = f.last_commit {
                     let mut now = [0u8; FRAME_HEADER_SIZE as usize];
                     file.read_exact_at(&mut now, at).map_err(read_error)?;
-                    if now != recorded {
+                    let now = wal::parse_frame_header(&now);
+                    if (now.salt1, now.salt2, now.checksum)
+                        != (header.salt1, header.salt2, recorded)
+                    {
                         if !f.taken_back {
                             taken_back(db, at);
                         }
@@ -266,9 +268,7 @@ impl WalFollowers {
                 })?;
             cursor.consume(&commit);
             let at = commit.end - FRAME_HEADER_SIZE - u64::from(header.page_size);
-            let mut recorded = [0u8; FRAME_HEADER_SIZE as usize];
-            file.read_exact_at(&mut recorded, at).map_err(read_error)?;
-            f.last_commit = Some((at, recorded));
+            f.last_commit = Some((at, commit.checksum));
         }
         f.failed = None;
         Ok(())
@@ -282,11 +282,10 @@ impl WalFollowers {
         header: &wal::WalHeader,
         commit: &WalCommit,
     ) -> Result<(), Errno> {
-        let pages: BTreeMap<u32, u64> = commit.pages.iter().copied().collect();
         let txn = WalTransaction {
             page_size: header.page_size,
             commit: commit.commit,
-            pages: &pages,
+            pages: &commit.pages,
             at: WalPosition {
                 salt1: header.salt1,
                 salt2: header.salt2,
@@ -376,7 +375,6 @@ impl WalFollowers {
             .map_err(|e| store_errno(&self.store, db, "cannot sync LTX files", &e))?;
         go()?;
         f.forget(db);
-        f.failed = None;
         Ok(())
     }
 
@@ -422,7 +420,7 @@ fn touches_commit_frame(f: &WalFollower, offset: u64, len: u64) -> bool {
     (first..=last).any(|index| {
         let mut buf = [0u8; FRAME_HEADER_SIZE as usize];
         let at = wal::frame_offset(index, cursor.header().page_size);
-        match std::os::unix::fs::FileExt::read_exact_at(file, &mut buf, at) {
+        match file.read_exact_at(&mut buf, at) {
             Ok(()) => wal::parse_frame_header(&buf).commit != 0,
             Err(_) => true,
         }
@@ -449,7 +447,7 @@ fn invalidate_commit(db: &Db, cursor: &WalCursor, commit: &WalCommit) {
     let zeroed = std::fs::OpenOptions::new()
         .write(true)
         .open(db.wal_path())
-        .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 8], at));
+        .and_then(|f| f.write_all_at(&[0u8; 8], at));
     if let Err(e) = zeroed {
         error!(
             "db {}: cannot invalidate the unrecorded commit frame at {at} of {}: {e}; \

@@ -36,8 +36,7 @@ impl LitefsFs {
                     // WAL mode: a checkpoint copying committed pages from
                     // the WAL, which must all be recorded before SQLite
                     // may start the WAL over (`wal.rs`).
-                    self.wals.before_frames_go(db)?;
-                    if self.wals.active(db) {
+                    if self.wals.before_frames_go(db)? {
                         return Ok(());
                     }
                 }
@@ -104,8 +103,12 @@ impl LitefsFs {
         match kind {
             // Committed frames are recorded before any of them can go.
             FileKind::Wal if size == 0 => return self.wals.going(db, set_len),
-            FileKind::Wal => self.wals.before_frames_go(db)?,
-            FileKind::Database if self.wals.active(db) => self.wals.before_frames_go(db)?,
+            FileKind::Wal => {
+                self.wals.before_frames_go(db)?;
+            }
+            FileKind::Database if self.wals.active(db) => {
+                self.wals.before_frames_go(db)?;
+            }
             FileKind::Database => {
                 if let Err(e) = db.before_truncate(size) {
                     warn!("db {}: refused truncate: {e}", db.name());

@@ -53,8 +53,8 @@ pub struct FrameHeader {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalCommit {
     /// Each page the transaction wrote, with the file offset of its newest
-    /// content (the page data, after the frame header), ascending by page.
-    pub pages: Vec<(u32, u64)>,
+    /// content (the page data, after the frame header).
+    pub pages: std::collections::BTreeMap<u32, u64>,
     /// Database size in pages after it.
     pub commit: u32,
     /// File offset of its first frame.
@@ -245,7 +245,7 @@ impl WalCursor {
             index += 1;
             if fh.commit != 0 {
                 return Ok(Some(WalCommit {
-                    pages: pages.into_iter().collect(),
+                    pages,
                     commit: fh.commit,
                     start: self.end(),
                     end: offset + frame_len,

@@ -123,21 +123,20 @@ impl Db {
                 state.freelist = read_freelist(&self.name, &file, shape);
             }
         }
-        if !recorded {
-            if committed {
-                // The caller records the file as it is (TXID 1).
-                self.remove_journal()?;
+        if committed {
+            if recorded && state.checksums.checksum() != base.checksum {
+                state.pos = base;
+                self.record_committed_journal(&mut state)?;
+                return Ok(state);
             }
+            // Nothing to record here: without LTX files the caller records
+            // the file as it is (TXID 1).
+            self.remove_journal()?;
+        }
+        if !recorded {
             return Ok(state);
         }
         state.pos = base;
-        if committed && state.checksums.checksum() != base.checksum {
-            self.record_committed_journal(&mut state)?;
-            return Ok(state);
-        }
-        if committed {
-            self.remove_journal()?;
-        }
         if state.checksums.checksum() != base.checksum {
             let mismatch = Error::ChecksumMismatch {
                 db: self.name.clone(),
@@ -210,7 +209,7 @@ impl Db {
                 source,
             })?;
         let Some((header, pages)) = journal else {
-            return Ok(HotJournal::None);
+            return Ok(HotJournal::Done);
         };
         let db_path = &self.database_path;
         let write_error =
@@ -222,7 +221,7 @@ impl Db {
                     "database {}: deleting a hot journal without a database file",
                     self.name
                 );
-                return self.remove_journal().map(|()| HotJournal::RolledBack);
+                return self.remove_journal().map(|()| HotJournal::Done);
             }
             Err(err) => return Err(write_error(err)),
         };
@@ -249,7 +248,7 @@ impl Db {
                  wrote only past the end); deleting the journal",
                 self.name
             );
-            return self.remove_journal().map(|()| HotJournal::RolledBack);
+            return self.remove_journal().map(|()| HotJournal::Done);
         }
         if let Some(super_journal) = self.gone_super_journal()? {
             log::warn!(
@@ -291,7 +290,7 @@ impl Db {
             restored.len(),
             header.initial_page_count
         );
-        self.remove_journal().map(|()| HotJournal::RolledBack)
+        self.remove_journal().map(|()| HotJournal::Done)
     }
 
     /// The super-journal the hot journal names, when it no longer exists.
@@ -419,13 +418,12 @@ impl Db {
     }
 }
 
-/// What `recover_journal` did with a hot journal.
+/// What `recover_journal` left.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HotJournal {
-    /// There was none.
-    None,
-    /// Rolled back (or already recorded) and deleted.
-    RolledBack,
+    /// No hot journal: there was none, or it was rolled back (or found
+    /// recorded already) and deleted.
+    Done,
     /// Its transaction committed (across ATTACHed databases); the file is
     /// kept and the journal is still there.
     Committed,

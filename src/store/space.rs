@@ -156,9 +156,7 @@ impl Db {
             source: io::Error::from_raw_os_error(libc::ENOSPC),
         })
     }
-}
 
-impl Db {
     /// Whether the data directory may lack room for the LTX files of
     /// `bytes` of WAL frames not yet recorded (with the margins
     /// `ensure_ltx_space` keeps): the mount then records a WAL commit

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::db::{Change, State};
 use super::{io_error, is_lock_page, now_ms, page_offset, sync_dir, Db, Error, Position};
@@ -280,7 +280,7 @@ impl Db {
             ))?;
             for commit in &unrecorded {
                 self.copy_commit(&wal_file, header.page_size, commit)?;
-                let dirty: BTreeSet<u32> = commit.pages.iter().map(|&(pgno, _)| pgno).collect();
+                let dirty: BTreeSet<u32> = commit.pages.keys().copied().collect();
                 let made = self.commit_locked(state, &dirty)?;
                 log::warn!(
                     "database {}: the WAL held a committed transaction with no LTX file; \
@@ -398,7 +398,7 @@ impl Db {
             .open(path)
             .map_err(write_error)?;
         let mut page = vec![0u8; page_size as usize];
-        for &(pgno, offset) in &commit.pages {
+        for (&pgno, &offset) in &commit.pages {
             if pgno > commit.commit {
                 continue;
             }
@@ -528,77 +528,80 @@ impl Db {
     /// litefs cannot refuse). The file system's immutable flag does it;
     /// false where there is none (or litefs lacks CAP_LINUX_IMMUTABLE).
     pub fn seal_wal(&self) -> io::Result<bool> {
-        set_immutable(self.wal_path(), true)
+        let file = File::open(self.wal_path())?;
+        let sealed =
+            inode_flags(&file).and_then(|flags| set_inode_flags(&file, flags | FS_IMMUTABLE_FL));
+        match sealed {
+            Ok(()) => Ok(true),
+            Err(err) if flags_unsupported(&err) => Ok(false),
+            Err(err) => Err(err),
+        }
     }
 
     /// Undoes `seal_wal` (promotion, start-up, deletion); nothing when the
     /// WAL is missing or not sealed.
     pub fn unseal_wal(&self) -> io::Result<()> {
-        match set_immutable(self.wal_path(), false) {
-            Ok(false) if is_immutable(self.wal_path()) => Err(io::Error::other(format!(
-                "{} is marked immutable (a step-down sealed it) and litefs cannot clear the \
-                 flag (it needs CAP_LINUX_IMMUTABLE): run `chattr -i` on it",
-                self.wal_path().display()
-            ))),
-            other => other.map(|_| ()),
+        let file = match File::open(self.wal_path()) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => return Err(err),
+        };
+        let flags = match inode_flags(&file) {
+            Ok(flags) => flags,
+            Err(err) if flags_unsupported(&err) => return Ok(()),
+            Err(err) => return Err(err),
+        };
+        if flags & FS_IMMUTABLE_FL == 0 {
+            return Ok(());
         }
+        set_inode_flags(&file, flags & !FS_IMMUTABLE_FL).map_err(|err| {
+            io::Error::other(format!(
+                "{} is marked immutable (a step-down sealed it) and litefs cannot clear the \
+                 flag ({err}; it needs CAP_LINUX_IMMUTABLE): run `chattr -i` on it",
+                self.wal_path().display()
+            ))
+        })
     }
 }
 
-/// Sets or clears the immutable flag of the file at `path`; false when the
-/// file system or the process cannot (or the file is missing, clearing).
-fn set_immutable(path: &Path, on: bool) -> io::Result<bool> {
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == io::ErrorKind::NotFound && !on => return Ok(false),
-        Err(err) => return Err(err),
-    };
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-    let mut flags: libc::c_int = 0;
-    // SAFETY: FS_IOC_GETFLAGS writes one int to `flags`.
-    if unsafe { libc::ioctl(fd, libc::FS_IOC_GETFLAGS, &mut flags) } != 0 {
-        return not_supported(io::Error::last_os_error());
-    }
-    let wanted = if on {
-        flags | FS_IMMUTABLE_FL
-    } else {
-        flags & !FS_IMMUTABLE_FL
-    };
-    if wanted == flags {
-        return Ok(true);
-    }
-    // SAFETY: FS_IOC_SETFLAGS reads one int from `wanted`.
-    if unsafe { libc::ioctl(fd, libc::FS_IOC_SETFLAGS, &wanted) } != 0 {
-        return not_supported(io::Error::last_os_error());
-    }
-    Ok(true)
-}
-
-/// Whether the file at `path` carries the immutable flag (false when that
-/// cannot be told).
-fn is_immutable(path: &Path) -> bool {
-    let Ok(file) = File::open(path) else {
-        return false;
-    };
+/// The inode flags of `file` (FS_IOC_GETFLAGS).
+fn inode_flags(file: &File) -> io::Result<libc::c_int> {
     let mut flags: libc::c_int = 0;
     // SAFETY: FS_IOC_GETFLAGS writes one int to `flags`.
     let rc = unsafe {
         libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&file),
+            std::os::fd::AsRawFd::as_raw_fd(file),
             libc::FS_IOC_GETFLAGS,
             &mut flags,
         )
     };
-    rc == 0 && flags & FS_IMMUTABLE_FL != 0
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(flags)
 }
 
-/// `Ok(false)` for a file system without the flag or a process without
-/// the capability; the error otherwise.
-fn not_supported(err: io::Error) -> io::Result<bool> {
-    match err.raw_os_error() {
-        Some(libc::ENOTTY) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::EPERM) => {
-            Ok(false)
-        }
-        _ => Err(err),
+/// Sets the inode flags of `file` (FS_IOC_SETFLAGS).
+fn set_inode_flags(file: &File, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: FS_IOC_SETFLAGS reads one int from `flags`.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            libc::FS_IOC_SETFLAGS,
+            &flags,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
     }
+    Ok(())
+}
+
+/// Whether `err` says the file system has no such flags, or the process
+/// may not set them.
+fn flags_unsupported(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::ENOTTY) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::EPERM)
+    )
 }
