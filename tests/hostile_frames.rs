@@ -87,6 +87,9 @@ fn header(page_size: u32, commit: u32, min: u64, max: u64, pre: u64) -> Header {
 }
 
 /// Every file under the data directory except the node id.
+/// Every file of the data directory but the node id and the empty next
+/// LTX file a primary's commit has made ahead (`ltx/next`, made after the
+/// commit returns, by another thread).
 fn data_files(store: &Store) -> Vec<String> {
     let mut found = Vec::new();
     let mut todo = vec![store.data_dir().to_path_buf()];
@@ -95,7 +98,9 @@ fn data_files(store: &Store) -> Vec<String> {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 todo.push(path);
-            } else if path.file_name() != Some("id".as_ref()) {
+            } else if path.file_name() != Some("id".as_ref())
+                && !(path.ends_with("ltx/next") && path.metadata().unwrap().len() == 0)
+            {
                 found.push(path.display().to_string());
             }
         }

@@ -334,3 +334,75 @@ fn copied_in_database_is_recorded_as_txid_1() {
     assert_eq!(replica.apply_ltx(&files[0].2).unwrap(), db.pos());
     assert!(read(replica.database_path()) == read(&source));
 }
+
+/// Waits until the store has made `ltx/next` for `db`'s next commit.
+fn wait_next_ltx_file(db: &Db) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !db.next_ltx_file_ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ltx/next was not made within 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_commit_whose_rename_was_lost_is_named_at_open() {
+    let _page_cache = sqlite_shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (mut primary, _) = three_transactions(&data);
+    wait_next_ltx_file(&primary.db);
+    let pos = primary
+        .exec("UPDATE t SET v = randomblob(300) WHERE rowid % 4 = 1;")
+        .unwrap();
+    let ltx_dir = data.join("dbs/db/ltx");
+    let newest = ltx_dir.join(ltx::filename(pos.txid, pos.txid));
+    assert!(
+        newest.exists(),
+        "the commit through ltx/next named its file"
+    );
+    let committed = read(primary.db.database_path());
+    wait_next_ltx_file(&primary.db);
+    drop(primary);
+
+    // A crash before the directory holding the rename reached the disk:
+    // the file is still `next`.
+    fs::rename(&newest, ltx_dir.join("next")).unwrap();
+    let store = Store::open(&data).unwrap();
+    let db = store.db("db").unwrap();
+    assert_eq!(db.pos(), pos);
+    assert!(newest.exists(), "recovery gave the file its name");
+    assert!(!ltx_dir.join("next").exists());
+    assert!(read(db.database_path()) == committed);
+}
+
+#[test]
+fn an_unfinished_or_stale_next_ltx_file_is_deleted_at_open_an_empty_one_kept() {
+    let _page_cache = sqlite_shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (primary, _) = three_transactions(&data);
+    let pos = primary.db.pos();
+    wait_next_ltx_file(&primary.db);
+    drop(primary);
+    let ltx_dir = data.join("dbs/db/ltx");
+    let newest = fs::read(ltx_dir.join(ltx::filename(pos.txid, pos.txid))).unwrap();
+    let older = fs::read(ltx_dir.join(ltx::filename(pos.txid - 1, pos.txid - 1))).unwrap();
+    let _ = fs::remove_file(ltx_dir.join("next"));
+    let files_before = fs::read_dir(&ltx_dir).unwrap().count();
+    // Torn (a commit cut short), and whole but not the next TXID.
+    for content in [newest[..newest.len() / 2].to_vec(), older] {
+        fs::write(ltx_dir.join("next"), &content).unwrap();
+        let store = Store::open(&data).unwrap();
+        assert_eq!(store.db("db").unwrap().pos(), pos);
+        assert!(!ltx_dir.join("next").exists());
+        assert_eq!(fs::read_dir(&ltx_dir).unwrap().count(), files_before);
+    }
+    // Empty (made, never filled): kept for the next commit.
+    fs::write(ltx_dir.join("next"), b"").unwrap();
+    let store = Store::open(&data).unwrap();
+    assert_eq!(store.db("db").unwrap().pos(), pos);
+    assert_eq!(fs::metadata(ltx_dir.join("next")).unwrap().len(), 0);
+}

@@ -51,7 +51,9 @@ impl Db {
         let mut state = self.lock();
         self.check_write(&mut state, offset, data)?;
         self.ensure_ltx_space(&mut state, offset, data)?;
-        self.save_free_pages(&mut state, offset, data.len() as u64)
+        self.save_free_pages(&mut state, offset, data.len() as u64)?;
+        self.slot.request();
+        Ok(())
     }
 
     fn check_write(&self, state: &mut State, offset: u64, data: &[u8]) -> Result<(), Error> {
@@ -333,21 +335,11 @@ impl Db {
             ..ltx::Header::default()
         };
         let final_path = self.ltx_dir.join(ltx::filename(txid, txid));
-        let ltx_bytes = self.write_ltx(&final_path, &header, &file, &change)?;
-        // Durable before the position moves: should the directory sync
-        // fail (a full disk, an I/O error), the file goes again and the
-        // transaction is not recorded; the journal is still there, so
-        // SQLite rolls it back.
-        if let Err(err) = sync_dir(&self.ltx_dir) {
-            if let Err(rm) = fs::remove_file(&final_path) {
-                log::error!(
-                    "database {}: cannot remove {} after its directory sync failed: {rm}",
-                    self.name,
-                    final_path.display()
-                );
-            }
-            return Err(err);
-        }
+        let ltx_bytes = match self.slot.take() {
+            // Its name is durable already (`slot.rs`).
+            Some(next) => self.fill_slot(next, &final_path, &header, &file, &change)?,
+            None => self.write_ltx_synced(&final_path, &header, &file, &change)?,
+        };
         change.apply_to(state);
         state.pos = Position {
             txid,
@@ -355,6 +347,7 @@ impl Db {
         };
         self.refresh_freelist(state, &file, &shape, &change);
         state.end_transaction(&self.name);
+        self.slot.request();
         crate::metrics::commit(&self.name, ltx_bytes);
         Ok(Commit {
             position: Some(state.pos),
@@ -437,18 +430,62 @@ impl Db {
         }
     }
 
-    /// Writes the pages of `change`, read from the database file, as an LTX
-    /// file at `path`, fsynced; returns its length in bytes (for the metrics).
-    fn write_ltx(
+    /// Writes the pages of `change`, read from the database file, as a new
+    /// LTX file at `path`, fsynced, its directory too; returns its length
+    /// in bytes (for the metrics).
+    fn write_ltx_synced(
         &self,
         path: &Path,
         header: &ltx::Header,
         database: &File,
         change: &Change,
     ) -> Result<u64, Error> {
-        self.write_change(path, header, change, true, |pgno, page| {
+        let len = self.write_change(path, header, change, true, |pgno, page| {
             self.read_page(database, pgno, page)
-        })
+        })?;
+        // Durable before the position moves: should the directory sync
+        // fail (a full disk, an I/O error), the file goes again and the
+        // transaction is not recorded; the journal is still there, so
+        // SQLite rolls it back.
+        if let Err(err) = sync_dir(&self.ltx_dir) {
+            if let Err(rm) = fs::remove_file(path) {
+                log::error!(
+                    "database {}: cannot remove {} after its directory sync failed: {rm}",
+                    self.name,
+                    path.display()
+                );
+            }
+            return Err(err);
+        }
+        Ok(len)
+    }
+
+    /// Like [`Db::write_ltx_synced`], into `next`, the empty `ltx/next`
+    /// whose name is durable (`slot.rs`): fsynced, then renamed to `path`.
+    /// On failure `next` is removed.
+    fn fill_slot(
+        &self,
+        next: File,
+        path: &Path,
+        header: &ltx::Header,
+        database: &File,
+        change: &Change,
+    ) -> Result<u64, Error> {
+        let slot = self.slot.path();
+        let filled = self
+            .encode_change(&next, path, header, change, true, |pgno, page| {
+                self.read_page(database, pgno, page)
+            })
+            .and_then(|len| {
+                fs::rename(slot, path).map(|()| len).map_err(io_error(
+                    format!("naming the new LTX file of database {}", self.name),
+                    path,
+                ))
+            });
+        if filled.is_err() {
+            self.slot.discard();
+        }
+        filled
     }
 
     /// Writes the pages of `change` as the LTX file `path`, each read
@@ -468,41 +505,7 @@ impl Db {
             format!("creating an LTX file of database {}", self.name),
             path,
         ))?;
-        let written = (|| {
-            let file = &new.file;
-            let ltx_error = self.ltx_error(path);
-            let mut encoder =
-                ltx::LtxEncoder::new(BufWriter::with_capacity(LTX_BUFFER, file), header)
-                    .map_err(ltx_error)?;
-            let mut page = vec![0u8; header.page_size as usize];
-            for &(pgno, checksum) in &change.pages {
-                read(pgno, &mut page)?;
-                if ltx::page_checksum(pgno, &page) != checksum {
-                    return Err(Error::Changed {
-                        db: self.name.clone(),
-                        reason: format!(
-                            "page {pgno} changed while TXID {:016x} was being recorded",
-                            header.max_txid
-                        ),
-                    });
-                }
-                encoder.encode_page(pgno, &page).map_err(ltx_error)?;
-            }
-            let (writer, _) = encoder.finish(change.checksum).map_err(ltx_error)?;
-            let file = writer
-                .into_inner()
-                .map_err(|err| io_error("writing the LTX file", path)(err.into_error()))?;
-            if sync {
-                file.sync_all().map_err(io_error(
-                    format!("syncing an LTX file of database {}", self.name),
-                    path,
-                ))?;
-            }
-            // Only the metrics want the length: should fstat fail, they
-            // miss these bytes rather than the commit failing.
-            Ok(file.metadata().map_or(0, |md| md.len()))
-        })();
-        match written {
+        match self.encode_change(&new.file, path, header, change, sync, read) {
             Ok(len) => {
                 new.publish(path).map_err(io_error(
                     format!("naming the new LTX file of database {}", self.name),
@@ -515,5 +518,48 @@ impl Db {
                 Err(err)
             }
         }
+    }
+
+    /// Writes the pages of `change` into the empty `file`, to become the
+    /// LTX file `path`, as [`Db::write_change`] says; returns its length.
+    fn encode_change(
+        &self,
+        file: &File,
+        path: &Path,
+        header: &ltx::Header,
+        change: &Change,
+        sync: bool,
+        read: impl Fn(u32, &mut [u8]) -> Result<(), Error>,
+    ) -> Result<u64, Error> {
+        let ltx_error = self.ltx_error(path);
+        let mut encoder = ltx::LtxEncoder::new(BufWriter::with_capacity(LTX_BUFFER, file), header)
+            .map_err(ltx_error)?;
+        let mut page = vec![0u8; header.page_size as usize];
+        for &(pgno, checksum) in &change.pages {
+            read(pgno, &mut page)?;
+            if ltx::page_checksum(pgno, &page) != checksum {
+                return Err(Error::Changed {
+                    db: self.name.clone(),
+                    reason: format!(
+                        "page {pgno} changed while TXID {:016x} was being recorded",
+                        header.max_txid
+                    ),
+                });
+            }
+            encoder.encode_page(pgno, &page).map_err(ltx_error)?;
+        }
+        let (writer, _) = encoder.finish(change.checksum).map_err(ltx_error)?;
+        let file = writer
+            .into_inner()
+            .map_err(|err| io_error("writing the LTX file", path)(err.into_error()))?;
+        if sync {
+            file.sync_all().map_err(io_error(
+                format!("syncing an LTX file of database {}", self.name),
+                path,
+            ))?;
+        }
+        // Only the metrics want the length: should fstat fail, they
+        // miss these bytes rather than the commit failing.
+        Ok(file.metadata().map_or(0, |md| md.len()))
     }
 }

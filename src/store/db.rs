@@ -13,9 +13,10 @@ use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::queue::Queue;
+use super::slot::Slot;
 use super::undo::UndoLog;
 use super::{io_error, page_offset, Error, Freelist, PageChecksums, Position};
 use crate::ltx;
@@ -38,6 +39,8 @@ pub struct Db {
     /// Position, checksums and the transaction in progress. Held for a
     /// whole commit or apply.
     state: Mutex<State>,
+    /// `ltx/next`, the next LTX file made ahead of its commit (`slot.rs`).
+    pub(super) slot: Arc<Slot>,
     /// Received LTX files waiting to be applied (`queue.rs`). Never held
     /// while waiting for `state`, except to read the position.
     pub(super) queue: Mutex<Queue>,
@@ -216,6 +219,7 @@ impl Db {
             &ltx_dir,
         ))?;
         let undo_path = dir.join("undo");
+        let slot = Arc::new(Slot::new(&ltx_dir));
         let mut db = Db {
             name: name.to_string(),
             database_path: dir.join("database"),
@@ -224,6 +228,7 @@ impl Db {
             shm_path: dir.join("shm"),
             ltx_dir,
             state: Mutex::new(State::new(undo_path.clone())),
+            slot,
             queue: Mutex::new(Queue::default()),
             undo_path,
             dir,

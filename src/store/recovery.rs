@@ -36,6 +36,7 @@ impl Db {
     /// [`Error::Damaged`] otherwise (see `damage.rs`).
     pub(super) fn recover(&self) -> Result<State, Error> {
         self.remove_temp_files()?;
+        self.recover_slot()?;
         self.finish_pending_apply()?;
         // Sealed by a step-down (`Db::seal_wal`); whoever is primary now,
         // litefs itself may have to write it.
