@@ -108,6 +108,7 @@ impl Slot {
         let made = OpenOptions::new()
             .write(true)
             .create(true)
+            .truncate(false)
             .mode(0o644)
             .open(&self.path)
             .and_then(|file| {
