@@ -14,7 +14,8 @@
 //! ```
 //!
 //! `single` prints, for the mount and the plain directory, single-row write
-//! transactions per second (journal_mode=DELETE, synchronous=FULL), bulk
+//! transactions per second (journal_mode DELETE, TRUNCATE and PERSIST, each
+//! with synchronous=FULL; WAL with NORMAL and FULL), bulk
 //! insert rows per second and full-scan reads per second, with the ratio
 //! mount/plain, each the median of `--rounds` rounds (default 3) that
 //! alternate which directory goes first, then the daemon's peak RSS.
@@ -156,6 +157,8 @@ fn parse_args() -> Result<Args, String> {
 /// Figures for one directory.
 struct Figures {
     writes_per_sec: f64,
+    truncate_per_sec: f64,
+    persist_per_sec: f64,
     wal_normal_per_sec: f64,
     wal_full_per_sec: f64,
     rows_per_sec: f64,
@@ -163,22 +166,35 @@ struct Figures {
 }
 
 fn open(dir: &Path, name: &str) -> rusqlite::Result<Connection> {
+    open_in_mode(dir, name, "DELETE")
+}
+
+fn open_in_mode(dir: &Path, name: &str, journal_mode: &str) -> rusqlite::Result<Connection> {
     let path = dir.join(name);
     let conn = Connection::open(path)?;
-    conn.execute_batch("PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL;")?;
+    conn.query_row(&format!("PRAGMA journal_mode={journal_mode}"), [], |_| {
+        Ok(())
+    })?;
+    conn.execute_batch("PRAGMA synchronous=FULL;")?;
     Ok(conn)
 }
 
-fn run_single(dir: &Path, args: &Args) -> rusqlite::Result<Figures> {
-    // Single-row write transactions.
-    let conn = open(dir, "bench-writes.db")?;
+/// Single-row write transactions per second in the rollback-journal mode
+/// `journal_mode`, synchronous=FULL.
+fn journal_writes(dir: &Path, name: &str, journal_mode: &str, count: u32) -> rusqlite::Result<f64> {
+    let conn = open_in_mode(dir, name, journal_mode)?;
     conn.execute_batch("DROP TABLE IF EXISTS t; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")?;
     let start = Instant::now();
-    for i in 0..args.writes {
+    for i in 0..count {
         conn.execute("INSERT INTO t(v) VALUES(?1)", [format!("row {i}")])?;
     }
-    let writes_per_sec = args.writes as f64 / start.elapsed().as_secs_f64();
-    drop(conn);
+    Ok(count as f64 / start.elapsed().as_secs_f64())
+}
+
+fn run_single(dir: &Path, args: &Args) -> rusqlite::Result<Figures> {
+    let writes_per_sec = journal_writes(dir, "bench-writes.db", "DELETE", args.writes)?;
+    let truncate_per_sec = journal_writes(dir, "bench-truncate.db", "TRUNCATE", args.writes)?;
+    let persist_per_sec = journal_writes(dir, "bench-persist.db", "PERSIST", args.writes)?;
     let wal_normal_per_sec = wal_writes(dir, "bench-wal-normal.db", "NORMAL", args.writes * 4)?;
     let wal_full_per_sec = wal_writes(dir, "bench-wal-full.db", "FULL", args.writes)?;
 
@@ -212,6 +228,8 @@ fn run_single(dir: &Path, args: &Args) -> rusqlite::Result<Figures> {
     let scans_per_sec = scans as f64 / start.elapsed().as_secs_f64();
     Ok(Figures {
         writes_per_sec,
+        truncate_per_sec,
+        persist_per_sec,
         wal_normal_per_sec,
         wal_full_per_sec,
         rows_per_sec,
@@ -257,6 +275,8 @@ fn median_figures(rounds: &[Figures]) -> Figures {
     let of = |figure: fn(&Figures) -> f64| median(&rounds.iter().map(figure).collect::<Vec<_>>());
     Figures {
         writes_per_sec: of(|f| f.writes_per_sec),
+        truncate_per_sec: of(|f| f.truncate_per_sec),
+        persist_per_sec: of(|f| f.persist_per_sec),
         wal_normal_per_sec: of(|f| f.wal_normal_per_sec),
         wal_full_per_sec: of(|f| f.wal_full_per_sec),
         rows_per_sec: of(|f| f.rows_per_sec),
@@ -294,6 +314,16 @@ fn single(args: &Args) -> Result<(), String> {
             "single-row write txns/s (DELETE, FULL)",
             mount.writes_per_sec,
             plain.writes_per_sec,
+        ),
+        (
+            "single-row write txns/s (TRUNCATE, FULL)",
+            mount.truncate_per_sec,
+            plain.truncate_per_sec,
+        ),
+        (
+            "single-row write txns/s (PERSIST, FULL)",
+            mount.persist_per_sec,
+            plain.persist_per_sec,
         ),
         (
             "single-row write txns/s (WAL, NORMAL)",
