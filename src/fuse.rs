@@ -488,31 +488,25 @@ fn is_journal_header(data: &[u8]) -> bool {
     data.len() >= sqlite::JOURNAL_MAGIC.len() && data[..8] == sqlite::JOURNAL_MAGIC
 }
 
+/// The first (up to) 8 bytes of the journal at `path` and how many there
+/// are; `None` when it cannot be read (most often: it does not exist).
+fn journal_head(path: &Path) -> Option<([u8; 8], usize)> {
+    let mut head = [0u8; 8];
+    let len = File::open(path).ok()?.read_at(&mut head, 0).ok()?;
+    Some((head, len))
+}
+
 /// Reads the first bytes of a journal on disk to see if it holds a live
 /// transaction (for example a hot journal SQLite is about to play back).
 fn journal_on_disk_is_live(path: &Path) -> bool {
-    let mut magic = [0u8; 8];
-    match File::open(path) {
-        Ok(f) => f.read_exact_at(&mut magic, 0).is_ok() && magic == sqlite::JOURNAL_MAGIC,
-        Err(_) => false,
-    }
+    journal_head(path).is_some_and(|(head, _)| head == sqlite::JOURNAL_MAGIC)
 }
 
 /// Whether the journal at `path` exists and ended its transaction the way
 /// litefs (`LitefsFs::hide_journal`) or SQLite's TRUNCATE and PERSIST
 /// modes end one: empty, or its header zeroed.
 fn journal_is_ended(path: &Path) -> bool {
-    let Ok(file) = File::open(path) else {
-        return false;
-    };
-    let mut magic = [0u8; 8];
-    match file.read_exact_at(&mut magic, 0) {
-        Ok(()) => magic == [0u8; 8],
-        Err(err) => {
-            err.kind() == std::io::ErrorKind::UnexpectedEof
-                && file.metadata().is_ok_and(|md| md.len() == 0)
-        }
-    }
+    journal_head(path).is_some_and(|(head, len)| len == 0 || (len == 8 && head == [0u8; 8]))
 }
 
 /// Whether the request comes from a thread of this process. The kernel

@@ -51,9 +51,7 @@ impl Db {
         let mut state = self.lock();
         self.check_write(&mut state, offset, data)?;
         self.ensure_ltx_space(&mut state, offset, data)?;
-        self.save_free_pages(&mut state, offset, data.len() as u64)?;
-        self.slot.request();
-        Ok(())
+        self.save_free_pages(&mut state, offset, data.len() as u64)
     }
 
     fn check_write(&self, state: &mut State, offset: u64, data: &[u8]) -> Result<(), Error> {
@@ -347,6 +345,8 @@ impl Db {
         };
         self.refresh_freelist(state, &file, &shape, &change);
         state.end_transaction(&self.name);
+        // The next commit's file, made while SQLite prepares that commit
+        // (the first commit after start-up makes its own).
         self.slot.request();
         crate::metrics::commit(&self.name, ltx_bytes);
         Ok(Commit {

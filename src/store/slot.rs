@@ -17,8 +17,8 @@
 //! while no `File` for it is held here and none was asked for; a commit
 //! takes the `File` out (under the database's state lock) and, until it
 //! has renamed or removed it, no new one is asked for, because asking
-//! happens under the same state lock (`Db::before_write`, the end of a
-//! commit). So the maker never creates `next` while a commit writes it.
+//! happens under the same state lock (at the end of a commit). So the
+//! maker never creates `next` while a commit writes it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
