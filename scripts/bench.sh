@@ -278,6 +278,19 @@ speedtest_mode() {
   echo "(1-min load average before/after: $load_before / $(cut -d' ' -f1 /proc/loadavg); other work on the machine skews both columns)"
 }
 
+# How this machine's idle CPUs wake, which sets what a FUSE round trip
+# costs: on a VM whose cpuidle driver is haltpoll with guest_halt_poll_ns=0,
+# every request wakes a halted virtual CPU (README, "Where the time goes").
+cpu_idle_setting() {
+  local driver poll=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+  driver=$(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo none)
+  if [ "$driver" = haltpoll ] && [ -r "$poll" ]; then
+    echo "cpuidle driver haltpoll, guest_halt_poll_ns=$(cat "$poll")"
+  else
+    echo "cpuidle driver $driver"
+  fi
+}
+
 # The whole section, on the primary in $st_dir (pid st_node_pid). Returns
 # non-zero when a run failed (after printing why).
 speedtest_section() {
@@ -288,6 +301,7 @@ speedtest_section() {
   echo "litefs: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')$(
     [ -n "$(git -C "$root" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ] &&
       echo ' + uncommitted changes in src/')"
+  echo "cpu idle: $(cpu_idle_setting)"
   local failed=0
   if ! speedtest_mode delete; then
     echo
