@@ -81,6 +81,9 @@ pub struct LitefsFs {
     /// Databases whose journal holds a live header: a write transaction is
     /// under way, and the journal's end will be its commit.
     active_journals: Arc<Mutex<HashSet<String>>>,
+    /// Databases whose journal ended a recorded transaction (zeroed header
+    /// or truncated) and has not been written since: see `journal_ended`.
+    ended_journals: Mutex<HashSet<String>>,
     /// Databases whose journal SQLite deleted while litefs kept its
     /// backing file, emptied: shown as absent until SQLite creates it again.
     hidden_journals: Mutex<HashSet<String>>,
@@ -126,6 +129,7 @@ impl LitefsFs {
             next_fh: AtomicU64::new(1),
             active_journals: Arc::new(Mutex::new(HashSet::new())),
             changed_dirs: Mutex::new(HashSet::new()),
+            ended_journals: Mutex::new(HashSet::new()),
             wals,
             passthrough: passthrough::Passthrough::default(),
             watcher,
@@ -197,6 +201,40 @@ impl LitefsFs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(db)
+    }
+
+    /// Whether `db`'s journal has ended a transaction litefs recorded (its
+    /// header zeroed in PERSIST mode, truncated in TRUNCATE mode) and has
+    /// not been written since. SQLite syncs it then only so that its end
+    /// survives a power loss, which litefs does not need: the transaction's
+    /// LTX file is already on disk, and a journal that comes back whole
+    /// after a power loss is one whose transaction start-up recovery finds
+    /// recorded (the database's checksum is the newest LTX file's), so it
+    /// deletes the journal instead of rolling it back
+    /// (`Db::recover_journal`). Such a sync is answered without a disk
+    /// flush. Every sync before the end (the journal's records, then its
+    /// header) is passed through: the journal is written in between.
+    fn journal_ended(&self, db: &str) -> bool {
+        self.role.is_primary()
+            && self
+                .ended_journals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(db)
+    }
+
+    /// Notes that `db`'s journal ended a recorded transaction (`ended`), or
+    /// was opened or written since (`!ended`).
+    fn set_journal_ended(&self, db: &str, ended: bool) {
+        let mut set = self
+            .ended_journals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if ended {
+            set.insert(db.to_string());
+        } else if !set.is_empty() {
+            set.remove(db);
+        }
     }
 
     fn set_journal_active(&self, db: &str, active: bool) {
@@ -309,6 +347,7 @@ impl LitefsFs {
             }
         }
         self.set_journal_active(db.name(), false);
+        self.set_journal_ended(db.name(), true);
         Ok(())
     }
 

@@ -420,3 +420,69 @@ fn litefs_raises_its_open_file_limit_to_the_hard_limit() {
     // "Max open files <soft> <hard> files"
     assert_eq!(fields[3], fields[4], "{line}");
 }
+
+/// The sync SQLite makes after a PERSIST or TRUNCATE journal has ended a
+/// recorded transaction is answered without a disk flush (see
+/// `journal_ended` in src/fuse.rs). What a power loss could then do is
+/// bring the journal back as it was before its end: hot, with its header
+/// live. This puts the header back by hand after a crash and checks that
+/// start-up finds the transaction recorded and deletes the journal rather
+/// than rolling the committed transaction back.
+#[test]
+fn a_journal_whose_end_was_not_synced_is_deleted_not_rolled_back() {
+    for mode in ["PERSIST", "TRUNCATE"] {
+        let dir = temp_dir("journal-end");
+        let mut node = Node::start_in(dir.path(), "");
+        let db = node.db("e.db");
+        sqlite3_ok(
+            &db,
+            &format!(
+                "PRAGMA journal_mode={mode};
+                 CREATE TABLE t(i INTEGER PRIMARY KEY, v BLOB);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<300)
+                 INSERT INTO t SELECT i, randomblob(1000) FROM n;"
+            ),
+        );
+        let journal = node.data_db("e.db").with_file_name("journal");
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode={mode}; PRAGMA synchronous=FULL;
+             PRAGMA cache_size=10; PRAGMA cache_spill=10;
+             BEGIN; UPDATE t SET v = randomblob(1000);"
+        ))
+        .unwrap();
+        // The cache spilled: the journal is live, synced, with its header.
+        let live = std::fs::read(&journal).unwrap();
+        assert_eq!(
+            &live[..8],
+            &[0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7]
+        );
+        conn.execute_batch("COMMIT").unwrap();
+        let rows = "SELECT count(*), sum(length(v)), group_concat(hex(substr(v, 1, 8))) FROM t;";
+        let committed = sqlite3_ok(&db, rows);
+        let pos = node.pos("e.db");
+        drop(conn);
+        node.kill9();
+
+        // The power loss: the journal's end never reached the disk.
+        let mut back = std::fs::read(&journal).unwrap_or_default();
+        if back.len() < live.len() {
+            back = live.clone();
+        } else {
+            back[..512].copy_from_slice(&live[..512]);
+        }
+        std::fs::write(&journal, &back).unwrap();
+
+        node.restart();
+        assert_eq!(node.pos("e.db"), pos, "journal_mode={mode}");
+        assert_eq!(sqlite3_ok(&db, rows), committed, "journal_mode={mode}");
+        assert!(
+            node.log_text().contains("already recorded"),
+            "journal_mode={mode}: {}",
+            node.log_text()
+        );
+        assert_eq!(sqlite3_ok(&db, "PRAGMA integrity_check;"), "ok\n");
+        assert_replay_identical(&node, "e.db");
+        node.stop();
+    }
+}

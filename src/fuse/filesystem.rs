@@ -460,6 +460,9 @@ impl Filesystem for LitefsFs {
                 return reply.error(self.store_errno(&handle.db, "cannot sync the undo log", &e));
             }
         }
+        if handle.kind == FileKind::Journal && self.journal_ended(handle.db.name()) {
+            return reply.ok();
+        }
         let res = if datasync {
             file.sync_data()
         } else {

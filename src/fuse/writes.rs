@@ -66,6 +66,7 @@ impl LitefsFs {
                 }
             }
             FileKind::Journal if offset == 0 => {
+                self.set_journal_ended(db.name(), false);
                 if is_journal_header(data) {
                     self.set_journal_active(db.name(), true);
                 } else if data.len() >= 8 && data[..8].iter().all(|b| *b == 0) {
@@ -73,6 +74,7 @@ impl LitefsFs {
                     self.commit(db)?;
                 }
             }
+            FileKind::Journal => self.set_journal_ended(db.name(), false),
             FileKind::Wal => self.wals.write_allowed(db, offset)?,
             _ => {}
         }
@@ -188,6 +190,7 @@ impl LitefsFs {
                 self.wals.forget_db(db.name());
                 for set in [
                     &self.hidden_journals,
+                    &self.ended_journals,
                     &self.changed_dirs,
                     &*self.active_journals,
                 ] {
