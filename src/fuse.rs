@@ -197,10 +197,7 @@ impl LitefsFs {
     }
 
     fn journal_active(&self, db: &str) -> bool {
-        self.active_journals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(db)
+        has_name(&self.active_journals, db)
     }
 
     /// Whether `db`'s journal has ended a transaction litefs recorded (its
@@ -215,38 +212,17 @@ impl LitefsFs {
     /// flush. Every sync before the end (the journal's records, then its
     /// header) is passed through: the journal is written in between.
     fn journal_ended(&self, db: &str) -> bool {
-        self.role.is_primary()
-            && self
-                .ended_journals
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(db)
+        self.role.is_primary() && has_name(&self.ended_journals, db)
     }
 
     /// Notes that `db`'s journal ended a recorded transaction (`ended`), or
-    /// was opened or written since (`!ended`).
+    /// was written since (`!ended`).
     fn set_journal_ended(&self, db: &str, ended: bool) {
-        let mut set = self
-            .ended_journals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if ended {
-            set.insert(db.to_string());
-        } else if !set.is_empty() {
-            set.remove(db);
-        }
+        set_name(&self.ended_journals, db, ended);
     }
 
     fn set_journal_active(&self, db: &str, active: bool) {
-        let mut set = self
-            .active_journals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if active {
-            set.insert(db.to_string());
-        } else {
-            set.remove(db);
-        }
+        set_name(&self.active_journals, db, active);
     }
 
     /// Logs a request litefs does not support, at debug and once per kind:
@@ -284,10 +260,7 @@ impl LitefsFs {
 
     /// Whether `db`'s journal is one litefs kept after SQLite deleted it.
     fn journal_hidden(&self, db: &str) -> bool {
-        self.hidden_journals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(db)
+        has_name(&self.hidden_journals, db)
     }
 
     /// SQLite deletes the journal (journal_mode=DELETE) once the
@@ -311,19 +284,13 @@ impl LitefsFs {
         } else {
             journal.write_all_at(&[0u8; sqlite::JOURNAL_HEADER_SIZE], 0)?;
         }
-        self.hidden_journals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(db.name().to_string());
+        set_name(&self.hidden_journals, db.name(), true);
         Ok(())
     }
 
     /// SQLite created the journal again: show it.
     fn show_journal(&self, db: &str) {
-        self.hidden_journals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(db);
+        set_name(&self.hidden_journals, db, false);
     }
 
     /// The journal is ending: record the transaction before it goes away.
@@ -515,6 +482,21 @@ pub(crate) fn io_errno(e: &std::io::Error) -> Errno {
         Some(libc::EDQUOT) => Errno::ENOSPC,
         Some(code) => Errno::from_i32(code),
         None => Errno::EIO,
+    }
+}
+
+/// Whether the set of database names holds `db`.
+fn has_name(set: &Mutex<HashSet<String>>, db: &str) -> bool {
+    set.lock().unwrap_or_else(|e| e.into_inner()).contains(db)
+}
+
+/// Puts `db` in the set of database names, or takes it out.
+fn set_name(set: &Mutex<HashSet<String>>, db: &str, present: bool) {
+    let mut set = set.lock().unwrap_or_else(|e| e.into_inner());
+    if present {
+        set.insert(db.to_string());
+    } else {
+        set.remove(db);
     }
 }
 
