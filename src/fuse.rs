@@ -82,7 +82,8 @@ pub struct LitefsFs {
     /// under way, and the journal's end will be its commit.
     active_journals: Arc<Mutex<HashSet<String>>>,
     /// Databases whose journal ended a recorded transaction (zeroed header
-    /// or truncated) and has not been written since: see `journal_ended`.
+    /// or truncated) and no new transaction has written its header since:
+    /// see `journal_ended`.
     ended_journals: Mutex<HashSet<String>>,
     /// Databases whose journal SQLite deleted while litefs kept its
     /// backing file, emptied: shown as absent until SQLite creates it again.
@@ -201,13 +202,13 @@ impl LitefsFs {
     }
 
     /// Whether `db`'s journal has ended a transaction litefs recorded (its
-    /// header zeroed in PERSIST mode, truncated in TRUNCATE mode) and has
-    /// not been written since. SQLite syncs it then only so that its end
-    /// survives a power loss, which litefs does not need: the transaction's
-    /// LTX file is already on disk, and a journal that comes back whole
-    /// after a power loss is one whose transaction start-up recovery finds
-    /// recorded (the database's checksum is the newest LTX file's), so it
-    /// deletes the journal instead of rolling it back
+    /// header zeroed in PERSIST mode, truncated in TRUNCATE mode) and no
+    /// new transaction has started in it. SQLite syncs it then only so that
+    /// its end survives a power loss, which litefs does not need: the
+    /// transaction's LTX file is already on disk, and a journal that comes
+    /// back whole after a power loss is one whose transaction start-up
+    /// recovery finds recorded (the database's checksum is the newest LTX
+    /// file's), so it deletes the journal instead of rolling it back
     /// (`Db::recover_journal`). Such a sync is answered without a disk
     /// flush. Every sync before the end (the journal's records, then its
     /// header) is passed through: the journal is written in between.
@@ -216,7 +217,7 @@ impl LitefsFs {
     }
 
     /// Notes that `db`'s journal ended a recorded transaction (`ended`), or
-    /// was written since (`!ended`).
+    /// that a new transaction wrote its header (`!ended`).
     fn set_journal_ended(&self, db: &str, ended: bool) {
         set_name(&self.ended_journals, db, ended);
     }

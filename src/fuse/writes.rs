@@ -66,6 +66,10 @@ impl LitefsFs {
                 }
             }
             FileKind::Journal if offset == 0 => {
+                // Each transaction's journal starts with its header at 0,
+                // and SQLite syncs a journal only after writing it; so this
+                // is the one place a new transaction can clear the flag (no
+                // lock on the other journal writes).
                 self.set_journal_ended(db.name(), false);
                 if is_journal_header(data) {
                     self.set_journal_active(db.name(), true);
@@ -74,7 +78,6 @@ impl LitefsFs {
                     self.commit(db)?;
                 }
             }
-            FileKind::Journal => self.set_journal_ended(db.name(), false),
             FileKind::Wal => self.wals.write_allowed(db, offset)?,
             _ => {}
         }
