@@ -14,7 +14,7 @@
 //! | cluster token     | `http.token`           | `http.token`              | none                          |
 //! | TLS cert and key  | `http.tls-cert`, `http.tls-key` | (litefs only)    | none: plain HTTP              |
 //! | CA for https URLs | `http.tls-ca`          | (litefs only)             | none: https refused           |
-//! | WAL passthrough   | `fuse.passthrough`     | (litefs only)             | true (where the kernel has it) |
+//! | WAL, journal passthrough | `fuse.passthrough` | (litefs only)      | true (where the kernel has it) |
 //! | lease kind        | consul if `consul:` given | `lease.type`           | static                        |
 //! | may be primary    | —                      | `lease.candidate`         | true                          |
 //! | hostname          | —                      | `lease.hostname`          | this machine's hostname       |
@@ -184,8 +184,9 @@ pub struct FuseConfig {
     pub allow_other: Option<bool>,
     /// `fuse.debug`: log every FUSE request (when `RUST_LOG` is unset).
     pub debug: bool,
-    /// `fuse.passthrough` (litefs only): the primary's WAL passes through
-    /// the kernel to its backing file where the kernel allows it.
+    /// `fuse.passthrough` (litefs only): the primary's WAL and rollback
+    /// journals pass through the kernel to their backing files where the
+    /// kernel allows it.
     pub passthrough: bool,
 }
 

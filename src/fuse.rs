@@ -15,6 +15,7 @@ mod counted;
 mod filesystem;
 mod full;
 mod inodes;
+mod journal;
 mod passthrough;
 mod role;
 mod wal;
@@ -65,7 +66,6 @@ struct Handle {
     file: Option<File>,
     /// The kernel's registration of `file` when it is open in passthrough
     /// (`passthrough.rs`): kept while any handle of the inode is open.
-    #[allow(dead_code)] // held, never read
     backing: Option<Arc<fuser::BackingId>>,
 }
 
@@ -88,10 +88,16 @@ pub struct LitefsFs {
     /// Databases whose journal SQLite deleted while litefs kept its
     /// backing file, emptied: shown as absent until SQLite creates it again.
     hidden_journals: Mutex<HashSet<String>>,
+    /// Databases whose journal was synced with a live header since it was
+    /// opened for writing or its last transaction ended (`journal.rs`).
+    synced_journals: Mutex<HashSet<String>>,
+    /// Databases whose last recorded transaction synced its journal before
+    /// writing the database: their journal may pass through (`journal.rs`).
+    syncing_dbs: Mutex<HashSet<String>>,
     /// What litefs follows of each database's WAL (`wal.rs`), by name.
     wals: Arc<wal::WalFollowers>,
     /// FUSE passthrough of the primary's `-wal` (`passthrough.rs`).
-    passthrough: passthrough::Passthrough,
+    passthrough: Arc<passthrough::Passthrough>,
     /// Wakes on writes to the primary's WALs (`watch.rs`).
     watcher: watch::WalWatcher,
     /// Databases whose backing directory gained or lost an entry since the
@@ -132,9 +138,11 @@ impl LitefsFs {
             changed_dirs: Mutex::new(HashSet::new()),
             ended_journals: Mutex::new(HashSet::new()),
             wals,
-            passthrough: passthrough::Passthrough::default(),
+            passthrough: Arc::default(),
             watcher,
             hidden_journals: Mutex::new(hidden_journals),
+            synced_journals: Mutex::new(HashSet::new()),
+            syncing_dbs: Mutex::new(HashSet::new()),
             no_opendir: false,
             unsupported_seen: Mutex::new(HashSet::new()),
             uid,
@@ -151,6 +159,7 @@ impl LitefsFs {
             notifier: Mutex::new(None),
             files: Mutex::new(HashMap::new()),
             wals: self.wals.clone(),
+            passthrough: self.passthrough.clone(),
         }
     }
 
@@ -302,9 +311,13 @@ impl LitefsFs {
         match db.commit() {
             Ok(Some(pos)) => {
                 debug!("db {}: committed TXID {}", db.name(), pos);
+                self.journal_committed(db.name(), true);
                 self.recorded();
             }
-            Ok(None) => debug!("db {}: transaction rolled back, no LTX", db.name()),
+            Ok(None) => {
+                debug!("db {}: transaction rolled back, no LTX", db.name());
+                self.journal_committed(db.name(), false);
+            }
             Err(e) => {
                 // The journal stays: SQLite rolls the transaction back.
                 return Err(self.store_errno(

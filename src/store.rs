@@ -36,6 +36,7 @@ mod lost;
 mod publish;
 mod queue;
 mod recovery;
+mod seal;
 mod slot;
 mod snapshot;
 mod space;

@@ -529,6 +529,61 @@ fn a_wal_connection_from_before_a_step_down_cannot_write_after_it() {
     assert_eq!(position(&a, db).0, at_step_down.0 + 1);
 }
 
+/// The same for a rollback journal in passthrough (`src/fuse/journal.rs`):
+/// a connection in exclusive locking mode keeps its journal open; after
+/// the step-down the journal is sealed, so the connection's next
+/// transaction fails at its first journal write and leaves no live header
+/// that would make the journal look hot to the node's readers.
+#[test]
+fn a_journal_connection_from_before_a_step_down_cannot_write_after_it() {
+    let agent = ConsulAgent::start();
+    let dir = temp_dir("failover-journal-seal");
+    let db = "j.db";
+    let consul_link = Proxy::start(port_of(&agent.url));
+    let a = start_consul_node(dir.path(), "node-a", &consul_link.url(), "litefs/jseal");
+    // The first transaction shows that the database syncs its journal.
+    write_when_writable(
+        &a.db(db),
+        "PRAGMA journal_mode=PERSIST; CREATE TABLE t(n INTEGER);",
+        Instant::now(),
+        CATCH_UP,
+        Duration::from_millis(20),
+    );
+    let conn = rusqlite::Connection::open(a.db(db)).unwrap();
+    conn.execute_batch("PRAGMA journal_mode=PERSIST; PRAGMA locking_mode=EXCLUSIVE;")
+        .unwrap();
+    let writes_before = common::fuse_writes(&a);
+    for n in 0..20 {
+        conn.execute("INSERT INTO t VALUES(?1)", [n]).unwrap();
+    }
+    let writes = common::fuse_writes(&a) - writes_before;
+    assert!(
+        writes <= 60,
+        "{writes} FUSE writes: the journal did not pass through"
+    );
+    consul_link.cut();
+    wait_for("node-a to step down", TTL, || !opens_for_writing(&a, db));
+    let at_step_down = position(&a, db);
+    let refused = conn.execute("INSERT INTO t VALUES(1000)", []);
+    assert!(refused.is_err(), "a write on a replica was acknowledged");
+    drop(conn);
+    // No hot journal: the node's readers read.
+    assert_eq!(sqlite3_ok(&a.db(db), "SELECT count(*) FROM t;"), "20\n");
+    assert_eq!(position(&a, db), at_step_down);
+
+    // Back as primary: the journal is writable again.
+    consul_link.heal();
+    write_when_writable(
+        &a.db(db),
+        "PRAGMA journal_mode=PERSIST; INSERT INTO t VALUES(21);",
+        Instant::now(),
+        CATCH_UP,
+        Duration::from_millis(20),
+    );
+    assert_eq!(sqlite3_ok(&a.db(db), "SELECT count(*) FROM t;"), "21\n");
+    assert_eq!(position(&a, db).0, at_step_down.0 + 1);
+}
+
 /// The port of a `http://127.0.0.1:<port>` URL.
 fn port_of(url: &str) -> u16 {
     url.rsplit(':').next().unwrap().parse().unwrap()

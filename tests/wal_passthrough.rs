@@ -8,21 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_replay_identical, open_wal, temp_dir, Node};
-
-/// `litefs_fuse_operations_total{op="write"}` of the node's `/metrics`.
-fn fuse_writes(node: &Node) -> u64 {
-    let url = format!("http://127.0.0.1:{}/metrics", node.port);
-    let body = ureq::get(&url)
-        .call()
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-        .body_mut()
-        .read_to_string()
-        .unwrap();
-    body.lines()
-        .find_map(|l| l.strip_prefix("litefs_fuse_operations_total{op=\"write\"} "))
-        .map_or(0, |v| v.trim().parse().unwrap())
-}
+use common::{assert_replay_identical, fuse_writes, open_wal, temp_dir, Node};
 
 /// LTX files of `db` in the data directory (read directly: reading `-pos`
 /// would make litefs catch up).

@@ -56,6 +56,8 @@ pub struct Applier {
     /// The primary's WAL followers: what the WAL committed is recorded at
     /// step-down.
     pub(super) wals: Arc<super::wal::WalFollowers>,
+    /// The mount's passthrough registrations: is a journal open in it?
+    pub(super) passthrough: Arc<super::passthrough::Passthrough>,
 }
 
 /// The locks that keep SQLite's readers out of one database while litefs
@@ -305,6 +307,7 @@ impl Applier {
         // is folded into it, and a rollback journal is only a journal's.
         self.step_down_wal(db);
         let result = db.abandon_transaction();
+        self.seal_journal(db, journal_ino);
         self.active_journals
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -324,6 +327,26 @@ impl Applier {
             }
         }
         result
+    }
+
+    /// A primary stepping down: a journal open in passthrough (`journal.rs`)
+    /// is sealed like the WAL, so that the connection holding it cannot
+    /// begin a transaction in it on a replica (its header would make the
+    /// journal look hot to every reader here).
+    fn seal_journal(&self, db: &Db, journal_ino: u64) {
+        if !self.passthrough.is_registered(journal_ino) {
+            return;
+        }
+        match db.seal_journal() {
+            Ok(true) => {}
+            Ok(false) => warn!(
+                "db {}: cannot make the journal read-only (no immutable flag on the data \
+                 directory's file system, or no CAP_LINUX_IMMUTABLE): a connection opened \
+                 while this node was primary could still write to it; close it",
+                db.name()
+            ),
+            Err(e) => warn!("db {}: cannot make the journal read-only: {e}", db.name()),
+        }
     }
 
     /// A primary stepping down, for a database in WAL mode: what the WAL
@@ -450,15 +473,18 @@ impl Applier {
         }
     }
 
-    /// On promotion: makes the WAL writable again (`Db::seal_wal`), and
+    /// On promotion: makes the WAL and journal writable again (`seal.rs`), and
     /// removes the empty `-wal` and `-shm` a replica gave a
     /// database that is no longer in WAL mode, so that new connections
     /// use the rollback journal the header names (with `-wal` present,
     /// SQLite would open the WAL whatever the header says).
     pub fn drop_wal_companions(&self, db: &Db) {
-        // Sealed at step-down; the primary's connections write it.
-        if let Err(e) = db.unseal_wal() {
-            warn!("db {}: cannot make the WAL writable again: {e}", db.name());
+        // Sealed at step-down; the primary's connections write them.
+        if let Err(e) = db.unseal_companions() {
+            warn!(
+                "db {}: cannot make the WAL and journal writable again: {e}",
+                db.name()
+            );
         }
         let wal = db.in_wal_mode();
         let empty = |path: &Path| std::fs::metadata(path).is_ok_and(|m| m.len() == 0);

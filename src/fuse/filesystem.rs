@@ -27,10 +27,10 @@ impl Filesystem for LitefsFs {
         self.no_opendir = config
             .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
             .is_ok();
-        // The primary's WAL passes through (`passthrough.rs`). Depth 2 lets
+        // The primary's WAL and journals pass through (`passthrough.rs`). Depth 2 lets
         // the data directory itself be on a stacked file system (overlayfs).
-        if self.passthrough.refused {
-            info!("fuse.passthrough is false: the WAL's writes go through litefs");
+        if self.passthrough.refused() {
+            info!("fuse.passthrough is false: the WAL's and journals' writes go through litefs");
             return Ok(());
         }
         let passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -38,8 +38,8 @@ impl Filesystem for LitefsFs {
         self.passthrough.set_enabled(passthrough);
         if !passthrough {
             info!(
-                "the kernel offers no FUSE passthrough; the WAL's writes go through litefs \
-                 (slower; Linux 6.9 or later has it)"
+                "the kernel offers no FUSE passthrough; the WAL's and journals' writes go \
+                 through litefs (slower; Linux 6.9 or later has it)"
             );
         }
         // FUSE_POSIX_LOCKS is deliberately not asked for: the kernel keeps
@@ -294,6 +294,9 @@ impl Filesystem for LitefsFs {
         if kind == FileKind::Journal && journal_on_disk_is_live(db.journal_path()) {
             self.set_journal_active(db.name(), true);
         }
+        if kind == FileKind::Journal && wants_write(flags) {
+            self.journal_opened_for_writing(db.name());
+        }
         let (open_flags, backing) =
             self.open_mode(&db, kind, flags, &file, |f| reply.open_backing(f));
         match self.add_handle(Handle {
@@ -423,11 +426,20 @@ impl Filesystem for LitefsFs {
         reply: ReplyEmpty,
     ) {
         let reply = Counted::new(FuseOp::Release, reply);
-        self.handles
+        let handle = self
+            .handles
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh.0);
         reply.ok();
+        if let Some(handle) = handle {
+            if handle.kind == FileKind::Journal
+                && handle.backing.is_some()
+                && self.role.is_primary()
+            {
+                self.journal_released(&handle.db);
+            }
+        }
     }
 
     fn fsync(
@@ -460,8 +472,12 @@ impl Filesystem for LitefsFs {
                 return reply.error(self.store_errno(&handle.db, "cannot sync the undo log", &e));
             }
         }
-        if handle.kind == FileKind::Journal && self.journal_ended(handle.db.name()) {
-            return reply.ok();
+        if handle.kind == FileKind::Journal && self.role.is_primary() {
+            match self.journal_fsync(&handle.db) {
+                Ok(true) => return reply.ok(),
+                Ok(false) => {}
+                Err(e) => return reply.error(e),
+            }
         }
         let res = if datasync {
             file.sync_data()
@@ -654,6 +670,7 @@ impl Filesystem for LitefsFs {
         };
         if kind == FileKind::Journal {
             self.show_journal(db.name());
+            self.journal_opened_for_writing(db.name());
         }
         if !existed {
             self.mark_dir_changed(db.name());

@@ -1,17 +1,22 @@
-//! FUSE passthrough of a primary's `-wal` (Linux 6.9+, `FUSE_PASSTHROUGH`):
-//! SQLite's reads and writes of the WAL go from the kernel straight to the
-//! backing file, with no round trip to litefs per frame, and litefs
-//! follows the committed frames from that file instead (`wal.rs`).
+//! FUSE passthrough (Linux 6.9+, `FUSE_PASSTHROUGH`) of a primary's
+//! `-wal` and rollback journal: SQLite's reads and writes of them go from
+//! the kernel straight to the backing file, with no round trip to litefs
+//! per frame or journal record. litefs follows the committed frames from
+//! the WAL itself (`wal.rs`) and learns a journal's transaction bounds
+//! from what still reaches it (`journal.rs`, which also says when a
+//! journal may pass through).
 //!
 //! Opens for writing on the primary register the backing file. While one
 //! is registered, the kernel refuses (EINVAL) any open of the inode that
 //! does not pass through with the same `BackingId` (kept here while any
 //! handle holds it), so every open then uses it; while none is, opens of
-//! a `-wal` are direct I/O, which never stands in the way of a later
+//! these files are direct I/O, which never stands in the way of a later
 //! passthrough open (cached pages would).
 //!
 //! Registering a backing file needs CAP_SYS_ADMIN; without it, or on an
-//! older kernel, the WAL's writes go through litefs as before (one WARN).
+//! older kernel, the writes go through litefs as before (one WARN). The
+//! kernel also refuses passthrough on a mount with FUSE_WRITEBACK_CACHE,
+//! which litefs therefore does not ask for (see the README).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -29,7 +34,7 @@ use crate::store::Db;
 #[derive(Debug, Default)]
 pub(super) struct Passthrough {
     /// The configuration turned it off (`fuse.passthrough: false`).
-    pub(super) refused: bool,
+    refused: AtomicBool,
     /// The kernel granted FUSE_PASSTHROUGH and registering works.
     enabled: AtomicBool,
     /// The backing file of each inode open in passthrough. The lock is
@@ -44,8 +49,20 @@ impl Passthrough {
         self.enabled.store(enabled, Ordering::Relaxed);
     }
 
+    /// The configuration turned passthrough off.
+    pub(super) fn refused(&self) -> bool {
+        self.refused.load(Ordering::Relaxed)
+    }
+
     pub(super) fn enabled(&self) -> bool {
         self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Whether inode `ino` has a backing file registered: a handle of it
+    /// is open in passthrough.
+    pub(super) fn is_registered(&self, ino: u64) -> bool {
+        let by_ino = self.by_ino.lock().unwrap_or_else(|e| e.into_inner());
+        by_ino.get(&ino).is_some_and(|weak| weak.strong_count() > 0)
     }
 
     /// The backing id of inode `ino`, whose backing file is `file`:
@@ -78,8 +95,9 @@ impl Passthrough {
             Err(e) => {
                 self.set_enabled(false);
                 warn!(
-                    "FUSE passthrough is unavailable ({e}); the WAL's writes go through litefs, \
-                     which is slower (passthrough needs Linux 6.9 or later and CAP_SYS_ADMIN)"
+                    "FUSE passthrough is unavailable ({e}); the WAL's and journals' writes go \
+                     through litefs, which is slower (passthrough needs Linux 6.9 or later and \
+                     CAP_SYS_ADMIN)"
                 );
                 None
             }
@@ -89,8 +107,8 @@ impl Passthrough {
 
 impl LitefsFs {
     /// Whether the WAL may pass through (`fuse.passthrough`; default yes).
-    pub fn allow_passthrough(&mut self, allowed: bool) {
-        self.passthrough.refused = !allowed;
+    pub fn allow_passthrough(&self, allowed: bool) {
+        self.passthrough.refused.store(!allowed, Ordering::Relaxed);
     }
 
     /// How an open (`flags`) of `db`'s file of `kind`, backed by `file`,
@@ -108,16 +126,19 @@ impl LitefsFs {
             // Pages stay cached across opens: litefs drops them when it
             // changes the file itself (a replica's apply).
             FileKind::Database => (FopenFlags::FOPEN_KEEP_CACHE, None),
-            FileKind::Wal => {
-                // Writers on the primary register the backing file; every
-                // other open of the inode while it is registered (a
+            FileKind::Wal | FileKind::Journal => {
+                // Writers on the primary register the backing file (a
+                // journal's only once its database syncs it, `journal.rs`);
+                // every other open of the inode while it is registered (a
                 // read-only one, or one on a node that has since stepped
-                // down: the WAL is sealed then) must use it too.
-                let may_register =
-                    self.passthrough.enabled() && wants_write(flags) && self.role.is_primary();
+                // down: the file is sealed then) must use it too.
+                let may_register = self.passthrough.enabled()
+                    && wants_write(flags)
+                    && self.role.is_primary()
+                    && (kind == FileKind::Wal || self.journal_may_pass_through(db));
                 let ino = self.ino(db, kind);
                 if let Some(id) = self.passthrough.backing(ino, may_register, file, register) {
-                    if may_register {
+                    if may_register && kind == FileKind::Wal {
                         self.watcher.watch(db);
                     }
                     return (FopenFlags::empty(), Some(id));

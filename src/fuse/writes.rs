@@ -31,7 +31,11 @@ impl LitefsFs {
         let db = &handle.db;
         match handle.kind {
             FileKind::Database => {
-                let journal = self.journal_active(db.name());
+                // A transaction whose journal passes through begins unseen
+                // (`journal.rs`); the first of them after a database leaves
+                // WAL mode must not pass for a checkpoint.
+                let journal = self.journal_active(db.name())
+                    || (self.journal_may_pass_through(db) && self.journal_began_unseen(db));
                 if !journal {
                     // WAL mode: a checkpoint copying committed pages from
                     // the WAL, which must all be recorded before SQLite
@@ -72,7 +76,7 @@ impl LitefsFs {
                 // lock on the other journal writes).
                 self.set_journal_ended(db.name(), false);
                 if is_journal_header(data) {
-                    self.set_journal_active(db.name(), true);
+                    self.journal_began(db.name());
                 } else if data.len() >= 8 && data[..8].iter().all(|b| *b == 0) {
                     // journal_mode=PERSIST: zeroing the header commits.
                     self.commit(db)?;

@@ -44,9 +44,10 @@ impl Store {
         // The state lock waits for a commit or an apply in progress.
         let state = db.lock();
         let pos = state.pos;
-        // A replica's WAL is sealed (`Db::seal_wal`): it must go too.
-        if let Err(err) = db.unseal_wal() {
-            log::warn!("database {name}: cannot make the WAL removable: {err}");
+        // A replica's WAL and journal may be sealed (`seal.rs`): they must
+        // go too.
+        if let Err(err) = db.unseal_companions() {
+            log::warn!("database {name}: cannot make its files removable: {err}");
         }
         write_tombstone(&self.data_dir, name)?;
         let trash = self.data_dir.join(TRASH_DIR);

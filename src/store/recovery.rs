@@ -7,8 +7,10 @@
 //! `*.tmp` files are deleted, pending LTX files are applied again (see
 //! `apply.rs`), and a hot rollback journal is either deleted, when its
 //! transaction was already recorded, or rolled back together with the undo
-//! log of reused free-list pages (see `commit.rs`); a WAL is reconciled
-//! with the LTX chain and emptied (see `wal.rs`).
+//! log of reused free-list pages (see `commit.rs`); a transaction that
+//! ended in a journal passing through before litefs recorded it is
+//! recorded (see `reload`); a WAL is reconciled with the LTX chain and
+//! emptied (see `wal.rs`).
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -38,11 +40,11 @@ impl Db {
         self.remove_temp_files()?;
         self.recover_slot()?;
         self.finish_pending_apply()?;
-        // Sealed by a step-down (`Db::seal_wal`); whoever is primary now,
-        // litefs itself may have to write it.
-        if let Err(err) = self.unseal_wal() {
+        // Sealed by a step-down (`seal.rs`); whoever is primary now,
+        // litefs itself may have to write them.
+        if let Err(err) = self.unseal_companions() {
             log::warn!(
-                "database {}: cannot make the WAL writable: {err}",
+                "database {}: cannot make the WAL and journal writable: {err}",
                 self.name
             );
         }
@@ -101,9 +103,31 @@ impl Db {
     /// position keeps the TXID with the file's own checksum, which no other
     /// node has, so replication resends a snapshot where needed.
     fn reload(&self, base: Position, recorded: bool) -> Result<State, Error> {
+        let ended_in_journal = recorded && journal_header_zeroed(&self.journal_path);
         let journal = self.recover_journal(recorded.then_some(base.checksum))?;
-        let committed = journal == HotJournal::Committed;
+        let mut committed = journal == HotJournal::Committed;
         let (mut shape, mut checksums) = self.read_database_file()?;
+        // A transaction whose journal passed through the mount on the primary
+        // (`fuse/journal.rs`) ends by zeroing the header (PERSIST mode,
+        // exclusive locking mode), and litefs records it at the sync that
+        // follows. Killed in between, the file holds the transaction whole
+        // (SQLite zeroes the header only after writing every page) and no
+        // journal can undo it: SQLite counts it committed, and so it is
+        // recorded now. A rollback that ended the same way differs from the
+        // position only in the free-list pages of the undo log.
+        if !committed
+            && ended_in_journal
+            && base.txid > 0
+            && checksums.checksum() != base.checksum
+            && self.checksum_with_undo(&checksums, base)? != base.checksum
+        {
+            log::warn!(
+                "database {}: the journal ended a transaction (header zeroed) that was not \
+                 recorded yet; recording it",
+                self.name
+            );
+            committed = true;
+        }
         if !committed
             && base.txid > 0
             && checksums.checksum() != base.checksum
@@ -336,13 +360,29 @@ impl Db {
         }
         let made = made?;
         log::warn!(
-            "database {}: recorded the committed transaction of the hot journal as {}",
+            "database {}: recorded the committed transaction of the journal as {}",
             self.name,
             made.position
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "no change".to_string())
         );
         self.remove_journal()
+    }
+
+    /// The database checksum the file would have with the free-list pages
+    /// of the undo log put back (see `restore_undo`); nothing is written.
+    fn checksum_with_undo(&self, checksums: &PageChecksums, base: Position) -> Result<u64, Error> {
+        let mut sum = checksums.checksum();
+        undo::read_saved_pages(&self.undo_path, base, |pgno, page| {
+            let saved = ltx::page_checksum(pgno, page);
+            sum = ltx::checksum_replace(sum, checksums.get(pgno), saved);
+            Ok(())
+        })
+        .map_err(io_error(
+            format!("reading the undo log of database {}", self.name),
+            &self.undo_path,
+        ))?;
+        Ok(sum)
     }
 
     /// Puts back the free-list pages saved in the undo log by a transaction
@@ -428,4 +468,14 @@ enum HotJournal {
     /// Its transaction committed (across ATTACHed databases); the file is
     /// kept and the journal is still there.
     Committed,
+}
+
+/// Whether a journal is at `path` with its header zeroed: the end of a
+/// transaction in PERSIST or exclusive locking mode (or a journal litefs
+/// emptied, `LitefsFs::hide_journal`).
+fn journal_header_zeroed(path: &Path) -> bool {
+    let mut head = [0u8; 8];
+    File::open(path)
+        .and_then(|file| file.read_exact_at(&mut head, 0))
+        .is_ok_and(|()| head == [0u8; 8])
 }

@@ -603,6 +603,21 @@ pub fn kill9_during_writes(
     assert_replay_identical(node, db);
 }
 
+/// `litefs_fuse_operations_total{op="write"}` of the node's `/metrics`:
+/// the writes that reached litefs (none of those that pass through).
+pub fn fuse_writes(node: &Node) -> u64 {
+    let url = format!("http://127.0.0.1:{}/metrics", node.port);
+    let body = ureq::get(&url)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix("litefs_fuse_operations_total{op=\"write\"} "))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
 /// Runs the litefs binary with `args` (RUST_LOG=warn) and returns its output.
 pub fn litefs_cli(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_litefs"))
