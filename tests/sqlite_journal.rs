@@ -12,6 +12,14 @@ use litefs::sqlite::{
 };
 use rusqlite::Connection;
 
+/// Runs this file's tests one at a time. They share the process's SQLite
+/// page-cache pool, and another test's connections can take the pages that
+/// would make a small cache spill, leaving a test with nothing to check.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn journal_path(db: &Path) -> PathBuf {
     let mut name = db.as_os_str().to_owned();
     name.push("-journal");
@@ -142,6 +150,7 @@ fn churn(page_size: u32) -> String {
 
 #[test]
 fn delete_mode_journal_with_cache_spills() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     for page_size in [1024, 4096, 65536] {
         let (db, conn) = create_db(dir.path(), page_size, 400, "DELETE");
@@ -168,6 +177,7 @@ fn delete_mode_journal_with_cache_spills() {
 
 #[test]
 fn persist_mode_journal_with_stale_tail() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let page_size = 4096;
     let (db, conn) = create_db(dir.path(), page_size, 600, "PERSIST");
@@ -204,6 +214,7 @@ fn persist_mode_journal_with_stale_tail() {
 
 #[test]
 fn big_transaction_many_segments() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let page_size = 4096;
     let (db, conn) = create_db(dir.path(), page_size, 4000, "DELETE");
@@ -227,6 +238,7 @@ fn big_transaction_many_segments() {
 
 #[test]
 fn synchronous_off_journal_counts_records_from_file_size() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let page_size = 1024;
     let (db, conn) = create_db(dir.path(), page_size, 300, "DELETE");
@@ -241,6 +253,7 @@ fn synchronous_off_journal_counts_records_from_file_size() {
 
 #[test]
 fn journal_not_synced_yet_is_not_hot() {
+    let _serial = one_at_a_time();
     // Without a cache spill the journal header is only completed at commit,
     // and the database file is untouched: nothing to roll back.
     let dir = tempfile::tempdir().unwrap();
@@ -257,6 +270,7 @@ fn journal_not_synced_yet_is_not_hot() {
 
 #[test]
 fn playback_stops_at_first_bad_checksum() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let page_size = 1024;
     let (db, conn) = create_db(dir.path(), page_size, 300, "DELETE");
@@ -299,6 +313,7 @@ fn playback_stops_at_first_bad_checksum() {
 
 #[test]
 fn journal_checksum_matches_sqlite_records() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let page_size = 4096;
     let (db, conn) = create_db(dir.path(), page_size, 200, "DELETE");
@@ -319,6 +334,7 @@ fn journal_checksum_matches_sqlite_records() {
 
 #[test]
 fn journals_that_are_not_hot() {
+    let _serial = one_at_a_time();
     let none = |bytes: &[u8]| {
         JournalReader::new(Cursor::new(bytes), bytes.len() as u64)
             .unwrap()
@@ -369,6 +385,7 @@ fn journals_that_are_not_hot() {
 
 #[test]
 fn database_header_of_real_files() {
+    let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     for page_size in [512, 1024, 4096, 32768, 65536] {
         let (db, conn) = create_db(dir.path(), page_size, 40, "DELETE");
@@ -399,6 +416,7 @@ fn database_header_of_real_files() {
 
 #[test]
 fn database_header_errors() {
+    let _serial = one_at_a_time();
     let err = parse_database_header(&[0u8; 50]).unwrap_err();
     assert!(err.to_string().contains("got 50"), "{err}");
     let err = parse_database_header(&[b'x'; 100]).unwrap_err();
