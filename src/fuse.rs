@@ -82,8 +82,15 @@ pub struct LitefsFs {
     /// under way, and the journal's end will be its commit.
     active_journals: Arc<Mutex<HashSet<String>>>,
     /// Databases whose journal ended a recorded transaction (zeroed header
-    /// or truncated) and no new transaction has written its header since:
-    /// see `journal_ended`.
+    /// or truncated) and no new transaction has written its header since.
+    /// SQLite syncs such a journal only so that its end survives a power
+    /// loss, which litefs does not need: the transaction's LTX file is on
+    /// disk already, and a journal that comes back whole after a power
+    /// loss is one whose transaction start-up recovery finds recorded (the
+    /// database's checksum is the newest LTX file's), so it deletes the
+    /// journal instead of rolling it back (`Db::recover_journal`). Such a
+    /// sync is answered without a disk flush (`journal_fsync`); every sync
+    /// before the end (the records, then the header) is a real one.
     ended_journals: Mutex<HashSet<String>>,
     /// Databases whose journal SQLite deleted while litefs kept its
     /// backing file, emptied: shown as absent until SQLite creates it again.
@@ -94,6 +101,9 @@ pub struct LitefsFs {
     /// Databases whose last recorded transaction synced its journal before
     /// writing the database: their journal may pass through (`journal.rs`).
     syncing_dbs: Mutex<HashSet<String>>,
+    /// Transactions that began unseen in a journal passing through
+    /// (`journal.rs`).
+    unseen_txns: journal::UnseenTransactions,
     /// What litefs follows of each database's WAL (`wal.rs`), by name.
     wals: Arc<wal::WalFollowers>,
     /// FUSE passthrough of the primary's `-wal` (`passthrough.rs`).
@@ -143,6 +153,7 @@ impl LitefsFs {
             hidden_journals: Mutex::new(hidden_journals),
             synced_journals: Mutex::new(HashSet::new()),
             syncing_dbs: Mutex::new(HashSet::new()),
+            unseen_txns: Default::default(),
             no_opendir: false,
             unsupported_seen: Mutex::new(HashSet::new()),
             uid,
@@ -208,21 +219,6 @@ impl LitefsFs {
 
     fn journal_active(&self, db: &str) -> bool {
         has_name(&self.active_journals, db)
-    }
-
-    /// Whether `db`'s journal has ended a transaction litefs recorded (its
-    /// header zeroed in PERSIST mode, truncated in TRUNCATE mode) and no
-    /// new transaction has started in it. SQLite syncs it then only so that
-    /// its end survives a power loss, which litefs does not need: the
-    /// transaction's LTX file is already on disk, and a journal that comes
-    /// back whole after a power loss is one whose transaction start-up
-    /// recovery finds recorded (the database's checksum is the newest LTX
-    /// file's), so it deletes the journal instead of rolling it back
-    /// (`Db::recover_journal`). Such a sync is answered without a disk
-    /// flush. Every sync before the end (the journal's records, then its
-    /// header) is passed through: the journal is written in between.
-    fn journal_ended(&self, db: &str) -> bool {
-        self.role.is_primary() && has_name(&self.ended_journals, db)
     }
 
     /// Notes that `db`'s journal ended a recorded transaction (`ended`), or
@@ -292,7 +288,11 @@ impl LitefsFs {
         if journal.metadata()?.len() > HIDDEN_JOURNAL_KEEP {
             journal.set_len(0)?;
         } else {
-            journal.write_all_at(&[0u8; sqlite::JOURNAL_HEADER_SIZE], 0)?;
+            // Zeros where SQLite looks (its magic), and a mark after them
+            // that tells start-up recovery this end was litefs's.
+            let mut header = [0u8; sqlite::JOURNAL_HEADER_SIZE];
+            header[8..].copy_from_slice(crate::store::HIDDEN_JOURNAL_MARK);
+            journal.write_all_at(&header, 0)?;
         }
         set_name(&self.hidden_journals, db.name(), true);
         Ok(())

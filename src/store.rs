@@ -447,6 +447,12 @@ pub fn database_checksum(path: &Path) -> Result<u64, Error> {
     Ok(checksums.checksum())
 }
 
+/// What litefs writes after the zeroed magic of a journal it empties in
+/// place of SQLite's delete (`LitefsFs::hide_journal`): start-up recovery
+/// tells that end from SQLite's own zeroed header (PERSIST, exclusive
+/// locking mode) by it. SQLite reads only the magic of an ended journal.
+pub const HIDDEN_JOURNAL_MARK: &[u8; 20] = b"litefs hid this file";
+
 /// Per-page checksums of a database and their rolling XOR. Index `i` holds
 /// page `i + 1`; the lock page, and pages not counted yet, hold 0.
 #[derive(Debug, Clone)]

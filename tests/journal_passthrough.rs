@@ -137,6 +137,32 @@ fn with_synchronous_off_the_journal_goes_through_litefs() {
     drop((full, off));
     assert_eq!(sqlite3_ok(&node.db(db), "SELECT count(*) FROM t;"), "7\n");
     assert_replay_identical(&node, db);
+
+    // The same in exclusive locking mode, where the journal stays open: no
+    // sync, no close between transactions. Each is recorded at the next
+    // one's first database write (its header's nonce has changed), the
+    // last when the connection closes; none fails.
+    for mode in ["persist", "truncate", "delete"] {
+        let db = format!("exclusive-off-{mode}.db");
+        open(&node, &db, mode, "FULL", false)
+            .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);")
+            .unwrap();
+        let before = txid(&node, &db);
+        let off = open(&node, &db, mode, "OFF", true);
+        for i in 1..=5u64 {
+            off.execute("INSERT INTO t(v) VALUES(randomblob(300))", [])
+                .unwrap_or_else(|e| panic!("{db}: insert {i}: {e}"));
+            assert!(txid(&node, &db) >= before + i - 1, "{db}: insert {i}");
+        }
+        drop(off);
+        wait_for(
+            &format!("{db}: every transaction recorded"),
+            Duration::from_secs(10),
+            || txid(&node, &db) == before + 5,
+        );
+        assert_eq!(sqlite3_ok(&node.db(&db), "SELECT count(*) FROM t;"), "5\n");
+        assert_replay_identical(&node, &db);
+    }
 }
 
 #[test]
@@ -183,8 +209,12 @@ fn transaction_ended_unseen(node: &Node, db: &str, zeroed_journal: bool) {
         assert!(head.len() >= 28 && head[..28].iter().all(|b| *b == 0));
         std::fs::rename(&offline_journal, &journal).unwrap();
     } else {
+        // As litefs leaves a DELETE-mode journal: its magic zeroed, and its
+        // mark after it.
         std::fs::remove_file(&offline_journal).unwrap();
-        let _ = std::fs::remove_file(&journal);
+        let mut header = vec![0u8; 28];
+        header[8..].copy_from_slice(litefs::store::HIDDEN_JOURNAL_MARK);
+        std::fs::write(&journal, header).unwrap();
     }
 }
 
@@ -214,8 +244,9 @@ fn a_transaction_that_ended_in_the_journal_unrecorded_is_recorded_at_start_up() 
         "1,2\n"
     );
     assert_replay_identical(&node, "zeroed.db");
-    // Without such a journal nothing says SQLite committed it: the change
-    // stays a mismatch, as before (same TXID, the file's checksum).
+    // With litefs's own emptied journal nothing says SQLite committed it:
+    // the change stays a mismatch, as before (same TXID, the file's
+    // checksum).
     assert_eq!(txid(&node, "none.db"), before);
     assert!(node
         .log_text()

@@ -433,11 +433,10 @@ impl Filesystem for LitefsFs {
             .remove(&fh.0);
         reply.ok();
         if let Some(handle) = handle {
-            if handle.kind == FileKind::Journal
-                && handle.backing.is_some()
-                && self.role.is_primary()
-            {
-                self.journal_released(&handle.db);
+            if handle.kind == FileKind::Journal && handle.backing.is_some() {
+                if let Some(_primary) = self.role.hold_primary() {
+                    self.journal_released(&handle.db);
+                }
             }
         }
     }
@@ -472,11 +471,13 @@ impl Filesystem for LitefsFs {
                 return reply.error(self.store_errno(&handle.db, "cannot sync the undo log", &e));
             }
         }
-        if handle.kind == FileKind::Journal && self.role.is_primary() {
-            match self.journal_fsync(&handle.db) {
-                Ok(true) => return reply.ok(),
-                Ok(false) => {}
-                Err(e) => return reply.error(e),
+        if handle.kind == FileKind::Journal {
+            if let Some(_primary) = self.role.hold_primary() {
+                match self.journal_fsync(&handle.db) {
+                    Ok(true) => return reply.ok(),
+                    Ok(false) => {}
+                    Err(e) => return reply.error(e),
+                }
             }
         }
         let res = if datasync {

@@ -10,12 +10,14 @@
 //! and litefs learns the bounds from what still reaches it:
 //!
 //! - **Begin**: the first database write of a transaction finds the
-//!   journal's header live on disk (`journal_began_unseen`).
+//!   journal's header live on disk (`journal_bounds`).
 //! - **End**: deleting the journal (DELETE) and truncating it (TRUNCATE)
 //!   still reach litefs. Zeroing its header (PERSIST, and every mode under
 //!   `locking_mode=EXCLUSIVE`) is a write, which passes through; SQLite
 //!   then syncs the journal, and that fsync, finding the header no longer
 //!   live, is the commit point (`journal_fsync`), before COMMIT returns.
+//!   Killed between the zeroing and that fsync, litefs finds the
+//!   transaction at start-up (`Db::reload`).
 //!
 //! That last rule holds only when SQLite syncs (synchronous=NORMAL or
 //! FULL). With synchronous=OFF nothing would reach litefs after the header
@@ -23,19 +25,40 @@
 //! through only for a database whose previous recorded transaction synced
 //! its journal before its pages reached the database (`commit` notes it),
 //! which synchronous=OFF never does: its journal writes go through litefs
-//! as before, and the zeroed header is seen as it is written. (A
-//! connection that turns synchronous=OFF while it holds the journal open
-//! in passthrough, in exclusive locking mode, is the one case left: its
-//! transaction is recorded when the journal is closed or the next one
-//! begins; see the README.)
+//! as before, and the zeroed header is seen as it is written. The case
+//! left is a connection that turns synchronous=OFF while its journal
+//! passes through (see the README): its transaction is recorded when the
+//! journal is closed (`journal_released`) or, in exclusive locking mode,
+//! at the next transaction's first database write, when the header's
+//! nonce has changed (`journal_bounds`).
 //!
-//! Lock order: each set below is its own mutex, taken alone.
+//! Locks: `unseen_txns` is taken first where it is taken, then the name
+//! sets (each its own mutex, taken alone) and the database's state (in
+//! `commit`); the caller holds the primary role (`Role::hold_primary`).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 
 use fuser::Errno;
-use log::error;
+use log::{error, warn};
 
-use super::{has_name, journal_on_disk_is_live, set_name, LitefsFs};
+use super::inodes::FileKind;
+use super::{has_name, set_name, LitefsFs};
+use crate::sqlite::{JOURNAL_HEADER_SIZE, JOURNAL_MAGIC};
 use crate::store::Db;
+
+/// A journal's header as it is on disk (zeros past the file's end).
+type Header = [u8; JOURNAL_HEADER_SIZE];
+
+/// The transactions that began unseen in a journal passing through, by
+/// database name: each one's header as its first database write found
+/// it. The mutex also makes each decision about a passing-through
+/// journal's bounds (`journal_bounds`, `journal_fsync`,
+/// `journal_released`) one step, so that no other connection's
+/// transaction can begin between a check of the header and the commit
+/// it decides.
+pub(super) type UnseenTransactions = std::sync::Mutex<HashMap<String, Header>>;
 
 impl LitefsFs {
     /// Whether an open for writing of `db`'s journal may pass through:
@@ -45,15 +68,51 @@ impl LitefsFs {
         has_name(&self.syncing_dbs, db.name())
     }
 
-    /// A write of `db`'s database while litefs knows of no transaction:
-    /// whether the journal's header on disk is live, because a transaction
-    /// began in a journal that passes through. Notes the transaction.
-    pub(super) fn journal_began_unseen(&self, db: &Db) -> bool {
-        if !journal_on_disk_is_live(db.journal_path()) {
-            return false;
+    /// Whether some handle holds `db`'s journal open in passthrough.
+    fn journal_passes_through(&self, db: &Db) -> bool {
+        self.passthrough
+            .is_registered(self.ino(db, FileKind::Journal))
+    }
+
+    /// At a write of `db`'s database: whether a transaction is under way
+    /// in its journal. With the journal passing through, its header on
+    /// disk says so: a live header litefs has not noted begins a
+    /// transaction; one with another nonce (SQLite seeds each header
+    /// afresh), or none, means the noted transaction ended unseen, by a
+    /// zeroed header with no fsync after it (`synchronous=OFF` in
+    /// exclusive locking mode), and it is recorded first: every page of
+    /// it came before this write.
+    pub(super) fn journal_bounds(&self, db: &Db) -> Result<bool, Errno> {
+        let active = self.journal_active(db.name());
+        if !self.journal_passes_through(db) {
+            return Ok(active);
+        }
+        let mut unseen = self.unseen_txns.lock().unwrap_or_else(|e| e.into_inner());
+        let head = journal_header(db);
+        let live = is_live(&head);
+        if active {
+            match unseen.get(db.name()) {
+                // Begun as litefs saw it (a hot journal opened), or the
+                // same transaction still.
+                None => return Ok(true),
+                Some(noted) if live && noted[12..16] == head[12..16] => return Ok(true),
+                Some(_) => {
+                    warn!(
+                        "db {}: a transaction ended without a journal sync \
+                         (synchronous=OFF); recording it at the next one's first write",
+                        db.name()
+                    );
+                    self.commit(db)?;
+                    unseen.remove(db.name());
+                }
+            }
+        }
+        if !live {
+            return Ok(false);
         }
         self.journal_began(db.name());
-        true
+        unseen.insert(db.name().to_string(), head);
+        Ok(true)
     }
 
     /// A transaction began in `db`'s journal (its header was written).
@@ -71,32 +130,56 @@ impl LitefsFs {
     /// An fsync of `db`'s journal on the primary. With a live header it is
     /// a sync within a transaction, noted for `commit`; without one, a
     /// transaction litefs still counts as open ended by zeroing the header
-    /// in passthrough, and this is its commit point. Returns whether the
-    /// disk flush may be skipped: the journal ended a recorded transaction
-    /// (see `journal_ended`).
+    /// in passthrough, and this is its commit point: should recording it
+    /// fail, the header is put back, so that the transaction is rolled
+    /// back (SQLite's COMMIT fails) rather than left in the file
+    /// unrecorded. Returns whether the disk flush may be skipped: the
+    /// journal ended a recorded transaction (`ended_journals`) and is
+    /// still as that end left it, empty or its header all zeros (a new
+    /// transaction's first header in `synchronous=FULL` has only its magic
+    /// zeroed, until its records are synced).
     pub(super) fn journal_fsync(&self, db: &Db) -> Result<bool, Errno> {
-        if journal_on_disk_is_live(db.journal_path()) {
+        let mut unseen = self.unseen_txns.lock().unwrap_or_else(|e| e.into_inner());
+        let head = journal_header(db);
+        if is_live(&head) {
             set_name(&self.synced_journals, db.name(), true);
             self.set_journal_ended(db.name(), false);
             return Ok(false);
         }
-        self.commit(db)?;
-        Ok(self.journal_ended(db.name()))
+        if let Err(e) = self.commit(db) {
+            if let Some(noted) = unseen.get(db.name()) {
+                if let Err(restore) = put_back_header(db, noted) {
+                    error!(
+                        "db {}: cannot put the journal's header back after a failed commit \
+                         ({restore}); the transaction stays in the database file and is \
+                         recorded at start-up",
+                        db.name()
+                    );
+                }
+            }
+            return Err(e);
+        }
+        unseen.remove(db.name());
+        Ok(has_name(&self.ended_journals, db.name()) && head == [0u8; JOURNAL_HEADER_SIZE])
     }
 
-    /// The last handle of `db`'s journal that passed through was closed:
-    /// a transaction that ended by zeroing the header with no sync after
-    /// it (see the module comment) is recorded now.
+    /// A handle of `db`'s journal that passed through was closed: a
+    /// transaction that ended by zeroing the header with no sync after it
+    /// (see the module comment) is recorded now.
     pub(super) fn journal_released(&self, db: &Db) {
-        if !self.journal_active(db.name()) || journal_on_disk_is_live(db.journal_path()) {
+        let mut unseen = self.unseen_txns.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.journal_active(db.name()) || is_live(&journal_header(db)) {
             return;
         }
-        if let Err(e) = self.commit(db) {
-            error!(
+        match self.commit(db) {
+            Ok(()) => {
+                unseen.remove(db.name());
+            }
+            Err(e) => error!(
                 "db {}: the transaction that ended when its journal was closed is not \
                  recorded ({e:?}); it is recorded at the next commit or start-up",
                 db.name()
-            );
+            ),
         }
     }
 
@@ -110,4 +193,32 @@ impl LitefsFs {
             set_name(&self.syncing_dbs, db, synced);
         }
     }
+}
+
+/// `db`'s journal header on disk; zeros where there is none.
+fn journal_header(db: &Db) -> Header {
+    let mut head = [0u8; JOURNAL_HEADER_SIZE];
+    if let Ok(file) = File::open(db.journal_path()) {
+        let mut read = 0;
+        while read < head.len() {
+            match file.read_at(&mut head[read..], read as u64) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    }
+    head
+}
+
+fn is_live(head: &Header) -> bool {
+    head[..8] == JOURNAL_MAGIC
+}
+
+/// Writes `header` back at the start of `db`'s journal, making it hot.
+fn put_back_header(db: &Db, header: &Header) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(db.journal_path())?;
+    file.write_all_at(header, 0)?;
+    file.sync_data()
 }

@@ -40,7 +40,21 @@ pub(super) struct Passthrough {
     /// The backing file of each inode open in passthrough. The lock is
     /// held while one is looked up or registered, so two opens of one
     /// inode cannot register two.
-    by_ino: Mutex<HashMap<u64, Weak<BackingId>>>,
+    by_ino: Mutex<HashMap<u64, Registered>>,
+}
+
+/// One inode's registered backing file.
+#[derive(Debug)]
+struct Registered {
+    id: Weak<BackingId>,
+    /// The backing file's device and inode numbers.
+    file: (u64, u64),
+}
+
+/// `file`'s device and inode numbers.
+fn identity(file: &File) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().ok().map(|md| (md.dev(), md.ino()))
 }
 
 impl Passthrough {
@@ -62,7 +76,7 @@ impl Passthrough {
     /// is open in passthrough.
     pub(super) fn is_registered(&self, ino: u64) -> bool {
         let by_ino = self.by_ino.lock().unwrap_or_else(|e| e.into_inner());
-        by_ino.get(&ino).is_some_and(|weak| weak.strong_count() > 0)
+        by_ino.get(&ino).is_some_and(|r| r.id.strong_count() > 0)
     }
 
     /// The backing id of inode `ino`, whose backing file is `file`:
@@ -79,8 +93,23 @@ impl Passthrough {
         register: impl FnOnce(&File) -> std::io::Result<BackingId>,
     ) -> Option<Arc<BackingId>> {
         let mut by_ino = self.by_ino.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(id) = by_ino.get(&ino).and_then(Weak::upgrade) {
-            return Some(id);
+        let file_identity = identity(file);
+        if let Some(registered) = by_ino.get(&ino) {
+            if let Some(id) = registered.id.upgrade() {
+                if file_identity == Some(registered.file) {
+                    return Some(id);
+                }
+                // The backing file was replaced (a journal rolled back and
+                // deleted at a step-down) while a connection from before
+                // still holds the old one: sharing its id would write to
+                // a file nobody reads, and the kernel refuses any other.
+                warn!(
+                    "an open of inode {ino} is refused: a connection opened before this \
+                     node's last step-down still holds the file's old backing file open \
+                     in passthrough; close it"
+                );
+                return None;
+            }
         }
         if !may_register {
             return None;
@@ -88,8 +117,16 @@ impl Passthrough {
         match register(file) {
             Ok(id) => {
                 let id = Arc::new(id);
-                by_ino.retain(|_, weak| weak.strong_count() > 0);
-                by_ino.insert(ino, Arc::downgrade(&id));
+                by_ino.retain(|_, r| r.id.strong_count() > 0);
+                if let Some(file) = file_identity {
+                    by_ino.insert(
+                        ino,
+                        Registered {
+                            id: Arc::downgrade(&id),
+                            file,
+                        },
+                    );
+                }
                 Some(id)
             }
             Err(e) => {

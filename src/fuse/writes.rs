@@ -31,11 +31,11 @@ impl LitefsFs {
         let db = &handle.db;
         match handle.kind {
             FileKind::Database => {
-                // A transaction whose journal passes through begins unseen
-                // (`journal.rs`); the first of them after a database leaves
-                // WAL mode must not pass for a checkpoint.
-                let journal = self.journal_active(db.name())
-                    || (self.journal_may_pass_through(db) && self.journal_began_unseen(db));
+                // A transaction whose journal passes through begins (and in
+                // one case ends) unseen (`journal.rs`); the first of them
+                // after a database leaves WAL mode must not pass for a
+                // checkpoint.
+                let journal = self.journal_bounds(db)?;
                 if !journal {
                     // WAL mode: a checkpoint copying committed pages from
                     // the WAL, which must all be recorded before SQLite

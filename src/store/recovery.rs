@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use super::apply::PENDING_SUFFIX;
 use super::db::{super_journal_file, State};
 use super::undo;
+use super::HIDDEN_JOURNAL_MARK;
 use super::{
     io_error, page_offset, read_database, read_database_shape, read_freelist, sync_dir, Db, Error,
     PageChecksums, Position, Shape,
@@ -470,12 +471,12 @@ enum HotJournal {
     Committed,
 }
 
-/// Whether a journal is at `path` with its header zeroed: the end of a
-/// transaction in PERSIST or exclusive locking mode (or a journal litefs
-/// emptied, `LitefsFs::hide_journal`).
+/// Whether a journal is at `path` with its header zeroed by SQLite: the
+/// end of a transaction in PERSIST or exclusive locking mode. (A journal
+/// litefs emptied carries `HIDDEN_JOURNAL_MARK` after the zeros.)
 fn journal_header_zeroed(path: &Path) -> bool {
-    let mut head = [0u8; 8];
+    let mut head = [0u8; sqlite::JOURNAL_HEADER_SIZE];
     File::open(path)
         .and_then(|file| file.read_exact_at(&mut head, 0))
-        .is_ok_and(|()| head == [0u8; 8])
+        .is_ok_and(|()| head[..8] == [0u8; 8] && head[8..] != HIDDEN_JOURNAL_MARK[..])
 }
