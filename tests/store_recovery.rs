@@ -224,6 +224,42 @@ fn hot_journal_is_rolled_back_at_open() {
     assert_eq!(fs::metadata(db.undo_path()).unwrap().len(), 0);
 }
 
+/// A rollback that ended the way PERSIST mode ends a transaction, with the
+/// journal's header zeroed (in passthrough, litefs learns of that end only
+/// at the fsync after it), and litefs killed before that fsync: the file
+/// differs from the position only in the reused free-list pages of the
+/// undo log. Start-up puts those back and records nothing, where a
+/// committed transaction that ended so would be recorded
+/// (tests/journal_passthrough.rs).
+#[test]
+fn a_rollback_that_ended_in_a_zeroed_journal_is_undone_not_recorded() {
+    let _page_cache = sqlite_alone();
+    let tmp = tempfile::tempdir().unwrap();
+    let m = with_free_pages(tmp.path());
+    let pos = m.db.pos();
+    let committed = read(m.db.database_path());
+    let (hot, journal) = hot_shadow(&m, REUSING_TRANSACTION, "ROLLBACK");
+    // The transaction's writes, then SQLite's rollback of them.
+    write_through(&m.db, &m.shadow_file, &hot);
+    let rolled_back = read(&m.shadow);
+    assert!(
+        rolled_back != committed,
+        "the rollback must leave changed free pages"
+    );
+    write_through(&m.db, &hot, &rolled_back);
+    let mut zeroed = journal.clone();
+    zeroed[..28].fill(0);
+    fs::write(m.db.journal_path(), &zeroed).unwrap();
+    let data = m.store.data_dir().to_path_buf();
+    drop(m);
+
+    let store = Store::open(&data).unwrap();
+    let db = store.db("db").unwrap();
+    assert_eq!(db.pos(), pos, "a rollback was recorded as a transaction");
+    assert!(read(db.database_path()) == committed);
+    assert_eq!(integrity_check(db.database_path()), "ok");
+}
+
 #[test]
 fn hot_journal_rollback_without_the_undo_log_is_a_checksum_mismatch() {
     let _page_cache = sqlite_alone();
