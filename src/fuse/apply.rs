@@ -338,7 +338,18 @@ impl Applier {
             return;
         }
         match db.seal_journal() {
-            Ok(true) => {}
+            Ok(true) => match db.end_sealed_journal() {
+                Ok(false) => {}
+                Ok(true) => warn!(
+                    "db {}: ended a transaction a connection from before the step-down had \
+                     just begun in the journal (nothing of it reached the database)",
+                    db.name()
+                ),
+                Err(e) => warn!(
+                    "db {}: cannot end the transaction begun in the sealed journal: {e}",
+                    db.name()
+                ),
+            },
             Ok(false) => warn!(
                 "db {}: cannot make the journal read-only (no immutable flag on the data \
                  directory's file system, or no CAP_LINUX_IMMUTABLE): a connection opened \

@@ -6,11 +6,13 @@
 //! through them fail, so that nothing "commits" on a replica. Promotion,
 //! start-up and deletion take the flag off again.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::Db;
+use super::{Db, HIDDEN_JOURNAL_MARK};
+use crate::sqlite::{JOURNAL_HEADER_SIZE, JOURNAL_MAGIC};
 
 /// FS_IMMUTABLE_FL of linux/fs.h: no write, truncation, rename or removal.
 const FS_IMMUTABLE_FL: libc::c_int = 0x10;
@@ -29,6 +31,36 @@ impl Db {
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(true),
             other => other,
         }
+    }
+
+    /// After `seal_journal`: a connection from before the step-down may
+    /// have written a new transaction's header into the journal just
+    /// before the seal. None of that transaction is in the database (its
+    /// writes are refused on a replica), but its live header would make the
+    /// journal hot for every reader here, so it is ended with litefs's mark
+    /// (`HIDDEN_JOURNAL_MARK`), the seal lifted for that moment. Returns
+    /// whether there was one.
+    pub fn end_sealed_journal(&self) -> io::Result<bool> {
+        let path = self.journal_path();
+        let mut ended = false;
+        // A writer can slip in only while the seal is lifted; a few rounds
+        // end any such race.
+        for _ in 0..3 {
+            let mut head = [0u8; JOURNAL_HEADER_SIZE];
+            match File::open(path).and_then(|f| f.read_exact_at(&mut head, 0)) {
+                Ok(()) if head[..8] == JOURNAL_MAGIC => {}
+                _ => return Ok(ended),
+            }
+            unseal(path)?;
+            head = [0u8; JOURNAL_HEADER_SIZE];
+            head[8..].copy_from_slice(HIDDEN_JOURNAL_MARK);
+            let file = OpenOptions::new().write(true).open(path)?;
+            file.write_all_at(&head, 0)?;
+            file.sync_data()?;
+            seal(path)?;
+            ended = true;
+        }
+        Ok(ended)
     }
 
     /// Undoes `seal_wal` and `seal_journal` (promotion, start-up,
