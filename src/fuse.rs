@@ -8,7 +8,10 @@
 //! the database's dirty pages noted; the end of a journal (unlink, truncate
 //! to zero, or a zeroed header) is the commit point, where the store turns
 //! the dirty pages into an LTX file *before* the journal goes away, so a
-//! crash can never leave a committed transaction without its LTX file.
+//! crash can never leave a committed transaction without its LTX file. (A
+//! journal passing through on the primary has its header zeroed before
+//! litefs hears of it; start-up recovery records such a transaction:
+//! `journal.rs`.)
 
 mod apply;
 mod counted;
