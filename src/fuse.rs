@@ -179,10 +179,20 @@ impl LitefsFs {
 
     /// The inode number of `db`'s file of `kind` (stable for the mount's life).
     pub fn ino(&self, db: &Db, kind: FileKind) -> u64 {
-        self.inodes
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .ino(db.name(), db.instance(), kind)
+        // Every database write asks (for its journal's); only a database's
+        // first ask allocates.
+        let known = self.inodes.read().unwrap_or_else(|e| e.into_inner()).known(
+            db.name(),
+            db.instance(),
+            kind,
+        );
+        known.unwrap_or_else(|| {
+            self.inodes.write().unwrap_or_else(|e| e.into_inner()).ino(
+                db.name(),
+                db.instance(),
+                kind,
+            )
+        })
     }
 
     fn resolve(&self, ino: u64) -> Option<(Arc<Db>, FileKind)> {
@@ -291,11 +301,7 @@ impl LitefsFs {
         if journal.metadata()?.len() > HIDDEN_JOURNAL_KEEP {
             journal.set_len(0)?;
         } else {
-            // Zeros where SQLite looks (its magic), and a mark after them
-            // that tells start-up recovery this end was litefs's.
-            let mut header = [0u8; sqlite::JOURNAL_HEADER_SIZE];
-            header[8..].copy_from_slice(crate::store::HIDDEN_JOURNAL_MARK);
-            journal.write_all_at(&header, 0)?;
+            journal.write_all_at(&crate::store::hidden_journal_header(), 0)?;
         }
         set_name(&self.hidden_journals, db.name(), true);
         Ok(())
@@ -526,25 +532,18 @@ fn is_journal_header(data: &[u8]) -> bool {
     data.len() >= sqlite::JOURNAL_MAGIC.len() && data[..8] == sqlite::JOURNAL_MAGIC
 }
 
-/// The first (up to) 8 bytes of the journal at `path` and how many there
-/// are; `None` when it cannot be read (most often: it does not exist).
-fn journal_head(path: &Path) -> Option<([u8; 8], usize)> {
-    let mut head = [0u8; 8];
-    let len = File::open(path).ok()?.read_at(&mut head, 0).ok()?;
-    Some((head, len))
-}
-
 /// Reads the first bytes of a journal on disk to see if it holds a live
 /// transaction (for example a hot journal SQLite is about to play back).
 fn journal_on_disk_is_live(path: &Path) -> bool {
-    journal_head(path).is_some_and(|(head, _)| head == sqlite::JOURNAL_MAGIC)
+    sqlite::read_journal_head(path).is_some_and(|(head, _)| head[..8] == sqlite::JOURNAL_MAGIC)
 }
 
 /// Whether the journal at `path` exists and ended its transaction the way
 /// litefs (`LitefsFs::hide_journal`) or SQLite's TRUNCATE and PERSIST
 /// modes end one: empty, or its header zeroed.
 fn journal_is_ended(path: &Path) -> bool {
-    journal_head(path).is_some_and(|(head, len)| len == 0 || (len == 8 && head == [0u8; 8]))
+    sqlite::read_journal_head(path)
+        .is_some_and(|(head, len)| len == 0 || (len >= 8 && head[..8] == [0u8; 8]))
 }
 
 /// Whether the request comes from a thread of this process. The kernel

@@ -516,6 +516,22 @@ impl<R: Read + Seek> JournalReader<R> {
 /// Original pages from a journal: page number and content, in journal order.
 pub type JournalPages = Vec<(u32, Vec<u8>)>;
 
+/// The first `JOURNAL_HEADER_SIZE` bytes of the journal at `path` (zeros
+/// past its end) and how many of them the file has; `None` when it cannot
+/// be read (most often: it does not exist).
+pub fn read_journal_head(path: &Path) -> Option<([u8; JOURNAL_HEADER_SIZE], usize)> {
+    let file = File::open(path).ok()?;
+    let mut head = [0u8; JOURNAL_HEADER_SIZE];
+    let mut len = 0;
+    while len < head.len() {
+        match file.read_at(&mut head[len..], len as u64).ok()? {
+            0 => break,
+            n => len += n,
+        }
+    }
+    Some((head, len))
+}
+
 /// The first segment's header and every page a rollback of the journal at
 /// `path` would restore, in journal order; Ok(None) when the journal does not
 /// exist or is not hot. Holds all pages in memory.

@@ -453,6 +453,14 @@ pub fn database_checksum(path: &Path) -> Result<u64, Error> {
 /// locking mode) by it. SQLite reads only the magic of an ended journal.
 pub const HIDDEN_JOURNAL_MARK: &[u8; 20] = b"litefs hid this file";
 
+/// The header litefs writes over a journal it ends itself: SQLite's magic
+/// zeroed, then `HIDDEN_JOURNAL_MARK`.
+pub fn hidden_journal_header() -> [u8; sqlite::JOURNAL_HEADER_SIZE] {
+    let mut header = [0u8; sqlite::JOURNAL_HEADER_SIZE];
+    header[8..].copy_from_slice(HIDDEN_JOURNAL_MARK);
+    header
+}
+
 /// Per-page checksums of a database and their rolling XOR. Index `i` holds
 /// page `i + 1`; the lock page, and pages not counted yet, hold 0.
 #[derive(Debug, Clone)]

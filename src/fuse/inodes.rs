@@ -100,20 +100,20 @@ impl Inodes {
     /// The inode number of the file of `kind` of database `db` whose
     /// `Db::instance` is `instance`.
     pub(super) fn ino(&mut self, db: &str, instance: u64, kind: FileKind) -> u64 {
-        let slot = match self.slots.get(db) {
-            Some(&(slot, known)) if known == instance => slot,
-            _ => {
-                let slot = self.names.len() as u64;
-                self.names.push((db.to_string(), instance));
-                self.slots.insert(db.to_string(), (slot, instance));
-                slot
-            }
-        };
-        match kind {
-            FileKind::SuperJournal(_) => {
-                SUPER_JOURNAL_INOS + (slot << SUPER_JOURNAL_BITS) + kind.index()
-            }
-            _ => FIRST_DB_INO + slot * INOS_PER_DB + kind.index(),
+        if let Some(ino) = self.known(db, instance, kind) {
+            return ino;
+        }
+        let slot = self.names.len() as u64;
+        self.names.push((db.to_string(), instance));
+        self.slots.insert(db.to_string(), (slot, instance));
+        ino_in(slot, kind)
+    }
+
+    /// `ino`'s answer when the database already has its slot.
+    pub(super) fn known(&self, db: &str, instance: u64, kind: FileKind) -> Option<u64> {
+        match self.slots.get(db) {
+            Some(&(slot, known)) if known == instance => Some(ino_in(slot, kind)),
+            _ => None,
         }
     }
 
@@ -128,6 +128,16 @@ impl Inodes {
         let (name, instance) = self.names.get((rel / INOS_PER_DB) as usize)?;
         let kind = FileKind::ALL.get((rel % INOS_PER_DB) as usize)?;
         Some((name.clone(), *instance, *kind))
+    }
+}
+
+/// The inode number of the file of `kind` of the database in `slot`.
+fn ino_in(slot: u64, kind: FileKind) -> u64 {
+    match kind {
+        FileKind::SuperJournal(_) => {
+            SUPER_JOURNAL_INOS + (slot << SUPER_JOURNAL_BITS) + kind.index()
+        }
+        _ => FIRST_DB_INO + slot * INOS_PER_DB + kind.index(),
     }
 }
 

@@ -37,7 +37,6 @@
 //! `commit`); the caller holds the primary role (`Role::hold_primary`).
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 use fuser::Errno;
@@ -45,7 +44,7 @@ use log::{error, warn};
 
 use super::inodes::FileKind;
 use super::{has_name, set_name, LitefsFs};
-use crate::sqlite::{JOURNAL_HEADER_SIZE, JOURNAL_MAGIC};
+use crate::sqlite::{read_journal_head, JOURNAL_HEADER_SIZE, JOURNAL_MAGIC};
 use crate::store::Db;
 
 /// A journal's header as it is on disk (zeros past the file's end).
@@ -197,17 +196,7 @@ impl LitefsFs {
 
 /// `db`'s journal header on disk; zeros where there is none.
 fn journal_header(db: &Db) -> Header {
-    let mut head = [0u8; JOURNAL_HEADER_SIZE];
-    if let Ok(file) = File::open(db.journal_path()) {
-        let mut read = 0;
-        while read < head.len() {
-            match file.read_at(&mut head[read..], read as u64) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => read += n,
-            }
-        }
-    }
-    head
+    read_journal_head(db.journal_path()).map_or([0u8; JOURNAL_HEADER_SIZE], |(head, _)| head)
 }
 
 fn is_live(head: &Header) -> bool {

@@ -475,8 +475,7 @@ enum HotJournal {
 /// end of a transaction in PERSIST or exclusive locking mode. (A journal
 /// litefs emptied carries `HIDDEN_JOURNAL_MARK` after the zeros.)
 fn journal_header_zeroed(path: &Path) -> bool {
-    let mut head = [0u8; sqlite::JOURNAL_HEADER_SIZE];
-    File::open(path)
-        .and_then(|file| file.read_exact_at(&mut head, 0))
-        .is_ok_and(|()| head[..8] == [0u8; 8] && head[8..] != HIDDEN_JOURNAL_MARK[..])
+    sqlite::read_journal_head(path).is_some_and(|(head, len)| {
+        len == head.len() && head[..8] == [0u8; 8] && head[8..] != HIDDEN_JOURNAL_MARK[..]
+    })
 }

@@ -11,8 +11,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::{Db, HIDDEN_JOURNAL_MARK};
-use crate::sqlite::{JOURNAL_HEADER_SIZE, JOURNAL_MAGIC};
+use super::{hidden_journal_header, Db};
+use crate::sqlite::{read_journal_head, JOURNAL_MAGIC};
 
 /// FS_IMMUTABLE_FL of linux/fs.h: no write, truncation, rename or removal.
 const FS_IMMUTABLE_FL: libc::c_int = 0x10;
@@ -38,7 +38,7 @@ impl Db {
     /// before the seal. None of that transaction is in the database (its
     /// writes are refused on a replica), but its live header would make the
     /// journal hot for every reader here, so it is ended with litefs's mark
-    /// (`HIDDEN_JOURNAL_MARK`), the seal lifted for that moment. Returns
+    /// (`hidden_journal_header`), the seal lifted for that moment. Returns
     /// whether there was one.
     pub fn end_sealed_journal(&self) -> io::Result<bool> {
         let path = self.journal_path();
@@ -46,16 +46,13 @@ impl Db {
         // A writer can slip in only while the seal is lifted; a few rounds
         // end any such race.
         for _ in 0..3 {
-            let mut head = [0u8; JOURNAL_HEADER_SIZE];
-            match File::open(path).and_then(|f| f.read_exact_at(&mut head, 0)) {
-                Ok(()) if head[..8] == JOURNAL_MAGIC => {}
+            match read_journal_head(path) {
+                Some((head, _)) if head[..8] == JOURNAL_MAGIC => {}
                 _ => return Ok(ended),
             }
             unseal(path)?;
-            head = [0u8; JOURNAL_HEADER_SIZE];
-            head[8..].copy_from_slice(HIDDEN_JOURNAL_MARK);
             let file = OpenOptions::new().write(true).open(path)?;
-            file.write_all_at(&head, 0)?;
+            file.write_all_at(&hidden_journal_header(), 0)?;
             file.sync_data()?;
             seal(path)?;
             ended = true;
