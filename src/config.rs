@@ -15,6 +15,7 @@
 //! | TLS cert and key  | `http.tls-cert`, `http.tls-key` | (litefs only)    | none: plain HTTP              |
 //! | CA for https URLs | `http.tls-ca`          | (litefs only)             | none: https refused           |
 //! | WAL, journal passthrough | `fuse.passthrough` | (litefs only)      | true (where the kernel has it) |
+//! | awake CPUs while writing | `fuse.keep-cpus-awake` | (litefs only)  | true (root only)              |
 //! | lease kind        | consul if `consul:` given | `lease.type`           | static                        |
 //! | may be primary    | —                      | `lease.candidate`         | true                          |
 //! | hostname          | —                      | `lease.hostname`          | this machine's hostname       |
@@ -188,6 +189,9 @@ pub struct FuseConfig {
     /// journals pass through the kernel to their backing files where the
     /// kernel allows it.
     pub passthrough: bool,
+    /// `fuse.keep-cpus-awake` (litefs only): while databases are written,
+    /// ask the kernel for awake CPUs (`crate::cpu_wake`).
+    pub keep_cpus_awake: bool,
 }
 
 /// Lease settings: which kind of lease, and how this node presents itself.
@@ -477,6 +481,7 @@ fn resolve(raw: RawFile, source: &Path) -> Result<Config, Error> {
         allow_other: fuse.allow_other,
         debug: fuse.debug.unwrap_or(false),
         passthrough: fuse.passthrough.unwrap_or(true),
+        keep_cpus_awake: fuse.keep_cpus_awake.unwrap_or(true),
     };
 
     let raw_http = raw.http.unwrap_or_default();

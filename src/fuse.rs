@@ -35,12 +35,13 @@ use std::fs::{File, Metadata, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{Errno, FileAttr, FileHandle, FileType, INodeNo};
 use log::{debug, info, warn};
 
+use crate::cpu_wake::CpuWake;
 use crate::sqlite;
 use crate::store::{Db, Store};
 use inodes::{Inodes, LAG_INO, PRIMARY_INO, ROOT_INO};
@@ -113,6 +114,9 @@ pub struct LitefsFs {
     passthrough: Arc<passthrough::Passthrough>,
     /// Wakes on writes to the primary's WALs (`watch.rs`).
     watcher: watch::WalWatcher,
+    /// The request for awake CPUs while databases are written
+    /// (`crate::cpu_wake`); unset until `keep_cpus_awake`.
+    cpu_wake: OnceLock<CpuWake>,
     /// Databases whose backing directory gained or lost an entry since the
     /// last fsyncdir: the only ones it must sync.
     changed_dirs: Mutex<HashSet<String>>,
@@ -153,6 +157,7 @@ impl LitefsFs {
             wals,
             passthrough: Arc::default(),
             watcher,
+            cpu_wake: OnceLock::new(),
             hidden_journals: Mutex::new(hidden_journals),
             synced_journals: Mutex::new(HashSet::new()),
             syncing_dbs: Mutex::new(HashSet::new()),
@@ -161,6 +166,25 @@ impl LitefsFs {
             unsupported_seen: Mutex::new(HashSet::new()),
             uid,
             gid,
+        }
+    }
+
+    /// Asks the kernel for awake CPUs while databases are written
+    /// (`fuse.keep-cpus-awake`; see `crate::cpu_wake`). Once, before the
+    /// mount serves requests.
+    pub fn keep_cpus_awake(&self, keep: bool) {
+        let wake = if keep {
+            CpuWake::start()
+        } else {
+            CpuWake::off()
+        };
+        let _ = self.cpu_wake.set(wake);
+    }
+
+    /// A write or sync of a database's files on the primary is under way.
+    fn writing(&self) {
+        if let Some(wake) = self.cpu_wake.get() {
+            wake.touch();
         }
     }
 

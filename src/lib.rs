@@ -5,6 +5,7 @@
 //! threads together. Dependencies point downward only.
 
 pub mod config;
+pub mod cpu_wake;
 pub mod exec;
 pub mod fatal;
 pub mod fuse;

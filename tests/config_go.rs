@@ -142,6 +142,13 @@ fn new_keys_have_the_old_behaviour_as_default() {
     assert!(!config.exit_on_error);
     assert_eq!(config.fuse.allow_other, None);
     assert!(!config.fuse.debug);
+    assert!(config.fuse.passthrough);
+    assert!(config.fuse.keep_cpus_awake);
+    assert!(
+        !parse("mount-dir: /m\nfuse:\n  keep-cpus-awake: false\n")
+            .fuse
+            .keep_cpus_awake
+    );
     assert_eq!(config.log.format, LogFormat::Text);
     assert_eq!(config.log.timestamp, None);
     assert!(!config.log.debug);

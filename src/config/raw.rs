@@ -47,6 +47,8 @@ pub(super) struct RawFuse {
     pub(super) allow_other: Option<bool>,
     pub(super) debug: Option<bool>,
     pub(super) passthrough: Option<bool>,
+    #[serde(rename = "keep-cpus-awake")]
+    pub(super) keep_cpus_awake: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

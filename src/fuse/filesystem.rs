@@ -381,6 +381,7 @@ impl Filesystem for LitefsFs {
         let Some(_primary) = self.role.hold_primary() else {
             return reply.error(self.read_only_error("write", db.name()));
         };
+        self.writing();
         if let Err(e) = self.before_write(&handle, offset, data) {
             return reply.error(e);
         }
@@ -457,6 +458,9 @@ impl Filesystem for LitefsFs {
         let Some(file) = &handle.file else {
             return reply.ok();
         };
+        if self.role.is_primary() {
+            self.writing();
+        }
         if handle.kind == FileKind::Wal && self.role.is_primary() {
             // Records the commit now when the disk is nearly full.
             let wal_len = file.metadata().map_or(u64::MAX, |md| md.len());
