@@ -25,6 +25,9 @@
 #       is slower), and the TOTAL. `--journal wal` is run too if the mount
 #       takes journal_mode=WAL (probed first), else skipped with a note.
 #       About 30 s.
+#   scripts/bench.sh --lag [--readers N] [--txns N]
+#       Only the replication lag: a primary and a replica, then mode `lag`
+#       with N reader processes on the replica (default 4). About 30 s.
 #   scripts/bench.sh --failover [--runs N]
 #       A Consul dev agent (.local/consul, from scripts/setup.sh) and two
 #       Consul-leased nodes; clean handoff and crash failover times, median
@@ -40,6 +43,8 @@ root=$(pwd -P)
 
 failover=false
 speedtest_only=false
+lag_only=false
+lag_readers=4
 rounds=3        # speedtest1 rounds (--rounds also goes to bench single, replica-reads)
 st_size=25      # speedtest1 --size
 single_args=()
@@ -49,6 +54,8 @@ while [ "$#" -gt 0 ]; do
   case "$1" in
     --failover) failover=true; shift ;;
     --speedtest) speedtest_only=true; shift ;;
+    --lag) lag_only=true; shift ;;
+    --readers) lag_readers=${2:?$1 needs a value}; shift 2 ;;
     --rounds) rounds=${2:?$1 needs a value}; single_args+=("$1" "$2"); shift 2 ;;
     --size) st_size=${2:?$1 needs a value}; shift 2 ;;
     --writes|--rows) single_args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
@@ -56,11 +63,12 @@ while [ "$#" -gt 0 ]; do
     --runs) failover_args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) echo "usage: scripts/bench.sh [--writes N] [--rows N] [--rounds N] [--txns N] [--size N]" \
-         "| --speedtest [--rounds N] [--size N] | --failover [--runs N]" >&2
+         "| --speedtest [--rounds N] [--size N] | --lag [--readers N] [--txns N]" \
+         "| --failover [--runs N]" >&2
        exit 2 ;;
   esac
 done
-case "$rounds$st_size" in *[!0-9]*) echo "bench: --rounds and --size take a number" >&2; exit 2 ;; esac
+case "$rounds$st_size$lag_readers" in *[!0-9]*) echo "bench: --rounds and --size take a number" >&2; exit 2 ;; esac
 [ "$rounds" -ge 1 ] && [ "$st_size" -ge 1 ] || { echo "bench: --rounds and --size must be at least 1" >&2; exit 2; }
 
 # The build may wait for other builds' lock on the shared target dir.
@@ -68,7 +76,7 @@ timeout 1800 cargo build --release --quiet --bin litefs --example bench --exampl
 # speedtest1, built once into .local (downloads Debian's sqlite3 source the
 # first time). Without it the default run goes on without that section.
 speedtest1=""
-if ! $failover; then
+if ! $failover && ! $lag_only; then
   if speedtest1=$(timeout 1800 scripts/speedtest1.sh --quiet | tail -n 1) && [ -x "$speedtest1" ]; then :
   elif $speedtest_only; then
     echo "bench: scripts/speedtest1.sh failed; cannot run speedtest1" >&2; exit 1
@@ -77,7 +85,8 @@ if ! $failover; then
     speedtest1=""
   fi
 fi
-litefs="$root/target/release/litefs"
+# LITEFS=<binary> runs another build of litefs (a trial), the default is this tree's.
+litefs="${LITEFS:-$root/target/release/litefs}"
 consul="$root/.local/consul/usr/bin/consul"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/litefs-bench.XXXXXX")
@@ -339,6 +348,36 @@ speedtest_run() {
 
 if $speedtest_only; then
   speedtest_run
+  exit
+fi
+
+# A primary, then a replica of it; sets primary_port, primary_pid,
+# replica_port, replica_pid.
+start_pair() {
+  primary_port=$(free_port)
+  write_config "$work/primary" "$primary_port" ""
+  start_node "$work/primary"
+  primary_pid=$node_pid
+  replica_port=$(free_port)
+  write_config "$work/replica" "$replica_port" "lease:
+  type: static
+  candidate: false
+  hostname: bench-primary
+  advertise-url: \"http://127.0.0.1:$primary_port\""
+  start_node "$work/replica"
+  replica_pid=$node_pid
+}
+
+if $lag_only; then
+  start_pair
+  bounded 900 target/release/examples/bench lag \
+    --primary "$work/primary/mnt" --primary-port "$primary_port" \
+    --replica "$work/replica/mnt" --replica-port "$replica_port" \
+    --pid "$primary_pid" --replica-pid "$replica_pid" --readers "$lag_readers" "${lag_args[@]}"
+  # What the nodes warned of during the run (a reader holding applies off).
+  for node in primary replica; do
+    grep -E " (WARN|ERROR) " "$work/$node/litefs.log" | sed "s/^/$node: /" | tail -n 60 || true
+  done
   exit
 fi
 
