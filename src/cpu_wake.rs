@@ -7,9 +7,10 @@
 //! microseconds, more than the write itself: a bulk insert then runs at
 //! 0.4-0.6x the plain directory. Linux's PM QoS interface lets a process
 //! ask that idle CPUs wake at once (they poll instead of halting). litefs
-//! asks from a database write or sync until `RELEASE_AFTER` has passed
-//! without one, so the cost, idle CPUs polling instead of sleeping, lasts
-//! as long as the writes do (`fuse.keep-cpus-awake: false` turns it off).
+//! asks while a database write, sync or commit is being served and until
+//! `RELEASE_AFTER` has passed without one, so the cost, idle CPUs polling
+//! instead of sleeping, lasts as long as the writes do
+//! (`fuse.keep-cpus-awake: false` turns it off).
 //!
 //! The request is one open file, `/dev/cpu_dma_latency` (root only): the
 //! value last written to it holds, and the kernel drops it when the file
@@ -48,11 +49,16 @@ struct Request {
 
 struct State {
     held: bool,
+    /// Writes being served now: the request is not let go while one is
+    /// (a commit's fsync and LTX file can take longer than `RELEASE_AFTER`).
+    in_flight: u32,
+    /// When the last write began or ended.
     last_write: Instant,
     stopped: bool,
 }
 
-/// The mount's request for awake CPUs; [`CpuWake::touch`] at each write.
+/// The mount's request for awake CPUs; [`CpuWake::hold`] while serving a
+/// write.
 pub struct CpuWake {
     request: Option<Arc<Request>>,
 }
@@ -81,6 +87,7 @@ impl CpuWake {
             device,
             state: Mutex::new(State {
                 held: false,
+                in_flight: 0,
                 last_write: Instant::now(),
                 stopped: false,
             }),
@@ -100,18 +107,35 @@ impl CpuWake {
         }
     }
 
-    /// A database write or sync: take the request if it is not held, and
-    /// push its release back.
-    pub fn touch(&self) {
-        let Some(request) = &self.request else {
-            return;
-        };
-        let mut state = lock(&request.state);
-        state.last_write = Instant::now();
-        if !state.held {
-            state.held = true;
-            set(request, AWAKE);
-            request.changed.notify_one();
+    /// A database write, sync or commit is being served: takes the
+    /// request if it is not held; it is kept until the returned guard is
+    /// dropped and `RELEASE_AFTER` more.
+    pub fn hold(&self) -> Awake<'_> {
+        if let Some(request) = &self.request {
+            let mut state = lock(&request.state);
+            state.in_flight += 1;
+            state.last_write = Instant::now();
+            if !state.held {
+                state.held = true;
+                set(request, AWAKE);
+                request.changed.notify_one();
+            }
+        }
+        Awake { wake: self }
+    }
+}
+
+/// A write being served (from [`CpuWake::hold`]).
+pub struct Awake<'a> {
+    wake: &'a CpuWake,
+}
+
+impl Drop for Awake<'_> {
+    fn drop(&mut self) {
+        if let Some(request) = &self.wake.request {
+            let mut state = lock(&request.state);
+            state.in_flight = state.in_flight.saturating_sub(1);
+            state.last_write = Instant::now();
         }
     }
 }
@@ -142,14 +166,17 @@ fn release_when_idle(request: &Request) {
             continue;
         }
         let idle = state.last_write.elapsed();
-        if idle >= RELEASE_AFTER {
+        if idle >= RELEASE_AFTER && state.in_flight == 0 {
             state.held = false;
             set(request, RELEASED);
             continue;
         }
         state = request
             .changed
-            .wait_timeout(state, RELEASE_AFTER - idle)
+            .wait_timeout(
+                state,
+                RELEASE_AFTER.saturating_sub(idle).max(RELEASE_AFTER / 2),
+            )
             .unwrap_or_else(|e| e.into_inner())
             .0;
     }

@@ -41,7 +41,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{Errno, FileAttr, FileHandle, FileType, INodeNo};
 use log::{debug, info, warn};
 
-use crate::cpu_wake::CpuWake;
+use crate::cpu_wake::{Awake, CpuWake};
 use crate::sqlite;
 use crate::store::{Db, Store};
 use inodes::{Inodes, LAG_INO, PRIMARY_INO, ROOT_INO};
@@ -70,7 +70,7 @@ struct Handle {
     file: Option<File>,
     /// The kernel's registration of `file` when it is open in passthrough
     /// (`passthrough.rs`): kept while any handle of the inode is open.
-    backing: Option<Arc<fuser::BackingId>>,
+    backing: Option<Arc<passthrough::Backing>>,
 }
 
 /// The litefs file system.
@@ -181,11 +181,11 @@ impl LitefsFs {
         let _ = self.cpu_wake.set(wake);
     }
 
-    /// A write or sync of a database's files on the primary is under way.
-    fn writing(&self) {
-        if let Some(wake) = self.cpu_wake.get() {
-            wake.touch();
-        }
+    /// A write, sync or commit of a database's files on the primary is
+    /// being served: CPUs are kept awake until the guard goes (and a
+    /// moment more).
+    fn writing(&self) -> Option<Awake<'_>> {
+        self.cpu_wake.get().map(CpuWake::hold)
     }
 
     /// The replica's way to apply LTX files to this mount (see `Applier`).
@@ -341,6 +341,7 @@ impl LitefsFs {
         if !self.journal_active(db.name()) {
             return Ok(());
         }
+        let _awake = self.writing();
         match db.commit() {
             Ok(Some(pos)) => {
                 debug!("db {}: committed TXID {}", db.name(), pos);

@@ -520,7 +520,11 @@ pub type JournalPages = Vec<(u32, Vec<u8>)>;
 /// past its end) and how many of them the file has; `None` when it cannot
 /// be read (most often: it does not exist).
 pub fn read_journal_head(path: &Path) -> Option<([u8; JOURNAL_HEADER_SIZE], usize)> {
-    let file = File::open(path).ok()?;
+    read_journal_head_from(&File::open(path).ok()?)
+}
+
+/// [`read_journal_head`] of a journal already open.
+pub fn read_journal_head_from(file: &File) -> Option<([u8; JOURNAL_HEADER_SIZE], usize)> {
     let mut head = [0u8; JOURNAL_HEADER_SIZE];
     let mut len = 0;
     while len < head.len() {

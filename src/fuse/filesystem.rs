@@ -305,7 +305,7 @@ impl Filesystem for LitefsFs {
             file: Some(file),
             backing: backing.clone(),
         }) {
-            Ok(fh) => reply.opened_with(fh, open_flags, backing.as_deref()),
+            Ok(fh) => reply.opened_with(fh, open_flags, backing.as_ref().map(|b| &b.id)),
             Err(e) => reply.error(e),
         }
     }
@@ -381,7 +381,7 @@ impl Filesystem for LitefsFs {
         let Some(_primary) = self.role.hold_primary() else {
             return reply.error(self.read_only_error("write", db.name()));
         };
-        self.writing();
+        let _awake = self.writing();
         if let Err(e) = self.before_write(&handle, offset, data) {
             return reply.error(e);
         }
@@ -458,9 +458,7 @@ impl Filesystem for LitefsFs {
         let Some(file) = &handle.file else {
             return reply.ok();
         };
-        if self.role.is_primary() {
-            self.writing();
-        }
+        let _awake = self.role.is_primary().then(|| self.writing());
         if handle.kind == FileKind::Wal && self.role.is_primary() {
             // Records the commit now when the disk is nearly full.
             let wal_len = file.metadata().map_or(u64::MAX, |md| md.len());
@@ -694,7 +692,9 @@ impl Filesystem for LitefsFs {
             file: Some(file),
             backing: backing.clone(),
         }) {
-            Ok(fh) => reply.created_with(&TTL, &attr, fh, open_flags, backing.as_deref()),
+            Ok(fh) => {
+                reply.created_with(&TTL, &attr, fh, open_flags, backing.as_ref().map(|b| &b.id))
+            }
             Err(e) => reply.error(e),
         }
     }

@@ -38,13 +38,17 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use fuser::Errno;
 use log::{error, warn};
 
 use super::inodes::FileKind;
+use super::passthrough::Backing;
 use super::{has_name, set_name, LitefsFs};
-use crate::sqlite::{read_journal_head, JOURNAL_HEADER_SIZE, JOURNAL_MAGIC};
+use crate::sqlite::{
+    read_journal_head, read_journal_head_from, JOURNAL_HEADER_SIZE, JOURNAL_MAGIC,
+};
 use crate::store::Db;
 
 /// A journal's header as it is on disk (zeros past the file's end).
@@ -68,9 +72,8 @@ impl LitefsFs {
     }
 
     /// Whether some handle holds `db`'s journal open in passthrough.
-    fn journal_passes_through(&self, db: &Db) -> bool {
-        self.passthrough
-            .is_registered(self.ino(db, FileKind::Journal))
+    fn journal_passes_through(&self, db: &Db) -> Option<Arc<Backing>> {
+        self.passthrough.registered(self.ino(db, FileKind::Journal))
     }
 
     /// At a write of `db`'s database: whether a transaction is under way
@@ -83,11 +86,14 @@ impl LitefsFs {
     /// it came before this write.
     pub(super) fn journal_bounds(&self, db: &Db) -> Result<bool, Errno> {
         let active = self.journal_active(db.name());
-        if !self.journal_passes_through(db) {
+        let Some(journal) = self.journal_passes_through(db) else {
             return Ok(active);
-        }
+        };
         let mut unseen = self.unseen_txns.lock().unwrap_or_else(|e| e.into_inner());
-        let head = journal_header(db);
+        // The registered backing file is the one SQLite's writes reach (no
+        // path lookup: this is on every page write).
+        let head =
+            read_journal_head_from(&journal.file).map_or([0u8; JOURNAL_HEADER_SIZE], |(h, _)| h);
         let live = is_live(&head);
         if active {
             match unseen.get(db.name()) {

@@ -43,10 +43,21 @@ pub(super) struct Passthrough {
     by_ino: Mutex<HashMap<u64, Registered>>,
 }
 
+/// A backing file registered with the kernel, shared by every handle of
+/// its inode open in passthrough; the kernel lets it go when the last
+/// handle does.
+#[derive(Debug)]
+pub(super) struct Backing {
+    pub(super) id: BackingId,
+    /// The file the kernel reads and writes for those handles, for litefs
+    /// to read too (a journal's header at each database write).
+    pub(super) file: File,
+}
+
 /// One inode's registered backing file.
 #[derive(Debug)]
 struct Registered {
-    id: Weak<BackingId>,
+    backing: Weak<Backing>,
     /// The backing file's device and inode numbers.
     file: (u64, u64),
 }
@@ -76,7 +87,16 @@ impl Passthrough {
     /// is open in passthrough.
     pub(super) fn is_registered(&self, ino: u64) -> bool {
         let by_ino = self.by_ino.lock().unwrap_or_else(|e| e.into_inner());
-        by_ino.get(&ino).is_some_and(|r| r.id.strong_count() > 0)
+        by_ino
+            .get(&ino)
+            .is_some_and(|r| r.backing.strong_count() > 0)
+    }
+
+    /// The backing file registered for inode `ino` while any handle
+    /// holds it.
+    pub(super) fn registered(&self, ino: u64) -> Option<Arc<Backing>> {
+        let by_ino = self.by_ino.lock().unwrap_or_else(|e| e.into_inner());
+        by_ino.get(&ino).and_then(|r| r.backing.upgrade())
     }
 
     /// The backing id of inode `ino`, whose backing file is `file`:
@@ -91,13 +111,13 @@ impl Passthrough {
         may_register: bool,
         file: &File,
         register: impl FnOnce(&File) -> std::io::Result<BackingId>,
-    ) -> Option<Arc<BackingId>> {
+    ) -> Option<Arc<Backing>> {
         let mut by_ino = self.by_ino.lock().unwrap_or_else(|e| e.into_inner());
         let file_identity = identity(file);
         if let Some(registered) = by_ino.get(&ino) {
-            if let Some(id) = registered.id.upgrade() {
+            if let Some(backing) = registered.backing.upgrade() {
                 if file_identity == Some(registered.file) {
-                    return Some(id);
+                    return Some(backing);
                 }
                 // The backing file was replaced (a journal rolled back and
                 // deleted at a step-down) while a connection from before
@@ -114,20 +134,29 @@ impl Passthrough {
         if !may_register {
             return None;
         }
+        // A descriptor of litefs's own for reading it; without one (out of
+        // descriptors) this open goes through litefs.
+        let own = match file.try_clone() {
+            Ok(own) => own,
+            Err(e) => {
+                warn!("inode {ino}: cannot open its backing file for passthrough: {e}");
+                return None;
+            }
+        };
         match register(file) {
             Ok(id) => {
-                let id = Arc::new(id);
-                by_ino.retain(|_, r| r.id.strong_count() > 0);
+                let backing = Arc::new(Backing { id, file: own });
+                by_ino.retain(|_, r| r.backing.strong_count() > 0);
                 if let Some(file) = file_identity {
                     by_ino.insert(
                         ino,
                         Registered {
-                            id: Arc::downgrade(&id),
+                            backing: Arc::downgrade(&backing),
                             file,
                         },
                     );
                 }
-                Some(id)
+                Some(backing)
             }
             Err(e) => {
                 self.set_enabled(false);
@@ -158,7 +187,7 @@ impl LitefsFs {
         flags: i32,
         file: &File,
         register: impl FnOnce(&File) -> std::io::Result<BackingId>,
-    ) -> (FopenFlags, Option<Arc<BackingId>>) {
+    ) -> (FopenFlags, Option<Arc<Backing>>) {
         match kind {
             // Pages stay cached across opens: litefs drops them when it
             // changes the file itself (a replica's apply).
@@ -174,11 +203,11 @@ impl LitefsFs {
                     && self.role.is_primary()
                     && (kind == FileKind::Wal || self.journal_may_pass_through(db));
                 let ino = self.ino(db, kind);
-                if let Some(id) = self.passthrough.backing(ino, may_register, file, register) {
+                if let Some(backing) = self.passthrough.backing(ino, may_register, file, register) {
                     if may_register && kind == FileKind::Wal {
                         self.watcher.watch(db);
                     }
-                    return (FopenFlags::empty(), Some(id));
+                    return (FopenFlags::empty(), Some(backing));
                 }
                 // Cached pages would make the kernel refuse passthrough
                 // opens of the inode (and the reverse); without
