@@ -3,7 +3,7 @@
 #
 #   scripts/bench.sh [--writes N] [--rows N] [--rounds N] [--txns N] [--size N]
 #       One primary (static lease): the SQLite workloads on its mount and on
-#       a plain directory of the same disk (examples/bench.rs, mode
+#       a plain directory of the same disk (examples/bench/, mode
 #       `single`); then SQLite's speedtest1 (below; on a primary of its
 #       own, stopped afterwards); then a replica of the first primary is
 #       started and, once it has caught up, reads on it are set against the
