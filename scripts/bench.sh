@@ -12,7 +12,10 @@
 #       random rowid, median of --rounds rounds); then the replication lag
 #       over --txns single-row transactions is measured (mode `lag`), first
 #       with the replica idle, then from a WAL database (NORMAL) on the
-#       primary, then with 4 reader processes querying it in a tight loop. About 3 minutes.
+#       primary, then with 4 reader processes querying it in a tight loop,
+#       then (mode `writer-under-readers`) SQLite's own writer committing on
+#       the plain directory while 4 such readers query its database: the
+#       yardstick for the lag with readers. About 3 minutes.
 #   scripts/bench.sh --speedtest [--rounds N] [--size N]
 #       Only SQLite's own benchmark, speedtest1 (built by
 #       scripts/speedtest1.sh from Debian's sqlite3 source package, against
@@ -374,6 +377,12 @@ if $lag_only; then
     --primary "$work/primary/mnt" --primary-port "$primary_port" \
     --replica "$work/replica/mnt" --replica-port "$replica_port" \
     --pid "$primary_pid" --replica-pid "$replica_pid" --readers "$lag_readers" "${lag_args[@]}"
+  if [ "$lag_readers" -gt 0 ]; then
+    echo
+    mkdir -p "$work/plain"
+    bounded 900 target/release/examples/bench writer-under-readers \
+      --plain "$work/plain" --readers "$lag_readers" "${lag_args[@]}"
+  fi
   # What the nodes warned of during the run (a reader holding applies off).
   for node in primary replica; do
     grep -E " (WARN|ERROR) " "$work/$node/litefs.log" | sed "s/^/$node: /" | tail -n 60 || true
@@ -427,6 +436,11 @@ if ! $failover; then
     --primary "$work/primary/mnt" --primary-port "$primary_port" \
     --replica "$work/replica/mnt" --replica-port "$replica_port" \
     --readers 4 "${lag_args[@]}"
+  echo
+  # The yardstick: what the same 4 readers do to SQLite's own writer on the
+  # plain directory.
+  bounded 900 target/release/examples/bench writer-under-readers \
+    --plain "$work/plain" --readers 4 "${lag_args[@]}"
   status=0
   if $speedtest_failed; then echo "bench: speedtest1 failed (see above)" >&2; status=1; fi
   if $replica_reads_failed; then echo "bench: bench replica-reads failed (see above)" >&2; status=1; fi

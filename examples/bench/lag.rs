@@ -256,6 +256,58 @@ pub(crate) fn reader(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// The pause before each of `writer-under-readers`' commits.
+const WRITER_PAUSE: Duration = Duration::from_millis(5);
+
+/// `writer-under-readers`: single-row commits (DELETE, FULL, busy timeout
+/// 30 s) on a plain directory's database while `args.readers` reader
+/// processes query it; prints each commit's time, p50 p99 max.
+pub(crate) fn writer_under_readers(args: &Args) -> Result<(), String> {
+    let db = args.plain.join("bench-writer-under-readers.db");
+    for suffix in ["", "-journal"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let conn = Connection::open(&db).map_err(|e| format!("opening {}: {e}", db.display()))?;
+    conn.execute_batch(
+        "PRAGMA synchronous=FULL; PRAGMA busy_timeout=30000; \
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);",
+    )
+    .map_err(|e| format!("creating the table: {e}"))?;
+    let _readers = Readers::start(args, &db)?;
+    // As the lag run's measuring process: readers stay at 0.
+    set_nice(-10);
+    let mut times = Vec::with_capacity(args.txns as usize);
+    let started = Instant::now();
+    for id in 1..=i64::from(args.txns) {
+        // Readers back in their loop first, as in the lag run (one
+        // transaction every few milliseconds): back to back, the writer
+        // would keep them asleep in their busy handlers.
+        std::thread::sleep(WRITER_PAUSE);
+        let begun = Instant::now();
+        conn.execute(
+            "INSERT INTO t(id, v) VALUES(?1, ?2)",
+            rusqlite::params![id, format!("row {id}")],
+        )
+        .map_err(|e| format!("committing row {id}: {e}"))?;
+        times.push(begun.elapsed());
+    }
+    let elapsed = started.elapsed();
+    times.sort();
+    println!(
+        "SQLite's own writer on the plain directory, {} single-row commits (DELETE, FULL; {} ms \
+         apart) with {} reader processes on its database ({:.1} s in all), each commit's time:\n  \
+         p50 {:.3} ms   p99 {:.3} ms   max {:.3} ms",
+        times.len(),
+        WRITER_PAUSE.as_millis(),
+        args.readers,
+        elapsed.as_secs_f64(),
+        ms(percentile(&times, 0.50)),
+        ms(percentile(&times, 0.99)),
+        ms(times[times.len() - 1]),
+    );
+    Ok(())
+}
+
 /// Sets this process's niceness (root only for negative values; a
 /// failure leaves it as it was, with a note).
 fn set_nice(nice: i32) {

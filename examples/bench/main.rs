@@ -10,7 +10,8 @@
 //! bench replica-reads --replica DIR --plain DIR [--primary-port PORT --replica-port PORT]
 //!           [--rounds N]
 //! bench lag --primary DIR --primary-port PORT --replica DIR --replica-port PORT
-//!           [--pid PID] [--replica-pid PID] [--txns N]
+//!           [--pid PID] [--replica-pid PID] [--txns N] [--readers N]
+//! bench writer-under-readers --plain DIR [--readers N] [--txns N]
 //! ```
 //!
 //! `single` prints, for the mount and the plain directory, single-row write
@@ -28,7 +29,11 @@
 //! replica's copy holds the same rows as the plain one. `lag` commits
 //! single-row transactions on the primary one at a time and measures, for
 //! each, the time from COMMIT returning to the row being readable on the
-//! replica.
+//! replica (`lag.rs`). `writer-under-readers` is the yardstick for the lag
+//! with readers: SQLite's own writer on a plain directory, committing
+//! single-row transactions while the same reader processes query its
+//! database; it times each commit (what readers delay it by is what they
+//! would delay any writer by).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -37,7 +42,7 @@ use rusqlite::{Connection, OpenFlags};
 
 mod lag;
 
-use lag::{lag, reader, wait_caught_up};
+use lag::{lag, reader, wait_caught_up, writer_under_readers};
 
 /// How often the replica is polled while waiting for a transaction.
 const POLL: Duration = Duration::from_micros(200);
@@ -79,6 +84,7 @@ const USAGE: &str =
 [--rounds N]
        bench lag --primary DIR --primary-port PORT --replica DIR --replica-port PORT \
 [--pid PID] [--replica-pid PID] [--txns N] [--readers N] [--journal delete|wal]
+       bench writer-under-readers --plain DIR [--readers N] [--txns N]
        bench reader --db FILE --stop FILE";
 
 fn parse_args() -> Result<Args, String> {
@@ -146,6 +152,7 @@ fn parse_args() -> Result<Args, String> {
                 || (args.primary_port == 0) != (args.replica_port == 0)
         }
         "reader" => args.db.as_os_str().is_empty() || args.stop.as_os_str().is_empty(),
+        "writer-under-readers" => args.plain.as_os_str().is_empty() || args.txns == 0,
         _ => return Err(format!("unknown mode {}\n{USAGE}", args.mode)),
     };
     if missing {
@@ -562,6 +569,7 @@ fn main() {
         "single" => single(&args),
         "reader" => reader(&args),
         "replica-reads" => replica_reads(&args),
+        "writer-under-readers" => writer_under_readers(&args),
         _ => lag(&args),
     };
     if let Err(e) = result {
