@@ -25,6 +25,11 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
+#[path = "common/node_info.rs"]
+mod node_info;
+
+use node_info::{info, Info};
+
 /// The database the runs write to.
 const DB: &str = "failover.db";
 /// How often the new primary is tried after the signal.
@@ -203,27 +208,6 @@ fn is_mounted(path: &Path) -> bool {
     mounts
         .lines()
         .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
-}
-
-/// What `GET /info` answers.
-#[derive(serde::Deserialize)]
-struct Info {
-    primary: bool,
-    dbs: std::collections::BTreeMap<String, String>,
-}
-
-fn info(port: u16) -> Result<Info, String> {
-    let url = format!("http://127.0.0.1:{port}/info");
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
-    let body = agent
-        .get(&url)
-        .call()
-        .and_then(|mut r| r.body_mut().read_to_string())
-        .map_err(|e| format!("GET {url}: {e}"))?;
-    serde_yaml::from_str(&body).map_err(|e| format!("GET {url}: bad answer {body:?}: {e}"))
 }
 
 /// One write transaction on `node`'s mount, with a fresh connection: a

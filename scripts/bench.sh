@@ -354,13 +354,16 @@ if $speedtest_only; then
   exit
 fi
 
-# A primary, then a replica of it; sets primary_port, primary_pid,
-# replica_port, replica_pid.
-start_pair() {
+# The primary (static lease); sets primary_port, primary_pid.
+start_primary() {
   primary_port=$(free_port)
   write_config "$work/primary" "$primary_port" ""
   start_node "$work/primary"
   primary_pid=$node_pid
+}
+
+# A replica of the primary; sets replica_port, replica_pid.
+start_replica() {
   replica_port=$(free_port)
   write_config "$work/replica" "$replica_port" "lease:
   type: static
@@ -372,7 +375,8 @@ start_pair() {
 }
 
 if $lag_only; then
-  start_pair
+  start_primary
+  start_replica
   bounded 900 target/release/examples/bench lag \
     --primary "$work/primary/mnt" --primary-port "$primary_port" \
     --replica "$work/replica/mnt" --replica-port "$replica_port" \
@@ -392,10 +396,7 @@ fi
 
 if ! $failover; then
   mkdir -p "$work/plain"
-  primary_port=$(free_port)
-  write_config "$work/primary" "$primary_port" ""
-  start_node "$work/primary"
-  primary_pid=$node_pid
+  start_primary
   bounded 900 target/release/examples/bench single \
     --mount "$work/primary/mnt" --plain "$work/plain" --pid "$primary_pid" "${single_args[@]}"
 
@@ -403,14 +404,7 @@ if ! $failover; then
   speedtest_failed=false
   if [ -n "$speedtest1" ]; then speedtest_run || speedtest_failed=true; echo; fi
 
-  replica_port=$(free_port)
-  write_config "$work/replica" "$replica_port" "lease:
-  type: static
-  candidate: false
-  hostname: bench-primary
-  advertise-url: \"http://127.0.0.1:$primary_port\""
-  start_node "$work/replica"
-  replica_pid=$node_pid
+  start_replica
   # Reads on the replica against the plain dir; a failure is reported at
   # the end, after the lag runs.
   replica_reads_failed=false

@@ -2,34 +2,13 @@
 //! primary to a replica, with or without readers on the replica (see
 //! main.rs for the modes).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
+use super::node_info::info;
 use super::{open, print_peak_rss, Args, CATCH_UP_DEADLINE, POLL, TXN_DEADLINE};
-
-/// What `GET /info` answers.
-#[derive(serde::Deserialize)]
-struct Info {
-    primary: bool,
-    dbs: BTreeMap<String, String>,
-}
-
-fn info(port: u16) -> Result<Info, String> {
-    let url = format!("http://127.0.0.1:{port}/info");
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
-    let body = agent
-        .get(&url)
-        .call()
-        .and_then(|mut r| r.body_mut().read_to_string())
-        .map_err(|e| format!("GET {url}: {e}"))?;
-    serde_yaml::from_str(&body).map_err(|e| format!("GET {url}: bad answer {body:?}: {e}"))
-}
 
 /// The TXID in a `<name>-pos` file (`%016x/%016x\n`).
 fn read_txid(pos_file: &Path) -> Result<u64, String> {

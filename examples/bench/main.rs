@@ -41,6 +41,8 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags};
 
 mod lag;
+#[path = "../common/node_info.rs"]
+mod node_info;
 
 use lag::{lag, reader, wait_caught_up, writer_under_readers};
 
