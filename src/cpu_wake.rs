@@ -36,14 +36,15 @@ const RELEASE_AFTER: Duration = Duration::from_millis(2);
 /// idle state that must be woken from (the CPU polls).
 const AWAKE: i32 = 0;
 
-/// A value above the kernel's default (2,000 s): no constraint.
-const RELEASED: i32 = i32::MAX;
+/// PM_QOS_DEFAULT_VALUE: the kernel's default, no constraint of ours.
+const RELEASED: i32 = -1;
 
 /// The request and its state; `None` inside [`CpuWake`] when off.
 struct Request {
     device: File,
     state: Mutex<State>,
-    /// Signalled when the request is taken, and when the owner goes.
+    /// Signalled when the request is taken, when the last write being
+    /// served ends, and when the owner goes.
     changed: Condvar,
 }
 
@@ -136,6 +137,9 @@ impl Drop for Awake<'_> {
             let mut state = lock(&request.state);
             state.in_flight = state.in_flight.saturating_sub(1);
             state.last_write = Instant::now();
+            if state.in_flight == 0 {
+                request.changed.notify_one();
+            }
         }
     }
 }
@@ -158,7 +162,9 @@ fn release_when_idle(request: &Request) {
             set(request, RELEASED);
             return;
         }
-        if !state.held {
+        // Nothing to let go while not held or while a write is served (the
+        // last one to end signals).
+        if !state.held || state.in_flight > 0 {
             state = request
                 .changed
                 .wait(state)
@@ -166,17 +172,14 @@ fn release_when_idle(request: &Request) {
             continue;
         }
         let idle = state.last_write.elapsed();
-        if idle >= RELEASE_AFTER && state.in_flight == 0 {
+        if idle >= RELEASE_AFTER {
             state.held = false;
             set(request, RELEASED);
             continue;
         }
         state = request
             .changed
-            .wait_timeout(
-                state,
-                RELEASE_AFTER.saturating_sub(idle).max(RELEASE_AFTER / 2),
-            )
+            .wait_timeout(state, RELEASE_AFTER - idle)
             .unwrap_or_else(|e| e.into_inner())
             .0;
     }

@@ -4,8 +4,9 @@
 //! lets it go once writes stop, and never takes it with
 //! `fuse.keep-cpus-awake: false`. Needs root and /dev/fuse.
 //!
-//! One test only: the device is the whole machine's, and test binaries run
-//! one at a time, so no other litefs node asks meanwhile.
+//! One test only: the device is the whole machine's, and `cargo test` runs
+//! test binaries one at a time, so no other litefs node asks meanwhile (a
+//! runner that runs binaries in parallel would make it fail).
 
 mod common;
 
@@ -58,7 +59,7 @@ fn the_primary_keeps_cpus_awake_only_while_it_writes() {
     let dir = temp_dir("cpu-wake");
     let mut node = Node::start_in(dir.path(), "");
 
-    // Creating the database writes it: taken, then let go once idle.
+    // Creating the database writes it; once idle, nothing is held.
     let conn = rusqlite::Connection::open(node.db("awake.db")).unwrap();
     conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
         .unwrap();

@@ -92,8 +92,15 @@ impl LitefsFs {
         let mut unseen = self.unseen_txns.lock().unwrap_or_else(|e| e.into_inner());
         // The registered backing file is the one SQLite's writes reach (no
         // path lookup: this is on every page write).
-        let head =
-            read_journal_head_from(&journal.file).map_or([0u8; JOURNAL_HEADER_SIZE], |(h, _)| h);
+        // A read that fails tells nothing of the bounds: refuse the write
+        // rather than guess (SQLite rolls back).
+        let Some((head, _)) = read_journal_head_from(&journal.file) else {
+            error!(
+                "db {}: cannot read its journal's header; the write is refused",
+                db.name()
+            );
+            return Err(Errno::EIO);
+        };
         let live = is_live(&head);
         if active {
             match unseen.get(db.name()) {

@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -136,7 +137,9 @@ impl Passthrough {
         }
         // A descriptor of litefs's own for reading it; without one (out of
         // descriptors) this open goes through litefs.
-        let own = match file.try_clone() {
+        // Read-only whatever the handle's mode (a write-only handle may
+        // register), through the descriptor: the same inode.
+        let own = match File::open(format!("/proc/self/fd/{}", file.as_raw_fd())) {
             Ok(own) => own,
             Err(e) => {
                 warn!("inode {ino}: cannot open its backing file for passthrough: {e}");
