@@ -39,7 +39,7 @@ const AWAKE: i32 = 0;
 /// PM_QOS_DEFAULT_VALUE: the kernel's default, no constraint of ours.
 const RELEASED: i32 = -1;
 
-/// The request and its state; `None` inside [`CpuWake`] when off.
+/// The request and its state (absent from [`CpuWake`] when off).
 struct Request {
     device: File,
     state: Mutex<State>,
@@ -53,7 +53,8 @@ struct State {
     /// Writes being served now: the request is not let go while one is
     /// (a commit's fsync and LTX file can take longer than `RELEASE_AFTER`).
     in_flight: u32,
-    /// When the last write began or ended.
+    /// When the last write being served ended (what the release counts
+    /// from: nothing is let go while one is in flight).
     last_write: Instant,
     stopped: bool,
 }
@@ -115,7 +116,6 @@ impl CpuWake {
         if let Some(request) = &self.request {
             let mut state = lock(&request.state);
             state.in_flight += 1;
-            state.last_write = Instant::now();
             if !state.held {
                 state.held = true;
                 set(request, AWAKE);

@@ -35,7 +35,7 @@ use std::fs::{File, Metadata, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{Errno, FileAttr, FileHandle, FileType, INodeNo};
@@ -115,8 +115,8 @@ pub struct LitefsFs {
     /// Wakes on writes to the primary's WALs (`watch.rs`).
     watcher: watch::WalWatcher,
     /// The request for awake CPUs while databases are written
-    /// (`crate::cpu_wake`); unset until `keep_cpus_awake`.
-    cpu_wake: OnceLock<CpuWake>,
+    /// (`crate::cpu_wake`); off until `keep_cpus_awake`.
+    cpu_wake: CpuWake,
     /// Databases whose backing directory gained or lost an entry since the
     /// last fsyncdir: the only ones it must sync.
     changed_dirs: Mutex<HashSet<String>>,
@@ -157,7 +157,7 @@ impl LitefsFs {
             wals,
             passthrough: Arc::default(),
             watcher,
-            cpu_wake: OnceLock::new(),
+            cpu_wake: CpuWake::off(),
             hidden_journals: Mutex::new(hidden_journals),
             synced_journals: Mutex::new(HashSet::new()),
             syncing_dbs: Mutex::new(HashSet::new()),
@@ -172,20 +172,17 @@ impl LitefsFs {
     /// Asks the kernel for awake CPUs while databases are written
     /// (`fuse.keep-cpus-awake`; see `crate::cpu_wake`). Once, before the
     /// mount serves requests.
-    pub fn keep_cpus_awake(&self, keep: bool) {
-        let wake = if keep {
-            CpuWake::start()
-        } else {
-            CpuWake::off()
-        };
-        let _ = self.cpu_wake.set(wake);
+    pub fn keep_cpus_awake(&mut self, keep: bool) {
+        if keep {
+            self.cpu_wake = CpuWake::start();
+        }
     }
 
     /// A write, sync or commit of a database's files on the primary is
     /// being served: CPUs are kept awake until the guard goes (and a
     /// moment more).
-    fn writing(&self) -> Option<Awake<'_>> {
-        self.cpu_wake.get().map(CpuWake::hold)
+    fn writing(&self) -> Awake<'_> {
+        self.cpu_wake.hold()
     }
 
     /// The replica's way to apply LTX files to this mount (see `Applier`).

@@ -179,7 +179,7 @@ pub fn run(config: &Config) -> Result<u8, Error> {
     } else {
         Role::replica(None)
     });
-    let fs = LitefsFs::new(store.clone(), role.clone(), &mount_dir);
+    let mut fs = LitefsFs::new(store.clone(), role.clone(), &mount_dir);
     fs.allow_passthrough(config.fuse.passthrough);
     fs.keep_cpus_awake(config.fuse.keep_cpus_awake);
     let applier = Arc::new(fs.applier());

@@ -434,9 +434,9 @@ impl Filesystem for LitefsFs {
             .remove(&fh.0);
         reply.ok();
         if let Some(handle) = handle {
-            if handle.kind == FileKind::Journal && handle.backing.is_some() {
+            if let (FileKind::Journal, Some(backing)) = (handle.kind, &handle.backing) {
                 if let Some(_primary) = self.role.hold_primary() {
-                    self.journal_released(&handle.db);
+                    self.journal_released(&handle.db, backing);
                 }
             }
         }
@@ -475,7 +475,7 @@ impl Filesystem for LitefsFs {
         }
         if handle.kind == FileKind::Journal {
             if let Some(_primary) = self.role.hold_primary() {
-                match self.journal_fsync(&handle.db) {
+                match self.journal_fsync(&handle.db, handle.backing.as_deref()) {
                     Ok(true) => return reply.ok(),
                     Ok(false) => {}
                     Err(e) => return reply.error(e),

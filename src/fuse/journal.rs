@@ -71,7 +71,8 @@ impl LitefsFs {
         has_name(&self.syncing_dbs, db.name())
     }
 
-    /// Whether some handle holds `db`'s journal open in passthrough.
+    /// The backing file of `db`'s journal while some handle holds it open
+    /// in passthrough.
     fn journal_passes_through(&self, db: &Db) -> Option<Arc<Backing>> {
         self.passthrough.registered(self.ino(db, FileKind::Journal))
     }
@@ -90,8 +91,6 @@ impl LitefsFs {
             return Ok(active);
         };
         let mut unseen = self.unseen_txns.lock().unwrap_or_else(|e| e.into_inner());
-        // The registered backing file is the one SQLite's writes reach (no
-        // path lookup: this is on every page write).
         // A read that fails tells nothing of the bounds: refuse the write
         // rather than guess (SQLite rolls back).
         let Some((head, _)) = read_journal_head_from(&journal.file) else {
@@ -150,9 +149,9 @@ impl LitefsFs {
     /// still as that end left it, empty or its header all zeros (a new
     /// transaction's first header in `synchronous=FULL` has only its magic
     /// zeroed, until its records are synced).
-    pub(super) fn journal_fsync(&self, db: &Db) -> Result<bool, Errno> {
+    pub(super) fn journal_fsync(&self, db: &Db, backing: Option<&Backing>) -> Result<bool, Errno> {
         let mut unseen = self.unseen_txns.lock().unwrap_or_else(|e| e.into_inner());
-        let head = journal_header(db);
+        let head = journal_header(db, backing);
         if is_live(&head) {
             set_name(&self.synced_journals, db.name(), true);
             self.set_journal_ended(db.name(), false);
@@ -178,9 +177,9 @@ impl LitefsFs {
     /// A handle of `db`'s journal that passed through was closed: a
     /// transaction that ended by zeroing the header with no sync after it
     /// (see the module comment) is recorded now.
-    pub(super) fn journal_released(&self, db: &Db) {
+    pub(super) fn journal_released(&self, db: &Db, backing: &Backing) {
         let mut unseen = self.unseen_txns.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.journal_active(db.name()) || is_live(&journal_header(db)) {
+        if !self.journal_active(db.name()) || is_live(&journal_header(db, Some(backing))) {
             return;
         }
         match self.commit(db) {
@@ -207,9 +206,15 @@ impl LitefsFs {
     }
 }
 
-/// `db`'s journal header on disk; zeros where there is none.
-fn journal_header(db: &Db) -> Header {
-    read_journal_head(db.journal_path()).map_or([0u8; JOURNAL_HEADER_SIZE], |(head, _)| head)
+/// `db`'s journal header on disk, read from `backing` (the registered
+/// file SQLite's writes reach) when the journal passes through; zeros
+/// where there is none.
+fn journal_header(db: &Db, backing: Option<&Backing>) -> Header {
+    match backing {
+        Some(backing) => read_journal_head_from(&backing.file),
+        None => read_journal_head(db.journal_path()),
+    }
+    .map_or([0u8; JOURNAL_HEADER_SIZE], |(head, _)| head)
 }
 
 fn is_live(head: &Header) -> bool {

@@ -87,10 +87,7 @@ impl Passthrough {
     /// Whether inode `ino` has a backing file registered: a handle of it
     /// is open in passthrough.
     pub(super) fn is_registered(&self, ino: u64) -> bool {
-        let by_ino = self.by_ino.lock().unwrap_or_else(|e| e.into_inner());
-        by_ino
-            .get(&ino)
-            .is_some_and(|r| r.backing.strong_count() > 0)
+        self.registered(ino).is_some()
     }
 
     /// The backing file registered for inode `ino` while any handle
@@ -135,10 +132,10 @@ impl Passthrough {
         if !may_register {
             return None;
         }
-        // A descriptor of litefs's own for reading it; without one (out of
-        // descriptors) this open goes through litefs.
-        // Read-only whatever the handle's mode (a write-only handle may
-        // register), through the descriptor: the same inode.
+        // A read-only descriptor of litefs's own for reading it (the
+        // registering handle may be write-only), opened through the
+        // handle's: the same inode. Without one this open goes through
+        // litefs.
         let own = match File::open(format!("/proc/self/fd/{}", file.as_raw_fd())) {
             Ok(own) => own,
             Err(e) => {
