@@ -143,11 +143,16 @@ impl Db {
             return Ok(());
         }
         let path = &self.database_path;
-        let database =
-            File::open(path).map_err(io_error(format!("opening database {}", self.name), path))?;
+        let database = match &mut state.database_reader {
+            Some(file) => &*file,
+            reader @ None => &*reader.insert(
+                File::open(path)
+                    .map_err(io_error(format!("opening database {}", self.name), path))?,
+            ),
+        };
         let mut page = vec![0u8; page_size as usize];
         for pgno in to_save {
-            self.read_page(&database, pgno, &mut page)?;
+            self.read_page(database, pgno, &mut page)?;
             state.undo.append(state.pos, pgno, &page).map_err(io_error(
                 format!(
                     "saving free-list page {pgno} of database {} to the undo log",

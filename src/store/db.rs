@@ -92,6 +92,11 @@ pub(super) struct State {
     pub(super) rescan: bool,
     /// Old content of the free-list pages overwritten since `pos`.
     pub(super) undo: UndoLog,
+    /// The database file, opened for reading the first time the
+    /// transaction since `pos` saves a free-list page (a bulk insert that
+    /// reuses freed pages saves one per write); closed when it ends, so a
+    /// database file replaced between transactions is never read stale.
+    pub(super) database_reader: Option<File>,
     /// The header as of `pos` names WAL mode.
     pub(super) wal_mode: bool,
     /// WAL mode: where the newest committed content of each page is in
@@ -118,6 +123,7 @@ impl State {
             pending_page_size: None,
             rescan: false,
             undo: UndoLog::new(undo_path),
+            database_reader: None,
             wal_mode: false,
             wal_index: BTreeMap::new(),
             unsynced_ltx: Vec::new(),
@@ -130,6 +136,7 @@ impl State {
         self.dirty.clear();
         self.pending_page_size = None;
         self.rescan = false;
+        self.database_reader = None;
         if let Err(err) = self.undo.clear() {
             // Harmless: every record names the position it belongs to.
             log::warn!(

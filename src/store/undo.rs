@@ -14,7 +14,8 @@
 //! bytes, then the TXID and checksum of the position the transaction started
 //! from), the page, and the CRC64 of header and page. Records of another
 //! position, and a torn record at the end, are ignored, so a stale log is
-//! harmless.
+//! harmless. Each transaction writes its records from the start of the
+//! file, over those of earlier ones (see [`UndoLog::clear`]).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -29,6 +30,10 @@ const RECORD_MAGIC: &[u8; 4] = b"LFUN";
 const RECORD_HEADER_SIZE: usize = 32;
 const RECORD_TRAILER_SIZE: usize = 8;
 
+/// How long the undo log may stay between transactions (see
+/// [`UndoLog::clear`]): the records of 16,384 pages of 4 KiB.
+const KEEP_BYTES: u64 = 64 << 20;
+
 /// The undo log of the running transaction.
 #[derive(Debug)]
 pub(super) struct UndoLog {
@@ -38,6 +43,9 @@ pub(super) struct UndoLog {
     len: u64,
     /// Bytes known to be on disk.
     synced_len: u64,
+    /// The file's length as far as this log wrote it (old records may
+    /// follow `len`).
+    file_len: u64,
     /// Page number to the offset of its saved content.
     pages: BTreeMap<u32, u64>,
 }
@@ -49,6 +57,7 @@ impl UndoLog {
             file: None,
             len: 0,
             synced_len: 0,
+            file_len: 0,
             pages: BTreeMap::new(),
         }
     }
@@ -78,6 +87,7 @@ impl UndoLog {
         let offset = self.len;
         self.open()?.write_all_at(&record, offset)?;
         self.len += record.len() as u64;
+        self.file_len = self.file_len.max(self.len);
         self.pages.insert(pgno, offset + RECORD_HEADER_SIZE as u64);
         Ok(())
     }
@@ -101,14 +111,25 @@ impl UndoLog {
         Ok(())
     }
 
-    /// Forgets the transaction's records and empties the file.
+    /// Forgets the transaction's records. The next transaction writes its
+    /// records over them from the start of the file, which is emptied only
+    /// once it has grown past [`KEEP_BYTES`]: truncating a file of many
+    /// pages frees their blocks (milliseconds for a bulk insert's worth),
+    /// and at the end of a transaction that is on the commit's path.
+    ///
+    /// Leaving old records behind the new ones is safe: recovery uses only
+    /// records that name the position it recovers to (`read_saved_pages`),
+    /// and a record of that position from an earlier transaction holds the
+    /// page exactly as it is at that position, because the position's
+    /// checksum covers every page.
     pub(super) fn clear(&mut self) -> io::Result<()> {
         self.pages.clear();
-        if self.len == 0 {
-            return Ok(());
-        }
         self.len = 0;
         self.synced_len = 0;
+        if self.file_len <= KEEP_BYTES {
+            return Ok(());
+        }
+        self.file_len = 0;
         self.open()?.set_len(0)
     }
 
@@ -117,6 +138,7 @@ impl UndoLog {
         self.pages.clear();
         self.len = 0;
         self.synced_len = 0;
+        self.file_len = 0;
         match OpenOptions::new().write(true).open(&self.path) {
             Ok(file) => file.set_len(0),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
