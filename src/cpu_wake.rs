@@ -18,6 +18,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,23 +41,34 @@ const AWAKE: i32 = 0;
 const RELEASED: i32 = -1;
 
 /// The request and its state (absent from [`CpuWake`] when off).
+///
+/// A write being served touches only the atomics: ending one wakes no
+/// thread (a bulk insert ends thousands a second, and a wake-up each is
+/// what this module exists to avoid). Taking and letting go of the request
+/// happen under `device`, so the device sees them in order; `held` is set
+/// and cleared only there.
 struct Request {
-    device: File,
-    state: Mutex<State>,
-    /// Signalled when the request is taken, when the last write being
-    /// served ends, and when the owner goes.
+    /// The open device; the mutex orders taking and letting go.
+    device: Mutex<File>,
+    /// The request is taken (the device holds `AWAKE`).
+    held: AtomicBool,
+    /// Writes being served now: the request is not let go while one is
+    /// (a commit's fsync and LTX file can take longer than `RELEASE_AFTER`).
+    in_flight: AtomicU32,
+    /// When the last write being served ended, in nanoseconds since
+    /// `start` (what the release counts from).
+    last_write: AtomicU64,
+    start: Instant,
+    stopped: AtomicBool,
+    /// Signalled when the request is taken and when the owner goes: the
+    /// `cpu-wake` thread waits on it while nothing is held.
     changed: Condvar,
 }
 
-struct State {
-    held: bool,
-    /// Writes being served now: the request is not let go while one is
-    /// (a commit's fsync and LTX file can take longer than `RELEASE_AFTER`).
-    in_flight: u32,
-    /// When the last write being served ended (what the release counts
-    /// from: nothing is let go while one is in flight).
-    last_write: Instant,
-    stopped: bool,
+impl Request {
+    fn since_start(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
 }
 
 /// The mount's request for awake CPUs; [`CpuWake::hold`] while serving a
@@ -86,13 +98,12 @@ impl CpuWake {
             }
         };
         let request = Arc::new(Request {
-            device,
-            state: Mutex::new(State {
-                held: false,
-                in_flight: 0,
-                last_write: Instant::now(),
-                stopped: false,
-            }),
+            device: Mutex::new(device),
+            held: AtomicBool::new(false),
+            in_flight: AtomicU32::new(0),
+            last_write: AtomicU64::new(0),
+            start: Instant::now(),
+            stopped: AtomicBool::new(false),
             changed: Condvar::new(),
         });
         let releaser = request.clone();
@@ -114,12 +125,18 @@ impl CpuWake {
     /// dropped and `RELEASE_AFTER` more.
     pub fn hold(&self) -> Awake<'_> {
         if let Some(request) = &self.request {
-            let mut state = lock(&request.state);
-            state.in_flight += 1;
-            if !state.held {
-                state.held = true;
-                set(request, AWAKE);
-                request.changed.notify_one();
+            // Counted before `held` is read: the releaser clears `held`
+            // before it reads the count, so either it sees this write and
+            // keeps the request, or this write sees `held` cleared and
+            // takes it again.
+            request.in_flight.fetch_add(1, SeqCst);
+            if !request.held.load(SeqCst) {
+                let device = lock(&request.device);
+                if !request.held.load(SeqCst) {
+                    set(&device, AWAKE);
+                    request.held.store(true, SeqCst);
+                    request.changed.notify_one();
+                }
             }
         }
         Awake { wake: self }
@@ -134,12 +151,8 @@ pub struct Awake<'a> {
 impl Drop for Awake<'_> {
     fn drop(&mut self) {
         if let Some(request) = &self.wake.request {
-            let mut state = lock(&request.state);
-            state.in_flight = state.in_flight.saturating_sub(1);
-            state.last_write = Instant::now();
-            if state.in_flight == 0 {
-                request.changed.notify_one();
-            }
+            request.last_write.store(request.since_start(), SeqCst);
+            request.in_flight.fetch_sub(1, SeqCst);
         }
     }
 }
@@ -147,39 +160,52 @@ impl Drop for Awake<'_> {
 impl Drop for CpuWake {
     fn drop(&mut self) {
         if let Some(request) = &self.request {
-            lock(&request.state).stopped = true;
+            let _device = lock(&request.device);
+            request.stopped.store(true, SeqCst);
             request.changed.notify_one();
         }
     }
 }
 
-/// The `cpu-wake` thread: lets the request go once `RELEASE_AFTER` has
-/// passed since the last write; exits when its `CpuWake` is dropped.
+/// The `cpu-wake` thread: while the request is held, looks every
+/// `RELEASE_AFTER` (at most) and lets it go once that long has passed
+/// since the last write with none in flight; exits when its `CpuWake` is
+/// dropped.
 fn release_when_idle(request: &Request) {
-    let mut state = lock(&request.state);
+    let mut device = lock(&request.device);
     loop {
-        if state.stopped {
-            set(request, RELEASED);
+        if request.stopped.load(SeqCst) {
+            set(&device, RELEASED);
             return;
         }
-        // Nothing to let go while not held or while a write is served (the
-        // last one to end signals).
-        if !state.held || state.in_flight > 0 {
-            state = request
+        if !request.held.load(SeqCst) {
+            device = request
                 .changed
-                .wait(state)
+                .wait(device)
                 .unwrap_or_else(|e| e.into_inner());
             continue;
         }
-        let idle = state.last_write.elapsed();
-        if idle >= RELEASE_AFTER {
-            state.held = false;
-            set(request, RELEASED);
+        // Cleared before the count is read (see `CpuWake::hold`); a write
+        // that comes in meanwhile waits for `device` and finds it set again.
+        request.held.store(false, SeqCst);
+        let busy = request.in_flight.load(SeqCst) > 0;
+        let idle_ns = request
+            .since_start()
+            .saturating_sub(request.last_write.load(SeqCst));
+        let idle = Duration::from_nanos(idle_ns);
+        if !busy && idle >= RELEASE_AFTER {
+            set(&device, RELEASED);
             continue;
         }
-        state = request
+        request.held.store(true, SeqCst);
+        let wait = if busy {
+            RELEASE_AFTER
+        } else {
+            RELEASE_AFTER - idle
+        };
+        device = request
             .changed
-            .wait_timeout(state, RELEASE_AFTER - idle)
+            .wait_timeout(device, wait)
             .unwrap_or_else(|e| e.into_inner())
             .0;
     }
@@ -187,9 +213,9 @@ fn release_when_idle(request: &Request) {
 
 /// Writes `value` (microseconds, native-endian s32 as the device takes it).
 /// A failure costs only speed: one debug line.
-fn set(request: &Request, value: i32) {
-    // Callers hold `state`, so writes are in order.
-    if let Err(e) = (&request.device).write_all(&value.to_ne_bytes()) {
+fn set(mut device: &File, value: i32) {
+    // Callers hold the device's mutex, so writes are in order.
+    if let Err(e) = device.write_all(&value.to_ne_bytes()) {
         debug!("{DEVICE}: cannot write {value}: {e}");
     }
 }
