@@ -71,6 +71,9 @@ struct Handle {
     /// The kernel's registration of `file` when it is open in passthrough
     /// (`passthrough.rs`): kept while any handle of the inode is open.
     backing: Option<Arc<passthrough::Backing>>,
+    /// Bytes of database pages written through this handle since the disk
+    /// was last asked to start writing them out (see `write`).
+    not_handed: AtomicU64,
 }
 
 /// The litefs file system.

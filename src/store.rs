@@ -42,6 +42,7 @@ mod snapshot;
 mod space;
 mod undo;
 mod wal;
+pub(crate) mod write_back;
 
 pub use db::{Commit, Db};
 use error::io_error;

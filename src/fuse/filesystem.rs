@@ -5,6 +5,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use fuser::{
@@ -21,6 +22,7 @@ use super::{
     io_errno, is_own_thread, is_special, journal_on_disk_is_live, name_str, path_of, pos_text,
     slice_at, special_ino, wants_write, Handle, LitefsFs, NEGATIVE_TTL, SPECIAL_FILES, TTL,
 };
+use crate::store::write_back;
 
 impl Filesystem for LitefsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
@@ -269,6 +271,7 @@ impl Filesystem for LitefsFs {
                 kind,
                 file: None,
                 backing: None,
+                not_handed: AtomicU64::new(0),
             }) {
                 Ok(fh) => reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO),
                 Err(e) => reply.error(e),
@@ -304,6 +307,7 @@ impl Filesystem for LitefsFs {
             kind,
             file: Some(file),
             backing: backing.clone(),
+            not_handed: AtomicU64::new(0),
         }) {
             Ok(fh) => reply.opened_with(fh, open_flags, backing.as_ref().map(|b| &b.id)),
             Err(e) => reply.error(e),
@@ -392,7 +396,12 @@ impl Filesystem for LitefsFs {
                     Err(e) => reply.error(e),
                 }
             }
-            Ok(()) => reply.written(data.len() as u32),
+            Ok(()) => {
+                if handle.kind == FileKind::Database {
+                    hand_to_disk(&handle, file, data.len());
+                }
+                reply.written(data.len() as u32)
+            }
             Err(e) => {
                 let what = format!("write {:?} at {offset}", handle.kind);
                 reply.error(self.backing_errno(db, &what, &e))
@@ -691,6 +700,7 @@ impl Filesystem for LitefsFs {
             kind,
             file: Some(file),
             backing: backing.clone(),
+            not_handed: AtomicU64::new(0),
         }) {
             Ok(fh) => {
                 reply.created_with(&TTL, &attr, fh, open_flags, backing.as_ref().map(|b| &b.id))
@@ -763,5 +773,18 @@ impl Filesystem for LitefsFs {
         // checks like any other.
         self.unsupported("copy_file_range", 0);
         Counted::new(FuseOp::CopyFileRange, reply).error(Errno::ENOSYS);
+    }
+}
+
+/// Starts writing out the database file's dirty pages, without waiting,
+/// once every `write_back::EVERY` bytes written through `handle`: SQLite
+/// writes a large transaction's pages long before its fsync (cache
+/// spills), and the disk can write them meanwhile, so that fsync, on the
+/// commit's path, finds little left. The fsync alone makes them durable.
+fn hand_to_disk(handle: &Handle, file: &File, len: usize) {
+    let total = handle.not_handed.fetch_add(len as u64, Ordering::Relaxed) + len as u64;
+    if total >= write_back::EVERY {
+        handle.not_handed.store(0, Ordering::Relaxed);
+        write_back::start(file, 0, 0);
     }
 }

@@ -25,6 +25,7 @@ use std::path::Path;
 
 use super::db::{Change, State, LTX_BUFFER};
 use super::publish::NewFile;
+use super::write_back::WriteBack;
 use super::{
     io_error, is_lock_page, now_ms, page_offset, read_database_shape, read_freelist, sync_dir,
     Commit, Db, Error, Position, Shape,
@@ -537,8 +538,9 @@ impl Db {
         read: impl Fn(u32, &mut [u8]) -> Result<(), Error>,
     ) -> Result<u64, Error> {
         let ltx_error = self.ltx_error(path);
-        let mut encoder = ltx::LtxEncoder::new(BufWriter::with_capacity(LTX_BUFFER, file), header)
-            .map_err(ltx_error)?;
+        // Handed to the disk as it is written, while the rest is encoded.
+        let writer = BufWriter::with_capacity(LTX_BUFFER, WriteBack::new(file));
+        let mut encoder = ltx::LtxEncoder::new(writer, header).map_err(ltx_error)?;
         let mut page = vec![0u8; header.page_size as usize];
         for &(pgno, checksum) in &change.pages {
             read(pgno, &mut page)?;
@@ -556,7 +558,8 @@ impl Db {
         let (writer, _) = encoder.finish(change.checksum).map_err(ltx_error)?;
         let file = writer
             .into_inner()
-            .map_err(|err| io_error("writing the LTX file", path)(err.into_error()))?;
+            .map_err(|err| io_error("writing the LTX file", path)(err.into_error()))?
+            .file;
         if sync {
             file.sync_all().map_err(io_error(
                 format!("syncing an LTX file of database {}", self.name),

@@ -23,7 +23,7 @@ use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::Position;
+use super::{write_back, Position};
 use crate::ltx;
 
 const RECORD_MAGIC: &[u8; 4] = b"LFUN";
@@ -46,6 +46,9 @@ pub(super) struct UndoLog {
     /// The file's length as far as this log wrote it (old records may
     /// follow `len`).
     file_len: u64,
+    /// Records before this offset were handed to the disk already
+    /// (`write_back.rs`).
+    written_back: u64,
     /// Page number to the offset of its saved content.
     pages: BTreeMap<u32, u64>,
 }
@@ -58,6 +61,7 @@ impl UndoLog {
             len: 0,
             synced_len: 0,
             file_len: 0,
+            written_back: 0,
             pages: BTreeMap::new(),
         }
     }
@@ -85,9 +89,18 @@ impl UndoLog {
         let crc = ltx::crc64(&record);
         record.extend_from_slice(&crc.to_be_bytes());
         let offset = self.len;
-        self.open()?.write_all_at(&record, offset)?;
-        self.len += record.len() as u64;
-        self.file_len = self.file_len.max(self.len);
+        let end = offset + record.len() as u64;
+        let written_back = self.written_back;
+        let file = self.open()?;
+        file.write_all_at(&record, offset)?;
+        if end - written_back >= write_back::EVERY {
+            // The disk writes these while SQLite goes on, so the sync before
+            // the database's (`sync`) finds little left to do.
+            write_back::start(file, written_back, end);
+            self.written_back = end;
+        }
+        self.len = end;
+        self.file_len = self.file_len.max(end);
         self.pages.insert(pgno, offset + RECORD_HEADER_SIZE as u64);
         Ok(())
     }
@@ -126,6 +139,7 @@ impl UndoLog {
         self.pages.clear();
         self.len = 0;
         self.synced_len = 0;
+        self.written_back = 0;
         if self.file_len <= KEEP_BYTES {
             return Ok(());
         }
@@ -139,6 +153,7 @@ impl UndoLog {
         self.len = 0;
         self.synced_len = 0;
         self.file_len = 0;
+        self.written_back = 0;
         match OpenOptions::new().write(true).open(&self.path) {
             Ok(file) => file.set_len(0),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
