@@ -33,6 +33,7 @@ mod diverged;
 mod error;
 mod import;
 mod lost;
+mod page_reader;
 mod publish;
 mod queue;
 mod recovery;

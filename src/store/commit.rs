@@ -24,6 +24,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::db::{Change, State, LTX_BUFFER};
+use super::page_reader::PageReader;
 use super::publish::NewFile;
 use super::write_back::WriteBack;
 use super::{
@@ -289,13 +290,13 @@ impl Db {
             pages
         };
 
+        let mut candidates = candidates;
+        candidates.retain(|&pgno| !is_lock_page(pgno, page_size));
+        let reader = PageReader::new(&file, &candidates, page_size);
         let mut page = vec![0u8; page_size as usize];
         let mut pages = Vec::new();
-        for pgno in candidates {
-            if is_lock_page(pgno, page_size) {
-                continue;
-            }
-            self.read_page(&file, pgno, &mut page)?;
+        for &pgno in &candidates {
+            self.read_listed_page(&reader, pgno, &mut page)?;
             let checksum = ltx::page_checksum(pgno, &page);
             if pgno <= old_count && state.checksums.get(pgno) == checksum {
                 continue;
@@ -413,6 +414,19 @@ impl Db {
         Ok(restored)
     }
 
+    /// Reads page `pgno` through `reader` (see `page_reader.rs`).
+    fn read_listed_page(
+        &self,
+        reader: &PageReader,
+        pgno: u32,
+        page: &mut [u8],
+    ) -> Result<(), Error> {
+        reader.read(pgno, page).map_err(io_error(
+            format!("reading page {pgno} of database {}", self.name),
+            &self.database_path,
+        ))
+    }
+
     /// After a change, takes the journal mode from the header just read
     /// and re-reads the free list if the change may have altered it.
     pub(super) fn refresh_freelist(
@@ -446,8 +460,10 @@ impl Db {
         database: &File,
         change: &Change,
     ) -> Result<u64, Error> {
+        let listed: Vec<u32> = change.pages.iter().map(|&(pgno, _)| pgno).collect();
+        let reader = PageReader::new(database, &listed, header.page_size);
         let len = self.write_change(path, header, change, true, |pgno, page| {
-            self.read_page(database, pgno, page)
+            self.read_listed_page(&reader, pgno, page)
         })?;
         // Durable before the position moves: should the directory sync
         // fail (a full disk, an I/O error), the file goes again and the
@@ -478,9 +494,11 @@ impl Db {
         change: &Change,
     ) -> Result<u64, Error> {
         let slot = self.slot.path();
+        let listed: Vec<u32> = change.pages.iter().map(|&(pgno, _)| pgno).collect();
+        let reader = PageReader::new(database, &listed, header.page_size);
         let filled = self
             .encode_change(&next, path, header, change, true, |pgno, page| {
-                self.read_page(database, pgno, page)
+                self.read_listed_page(&reader, pgno, page)
             })
             .and_then(|len| {
                 fs::rename(slot, path).map(|()| len).map_err(io_error(
