@@ -151,7 +151,8 @@ pub struct Awake<'a> {
 impl Drop for Awake<'_> {
     fn drop(&mut self) {
         if let Some(request) = &self.wake.request {
-            request.last_write.store(request.since_start(), SeqCst);
+            // The latest end wins (another write may have ended later).
+            request.last_write.fetch_max(request.since_start(), SeqCst);
             request.in_flight.fetch_sub(1, SeqCst);
         }
     }

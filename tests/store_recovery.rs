@@ -309,6 +309,44 @@ fn undo_records_left_by_earlier_transactions_are_harmless() {
     }
 }
 
+/// Undo records all have one length, so that recovery's scan never reads
+/// from the middle of an old record: the first record of another page
+/// size than those in the file empties it first.
+#[test]
+fn a_new_page_size_empties_the_undo_log_first() {
+    let _page_cache = sqlite_alone();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut m = with_free_pages(tmp.path());
+    m.exec(&format!("{REUSING_TRANSACTION} ROLLBACK;"));
+    let old_len = fs::metadata(m.db.undo_path()).unwrap().len();
+    assert_eq!(old_len % (4096 + 40), 0);
+
+    m.exec("PRAGMA page_size=1024; VACUUM;");
+    m.exec("INSERT INTO t(v) SELECT randomblob(700) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 300) SELECT x FROM c);");
+    m.exec("DELETE FROM t WHERE id % 5 != 0;");
+    let pos = m.db.pos();
+    let committed = read(m.db.database_path());
+    let small = "PRAGMA cache_size=10; BEGIN;
+        INSERT INTO t(v) SELECT randomblob(800) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 15) SELECT x FROM c);";
+    let (hot, journal) = hot_shadow(&m, small, "ROLLBACK");
+    write_through(&m.db, &m.shadow_file, &hot);
+    fs::write(m.db.journal_path(), &journal).unwrap();
+    let new_len = fs::metadata(m.db.undo_path()).unwrap().len();
+    assert!(new_len > 0, "the transaction saved no free-list page");
+    assert!(
+        new_len < old_len && new_len % (1024 + 40) == 0,
+        "{new_len} bytes: the old records were not emptied first ({old_len} bytes)"
+    );
+    let data = m.store.data_dir().to_path_buf();
+    drop(m);
+
+    let store = Store::open(&data).unwrap();
+    let db = store.db("db").unwrap();
+    assert_eq!(db.pos(), pos);
+    assert!(read(db.database_path()) == committed);
+    assert_eq!(integrity_check(db.database_path()), "ok");
+}
+
 #[test]
 fn hot_journal_rollback_without_the_undo_log_is_a_checksum_mismatch() {
     let _page_cache = sqlite_alone();

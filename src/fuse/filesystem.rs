@@ -781,10 +781,15 @@ impl Filesystem for LitefsFs {
 /// writes a large transaction's pages long before its fsync (cache
 /// spills), and the disk can write them meanwhile, so that fsync, on the
 /// commit's path, finds little left. The fsync alone makes them durable.
+/// Not while the transaction's undo records are not durable yet: a reused
+/// free-list page must not reach the disk before its old content does
+/// (the database's fsync syncs the undo log first, `Db::before_sync`).
 fn hand_to_disk(handle: &Handle, file: &File, len: usize) {
     let total = handle.not_handed.fetch_add(len as u64, Ordering::Relaxed) + len as u64;
     if total >= write_back::EVERY {
         handle.not_handed.store(0, Ordering::Relaxed);
-        write_back::start(file, 0, 0);
+        if handle.db.undo_is_synced() {
+            write_back::start(file, 0, 0);
+        }
     }
 }

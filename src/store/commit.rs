@@ -176,6 +176,14 @@ impl Db {
         ))
     }
 
+    /// Whether every undo record written so far is durable: until then no
+    /// page of the transaction may be pushed to the disk early (see
+    /// `write_back.rs`), since a reused free-list page must not reach the
+    /// disk before its old content does.
+    pub fn undo_is_synced(&self) -> bool {
+        self.lock().undo.is_synced()
+    }
+
     /// Checks a truncation of the database file before the mount passes it
     /// through: the new size must be a whole number of pages of the current
     /// or the pending page size.

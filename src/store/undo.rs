@@ -49,6 +49,8 @@ pub(super) struct UndoLog {
     /// Records before this offset were handed to the disk already
     /// (`write_back.rs`).
     written_back: u64,
+    /// The length of the records in the file (one page size at a time).
+    record_len: u64,
     /// Page number to the offset of its saved content.
     pages: BTreeMap<u32, u64>,
 }
@@ -62,6 +64,7 @@ impl UndoLog {
             synced_len: 0,
             file_len: 0,
             written_back: 0,
+            record_len: 0,
             pages: BTreeMap::new(),
         }
     }
@@ -88,6 +91,14 @@ impl UndoLog {
         record.extend_from_slice(page);
         let crc = ltx::crc64(&record);
         record.extend_from_slice(&crc.to_be_bytes());
+        if self.len == 0 && self.file_len > 0 && self.record_len != record.len() as u64 {
+            // Another page size than the records behind: empty the file,
+            // so that every record in it has the same length and a scan
+            // never reads from the middle of an old one.
+            self.open()?.set_len(0)?;
+            self.file_len = 0;
+        }
+        self.record_len = record.len() as u64;
         let offset = self.len;
         let end = offset + record.len() as u64;
         let written_back = self.written_back;
@@ -112,6 +123,11 @@ impl UndoLog {
         };
         self.open()?.read_exact_at(page, offset)?;
         Ok(true)
+    }
+
+    /// Whether the records written so far are durable.
+    pub(super) fn is_synced(&self) -> bool {
+        self.synced_len == self.len
     }
 
     /// Makes the records written so far durable.
@@ -143,8 +159,9 @@ impl UndoLog {
         if self.file_len <= KEEP_BYTES {
             return Ok(());
         }
+        self.open()?.set_len(0)?;
         self.file_len = 0;
-        self.open()?.set_len(0)
+        Ok(())
     }
 
     /// Empties the file whatever it holds (at start-up, once recovered).
@@ -180,7 +197,9 @@ impl UndoLog {
 
 /// Reads the undo log at `path` left by a crash and calls `restore(pgno,
 /// page)` for the first intact record of each page saved by a transaction
-/// that started at `base`. Returns how many pages were passed on.
+/// that started at `base`: the records from the start of the file up to
+/// the first broken one or one of another position. Returns how many
+/// pages were passed on.
 pub(super) fn read_saved_pages(
     path: &Path,
     base: Position,
@@ -218,7 +237,12 @@ pub(super) fn read_saved_pages(
             txid: be_u64(&header[16..24]),
             checksum: be_u64(&header[24..32]),
         };
-        if record_base == base && pgno > 0 && seen.insert(pgno) {
+        if record_base != base {
+            // The transaction's records come first in the file; this one,
+            // and whatever follows, an earlier transaction left.
+            break;
+        }
+        if pgno > 0 && seen.insert(pgno) {
             restore(pgno, page)?;
         }
     }
