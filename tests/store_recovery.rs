@@ -196,12 +196,31 @@ fn crash_in_reusing_transaction(dir: &Path) -> (PathBuf, Position, Vec<u8>) {
     let m = with_free_pages(dir);
     let pos = m.db.pos();
     let committed = read(m.db.database_path());
-    let (hot, journal) = hot_shadow(&m, REUSING_TRANSACTION, "ROLLBACK");
-    write_through(&m.db, &m.shadow_file, &hot);
-    fs::write(m.db.journal_path(), &journal).unwrap();
-    assert!(read(m.db.database_path()) != committed);
+    crash_in(&m, REUSING_TRANSACTION);
     assert!(fs::metadata(m.db.undo_path()).unwrap().len() > 0);
     (m.store.data_dir().to_path_buf(), pos, committed)
+}
+
+/// Leaves what a crash of litefs in the middle of `sql` leaves: its writes
+/// passed through to the database file, SQLite's hot journal in place.
+fn crash_in(m: &Mirrored, sql: &str) {
+    let before = read(m.db.database_path());
+    let (hot, journal) = hot_shadow(m, sql, "ROLLBACK");
+    write_through(&m.db, &m.shadow_file, &hot);
+    fs::write(m.db.journal_path(), &journal).unwrap();
+    assert!(read(m.db.database_path()) != before);
+}
+
+/// Opens the store again after `crash_in` and checks that recovery gave
+/// back position `pos` and the file `committed`.
+fn reopens_at(m: Mirrored, pos: Position, committed: &[u8], context: &str) {
+    let data = m.store.data_dir().to_path_buf();
+    drop(m);
+    let store = Store::open(&data).unwrap();
+    let db = store.db("db").unwrap();
+    assert_eq!(db.pos(), pos, "{context}");
+    assert!(read(db.database_path()) == committed, "{context}");
+    assert_eq!(integrity_check(db.database_path()), "ok", "{context}");
 }
 
 #[test]
@@ -288,24 +307,18 @@ fn undo_records_left_by_earlier_transactions_are_harmless() {
         let pos = m.db.pos();
         let committed = read(m.db.database_path());
 
-        let (hot, journal) = hot_shadow(&m, SMALL_REUSING_TRANSACTION, "ROLLBACK");
-        write_through(&m.db, &m.shadow_file, &hot);
-        fs::write(m.db.journal_path(), &journal).unwrap();
-        assert!(read(m.db.database_path()) != committed);
+        crash_in(&m, SMALL_REUSING_TRANSACTION);
         assert_eq!(
             fs::metadata(m.db.undo_path()).unwrap().len(),
             undo_len,
             "the smaller transaction's records must lie over the larger one's"
         );
-        let data = m.store.data_dir().to_path_buf();
-        drop(m);
-
-        let store = Store::open(&data).unwrap();
-        let db = store.db("db").unwrap();
-        let context = format!("position moved: {move_position}");
-        assert_eq!(db.pos(), pos, "{context}");
-        assert!(read(db.database_path()) == committed, "{context}");
-        assert_eq!(integrity_check(db.database_path()), "ok", "{context}");
+        reopens_at(
+            m,
+            pos,
+            &committed,
+            &format!("position moved: {move_position}"),
+        );
     }
 }
 
@@ -328,23 +341,14 @@ fn a_new_page_size_empties_the_undo_log_first() {
     let committed = read(m.db.database_path());
     let small = "PRAGMA cache_size=10; BEGIN;
         INSERT INTO t(v) SELECT randomblob(800) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 15) SELECT x FROM c);";
-    let (hot, journal) = hot_shadow(&m, small, "ROLLBACK");
-    write_through(&m.db, &m.shadow_file, &hot);
-    fs::write(m.db.journal_path(), &journal).unwrap();
+    crash_in(&m, small);
     let new_len = fs::metadata(m.db.undo_path()).unwrap().len();
     assert!(new_len > 0, "the transaction saved no free-list page");
     assert!(
         new_len < old_len && new_len % (1024 + 40) == 0,
         "{new_len} bytes: the old records were not emptied first ({old_len} bytes)"
     );
-    let data = m.store.data_dir().to_path_buf();
-    drop(m);
-
-    let store = Store::open(&data).unwrap();
-    let db = store.db("db").unwrap();
-    assert_eq!(db.pos(), pos);
-    assert!(read(db.database_path()) == committed);
-    assert_eq!(integrity_check(db.database_path()), "ok");
+    reopens_at(m, pos, &committed, "page size 1024");
 }
 
 #[test]

@@ -284,7 +284,7 @@ impl Db {
         } else {
             0
         };
-        let candidates: Vec<u32> = if !incremental || state.rescan {
+        let mut candidates: Vec<u32> = if !incremental || state.rescan {
             (1..=page_count).collect()
         } else {
             let last_old = page_count.min(old_count);
@@ -297,8 +297,6 @@ impl Db {
             pages.extend(old_count + 1..=page_count);
             pages
         };
-
-        let mut candidates = candidates;
         candidates.retain(|&pgno| !is_lock_page(pgno, page_size));
         let reader = PageReader::new(&file, &candidates, page_size);
         let mut page = vec![0u8; page_size as usize];
@@ -348,10 +346,13 @@ impl Db {
             ..ltx::Header::default()
         };
         let final_path = self.ltx_dir.join(ltx::filename(txid, txid));
+        let listed: Vec<u32> = change.pages.iter().map(|&(pgno, _)| pgno).collect();
+        let reader = PageReader::new(&file, &listed, page_size);
+        let read = |pgno, page: &mut [u8]| self.read_listed_page(&reader, pgno, page);
         let ltx_bytes = match self.slot.take() {
             // Its name is durable already (`slot.rs`).
-            Some(next) => self.fill_slot(next, &final_path, &header, &file, &change)?,
-            None => self.write_ltx_synced(&final_path, &header, &file, &change)?,
+            Some(next) => self.fill_slot(next, &final_path, &header, &change, read)?,
+            None => self.write_ltx_synced(&final_path, &header, &change, read)?,
         };
         change.apply_to(state);
         state.pos = Position {
@@ -422,19 +423,6 @@ impl Db {
         Ok(restored)
     }
 
-    /// Reads page `pgno` through `reader` (see `page_reader.rs`).
-    fn read_listed_page(
-        &self,
-        reader: &PageReader,
-        pgno: u32,
-        page: &mut [u8],
-    ) -> Result<(), Error> {
-        reader.read(pgno, page).map_err(io_error(
-            format!("reading page {pgno} of database {}", self.name),
-            &self.database_path,
-        ))
-    }
-
     /// After a change, takes the journal mode from the header just read
     /// and re-reads the free list if the change may have altered it.
     pub(super) fn refresh_freelist(
@@ -458,21 +446,17 @@ impl Db {
         }
     }
 
-    /// Writes the pages of `change`, read from the database file, as a new
-    /// LTX file at `path`, fsynced, its directory too; returns its length
-    /// in bytes (for the metrics).
+    /// Writes the pages of `change`, each read with `read` from the
+    /// database file, as a new LTX file at `path`, fsynced, its directory
+    /// too; returns its length in bytes (for the metrics).
     fn write_ltx_synced(
         &self,
         path: &Path,
         header: &ltx::Header,
-        database: &File,
         change: &Change,
+        read: impl Fn(u32, &mut [u8]) -> Result<(), Error>,
     ) -> Result<u64, Error> {
-        let listed: Vec<u32> = change.pages.iter().map(|&(pgno, _)| pgno).collect();
-        let reader = PageReader::new(database, &listed, header.page_size);
-        let len = self.write_change(path, header, change, true, |pgno, page| {
-            self.read_listed_page(&reader, pgno, page)
-        })?;
+        let len = self.write_change(path, header, change, true, read)?;
         // Durable before the position moves: should the directory sync
         // fail (a full disk, an I/O error), the file goes again and the
         // transaction is not recorded; the journal is still there, so
@@ -498,16 +482,12 @@ impl Db {
         next: File,
         path: &Path,
         header: &ltx::Header,
-        database: &File,
         change: &Change,
+        read: impl Fn(u32, &mut [u8]) -> Result<(), Error>,
     ) -> Result<u64, Error> {
         let slot = self.slot.path();
-        let listed: Vec<u32> = change.pages.iter().map(|&(pgno, _)| pgno).collect();
-        let reader = PageReader::new(database, &listed, header.page_size);
         let filled = self
-            .encode_change(&next, path, header, change, true, |pgno, page| {
-                self.read_listed_page(&reader, pgno, page)
-            })
+            .encode_change(&next, path, header, change, true, read)
             .and_then(|len| {
                 fs::rename(slot, path).map(|()| len).map_err(io_error(
                     format!("naming the new LTX file of database {}", self.name),

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use super::page_reader::PageReader;
 use super::queue::Queue;
 use super::slot::Slot;
 use super::undo::UndoLog;
@@ -362,10 +363,24 @@ impl Db {
     ) -> Result<(), Error> {
         database
             .read_exact_at(page, page_offset(pgno, page.len() as u32))
-            .map_err(io_error(
-                format!("reading page {pgno} of database {}", self.name),
-                &self.database_path,
-            ))
+            .map_err(self.page_read_error(pgno))
+    }
+
+    /// Reads page `pgno` through `reader` (see `page_reader.rs`).
+    pub(super) fn read_listed_page(
+        &self,
+        reader: &PageReader,
+        pgno: u32,
+        page: &mut [u8],
+    ) -> Result<(), Error> {
+        reader.read(pgno, page).map_err(self.page_read_error(pgno))
+    }
+
+    fn page_read_error(&self, pgno: u32) -> impl FnOnce(std::io::Error) -> Error + '_ {
+        io_error(
+            format!("reading page {pgno} of database {}", self.name),
+            &self.database_path,
+        )
     }
 
     /// Wraps an LTX error with this database and the file's path.

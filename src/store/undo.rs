@@ -23,7 +23,8 @@ use std::io::{self, BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{write_back, Position};
+use super::write_back::Handed;
+use super::Position;
 use crate::ltx;
 
 const RECORD_MAGIC: &[u8; 4] = b"LFUN";
@@ -46,9 +47,8 @@ pub(super) struct UndoLog {
     /// The file's length as far as this log wrote it (old records may
     /// follow `len`).
     file_len: u64,
-    /// Records before this offset were handed to the disk already
-    /// (`write_back.rs`).
-    written_back: u64,
+    /// How far the records were handed to the disk (`write_back.rs`).
+    written_back: Handed,
     /// The length of the records in the file (one page size at a time).
     record_len: u64,
     /// Page number to the offset of its saved content.
@@ -63,7 +63,7 @@ impl UndoLog {
             len: 0,
             synced_len: 0,
             file_len: 0,
-            written_back: 0,
+            written_back: Handed::default(),
             record_len: 0,
             pages: BTreeMap::new(),
         }
@@ -101,15 +101,11 @@ impl UndoLog {
         self.record_len = record.len() as u64;
         let offset = self.len;
         let end = offset + record.len() as u64;
-        let written_back = self.written_back;
-        let file = self.open()?;
+        let file = open_log(&mut self.file, &self.path)?;
         file.write_all_at(&record, offset)?;
-        if end - written_back >= write_back::EVERY {
-            // The disk writes these while SQLite goes on, so the sync before
-            // the database's (`sync`) finds little left to do.
-            write_back::start(file, written_back, end);
-            self.written_back = end;
-        }
+        // The disk writes these while SQLite goes on, so the sync before
+        // the database's (`sync`) finds little left to do.
+        self.written_back.written(file, end);
         self.len = end;
         self.file_len = self.file_len.max(end);
         self.pages.insert(pgno, offset + RECORD_HEADER_SIZE as u64);
@@ -155,7 +151,7 @@ impl UndoLog {
         self.pages.clear();
         self.len = 0;
         self.synced_len = 0;
-        self.written_back = 0;
+        self.written_back = Handed::default();
         if self.file_len <= KEEP_BYTES {
             return Ok(());
         }
@@ -170,7 +166,7 @@ impl UndoLog {
         self.len = 0;
         self.synced_len = 0;
         self.file_len = 0;
-        self.written_back = 0;
+        self.written_back = Handed::default();
         match OpenOptions::new().write(true).open(&self.path) {
             Ok(file) => file.set_len(0),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -179,19 +175,22 @@ impl UndoLog {
     }
 
     fn open(&mut self) -> io::Result<&File> {
-        if self.file.is_none() {
-            let file = OpenOptions::new()
+        open_log(&mut self.file, &self.path)
+    }
+}
+
+/// The log's file, opened (created if need be) at first use.
+fn open_log<'a>(file: &'a mut Option<File>, path: &Path) -> io::Result<&'a File> {
+    match file {
+        Some(file) => Ok(file),
+        None => Ok(file.insert(
+            OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
-                .open(&self.path)?;
-            self.file = Some(file);
-        }
-        match &self.file {
-            Some(file) => Ok(file),
-            None => Err(io::Error::other("undo log not open")),
-        }
+                .open(path)?,
+        )),
     }
 }
 

@@ -27,12 +27,27 @@ pub(crate) fn start(file: &File, from: u64, to: u64) {
     }
 }
 
+/// How much of a file written from its start was handed to the disk.
+#[derive(Debug, Default)]
+pub(super) struct Handed(u64);
+
+impl Handed {
+    /// `file` now holds `end` bytes written from its start: hands the new
+    /// ones to the disk once [`EVERY`] of them have gathered.
+    pub(super) fn written(&mut self, file: &File, end: u64) {
+        if end.saturating_sub(self.0) >= EVERY {
+            start(file, self.0, end);
+            self.0 = end;
+        }
+    }
+}
+
 /// Writes to a file from its start, handing each [`EVERY`] bytes to the
 /// disk as they are written.
 pub(super) struct WriteBack<'a> {
     pub(super) file: &'a File,
     written: u64,
-    handed: u64,
+    handed: Handed,
 }
 
 impl<'a> WriteBack<'a> {
@@ -40,7 +55,7 @@ impl<'a> WriteBack<'a> {
         WriteBack {
             file,
             written: 0,
-            handed: 0,
+            handed: Handed::default(),
         }
     }
 }
@@ -49,10 +64,7 @@ impl Write for WriteBack<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
         self.written += n as u64;
-        if self.written - self.handed >= EVERY {
-            start(self.file, self.handed, self.written);
-            self.handed = self.written;
-        }
+        self.handed.written(self.file, self.written);
         Ok(n)
     }
 
