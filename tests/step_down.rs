@@ -1,0 +1,216 @@
+//! A primary stepping down (its Consul lease lost) while transactions and
+//! connections are open on it: an open write transaction is rolled back,
+//! connections from before the step-down cannot write after it (WAL and
+//! rollback journal in passthrough), and a WAL read transaction keeps its
+//! snapshot while the WAL is moved into the database file. Real litefs
+//! processes, a real Consul agent, SQLite through rusqlite and the sqlite3
+//! CLI; the lease is lost by cutting node-a's link to Consul ([`Proxy`]).
+//! Needs root (or /dev/fuse access) and Consul installed by
+//! scripts/setup.sh.
+
+#[path = "common/cluster.rs"]
+mod cluster;
+mod common;
+#[path = "common/consul.rs"]
+mod consul;
+
+use std::time::{Duration, Instant};
+
+use cluster::*;
+use common::{sqlite3_ok, temp_dir, wait_for, CATCH_UP};
+use consul::ConsulAgent;
+use litefs::store;
+
+/// A write transaction still open on the primary when it loses the lease
+/// is abandoned: the pages SQLite already spilled into the database file
+/// are rolled back, so the file matches the node's position again, readers
+/// see the last commit, and the node can later take the lease back and
+/// write normally.
+#[test]
+fn a_transaction_open_when_the_primary_steps_down_is_rolled_back() {
+    let agent = ConsulAgent::start();
+    let dir = temp_dir("failover-abandon");
+    let db = "t.db";
+    let consul_link = Proxy::start(port_of(&agent.url));
+    let a = start_consul_node(dir.path(), "node-a", &consul_link.url(), "litefs/abandon");
+    write_when_writable(
+        &a.db(db),
+        "CREATE TABLE t(n INTEGER, pad BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<200)
+         INSERT INTO t SELECT i, randomblob(3000) FROM n;",
+        Instant::now(),
+        CATCH_UP,
+        Duration::from_millis(20),
+    );
+    let committed = position(&a, db);
+    // The backing file's length and checksum (pages up to the header's
+    // page count).
+    let file_state = || {
+        (
+            std::fs::metadata(a.data_db(db)).unwrap().len(),
+            store::database_checksum(&a.data_db(db)).ok(),
+        )
+    };
+    let file_checksum = || file_state().1;
+    let committed_file = file_state();
+    assert_eq!(committed_file.1, Some(committed.1));
+
+    // A large transaction with a tiny page cache: SQLite spills changed
+    // pages into the database file long before it commits.
+    let conn = rusqlite::Connection::open(a.db(db)).unwrap();
+    conn.execute_batch(
+        "PRAGMA cache_size=10; BEGIN;
+         UPDATE t SET pad = randomblob(3000);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<300)
+         INSERT INTO t SELECT 1000 + i, randomblob(3000) FROM n;",
+    )
+    .unwrap();
+    let spilled = file_state();
+    assert!(
+        spilled.0 > committed_file.0 && spilled.1 != committed_file.1,
+        "the open transaction did not spill into the database file: {committed_file:?} -> \
+         {spilled:?}"
+    );
+
+    consul_link.cut();
+    wait_for("node-a to step down", TTL, || !opens_for_writing(&a, db));
+    wait_for(
+        "the open transaction to be rolled back in the database file",
+        Duration::from_secs(5),
+        || file_state() == committed_file,
+    );
+    assert_eq!(position(&a, db), committed);
+    // The application learns that its transaction is gone.
+    assert!(conn
+        .execute_batch("INSERT INTO t VALUES(0, NULL); COMMIT;")
+        .is_err());
+    drop(conn);
+    assert_eq!(file_state(), committed_file);
+    assert_eq!(sqlite3_ok(&a.db(db), "SELECT count(*) FROM t;"), "200\n");
+    assert_eq!(sqlite3_ok(&a.db(db), "PRAGMA integrity_check;"), "ok\n");
+
+    // Consul is back: node-a takes the lease again and writes normally.
+    consul_link.heal();
+    write_when_writable(
+        &a.db(db),
+        "INSERT INTO t VALUES(201, NULL);",
+        Instant::now(),
+        CATCH_UP,
+        Duration::from_millis(20),
+    );
+    assert_eq!(sqlite3_ok(&a.db(db), "SELECT count(*) FROM t;"), "201\n");
+    assert_eq!(sqlite3_ok(&a.db(db), "PRAGMA integrity_check;"), "ok\n");
+    let now = position(&a, db);
+    assert_eq!(now.0, committed.0 + 1);
+    assert_eq!(file_checksum(), Some(now.1));
+}
+
+/// A WAL connection opened while its node was primary writes to the WAL
+/// through the kernel's passthrough, which litefs never sees: at step-down
+/// the WAL is sealed, so its next write fails instead of committing on a
+/// replica, while what it committed before is kept and it still reads.
+#[test]
+fn a_wal_connection_from_before_a_step_down_cannot_write_after_it() {
+    let agent = ConsulAgent::start();
+    let dir = temp_dir("failover-wal-seal");
+    let db = "w.db";
+    let consul_link = Proxy::start(port_of(&agent.url));
+    let a = start_consul_node(dir.path(), "node-a", &consul_link.url(), "litefs/seal");
+    write_when_writable(
+        &a.db(db),
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(n INTEGER);",
+        Instant::now(),
+        CATCH_UP,
+        Duration::from_millis(20),
+    );
+    let conn = rusqlite::Connection::open(a.db(db)).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.execute_batch("PRAGMA synchronous=NORMAL;").unwrap();
+    for n in 0..50 {
+        conn.execute("INSERT INTO t VALUES(?1)", [n]).unwrap();
+    }
+    consul_link.cut();
+    wait_for("node-a to step down", TTL, || !opens_for_writing(&a, db));
+    wait_for("node-a to fold its WAL", Duration::from_secs(5), || {
+        count_in_log(&a, "moved the WAL into the database file") >= 1
+    });
+    // Every acknowledged commit is in the LTX chain.
+    let at_step_down = position(&a, db);
+    let refused = conn.execute("INSERT INTO t VALUES(1000)", []);
+    assert!(refused.is_err(), "a write on a replica was acknowledged");
+    let count = |c: &rusqlite::Connection| -> i64 {
+        c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(count(&conn), 50);
+    drop(conn);
+    assert_eq!(sqlite3_ok(&a.db(db), "SELECT count(*) FROM t;"), "50\n");
+    assert_eq!(position(&a, db), at_step_down);
+
+    // Back as primary: the WAL is writable again.
+    consul_link.heal();
+    write_when_writable(
+        &a.db(db),
+        "INSERT INTO t VALUES(51);",
+        Instant::now(),
+        CATCH_UP,
+        Duration::from_millis(20),
+    );
+    assert_eq!(sqlite3_ok(&a.db(db), "SELECT count(*) FROM t;"), "51\n");
+    assert_eq!(position(&a, db).0, at_step_down.0 + 1);
+}
+
+/// The same for a rollback journal in passthrough (`src/fuse/journal.rs`):
+/// a connection in exclusive locking mode keeps its journal open; after
+/// the step-down the journal is sealed, so the connection's next
+/// transaction fails at its first journal write and leaves no live header
+/// that would make the journal look hot to the node's readers.
+#[test]
+fn a_journal_connection_from_before_a_step_down_cannot_write_after_it() {
+    let agent = ConsulAgent::start();
+    let dir = temp_dir("failover-journal-seal");
+    let db = "j.db";
+    let consul_link = Proxy::start(port_of(&agent.url));
+    let a = start_consul_node(dir.path(), "node-a", &consul_link.url(), "litefs/jseal");
+    // The first transaction shows that the database syncs its journal.
+    write_when_writable(
+        &a.db(db),
+        "PRAGMA journal_mode=PERSIST; CREATE TABLE t(n INTEGER);",
+        Instant::now(),
+        CATCH_UP,
+        Duration::from_millis(20),
+    );
+    let conn = rusqlite::Connection::open(a.db(db)).unwrap();
+    conn.execute_batch("PRAGMA journal_mode=PERSIST; PRAGMA locking_mode=EXCLUSIVE;")
+        .unwrap();
+    let writes_before = common::fuse_writes(&a);
+    for n in 0..20 {
+        conn.execute("INSERT INTO t VALUES(?1)", [n]).unwrap();
+    }
+    let writes = common::fuse_writes(&a) - writes_before;
+    assert!(
+        writes <= 60,
+        "{writes} FUSE writes: the journal did not pass through"
+    );
+    consul_link.cut();
+    wait_for("node-a to step down", TTL, || !opens_for_writing(&a, db));
+    let at_step_down = position(&a, db);
+    let refused = conn.execute("INSERT INTO t VALUES(1000)", []);
+    assert!(refused.is_err(), "a write on a replica was acknowledged");
+    drop(conn);
+    // No hot journal: the node's readers read.
+    assert_eq!(sqlite3_ok(&a.db(db), "SELECT count(*) FROM t;"), "20\n");
+    assert_eq!(position(&a, db), at_step_down);
+
+    // Back as primary: the journal is writable again.
+    consul_link.heal();
+    write_when_writable(
+        &a.db(db),
+        "PRAGMA journal_mode=PERSIST; INSERT INTO t VALUES(21);",
+        Instant::now(),
+        CATCH_UP,
+        Duration::from_millis(20),
+    );
+    assert_eq!(sqlite3_ok(&a.db(db), "SELECT count(*) FROM t;"), "21\n");
+    assert_eq!(position(&a, db).0, at_step_down.0 + 1);
+}
