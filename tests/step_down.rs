@@ -214,3 +214,87 @@ fn a_journal_connection_from_before_a_step_down_cannot_write_after_it() {
     assert_eq!(sqlite3_ok(&a.db(db), "SELECT count(*) FROM t;"), "21\n");
     assert_eq!(position(&a, db).0, at_step_down.0 + 1);
 }
+
+/// A WAL read transaction open when its node steps down keeps its
+/// snapshot: moving the WAL into the database file waits until it ends
+/// (up to litefs's step-down wait, 5 s), so it never reads pages newer
+/// than its snapshot or a WAL emptied under it. Once it ends, the WAL is
+/// moved, and every reader sees every commit, read from the folded
+/// database file rather than pages the kernel cached before.
+#[test]
+fn a_wal_read_transaction_open_at_step_down_keeps_its_snapshot() {
+    let agent = ConsulAgent::start();
+    let dir = temp_dir("step-down-wal-reader");
+    let db = "r.db";
+    let consul_link = Proxy::start(port_of(&agent.url));
+    let a = start_consul_node(dir.path(), "node-a", &consul_link.url(), "litefs/reader");
+    write_when_writable(
+        &a.db(db),
+        "PRAGMA journal_mode=WAL;
+         CREATE TABLE t(n INTEGER);
+         CREATE TABLE u(n INTEGER, pad BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<200)
+         INSERT INTO u SELECT i, randomblob(3000) FROM n;
+         INSERT INTO t VALUES(1);",
+        Instant::now(),
+        CATCH_UP,
+        Duration::from_millis(20),
+    );
+    // The reader's snapshot has u as first written; it reads only t now.
+    let reader = rusqlite::Connection::open(a.db(db)).unwrap();
+    reader.execute_batch("BEGIN;").unwrap();
+    let in_t = |c: &rusqlite::Connection| -> i64 {
+        c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(in_t(&reader), 1);
+    // Later commits rewrite every page of u in the WAL.
+    let writer = rusqlite::Connection::open(a.db(db)).unwrap();
+    writer
+        .execute_batch("UPDATE u SET pad = zeroblob(3000), n = -n; INSERT INTO t VALUES(2);")
+        .unwrap();
+    drop(writer);
+
+    consul_link.cut();
+    wait_for("node-a to step down", TTL, || !opens_for_writing(&a, db));
+    let folded = || count_in_log(&a, "moved the WAL into the database file") >= 1;
+    let waited_from = Instant::now();
+    while waited_from.elapsed() < Duration::from_secs(1) {
+        assert!(
+            !folded(),
+            "the WAL was moved while a read transaction was open"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The reader reads u for the first time: as its snapshot had it.
+    let (negative, zeroed): (i64, i64) = reader
+        .query_row(
+            "SELECT count(*) FILTER (WHERE n < 0), count(*) FILTER (WHERE pad = zeroblob(3000)) \
+             FROM u",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (negative, zeroed),
+        (0, 0),
+        "a read saw pages past its snapshot"
+    );
+    assert_eq!(in_t(&reader), 1);
+    let check: String = reader
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    reader.execute_batch("COMMIT;").unwrap();
+
+    wait_for("node-a to move its WAL", Duration::from_secs(10), folded);
+    assert_eq!(in_t(&reader), 2);
+    drop(reader);
+    assert_eq!(
+        sqlite3_ok(
+            &a.db(db),
+            "SELECT count(*) FROM t; SELECT count(*) FROM u WHERE n < 0; PRAGMA integrity_check;"
+        ),
+        "2\n200\nok\n"
+    );
+}

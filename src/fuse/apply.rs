@@ -32,7 +32,8 @@ const WAL_READ_LOCK_COUNT: i64 = 5;
 const STALL_WARNING: Duration = Duration::from_secs(5);
 /// SQLite's WAL write lock: byte 120 of `-shm` (WAL_WRITE_LOCK in wal.c).
 const WAL_WRITE_LOCK: i64 = 120;
-/// How long a step-down waits for a WAL writer to end its transaction.
+/// How long a step-down waits for a WAL writer, then for WAL readers, to
+/// end their transactions.
 const STEP_DOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// Applies LTX files on a replica as a SQLite writer would. The kernel
@@ -365,22 +366,31 @@ impl Applier {
     /// replica's applies land on the position), and the WAL sealed against
     /// connections opened while this node was primary (their writes pass
     /// through to it, see `Db::seal_wal`); every connection then rebuilds
-    /// its WAL index (reads in progress fail once). All of it under
-    /// SQLite's WAL write lock, so that no transaction is half written
-    /// meanwhile: a writer still in one gets up to `STEP_DOWN_WAIT` to end
-    /// it (its later writes fail once the WAL is sealed).
+    /// its WAL index.
+    ///
+    /// Locks, each taken within `STEP_DOWN_WAIT` (past it the step-down
+    /// goes on without, with a WARN): SQLite's WAL write lock, so that no
+    /// transaction is half written meanwhile (a writer's later writes fail
+    /// once the WAL is sealed); then the read-mark locks, so that no read
+    /// transaction is open while pages its snapshot reads from the WAL are
+    /// overwritten in the database file and the WAL emptied. The kernel's
+    /// cached pages of the database file are dropped before the WAL index
+    /// is reset: a reader rebuilding the index finds the WAL empty and
+    /// must read the folded pages, not those cached from before.
     fn step_down_wal(&self, db: &Db) {
         if !db.wal_path().exists() {
             return;
         }
-        let _writer_lock = self.wal_write_lock(db);
+        let _writer_lock = self.step_down_lock(db, WAL_WRITE_LOCK, 1, "WAL writer");
         self.wals.catch_up_quietly(db);
+        let _readers_lock =
+            self.step_down_lock(db, WAL_READ_LOCKS, WAL_READ_LOCK_COUNT, "WAL reader");
         let folded = db.fold_wal();
         self.wals.reset(db);
         match folded {
             Ok(true) => {
-                let wal_ino = self.ino(db, FileKind::Wal);
-                self.invalidate(wal_ino, db.name());
+                self.invalidate(self.ino(db, FileKind::Database), db.name());
+                self.invalidate(self.ino(db, FileKind::Wal), db.name());
                 self.reset_wal_index(db);
                 info!(
                     "db {}: moved the WAL into the database file at step-down",
@@ -402,16 +412,22 @@ impl Applier {
         }
     }
 
-    /// SQLite's WAL write lock on `db` (byte 120 of `-shm`), taken through
-    /// the mount within `STEP_DOWN_WAIT`; `None` (with a WARN) when there is
-    /// no `-shm` or a writer keeps it longer.
-    fn wal_write_lock(&self, db: &Db) -> Option<DatabaseLock<'_>> {
+    /// SQLite's WAL lock bytes `start..start + len` of `db`'s `-shm`, taken
+    /// through the mount within `STEP_DOWN_WAIT`; `None` (with a WARN) when
+    /// there is no `-shm` or a `holder` keeps them longer.
+    fn step_down_lock(
+        &self,
+        db: &Db,
+        start: i64,
+        len: i64,
+        holder: &str,
+    ) -> Option<DatabaseLock<'_>> {
         if !db.shm_path().exists() {
             return None;
         }
         let without = |why: String| {
             warn!(
-                "db {}: step-down without SQLite's WAL write lock: {why}",
+                "db {}: step-down without SQLite's {holder} locks: {why}",
                 db.name()
             );
             None
@@ -422,25 +438,25 @@ impl Applier {
         };
         let deadline = Instant::now() + STEP_DOWN_WAIT;
         loop {
-            match set_ofd_lock(&file, libc::F_WRLCK, WAL_WRITE_LOCK, 1, false) {
+            match set_ofd_lock(&file, libc::F_WRLCK, start, len, false) {
                 Ok(true) => {
                     return Some(DatabaseLock {
                         applier: self,
                         db: db.name().to_string(),
                         key: format!("{}{}", db.name(), FileKind::Shm.suffix()),
                         file,
-                        start: WAL_WRITE_LOCK,
-                        len: 1,
+                        start,
+                        len,
                     })
                 }
-                // F_OFD_SETLKW has no timeout: a writer may keep its
+                // F_OFD_SETLKW has no timeout: a connection may keep its
                 // transaction open for ever, and a step-down must end.
                 Ok(false) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Ok(false) => {
                     return without(format!(
-                        "a WAL writer held its transaction for {}s",
+                        "a {holder} held its transaction for {}s",
                         STEP_DOWN_WAIT.as_secs()
                     ))
                 }
