@@ -215,41 +215,52 @@ fn a_journal_connection_from_before_a_step_down_cannot_write_after_it() {
     assert_eq!(position(&a, db).0, at_step_down.0 + 1);
 }
 
-/// A WAL read transaction open when its node steps down keeps its
-/// snapshot: moving the WAL into the database file waits until it ends
-/// (up to litefs's step-down wait, 5 s), so it never reads pages newer
-/// than its snapshot or a WAL emptied under it. Once it ends, the WAL is
-/// moved, and every reader sees every commit, read from the folded
-/// database file rather than pages the kernel cached before.
+/// WAL read transactions open when their node steps down keep their
+/// snapshots: moving the WAL into the database file waits until they end
+/// (up to litefs's step-down wait, 5 s), so none reads pages newer than
+/// its snapshot (one reading only the database file) or a WAL emptied
+/// under it (one reading WAL frames). Once they end, the WAL is moved and
+/// every reader sees every commit.
 #[test]
-fn a_wal_read_transaction_open_at_step_down_keeps_its_snapshot() {
+fn wal_read_transactions_open_at_step_down_keep_their_snapshots() {
     let agent = ConsulAgent::start();
-    let dir = temp_dir("step-down-wal-reader");
+    let dir = temp_dir("step-down-wal-readers");
     let db = "r.db";
     let consul_link = Proxy::start(port_of(&agent.url));
-    let a = start_consul_node(dir.path(), "node-a", &consul_link.url(), "litefs/reader");
+    let a = start_consul_node(dir.path(), "node-a", &consul_link.url(), "litefs/readers");
     write_when_writable(
         &a.db(db),
-        "PRAGMA journal_mode=WAL;
-         CREATE TABLE t(n INTEGER);
-         CREATE TABLE u(n INTEGER, pad BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<200)
-         INSERT INTO u SELECT i, randomblob(3000) FROM n;
-         INSERT INTO t VALUES(1);",
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(n INTEGER); CREATE TABLE u(n INTEGER, pad BLOB);",
         Instant::now(),
         CATCH_UP,
         Duration::from_millis(20),
     );
-    // The reader's snapshot has u as first written; it reads only t now.
-    let reader = rusqlite::Connection::open(a.db(db)).unwrap();
-    reader.execute_batch("BEGIN;").unwrap();
+    let open = || {
+        let conn = rusqlite::Connection::open(a.db(db)).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn
+    };
     let in_t = |c: &rusqlite::Connection| -> i64 {
         c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap()
     };
-    assert_eq!(in_t(&reader), 1);
-    // Later commits rewrite every page of u in the WAL.
-    let writer = rusqlite::Connection::open(a.db(db)).unwrap();
+    // `before` reads while the WAL holds no frame: the database file only.
+    let before = open();
+    before.execute_batch("BEGIN;").unwrap();
+    assert_eq!(in_t(&before), 0);
+    let writer = open();
+    writer
+        .execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<200)
+             INSERT INTO u SELECT i, randomblob(3000) FROM n;
+             INSERT INTO t VALUES(1);",
+        )
+        .unwrap();
+    // `framed` reads u's pages from WAL frames.
+    let framed = open();
+    framed.execute_batch("BEGIN;").unwrap();
+    assert_eq!(in_t(&framed), 1);
+    // A later commit rewrites every page of u.
     writer
         .execute_batch("UPDATE u SET pad = zeroblob(3000), n = -n; INSERT INTO t VALUES(2);")
         .unwrap();
@@ -262,34 +273,34 @@ fn a_wal_read_transaction_open_at_step_down_keeps_its_snapshot() {
     while waited_from.elapsed() < Duration::from_secs(1) {
         assert!(
             !folded(),
-            "the WAL was moved while a read transaction was open"
+            "the WAL was moved while read transactions were open"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // The reader reads u for the first time: as its snapshot had it.
-    let (negative, zeroed): (i64, i64) = reader
-        .query_row(
-            "SELECT count(*) FILTER (WHERE n < 0), count(*) FILTER (WHERE pad = zeroblob(3000)) \
-             FROM u",
+    // Each reads u for the first time: as its snapshot had it.
+    let u = |c: &rusqlite::Connection| -> (i64, i64) {
+        c.query_row(
+            "SELECT count(*), count(*) FILTER (WHERE n < 0 OR pad = zeroblob(3000)) FROM u",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
-        .unwrap();
-    assert_eq!(
-        (negative, zeroed),
-        (0, 0),
-        "a read saw pages past its snapshot"
-    );
-    assert_eq!(in_t(&reader), 1);
-    let check: String = reader
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(check, "ok");
-    reader.execute_batch("COMMIT;").unwrap();
+        .unwrap()
+    };
+    let integrity = |c: &rusqlite::Connection| -> String {
+        c.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(u(&before), (0, 0), "a read saw pages past its snapshot");
+    assert_eq!(u(&framed), (200, 0), "a read saw pages past its snapshot");
+    for reader in [&before, &framed] {
+        assert_eq!(integrity(reader), "ok");
+        reader.execute_batch("COMMIT;").unwrap();
+    }
 
     wait_for("node-a to move its WAL", Duration::from_secs(10), folded);
-    assert_eq!(in_t(&reader), 2);
-    drop(reader);
+    assert_eq!(in_t(&framed), 2);
+    assert_eq!(u(&before), (200, 200));
+    drop((before, framed));
     assert_eq!(
         sqlite3_ok(
             &a.db(db),

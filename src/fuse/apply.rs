@@ -16,6 +16,7 @@ use log::{info, warn};
 
 use super::inodes::{FileKind, Inodes, ROOT_INO};
 use super::Role;
+use crate::sqlite::wal::WAL_HEADER_SIZE;
 use crate::store::{self, Db, Position};
 
 /// SQLite's lock bytes in the database file (see sqlite3's os.h).
@@ -383,8 +384,14 @@ impl Applier {
         }
         let _writer_lock = self.step_down_lock(db, WAL_WRITE_LOCK, 1, "WAL writer");
         self.wals.catch_up_quietly(db);
-        let _readers_lock =
-            self.step_down_lock(db, WAL_READ_LOCKS, WAL_READ_LOCK_COUNT, "WAL reader");
+        // A WAL without frames has nothing to fold, so readers need not
+        // wait (no writer can add one: the write lock is held).
+        let has_frames = std::fs::metadata(db.wal_path()).is_ok_and(|m| m.len() > WAL_HEADER_SIZE);
+        let _readers_lock = if has_frames {
+            self.step_down_lock(db, WAL_READ_LOCKS, WAL_READ_LOCK_COUNT, "WAL reader")
+        } else {
+            None
+        };
         let folded = db.fold_wal();
         self.wals.reset(db);
         match folded {
@@ -414,7 +421,12 @@ impl Applier {
 
     /// SQLite's WAL lock bytes `start..start + len` of `db`'s `-shm`, taken
     /// through the mount within `STEP_DOWN_WAIT`; `None` (with a WARN) when
-    /// there is no `-shm` or a `holder` keeps them longer.
+    /// there is no `-shm` or a `holder` keeps them longer. The range is
+    /// taken whole or not at all, so readers are kept out only once it is
+    /// held: from then until the fold ends. The descriptor is the one
+    /// `lock` uses for applies; locks on one open file description never
+    /// conflict, which is safe because no apply runs during a step-down
+    /// (the replica task starts after it).
     fn step_down_lock(
         &self,
         db: &Db,
@@ -530,13 +542,19 @@ impl Applier {
     }
 
     /// Makes connections that keep a WAL index in `-shm` (opened while
-    /// this node was primary) rebuild it and drop their cached pages.
+    /// this node was primary) drop their cached pages at their next read
+    /// transaction (`Db::renew_wal_index_header`).
     fn reset_wal_index(&self, db: &Db) {
-        match db.clear_wal_index_header() {
-            Ok(true) => {
-                let ino = self.ino(db, FileKind::Shm);
-                self.invalidate(ino, db.name());
-            }
+        // Connections' changes still in the kernel's cached pages of
+        // `-shm` reach the file first (dropping a dirty page writes it back
+        // through the mount), so that the drop after the header is renewed
+        // has nothing to write over it. The callers hold SQLite's WAL
+        // read-mark locks, without which no connection writes the index
+        // in between.
+        let ino = self.ino(db, FileKind::Shm);
+        self.invalidate(ino, db.name());
+        match db.renew_wal_index_header() {
+            Ok(true) => self.invalidate(ino, db.name()),
             Ok(false) => {}
             Err(e) => warn!("db {}: {e}", db.name()),
         }

@@ -382,9 +382,17 @@ impl Filesystem for LitefsFs {
         let Some(file) = &handle.file else {
             return reply.error(Errno::EACCES);
         };
-        let Some(_primary) = self.role.hold_primary() else {
+        // SQLite's WAL index (`-shm`) is this node's own locking state,
+        // never replicated: a connection opened while the node was primary
+        // keeps writing it (read marks, a rebuilt index) after a step-down.
+        // Refused, such a write would leave a clean page the kernel may
+        // drop at any open, reverting the index under readers in the
+        // middle of a read transaction. New connections on a replica open
+        // `-shm` read-only and never write it.
+        let _primary = self.role.hold_primary();
+        if _primary.is_none() && handle.kind != FileKind::Shm {
             return reply.error(self.read_only_error("write", db.name()));
-        };
+        }
         let _awake = self.writing();
         if let Err(e) = self.before_write(&handle, offset, data) {
             return reply.error(e);

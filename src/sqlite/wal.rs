@@ -132,6 +132,42 @@ pub fn checksum_bytes(big_endian: bool, data: &[u8], seed: (u32, u32)) -> (u32, 
     (s1, s2)
 }
 
+/// Bytes at the start of a WAL index (`-shm`) that `empty_wal_index`
+/// fills: both copies of the index header (48 bytes each) and the
+/// checkpoint information after them (wal.c's `WalCkptInfo`).
+pub const WAL_INDEX_HEAD_SIZE: usize = 136;
+/// The WAL-index format version (wal.c's `WALINDEX_MAX_VERSION`).
+const WAL_INDEX_VERSION: u32 = 3_007_000;
+/// A read mark no reader uses (wal.c's `READMARK_NOT_USED`).
+const READ_MARK_NOT_USED: u32 = 0xffff_ffff;
+
+/// The start of a WAL index for a WAL without frames, as SQLite's own
+/// recovery writes it (no frames, no salts, the database's size taken from
+/// its file, no reader), but with the change counter `change`. SQLite
+/// drops a connection's cached pages when the header differs from the
+/// one it last read; recovering an empty WAL always gives the same header,
+/// so only a new counter tells a connection that the database file
+/// changed. The index is in the machine's byte order.
+pub fn empty_wal_index(change: u32) -> [u8; WAL_INDEX_HEAD_SIZE] {
+    let mut header = [0u8; 48];
+    header[0..4].copy_from_slice(&WAL_INDEX_VERSION.to_ne_bytes());
+    header[8..12].copy_from_slice(&change.to_ne_bytes());
+    header[12] = 1; // isInit
+    let (c1, c2) = checksum_bytes(cfg!(target_endian = "big"), &header[..40], (0, 0));
+    header[40..44].copy_from_slice(&c1.to_ne_bytes());
+    header[44..48].copy_from_slice(&c2.to_ne_bytes());
+    let mut head = [0u8; WAL_INDEX_HEAD_SIZE];
+    head[..48].copy_from_slice(&header);
+    head[48..96].copy_from_slice(&header);
+    // Checkpoint information: nothing backfilled, read mark 0 at frame 0,
+    // the other four unused; bytes 120..128 are SQLite's lock bytes.
+    for mark in 1..5 {
+        let at = 100 + 4 * mark;
+        head[at..at + 4].copy_from_slice(&READ_MARK_NOT_USED.to_ne_bytes());
+    }
+    head
+}
+
 /// Reads the committed transactions of the WAL file at `path`, in order:
 /// `None` when the file is missing, empty or has no valid header.
 pub fn read_commits(path: &Path) -> Result<Option<(WalHeader, Vec<WalCommit>)>, Error> {

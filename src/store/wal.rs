@@ -234,31 +234,44 @@ impl Db {
         Ok(true)
     }
 
-    /// Zeroes the header of SQLite's WAL index (`-shm`) when a connection
-    /// keeps one there, so that every connection rebuilds it from the WAL
-    /// at its next read transaction and drops its cached pages: on a
-    /// replica, after litefs changed the database file under it. Returns
-    /// whether it wrote anything (the caller drops the kernel's cached
-    /// copy).
-    pub fn clear_wal_index_header(&self) -> Result<bool, Error> {
+    /// Makes every connection that keeps SQLite's WAL index in `-shm` see
+    /// a new index at its next read transaction, and drop its cached pages:
+    /// on a replica, after litefs changed the database file under it.
+    /// With the WAL empty, the index gets a fresh header for an empty WAL
+    /// with the next change counter (`wal::empty_wal_index`); otherwise
+    /// the header is zeroed, so that connections rebuild it from the WAL.
+    /// Returns whether it wrote anything (the caller drops the kernel's
+    /// cached copy).
+    pub fn renew_wal_index_header(&self) -> Result<bool, Error> {
         let path = self.shm_path();
-        let len = match fs::metadata(path) {
-            Ok(md) => md.len(),
+        let context = || format!("renewing the WAL index of database {}", self.name);
+        let file = match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(file) => file,
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
-            Err(err) => return Err(io_error("reading the size of the WAL index", path)(err)),
+            Err(err) => return Err(io_error(context(), path)(err)),
         };
+        let len = file.metadata().map_err(io_error(context(), path))?.len();
         if len < WAL_INDEX_HEADER_SIZE {
             return Ok(false);
         }
-        OpenOptions::new()
-            .write(true)
-            .open(path)
-            .and_then(|f| f.write_all_at(&[0u8; WAL_INDEX_HEADER_SIZE as usize], 0))
-            .map_err(io_error(
-                format!("resetting the WAL index of database {}", self.name),
-                path,
-            ))?;
-        Ok(true)
+        let wal_empty = match fs::metadata(self.wal_path()) {
+            Ok(md) => md.len() <= wal::WAL_HEADER_SIZE,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => true,
+            Err(err) => return Err(io_error(context(), self.wal_path())(err)),
+        };
+        if !wal_empty || len < wal::WAL_INDEX_HEAD_SIZE as u64 {
+            return file
+                .write_all_at(&[0u8; WAL_INDEX_HEADER_SIZE as usize], 0)
+                .map(|()| true)
+                .map_err(io_error(context(), path));
+        }
+        let mut change = [0u8; 4];
+        file.read_exact_at(&mut change, 8)
+            .map_err(io_error(context(), path))?;
+        let change = u32::from_ne_bytes(change).wrapping_add(1);
+        file.write_all_at(&wal::empty_wal_index(change), 0)
+            .map(|()| true)
+            .map_err(io_error(context(), path))
     }
 
     /// Reconciles the WAL with the LTX chain at start-up (see the module
