@@ -1,8 +1,9 @@
 //! A primary stepping down (its Consul lease lost) while transactions and
 //! connections are open on it: an open write transaction is rolled back,
 //! connections from before the step-down cannot write after it (WAL and
-//! rollback journal in passthrough), and a WAL read transaction keeps its
-//! snapshot while the WAL is moved into the database file. Real litefs
+//! rollback journal in passthrough), WAL read transactions keep their
+//! snapshots while the WAL is moved into the database file, and WAL
+//! connections from before see what the new primary writes. Real litefs
 //! processes, a real Consul agent, SQLite through rusqlite and the sqlite3
 //! CLI; the lease is lost by cutting node-a's link to Consul ([`Proxy`]).
 //! Needs root (or /dev/fuse access) and Consul installed by
@@ -17,7 +18,7 @@ mod consul;
 use std::time::{Duration, Instant};
 
 use cluster::*;
-use common::{sqlite3_ok, temp_dir, wait_for, CATCH_UP};
+use common::{sqlite3_ok, temp_dir, wait_caught_up, wait_for, CATCH_UP};
 use consul::ConsulAgent;
 use litefs::store;
 
@@ -308,4 +309,66 @@ fn wal_read_transactions_open_at_step_down_keep_their_snapshots() {
         ),
         "2\n200\nok\n"
     );
+}
+
+/// WAL connections opened while their node was primary keep reading after
+/// the step-down, and see every transaction the new primary's stream
+/// applies there at their next read, none of their pages cached from
+/// before. Two of them: the second to read after an apply finds the index
+/// the first has already rebuilt, and must still see that it changed.
+#[test]
+fn wal_connections_from_before_a_step_down_read_what_the_new_primary_writes() {
+    let agent = ConsulAgent::start();
+    let dir = temp_dir("step-down-wal-follow");
+    let db = "f.db";
+    let key = "litefs/follow";
+    let consul_link = Proxy::start(port_of(&agent.url));
+    let a = start_consul_node(&dir.path().join("a"), "node-a", &consul_link.url(), key);
+    write_when_writable(
+        &a.db(db),
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(n INTEGER, pad BLOB);
+         INSERT INTO t VALUES(1, randomblob(3000));",
+        Instant::now(),
+        CATCH_UP,
+        Duration::from_millis(20),
+    );
+    let b = start_consul_node(&dir.path().join("b"), "node-b", &agent.url, key);
+    wait_caught_up(&a, &b, db);
+    let open = || {
+        let conn = rusqlite::Connection::open(a.db(db)).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn
+    };
+    let old = [open(), open()];
+    let rows = |c: &rusqlite::Connection| -> (i64, i64) {
+        c.query_row("SELECT count(*), sum(n) FROM t", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap()
+    };
+    let read_all = |want: (i64, i64), when: &str| {
+        for (i, conn) in old.iter().enumerate() {
+            assert_eq!(rows(conn), want, "connection {i}, {when}");
+        }
+    };
+    read_all((1, 1), "as primary");
+
+    // node-a loses Consul; node-b takes the lease once node-a's session
+    // has expired, and node-a follows it once Consul is back.
+    consul_link.cut();
+    write_when_writable(
+        &b.db(db),
+        "INSERT INTO t VALUES(2, randomblob(3000));",
+        Instant::now(),
+        DEAD_LEASE_MAX + CATCH_UP,
+        Duration::from_millis(100),
+    );
+    read_all((1, 1), "after the step-down");
+    consul_link.heal();
+    wait_caught_up(&b, &a, db);
+    read_all((2, 3), "after the first apply");
+    sqlite3_ok(&b.db(db), "INSERT INTO t VALUES(3, randomblob(3000));");
+    wait_caught_up(&b, &a, db);
+    read_all((3, 6), "after the second apply");
+    assert_eq!(sqlite3_ok(&a.db(db), "SELECT sum(n) FROM t;"), "6\n");
 }
