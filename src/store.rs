@@ -737,7 +737,7 @@ fn read_or_create_node_id(path: &Path) -> Result<u64, Error> {
             }
         }
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            let id = random_node_id();
+            let id = random_nonzero("node id");
             let tmp = path.with_extension("tmp");
             let write = || -> io::Result<()> {
                 let mut file = File::create(&tmp)?;
@@ -757,14 +757,14 @@ fn read_or_create_node_id(path: &Path) -> Result<u64, Error> {
 }
 
 /// A random non-zero u64 from /dev/urandom, or from the time and process id
-/// when that cannot be read.
-fn random_node_id() -> u64 {
+/// when that cannot be read; `what` names its use in the warning.
+pub(crate) fn random_nonzero(what: &str) -> u64 {
     let mut buf = [0u8; 8];
     let from_urandom = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf));
     let mut id = match from_urandom {
         Ok(()) => u64::from_le_bytes(buf),
         Err(err) => {
-            log::warn!("cannot read /dev/urandom ({err}); deriving the node id from the time");
+            log::warn!("cannot read /dev/urandom ({err}); deriving the {what} from the time");
             let nanos = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)

@@ -385,9 +385,9 @@ impl Applier {
         let _writer_lock = self.step_down_lock(db, WAL_WRITE_LOCK, 1, "WAL writer");
         self.wals.catch_up_quietly(db);
         // A WAL without frames has nothing to fold, so readers need not
-        // wait (no writer can add one: the write lock is held).
+        // wait (no writer can add one while the write lock is held).
         let has_frames = std::fs::metadata(db.wal_path()).is_ok_and(|m| m.len() > WAL_HEADER_SIZE);
-        let _readers_lock = if has_frames {
+        let _readers_lock = if has_frames || _writer_lock.is_none() {
             self.step_down_lock(db, WAL_READ_LOCKS, WAL_READ_LOCK_COUNT, "WAL reader")
         } else {
             None
@@ -546,13 +546,23 @@ impl Applier {
     /// transaction (`Db::renew_wal_index_header`).
     fn reset_wal_index(&self, db: &Db) {
         // Connections' changes still in the kernel's cached pages of
-        // `-shm` reach the file first (dropping a dirty page writes it back
-        // through the mount), so that the drop after the header is renewed
-        // has nothing to write over it. The callers hold SQLite's WAL
-        // read-mark locks, without which no connection writes the index
-        // in between.
+        // `-shm` reach the file first, so that nothing written back later
+        // lands over the renewed header: an fsync through the mount writes
+        // dirty pages back and waits for write-backs already under way
+        // (which an invalidation alone would not wait for on kernels that
+        // copy pages for write-back). litefs answers it without a disk
+        // flush (`Filesystem::fsync`). The callers hold SQLite's WAL
+        // read-mark locks (a step-down past its wait does not), without
+        // which no connection writes the index in between.
         let ino = self.ino(db, FileKind::Shm);
-        self.invalidate(ino, db.name());
+        match self.mount_file(db, FileKind::Shm) {
+            Ok(file) => {
+                if let Err(e) = file.sync_all() {
+                    warn!("db {}: cannot write the WAL index back: {e}", db.name());
+                }
+            }
+            Err(_) => self.invalidate(ino, db.name()),
+        }
         match db.renew_wal_index_header() {
             Ok(true) => self.invalidate(ino, db.name()),
             Ok(false) => {}

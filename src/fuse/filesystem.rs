@@ -475,6 +475,12 @@ impl Filesystem for LitefsFs {
         let Some(file) = &handle.file else {
             return reply.ok();
         };
+        // SQLite never syncs its WAL index; litefs does, through the mount,
+        // only to wait for the kernel's write-backs (`Applier`'s
+        // `reset_wal_index`), which happens before this request is sent.
+        if handle.kind == FileKind::Shm {
+            return reply.ok();
+        }
         let _awake = self.role.is_primary().then(|| self.writing());
         if handle.kind == FileKind::Wal && self.role.is_primary() {
             // Records the commit now when the disk is nearly full.

@@ -142,17 +142,22 @@ const WAL_INDEX_VERSION: u32 = 3_007_000;
 const READ_MARK_NOT_USED: u32 = 0xffff_ffff;
 
 /// The start of a WAL index for a WAL without frames, as SQLite's own
-/// recovery writes it (no frames, no salts, the database's size taken from
-/// its file, no reader), but with the change counter `change`. SQLite
-/// drops a connection's cached pages when the header differs from the
-/// one it last read; recovering an empty WAL always gives the same header,
-/// so only a new counter tells a connection that the database file
-/// changed. The index is in the machine's byte order.
-pub fn empty_wal_index(change: u32) -> [u8; WAL_INDEX_HEAD_SIZE] {
+/// recovery writes it (no frames, the database's size taken from its
+/// file, no reader), but with the change counter `change` and the salts
+/// `salts`. SQLite drops a connection's cached pages when the header
+/// differs from the one it last read; recovering an empty WAL always gives
+/// the same header, so only a new counter tells a connection that the
+/// database file changed. The salts are those the next WAL generation
+/// starts from (SQLite copies them into its header unless it draws new
+/// ones); recovery would leave them zero, and litefs tells generations
+/// apart by their salts. The index is in the machine's byte order.
+pub fn empty_wal_index(change: u32, salts: (u32, u32)) -> [u8; WAL_INDEX_HEAD_SIZE] {
     let mut header = [0u8; 48];
     header[0..4].copy_from_slice(&WAL_INDEX_VERSION.to_ne_bytes());
     header[8..12].copy_from_slice(&change.to_ne_bytes());
     header[12] = 1; // isInit
+    header[32..36].copy_from_slice(&salts.0.to_ne_bytes());
+    header[36..40].copy_from_slice(&salts.1.to_ne_bytes());
     let (c1, c2) = checksum_bytes(cfg!(target_endian = "big"), &header[..40], (0, 0));
     header[40..44].copy_from_slice(&c1.to_ne_bytes());
     header[44..48].copy_from_slice(&c2.to_ne_bytes());

@@ -237,9 +237,10 @@ impl Db {
     /// Makes every connection that keeps SQLite's WAL index in `-shm` see
     /// a new index at its next read transaction, and drop its cached pages:
     /// on a replica, after litefs changed the database file under it.
-    /// With the WAL empty, the index gets a fresh header for an empty WAL
-    /// with the next change counter (`wal::empty_wal_index`); otherwise
-    /// the header is zeroed, so that connections rebuild it from the WAL.
+    /// With no transaction committed in the WAL, the index gets a fresh
+    /// header for an empty WAL with the next change counter and new random
+    /// salts (`wal::empty_wal_index`); otherwise the header is zeroed, so
+    /// that connections rebuild it from the WAL.
     /// Returns whether it wrote anything (the caller drops the kernel's
     /// cached copy).
     pub fn renew_wal_index_header(&self) -> Result<bool, Error> {
@@ -254,12 +255,7 @@ impl Db {
         if len < WAL_INDEX_HEADER_SIZE {
             return Ok(false);
         }
-        let wal_empty = match fs::metadata(self.wal_path()) {
-            Ok(md) => md.len() <= wal::WAL_HEADER_SIZE,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => true,
-            Err(err) => return Err(io_error(context(), self.wal_path())(err)),
-        };
-        if !wal_empty || len < wal::WAL_INDEX_HEAD_SIZE as u64 {
+        if self.read_wal()?.is_some() || len < wal::WAL_INDEX_HEAD_SIZE as u64 {
             return file
                 .write_all_at(&[0u8; WAL_INDEX_HEADER_SIZE as usize], 0)
                 .map(|()| true)
@@ -269,7 +265,9 @@ impl Db {
         file.read_exact_at(&mut change, 8)
             .map_err(io_error(context(), path))?;
         let change = u32::from_ne_bytes(change).wrapping_add(1);
-        file.write_all_at(&wal::empty_wal_index(change), 0)
+        let salts = super::random_nonzero("WAL salts");
+        let salts = ((salts >> 32) as u32, salts as u32);
+        file.write_all_at(&wal::empty_wal_index(change, salts), 0)
             .map(|()| true)
             .map_err(io_error(context(), path))
     }
