@@ -554,6 +554,9 @@ impl Applier {
         // flush (`Filesystem::fsync`). The callers hold SQLite's WAL
         // read-mark locks (a step-down past its wait does not), without
         // which no connection writes the index in between.
+        if !db.shm_path().exists() {
+            return;
+        }
         let ino = self.ino(db, FileKind::Shm);
         match self.mount_file(db, FileKind::Shm) {
             Ok(file) => {
