@@ -28,7 +28,26 @@ pub struct ConsulAgent {
 
 impl ConsulAgent {
     /// Starts an agent and waits until it answers and accepts sessions.
+    ///
+    /// `free_port`'s ports are free when chosen, not necessarily when the
+    /// agent binds them (tests running beside this one bind ports too):
+    /// an agent that exits because a port was taken is started again on
+    /// new ports, a few times.
     pub fn start() -> ConsulAgent {
+        const TRIES: u32 = 5;
+        for attempt in 1..=TRIES {
+            let mut agent = ConsulAgent::spawn();
+            match agent.wait_ready() {
+                Ok(()) => return agent,
+                Err(log) if attempt < TRIES && log.contains("address already in use") => {}
+                Err(log) => panic!("consul exited early:\n{log}"),
+            }
+        }
+        unreachable!("the last try returns or panics")
+    }
+
+    /// Starts `consul agent -dev` on fresh loopback ports.
+    fn spawn() -> ConsulAgent {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("consul.log");
         let http_port = free_port();
@@ -66,14 +85,12 @@ impl ConsulAgent {
                     consul_binary().display()
                 )
             });
-        let mut agent = ConsulAgent {
+        ConsulAgent {
             child,
             url: format!("http://127.0.0.1:{http_port}"),
             log,
             _dir: dir,
-        };
-        agent.wait_ready();
-        agent
+        }
     }
 
     /// The agent's process id.
@@ -107,8 +124,9 @@ impl ConsulAgent {
     }
 
     /// Polls until the agent has a leader and creates sessions (the node
-    /// must be registered first).
-    fn wait_ready(&mut self) {
+    /// must be registered first); `Err` with the end of its log when it
+    /// exited instead.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(2)))
@@ -117,7 +135,7 @@ impl ConsulAgent {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("consul exited early ({status}):\n{}", self.log_tail());
+                return Err(format!("({status})\n{}", self.log_tail()));
             }
             if started.elapsed() > START_DEADLINE {
                 panic!(
@@ -127,7 +145,7 @@ impl ConsulAgent {
                 );
             }
             if self.session_works(&agent) {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
