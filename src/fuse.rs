@@ -21,6 +21,7 @@ mod inodes;
 mod journal;
 mod passthrough;
 mod role;
+mod sync;
 mod wal;
 mod watch;
 mod writes;

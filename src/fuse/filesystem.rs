@@ -2,10 +2,9 @@
 //! answered from the inode table, the open handles and the store.
 
 use std::ffi::OsStr;
-use std::fs::File;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::SystemTime;
 
 use fuser::{
@@ -22,7 +21,6 @@ use super::{
     io_errno, is_own_thread, is_special, journal_on_disk_is_live, name_str, path_of, pos_text,
     slice_at, special_ino, wants_write, Handle, LitefsFs, NEGATIVE_TTL, SPECIAL_FILES, TTL,
 };
-use crate::store::write_back;
 
 impl Filesystem for LitefsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
@@ -406,7 +404,7 @@ impl Filesystem for LitefsFs {
             }
             Ok(()) => {
                 if handle.kind == FileKind::Database {
-                    hand_to_disk(&handle, file, data.len());
+                    super::writes::hand_to_disk(&handle, file, data.len());
                 }
                 reply.written(data.len() as u32)
             }
@@ -468,54 +466,9 @@ impl Filesystem for LitefsFs {
         reply: ReplyEmpty,
     ) {
         let reply = Counted::new(FuseOp::Fsync, reply);
-        let handle = match self.handle(fh) {
-            Ok(h) => h,
-            Err(e) => return reply.error(e),
-        };
-        let Some(file) = &handle.file else {
-            return reply.ok();
-        };
-        // SQLite never syncs its WAL index; litefs does, through the mount,
-        // only to wait for the kernel's write-backs (`Applier`'s
-        // `reset_wal_index`), which happens before this request is sent.
-        if handle.kind == FileKind::Shm {
-            return reply.ok();
-        }
-        let _awake = self.role.is_primary().then(|| self.writing());
-        if handle.kind == FileKind::Wal && self.role.is_primary() {
-            // Records the commit now when the disk is nearly full.
-            let wal_len = file.metadata().map_or(u64::MAX, |md| md.len());
-            if let Err(e) = self.wals.synced(&handle.db, wal_len) {
-                return reply.error(e);
-            }
-        }
-        if handle.kind == FileKind::Database {
-            // The undo log of overwritten free pages must reach the disk
-            // before the pages themselves do.
-            if let Err(e) = handle.db.before_sync() {
-                return reply.error(self.store_errno(&handle.db, "cannot sync the undo log", &e));
-            }
-        }
-        if handle.kind == FileKind::Journal {
-            if let Some(_primary) = self.role.hold_primary() {
-                match self.journal_fsync(&handle.db, handle.backing.as_deref()) {
-                    Ok(true) => return reply.ok(),
-                    Ok(false) => {}
-                    Err(e) => return reply.error(e),
-                }
-            }
-        }
-        let res = if datasync {
-            file.sync_data()
-        } else {
-            file.sync_all()
-        };
-        match res {
+        match self.sync_file(fh, datasync) {
             Ok(()) => reply.ok(),
-            Err(e) => {
-                let what = format!("fsync {:?}", handle.kind);
-                reply.error(self.backing_errno(&handle.db, &what, &e))
-            }
+            Err(e) => reply.error(e),
         }
     }
 
@@ -570,21 +523,10 @@ impl Filesystem for LitefsFs {
         reply: ReplyEmpty,
     ) {
         let reply = Counted::new(FuseOp::Fsyncdir, reply);
-        // SQLite syncs the directory so a new journal's name is durable
-        // before it overwrites database pages. The backing files live in one
-        // directory per database; sync those whose entries changed since
-        // the last sync (see `mark_dir_changed`).
-        let dbs = self.take_changed_dirs();
-        for (i, db) in dbs.iter().enumerate() {
-            if let Err(e) = File::open(db.dir()).and_then(|d| d.sync_all()) {
-                for unsynced in &dbs[i..] {
-                    self.mark_dir_changed(unsynced.name());
-                }
-                let what = format!("cannot sync its directory {}", db.dir().display());
-                return reply.error(self.backing_errno(db, &what, &e));
-            }
+        match self.sync_changed_dirs() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -787,23 +729,5 @@ impl Filesystem for LitefsFs {
         // checks like any other.
         self.unsupported("copy_file_range", 0);
         Counted::new(FuseOp::CopyFileRange, reply).error(Errno::ENOSYS);
-    }
-}
-
-/// Starts writing out the database file's dirty pages, without waiting,
-/// once every `write_back::EVERY` bytes written through `handle`: SQLite
-/// writes a large transaction's pages long before its fsync (cache
-/// spills), and the disk can write them meanwhile, so that fsync, on the
-/// commit's path, finds little left. The fsync alone makes them durable.
-/// Not while the transaction's undo records are not durable yet: a reused
-/// free-list page must not reach the disk before its old content does
-/// (the database's fsync syncs the undo log first, `Db::before_sync`).
-fn hand_to_disk(handle: &Handle, file: &File, len: usize) {
-    let total = handle.not_handed.fetch_add(len as u64, Ordering::Relaxed) + len as u64;
-    if total >= write_back::EVERY {
-        handle.not_handed.store(0, Ordering::Relaxed);
-        if handle.db.undo_is_synced() {
-            write_back::start(file, 0, 0);
-        }
     }
 }

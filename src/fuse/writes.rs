@@ -8,7 +8,8 @@
 //! The `Filesystem` methods in `filesystem.rs` call these with the
 //! primary role held (`Role::hold_primary`).
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use fuser::Errno;
@@ -16,7 +17,7 @@ use log::{error, info, warn};
 
 use super::inodes::FileKind;
 use super::{io_errno, is_journal_header, path_of, Handle, LitefsFs};
-use crate::store::Db;
+use crate::store::{write_back, Db};
 
 impl LitefsFs {
     /// Checks and records a write of `data` at `offset` through `handle`,
@@ -211,6 +212,24 @@ impl LitefsFs {
                 error!("cannot delete database {}: {e}", db.name());
                 Err(Errno::EIO)
             }
+        }
+    }
+}
+
+/// Starts writing out the database file's dirty pages, without waiting,
+/// once every `write_back::EVERY` bytes written through `handle`: SQLite
+/// writes a large transaction's pages long before its fsync (cache
+/// spills), and the disk can write them meanwhile, so that fsync, on the
+/// commit's path, finds little left. The fsync alone makes them durable.
+/// Not while the transaction's undo records are not durable yet: a reused
+/// free-list page must not reach the disk before its old content does
+/// (the database's fsync syncs the undo log first, `Db::before_sync`).
+pub(super) fn hand_to_disk(handle: &Handle, file: &File, len: usize) {
+    let total = handle.not_handed.fetch_add(len as u64, Ordering::Relaxed) + len as u64;
+    if total >= write_back::EVERY {
+        handle.not_handed.store(0, Ordering::Relaxed);
+        if handle.db.undo_is_synced() {
+            write_back::start(file, 0, 0);
         }
     }
 }
