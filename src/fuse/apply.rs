@@ -366,8 +366,8 @@ impl Applier {
     /// committed is recorded, then copied into the database file (so the
     /// replica's applies land on the position), and the WAL sealed against
     /// connections opened while this node was primary (their writes pass
-    /// through to it, see `Db::seal_wal`); every connection then rebuilds
-    /// its WAL index.
+    /// through to it, see `Db::seal_wal`); every connection then finds a
+    /// new WAL index (`reset_wal_index`).
     ///
     /// Locks, each taken within `STEP_DOWN_WAIT` (past it the step-down
     /// goes on without, with a WARN): SQLite's WAL write lock, so that no
@@ -376,8 +376,8 @@ impl Applier {
     /// transaction is open while pages its snapshot reads from the WAL are
     /// overwritten in the database file and the WAL emptied. The kernel's
     /// cached pages of the database file are dropped before the WAL index
-    /// is reset: a reader rebuilding the index finds the WAL empty and
-    /// must read the folded pages, not those cached from before.
+    /// is renewed: a reader finding the new index reads the database file
+    /// alone, and must read the folded pages, not those cached from before.
     fn step_down_wal(&self, db: &Db) {
         if !db.wal_path().exists() {
             return;

@@ -255,21 +255,21 @@ impl Db {
         if len < WAL_INDEX_HEADER_SIZE {
             return Ok(false);
         }
-        if self.read_wal()?.is_some() || len < wal::WAL_INDEX_HEAD_SIZE as u64 {
-            return file
-                .write_all_at(&[0u8; WAL_INDEX_HEADER_SIZE as usize], 0)
-                .map(|()| true)
-                .map_err(io_error(context(), path));
-        }
-        let mut change = [0u8; 4];
-        file.read_exact_at(&mut change, 8)
+        let fresh;
+        let head: &[u8] = if self.read_wal()?.is_some() || len < wal::WAL_INDEX_HEAD_SIZE as u64 {
+            &[0u8; WAL_INDEX_HEADER_SIZE as usize]
+        } else {
+            let mut change = [0u8; 4];
+            file.read_exact_at(&mut change, 8)
+                .map_err(io_error(context(), path))?;
+            let change = u32::from_ne_bytes(change).wrapping_add(1);
+            let salts = super::random_nonzero("WAL salts");
+            fresh = wal::empty_wal_index(change, ((salts >> 32) as u32, salts as u32));
+            &fresh
+        };
+        file.write_all_at(head, 0)
             .map_err(io_error(context(), path))?;
-        let change = u32::from_ne_bytes(change).wrapping_add(1);
-        let salts = super::random_nonzero("WAL salts");
-        let salts = ((salts >> 32) as u32, salts as u32);
-        file.write_all_at(&wal::empty_wal_index(change, salts), 0)
-            .map(|()| true)
-            .map_err(io_error(context(), path))
+        Ok(true)
     }
 
     /// Reconciles the WAL with the LTX chain at start-up (see the module
