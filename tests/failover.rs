@@ -54,12 +54,9 @@ fn sigint_hands_over_at_once_and_the_old_primary_rejoins_as_replica() {
     let key = "litefs/sigint";
     let mut a = start_consul_node(&dir.path().join("a"), "node-a", &agent.url, key);
     // The first node to start takes the lease.
-    let (took, errors) = write_when_writable(
+    let (took, errors) = write_once_writable(
         &a.db("w.db"),
         "CREATE TABLE t(n INTEGER, node TEXT); INSERT INTO t VALUES(1, 'node-a');",
-        Instant::now(),
-        CATCH_UP,
-        Duration::from_millis(20),
     );
     println!("node-a accepted its first write {took:?} after mounting (refusals: {errors:?})");
     assert_eq!(primary_file(&a), None, ".primary exists on the primary");
@@ -129,12 +126,9 @@ fn a_killed_primary_is_replaced_only_after_its_lease_expires() {
     let dir = temp_dir("failover-kill");
     let key = "litefs/kill";
     let mut a = start_consul_node(&dir.path().join("a"), "node-a", &agent.url, key);
-    write_when_writable(
+    write_once_writable(
         &a.db("k.db"),
         "CREATE TABLE t(n INTEGER, node TEXT); INSERT INTO t VALUES(1, 'node-a');",
-        Instant::now(),
-        CATCH_UP,
-        Duration::from_millis(20),
     );
     let b = start_consul_node(&dir.path().join("b"), "node-b", &agent.url, key);
     wait_primary_file(&b, "node-a");
@@ -190,12 +184,9 @@ fn a_diverged_old_primary_is_healed_by_a_snapshot() {
         yaml
     });
     let b_to_a = b_to_a.unwrap();
-    write_when_writable(
+    write_once_writable(
         &a.db(db),
         "CREATE TABLE t(n INTEGER, node TEXT); INSERT INTO t VALUES(1, 'node-a');",
-        Instant::now(),
-        CATCH_UP,
-        Duration::from_millis(20),
     );
     let b = start_consul_node(&dir.path().join("b"), "node-b", &agent.url, key);
     wait_primary_file(&b, "node-a");

@@ -34,14 +34,11 @@ fn a_transaction_open_when_the_primary_steps_down_is_rolled_back() {
     let db = "t.db";
     let consul_link = Proxy::start(port_of(&agent.url));
     let a = start_consul_node(dir.path(), "node-a", &consul_link.url(), "litefs/abandon");
-    write_when_writable(
+    write_once_writable(
         &a.db(db),
         "CREATE TABLE t(n INTEGER, pad BLOB);
          WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<200)
          INSERT INTO t SELECT i, randomblob(3000) FROM n;",
-        Instant::now(),
-        CATCH_UP,
-        Duration::from_millis(20),
     );
     let committed = position(&a, db);
     // The backing file's length and checksum (pages up to the header's
@@ -92,13 +89,7 @@ fn a_transaction_open_when_the_primary_steps_down_is_rolled_back() {
 
     // Consul is back: node-a takes the lease again and writes normally.
     consul_link.heal();
-    write_when_writable(
-        &a.db(db),
-        "INSERT INTO t VALUES(201, NULL);",
-        Instant::now(),
-        CATCH_UP,
-        Duration::from_millis(20),
-    );
+    write_once_writable(&a.db(db), "INSERT INTO t VALUES(201, NULL);");
     assert_eq!(sqlite3_ok(&a.db(db), "SELECT count(*) FROM t;"), "201\n");
     assert_eq!(sqlite3_ok(&a.db(db), "PRAGMA integrity_check;"), "ok\n");
     let now = position(&a, db);
@@ -117,12 +108,9 @@ fn a_wal_connection_from_before_a_step_down_cannot_write_after_it() {
     let db = "w.db";
     let consul_link = Proxy::start(port_of(&agent.url));
     let a = start_consul_node(dir.path(), "node-a", &consul_link.url(), "litefs/seal");
-    write_when_writable(
+    write_once_writable(
         &a.db(db),
         "PRAGMA journal_mode=WAL; CREATE TABLE t(n INTEGER);",
-        Instant::now(),
-        CATCH_UP,
-        Duration::from_millis(20),
     );
     let conn = rusqlite::Connection::open(a.db(db)).unwrap();
     conn.busy_timeout(Duration::from_secs(5)).unwrap();
@@ -150,13 +138,7 @@ fn a_wal_connection_from_before_a_step_down_cannot_write_after_it() {
 
     // Back as primary: the WAL is writable again.
     consul_link.heal();
-    write_when_writable(
-        &a.db(db),
-        "INSERT INTO t VALUES(51);",
-        Instant::now(),
-        CATCH_UP,
-        Duration::from_millis(20),
-    );
+    write_once_writable(&a.db(db), "INSERT INTO t VALUES(51);");
     assert_eq!(sqlite3_ok(&a.db(db), "SELECT count(*) FROM t;"), "51\n");
     assert_eq!(position(&a, db).0, at_step_down.0 + 1);
 }
@@ -174,12 +156,9 @@ fn a_journal_connection_from_before_a_step_down_cannot_write_after_it() {
     let consul_link = Proxy::start(port_of(&agent.url));
     let a = start_consul_node(dir.path(), "node-a", &consul_link.url(), "litefs/jseal");
     // The first transaction shows that the database syncs its journal.
-    write_when_writable(
+    write_once_writable(
         &a.db(db),
         "PRAGMA journal_mode=PERSIST; CREATE TABLE t(n INTEGER);",
-        Instant::now(),
-        CATCH_UP,
-        Duration::from_millis(20),
     );
     let conn = rusqlite::Connection::open(a.db(db)).unwrap();
     conn.execute_batch("PRAGMA journal_mode=PERSIST; PRAGMA locking_mode=EXCLUSIVE;")
@@ -205,12 +184,9 @@ fn a_journal_connection_from_before_a_step_down_cannot_write_after_it() {
 
     // Back as primary: the journal is writable again.
     consul_link.heal();
-    write_when_writable(
+    write_once_writable(
         &a.db(db),
         "PRAGMA journal_mode=PERSIST; INSERT INTO t VALUES(21);",
-        Instant::now(),
-        CATCH_UP,
-        Duration::from_millis(20),
     );
     assert_eq!(sqlite3_ok(&a.db(db), "SELECT count(*) FROM t;"), "21\n");
     assert_eq!(position(&a, db).0, at_step_down.0 + 1);
@@ -229,12 +205,9 @@ fn wal_read_transactions_open_at_step_down_keep_their_snapshots() {
     let db = "r.db";
     let consul_link = Proxy::start(port_of(&agent.url));
     let a = start_consul_node(dir.path(), "node-a", &consul_link.url(), "litefs/readers");
-    write_when_writable(
+    write_once_writable(
         &a.db(db),
         "PRAGMA journal_mode=WAL; CREATE TABLE t(n INTEGER); CREATE TABLE u(n INTEGER, pad BLOB);",
-        Instant::now(),
-        CATCH_UP,
-        Duration::from_millis(20),
     );
     let open = || {
         let conn = rusqlite::Connection::open(a.db(db)).unwrap();
@@ -324,13 +297,10 @@ fn wal_connections_from_before_a_step_down_read_what_the_new_primary_writes() {
     let key = "litefs/follow";
     let consul_link = Proxy::start(port_of(&agent.url));
     let a = start_consul_node(&dir.path().join("a"), "node-a", &consul_link.url(), key);
-    write_when_writable(
+    write_once_writable(
         &a.db(db),
         "PRAGMA journal_mode=WAL; CREATE TABLE t(n INTEGER, pad BLOB);
          INSERT INTO t VALUES(1, randomblob(3000));",
-        Instant::now(),
-        CATCH_UP,
-        Duration::from_millis(20),
     );
     let b = start_consul_node(&dir.path().join("b"), "node-b", &agent.url, key);
     wait_caught_up(&a, &b, db);

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::common::Node;
+use crate::common::{Node, CATCH_UP};
 
 /// The session TTL every node asks for (the smallest Consul accepts).
 pub const TTL: Duration = Duration::from_secs(10);
@@ -89,6 +89,12 @@ pub fn write_when_writable(
         );
         thread::sleep(every);
     }
+}
+
+/// Runs `sql` on `db` once the node accepts writes (trying every 20 ms,
+/// for at most `CATCH_UP`); what `write_when_writable` returns.
+pub fn write_once_writable(db: &Path, sql: &str) -> (Duration, BTreeSet<String>) {
+    write_when_writable(db, sql, Instant::now(), CATCH_UP, Duration::from_millis(20))
 }
 
 /// Every refused write must have been refused as read-only, not failed in
