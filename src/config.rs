@@ -3,63 +3,25 @@
 //!
 //! The file is YAML. Two spellings of the same settings are accepted so that
 //! both the seed document's example and configs written for the Go LiteFS
-//! load unchanged:
-//!
-//! | setting           | seed spelling          | Go LiteFS spelling        | default                       |
-//! |-------------------|------------------------|---------------------------|-------------------------------|
-//! | mount directory   | `mount-dir`            | `fuse.dir`                | required                      |
-//! | data directory    | `data-dir`             | `data.dir`                | `.<mount name>` beside mount  |
-//! | LTX retention     | —                      | `data.retention`          | 10m                           |
-//! | HTTP address      | `http.addr`            | `http.addr`               | `:20202`                      |
-//! | cluster token     | `http.token`           | `http.token`              | none                          |
-//! | TLS cert and key  | `http.tls-cert`, `http.tls-key` | (litefs only)    | none: plain HTTP              |
-//! | CA for https URLs | `http.tls-ca`          | (litefs only)             | none: https refused           |
-//! | WAL, journal passthrough | `fuse.passthrough` | (litefs only)      | true (where the kernel has it) |
-//! | awake CPUs while writing | `fuse.keep-cpus-awake` | (litefs only)  | true (root only)              |
-//! | lease kind        | consul if `consul:` given | `lease.type`           | static                        |
-//! | may be primary    | —                      | `lease.candidate`         | true                          |
-//! | hostname          | —                      | `lease.hostname`          | this machine's hostname       |
-//! | advertise URL     | `consul.advertise-url` | `lease.advertise-url`     | `http://<hostname>:<port>`    |
-//! | Consul URL        | `consul.url`           | `lease.consul.url`        | required for consul           |
-//! | Consul key        | `consul.key`           | `lease.consul.key`        | `litefs/primary`              |
-//! | session TTL       | `consul.ttl`           | `lease.consul.ttl`        | 10s (at least 10s)            |
-//! | lock delay        | `consul.lock-delay`    | `lease.consul.lock-delay` | 1s (at most 60s)              |
-//!
-//! Every key of the Go LiteFS v0.5.14 schema (`cmd/litefs/config.go`), and
-//! what litefs does with it:
-//!
-//! | Go LiteFS key                      | here                                                        |
-//! |------------------------------------|-------------------------------------------------------------|
-//! | `fuse.dir`, `data.dir`, `data.retention`, `http.addr` | implemented (table above)                |
-//! | `lease.type`, `.hostname`, `.advertise-url`, `.candidate`, `.consul.*` | implemented (table above) |
-//! | `data.retention-monitor-interval`  | implemented: how often the retention thread runs (at least 50ms; default a quarter of the retention, 50ms to 1m) |
-//! | `fuse.allow-other`                 | implemented: the `allow_other` mount option (default: on when litefs runs as root, off otherwise) |
-//! | `fuse.debug`                       | implemented: logs every FUSE request (`fuser=debug`) unless `RUST_LOG` is set |
-//! | `log.format`                       | implemented: `text` (default) or `json`, one object per line |
-//! | `log.debug`                        | implemented: litefs's debug lines, unless `RUST_LOG` is set  |
-//! | `log.timestamp`                    | implemented: timestamps on or off (default: on, except under systemd's journal) |
-//! | `lease.reconnect-delay`            | implemented: the longest pause between retries to reach the primary or Consul (10ms to 10m; default 5s and 2s) |
-//! | `lease.demote-delay`               | implemented: how long a node that lost the lease waits before it tries to take it again (0s to 1h; default 0s) |
-//! | `exit-on-error`                    | implemented: exit 1 on a fatal lease or replication error instead of retrying (default false) |
-//! | `exec`                             | implemented: a command for `sh -c`, or a list of `{cmd, if-candidate}` entries; started once the node is ready (`exec-wait`, a litefs key: `ready` or `caught-up`) |
-//! | `exec[].cmd`, `exec[].if-candidate` | implemented (the list form of `exec`; `config/exec.rs`)  |
-//! | `skip-sync`, `strict-verify`, `data.compress`, `lease.promote` | accepted when false; refused when true |
-//! | `lease.databases`                  | accepted when empty; refused otherwise                      |
-//! | `http.snapshot-timeout`            | refused                                                     |
-//! | `proxy.*`, `backup.*`, `tracing.*` | refused (an empty or all-false block is accepted)            |
-//!
-//! A refused key is named with what to do instead (`config/unsupported.rs`).
+//! (v0.5.14, `cmd/litefs/config.go`) load unchanged; giving one setting in
+//! both is an error. The keys, their defaults and their bounds are listed
+//! once, in README.md's "Configuration" table: change it with the code.
+//! Go LiteFS keys for features litefs lacks are refused by name, unless
+//! their value turns the feature off (`config/unsupported.rs`).
 //!
 //! Before parsing, `$VAR` and `${VAR}` are replaced by the environment
 //! variable's value (an unset variable becomes the empty string, as Go's
-//! `os.ExpandEnv` does) and `$$` by a single `$`. Relative paths are taken
-//! relative to the directory that holds the config file. Unknown keys, bad
-//! values and the same setting given in both spellings are errors that name
-//! the file, the key and what is allowed.
+//! `os.ExpandEnv` does) and `$$` by a single `$`, everywhere in the file,
+//! comments included. Relative paths are taken relative to the directory
+//! that holds the config file, so a config behaves the same from any working
+//! directory. Unknown keys, bad values and the same setting given in both
+//! spellings are errors that name the file, the key and what is allowed: a
+//! setting that is silently ignored would change behaviour without a word.
 //!
 //! This file holds the resolved types and how the file becomes a `Config`;
 //! `config/raw.rs` the file as written (the serde types) and the errors
 //! serde reports; `config/lease.rs` the lease and Consul settings;
+//! `config/exec.rs` the `exec` and `exec-wait` keys;
 //! `config/unsupported.rs` the Go LiteFS keys litefs refuses;
 //! `config/values.rs` the values inside it (expansion, durations, URLs,
 //! addresses, paths).

@@ -1,17 +1,33 @@
 //! The mount: a `fuser::Filesystem` that passes SQLite's files through to
-//! the data directory and watches the rollback journal for commits.
+//! the data directory and records every committed transaction.
 //!
 //! The mount is one flat directory. For every database `<name>` it shows
-//! `<name>` and its SQLite companions (`-journal`, `-wal`, `-shm`), backed by
-//! `dbs/<name>/...` in the data directory, plus the read-only `<name>-pos`.
-//! On a replica it also shows `.primary`. Writes are passed through, with
-//! the database's dirty pages noted; the end of a journal (unlink, truncate
-//! to zero, or a zeroed header) is the commit point, where the store turns
-//! the dirty pages into an LTX file *before* the journal goes away, so a
-//! crash can never leave a committed transaction without its LTX file. (A
-//! journal passing through on the primary has its header zeroed before
-//! litefs hears of it; start-up recovery records such a transaction:
-//! `journal.rs`.)
+//! `<name>` and its SQLite companions (`-journal`, `-wal`, `-shm`, and a
+//! super-journal `<name>-mjXXXXXXXXX` while SQLite has one), backed by
+//! `dbs/<name>/...` in the data directory, plus the read-only `<name>-pos`
+//! (the position). At the root, `.lag` holds a replica's lag in seconds
+//! (`0` on the primary) and `.primary`, on a replica that knows its
+//! primary, the primary's hostname. `-pos`, `.lag` and `.primary` are
+//! made at each read (direct I/O, no page cache), so they are current.
+//!
+//! On the primary, database writes are checked and their pages noted dirty
+//! (`writes.rs`). In the rollback-journal modes the end of the journal
+//! (unlink, truncate to zero, or a zeroed header) is the commit point,
+//! where the store turns the dirty pages into an LTX file *before* the
+//! journal goes away, so a crash can never leave a committed transaction
+//! without its LTX file. A journal passing through the kernel has its
+//! header zeroed before litefs hears of it; the commit point is then
+//! SQLite's fsync of it, and start-up recovery records a transaction a
+//! crash caught in between (`journal.rs`). In WAL mode `-wal` passes
+//! through (`passthrough.rs`), and litefs reads each committed transaction
+//! back from it (`wal.rs`, `watch.rs`). On a replica every change is
+//! refused with EROFS; an apply takes SQLite's locks through the mount
+//! itself, then writes the backing files through the store (`apply.rs`).
+//!
+//! The kernel keeps SQLite's POSIX locks (litefs does not ask for
+//! FUSE_POSIX_LOCKS), caches names and attributes for `TTL`, and remembers
+//! absent companions for `NEGATIVE_TTL`; litefs invalidates what it
+//! changes behind the kernel's back.
 
 mod apply;
 mod counted;

@@ -1,11 +1,16 @@
 //! Replication over HTTP: the primary's server (std::net) that streams LTX
-//! files to replicas, the replica's client that pulls and applies them, and
-//! the wire format between the two (README.md, "Replication wire format").
+//! files to replicas, the replica's client that receives them, and the wire
+//! format between the two (ARCHITECTURE.md, "Replication stream").
 //!
 //! - [`Server`]: `POST /stream` (the replication stream), `GET /info`,
-//!   `GET /metrics` (Prometheus, see `crate::metrics`).
-//! - [`stream_from_primary`]: one stream, applied as it arrives.
-//! - [`run_replica_loop`]: streams forever, reconnecting with backoff.
+//!   `GET /metrics` (Prometheus, see `crate::metrics`), `POST /import` and
+//!   `GET /export`.
+//! - [`stream_from_primary`]: one stream. Each LTX frame's header is
+//!   checked before a byte is written, the file is received into the
+//!   store's `incoming/` and handed to the caller's [`Receivers`], which
+//!   in litefs queue it for the apply thread (`node/replica.rs`); the
+//!   position sent at each connect is the received one.
+//! - [`run_replica_loop`]: streams until stopped, reconnecting with backoff.
 
 mod auth;
 

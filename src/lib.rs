@@ -1,8 +1,9 @@
 //! litefs: a FUSE file system that replicates SQLite databases.
 //!
-//! The modules follow DESIGN.md: formats at the bottom (`ltx`, `sqlite`),
-//! database state in `store`, the mount in `fuse`, and `node` tying the
-//! threads together. Dependencies point downward only.
+//! Formats at the bottom (`ltx`, `sqlite`), database state in `store`, the
+//! mount in `fuse`, replication in `http`, and `node` tying the threads
+//! together. Dependencies point downward only. ARCHITECTURE.md has the
+//! threads, the code map, the invariants and the lock order.
 
 pub mod config;
 pub mod cpu_wake;

@@ -1,5 +1,6 @@
 //! The LTX file format: one file per transaction (or a snapshot of a whole
-//! database), as described in DESIGN.md's "LTX file" section.
+//! database). The format is shared with other LTX tools and must not
+//! change; ARCHITECTURE.md ("LTX file") lays out every field.
 //!
 //! A file is a 100-byte header, a block of page frames (`pgno` + page) in
 //! strictly ascending page order ended by a zero `pgno`, and a 16-byte
@@ -11,11 +12,11 @@
 //! know that a file is intact once [`LtxDecoder::finish`] succeeded, so a
 //! consumer must not apply pages before that (verify first, then apply).
 //!
-//! Decisions not spelled out in DESIGN.md, following what SQLite does:
-//! the lock page (the page holding byte offset 1 GiB, which SQLite never
-//! writes) never appears in an LTX file; a snapshot holds every other page
-//! from 1 to `commit`, and its post-apply checksum is verified against the
-//! pages it holds (so the database checksum never includes the lock page).
+//! As in SQLite, the lock page (the page holding byte offset 1 GiB, which
+//! SQLite never writes) never appears in an LTX file; a snapshot holds
+//! every other page from 1 to `commit`, and its post-apply checksum is
+//! verified against the pages it holds (so the database checksum never
+//! includes the lock page).
 
 use std::fmt;
 use std::fs::File;

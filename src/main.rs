@@ -4,6 +4,8 @@
 //!
 //! Arguments are parsed by hand: the command set is small and the seed's
 //! Go-style `-config PATH` must keep working alongside `--config PATH`.
+//! Exit status: 0 on success, 1 on failure, 2 for bad usage (`EXIT_USAGE`);
+//! a mount that ran an `exec` application exits with its status.
 
 use std::fmt::Write as _;
 use std::fs::File;

@@ -526,8 +526,6 @@ fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> bool {
     stop.load(Ordering::SeqCst)
 }
 
-/// Creates the mount directory if needed and clears a stale mount left by
-/// a crashed litefs (reads on it fail with ENOTCONN).
 /// Raises the soft limit on open files to the hard limit: every replica
 /// connection, open database and LTX file being sent takes a descriptor,
 /// and the usual soft default of 1,024 is reached long before the hard one.
@@ -563,6 +561,9 @@ fn is_loopback_bind(addr: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Creates the mount directory if needed and clears a stale mount left by
+/// a crashed litefs (reads on it fail with ENOTCONN); refuses a directory
+/// something else is mounted on.
 fn prepare_mount_dir(path: &Path) -> Result<(), Error> {
     match std::fs::metadata(path) {
         Ok(md) if md.is_dir() => {}

@@ -9,8 +9,9 @@
 //! record that does not fit in the file, at page number 0 or the lock page,
 //! or at the first record whose checksum fails. Records for pages past the
 //! original database size are skipped, as SQLite skips them (the database is
-//! truncated to that size instead). Super-journals (multi-database commits)
-//! are not looked at.
+//! truncated to that size instead). The name of a super-journal (a
+//! transaction across ATTACHed databases), which SQLite appends to each
+//! database's journal, is read on its own (`read_super_journal_name`).
 
 pub mod wal;
 

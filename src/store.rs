@@ -3,13 +3,14 @@
 //! dirty pages, commit to LTX files, applying LTX files on a replica,
 //! snapshots, retention, and recovery at start-up.
 //!
-//! The data directory is laid out as DESIGN.md's "Data directory" section
-//! says: an `id` file with the node id, and `dbs/<name>/` per database with
-//! `database`, `journal`, `wal`, `shm` and `ltx/<min>-<max>.ltx`. The store
-//! adds `dbs/<name>/undo` (old content of reused free-list pages, see
-//! `undo.rs`), and while applying, `ltx/<min>-<max>.ltx.pending`; and at
-//! the top `deleted/<name>` (tombstones) and `trash/` (see `delete.rs`),
-//! and `lost/` (what litefs set aside instead of deleting, `lost.rs`).
+//! The data directory (ARCHITECTURE.md, "Data directory", lists every
+//! name) holds `id` (the node id) and `incoming/` (received LTX files not
+//! yet verified), both named here; `dbs/<name>/` per database, whose files
+//! `db.rs` names (`database`, `journal`, `wal`, `shm`, `undo`,
+//! `super-journal-*`, `ltx/<min>-<max>.ltx`); `ltx/next` (`slot.rs`),
+//! `ltx/*.ltx.queued` (`queue.rs`) and `ltx/*.ltx.pending` (`apply.rs`);
+//! and at the top `deleted/<name>` and `trash/` (`delete.rs`) and `lost/`
+//! (`lost.rs`).
 //!
 //! One database is a `Db` (`db.rs`); what changes or reads it is split by
 //! concern: commits on the primary (`commit.rs`), applying LTX files on a
@@ -66,9 +67,9 @@ use crate::{ltx, sqlite};
 /// Suffixes SQLite (and the mount) give a database's companion files; a
 /// database name may not end with one.
 const RESERVED_SUFFIXES: [&str; 4] = ["-journal", "-wal", "-shm", "-pos"];
-/// Names the mount uses for itself.
 /// Where received LTX files wait to be verified (see `Store::incoming_dir`).
 const INCOMING_DIR: &str = "incoming";
+/// Names the mount uses for itself.
 const RESERVED_NAMES: [&str; 4] = [".", "..", ".primary", ".lag"];
 /// Bytes read at a time when checksumming a whole database file.
 const READ_CHUNK: usize = 1 << 20;
@@ -404,8 +405,9 @@ impl Store {
 }
 
 /// Checks that `name` can be a database name: not empty, at most 255 bytes,
-/// no `/` or NUL, not `.`, `..` or `.primary`, and not ending with
-/// `-journal`, `-wal`, `-shm` or `-pos` (the names of companion files).
+/// no `/`, NUL or control character, not `.`, `..`, `.primary` or `.lag`,
+/// and not ending with `-journal`, `-wal`, `-shm` or `-pos` (the names of
+/// companion files).
 pub fn validate_name(name: &str) -> Result<(), Error> {
     let invalid = |reason: &str| {
         Err(Error::InvalidName {

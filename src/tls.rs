@@ -10,8 +10,20 @@
 //!   that does not chain to it, or does not name the host of the URL, ends
 //!   the connection.
 //!
-//! Built without the feature, both types are empty (no value exists) and
-//! their `load` says so: the config refuses the TLS keys with that error.
+//! Authentication stays the bearer token (`http.token`): TLS keeps it and
+//! the databases off the wire in clear and proves the primary to the
+//! replicas; client certificates are not used. A replica whose primary's
+//! certificate does not verify retries as for any failed connection and
+//! never falls back to `http://`. Consul is spoken to over `http://` only
+//! (a local agent).
+//!
+//! The feature is on by default: it adds about 1.8 MB to the x86-64
+//! release binary, little next to what even a small host's storage holds,
+//! and a TLS-capable node then needs no special build. A root store is
+//! left out on purpose: it would cost size and trust every public CA for
+//! a cluster's internal traffic. Built without the feature, both types are
+//! empty (no value exists) and their `load` says so: the config refuses
+//! the TLS keys and `https://` URLs with that error.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

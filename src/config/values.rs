@@ -72,8 +72,9 @@ fn lookup_var(name: &str, source: &Path, lookup: &impl Fn(&str) -> Option<String
 
 /// Parses a Go-style duration: a sequence of decimal numbers, each with an
 /// optional fraction and a unit (`ns`, `us`, `µs`, `ms`, `s`, `m`, `h`),
-/// such as `10s`, `1m30s`, `1.5h`; a bare `0` is zero. The error says what
-/// is wrong with the text.
+/// such as `10s`, `1m30s`, `1.5h`; a bare `0` is zero. Any other bare
+/// number is refused (`ttl: 10` would be ambiguous), and so is a negative
+/// duration. The error says what is wrong with the text.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();
     if s == "0" {
@@ -145,8 +146,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Checks that `url` is `http://host[:port][/path]`, or `https://...` in a
-/// build with TLS; the error says why not. A path is a prefix: litefs appends its own paths to the URL (`/stream`
-/// to an advertise URL, `/v1/...` to Consul's), so a node behind a
+/// build with TLS; the error says why not. A path is a prefix: litefs
+/// appends its own paths to the URL (`/stream` to an advertise URL,
+/// `/v1/...` to Consul's), so a node behind a
 /// reverse proxy at `http://proxy/litefs/node1` works. A query or
 /// fragment cannot take such a suffix and is refused.
 pub fn check_http_url(url: &str) -> Result<(), String> {

@@ -1,6 +1,20 @@
 //! Applying LTX files on a replica under SQLite's own locks, so that no
-//! reader of the mount ever sees half a transaction, and dropping a write
-//! transaction left open by a step-down.
+//! reader of the mount ever sees half a transaction (an import on the
+//! primary is applied the same way); and a primary's step-down: dropping a
+//! write transaction left open, folding and sealing the WAL, sealing a
+//! journal that passes through.
+//!
+//! A replica's WAL-mode database gets an empty `-wal` and `-shm`, opened
+//! read-only by its readers, who then keep their WAL index in private
+//! memory and see each applied transaction at their next read transaction
+//! (`sync_wal_companions`); an apply there holds the WAL read-mark locks
+//! (`Applier::lock`). A connection that kept a shared-memory index from
+//! before a step-down gets a fresh index header after each apply
+//! (`reset_wal_index`).
+//!
+//! litefs holds files of its own mount open for these locks. The mount
+//! answers FLUSH with ENOSYS, after which the kernel never sends it: at a
+//! kill -9 no close of those files can wait for the dying daemon.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;

@@ -24,13 +24,35 @@
 //! is zeroed, and the LTX file would come late. So a journal passes
 //! through only for a database whose previous recorded transaction synced
 //! its journal before its pages reached the database (`commit` notes it),
-//! which synchronous=OFF never does: its journal writes go through litefs
-//! as before, and the zeroed header is seen as it is written. The case
-//! left is a connection that turns synchronous=OFF while its journal
-//! passes through (see the README): its transaction is recorded when the
-//! journal is closed (`journal_released`) or, in exclusive locking mode,
-//! at the next transaction's first database write, when the header's
-//! nonce has changed (`journal_bounds`).
+//! which synchronous=OFF never does: its journal writes go through litefs,
+//! and the zeroed header is seen as it is written. After each start a
+//! database's first transaction goes through litefs. A connection in
+//! exclusive locking mode keeps the journal it opened first, passing
+//! through or not.
+//!
+//! The case left: a connection that turns synchronous=OFF while its
+//! database's journal passes through (a syncing connection used it just
+//! before) and ends a transaction by zeroing the header makes no fsync
+//! after it. Its transaction is recorded when SQLite closes the journal
+//! (`journal_released`), a moment after COMMIT returns, or, in exclusive
+//! locking mode (the journal stays open), at the next transaction's first
+//! database write, which finds a header with another nonce
+//! (`journal_bounds`), or when the connection closes. A kill -9 of litefs
+//! before then, with the header still zeroed, is recorded at start-up
+//! (`Db::reload`); in exclusive mode with the next transaction's header
+//! already written, start-up rolls that one back and reports the earlier
+//! one as a mismatch (nothing of it is lost on the primary; replicas take
+//! a snapshot). Tests: `with_synchronous_off_the_journal_goes_through_litefs`
+//! (tests/journal_passthrough.rs).
+//!
+//! Should recording fail at the fsync that ends a transaction (a full
+//! disk), the header found at the transaction's start is written back
+//! (`put_back_header`), so the journal is hot again and SQLite's COMMIT
+//! fails and rolls back, as when the commit point reaches litefs before
+//! the disk. A step-down seals a journal some handle holds in passthrough
+//! (`Applier::seal_journal`), so a connection from before it fails at its
+//! next journal write instead of leaving a live header every reader on the
+//! replica would take for a hot journal.
 //!
 //! Locks: `unseen_txns` is taken first where it is taken, then the name
 //! sets (each its own mutex, taken alone) and the database's state (in

@@ -14,9 +14,17 @@
 //! passthrough open (cached pages would).
 //!
 //! Registering a backing file needs CAP_SYS_ADMIN; without it, or on an
-//! older kernel, the writes go through litefs as before (one WARN). The
-//! kernel also refuses passthrough on a mount with FUSE_WRITEBACK_CACHE,
-//! which litefs therefore does not ask for (see the README).
+//! older kernel, the writes go through litefs (one INFO at mount on a
+//! kernel without passthrough, one WARN at the first refused
+//! registration), as they do with `fuse.passthrough: false`.
+//!
+//! The kernel refuses passthrough on a mount that asked for
+//! FUSE_WRITEBACK_CACHE (`process_init_reply` in fs/fuse/inode.c), so
+//! litefs does not ask for it, though the writeback cache would batch a
+//! bulk insert's page writes: WAL mode, which most applications use, would
+//! lose its passthrough. The writeback cache would also let a commit point
+//! reach litefs before the transaction's pages with synchronous=OFF, and
+//! report a refused write only at the next fsync.
 
 use std::collections::HashMap;
 use std::fs::File;

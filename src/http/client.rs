@@ -1,6 +1,8 @@
 //! The replica's side of replication: one long-lived `POST /stream` to the
-//! primary carrying this node's positions, then every frame applied through
-//! the store, and a loop that reconnects with backoff.
+//! primary carrying this node's received positions, then every frame
+//! checked and handed to the caller's [`Receivers`] (litefs queues each LTX
+//! file for its apply thread, `node/replica.rs`), and a loop that
+//! reconnects with backoff.
 //!
 //! The request goes through ureq. ureq 3 (3.5 and later) can bound each
 //! transport read (`timeout_per_read`), which restarts with every read:
@@ -60,9 +62,11 @@ pub struct Receivers<'a, 'b> {
 }
 
 /// Connects once to the primary at `primary_url` (`http://host:port`),
-/// with the cluster's `token` when there is one, sends the position of every database in `store`, and applies every LTX
-/// file the primary streams back with `apply` (which must verify before it
-/// changes anything, as `Db::apply_ltx` does). Databases the primary has
+/// with the cluster's `token` when there is one, sends the received
+/// position (`Db::received_pos`) of every database in `store`, and hands
+/// every LTX file the primary streams back to `apply` (which must verify
+/// before it changes anything, as `Db::enqueue_ltx` and `Db::apply_ltx`
+/// do). Databases the primary has
 /// and this node lacks are created. Returns `Ok(())` once `stop` is set
 /// (checked between frames, so within a heartbeat interval), and an error
 /// when the link fails, stays silent for `IDLE_TIMEOUT`, the primary

@@ -12,7 +12,11 @@
 //! client can take every descriptor, thread or stream slot
 //! (`server/accept.rs`); an accept loop that survives running out of
 //! descriptors; and write timeouts on every answer. [`Limits`] holds the
-//! numbers and says why they are what they are.
+//! numbers and says why they are what they are. Several clients together
+//! can still fill the connections for a few seconds at a time: open
+//! streams and local commits go on, but a reconnecting replica waits for a
+//! slot. Keeping a distributed flood out is left to the network in front
+//! of litefs.
 //!
 //! One thread accepts connections and hands each to a thread of its own,
 //! which reads one request, answers it and closes the connection, so a

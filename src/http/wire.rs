@@ -1,7 +1,7 @@
 //! The replication wire format, shared by the server and the client: the
 //! position list a replica sends, the frames the primary answers with, and
-//! the limits both sides enforce. README.md's "Replication wire format"
-//! section describes the same thing for people.
+//! the limits both sides enforce. ARCHITECTURE.md ("Replication stream")
+//! describes the same thing for people.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

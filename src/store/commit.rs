@@ -4,14 +4,18 @@
 //! journal ends, committing the transaction as an LTX file.
 //!
 //! Crash safety, in the order things reach the disk:
-//! - commit: the LTX file is written unnamed (or under a temporary
-//!   name), fsynced, given its name (`publish.rs`), and the directory
-//!   fsynced, all while the rollback journal still exists (the mount
-//!   calls commit before the journal goes away). A crash before it is
-//!   named leaves a hot journal that recovery rolls back; a crash after
-//!   it leaves a hot journal whose database already
-//!   matches the newest LTX file, so recovery only deletes the journal
-//!   (see `recovery.rs`).
+//! - commit: the LTX file is written into `ltx/next`, made ahead with its
+//!   name already durable (`slot.rs`), fsynced, and renamed to its own
+//!   name; without a `next` (the first commit after start-up), it is
+//!   written unnamed (or under a temporary name), fsynced, given its name
+//!   (`publish.rs`), and the directory fsynced. All of it happens while
+//!   the rollback journal still exists (the mount calls commit before the
+//!   journal goes away). A crash before the file has its name leaves a
+//!   hot journal that recovery rolls back; a crash after it leaves a hot
+//!   journal whose database already matches the newest LTX file, so
+//!   recovery only deletes the journal (see `recovery.rs`).
+//! - a transaction that changed nothing (a rollback restored every page)
+//!   gets no TXID and no LTX file.
 //! - rollback: SQLite does not journal the free-list pages it reuses, so
 //!   their old content is kept in the undo log (see `undo.rs`) and put
 //!   back after a `ROLLBACK` (at commit time, here) or a hot-journal

@@ -11,6 +11,24 @@
 //! ended in a journal passing through before litefs recorded it is
 //! recorded (see `reload`); a WAL is reconciled with the LTX chain and
 //! emptied (see `wal.rs`).
+//!
+//! Transactions across ATTACHed databases (rollback-journal modes): SQLite
+//! writes a super-journal naming each database's journal and appends its
+//! name to each journal; deleting the super-journal is the commit, then
+//! each journal is ended, and each database on the mount records its part
+//! as one LTX file then, as any commit. A crash between the two leaves hot
+//! journals whose super-journal is gone: SQLite counts those transactions
+//! as committed, and so does recovery, which keeps the database file,
+//! records it as the next TXID (an LTX file of every page) and only then
+//! deletes the journal. A hot journal whose super-journal still exists is
+//! rolled back. A super-journal named by a path off the mount is looked up
+//! where it is.
+//!
+//! A database file that does not match its newest LTX file once the
+//! journal is dealt with (changed behind litefs's back, or diverged) is
+//! kept as it is, with an error in the log: the position keeps its TXID
+//! with the file's own checksum, which no other node has, so replication
+//! sends a snapshot to or from this node. Nothing is deleted.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
