@@ -1,8 +1,8 @@
-//! The accept loop survives running out of descriptors (issue 11, item
-//! 3): with the process at its open-file limit, `accept` fails with
-//! EMFILE; the server logs that once, retries with a backoff instead of
-//! spinning or exiting, and serves the waiting connection as soon as a
-//! descriptor is free again.
+//! The accept loop survives running out of descriptors: with the
+//! process at its open-file limit, `accept` fails with EMFILE; the
+//! server logs that once, retries with a backoff instead of spinning or
+//! exiting, and serves the waiting connection as soon as a descriptor
+//! is free again.
 //!
 //! A test binary of its own: it lowers its own RLIMIT_NOFILE, which would
 //! starve any test running beside it.

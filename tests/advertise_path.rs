@@ -1,9 +1,8 @@
-//! An advertise URL with a path (issue 11, item 8): a replica reaches a
-//! primary behind a reverse proxy that serves it under a path prefix,
-//! by requesting `<advertise-url>/stream`. The proxy here forwards only
-//! requests under its prefix, with the prefix stripped, to a real
-//! `Server`; the replica is a real store pulling with
-//! `stream_from_primary`.
+//! An advertise URL with a path: a replica reaches a primary behind a
+//! reverse proxy that serves it under a path prefix, by requesting
+//! `<advertise-url>/stream`. The proxy here forwards only requests
+//! under its prefix, with the prefix stripped, to a real `Server`; the
+//! replica is a real store pulling with `stream_from_primary`.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};

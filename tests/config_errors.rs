@@ -93,7 +93,7 @@ fn malformed_urls_are_refused() {
     );
 }
 
-/// Issue 11, item 8: an advertise URL with a path works (the replica
+/// An advertise URL with a path works (the replica
 /// requests `<path>/stream`, see tests/advertise_path.rs); what cannot
 /// take a suffix is refused at load.
 #[test]

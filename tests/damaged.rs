@@ -1,8 +1,8 @@
-//! Start-up with damaged data (issue 11, item 7): real litefs processes
-//! whose data directory was damaged while they were stopped. A damaged
-//! database is repaired when litefs can prove what is right, refused
-//! alone otherwise (with an ERROR naming the file and what to do, and
-//! nothing deleted); the other databases are served either way.
+//! Start-up with damaged data: real litefs processes whose data
+//! directory was damaged while they were stopped. A damaged database is
+//! repaired when litefs can prove what is right, refused alone
+//! otherwise (with an ERROR naming the file and what to do, and nothing
+//! deleted); the other databases are served either way.
 
 mod common;
 

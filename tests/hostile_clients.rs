@@ -1,4 +1,4 @@
-//! One client cannot take a node down (issue 11, item 3).
+//! One client cannot take a node down.
 //!
 //! - With small limits in-process: a client over its connections, or a
 //!   server over its total, is answered 503 at once while other clients

@@ -1,9 +1,9 @@
-//! A replica checks each LTX frame's header before it writes a byte
-//! (issue 11, item 4): a fake primary sends crafted frames to a real
-//! replica store through `stream_from_primary`; each is refused with a
-//! protocol error naming the database and the field, and nothing reaches
-//! the data directory: no database, no directory, no file in `incoming/`,
-//! and an existing database keeps its position and files.
+//! A replica checks each LTX frame's header before it writes a byte: a
+//! fake primary sends crafted frames to a real replica store through
+//! `stream_from_primary`; each is refused with a protocol error naming
+//! the database and the field, and nothing reaches the data directory:
+//! no database, no directory, no file in `incoming/`, and an existing
+//! database keeps its position and files.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};

@@ -118,7 +118,7 @@ fn with_synchronous_off_the_journal_goes_through_litefs() {
     // A connection with synchronous=OFF after others that synced: its first
     // transaction's journal passes through, and in PERSIST mode nothing
     // reaches litefs after the header is zeroed but the journal's close,
-    // a moment after COMMIT returns (see the README). It is recorded then,
+    // a moment after COMMIT returns (see src/fuse/journal.rs). It is recorded then,
     // and the next ones at COMMIT again.
     let db = "mixed.db";
     let full = open(&node, db, "persist", "FULL", false);

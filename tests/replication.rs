@@ -260,7 +260,7 @@ fn lost_dirs(node: &Node, db: &str) -> Vec<std::path::PathBuf> {
     }
 }
 
-/// Issue 11, item 6: a former primary that rejoins with transactions the
+/// A former primary that rejoins with transactions the
 /// new primary does not have keeps them under `lost/` before it takes the
 /// new primary's snapshot: once when it is ahead (x.db), once when the new
 /// primary wrote more, so it is behind by TXID but diverged (y.db).

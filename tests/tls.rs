@@ -1,12 +1,12 @@
-//! Issue 11, item 2: TLS. A primary with `http.tls-cert`/`http.tls-key`
-//! speaks only TLS; a replica with `http.tls-ca` and an `https://`
-//! advertise URL replicates from it, and refuses (never falls back to
-//! plain HTTP, never receives a byte) a primary whose certificate does not
-//! verify: another CA, or a certificate for another host. `litefs export`
-//! works over https with the config's CA. The TLS settings' mistakes are
-//! config errors naming the key, the file and what is wrong. Certificates
-//! are made here with rcgen. Needs root and /dev/fuse (but the config
-//! tests).
+//! TLS. A primary with `http.tls-cert`/`http.tls-key` speaks only TLS;
+//! a replica with `http.tls-ca` and an `https://` advertise URL
+//! replicates from it, and refuses (never falls back to plain HTTP,
+//! never receives a byte) a primary whose certificate does not verify:
+//! another CA, or a certificate for another host. `litefs export` works
+//! over https with the config's CA. The TLS settings' mistakes are
+//! config errors naming the key, the file and what is wrong.
+//! Certificates are made here with rcgen. Needs root and /dev/fuse (but
+//! the config tests).
 
 #![cfg(feature = "tls")]
 
