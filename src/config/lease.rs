@@ -1,6 +1,12 @@
 //! The lease settings: the Go-style `lease:` block and the seed's
 //! `consul:` block resolved into a [`LeaseConfig`] (kind, candidate,
 //! hostname, advertise URL, Consul session and key).
+//!
+//! Without `lease.type` the lease is Consul's when a `consul:` or
+//! `lease.consul:` block is present, static otherwise; `static` with such a
+//! block is an error. What Consul would refuse (a TTL outside 10s to 24h,
+//! a lock delay over 60s, an empty key or one starting with `/`) is refused
+//! at load, naming the key, rather than when Consul answers.
 
 use std::path::Path;
 use std::time::Duration;
