@@ -43,6 +43,11 @@ static IMPORT_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// 123 to 127; see sqlite3's os_unix.c `UNIX_SHM_BASE` and wal.c).
 const WAL_READ_LOCKS: i64 = 120 + 3;
 const WAL_READ_LOCK_COUNT: i64 = 5;
+/// SQLite's "dead man switch" byte in `-shm` (UNIX_SHM_DMS in os_unix.c),
+/// just after the read marks. A read-only connection that finds it locked
+/// exclusively at the start of a read transaction gets SQLITE_BUSY and
+/// waits in its busy handler (`unixLockSharedMemory`).
+const WAL_DMS_LOCK: i64 = WAL_READ_LOCKS + WAL_READ_LOCK_COUNT;
 /// How long an apply may wait for readers before one WARN says so.
 const STALL_WARNING: Duration = Duration::from_secs(5);
 /// SQLite's WAL write lock: byte 120 of `-shm` (WAL_WRITE_LOCK in wal.c).
@@ -126,7 +131,9 @@ impl Applier {
     /// A database whose `-shm` exists is read in WAL mode: its readers hold
     /// a SHARED lock on the database file for as long as they are
     /// connected, and one of the WAL read-mark locks in `-shm` for each
-    /// read transaction, so the read marks are what is locked.
+    /// read transaction, so the read marks are what is locked, after the
+    /// dead man switch byte that keeps new read transactions from starting
+    /// meanwhile (see `WAL_DMS_LOCK`).
     pub fn lock(&self, db: &Db) -> Result<DatabaseLock<'_>, store::Error> {
         let refused = |reason: String| store::Error::Refused {
             db: db.name().to_string(),
@@ -136,20 +143,35 @@ impl Applier {
         if db.shm_path().exists() {
             let key = format!("{}{}", db.name(), FileKind::Shm.suffix());
             let file = self.mount_file(db, FileKind::Shm).map_err(refused)?;
+            // The gate first, as PENDING is below: readers keep starting
+            // read transactions while old ones end, and a write lock on
+            // the read marks alone would wait for a moment with none, which
+            // readers in a loop never leave. Not to be had while a
+            // connection opened on this node as primary uses the WAL index
+            // (it holds the byte shared): then the read marks alone.
+            let gated =
+                set_ofd_lock(&file, libc::F_WRLCK, WAL_DMS_LOCK, 1, false).map_err(|e| {
+                    refused(format!(
+                        "cannot lock SQLite's WAL index {}-shm: {e}",
+                        self.mount_dir.join(db.name()).display()
+                    ))
+                })?;
             let lock = DatabaseLock {
                 applier: self,
                 db: db.name().to_string(),
                 key,
                 file,
                 start: WAL_READ_LOCKS,
-                len: WAL_READ_LOCK_COUNT,
+                len: WAL_READ_LOCK_COUNT + i64::from(gated),
             };
-            lock_waiting(&lock.file, lock.start, lock.len, db.name()).map_err(|e| {
-                refused(format!(
-                    "cannot take SQLite's WAL read-mark locks on {}-shm: {e}",
-                    self.mount_dir.join(db.name()).display()
-                ))
-            })?;
+            lock_waiting(&lock.file, WAL_READ_LOCKS, WAL_READ_LOCK_COUNT, db.name()).map_err(
+                |e| {
+                    refused(format!(
+                        "cannot take SQLite's WAL read-mark locks on {}-shm: {e}",
+                        self.mount_dir.join(db.name()).display()
+                    ))
+                },
+            )?;
             return Ok(lock);
         }
         let file = self.mount_file(db, FileKind::Database).map_err(refused)?;
