@@ -88,6 +88,10 @@ struct Handle {
     /// The kernel's registration of `file` when it is open in passthrough
     /// (`passthrough.rs`): kept while any handle of the inode is open.
     backing: Option<Arc<passthrough::Backing>>,
+    /// For a WAL or journal open without passthrough: held until the
+    /// kernel is known to have finished the open, at the handle's first
+    /// request (`LitefsFs::handle`) or its release (`passthrough.rs`).
+    direct: Mutex<Option<Arc<passthrough::DirectOpen>>>,
     /// Bytes of database pages written through this handle since the disk
     /// was last asked to start writing them out (see `write`).
     not_handed: AtomicU64,
@@ -251,12 +255,20 @@ impl LitefsFs {
     }
 
     fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
-        self.handles
+        let handle = self
+            .handles
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&fh.0)
             .cloned()
-            .ok_or(Errno::EBADF)
+            .ok_or(Errno::EBADF)?;
+        // A request on the handle: the kernel has finished its open.
+        handle
+            .direct
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        Ok(handle)
     }
 
     /// Registers an open file. ENOENT when its database was deleted since

@@ -5,6 +5,7 @@ use std::ffi::OsStr;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 use fuser::{
@@ -269,6 +270,7 @@ impl Filesystem for LitefsFs {
                 kind,
                 file: None,
                 backing: None,
+                direct: Mutex::new(None),
                 not_handed: AtomicU64::new(0),
             }) {
                 Ok(fh) => reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO),
@@ -298,13 +300,15 @@ impl Filesystem for LitefsFs {
         if kind == FileKind::Journal && wants_write(flags) {
             self.journal_opened_for_writing(db.name());
         }
-        let (open_flags, backing) =
+        let (open_flags, opened) =
             self.open_mode(&db, kind, flags, &file, |f| reply.open_backing(f));
+        let (backing, direct) = super::passthrough::Opened::split(opened);
         match self.add_handle(Handle {
             db,
             kind,
             file: Some(file),
             backing: backing.clone(),
+            direct: Mutex::new(direct),
             not_handed: AtomicU64::new(0),
         }) {
             Ok(fh) => reply.opened_with(fh, open_flags, backing.as_ref().map(|b| &b.id)),
@@ -649,13 +653,15 @@ impl Filesystem for LitefsFs {
         };
         let ino = self.ino(&db, kind);
         let attr = self.file_attr(ino, &md);
-        let (open_flags, backing) =
+        let (open_flags, opened) =
             self.open_mode(&db, kind, flags, &file, |f| reply.open_backing(f));
+        let (backing, direct) = super::passthrough::Opened::split(opened);
         match self.add_handle(Handle {
             db,
             kind,
             file: Some(file),
             backing: backing.clone(),
+            direct: Mutex::new(direct),
             not_handed: AtomicU64::new(0),
         }) {
             Ok(fh) => {

@@ -6,12 +6,22 @@
 //! from what still reaches it (`journal.rs`, which also says when a
 //! journal may pass through).
 //!
-//! Opens for writing on the primary register the backing file. While one
-//! is registered, the kernel refuses (EINVAL) any open of the inode that
-//! does not pass through with the same `BackingId` (kept here while any
-//! handle holds it), so every open then uses it; while none is, opens of
-//! these files are direct I/O, which never stands in the way of a later
-//! passthrough open (cached pages would).
+//! Every open of these files on the primary (readers' too) registers the
+//! backing file, or shares the one registered: while an inode has one, the
+//! kernel fails with EIO any open of it whose reply does not pass through
+//! with the same `BackingId` (kept here while any handle holds it). The
+//! kernel checks that when the opening process finishes its open, after
+//! litefs has replied, so an open answered without passthrough can still
+//! meet a backing registered meanwhile by another open: SQLite reads that
+//! EIO on a journal as a hot journal ("attempt to write a readonly
+//! database" for a read-only connection). Hence the rule, decided under
+//! one lock: an open that does not pass through (direct I/O: the journal
+//! may not pass through, see `journal.rs`, or passthrough is off) holds a
+//! `DirectOpen` for as long as litefs has its handle, and no backing is
+//! registered for the inode while one is held: such opens go through
+//! litefs until the last direct one is released (the kernel has finished
+//! that open before it sends the release). Direct I/O never stands in the
+//! way of a passthrough open the other way round (cached pages would).
 //!
 //! Registering a backing file needs CAP_SYS_ADMIN; without it, or on an
 //! older kernel, the writes go through litefs (one INFO at mount on a
@@ -46,10 +56,43 @@ pub(super) struct Passthrough {
     refused: AtomicBool,
     /// The kernel granted FUSE_PASSTHROUGH and registering works.
     enabled: AtomicBool,
-    /// The backing file of each inode open in passthrough. The lock is
-    /// held while one is looked up or registered, so two opens of one
-    /// inode cannot register two.
-    by_ino: Mutex<HashMap<u64, Registered>>,
+    /// The backing file of each inode open in passthrough, and the inodes
+    /// open without it. The lock is held while an open decides, so two
+    /// opens of one inode cannot register two, nor one register while
+    /// another goes without.
+    by_ino: Mutex<Opens>,
+}
+
+/// What is open of each WAL and journal inode, under `Passthrough::by_ino`.
+#[derive(Debug, Default)]
+struct Opens {
+    registered: HashMap<u64, Registered>,
+    /// Inodes with a handle open without passthrough: no backing is
+    /// registered for them until the last one is released.
+    direct: HashMap<u64, Weak<DirectOpen>>,
+}
+
+/// Held by each handle of a WAL or journal opened without passthrough
+/// (see the module comment).
+#[derive(Debug)]
+pub(super) struct DirectOpen;
+
+/// How a WAL or journal handle is open: in passthrough with the
+/// registered backing file, or direct.
+pub(super) enum Opened {
+    Passthrough(Arc<Backing>),
+    Direct(Arc<DirectOpen>),
+}
+
+impl Opened {
+    /// What a handle keeps of `opened`: its backing, or its direct mark.
+    pub(super) fn split(opened: Option<Opened>) -> (Option<Arc<Backing>>, Option<Arc<DirectOpen>>) {
+        match opened {
+            Some(Opened::Passthrough(backing)) => (Some(backing), None),
+            Some(Opened::Direct(direct)) => (None, Some(direct)),
+            None => (None, None),
+        }
+    }
 }
 
 /// A backing file registered with the kernel, shared by every handle of
@@ -102,25 +145,54 @@ impl Passthrough {
     /// holds it.
     pub(super) fn registered(&self, ino: u64) -> Option<Arc<Backing>> {
         let by_ino = self.by_ino.lock().unwrap_or_else(|e| e.into_inner());
-        by_ino.get(&ino).and_then(|r| r.backing.upgrade())
+        by_ino
+            .registered
+            .get(&ino)
+            .and_then(|r| r.backing.upgrade())
     }
 
-    /// The backing id of inode `ino`, whose backing file is `file`:
-    /// the one already registered while any handle holds it (every open
-    /// of such an inode must pass through, the kernel refuses any other),
-    /// or, when `may_register`, a new one from `register`. `None` when
-    /// there is none to use, or registering fails, which turns passthrough
-    /// off for the mount's life (one WARN).
-    pub(super) fn backing(
+    /// How an open of inode `ino`, whose backing file is `file`, is
+    /// answered: with the backing file already registered while any handle
+    /// holds it (every open of such an inode must pass through, the kernel
+    /// refuses any other), or, when `may_register` and no handle of the
+    /// inode is open without passthrough, a new one from `register`;
+    /// otherwise direct. Registering fails only when the kernel cannot
+    /// pass through, which turns passthrough off for the mount's life
+    /// (one WARN).
+    pub(super) fn open(
         &self,
         ino: u64,
         may_register: bool,
         file: &File,
         register: impl FnOnce(&File) -> std::io::Result<BackingId>,
-    ) -> Option<Arc<Backing>> {
+    ) -> Opened {
         let mut by_ino = self.by_ino.lock().unwrap_or_else(|e| e.into_inner());
+        match self.backing(&mut by_ino, ino, may_register, file, register) {
+            Some(backing) => Opened::Passthrough(backing),
+            None => {
+                let direct = by_ino.direct.get(&ino).and_then(Weak::upgrade);
+                let direct = direct.unwrap_or_else(|| {
+                    let direct = Arc::new(DirectOpen);
+                    by_ino.direct.retain(|_, d| d.strong_count() > 0);
+                    by_ino.direct.insert(ino, Arc::downgrade(&direct));
+                    direct
+                });
+                Opened::Direct(direct)
+            }
+        }
+    }
+
+    /// The backing file for an open of `ino` (see `open`), if any.
+    fn backing(
+        &self,
+        by_ino: &mut Opens,
+        ino: u64,
+        may_register: bool,
+        file: &File,
+        register: impl FnOnce(&File) -> std::io::Result<BackingId>,
+    ) -> Option<Arc<Backing>> {
         let file_identity = identity(file);
-        if let Some(registered) = by_ino.get(&ino) {
+        if let Some(registered) = by_ino.registered.get(&ino) {
             if let Some(backing) = registered.backing.upgrade() {
                 if file_identity == Some(registered.file) {
                     return Some(backing);
@@ -137,7 +209,11 @@ impl Passthrough {
                 return None;
             }
         }
-        if !may_register {
+        let direct_open = by_ino
+            .direct
+            .get(&ino)
+            .is_some_and(|d| d.strong_count() > 0);
+        if !may_register || direct_open || !self.enabled() {
             return None;
         }
         // A read-only descriptor of litefs's own for reading it (the
@@ -154,9 +230,11 @@ impl Passthrough {
         match register(file) {
             Ok(id) => {
                 let backing = Arc::new(Backing { id, file: own });
-                by_ino.retain(|_, r| r.backing.strong_count() > 0);
+                by_ino
+                    .registered
+                    .retain(|_, r| r.backing.strong_count() > 0);
                 if let Some(file) = file_identity {
-                    by_ino.insert(
+                    by_ino.registered.insert(
                         ino,
                         Registered {
                             backing: Arc::downgrade(&backing),
@@ -186,8 +264,8 @@ impl LitefsFs {
     }
 
     /// How an open (`flags`) of `db`'s file of `kind`, backed by `file`,
-    /// is answered: its FOPEN flags, and the backing id when it passes
-    /// through (`register` makes one).
+    /// is answered: its FOPEN flags, and for a WAL or journal how it is
+    /// open (`register` makes a backing id).
     pub(super) fn open_mode(
         &self,
         db: &Db,
@@ -195,35 +273,34 @@ impl LitefsFs {
         flags: i32,
         file: &File,
         register: impl FnOnce(&File) -> std::io::Result<BackingId>,
-    ) -> (FopenFlags, Option<Arc<Backing>>) {
+    ) -> (FopenFlags, Option<Opened>) {
         match kind {
             // Pages stay cached across opens: litefs drops them when it
             // changes the file itself (a replica's apply).
             FileKind::Database => (FopenFlags::FOPEN_KEEP_CACHE, None),
             FileKind::Wal | FileKind::Journal => {
-                // Writers on the primary register the backing file (a
-                // journal's only once its database syncs it, `journal.rs`);
-                // every other open of the inode while it is registered (a
-                // read-only one, or one on a node that has since stepped
-                // down: the file is sealed then) must use it too.
-                let may_register = self.passthrough.enabled()
-                    && wants_write(flags)
-                    && self.role.is_primary()
+                // On the primary every open registers the backing file (a
+                // journal's only once its database syncs it, `journal.rs`),
+                // or shares the registered one; every open of the inode
+                // while it is registered (one on a node that has since
+                // stepped down too: the file is sealed then) must use it.
+                let may_register = self.role.is_primary()
                     && (kind == FileKind::Wal || self.journal_may_pass_through(db));
                 let ino = self.ino(db, kind);
-                if let Some(backing) = self.passthrough.backing(ino, may_register, file, register) {
-                    if may_register && kind == FileKind::Wal {
+                let opened = self.passthrough.open(ino, may_register, file, register);
+                if let Opened::Passthrough(_) = opened {
+                    if wants_write(flags) && kind == FileKind::Wal {
                         self.watcher.watch(db);
                     }
-                    return (FopenFlags::empty(), Some(backing));
+                    return (FopenFlags::empty(), Some(opened));
                 }
                 // Cached pages would make the kernel refuse passthrough
                 // opens of the inode (and the reverse); without
                 // passthrough, the cache is fine.
                 if self.passthrough.enabled() {
-                    (FopenFlags::FOPEN_DIRECT_IO, None)
+                    (FopenFlags::FOPEN_DIRECT_IO, Some(opened))
                 } else {
-                    (FopenFlags::empty(), None)
+                    (FopenFlags::empty(), Some(opened))
                 }
             }
             _ => (FopenFlags::empty(), None),
@@ -237,6 +314,7 @@ impl LitefsFs {
             .by_ino
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .registered
             .remove(&ino);
     }
 }
