@@ -2,7 +2,7 @@
 //! answered from the inode table, the open handles and the store.
 
 use std::ffi::OsStr;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
@@ -593,8 +593,8 @@ impl Filesystem for LitefsFs {
         _req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
@@ -636,10 +636,31 @@ impl Filesystem for LitefsFs {
             }
         };
         let existed = path_of(&db, kind).exists();
+        // A hidden journal's backing file is kept, but to the application
+        // the journal is new.
+        let new_to_app = !existed || (kind == FileKind::Journal && self.journal_hidden(db.name()));
         let file = match self.open_backing(&db, kind, flags, true) {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
+        // The mode the creating process asked for, less its umask, as on
+        // any file system (litefs's own umask does not apply). A journal
+        // gets its database's mode, as SQLite gives it with an fchmod of
+        // the new, empty file; a hidden journal is not empty (see
+        // `hide_journal`), so SQLite makes no fchmod of it.
+        let mut wanted = mode & !umask & 0o7777;
+        if kind == FileKind::Journal {
+            if let Ok(md) = std::fs::metadata(db.database_path()) {
+                wanted = md.mode() & 0o777;
+            }
+        }
+        let differs = file.metadata().is_ok_and(|md| md.mode() & 0o7777 != wanted);
+        if new_to_app && differs {
+            let perms = std::fs::Permissions::from_mode(wanted);
+            if let Err(e) = file.set_permissions(perms) {
+                return reply.error(self.backing_errno(&db, "cannot set the new file's mode", &e));
+            }
+        }
         if kind == FileKind::Journal {
             self.show_journal(db.name());
             self.journal_opened_for_writing(db.name());

@@ -1,0 +1,85 @@
+//! What SQLite and applications expect of a POSIX file system holds on the
+//! mount as on ext4: files get the mode their creator asked for, less its
+//! umask, and SQLite's journal gets its database's mode. A real litefs
+//! process (static lease) on a real mount. Needs root and /dev/fuse.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use common::{temp_dir, Node};
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Creates `path` in a process with umask `umask`, asking for `mode`.
+fn create_with(path: &Path, mode: u32, umask: u32) {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import os, sys; os.umask(int(sys.argv[3], 8)); \
+             os.close(os.open(sys.argv[1], os.O_CREAT | os.O_RDWR, int(sys.argv[2], 8)))",
+        )
+        .arg(path)
+        .arg(format!("{mode:o}"))
+        .arg(format!("{umask:o}"))
+        .output()
+        .expect("python3 (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "creating {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn new_files_get_the_mode_asked_for_less_the_umask() {
+    let dir = temp_dir("posix-modes");
+    let node = Node::start_in(&dir.path().join("node"), "");
+    for (name, mode, umask, want) in [
+        ("a.db", 0o640, 0o022, 0o640),
+        ("b.db", 0o666, 0o077, 0o600),
+        ("c.db", 0o666, 0o002, 0o664),
+    ] {
+        create_with(&node.db(name), mode, umask);
+        assert_eq!(
+            mode_of(&node.db(name)),
+            want,
+            "{name} created with mode {mode:o} under umask {umask:o}"
+        );
+    }
+    // An existing file keeps its mode when opened with O_CREAT again.
+    create_with(&node.db("a.db"), 0o600, 0o022);
+    assert_eq!(mode_of(&node.db("a.db")), 0o640);
+}
+
+#[test]
+fn the_journal_gets_its_database_s_mode() {
+    let dir = temp_dir("posix-journal-mode");
+    let node = Node::start_in(&dir.path().join("node"), "");
+    let db = node.db("j.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("CREATE TABLE t(x);").unwrap();
+    // Each database mode in turn: SQLite creates the journal with it
+    // (DELETE mode: a new journal each transaction).
+    for mode in [0o600, 0o666, 0o640] {
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(mode)).unwrap();
+        conn.execute_batch("BEGIN; INSERT INTO t VALUES(1);")
+            .unwrap();
+        let journal = node.db("j.db-journal");
+        assert_eq!(
+            mode_of(&journal),
+            mode,
+            "the journal of a database of mode {mode:o}"
+        );
+        conn.execute_batch("COMMIT;").unwrap();
+    }
+}
