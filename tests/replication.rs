@@ -4,13 +4,15 @@
 
 mod common;
 
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
     assert_identical, replica_yaml, sqlite3, sqlite3_ok, temp_dir, wait_caught_up, wait_for, Node,
-    CATCH_UP,
+    Rng, CATCH_UP,
 };
 
 /// A primary and `n` replicas under one temp dir.
@@ -79,22 +81,54 @@ fn writes_on_the_primary_reach_every_replica_and_replicas_are_read_only() {
     }
 }
 
+/// Transfers the primary commits while the replica's readers run.
+const TRANSFERS: u64 = 1_000;
+
+/// What a reader on the replica sees in one read transaction: the sum of
+/// all balances, which every transfer keeps at 200000, and how many
+/// transfers have committed (`xfer.n`).
+const READ_SQL: &str = "SELECT (SELECT sum(bal) FROM acct), (SELECT n FROM xfer)";
+
+/// Checks one reader's `(sum, n)` reads, in order: every sum is 200000 and
+/// `n` never goes back. Returns how many reads saw a state strictly
+/// between the first and the last transfer, i.e. were made while the
+/// replica was applying them.
+fn check_reads(who: &str, reads: &[(i64, u64)]) -> usize {
+    let mut last = 0;
+    let mut during = 0;
+    for (i, &(sum, n)) in reads.iter().enumerate() {
+        assert_eq!(
+            sum, 200_000,
+            "{who}: read {i} saw a torn transaction (after {n} transfers)"
+        );
+        assert!(n >= last, "{who}: read {i} saw {n} transfers after {last}");
+        assert!(n <= TRANSFERS, "{who}: read {i} saw {n} transfers");
+        last = n;
+        if n > 0 && n < TRANSFERS {
+            during += 1;
+        }
+    }
+    during
+}
+
 #[test]
 fn readers_on_a_replica_never_see_a_torn_transaction() {
-    let (_dir, primary, replicas) = cluster("repl-torn", 1);
+    let (dir, primary, replicas) = cluster("repl-torn", 1);
     let replica = &replicas[0];
     sqlite3_ok(
         &primary.db("bank.db"),
         "CREATE TABLE acct(id INTEGER PRIMARY KEY, bal INTEGER, pad BLOB);
          WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<200)
-         INSERT INTO acct(bal, pad) SELECT 1000, randomblob(500) FROM n;",
+         INSERT INTO acct(bal, pad) SELECT 1000, randomblob(500) FROM n;
+         CREATE TABLE xfer(n INTEGER); INSERT INTO xfer VALUES(0);",
     );
     wait_caught_up(&primary, replica, "bank.db");
 
     // One reader connection in this process, and two sqlite3 processes
-    // running many one-statement read transactions. (Several connections
-    // in one process share one POSIX lock, which can starve the applier;
-    // that is SQLite's process model, not a torn read.)
+    // running one-statement read transactions until told to stop.
+    // (Several connections in one process share one POSIX lock, which can
+    // starve the applier; that is SQLite's process model, not a torn
+    // read.)
     let stop = Arc::new(AtomicBool::new(false));
     let reads = Arc::new(AtomicU64::new(0));
     let reader = {
@@ -108,51 +142,121 @@ fn readers_on_a_replica_never_see_a_torn_transaction() {
             )
             .unwrap();
             conn.busy_timeout(Duration::from_secs(30)).unwrap();
+            let mut seen = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                let sum: i64 = conn
-                    .query_row("SELECT sum(bal) FROM acct", [], |r| r.get(0))
+                let read: (i64, u64) = conn
+                    .query_row(READ_SQL, [], |r| Ok((r.get(0)?, r.get(1)?)))
                     .unwrap();
-                assert_eq!(sum, 200_000, "a replica reader saw a torn transaction");
+                seen.push(read);
                 reads.fetch_add(1, Ordering::Relaxed);
             }
+            seen
         })
     };
-    // The reader is running before the first transfer commits.
-    wait_for("the first replica read", CATCH_UP, || {
-        reads.load(Ordering::Relaxed) > 0
-    });
-    let script: String = std::iter::once(".timeout 30000\n".to_string())
-        .chain((0..1500).map(|_| "SELECT sum(bal) FROM acct;\n".to_string()))
+    let outs: Vec<_> = (0..2)
+        .map(|i| dir.path().join(format!("cli-reader-{i}.out")))
         .collect();
-    let cli_readers: Vec<_> = (0..2)
-        .map(|_| {
-            let path = replica.db("bank.db");
-            let script = script.clone();
-            std::thread::spawn(move || sqlite3(&path, &script))
+    // Each is fed queries until the transfers are applied on the replica
+    // (the pipe holds the feeder back when sqlite3 is slower).
+    let cli_readers: Vec<_> = outs
+        .iter()
+        .map(|out| {
+            let mut child = Command::new("sqlite3")
+                .arg("-bail")
+                .arg(replica.db("bank.db"))
+                .stdin(Stdio::piped())
+                .stdout(std::fs::File::create(out).unwrap())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("sqlite3 CLI (install with scripts/setup.sh)");
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut stdin = child.stdin.take().unwrap();
+                let batch = format!("{READ_SQL};\n").repeat(50);
+                stdin.write_all(b".timeout 30000\n").unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    if stdin.write_all(batch.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+                drop(stdin);
+                child.wait_with_output().unwrap()
+            })
         })
         .collect();
+    // Every reader has read before the first transfer commits (sqlite3's
+    // output reaches its file in blocks).
+    wait_for("the first replica reads", CATCH_UP, || {
+        reads.load(Ordering::Relaxed) > 0
+            && outs
+                .iter()
+                .all(|out| std::fs::metadata(out).is_ok_and(|m| m.len() > 0))
+    });
+
+    // Transfers between random accounts, each one transaction that keeps
+    // the sum of the balances and counts itself in xfer.n. With 500-byte
+    // rows, two accounts far apart are on different pages.
+    let mut rng = Rng::from_clock("torn-read transfers");
+    let conn = rusqlite::Connection::open(primary.db("bank.db")).unwrap();
+    for _ in 0..TRANSFERS {
+        let from = rng.next() % 200 + 1;
+        let to = (from + rng.next() % 199) % 200 + 1;
+        let amount = rng.next() % 100 + 1;
+        conn.execute_batch(&format!(
+            "BEGIN;
+             UPDATE acct SET bal = bal - {amount} WHERE id = {from};
+             UPDATE acct SET bal = bal + {amount} WHERE id = {to};
+             UPDATE xfer SET n = n + 1;
+             COMMIT;"
+        ))
+        .unwrap();
+    }
     wait_caught_up(&primary, replica, "bank.db");
-    let reads_during_writes = reads.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
-    reader.join().unwrap();
+
+    let reads_during_writes = check_reads("the reader thread", &reader.join().unwrap());
+    eprintln!("the reader thread: {reads_during_writes} reads while the transfers were applied");
     assert!(
-        reads_during_writes > 1,
-        "the reader did not run alongside the writes"
+        reads_during_writes > 100,
+        "the reader thread made only {reads_during_writes} reads while the transfers were \
+         being applied"
     );
-    for r in cli_readers {
-        let out = r.join().unwrap();
+    for (i, (cli, out)) in cli_readers.into_iter().zip(&outs).enumerate() {
+        let status = cli.join().unwrap();
         assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            status.status.success(),
+            "sqlite3 reader {i}: {}",
+            String::from_utf8_lossy(&status.stderr)
         );
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(stdout.lines().count(), 1500);
+        let text = std::fs::read_to_string(out).unwrap();
+        let reads: Vec<(i64, u64)> = text
+            .lines()
+            .map(|l| {
+                let (sum, n) = l
+                    .split_once('|')
+                    .unwrap_or_else(|| panic!("sqlite3 reader {i}: bad line {l:?}"));
+                (sum.parse().unwrap(), n.parse().unwrap())
+            })
+            .collect();
+        let during = check_reads(&format!("sqlite3 reader {i}"), &reads);
+        eprintln!(
+            "sqlite3 reader {i}: {during} of {} reads while the transfers were applied",
+            reads.len()
+        );
         assert!(
-            stdout.lines().all(|l| l == "200000"),
-            "a torn read: {stdout}"
+            during > 100,
+            "sqlite3 reader {i} made only {during} of {} reads while the transfers were being \
+             applied",
+            reads.len()
         );
     }
+    assert_eq!(
+        sqlite3_ok(
+            &replica.db("bank.db"),
+            "SELECT sum(bal), (SELECT n FROM xfer) FROM acct;"
+        ),
+        format!("200000|{TRANSFERS}\n")
+    );
     assert_identical(&primary, replica, "bank.db");
 }
 
