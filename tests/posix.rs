@@ -83,3 +83,22 @@ fn the_journal_gets_its_database_s_mode() {
         conn.execute_batch("COMMIT;").unwrap();
     }
 }
+
+#[test]
+fn a_journal_written_by_hand_for_a_deleted_database_does_not_stop_sqlite() {
+    let dir = temp_dir("posix-orphan-journal");
+    let node = Node::start_in(&dir.path().join("node"), "");
+    let db = node.db("o.db");
+    common::sqlite3_ok(&db, "CREATE TABLE t(x); INSERT INTO t VALUES(1);");
+    std::fs::remove_file(&db).unwrap();
+    // As SQLite's exclusive.test does: a journal with no database.
+    std::fs::write(node.db("o.db-journal"), b"x\n").unwrap();
+    assert_eq!(std::fs::read(node.db("o.db-journal")).unwrap(), b"x\n");
+    // SQLite opens the (new, empty) database and sets the journal aside.
+    assert_eq!(
+        common::sqlite3_ok(&db, "SELECT count(*) FROM sqlite_master;"),
+        "0\n"
+    );
+    common::sqlite3_ok(&db, "CREATE TABLE u(y); INSERT INTO u VALUES(2);");
+    assert_eq!(common::sqlite3_ok(&db, "SELECT y FROM u;"), "2\n");
+}

@@ -621,13 +621,23 @@ impl Filesystem for LitefsFs {
                     return reply.error(Errno::EINVAL);
                 }
             },
+            // A companion of a database that does not exist (a journal
+            // written by hand, or left by a test harness after deleting
+            // its database) creates the database, empty, as an open with
+            // O_CREAT would: on any file system the companion is just a
+            // file, and SQLite opening the empty database finds a journal
+            // it may delete (a database of no pages has nothing to roll
+            // back). Nothing replicates until its first commit.
             FileKind::Journal | FileKind::Wal | FileKind::Shm | FileKind::SuperJournal(_) => {
                 match self.store.db(db_name) {
                     Some(db) => db,
-                    None => {
-                        info!("refused to create {name:?}: there is no database {db_name:?}");
-                        return reply.error(Errno::ENOENT);
-                    }
+                    None => match self.store.create_db(db_name) {
+                        Ok(db) => db,
+                        Err(e) => {
+                            info!("refused to create {name:?}: {e}");
+                            return reply.error(Errno::EINVAL);
+                        }
+                    },
                 }
             }
             FileKind::Pos => {
