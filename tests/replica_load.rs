@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_identical, replica_yaml, sqlite3_ok, temp_dir, wait_caught_up, wait_for, Node, Rng,
-    CATCH_UP,
+    assert_identical, assert_replay_identical, replica_yaml, sqlite3_ok, temp_dir, wait_caught_up,
+    wait_for, Node, Rng, CATCH_UP,
 };
 
 fn replica_of(dir: &Path, primary: &Node) -> Node {
@@ -85,6 +85,23 @@ fn pos_txid(pos: &str) -> u64 {
 
 fn read_pos(node: &Node, db: &str) -> String {
     std::fs::read_to_string(node.mount.join(format!("{db}-pos"))).unwrap_or_default()
+}
+
+/// The positions `node`'s log says were received more than once. A
+/// position is logged as received only once its file is durable in the
+/// queue, so a replica that resumes from an older position than it had
+/// received gets it again.
+fn received_twice(node: &Node) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    node.log_text()
+        .lines()
+        .filter_map(|l| {
+            l.split_once("received an LTX file up to ")
+                .map(|(_, pos)| pos)
+        })
+        .filter(|pos| !seen.insert(pos.to_string()))
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -273,6 +290,44 @@ fn kill_9_of_a_replica_at_any_moment_loses_nothing_and_replays_identically() {
     for file in replica.ltx_files(db) {
         litefs::ltx::verify_file(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     }
+    // Each restart resumed from the replica's own position: no snapshot,
+    // and no file received twice.
+    assert!(
+        !primary.log_text().contains("snapshot"),
+        "the primary sent a snapshot: {}",
+        primary.log_text()
+    );
+    let twice = received_twice(&replica);
+    assert!(
+        twice.is_empty(),
+        "the replica received the files up to these positions twice: {twice:?}"
+    );
+    // A kill may come between queueing a file and logging it: one line
+    // lost per kill at most.
+    let received = replica
+        .log_text()
+        .matches("received an LTX file up to ")
+        .count();
+    assert!(
+        received as i64 >= rows - 8,
+        "only {received} received files logged for {rows} transactions"
+    );
+    // Its LTX files are the primary's, and replay to its database.
+    let names = |node: &Node| -> Vec<_> {
+        node.ltx_files(db)
+            .iter()
+            .map(|f| f.file_name().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&replica), names(&primary));
+    for (mine, theirs) in replica.ltx_files(db).iter().zip(primary.ltx_files(db)) {
+        assert!(
+            std::fs::read(mine).unwrap() == std::fs::read(&theirs).unwrap(),
+            "{} differs from the primary's",
+            mine.display()
+        );
+    }
+    assert_replay_identical(&replica, db);
 }
 
 #[test]
