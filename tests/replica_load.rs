@@ -338,6 +338,7 @@ fn files_left_queued_by_a_crash_are_applied_at_the_next_start() {
     let db = "queued.db";
     sqlite3_ok(&primary.db(db), "CREATE TABLE t(id INTEGER PRIMARY KEY);");
     wait_caught_up(&primary, &replica, db);
+    let held_pos = read_pos(&replica, db);
 
     // A reader holds the database, so what arrives stays queued.
     let reader = rusqlite::Connection::open_with_flags(
@@ -352,19 +353,43 @@ fn files_left_queued_by_a_crash_are_applied_at_the_next_start() {
     for i in 1..=20i64 {
         conn.execute("INSERT INTO t(id) VALUES(?1)", [i]).unwrap();
     }
+    let primary_pos = primary.pos(db);
     wait_for("20 files queued on the replica", CATCH_UP, || {
-        queued_files(&replica, db) >= 19
+        queued_files(&replica, db) == 20
     });
+    assert_eq!(read_pos(&replica, db), held_pos, "applied under a reader");
     replica.kill9();
     drop(reader);
     replica.restart();
+
+    // Start-up applied all 20, before the mount was up, which put the
+    // replica at the primary's position...
+    let log = replica.log_text();
+    let applied = format!(
+        "database {db}: applied 20 of 20 received LTX files left queued; position {}",
+        primary_pos.trim()
+    );
+    assert_eq!(log.matches(&applied).count(), 1, "no {applied:?} in: {log}");
+    assert!(
+        !log.contains("deleting a received LTX file left queued"),
+        "{log}"
+    );
+    assert_eq!(queued_files(&replica, db), 0);
+    assert_eq!(read_pos(&replica, db), primary_pos);
+    // ...from which it resumed: nothing was sent again, no snapshot.
+    let twice = received_twice(&replica);
+    assert!(
+        twice.is_empty(),
+        "the replica received the files up to these positions twice: {twice:?}"
+    );
+    assert!(
+        !primary.log_text().contains("snapshot"),
+        "the primary sent a snapshot: {}",
+        primary.log_text()
+    );
     wait_caught_up(&primary, &replica, db);
     assert_identical(&primary, &replica, db);
-    assert!(
-        replica.log_text().contains("left queued"),
-        "{}",
-        replica.log_text()
-    );
+    assert_replay_identical(&replica, db);
     assert_eq!(
         sqlite3_ok(&replica.db(db), "SELECT count(*) FROM t;"),
         "20\n"
