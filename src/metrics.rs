@@ -384,16 +384,57 @@ mod tests {
         assert_eq!(w.out, want);
     }
 
+    /// The value of the sample `series` (name and labels) in `text`, 0
+    /// when it is not there; the sample must appear at most once.
+    fn sample_value(text: &str, series: &str) -> u64 {
+        let values: Vec<u64> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert!(values.len() <= 1, "{series} appears twice: {text}");
+        values.first().copied().unwrap_or(0)
+    }
+
     #[test]
     fn fuse_ops_are_counted_under_their_label() {
+        // The counters are the process's, so changes are compared (no
+        // other test counts copy_file_range).
+        let op = "litefs_fuse_operations_total{op=\"copy_file_range\"}";
+        let errnos: Vec<&str> = ERRNOS
+            .iter()
+            .map(|(_, name)| *name)
+            .chain(["other"])
+            .collect();
+        let errors = |text: &str| -> Vec<u64> {
+            let series = |errno| {
+                format!("litefs_fuse_errors_total{{op=\"copy_file_range\",errno=\"{errno}\"}}")
+            };
+            errnos
+                .iter()
+                .map(|e| sample_value(text, &series(e)))
+                .collect()
+        };
+        let text = render(&Snapshot::default());
+        let (ops_before, errors_before) = (sample_value(&text, op), errors(&text));
+        fuse_op(FuseOp::CopyFileRange);
         fuse_op(FuseOp::CopyFileRange);
         fuse_error(FuseOp::CopyFileRange, libc::ENOSYS);
         fuse_error(FuseOp::CopyFileRange, libc::E2BIG);
         let text = render(&Snapshot::default());
-        assert!(text.contains("litefs_fuse_operations_total{op=\"copy_file_range\"} "));
-        let errors = "litefs_fuse_errors_total{op=\"copy_file_range\",errno=";
-        assert!(text.contains(&format!("{errors}\"ENOSYS\"}} ")), "{text}");
-        assert!(text.contains(&format!("{errors}\"other\"}} ")), "{text}");
+        assert_eq!(sample_value(&text, op) - ops_before, 2, "{text}");
+        // One ENOSYS, one E2BIG (not named: `other`), no other errno.
+        let changed: BTreeMap<&str, u64> = errnos
+            .iter()
+            .zip(errors(&text).iter().zip(&errors_before))
+            .map(|(errno, (after, before))| (*errno, after - before))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        assert_eq!(
+            changed,
+            BTreeMap::from([("ENOSYS", 1), ("other", 1)]),
+            "{text}"
+        );
     }
 
     #[test]

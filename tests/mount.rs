@@ -387,12 +387,31 @@ fn unsupported_requests_get_their_errno_and_log_once() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Each isatty was answered ENOTTY by litefs (the kernel remembers no
+    // ioctl refusal).
+    let url = format!("http://127.0.0.1:{}/metrics", node.port);
+    let metrics = ureq::get(&url)
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let enotty: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("litefs_fuse_errors_total{op=\"ioctl\",errno=\"ENOTTY\"} "))
+        .map_or(0, |v| v.parse().unwrap());
+    assert!(enotty >= 200, "{enotty} ioctls answered ENOTTY: {metrics}");
     let log = node.log_text();
     assert!(!log.contains("Not Implemented"), "{log}");
-    assert!(log.matches("ioctl").count() <= 1, "{log}");
+    // Exactly one line for the 200 opens' isatty, at debug level.
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("ioctl")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
     assert!(
-        !log.lines()
-            .any(|l| l.contains("WARN") && l.contains("ioctl")),
+        lines[0].contains("DEBUG")
+            && lines[0].contains(
+                "ioctl (0x5401) is not supported on the mount; answered with its errno \
+                 (logged once)"
+            ),
         "{log}"
     );
 }
