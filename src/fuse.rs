@@ -254,6 +254,21 @@ impl LitefsFs {
         Some((db, kind))
     }
 
+    /// An open handle of inode `ino` (of a database since deleted, say).
+    fn open_handle_of(&self, ino: u64) -> Option<Arc<Handle>> {
+        let (name, instance, kind) = self
+            .inodes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .lookup(ino)?;
+        self.handles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .find(|h| h.db.name() == name && h.db.instance() == instance && h.kind == kind)
+            .cloned()
+    }
+
     fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
         let handle = self
             .handles

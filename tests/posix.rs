@@ -102,3 +102,52 @@ fn a_journal_written_by_hand_for_a_deleted_database_does_not_stop_sqlite() {
     common::sqlite3_ok(&db, "CREATE TABLE u(y); INSERT INTO u VALUES(2);");
     assert_eq!(common::sqlite3_ok(&db, "SELECT y FROM u;"), "2\n");
 }
+
+#[test]
+fn deleting_an_open_database_works_as_unlink_does() {
+    let dir = temp_dir("posix-unlink-open");
+    let mut node = Node::start_in(&dir.path().join("node"), "");
+    let db = node.db("d.db");
+    let old = rusqlite::Connection::open(&db).unwrap();
+    old.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES(1), (2);")
+        .unwrap();
+
+    // The name goes at once, though a connection holds the file.
+    std::fs::remove_file(&db).expect("deleting a database a connection holds");
+    assert!(!db.exists(), "the name is still there after the delete");
+
+    // The connection from before reads on; its writes fail cleanly.
+    let count: i64 = old
+        .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 2);
+    let err = old
+        .execute("INSERT INTO t VALUES(3)", [])
+        .expect_err("a write to a deleted database");
+    // SQLite sees the link count of 0 and refuses (SQLITE_READONLY_DBMOVED),
+    // as on ext4; a write that got past it would fail with EIO.
+    assert!(
+        err.to_string().contains("readonly database") || err.to_string().contains("disk I/O"),
+        "a write to a deleted database failed with: {err}"
+    );
+
+    // A new file of that name is a new database.
+    common::sqlite3_ok(&db, "CREATE TABLE u(y); INSERT INTO u VALUES(7);");
+    assert_eq!(
+        common::sqlite3_ok(&db, "SELECT name FROM sqlite_master;"),
+        "u\n"
+    );
+    drop(old);
+    assert_eq!(common::sqlite3_ok(&db, "SELECT y FROM u;"), "7\n");
+    assert_eq!(common::sqlite3_ok(&db, "PRAGMA integrity_check;"), "ok\n");
+
+    // kill -9 leaves the new database and nothing of the old one.
+    node.kill9();
+    node.restart();
+    assert_eq!(
+        common::sqlite3_ok(&db, "SELECT name FROM sqlite_master;"),
+        "u\n"
+    );
+    assert_eq!(common::sqlite3_ok(&db, "SELECT y FROM u;"), "7\n");
+    common::assert_replay_identical(&node, "d.db");
+}

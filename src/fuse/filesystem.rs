@@ -93,7 +93,7 @@ impl Filesystem for LitefsFs {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let reply = Counted::new(FuseOp::Getattr, reply);
         if ino.0 == ROOT_INO {
             return reply.attr(&TTL, &self.synthetic_attr(ROOT_INO, 0));
@@ -105,7 +105,19 @@ impl Filesystem for LitefsFs {
             };
         }
         let Some((db, kind)) = self.resolve(ino.0) else {
-            return reply.error(Errno::ENOENT);
+            // fstat of a file of a deleted database still open: its
+            // backing file, unlinked, as on any file system (the kernel
+            // names no handle for fstat: any open one of the inode does).
+            let open = fh
+                .and_then(|fh| self.handle(fh).ok())
+                .or_else(|| self.open_handle_of(ino.0));
+            return match open.as_ref().and_then(|h| h.file.as_ref()) {
+                Some(file) => match file.metadata() {
+                    Ok(md) => reply.attr(&TTL, &self.file_attr(ino.0, &md)),
+                    Err(e) => reply.error(io_errno(&e)),
+                },
+                None => reply.error(Errno::ENOENT),
+            };
         };
         match self.attr(ino.0, &db, kind) {
             Ok(attr) => reply.attr(&TTL, &attr),
@@ -395,6 +407,9 @@ impl Filesystem for LitefsFs {
         if _primary.is_none() && handle.kind != FileKind::Shm {
             return reply.error(self.read_only_error("write", db.name()));
         }
+        if let Err(e) = self.refuse_if_deleted(&handle, "write") {
+            return reply.error(e);
+        }
         let _awake = self.writing();
         if let Err(e) = self.before_write(&handle, offset, data) {
             return reply.error(e);
@@ -452,7 +467,7 @@ impl Filesystem for LitefsFs {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh.0);
         reply.ok();
-        if let Some(handle) = handle {
+        if let Some(handle) = handle.filter(|h| !h.db.is_deleted()) {
             if let (FileKind::Journal, Some(backing)) = (handle.kind, &handle.backing) {
                 if let Some(_primary) = self.role.hold_primary() {
                     self.journal_released(&handle.db, backing);

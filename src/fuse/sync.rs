@@ -22,6 +22,9 @@ impl LitefsFs {
         if handle.kind == FileKind::Shm {
             return Ok(());
         }
+        // Nothing of a deleted database is kept: its unlinked files need
+        // no disk flush, and a journal's or WAL's end records nothing.
+        self.refuse_if_deleted(&handle, "sync")?;
         let _awake = self.role.is_primary().then(|| self.writing());
         if handle.kind == FileKind::Wal && self.role.is_primary() {
             // Records the commit now when the disk is nearly full.

@@ -20,6 +20,22 @@ use super::{io_errno, is_journal_header, path_of, Handle, LitefsFs};
 use crate::store::{write_back, Db};
 
 impl LitefsFs {
+    /// Refuses `what` through a handle of a database deleted since it was
+    /// opened (EIO: SQLite reports a disk I/O error and rolls back), but
+    /// for `-shm`, SQLite's own locking state, which records nothing.
+    pub(super) fn refuse_if_deleted(&self, handle: &Handle, what: &str) -> Result<(), Errno> {
+        if !handle.db.is_deleted() || handle.kind == FileKind::Shm {
+            return Ok(());
+        }
+        info!(
+            "refused {what} of {:?} of database {}: the database was deleted while this \
+             file was open; close the connection",
+            handle.kind,
+            handle.db.name()
+        );
+        Err(Errno::EIO)
+    }
+
     /// Checks and records a write of `data` at `offset` through `handle`,
     /// before it reaches the backing file; a journal header zeroed in
     /// PERSIST mode commits first.
@@ -173,10 +189,15 @@ impl LitefsFs {
         Ok(())
     }
 
-    /// Deletes `db` (the application removed its file on the primary). Refused with EBUSY while any of its files is open, so that
-    /// no connection goes on writing to a database that is gone; the check
-    /// and the deletion are made under the handle table's lock, which
-    /// `add_handle` takes too. The store leaves a tombstone that the
+    /// Deletes `db` (the application removed its file on the primary), as
+    /// unlink does on any file system: the name goes at once, also while
+    /// connections hold its files open. Their handles keep the backing
+    /// files (unlinked, in the store's trash) and read on; their writes
+    /// are refused (`refuse_if_deleted`), so nothing of a deleted database
+    /// is recorded. A new file of the same name is a new database (another
+    /// instance, other inode numbers). The deletion is made under the
+    /// handle table's lock, which `add_handle` takes too, so no open of
+    /// the old instance can slip in. The store leaves a tombstone that the
     /// replication stream carries to every replica.
     fn delete_database(&self, db: &Arc<Db>) -> Result<(), Errno> {
         let handles = self.handles.write().unwrap_or_else(|e| e.into_inner());
@@ -186,11 +207,10 @@ impl LitefsFs {
             .count();
         if open > 0 {
             info!(
-                "refused to delete database {}: {open} of its files are open; close every \
-                 connection to it first",
+                "deleting database {} while {open} of its files are open: they read on, \
+                 and their writes fail",
                 db.name()
             );
-            return Err(Errno::EBUSY);
         }
         match self.store.delete_db(db.name()) {
             Ok(_) => {
