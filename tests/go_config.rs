@@ -7,12 +7,12 @@ mod common;
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{is_mounted, sqlite3_ok, temp_dir, wait_for, Node, DEADLINE};
+use common::{assert_backoff, is_mounted, sqlite3_ok, temp_dir, wait_for, Node, DEADLINE};
 use litefs::http::{run_replica_loop_with, RetryOptions};
 use litefs::store::Store;
 
@@ -156,11 +156,12 @@ fn exit_on_error_stops_a_replica_the_primary_refuses() {
 
 #[test]
 fn reconnect_delay_caps_the_replica_loops_backoff() {
-    // A "primary" that accepts connections and hangs up at once.
+    // A "primary" that accepts connections and hangs up at once, noting
+    // when each came.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let accepted = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(Mutex::new(Vec::<Instant>::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let acceptor = {
         let (accepted, stop) = (accepted.clone(), stop.clone());
@@ -168,18 +169,19 @@ fn reconnect_delay_caps_the_replica_loops_backoff() {
             while !stop.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((conn, _)) => {
-                        accepted.fetch_add(1, Ordering::SeqCst);
+                        accepted.lock().unwrap().push(Instant::now());
                         drop(conn);
                     }
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                    Err(_) => thread::sleep(Duration::from_millis(1)),
                 }
             }
         })
     };
     let tmp = temp_dir("reconnect-delay");
     let store = Store::open(tmp.path()).unwrap();
-    let count = |max_backoff: Duration| {
-        accepted.store(0, Ordering::SeqCst);
+    // The pauses between the first `count` connections.
+    let pauses = |max_backoff: Duration, count: usize| {
+        accepted.lock().unwrap().clear();
         let done = AtomicBool::new(false);
         let options = RetryOptions {
             max_backoff,
@@ -199,17 +201,27 @@ fn reconnect_delay_caps_the_replica_loops_backoff() {
                     &options,
                 )
             });
-            thread::sleep(Duration::from_secs(3));
+            wait_for(&format!("{count} connections"), DEADLINE, || {
+                accepted.lock().unwrap().len() >= count
+            });
             done.store(true, Ordering::SeqCst);
         });
-        accepted.load(Ordering::SeqCst)
+        let accepted = accepted.lock().unwrap();
+        accepted[..count]
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .collect::<Vec<_>>()
     };
-    // 100ms, then 150ms apart: about 20 connections in 3 s.
-    let short = count(Duration::from_millis(150));
-    // The default doubles up to 5 s: 100, 200, 400, 800, 1600 ms.
-    let default = count(RetryOptions::default().max_backoff);
+    // 100ms, then 150ms again and again.
+    let short = Duration::from_millis(150);
+    let short_pauses = pauses(short, 10);
+    // The default doubles up to 5 s: 100, 200, 400, 800 ms so far, far
+    // past 150ms.
+    let default = RetryOptions::default().max_backoff;
+    let default_pauses = pauses(default, 5);
     stop.store(true, Ordering::SeqCst);
     acceptor.join().unwrap();
-    assert!((12..=32).contains(&short), "{short} connections");
-    assert!(default <= 7, "{default} connections");
+    assert_backoff(&short_pauses, short);
+    assert_eq!(default, Duration::from_secs(5));
+    assert_backoff(&default_pauses, default);
 }

@@ -2,6 +2,7 @@
 //! the static lease and the lease thread's rules checked with a scripted
 //! leaser and a fake Consul that answers garbage.
 
+mod common;
 #[path = "common/consul.rs"]
 mod consul;
 #[path = "common/scripted_lease.rs"]
@@ -17,11 +18,12 @@ use litefs::config::{ConsulConfig, LeaseConfig, LeaseKind};
 use litefs::fatal::Fatal;
 use litefs::lease::{
     leaser_from_config, spawn_lease_thread, ConsulLeaser, Error, Lease, LeaseEvent, LeaseOptions,
-    Leaser, PrimaryInfo, StaticLeaser, WATCH_WAIT,
+    Leaser, PrimaryInfo, StaticLeaser, WATCH_FAILURE_GRACE, WATCH_WAIT,
 };
 
+use common::assert_backoff;
 use consul::ConsulAgent;
-use scripted_lease::{scripted, LeaseThread, Script};
+use scripted_lease::{gaps, scripted, wait_for_watches, watched, LeaseThread, Script};
 
 /// The smallest TTL Consul accepts; the one every Consul test uses.
 const TTL: Duration = Duration::from_secs(10);
@@ -290,14 +292,25 @@ fn consul_unreachable_is_an_error_not_a_panic() {
     let err = leaser.primary(0, WATCH_WAIT).unwrap_err();
     assert!(err.to_string().contains("read the lease key"), "{err}");
 
-    for candidate in [true, false] {
-        let mut thread = LeaseThread::start(
-            Box::new(consul_leaser(&url, "litefs/down", "node-a")),
-            candidate,
-        );
+    // A candidate and a follower, side by side.
+    let threads = [true, false].map(|candidate| {
+        let (leaser, watches) = watched(Box::new(consul_leaser(&url, "litefs/down", "node-a")));
+        (LeaseThread::start(leaser, candidate), watches)
+    });
+    for (mut thread, watches) in threads {
         assert_eq!(thread.next(Duration::from_secs(2)), LeaseEvent::NoPrimary);
-        // It keeps retrying, without repeating the event or ending.
-        thread.assert_quiet(Duration::from_millis(700));
+        // It keeps retrying, without repeating the event or ending, also
+        // once the failures have lasted WATCH_FAILURE_GRACE (when a
+        // failing watch reports NoPrimary even after another event): two
+        // watches started past it, so the first one's outcome was sent.
+        let first = watches.lock().unwrap()[0];
+        wait_for_watches(
+            &watches,
+            first + WATCH_FAILURE_GRACE,
+            2,
+            WATCH_FAILURE_GRACE * 3,
+        );
+        thread.assert_no_event();
         assert!(!thread.handle.as_ref().unwrap().is_finished());
         let took = thread.stop();
         assert!(took < Duration::from_secs(3), "stop took {took:?}");
@@ -463,17 +476,36 @@ fn bad_kv_values_are_clear_errors() {
 #[test]
 fn lease_thread_survives_garbage() {
     let fake = FakeConsul::start(200, "{{{ garbage");
-    let mut thread = LeaseThread::start(
-        Box::new(consul_leaser(&fake.url, "litefs/garbage", "node-a")),
-        true,
-    );
+    let (leaser, watches) = watched(Box::new(consul_leaser(
+        &fake.url,
+        "litefs/garbage",
+        "node-a",
+    )));
+    let mut thread = LeaseThread::start(leaser, true);
     assert_eq!(thread.next(Duration::from_secs(2)), LeaseEvent::NoPrimary);
-    thread.assert_quiet(Duration::from_millis(700));
+    // No event again, also once the failures have lasted
+    // WATCH_FAILURE_GRACE (two watches started past it).
+    let first = watches.lock().unwrap()[0];
+    wait_for_watches(
+        &watches,
+        first + WATCH_FAILURE_GRACE,
+        2,
+        WATCH_FAILURE_GRACE * 3,
+    );
+    thread.assert_no_event();
+    assert!(!thread.handle.as_ref().unwrap().is_finished());
     let took = thread.stop();
     assert!(took < Duration::from_secs(3), "stop took {took:?}");
-    // Retries back off instead of hammering the server.
+    // Retries back off instead of hammering the server: the pauses
+    // between watches double up to the cap, and the server saw only the
+    // attempt to take the lease besides them.
+    assert_backoff(&gaps(&watches), LeaseOptions::new(true).max_backoff);
     let requests = fake.requests.lock().unwrap().len();
-    assert!(requests < 40, "{requests} requests in about a second");
+    let watches = watches.lock().unwrap().len();
+    assert!(
+        requests <= watches + 2,
+        "{requests} requests for {watches} watches"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -687,14 +719,17 @@ fn a_node_that_lost_the_lease_waits_the_demote_delay_before_taking_it_again() {
 
 #[test]
 fn reconnect_delay_caps_the_pause_between_retries_to_consul() {
-    let count_watches = |max_backoff: Duration| {
-        let (leaser, script) = scripted(
+    // The pauses between the first `count` watches, every one failing.
+    let pauses = |max_backoff: Duration, count: usize| {
+        let (leaser, _script) = scripted(
             Duration::from_secs(10),
             Script {
                 watch_fails: Some(500),
                 ..Script::default()
             },
         );
+        let (leaser, watches) = watched(leaser);
+        let started = Instant::now();
         let mut thread = LeaseThread::start_with(
             leaser,
             LeaseOptions {
@@ -702,17 +737,18 @@ fn reconnect_delay_caps_the_pause_between_retries_to_consul() {
                 ..LeaseOptions::new(false)
             },
         );
-        std::thread::sleep(Duration::from_secs(3));
+        wait_for_watches(&watches, started, count, Duration::from_secs(20));
         thread.stop();
-        let watches = script.lock().unwrap().watches;
-        watches
+        gaps(&watches)[..count - 1].to_vec()
     };
-    // 100ms, 150ms, 150ms, ...: about 20 tries in 3 s.
-    let short = count_watches(Duration::from_millis(150));
-    assert!((12..=32).contains(&short), "{short} watches");
-    // The default doubles up to 2 s: 100, 200, 400, 800, 1600 ms.
-    let default = count_watches(LeaseOptions::new(false).max_backoff);
-    assert!(default <= 7, "{default} watches");
+    // 100ms, then 150ms again and again.
+    let short = Duration::from_millis(150);
+    assert_backoff(&pauses(short, 10), short);
+    // The default doubles up to 2 s: 100, 200, 400, 800 ms so far, far
+    // past 150ms.
+    let default = LeaseOptions::new(false).max_backoff;
+    assert_eq!(default, Duration::from_secs(2));
+    assert_backoff(&pauses(default, 5), default);
 }
 
 #[test]
@@ -733,8 +769,16 @@ fn exit_on_error_reports_a_lost_lease_and_a_refusal_by_consul() {
         },
     );
     assert_eq!(thread.next(Duration::from_secs(1)), LeaseEvent::Primary);
-    // Healthy renewals are not reported.
-    assert!(reports.recv_timeout(Duration::from_millis(700)).is_err());
+    // Healthy renewals are not reported: three have been made and their
+    // outcome handled once the fourth starts.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while script.lock().unwrap().renews < 4 {
+        assert!(Instant::now() < deadline, "no 4 renewals within 5 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if let Ok(report) = reports.try_recv() {
+        panic!("reported: {report}");
+    }
     script.lock().unwrap().renew_fails = Some(true);
     let report = reports.recv_timeout(Duration::from_secs(1)).unwrap();
     assert!(report.contains("lost the lease"), "{report}");
@@ -760,7 +804,8 @@ fn exit_on_error_reports_a_lost_lease_and_a_refusal_by_consul() {
     assert!(report.contains("403") && report.contains("ACL"), "{report}");
     thread.stop();
 
-    // Without exit-on-error nothing is reported; a 500 is never fatal.
+    // With exit-on-error too, a 500 is never fatal: three failed watches
+    // handled (the fourth has started), nothing reported.
     let (leaser, _script) = scripted(
         Duration::from_secs(10),
         Script {
@@ -768,7 +813,9 @@ fn exit_on_error_reports_a_lost_lease_and_a_refusal_by_consul() {
             ..Script::default()
         },
     );
+    let (leaser, watches) = watched(leaser);
     let (fatal, reports) = Fatal::channel();
+    let started = Instant::now();
     let mut thread = LeaseThread::start_with(
         leaser,
         LeaseOptions {
@@ -776,6 +823,9 @@ fn exit_on_error_reports_a_lost_lease_and_a_refusal_by_consul() {
             ..LeaseOptions::new(false)
         },
     );
-    assert!(reports.recv_timeout(Duration::from_millis(700)).is_err());
+    wait_for_watches(&watches, started, 4, Duration::from_secs(5));
+    if let Ok(report) = reports.try_recv() {
+        panic!("reported: {report}");
+    }
     thread.stop();
 }

@@ -2,9 +2,9 @@
 //! not take FUSE_POSIX_LOCKS), so every way a lock is released or
 //! downgraded must wake a waiter at once. A Python process holds a lock
 //! on a database file of a real mount; this test process waits for it
-//! with F_OFD_SETLKW (OFD locks conflict even within one process) and must
-//! get it as soon as the holder lets go, by each path. Needs root and
-//! /dev/fuse.
+//! with F_OFD_SETLKW (OFD locks conflict even within one process), seen
+//! asleep in that request before the holder lets go, and must get it as
+//! soon as the holder lets go, by each path. Needs root and /dev/fuse.
 
 mod common;
 
@@ -16,7 +16,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{sqlite3_ok, temp_dir, Node};
+use common::{sqlite3_ok, temp_dir, Node, DEADLINE};
 
 /// A waiter must be woken this soon after the release (the old lock table
 /// slept out its 30 s timeout here).
@@ -92,19 +92,25 @@ impl Drop for Holder {
     }
 }
 
+/// A thread waiting for a lock: when it got it, and its thread id.
+struct Waiter {
+    got: mpsc::Receiver<Instant>,
+    tid: i32,
+    /// Dropped to let the thread release the lock and end.
+    done: mpsc::Sender<()>,
+}
+
 /// Starts a thread that takes an OFD lock of `typ` on `start..start+len`
 /// of `path`, waiting in the kernel; it sends the moment it got the lock.
-/// The lock is kept until the returned sender is dropped.
-fn wait_for_lock(
-    path: &Path,
-    typ: i32,
-    start: i64,
-    len: i64,
-) -> (mpsc::Receiver<Instant>, mpsc::Sender<()>) {
+/// The lock is kept until the waiter is dropped.
+fn wait_for_lock(path: &Path, typ: i32, start: i64, len: i64) -> Waiter {
     let (tx, rx) = mpsc::channel();
+    let (tid_tx, tid_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let path = path.to_path_buf();
     std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        tid_tx.send(unsafe { libc::gettid() }).unwrap();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -124,16 +130,52 @@ fn wait_for_lock(
         let _ = done_rx.recv();
         drop(file);
     });
-    (rx, done_tx)
+    Waiter {
+        got: rx,
+        tid: tid_rx.recv().unwrap(),
+        done: done_tx,
+    }
 }
 
-/// Runs one release path: the waiter must still be blocked while the
-/// holder holds, and must get the lock within `WAKE` of the release.
+/// Whether thread `tid` of this process is asleep inside
+/// fcntl(F_OFD_SETLKW): its /proc syscall file names the system call a
+/// blocked thread is in, with its arguments ("running" when it is not
+/// blocked).
+fn blocked_in_lock_wait(tid: i32) -> bool {
+    let Ok(syscall) = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")) else {
+        return false;
+    };
+    let fields: Vec<&str> = syscall.split_whitespace().collect();
+    let arg = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|a| i64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
+    };
+    fields.first().and_then(|n| n.parse::<i64>().ok()) == Some(libc::SYS_fcntl)
+        && arg(2) == Some(i64::from(libc::F_OFD_SETLKW))
+}
+
+/// Runs one release path: the waiter must be asleep in its lock request,
+/// not holding the lock, while the holder holds, and must get the lock
+/// within `WAKE` of the release.
 fn check_release(path: &Path, cmd: &str, typ: i32, start: i64, len: i64) {
     let mut holder = Holder::start(path);
-    let (waiter, done) = wait_for_lock(path, typ, start, len);
+    let waiter = wait_for_lock(path, typ, start, len);
+    let deadline = Instant::now() + DEADLINE;
+    while !blocked_in_lock_wait(waiter.tid) {
+        assert!(
+            waiter.got.try_recv().is_err(),
+            "{cmd}: the waiter got the lock while the holder still held it"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{cmd}: the waiter is not waiting in F_OFD_SETLKW: {:?}",
+            std::fs::read_to_string(format!("/proc/self/task/{}/syscall", waiter.tid))
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert!(
-        waiter.recv_timeout(Duration::from_millis(300)).is_err(),
+        waiter.got.try_recv().is_err(),
         "{cmd}: the waiter got the lock while the holder still held it"
     );
     let released = Instant::now();
@@ -143,10 +185,11 @@ fn check_release(path: &Path, cmd: &str, typ: i32, start: i64, len: i64) {
         holder.send(cmd);
     }
     let got = waiter
+        .got
         .recv_timeout(WAKE)
         .unwrap_or_else(|_| panic!("{cmd}: the waiter was not woken within {WAKE:?}"));
     eprintln!("{cmd}: woken after {:?}", got.duration_since(released));
-    drop(done);
+    drop(waiter.done);
 }
 
 #[test]

@@ -192,6 +192,23 @@ fn a_journal_connection_from_before_a_step_down_cannot_write_after_it() {
     assert_eq!(position(&a, db).0, at_step_down.0 + 1);
 }
 
+/// Whether SQLite's WAL write lock (byte 120 of `-shm`, opened as `shm`) is
+/// held by an open file description lock: litefs's, as SQLite's own are
+/// process locks.
+fn litefs_holds_wal_write_lock(shm: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed flock is valid; l_pid must be 0 for OFD locks.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 120;
+    fl.l_len = 1;
+    // SAFETY: the descriptor is open and fl is a valid flock.
+    let rc = unsafe { libc::fcntl(shm.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+    assert_eq!(rc, 0, "F_OFD_GETLK: {}", std::io::Error::last_os_error());
+    fl.l_type != libc::F_UNLCK as libc::c_short && fl.l_pid == -1
+}
+
 /// WAL read transactions open when their node steps down keep their
 /// snapshots: moving the WAL into the database file waits until they end
 /// (up to litefs's step-down wait, 5 s), so none reads pages newer than
@@ -240,16 +257,39 @@ fn wal_read_transactions_open_at_step_down_keep_their_snapshots() {
         .unwrap();
     drop(writer);
 
+    // Open until the end: closing any descriptor of -shm would drop this
+    // process's POSIX locks on it, the readers' among them.
+    let shm = std::fs::File::open(a.mount.join(format!("{db}-shm"))).unwrap();
+
     consul_link.cut();
     wait_for("node-a to step down", TTL, || !opens_for_writing(&a, db));
     let folded = || count_in_log(&a, "moved the WAL into the database file") >= 1;
-    let waited_from = Instant::now();
-    while waited_from.elapsed() < Duration::from_secs(1) {
+    // The step-down reaches the WAL: litefs takes SQLite's WAL write lock,
+    // then waits for the read locks, which the readers hold. From the
+    // moment it holds the write lock, a fold that did not wait would
+    // follow within milliseconds: for a second from then, the lock stays
+    // held and neither the database file nor the WAL changes.
+    wait_for(
+        "node-a to take the WAL write lock at step-down",
+        Duration::from_secs(5),
+        || folded() || litefs_holds_wal_write_lock(&shm),
+    );
+    let files = || {
+        let dir = a.data.join("dbs").join(db);
+        (
+            std::fs::read(dir.join("database")).unwrap(),
+            std::fs::read(dir.join("wal")).unwrap(),
+        )
+    };
+    let files_at_lock = files();
+    let waiting = || litefs_holds_wal_write_lock(&shm) && !folded() && files() == files_at_lock;
+    let locked_at = Instant::now();
+    while locked_at.elapsed() < Duration::from_secs(1) {
         assert!(
-            !folded(),
+            waiting(),
             "the WAL was moved while read transactions were open"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
     // Each reads u for the first time: as its snapshot had it.
     let u = |c: &rusqlite::Connection| -> (i64, i64) {
@@ -268,10 +308,24 @@ fn wal_read_transactions_open_at_step_down_keep_their_snapshots() {
     assert_eq!(u(&framed), (200, 0), "a read saw pages past its snapshot");
     for reader in [&before, &framed] {
         assert_eq!(integrity(reader), "ok");
+    }
+    // Those reads were made while the step-down still waited.
+    assert!(
+        waiting(),
+        "the WAL was moved while read transactions were open"
+    );
+    for reader in [&before, &framed] {
         reader.execute_batch("COMMIT;").unwrap();
     }
 
     wait_for("node-a to move its WAL", Duration::from_secs(10), folded);
+    // With the read locks: it waited for the readers, not its time limit.
+    let log = a.log_text();
+    assert!(
+        !log.contains("step-down without SQLite's WAL reader locks"),
+        "the step-down gave up waiting for the readers: {log}"
+    );
+    drop(shm);
     assert_eq!(in_t(&framed), 2);
     assert_eq!(u(&before), (200, 200));
     drop((before, framed));

@@ -396,6 +396,28 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Checks the pauses between retries: 100 ms first, each next one twice
+/// the last, up to `cap`. Each is at least that (the retry cannot come
+/// sooner), and together they are at most twice what they add up to (a
+/// pause that grew past the cap would be far more).
+pub fn assert_backoff(gaps: &[Duration], cap: Duration) {
+    let mut want = Duration::from_millis(100).min(cap);
+    let mut total = Duration::ZERO;
+    for (i, gap) in gaps.iter().enumerate() {
+        assert!(
+            *gap + Duration::from_millis(10) >= want,
+            "pause {i} was {gap:?}, not {want:?}: {gaps:?}"
+        );
+        total += want;
+        want = (want * 2).min(cap);
+    }
+    let sum: Duration = gaps.iter().sum();
+    assert!(
+        sum <= total * 2,
+        "the pauses {gaps:?} add up to {sum:?}, not about {total:?}"
+    );
+}
+
 /// A fresh temp dir for one test.
 pub fn temp_dir(name: &str) -> tempfile::TempDir {
     tempfile::Builder::new()

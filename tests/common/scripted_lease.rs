@@ -54,6 +54,13 @@ impl LeaseThread {
         }
     }
 
+    /// Asserts that no event has been sent (since the last one received).
+    pub fn assert_no_event(&self) {
+        if let Ok(event) = self.events.try_recv() {
+            panic!("expected no event, got {event:?}");
+        }
+    }
+
     /// Sets the stop flag and joins; returns how long the thread took.
     pub fn stop(&mut self) -> Duration {
         let started = Instant::now();
@@ -69,6 +76,79 @@ impl Drop for LeaseThread {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
+}
+
+/// A leaser that notes when each watch (`primary`) starts, then asks the
+/// one it wraps.
+struct Watched {
+    inner: Box<dyn Leaser>,
+    starts: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Leaser for Watched {
+    fn acquire(&mut self) -> Result<Option<Lease>, Error> {
+        self.inner.acquire()
+    }
+
+    fn renew(&mut self, lease: &mut Lease) -> Result<(), Error> {
+        self.inner.renew(lease)
+    }
+
+    fn release(&mut self, lease: Lease) -> Result<(), Error> {
+        self.inner.release(lease)
+    }
+
+    fn primary(&mut self, index: u64, wait: Duration) -> Result<(Option<PrimaryInfo>, u64), Error> {
+        self.starts.lock().unwrap().push(Instant::now());
+        self.inner.primary(index, wait)
+    }
+}
+
+/// `leaser`, and when each of its watches started. The lease thread makes
+/// one call at a time and sends an event before its next call, so once a
+/// watch has started, whatever the previous ones led to has been sent.
+pub fn watched(leaser: Box<dyn Leaser>) -> (Box<dyn Leaser>, Arc<Mutex<Vec<Instant>>>) {
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    (
+        Box::new(Watched {
+            inner: leaser,
+            starts: starts.clone(),
+        }),
+        starts,
+    )
+}
+
+/// Waits (up to `within`) until `count` of the watches in `starts` have
+/// started at or after `from`.
+pub fn wait_for_watches(
+    starts: &Mutex<Vec<Instant>>,
+    from: Instant,
+    count: usize,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let started = starts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|&&t| t >= from)
+            .count();
+        if started >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {started} of {count} watches started within {within:?}"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The pauses between successive `starts`.
+pub fn gaps(starts: &Mutex<Vec<Instant>>) -> Vec<Duration> {
+    let starts = starts.lock().unwrap();
+    starts.windows(2).map(|w| w[1] - w[0]).collect()
 }
 
 /// What the scripted leaser answers; shared with the test.
