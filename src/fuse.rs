@@ -136,6 +136,8 @@ pub struct LitefsFs {
     wals: Arc<wal::WalFollowers>,
     /// FUSE passthrough of the primary's `-wal` (`passthrough.rs`).
     passthrough: Arc<passthrough::Passthrough>,
+    /// The mount's notifier once it is up, shared with the `Applier`.
+    notifier: Arc<Mutex<Option<fuser::Notifier>>>,
     /// Wakes on writes to the primary's WALs (`watch.rs`).
     watcher: watch::WalWatcher,
     /// The request for awake CPUs while databases are written
@@ -180,6 +182,7 @@ impl LitefsFs {
             ended_journals: Mutex::new(HashSet::new()),
             wals,
             passthrough: Arc::default(),
+            notifier: Arc::default(),
             watcher,
             cpu_wake: CpuWake::off(),
             hidden_journals: Mutex::new(hidden_journals),
@@ -215,7 +218,7 @@ impl LitefsFs {
             mount_dir: self.mount_dir.clone(),
             active_journals: self.active_journals.clone(),
             inodes: self.inodes.clone(),
-            notifier: Mutex::new(None),
+            notifier: self.notifier.clone(),
             files: Mutex::new(HashMap::new()),
             wals: self.wals.clone(),
             passthrough: self.passthrough.clone(),
@@ -252,6 +255,26 @@ impl LitefsFs {
             .db(&name)
             .filter(|db| db.instance() == instance)?;
         Some((db, kind))
+    }
+
+    /// The errno for inode `ino` that resolves to nothing: ESTALE for a
+    /// file of a database deleted since the kernel looked its name up
+    /// (the kernel then looks the name up again and retries, finding the
+    /// new database of that name, or none: a companion such as `-wal`
+    /// goes with its database, and the kernel may still hold its name),
+    /// ENOENT for an inode litefs never gave out.
+    fn gone(&self, ino: u64) -> Errno {
+        let known = self
+            .inodes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .lookup(ino)
+            .is_some();
+        if known {
+            Errno::ESTALE
+        } else {
+            Errno::ENOENT
+        }
     }
 
     /// An open handle of inode `ino` (of a database since deleted, say).

@@ -151,3 +151,28 @@ fn deleting_an_open_database_works_as_unlink_does() {
     assert_eq!(common::sqlite3_ok(&db, "SELECT y FROM u;"), "7\n");
     common::assert_replay_identical(&node, "d.db");
 }
+
+#[test]
+fn a_database_made_again_right_after_a_delete_opens_its_new_wal() {
+    let dir = temp_dir("posix-recreate-wal");
+    let node = Node::start_in(&dir.path().join("node"), "");
+    let db = node.db("w.db");
+    let old = rusqlite::Connection::open(&db).unwrap();
+    old.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES(1);")
+        .unwrap();
+    // The kernel knows the companions' names (as a test harness's
+    // `file exists` leaves them).
+    assert!(node.db("w.db-wal").exists() && node.db("w.db-shm").exists());
+    // The companions go with it, names and all.
+    std::fs::remove_file(&db).unwrap();
+    common::wait_for("the companions' names to go", common::DEADLINE, || {
+        !node.db("w.db-wal").exists() && !node.db("w.db-shm").exists()
+    });
+    // At once, a new database of the name in WAL mode.
+    let new = rusqlite::Connection::open(&db).unwrap();
+    new.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE u(y); INSERT INTO u VALUES(2);")
+        .expect("a new database of the name, in WAL mode");
+    let y: i64 = new.query_row("SELECT y FROM u", [], |r| r.get(0)).unwrap();
+    assert_eq!(y, 2);
+    drop(old);
+}

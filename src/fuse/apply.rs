@@ -71,7 +71,7 @@ pub struct Applier {
     pub(super) mount_dir: PathBuf,
     pub(super) active_journals: Arc<Mutex<HashSet<String>>>,
     pub(super) inodes: Arc<RwLock<Inodes>>,
-    pub(super) notifier: Mutex<Option<fuser::Notifier>>,
+    pub(super) notifier: Arc<Mutex<Option<fuser::Notifier>>>,
     /// Each database opened through the mount, by name (see `mount_file`).
     pub(super) files: Mutex<HashMap<String, Arc<File>>>,
     /// The primary's WAL followers: what the WAL committed is recorded at
@@ -250,18 +250,7 @@ impl Applier {
     /// descriptor of it and drops the kernel's cached names of its files.
     pub fn forget_deleted(&self, name: &str) {
         self.forget_file(name);
-        let notifier = self.notifier.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(n) = notifier.as_ref() else {
-            return;
-        };
-        for kind in FileKind::ALL {
-            let file = format!("{name}{}", kind.suffix());
-            if let Err(e) = n.inval_entry(INodeNo(ROOT_INO), OsStr::new(&file)) {
-                if e.raw_os_error() != Some(libc::ENOENT) {
-                    warn!("db {name}: cannot invalidate the kernel's entry for {file}: {e}");
-                }
-            }
-        }
+        forget_names(&self.notifier, name, &FileKind::ALL);
     }
 
     /// Closes the databases litefs holds open through the mount, so the
@@ -631,6 +620,28 @@ impl Applier {
                 if e.raw_os_error() != Some(libc::ENOENT) {
                     warn!("db {name}: cannot invalidate the kernel page cache: {e}");
                 }
+            }
+        }
+    }
+}
+
+/// Drops the kernel's cached names of `name`'s files of `kinds` (ENOENT:
+/// the kernel has none). Not from a FUSE request that holds the mount's
+/// directory (an unlink, a create): the kernel takes its lock for this.
+pub(super) fn forget_names(
+    notifier: &Mutex<Option<fuser::Notifier>>,
+    name: &str,
+    kinds: &[FileKind],
+) {
+    let notifier = notifier.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(n) = notifier.as_ref() else {
+        return;
+    };
+    for kind in kinds {
+        let file = format!("{name}{}", kind.suffix());
+        if let Err(e) = n.inval_entry(INodeNo(ROOT_INO), OsStr::new(&file)) {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                warn!("db {name}: cannot invalidate the kernel's entry for {file}: {e}");
             }
         }
     }

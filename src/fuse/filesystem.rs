@@ -105,18 +105,24 @@ impl Filesystem for LitefsFs {
             };
         }
         let Some((db, kind)) = self.resolve(ino.0) else {
-            // fstat of a file of a deleted database still open: its
-            // backing file, unlinked, as on any file system (the kernel
-            // names no handle for fstat: any open one of the inode does).
+            // fstat of a deleted database still open: its backing file,
+            // unlinked, as on any file system (the kernel names no handle
+            // for fstat: any open one of the inode does). Not for its
+            // companions: they went with it, but the kernel may still hold
+            // their names, and a stat by name must find nothing (ESTALE
+            // makes the kernel look the name up again). A connection in
+            // WAL mode from before the deletion then fails at its next
+            // transaction.
             let open = fh
                 .and_then(|fh| self.handle(fh).ok())
-                .or_else(|| self.open_handle_of(ino.0));
+                .or_else(|| self.open_handle_of(ino.0))
+                .filter(|h| h.kind == FileKind::Database);
             return match open.as_ref().and_then(|h| h.file.as_ref()) {
                 Some(file) => match file.metadata() {
                     Ok(md) => reply.attr(&TTL, &self.file_attr(ino.0, &md)),
                     Err(e) => reply.error(io_errno(&e)),
                 },
-                None => reply.error(Errno::ENOENT),
+                None => reply.error(self.gone(ino.0)),
             };
         };
         match self.attr(ino.0, &db, kind) {
@@ -145,7 +151,7 @@ impl Filesystem for LitefsFs {
     ) {
         let reply = Counted::new(FuseOp::Setattr, reply);
         let Some((db, kind)) = self.resolve(ino.0) else {
-            return reply.error(Errno::ENOENT);
+            return reply.error(self.gone(ino.0));
         };
         let path = path_of(&db, kind);
         if let Some(size) = size {
@@ -271,7 +277,7 @@ impl Filesystem for LitefsFs {
             };
         }
         let Some((db, kind)) = self.resolve(ino.0) else {
-            return reply.error(Errno::ENOENT);
+            return reply.error(self.gone(ino.0));
         };
         if kind == FileKind::Pos {
             if wants_write(flags) {

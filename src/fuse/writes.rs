@@ -215,6 +215,18 @@ impl LitefsFs {
         match self.store.delete_db(db.name()) {
             Ok(_) => {
                 drop(handles);
+                // The companions went with the database: the kernel
+                // forgets their names at once, so that SQLite finds no
+                // `-wal` of a new database of the name (until then an
+                // open of one gets ESTALE and looks it up again, `gone`).
+                // Not in this request: the kernel holds the directory
+                // until it is answered.
+                let notifier = self.notifier.clone();
+                let name = db.name().to_string();
+                std::thread::spawn(move || {
+                    let companions = [FileKind::Journal, FileKind::Wal, FileKind::Shm];
+                    super::apply::forget_names(&notifier, &name, &companions);
+                });
                 self.wals.forget_db(db.name());
                 for set in [
                     &self.hidden_journals,
