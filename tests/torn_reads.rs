@@ -25,14 +25,32 @@ const READERS: usize = 4;
 /// among them) or a failed check is counted, the first one printed. Prints
 /// `reads errors first-error` as its last line.
 const READER: &str = r#"
-import os, sqlite3, sys
+import os, sqlite3, struct, sys
 path, stop = sys.argv[1], sys.argv[2]
 con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+QUERY = "SELECT count(*), coalesce(sum(length(v)), 0) FROM t"
 reads = errors = last = 0
 first = ""
+
+def what_is_there():
+    # The file as a new reader sees it right after, and the same query again.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        head, size = os.pread(fd, 100, 0), os.fstat(fd).st_size
+        os.close(fd)
+        seen = (f"header: change counter {struct.unpack('>I', head[24:28])[0]}, "
+                f"{struct.unpack('>I', head[28:32])[0]} pages; file {size} bytes")
+    except Exception as e:
+        seen = f"cannot look: {e!r}"
+    try:
+        again = con.execute(QUERY).fetchone()
+    except Exception as e:
+        again = repr(e)
+    return f"{seen}; the query again: {again}"
+
 while not os.path.exists(stop):
     try:
-        c, s = con.execute("SELECT count(*), coalesce(sum(length(v)), 0) FROM t").fetchone()
+        c, s = con.execute(QUERY).fetchone()
         if s != 100 * c:
             raise Exception(f"torn: count {c}, sum(length(v)) {s}")
         if c < last:
@@ -40,7 +58,7 @@ while not os.path.exists(stop):
         last = c
     except Exception as e:
         errors += 1
-        first = first or repr(e)
+        first = first or f"{e!r} ({what_is_there()})"
     reads += 1
 print(reads, errors, first, flush=True)
 "#;
