@@ -3,12 +3,8 @@
 # and prints its path. Needs only Debian's archive (not sqlite.org):
 #
 # 1. Installs gcc and libsqlite3-dev if they are missing (like setup.sh).
-# 2. Downloads Debian bookworm's sqlite3 SOURCE package through a PRIVATE
-#    apt configuration under .local/apt-src (its own sources.list with one
-#    deb-src line, its own lists and caches, an empty dpkg status): the
-#    system's sources, lists and caches are neither used nor changed.
-#    `apt-get source --download-only` only fetches the .dsc and tarballs
-#    into .local/apt-src/src; nothing is unpacked or installed from them.
+# 2. Downloads Debian bookworm's sqlite3 SOURCE package
+#    (scripts/sqlite-source.sh: a private apt configuration, cached).
 # 3. Extracts test/speedtest1.c from the upstream (orig) tarball and
 #    compiles it with gcc against the SYSTEM's libsqlite3 (-lsqlite3), so
 #    the benchmark measures the same SQLite library that litefs's users on
@@ -25,7 +21,6 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 LOCAL="$ROOT/.local"
-APT_DIR="$LOCAL/apt-src"
 OUT_DIR="$LOCAL/speedtest1"
 BIN="$OUT_DIR/speedtest1"
 
@@ -63,35 +58,7 @@ fi
 
 # --- 2. the sqlite3 source package, through a private apt configuration ----
 
-orig() { ls "$APT_DIR"/src/sqlite3_*.orig.tar.* 2>/dev/null | grep -v -- '-www' | head -n 1 || true; }
-
-if [ -z "$(orig)" ]; then
-    say "downloading Debian bookworm's sqlite3 source package (private apt config in $APT_DIR)"
-    mkdir -p "$APT_DIR/etc/sources.list.d" "$APT_DIR/etc/preferences.d" \
-        "$APT_DIR/state/lists/partial" "$APT_DIR/cache/archives/partial" "$APT_DIR/src"
-    # An empty dpkg status: this configuration only downloads.
-    : >"$APT_DIR/state/status"
-    keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-    [ -r "$keyring" ] || die "$keyring is missing; install the debian-archive-keyring package"
-    echo "deb-src [signed-by=$keyring] http://deb.debian.org/debian bookworm main" \
-        >"$APT_DIR/etc/sources.list"
-    apt_private=(
-        -o "Dir::State=$APT_DIR/state"
-        -o "Dir::State::status=$APT_DIR/state/status"
-        -o "Dir::Cache=$APT_DIR/cache"
-        -o "Dir::Etc::SourceList=$APT_DIR/etc/sources.list"
-        -o "Dir::Etc::SourceParts=$APT_DIR/etc/sources.list.d"
-        -o "Dir::Etc::PreferencesParts=$APT_DIR/etc/preferences.d"
-        -o "APT::Sandbox::User=root"
-        -o "Debug::NoLocking=1"
-        -o "Acquire::Languages=none"
-    )
-    # apt's progress goes to stderr: stdout is only the binary's path.
-    timeout 600 apt-get "${apt_private[@]}" update >&2
-    (cd "$APT_DIR/src" && timeout 600 apt-get "${apt_private[@]}" source --download-only sqlite3) >&2
-    [ -n "$(orig)" ] || die "apt-get source produced no sqlite3_*.orig.tar.* in $APT_DIR/src"
-fi
-tarball="$(orig)"
+tarball="$("$ROOT/scripts/sqlite-source.sh")" || die "no sqlite3 source package"
 say "source: $(basename "$tarball")"
 
 # --- 3. speedtest1.c, compiled against the system's libsqlite3 -------------
