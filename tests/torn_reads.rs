@@ -103,23 +103,34 @@ fn start_reader(db: &Path, stop: &Path) -> Reader {
 }
 
 /// Waits for a reader and returns how many reads it made; fails the test
-/// with the reader's first error if it saw any.
-fn finish_reader(mut reader: Reader, node: &str) -> u64 {
+/// with the reader's first error if it saw any, and what the node logged
+/// above INFO.
+fn finish_reader(mut reader: Reader, role: &str, node: &Node) -> u64 {
     let out = reader.0.take().unwrap().wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "a reader on the {node} failed: {text} {}",
+        "a reader on the {role} failed: {text} {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let mut fields = text.trim().splitn(3, ' ');
     let reads: u64 = fields.next().unwrap().parse().unwrap();
     let errors: u64 = fields.next().unwrap().parse().unwrap();
+    let warnings = || {
+        let log = node.log_text();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect();
+        lines.join("\n")
+    };
     assert_eq!(
         errors,
         0,
-        "a reader on the {node} saw {errors} errors in {reads} reads, the first: {}",
-        fields.next().unwrap_or("")
+        "a reader on the {role} saw {errors} errors in {reads} reads, the first: {}\n\
+         the {role}'s warnings:\n{}",
+        fields.next().unwrap_or(""),
+        warnings()
     );
     reads
 }
@@ -137,11 +148,11 @@ fn readers_see_whole_transactions(mode: &str) {
     wait_caught_up(&primary, &replica, db);
 
     let stop = dir.path().join("stop");
-    let readers: Vec<(&str, Reader)> = [("replica", &replica), ("primary", &primary)]
+    let readers: Vec<(&str, &Node, Reader)> = [("replica", &replica), ("primary", &primary)]
         .into_iter()
         .flat_map(|(role, node)| {
             let stop = stop.clone();
-            (0..READERS).map(move |_| (role, start_reader(&node.db(db), &stop)))
+            (0..READERS).map(move |_| (role, node, start_reader(&node.db(db), &stop)))
         })
         .collect();
     let out = python(
@@ -161,8 +172,8 @@ fn readers_see_whole_transactions(mode: &str) {
     );
     wait_caught_up(&primary, &replica, db);
     std::fs::write(&stop, b"").unwrap();
-    for (role, reader) in readers {
-        let reads = finish_reader(reader, role);
+    for (role, node, reader) in readers {
+        let reads = finish_reader(reader, role, node);
         assert!(
             reads > 100,
             "a reader on the {role} made only {reads} reads"
