@@ -11,16 +11,9 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    assert_replay_identical, fuse_writes, kill9_during_writes, sqlite3_ok, temp_dir, wait_for,
-    Node, Rng,
+    assert_replay_identical, fuse_writes, kill9_during_writes, sqlite3_ok, temp_dir, txid,
+    wait_for, Node, Rng,
 };
-
-/// The TXID in `db`'s `-pos` file, read through the mount.
-fn txid(node: &Node, db: &str) -> u64 {
-    let pos = node.pos(db);
-    let hex = pos.split('/').next().unwrap();
-    u64::from_str_radix(hex, 16).unwrap_or_else(|e| panic!("{db}: -pos {pos:?}: {e}"))
-}
 
 /// A connection to `db` on the mount in `mode` with `synchronous`, in
 /// exclusive locking mode when `exclusive`.

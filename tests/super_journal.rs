@@ -7,12 +7,8 @@
 
 mod common;
 
-use common::{assert_replay_identical, sqlite3_ok, temp_dir, Node};
+use common::{assert_replay_identical, sqlite3_ok, temp_dir, txid, Node};
 use litefs::sqlite::{journal_checksum, JOURNAL_MAGIC};
-
-fn txid(node: &Node, db: &str) -> u64 {
-    u64::from_str_radix(&node.pos(db)[..16], 16).unwrap()
-}
 
 #[test]
 fn a_commit_across_attached_databases_is_one_ltx_file_each() {

@@ -8,8 +8,8 @@ mod common;
 use std::path::Path;
 
 use common::{
-    assert_identical, litefs_cli, output_text, replica_yaml, sqlite3_ok, temp_dir, wait_caught_up,
-    Node,
+    assert_identical, litefs_cli, output_text, replica_yaml, sqlite3_ok, temp_dir, txid,
+    wait_caught_up, Node,
 };
 
 fn config(node: &Node) -> &str {
@@ -20,10 +20,6 @@ fn config(node: &Node) -> &str {
 fn make_file(path: &Path, sql: &str) {
     let _ = std::fs::remove_file(path);
     sqlite3_ok(path, sql);
-}
-
-fn txid(node: &Node, db: &str) -> u64 {
-    u64::from_str_radix(&node.pos(db)[..16], 16).unwrap()
 }
 
 #[test]

@@ -10,13 +10,9 @@ use std::path::Path;
 
 use common::{
     assert_replay_identical, kill9_during_writes, newest_ltx_pos, open_wal, sqlite3_ok, temp_dir,
-    Node, Rng,
+    txid, Node, Rng,
 };
 use rusqlite::Connection;
-
-fn txid(node: &Node, db: &str) -> u64 {
-    u64::from_str_radix(&node.pos(db)[..16], 16).unwrap()
-}
 
 fn open(path: &Path, synchronous: &str) -> Connection {
     open_wal(

@@ -495,6 +495,13 @@ pub fn replica_yaml(primary: &Node) -> String {
     )
 }
 
+/// The TXID of `db`'s position on `node` (`<name>-pos`).
+pub fn txid(node: &Node, db: &str) -> u64 {
+    let pos = node.pos(db);
+    let hex = pos.split('/').next().unwrap_or_default();
+    u64::from_str_radix(hex, 16).unwrap_or_else(|e| panic!("{db}: -pos {pos:?}: {e}"))
+}
+
 /// The position `<name>-pos` must show: the newest LTX file's TXID and
 /// post-apply checksum.
 pub fn newest_ltx_pos(node: &Node, db: &str) -> String {
