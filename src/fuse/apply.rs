@@ -261,8 +261,9 @@ impl Applier {
     }
 
     /// Applies the LTX file at `path` to `db`, whose locks `_lock` holds,
-    /// then drops the kernel's cached pages of the database so readers
-    /// see the new pages once the lock is released.
+    /// then drops the kernel's cached pages of the database (whether or
+    /// not the apply succeeded) so readers see what is on disk once the
+    /// lock is released.
     pub fn apply(
         &self,
         db: &Db,
@@ -275,9 +276,12 @@ impl Applier {
         if result.is_ok() {
             self.sync_wal_companions(db);
             self.reset_wal_index(db);
-            self.invalidate(ino, db.name());
             crate::metrics::apply(db.name(), began.elapsed());
         }
+        // Also after a failure: pages may have been written before it, and
+        // recovery may have finished the apply (`Db::apply_ltx`), so no
+        // reader may keep pages cached from before.
+        self.invalidate(ino, db.name());
         result
     }
 
