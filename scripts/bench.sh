@@ -292,7 +292,7 @@ speedtest_mode() {
 
 # How this machine's idle CPUs wake, which sets what a FUSE round trip
 # costs: on a VM whose cpuidle driver is haltpoll with guest_halt_poll_ns=0,
-# every request wakes a halted virtual CPU (README, "Where the time goes").
+# every request wakes a halted virtual CPU (see the module doc of src/cpu_wake.rs).
 cpu_idle_setting() {
   local driver poll=/sys/module/haltpoll/parameters/guest_halt_poll_ns
   driver=$(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo none)
