@@ -300,12 +300,16 @@ impl LitefsFs {
             .get(&fh.0)
             .cloned()
             .ok_or(Errno::EBADF)?;
-        // A request on the handle: the kernel has finished its open.
-        handle
-            .direct
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        // A request on the handle: the kernel has finished its open. Only
+        // a WAL or journal handle can hold a direct mark; a database's
+        // reads and writes take no lock for it.
+        if matches!(handle.kind, FileKind::Wal | FileKind::Journal) {
+            handle
+                .direct
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+        }
         Ok(handle)
     }
 
@@ -520,6 +524,21 @@ impl LitefsFs {
             }
             io_errno(&e)
         })
+    }
+
+    /// The mode of a file of `kind` that an application creates asking for
+    /// `asked` (its umask already taken off), as on any file system
+    /// (litefs's own umask does not apply). A journal gets its database's
+    /// mode, as SQLite gives it with an fchmod of the new, empty file: a
+    /// hidden journal is not empty (see `hide_journal`), so SQLite's fchmod
+    /// never reaches it.
+    fn new_file_mode(&self, db: &Db, kind: FileKind, asked: u32) -> u32 {
+        if kind == FileKind::Journal {
+            if let Ok(md) = std::fs::metadata(db.database_path()) {
+                return md.mode() & 0o777;
+            }
+        }
+        asked
     }
 
     fn read_only_error(&self, what: &str, name: &str) -> Errno {

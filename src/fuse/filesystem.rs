@@ -2,7 +2,7 @@
 //! answered from the inode table, the open handles and the store.
 
 use std::ffi::OsStr;
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
@@ -93,7 +93,7 @@ impl Filesystem for LitefsFs {
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let reply = Counted::new(FuseOp::Getattr, reply);
         if ino.0 == ROOT_INO {
             return reply.attr(&TTL, &self.synthetic_attr(ROOT_INO, 0));
@@ -113,9 +113,8 @@ impl Filesystem for LitefsFs {
             // makes the kernel look the name up again). A connection in
             // WAL mode from before the deletion then fails at its next
             // transaction.
-            let open = fh
-                .and_then(|fh| self.handle(fh).ok())
-                .or_else(|| self.open_handle_of(ino.0))
+            let open = self
+                .open_handle_of(ino.0)
                 .filter(|h| h.kind == FileKind::Database);
             return match open.as_ref().and_then(|h| h.file.as_ref()) {
                 Some(file) => match file.metadata() {
@@ -630,40 +629,26 @@ impl Filesystem for LitefsFs {
             return reply.error(self.read_only_error("create", name));
         }
         let (db_name, kind) = parse_name(name);
-        let db = match kind {
-            FileKind::Database => match self.store.create_db(db_name) {
-                Ok(db) => db,
-                Err(e @ crate::store::Error::RefusedAtStart { .. }) => {
-                    error!("refused to create {name:?}: {e}");
-                    return reply.error(Errno::EIO);
-                }
-                Err(e) => {
-                    info!("refused to create {name:?}: {e}");
-                    return reply.error(Errno::EINVAL);
-                }
-            },
-            // A companion of a database that does not exist (a journal
-            // written by hand, or left by a test harness after deleting
-            // its database) creates the database, empty, as an open with
-            // O_CREAT would: on any file system the companion is just a
-            // file, and SQLite opening the empty database finds a journal
-            // it may delete (a database of no pages has nothing to roll
-            // back). Nothing replicates until its first commit.
-            FileKind::Journal | FileKind::Wal | FileKind::Shm | FileKind::SuperJournal(_) => {
-                match self.store.db(db_name) {
-                    Some(db) => db,
-                    None => match self.store.create_db(db_name) {
-                        Ok(db) => db,
-                        Err(e) => {
-                            info!("refused to create {name:?}: {e}");
-                            return reply.error(Errno::EINVAL);
-                        }
-                    },
-                }
+        if kind == FileKind::Pos {
+            info!("refused to create {name:?}: -pos files are litefs's own, read-only");
+            return reply.error(Errno::EPERM);
+        }
+        // A companion (`-journal`, `-wal`, ...) of a database that does not
+        // exist creates the database, empty, as an open of it with O_CREAT
+        // would: on any file system the companion is just a file (a journal
+        // written by hand, or left by a test harness after deleting its
+        // database), and SQLite opening the empty database finds a journal
+        // it may delete (a database of no pages has nothing to roll back).
+        // Nothing replicates until its first commit.
+        let db = match self.store.create_db(db_name) {
+            Ok(db) => db,
+            Err(e @ crate::store::Error::RefusedAtStart { .. }) => {
+                error!("refused to create {name:?}: {e}");
+                return reply.error(Errno::EIO);
             }
-            FileKind::Pos => {
-                info!("refused to create {name:?}: -pos files are litefs's own, read-only");
-                return reply.error(Errno::EPERM);
+            Err(e) => {
+                info!("refused to create {name:?}: {e}");
+                return reply.error(Errno::EINVAL);
             }
         };
         let existed = path_of(&db, kind).exists();
@@ -674,22 +659,21 @@ impl Filesystem for LitefsFs {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
-        // The mode the creating process asked for, less its umask, as on
-        // any file system (litefs's own umask does not apply). A journal
-        // gets its database's mode, as SQLite gives it with an fchmod of
-        // the new, empty file; a hidden journal is not empty (see
-        // `hide_journal`), so SQLite makes no fchmod of it.
-        let mut wanted = mode & !umask & 0o7777;
-        if kind == FileKind::Journal {
-            if let Ok(md) = std::fs::metadata(db.database_path()) {
-                wanted = md.mode() & 0o777;
-            }
-        }
-        let differs = file.metadata().is_ok_and(|md| md.mode() & 0o7777 != wanted);
-        if new_to_app && differs {
-            let perms = std::fs::Permissions::from_mode(wanted);
-            if let Err(e) = file.set_permissions(perms) {
-                return reply.error(self.backing_errno(&db, "cannot set the new file's mode", &e));
+        let md = match file.metadata() {
+            Ok(md) => md,
+            Err(e) => return reply.error(io_errno(&e)),
+        };
+        let ino = self.ino(&db, kind);
+        let mut attr = self.file_attr(ino, &md);
+        if new_to_app {
+            let wanted = self.new_file_mode(&db, kind, mode & !umask & 0o7777);
+            if u32::from(attr.perm) != wanted {
+                let perms = std::fs::Permissions::from_mode(wanted);
+                if let Err(e) = file.set_permissions(perms) {
+                    let what = "cannot set the new file's mode";
+                    return reply.error(self.backing_errno(&db, what, &e));
+                }
+                attr.perm = wanted as u16;
             }
         }
         if kind == FileKind::Journal {
@@ -699,12 +683,6 @@ impl Filesystem for LitefsFs {
         if !existed {
             self.mark_dir_changed(db.name());
         }
-        let md = match file.metadata() {
-            Ok(md) => md,
-            Err(e) => return reply.error(io_errno(&e)),
-        };
-        let ino = self.ino(&db, kind);
-        let attr = self.file_attr(ino, &md);
         let (open_flags, opened) =
             self.open_mode(&db, kind, flags, &file, |f| reply.open_backing(f));
         let (backing, direct) = super::passthrough::Opened::split(opened);
