@@ -40,6 +40,8 @@ PACKAGES=(
 )
 
 say() { printf 'setup: %s\n' "$*"; }
+# shellcheck source=scripts/apt-private.sh
+. "$(dirname "${BASH_SOURCE[0]}")/apt-private.sh"
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 if [ "$(id -u)" -eq 0 ]; then
@@ -82,31 +84,8 @@ if consul_works; then
     say "Consul already unpacked: $("$CONSUL_BIN" version | head -n 1)"
 else
     say "fetching Consul from Debian bullseye (private apt config in $APT_DIR)"
-    mkdir -p "$APT_DIR/etc/sources.list.d" "$APT_DIR/etc/preferences.d" \
-        "$APT_DIR/state/lists/partial" "$APT_DIR/cache/archives/partial" \
-        "$APT_DIR/debs"
-    # An empty dpkg status: this configuration only downloads, it never
-    # resolves against (or changes) what the system has installed.
-    : >"$APT_DIR/state/status"
-    keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-    [ -r "$keyring" ] || die "$keyring is missing; install the debian-archive-keyring package"
-    echo "deb [signed-by=$keyring] http://deb.debian.org/debian bullseye main" \
-        >"$APT_DIR/etc/sources.list"
-
-    apt_private=(
-        -o "Dir::State=$APT_DIR/state"
-        -o "Dir::State::status=$APT_DIR/state/status"
-        -o "Dir::Cache=$APT_DIR/cache"
-        -o "Dir::Etc::SourceList=$APT_DIR/etc/sources.list"
-        -o "Dir::Etc::SourceParts=$APT_DIR/etc/sources.list.d"
-        -o "Dir::Etc::PreferencesParts=$APT_DIR/etc/preferences.d"
-        -o "APT::Sandbox::User=root"
-        -o "Debug::NoLocking=1"
-        -o "Acquire::Languages=none"
-        -o "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false"
-        -o "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false"
-        -o "Acquire::IndexTargets::deb::DEP-11-icons-small::DefaultEnabled=false"
-    )
+    mkdir -p "$APT_DIR/debs"
+    apt_private_config "$APT_DIR" "deb http://deb.debian.org/debian bullseye main"
     apt-get "${apt_private[@]}" update
     rm -f "$APT_DIR"/debs/consul_*.deb
     (cd "$APT_DIR/debs" && apt-get "${apt_private[@]}" download consul)

@@ -16,30 +16,15 @@ APT_DIR="$ROOT/.local/apt-src"
 
 say() { printf 'sqlite-source: %s\n' "$*" >&2; }
 die() { printf 'sqlite-source: error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=scripts/apt-private.sh
+. "$ROOT/scripts/apt-private.sh"
 
 orig() { ls "$APT_DIR"/src/sqlite3_*.orig.tar.* 2>/dev/null | grep -v -- '-www' | head -n 1 || true; }
 
 if [ -z "$(orig)" ]; then
     say "downloading Debian bookworm's sqlite3 source package (private apt config in $APT_DIR)"
-    mkdir -p "$APT_DIR/etc/sources.list.d" "$APT_DIR/etc/preferences.d" \
-        "$APT_DIR/state/lists/partial" "$APT_DIR/cache/archives/partial" "$APT_DIR/src"
-    # An empty dpkg status: this configuration only downloads.
-    : >"$APT_DIR/state/status"
-    keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-    [ -r "$keyring" ] || die "$keyring is missing; install the debian-archive-keyring package"
-    echo "deb-src [signed-by=$keyring] http://deb.debian.org/debian bookworm main" \
-        >"$APT_DIR/etc/sources.list"
-    apt_private=(
-        -o "Dir::State=$APT_DIR/state"
-        -o "Dir::State::status=$APT_DIR/state/status"
-        -o "Dir::Cache=$APT_DIR/cache"
-        -o "Dir::Etc::SourceList=$APT_DIR/etc/sources.list"
-        -o "Dir::Etc::SourceParts=$APT_DIR/etc/sources.list.d"
-        -o "Dir::Etc::PreferencesParts=$APT_DIR/etc/preferences.d"
-        -o "APT::Sandbox::User=root"
-        -o "Debug::NoLocking=1"
-        -o "Acquire::Languages=none"
-    )
+    mkdir -p "$APT_DIR/src"
+    apt_private_config "$APT_DIR" "deb-src http://deb.debian.org/debian bookworm main"
     # apt's progress goes to stderr: stdout is only the tarball's path.
     timeout 600 apt-get "${apt_private[@]}" update >&2
     (cd "$APT_DIR/src" && timeout 600 apt-get "${apt_private[@]}" source --download-only sqlite3) >&2
