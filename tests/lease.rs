@@ -301,19 +301,8 @@ fn consul_unreachable_is_an_error_not_a_panic() {
         assert_eq!(thread.next(Duration::from_secs(2)), LeaseEvent::NoPrimary);
         // It keeps retrying, without repeating the event or ending, also
         // once the failures have lasted WATCH_FAILURE_GRACE (when a
-        // failing watch reports NoPrimary even after another event): two
-        // watches started past it, so the first one's outcome was sent.
-        let first = watches.lock().unwrap()[0];
-        wait_for_watches(
-            &watches,
-            first + WATCH_FAILURE_GRACE,
-            2,
-            WATCH_FAILURE_GRACE * 3,
-        );
-        thread.assert_no_event();
-        assert!(!thread.handle.as_ref().unwrap().is_finished());
-        let took = thread.stop();
-        assert!(took < Duration::from_secs(3), "stop took {took:?}");
+        // failing watch reports NoPrimary even after another event).
+        quiet_past_the_grace_then_stops(&mut thread, &watches);
     }
 }
 
@@ -484,18 +473,8 @@ fn lease_thread_survives_garbage() {
     let mut thread = LeaseThread::start(leaser, true);
     assert_eq!(thread.next(Duration::from_secs(2)), LeaseEvent::NoPrimary);
     // No event again, also once the failures have lasted
-    // WATCH_FAILURE_GRACE (two watches started past it).
-    let first = watches.lock().unwrap()[0];
-    wait_for_watches(
-        &watches,
-        first + WATCH_FAILURE_GRACE,
-        2,
-        WATCH_FAILURE_GRACE * 3,
-    );
-    thread.assert_no_event();
-    assert!(!thread.handle.as_ref().unwrap().is_finished());
-    let took = thread.stop();
-    assert!(took < Duration::from_secs(3), "stop took {took:?}");
+    // WATCH_FAILURE_GRACE.
+    quiet_past_the_grace_then_stops(&mut thread, &watches);
     // Retries back off instead of hammering the server: the pauses
     // between watches double up to the cap, and the server saw only the
     // attempt to take the lease besides them.
@@ -828,4 +807,22 @@ fn exit_on_error_reports_a_lost_lease_and_a_refusal_by_consul() {
         panic!("reported: {report}");
     }
     thread.stop();
+}
+
+/// The lease thread, after its first event, sends none and keeps running
+/// until two watches have started past WATCH_FAILURE_GRACE (so the first
+/// one's outcome was sent), then stops promptly. `watches` holds each
+/// watch's start.
+fn quiet_past_the_grace_then_stops(thread: &mut LeaseThread, watches: &Mutex<Vec<Instant>>) {
+    let first = watches.lock().unwrap()[0];
+    wait_for_watches(
+        watches,
+        first + WATCH_FAILURE_GRACE,
+        2,
+        WATCH_FAILURE_GRACE * 3,
+    );
+    thread.assert_no_event();
+    assert!(!thread.handle.as_ref().unwrap().is_finished());
+    let took = thread.stop();
+    assert!(took < Duration::from_secs(3), "stop took {took:?}");
 }
