@@ -30,6 +30,7 @@
 //! changes behind the kernel's back.
 
 mod apply;
+mod copy_in;
 mod counted;
 mod filesystem;
 mod full;
@@ -95,6 +96,9 @@ struct Handle {
     /// Bytes of database pages written through this handle since the disk
     /// was last asked to start writing them out (see `write`).
     not_handed: AtomicU64,
+    /// For a database written without SQLite: the staging file `file`
+    /// is (`copy_in.rs`).
+    copy_in: Option<copy_in::CopyIn>,
 }
 
 /// The litefs file system.
@@ -148,6 +152,9 @@ pub struct LitefsFs {
     changed_dirs: Mutex<HashSet<String>>,
     /// The kernel skips opendir/releasedir (FUSE_NO_OPENDIR_SUPPORT).
     no_opendir: bool,
+    /// Whether the kernel honours FOPEN_NOFLUSH (FUSE 7.35): then only
+    /// copy-in handles get FLUSH (`copy_in.rs`).
+    noflush: bool,
     /// Kinds of request litefs does not support that were logged already.
     unsupported_seen: Mutex<HashSet<&'static str>>,
     uid: u32,
@@ -190,6 +197,7 @@ impl LitefsFs {
             syncing_dbs: Mutex::new(HashSet::new()),
             unseen_txns: Default::default(),
             no_opendir: false,
+            noflush: false,
             unsupported_seen: Mutex::new(HashSet::new()),
             uid,
             gid,

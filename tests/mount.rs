@@ -269,9 +269,17 @@ fn bad_input_gets_a_clear_errno_and_loses_nothing() {
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
 
     use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    // Read-write, as SQLite opens it (write-only would be a copy-in).
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&db)
+        .unwrap();
     let err = f.write_at(&[1u8; 100], 4096 + 3).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
+    // Cutting into the database outside a transaction would not replicate.
+    let err = f.set_len(4096).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
     drop(f);
 
     let err = std::fs::create_dir(node.mount.join("sub")).unwrap_err();

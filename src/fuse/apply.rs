@@ -12,8 +12,9 @@
 //! before a step-down gets a fresh index header after each apply
 //! (`reset_wal_index`).
 //!
-//! litefs holds files of its own mount open for these locks. The mount
-//! answers FLUSH with ENOSYS, after which the kernel never sends it: at a
+//! litefs holds files of its own mount open for these locks. Their opens
+//! say FOPEN_NOFLUSH (so does every open but a copy-in's, `copy_in.rs`),
+//! and a kernel that ignores it has FLUSH turned off (`mount_file`): at a
 //! kill -9 no close of those files can wait for the dying daemon.
 
 use std::collections::{HashMap, HashSet};
@@ -217,9 +218,10 @@ impl Applier {
                 .map_err(|e| format!("cannot create {}: {e}", db.database_path().display()))?;
         }
         let on_mount = self.mount_dir.join(&name);
-        // One open and close first: its FLUSH, answered ENOSYS, turns
-        // FLUSH off for the mount, so closing the file kept open below can
-        // never wait on this process (at a kill -9 it would, forever).
+        // One open and close first: on a kernel that ignores FOPEN_NOFLUSH
+        // its FLUSH, answered ENOSYS, turns FLUSH off for the mount, so
+        // closing the file kept open below can never wait on this process
+        // (at a kill -9 it would, forever).
         drop(File::open(&on_mount));
         // Read-write: a write lock needs a descriptor open for writing. The
         // mount lets litefs's own process open a replica's file so.

@@ -28,6 +28,26 @@ impl Filesystem for LitefsFs {
         self.no_opendir = config
             .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
             .is_ok();
+        // O_TRUNC reaches open and create with their handle (a copy-in's
+        // truncate must reach its staging file), not as a SETATTR without
+        // one.
+        if config
+            .add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC)
+            .is_err()
+        {
+            warn!("this kernel's FUSE has no atomic O_TRUNC; cp over a database fails");
+        }
+        // FOPEN_NOFLUSH came with FUSE 7.35 (`copy_in.rs`).
+        let abi = config.kernel_abi();
+        self.noflush = abi.0 > 7 || (abi.0 == 7 && abi.1 >= 35);
+        if !self.noflush {
+            warn!(
+                "this kernel's FUSE ({}.{}) predates FOPEN_NOFLUSH (Linux 5.19): a database \
+                 written without SQLite (cp) is committed just after its writer closes it, \
+                 not before close() returns",
+                abi.0, abi.1
+            );
+        }
         // The primary's WAL and journals pass through (`passthrough.rs`). Depth 2 lets
         // the data directory itself be on a stacked file system (overlayfs).
         if self.passthrough.refused() {
@@ -141,7 +161,7 @@ impl Filesystem for LitefsFs {
         _atime: Option<TimeOrNow>,
         _mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -153,8 +173,17 @@ impl Filesystem for LitefsFs {
             return reply.error(self.gone(ino.0));
         };
         let path = path_of(&db, kind);
+        // A truncate through a copy-in handle (O_TRUNC's, or ftruncate)
+        // changes its staging file, whose size the writer then sees.
+        let copy_in = fh
+            .and_then(|fh| self.handle(fh).ok())
+            .filter(|h| h.copy_in.is_some());
         if let Some(size) = size {
-            if let Err(e) = self.truncate(&db, kind, size) {
+            let truncated = match &copy_in {
+                Some(handle) => self.truncate_copy_in(handle, size),
+                None => self.truncate(&db, kind, size),
+            };
+            if let Err(e) = truncated {
                 return reply.error(e);
             }
         }
@@ -165,7 +194,13 @@ impl Filesystem for LitefsFs {
             }
         }
         match self.attr(ino.0, &db, kind) {
-            Ok(attr) => reply.attr(&TTL, &attr),
+            Ok(mut attr) => {
+                if let Some(Ok(md)) = copy_in.and_then(|h| h.file.as_ref().map(|f| f.metadata())) {
+                    attr.size = md.len();
+                    attr.blocks = std::os::unix::fs::MetadataExt::blocks(&md);
+                }
+                reply.attr(&TTL, &attr)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -271,7 +306,10 @@ impl Filesystem for LitefsFs {
             }
             // The contents are generated on each read; keep the kernel out.
             return match self.special_contents(ino.0) {
-                Some(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO),
+                Some(_) => reply.opened(
+                    FileHandle(0),
+                    self.without_flush(FopenFlags::FOPEN_DIRECT_IO),
+                ),
                 None => reply.error(Errno::ENOENT),
             };
         }
@@ -289,8 +327,9 @@ impl Filesystem for LitefsFs {
                 backing: None,
                 direct: Mutex::new(None),
                 not_handed: AtomicU64::new(0),
+                copy_in: None,
             }) {
-                Ok(fh) => reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO),
+                Ok(fh) => reply.opened(fh, self.without_flush(FopenFlags::FOPEN_DIRECT_IO)),
                 Err(e) => reply.error(e),
             };
         }
@@ -300,12 +339,17 @@ impl Filesystem for LitefsFs {
         if wants_write(flags) && !self.role.is_primary() && !is_own_thread(req.pid()) {
             return reply.error(self.read_only_error("write access", db.name()));
         }
-        if flags & libc::O_TRUNC != 0 && kind == FileKind::Database {
-            info!(
-                "refused O_TRUNC open of database {}: it would destroy it",
-                db.name()
-            );
-            return reply.error(Errno::EPERM);
+        if super::copy_in::is_copy_in(kind, flags) {
+            return match self.open_copy_in(&db, flags) {
+                Ok((file, copy_in)) => self.reply_copy_in(db, file, copy_in, reply),
+                Err(e) => reply.error(e),
+            };
+        }
+        if flags & libc::O_TRUNC != 0 {
+            // The kernel leaves O_TRUNC to litefs (FUSE_ATOMIC_O_TRUNC).
+            if let Err(e) = self.truncate(&db, kind, 0) {
+                return reply.error(e);
+            }
         }
         let file = match self.open_backing(&db, kind, flags, false) {
             Ok(f) => f,
@@ -327,8 +371,13 @@ impl Filesystem for LitefsFs {
             backing: backing.clone(),
             direct: Mutex::new(direct),
             not_handed: AtomicU64::new(0),
+            copy_in: None,
         }) {
-            Ok(fh) => reply.opened_with(fh, open_flags, backing.as_ref().map(|b| &b.id)),
+            Ok(fh) => reply.opened_with(
+                fh,
+                self.without_flush(open_flags),
+                backing.as_ref().map(|b| &b.id),
+            ),
             Err(e) => reply.error(e),
         }
     }
@@ -401,6 +450,19 @@ impl Filesystem for LitefsFs {
         let Some(file) = &handle.file else {
             return reply.error(Errno::EACCES);
         };
+        if let Some(copy_in) = &handle.copy_in {
+            // The staging file: nothing reaches the database before close.
+            if let Err(e) = copy_in.check_write(db.name(), offset, data) {
+                return reply.error(e);
+            }
+            return match file.write_all_at(data, offset) {
+                Ok(()) => {
+                    copy_in.changed();
+                    reply.written(data.len() as u32)
+                }
+                Err(e) => reply.error(self.backing_errno(db, "write a copy's staging file", &e)),
+            };
+        }
         // SQLite's WAL index (`-shm`) is this node's own locking state,
         // never replicated: a connection opened while the node was primary
         // keeps writing it (read marks, a rebuilt index) after a step-down.
@@ -443,16 +505,22 @@ impl Filesystem for LitefsFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing to do at close (the kernel keeps the locks), and ENOSYS
-        // tells the kernel never to send FLUSH again. That matters beyond
-        // the round trip: litefs holds files of its own mount open (see
-        // `Applier`), and at a kill -9 the kernel would send their FLUSH to
-        // the dying process and wait for it forever.
-        Counted::new(FuseOp::Flush, reply).error(Errno::ENOSYS);
+        let reply = Counted::new(FuseOp::Flush, reply);
+        match self.handle(fh) {
+            // The writer of a copy-in closes it: its commit point.
+            Ok(handle) if handle.copy_in.is_some() => self.finish_copy_in(handle, reply),
+            // Every other open says FOPEN_NOFLUSH. A kernel that ignores it
+            // gets ENOSYS, after which it never sends FLUSH again: litefs
+            // holds files of its own mount open (see `Applier`), and at a
+            // kill -9 the kernel would send their FLUSH to the dying
+            // process and wait for it forever.
+            _ if !self.noflush => reply.error(Errno::ENOSYS),
+            _ => reply.ok(),
+        }
     }
 
     fn release(
@@ -471,7 +539,13 @@ impl Filesystem for LitefsFs {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&fh.0);
-        reply.ok();
+        match &handle {
+            // No FLUSH on this kernel: the copy is committed now.
+            Some(h) if h.copy_in.is_some() && !self.noflush => {
+                return self.finish_copy_in(h.clone(), reply);
+            }
+            _ => reply.ok(),
+        }
         if let Some(handle) = handle.filter(|h| !h.db.is_deleted()) {
             if let (FileKind::Journal, Some(backing)) = (handle.kind, &handle.backing) {
                 if let Some(_primary) = self.role.hold_primary() {
@@ -652,6 +726,12 @@ impl Filesystem for LitefsFs {
             }
         };
         let existed = path_of(&db, kind).exists();
+        if existed && flags & libc::O_TRUNC != 0 && kind != FileKind::Database {
+            // The kernel leaves O_TRUNC to litefs (FUSE_ATOMIC_O_TRUNC).
+            if let Err(e) = self.truncate(&db, kind, 0) {
+                return reply.error(e);
+            }
+        }
         // A hidden journal's backing file is kept, but to the application
         // the journal is new.
         let new_to_app = !existed || (kind == FileKind::Journal && self.journal_hidden(db.name()));
@@ -683,6 +763,16 @@ impl Filesystem for LitefsFs {
         if !existed {
             self.mark_dir_changed(db.name());
         }
+        if super::copy_in::is_copy_in(kind, flags) {
+            let handle = match self.open_copy_in(&db, flags) {
+                Ok((file, copy_in)) => super::copy_in::copy_in_handle(db, file, copy_in),
+                Err(e) => return reply.error(e),
+            };
+            return match self.add_handle(handle) {
+                Ok(fh) => reply.created_with(&TTL, &attr, fh, FopenFlags::FOPEN_DIRECT_IO, None),
+                Err(e) => reply.error(e),
+            };
+        }
         let (open_flags, opened) =
             self.open_mode(&db, kind, flags, &file, |f| reply.open_backing(f));
         let (backing, direct) = super::passthrough::Opened::split(opened);
@@ -693,10 +783,15 @@ impl Filesystem for LitefsFs {
             backing: backing.clone(),
             direct: Mutex::new(direct),
             not_handed: AtomicU64::new(0),
+            copy_in: None,
         }) {
-            Ok(fh) => {
-                reply.created_with(&TTL, &attr, fh, open_flags, backing.as_ref().map(|b| &b.id))
-            }
+            Ok(fh) => reply.created_with(
+                &TTL,
+                &attr,
+                fh,
+                self.without_flush(open_flags),
+                backing.as_ref().map(|b| &b.id),
+            ),
             Err(e) => reply.error(e),
         }
     }

@@ -136,6 +136,19 @@ impl LitefsFs {
                 self.wals.before_frames_go(db)?;
             }
             FileKind::Database => {
+                // Outside a transaction only the pages past the database
+                // may go (SQLite drops them just after a commit that made
+                // the database smaller); cutting into it would not be
+                // recorded. A copy-in replaces a database (`copy_in.rs`).
+                if size < db.committed_len() && !self.journal_bounds(db)? {
+                    info!(
+                        "refused to truncate database {} to {size} bytes outside a SQLite \
+                         transaction: it would not replicate; to replace the database, copy a \
+                         whole database file over it (cp), or delete it",
+                        db.name()
+                    );
+                    return Err(Errno::EPERM);
+                }
                 if let Err(e) = db.before_truncate(size) {
                     warn!("db {}: refused truncate: {e}", db.name());
                     return Err(Errno::EINVAL);

@@ -188,6 +188,16 @@ impl Db {
         self.lock().undo.is_synced()
     }
 
+    /// The size of the database as of its position: its page count times
+    /// its page size. SQLite truncates the file to it just after a commit
+    /// that made the database smaller.
+    pub fn committed_len(&self) -> u64 {
+        let state = self.lock();
+        state.page_size.map_or(0, |p| {
+            u64::from(state.checksums.page_count()) * u64::from(p)
+        })
+    }
+
     /// Checks a truncation of the database file before the mount passes it
     /// through: the new size must be a whole number of pages of the current
     /// or the pending page size.

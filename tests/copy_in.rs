@@ -1,0 +1,302 @@
+//! A database written without SQLite (`cp`, `cat >`, a write-only or
+//! O_TRUNC open) becomes one transaction when its writer closes it, and
+//! replicates like any commit; a file that is not a whole database is
+//! refused (at its first write, or at close) and changes nothing; a crash in the middle of a copy
+//! leaves the old database. Real litefs processes (static lease) on real
+//! mounts, real `cp`, `sh`, `sqlite3` and Python. Needs root and /dev/fuse.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{
+    assert_identical, assert_replay_identical, replica_yaml, sqlite3_ok, temp_dir, txid,
+    wait_caught_up, Node,
+};
+
+/// A SQLite database of `rows` rows at `path`, outside the mount.
+fn source_db(path: &Path, rows: usize, tag: &str) {
+    sqlite3_ok(
+        path,
+        &format!(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); \
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<{rows}) \
+             INSERT INTO t(v) SELECT '{tag}' || i || randomblob(200) FROM n;"
+        ),
+    );
+}
+
+fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"))
+}
+
+fn summary(db: &Path) -> String {
+    sqlite3_ok(db, "SELECT count(*), min(substr(v, 1, 4)) FROM t;")
+}
+
+#[test]
+fn cp_into_the_mount_is_one_transaction_that_replicates() {
+    let dir = temp_dir("copy-in-cp");
+    let primary = Node::start_in(&dir.path().join("primary"), "");
+    let replica = Node::start_in(&dir.path().join("replica"), &replica_yaml(&primary));
+    let src = dir.path().join("src.db");
+    source_db(&src, 2000, "aaaa");
+
+    // A new database, copied in with cp.
+    let out = run(
+        "cp",
+        &[
+            &src.to_string_lossy(),
+            &primary.db("a.db").to_string_lossy(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "cp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(summary(&primary.db("a.db")), "2000|aaaa\n");
+    assert_eq!(txid(&primary, "a.db"), 1, "one copy, one transaction");
+
+    // Over an existing database: cat through the shell (O_TRUNC), then a
+    // copy inside the mount, then Python's open('wb').
+    let src2 = dir.path().join("src2.db");
+    source_db(&src2, 500, "bbbb");
+    let cat = format!("cat {} > {}", src2.display(), primary.db("a.db").display());
+    let out = run("sh", &["-c", &cat]);
+    assert!(
+        out.status.success(),
+        "{cat}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(summary(&primary.db("a.db")), "500|bbbb\n");
+    assert_eq!(txid(&primary, "a.db"), 2);
+
+    let out = run(
+        "cp",
+        &[
+            &primary.db("a.db").to_string_lossy(),
+            &primary.db("b.db").to_string_lossy(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "cp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(summary(&primary.db("b.db")), "500|bbbb\n");
+
+    let py = "import sys; open(sys.argv[2], 'wb').write(open(sys.argv[1], 'rb').read())";
+    let out = run(
+        "python3",
+        &[
+            "-c",
+            py,
+            &src.to_string_lossy(),
+            &primary.db("b.db").to_string_lossy(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(summary(&primary.db("b.db")), "2000|aaaa\n");
+
+    // SQLite writes on as usual after a copy.
+    sqlite3_ok(&primary.db("a.db"), "INSERT INTO t(v) VALUES('cccc');");
+    for db in ["a.db", "b.db"] {
+        assert_eq!(
+            sqlite3_ok(&primary.db(db), "PRAGMA integrity_check;"),
+            "ok\n"
+        );
+        wait_caught_up(&primary, &replica, db);
+        assert_identical(&primary, &replica, db);
+        assert_eq!(summary(&replica.db(db)), summary(&primary.db(db)));
+        assert_replay_identical(&primary, db);
+    }
+    assert_eq!(txid(&primary, "a.db"), 3);
+}
+
+#[test]
+fn a_file_that_is_not_a_whole_database_is_refused_and_changes_nothing() {
+    let dir = temp_dir("copy-in-refused");
+    let node = Node::start_in(&dir.path().join("node"), "");
+    let src = dir.path().join("src.db");
+    source_db(&src, 2000, "aaaa");
+    let out = run(
+        "cp",
+        &[&src.to_string_lossy(), &node.db("a.db").to_string_lossy()],
+    );
+    assert!(
+        out.status.success(),
+        "cp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = std::fs::read(node.data_db("a.db")).unwrap();
+
+    // Not a database at all; then a database cut short (its header says
+    // more pages than the file holds).
+    let text = dir.path().join("text");
+    std::fs::write(&text, "hello\n").unwrap();
+    let half = dir.path().join("half.db");
+    let bytes = std::fs::read(&src).unwrap();
+    std::fs::write(&half, &bytes[..bytes.len() / 2 / 4096 * 4096]).unwrap();
+    for bad in [&text, &half] {
+        let out = run(
+            "cp",
+            &[&bad.to_string_lossy(), &node.db("a.db").to_string_lossy()],
+        );
+        assert!(
+            !out.status.success(),
+            "cp of {} over a database succeeded",
+            bad.display()
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Invalid argument"),
+            "cp: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(txid(&node, "a.db"), 1);
+        assert!(std::fs::read(node.data_db("a.db")).unwrap() == before);
+        assert_eq!(summary(&node.db("a.db")), "2000|aaaa\n");
+    }
+    // Text is refused at its first write, the cut database at close: one
+    // line each.
+    let log = node.log_text();
+    assert_eq!(
+        log.matches("the file is not a SQLite database").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("was not committed and nothing was replicated")
+            .count(),
+        1,
+        "{log}"
+    );
+    // A writer killed in the middle of its copy still closes the file.
+    let py = "import os, sys\n\
+              f = os.open(sys.argv[2], os.O_WRONLY | os.O_TRUNC)\n\
+              data = open(sys.argv[1], 'rb').read()\n\
+              os.write(f, data[:len(data) // 2])\n\
+              os.kill(os.getpid(), 9)\n";
+    let out = run(
+        "python3",
+        &[
+            "-c",
+            py,
+            &src.to_string_lossy(),
+            &node.db("a.db").to_string_lossy(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert_eq!(txid(&node, "a.db"), 1);
+    assert_eq!(summary(&node.db("a.db")), "2000|aaaa\n");
+}
+
+#[test]
+fn a_copy_over_a_wal_mode_database_is_refused_at_open() {
+    let dir = temp_dir("copy-in-wal");
+    let node = Node::start_in(&dir.path().join("node"), "");
+    sqlite3_ok(
+        &node.db("w.db"),
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); \
+         INSERT INTO t(v) VALUES('wwww');",
+    );
+    let src = dir.path().join("src.db");
+    source_db(&src, 10, "aaaa");
+    let out = run(
+        "cp",
+        &[&src.to_string_lossy(), &node.db("w.db").to_string_lossy()],
+    );
+    assert!(
+        !out.status.success(),
+        "cp over a WAL-mode database succeeded"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+        "cp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(summary(&node.db("w.db")), "1|wwww\n");
+    assert!(node.log_text().contains("it is in WAL mode"));
+}
+
+#[test]
+fn a_copy_survives_kill_9_once_closed_and_a_cut_copy_leaves_the_old_database() {
+    let dir = temp_dir("copy-in-kill9");
+    let mut node = Node::start_in(&dir.path().join("node"), "");
+    let src = dir.path().join("src.db");
+    source_db(&src, 2000, "aaaa");
+    let src2 = dir.path().join("src2.db");
+    source_db(&src2, 700, "bbbb");
+
+    // Durable when close returns: kill -9 right after cp.
+    let out = run(
+        "cp",
+        &[&src.to_string_lossy(), &node.db("a.db").to_string_lossy()],
+    );
+    assert!(
+        out.status.success(),
+        "cp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    node.kill9();
+    node.restart();
+    assert_eq!(summary(&node.db("a.db")), "2000|aaaa\n");
+    assert_eq!(txid(&node, "a.db"), 1);
+
+    // Cut in the middle: a writer holds the copy open, half written, when
+    // litefs is killed; the old database is what comes back, and the
+    // staging file is gone.
+    let py = "import os, sys\n\
+              f = os.open(sys.argv[2], os.O_WRONLY | os.O_TRUNC)\n\
+              data = open(sys.argv[1], 'rb').read()\n\
+              os.write(f, data[:len(data) // 2])\n\
+              print('half', flush=True)\n\
+              sys.stdin.read()\n";
+    let mut writer = Command::new("python3")
+        .args([
+            "-c",
+            py,
+            &src2.to_string_lossy(),
+            &node.db("a.db").to_string_lossy(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(writer.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "half\n");
+    let staged = |node: &Node| {
+        std::fs::read_dir(node.data_db("a.db").parent().unwrap().join("ltx"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("copy-in-")
+            })
+            .count()
+    };
+    assert_eq!(staged(&node), 1, "the copy is staged beside the database");
+    node.kill9();
+    let _ = writer.kill();
+    let _ = writer.wait();
+    node.restart();
+    assert_eq!(summary(&node.db("a.db")), "2000|aaaa\n");
+    assert_eq!(txid(&node, "a.db"), 1);
+    assert_eq!(staged(&node), 0, "the staging file is deleted at start-up");
+    assert_replay_identical(&node, "a.db");
+}
