@@ -300,3 +300,36 @@ fn a_copy_survives_kill_9_once_closed_and_a_cut_copy_leaves_the_old_database() {
     assert_eq!(staged(&node), 0, "the staging file is deleted at start-up");
     assert_replay_identical(&node, "a.db");
 }
+
+#[test]
+fn mv_renames_a_database_as_a_copy_and_a_delete_that_replicate() {
+    let dir = temp_dir("copy-in-mv");
+    let primary = Node::start_in(&dir.path().join("primary"), "");
+    let replica = Node::start_in(&dir.path().join("replica"), &replica_yaml(&primary));
+    sqlite3_ok(
+        &primary.db("a.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t(v) VALUES('aaaa');",
+    );
+    wait_caught_up(&primary, &replica, "a.db");
+    let out = run(
+        "mv",
+        &[
+            &primary.db("a.db").to_string_lossy(),
+            &primary.db("b.db").to_string_lossy(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "mv: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!primary.db("a.db").exists());
+    assert_eq!(summary(&primary.db("b.db")), "1|aaaa\n");
+    wait_caught_up(&primary, &replica, "b.db");
+    assert_identical(&primary, &replica, "b.db");
+    common::wait_for(
+        "the deletion to replicate",
+        std::time::Duration::from_secs(10),
+        || !replica.db("a.db").exists(),
+    );
+}

@@ -284,7 +284,11 @@ fn bad_input_gets_a_clear_errno_and_loses_nothing() {
 
     let err = std::fs::create_dir(node.mount.join("sub")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+    // A database renames as between file systems (see tests/copy_in.rs);
+    // a companion does not rename at all.
     let err = std::fs::rename(&db, node.mount.join("c.db")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EXDEV), "{err}");
+    let err = std::fs::rename(&db, node.mount.join("c.db-journal")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
     let err = std::fs::hard_link(&db, node.mount.join("d.db")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");

@@ -281,8 +281,21 @@ impl Filesystem for LitefsFs {
         _flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        info!("refused rename of {name:?} to {newname:?}: renaming databases is not supported");
-        Counted::new(FuseOp::Rename, reply).error(Errno::EPERM);
+        let reply = Counted::new(FuseOp::Rename, reply);
+        let (from, to) = (name.to_string_lossy(), newname.to_string_lossy());
+        let is_database = |n: &str| parse_name(n).1 == FileKind::Database;
+        if is_database(&from) && is_database(&to) {
+            // EXDEV, as between two file systems: `mv` and Tcl's `file
+            // rename` then copy (a copy-in, one transaction at close) and
+            // delete, each of which replicates.
+            debug!("rename of {from:?} to {to:?}: EXDEV, so it is done as a copy and a delete");
+            return reply.error(Errno::EXDEV);
+        }
+        info!(
+            "refused rename of {from:?} to {to:?}: only a database can be renamed, to a \
+             database name (as a copy and a delete)"
+        );
+        reply.error(Errno::EPERM);
     }
 
     fn link(
