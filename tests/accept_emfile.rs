@@ -7,12 +7,15 @@
 //! A test binary of its own: it lowers its own RLIMIT_NOFILE, which would
 //! starve any test running beside it.
 
+mod common;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::wait_for;
 use litefs::http::Server;
 use litefs::store::Store;
 
@@ -44,14 +47,6 @@ fn lines(level: log::Level, containing: &str) -> Vec<String> {
         .filter(|(l, m)| *l == level && m.contains(containing))
         .map(|(_, m)| m.clone())
         .collect()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]

@@ -4,15 +4,18 @@
 //! under its prefix, with the prefix stripped, to a real `Server`; the
 //! replica is a real store pulling with `stream_from_primary`.
 
+mod common;
+mod http_common;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use litefs::http::{stream_from_primary, Receivers, Server};
+use http_common::Client;
+use litefs::http::Server;
 use litefs::store::Store;
 
 /// A reverse proxy on a loopback port: a request for `<prefix>/x` goes to
@@ -93,36 +96,19 @@ fn a_replica_reaches_a_primary_under_a_path_prefix() {
 
     let replica_dir = tempfile::tempdir().unwrap();
     let replica = Arc::new(Store::open(replica_dir.path()).unwrap());
-    let stop = Arc::new(AtomicBool::new(false));
-    let client = {
-        let (replica, stop) = (replica.clone(), stop.clone());
-        // The advertise URL as an operator writes it, trailing `/` and all.
-        let url = format!("http://{proxy}/litefs/primary/");
-        thread::spawn(move || {
-            stream_from_primary(
-                &url,
-                None,
-                &replica,
-                &mut Receivers {
-                    apply: &mut |db, p| db.apply_ltx(p),
-                    delete: &mut |name| replica.delete_db(name).map(drop),
-                },
-                &stop,
-            )
-        })
-    };
+    // The advertise URL as an operator writes it, trailing `/` and all.
+    let client = Client::start(&format!("http://{proxy}/litefs/primary/"), &replica);
     let deadline = Instant::now() + Duration::from_secs(20);
     while replica.db("p.db").map(|d| d.pos()) != Some(pos) {
         assert!(
-            !client.is_finished(),
+            !client.handle.is_finished(),
             "the replica stopped: {:?}",
-            client.join().unwrap()
+            client.join()
         );
         assert!(Instant::now() < deadline, "the replica did not catch up");
         thread::sleep(Duration::from_millis(10));
     }
-    stop.store(true, Ordering::SeqCst);
-    client.join().unwrap().unwrap();
+    client.stop().unwrap();
     assert_eq!(
         std::fs::read(replica.db("p.db").unwrap().database_path()).unwrap(),
         std::fs::read(db.database_path()).unwrap()

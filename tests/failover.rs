@@ -23,7 +23,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cluster::*;
-use common::{assert_identical, sqlite3_ok, temp_dir, wait_caught_up, wait_for, Node, CATCH_UP};
+use common::{
+    assert_identical, count_in_log, free_port, sqlite3_ok, temp_dir, wait_caught_up, wait_for,
+    Node, CATCH_UP,
+};
 use consul::ConsulAgent;
 
 /// What `.primary` says, or `None` when the file is absent.
@@ -274,7 +277,7 @@ fn a_diverged_old_primary_is_healed_by_a_snapshot() {
 #[test]
 fn a_node_without_consul_stays_read_only_and_takes_the_lease_once_consul_is_up() {
     let dir = temp_dir("failover-consul-down");
-    let consul_port = consul::free_port();
+    let consul_port = free_port();
     let consul_url = format!("http://127.0.0.1:{consul_port}");
 
     // A database written earlier, when this node was a static primary.

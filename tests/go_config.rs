@@ -6,13 +6,14 @@
 mod common;
 
 use std::net::TcpListener;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{assert_backoff, is_mounted, sqlite3_ok, temp_dir, wait_for, Node, DEADLINE};
+use common::{
+    assert_backoff, is_mounted, mount_options, sqlite3_ok, temp_dir, wait_for, Node, DEADLINE,
+};
 use litefs::http::{run_replica_loop_with, RetryOptions};
 use litefs::store::Store;
 
@@ -101,23 +102,11 @@ fn retention_monitor_interval_sets_how_often_retention_runs() {
     );
 }
 
-/// The options of the FUSE mount at `path`, from /proc/self/mounts.
-fn mount_options(path: &Path) -> String {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let want = path.to_string_lossy().to_string();
-    mounts
-        .lines()
-        .find(|l| l.split(' ').nth(1) == Some(want.as_str()))
-        .and_then(|l| l.split(' ').nth(3))
-        .unwrap_or_else(|| panic!("{want} is not in /proc/self/mounts"))
-        .to_string()
-}
-
 #[test]
 fn fuse_allow_other_sets_the_mount_option() {
     let tmp = temp_dir("allow-other");
     let mut off = Node::start_in(&tmp.path().join("off"), "fuse:\n  allow-other: false\n");
-    let options = mount_options(&off.mount);
+    let options = mount_options(&off.mount).expect("the mount is listed");
     assert!(!options.contains("allow_other"), "{options}");
     off.stop();
     if !is_root() {
@@ -125,7 +114,7 @@ fn fuse_allow_other_sets_the_mount_option() {
         return;
     }
     let mut on = Node::start_in(&tmp.path().join("on"), "fuse:\n  allow-other: true\n");
-    let options = mount_options(&on.mount);
+    let options = mount_options(&on.mount).expect("the mount is listed");
     assert!(options.contains("allow_other"), "{options}");
     on.stop();
 }

@@ -5,48 +5,25 @@
 //! no database, no directory, no file in `incoming/`, and an existing
 //! database keeps its position and files.
 
-use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::AtomicBool;
-use std::thread;
+mod common;
+mod http_common;
 
-use litefs::http::{stream_from_primary, Error, Receivers, MAX_DATABASE_SIZE};
+use std::sync::Arc;
+
+use http_common::{new_store, start_fake_primary, Client};
+use litefs::http::{Error, MAX_DATABASE_SIZE};
 use litefs::ltx::{self, Header, HEADER_SIZE, PAGE_HEADER_SIZE, TRAILER_SIZE};
 use litefs::store::{Position, Store};
 
-/// A fake primary answering every connection with a stream holding
-/// `frames`, then staying silent until the test ends.
-fn fake_primary(frames: Vec<u8>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
+/// One stream into `store` from a fake primary sending `frames`; what
+/// the replica's client returned.
+fn stream(store: &Arc<Store>, frames: Vec<u8>) -> Result<(), Error> {
     let mut response = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-litefs-stream\r\n\
                          Connection: close\r\n\r\n"
         .to_vec();
     response.extend_from_slice(&frames);
-    thread::spawn(move || {
-        let mut open = Vec::new();
-        for conn in listener.incoming() {
-            let mut conn = conn.unwrap();
-            let _ = conn.write_all(&response);
-            open.push(conn);
-        }
-    });
-    addr
-}
-
-/// One stream from a fake primary sending `frames`, into `store`.
-fn stream(store: &Store, frames: Vec<u8>) -> Result<(), Error> {
-    let addr = fake_primary(frames);
-    stream_from_primary(
-        &format!("http://{addr}"),
-        None,
-        store,
-        &mut Receivers {
-            apply: &mut |db, p| db.apply_ltx(p),
-            delete: &mut |name| store.delete_db(name).map(drop),
-        },
-        &AtomicBool::new(false),
-    )
+    let addr = start_fake_primary(response);
+    Client::start(&format!("http://{addr}"), store).join()
 }
 
 /// The start of an `L` frame: type, name length, name, file length.
@@ -111,8 +88,7 @@ fn data_files(store: &Store) -> Vec<String> {
 
 #[test]
 fn bad_headers_are_refused_before_anything_is_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let (_dir, store) = new_store();
     let flag = ltx::CHECKSUM_FLAG;
     let mut page_1000 = header(4096, 1, 1, 1, 0).encode();
     page_1000[8..12].copy_from_slice(&1000u32.to_be_bytes());
@@ -171,8 +147,7 @@ fn bad_headers_are_refused_before_anything_is_written() {
 
 #[test]
 fn a_frame_that_does_not_follow_leaves_the_database_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let (_dir, store) = new_store();
     let db = store.create_db("old.db").unwrap();
     let conn = rusqlite::Connection::open(db.database_path()).unwrap();
     conn.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE t(x); INSERT INTO t VALUES(1);")

@@ -6,16 +6,18 @@
 //! serving or shuts down. Corrupted and cut streams, bad requests and dead
 //! links are in tests/http_bad_input.rs.
 
+mod common;
 mod http_common;
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::free_port;
 use http_common::{
     connect, exec, fill, ltx_count, new_store, raw_request, start_server, temp_files, wait_synced,
     wait_until, Client,
@@ -323,10 +325,7 @@ fn the_replica_loop_reconnects_and_resumes() {
     let (_r, replica) = new_store();
     fill(&primary, "a", 2);
     // A port nobody listens on yet.
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
     let url = format!("http://{addr}");
     let stop = Arc::new(AtomicBool::new(false));
     let loop_thread = {
@@ -346,12 +345,12 @@ fn the_replica_loop_reconnects_and_resumes() {
         })
     };
     // The loop retries until the primary comes up.
-    let server = Server::start(&addr.to_string(), primary.clone()).unwrap();
+    let server = Server::start(&addr, primary.clone()).unwrap();
     wait_synced(&primary, &replica);
     // The primary goes away; the loop keeps trying and resumes once it is back.
     server.shutdown();
     fill(&primary, "a", 2);
-    let server = Server::start(&addr.to_string(), primary.clone()).unwrap();
+    let server = Server::start(&addr, primary.clone()).unwrap();
     wait_synced(&primary, &replica);
     assert_eq!(server.stats().snapshots_sent, 0);
     assert_eq!(server.stats().ltx_files_sent, 2);

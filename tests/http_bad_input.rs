@@ -3,6 +3,7 @@
 //! primary, dead links, bad and absurd requests, a replica that never
 //! reads, and bad URLs.
 
+mod common;
 mod http_common;
 
 use std::fs;
@@ -11,9 +12,10 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::free_port;
 use http_common::{
-    exec, fill, ltx_count, new_store, post_stream, raw_request, start_server, temp_files,
-    wait_synced, wait_until, Client,
+    exec, fill, ltx_count, new_store, post_stream, raw_request, start_fake_primary, start_server,
+    temp_files, wait_synced, wait_until, Client,
 };
 use litefs::http::Error;
 
@@ -137,22 +139,6 @@ fn corrupted_or_cut_streams_leave_the_replica_at_its_last_good_position() {
     client.stop().unwrap();
 }
 
-/// A fake primary that sends `response` to every connection and then
-/// stays silent (keeping the connection open) until the test ends.
-fn start_fake_primary(response: &'static [u8]) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    thread::spawn(move || {
-        let mut open = Vec::new();
-        for conn in listener.incoming() {
-            let mut conn = conn.unwrap();
-            let _ = conn.write_all(response);
-            open.push(conn);
-        }
-    });
-    addr
-}
-
 #[test]
 fn malformed_frames_are_refused_with_a_reason() {
     let (_r, replica) = new_store();
@@ -162,7 +148,6 @@ fn malformed_frames_are_refused_with_a_reason() {
     // and sent.
     let mut garbage = b"L\x00\x05ghost\x00\x00\x00\x00\x00\x00\x00\xc8".to_vec();
     garbage.extend_from_slice(&[0x5a; 200]);
-    let garbage: &'static [u8] = Box::leak(garbage.into_boxed_slice());
     let cases: [(&[u8], &str); 8] = [
         // A frame header for a new database and 3 bytes, then silence.
         (
@@ -170,7 +155,7 @@ fn malformed_frames_are_refused_with_a_reason() {
             "not even a heartbeat",
         ),
         (
-            garbage,
+            &garbage,
             "database ghost: refused an LTX frame before writing it: invalid header",
         ),
         (b"HHX", "unknown frame type byte 0x58 (frame 3)"),
@@ -192,7 +177,6 @@ fn malformed_frames_are_refused_with_a_reason() {
     for (frames, want) in cases {
         let mut response = head.as_bytes().to_vec();
         response.extend_from_slice(frames);
-        let response: &'static [u8] = Box::leak(response.into_boxed_slice());
         let addr = start_fake_primary(response);
         let err = Client::start(&format!("http://{addr}"), &replica)
             .join()
@@ -204,7 +188,8 @@ fn malformed_frames_are_refused_with_a_reason() {
     assert!(!replica.data_dir().join("dbs").join("ghost").exists());
 
     // Not a stream at all.
-    let addr = start_fake_primary(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<html>");
+    let addr =
+        start_fake_primary(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<html>".to_vec());
     let err = Client::start(&format!("http://{addr}"), &replica)
         .join()
         .unwrap_err();
@@ -218,7 +203,7 @@ fn malformed_frames_are_refused_with_a_reason() {
 fn a_dead_link_is_noticed_within_seconds() {
     let (_r, replica) = new_store();
     let addr = start_fake_primary(
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-litefs-stream\r\n\r\nH",
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/x-litefs-stream\r\n\r\nH".to_vec(),
     );
     let started = Instant::now();
     let err = Client::start(&format!("http://{addr}"), &replica)
@@ -378,11 +363,8 @@ fn bad_urls_are_refused() {
         );
     }
     // Nobody listening: a request error, quickly.
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let err = Client::start(&format!("http://{addr}/"), &replica)
+    let port = free_port();
+    let err = Client::start(&format!("http://127.0.0.1:{port}/"), &replica)
         .join()
         .unwrap_err();
     assert!(matches!(err, Error::Request { .. }), "{err}");

@@ -21,7 +21,7 @@ use litefs::lease::{
     Leaser, PrimaryInfo, StaticLeaser, WATCH_FAILURE_GRACE, WATCH_WAIT,
 };
 
-use common::assert_backoff;
+use common::{assert_backoff, free_port};
 use consul::ConsulAgent;
 use scripted_lease::{gaps, scripted, wait_for_watches, watched, LeaseThread, Script};
 
@@ -281,7 +281,7 @@ fn primary_steps_down_when_consul_hangs_and_recovers() {
 
 #[test]
 fn consul_unreachable_is_an_error_not_a_panic() {
-    let url = format!("http://127.0.0.1:{}", consul::free_port());
+    let url = format!("http://127.0.0.1:{}", free_port());
     let mut leaser = consul_leaser(&url, "litefs/down", "node-a");
     let err = leaser.acquire().unwrap_err();
     let message = err.to_string();

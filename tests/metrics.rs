@@ -15,49 +15,18 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use common::{
-    replica_yaml, sqlite3_ok, temp_dir, wait_caught_up, wait_for, Node, CATCH_UP, DEADLINE,
+    http_request, replica_yaml, sqlite3_ok, temp_dir, wait_caught_up, wait_for, Node, CATCH_UP,
+    DEADLINE,
 };
 use consul::ConsulAgent;
 
 /// A database name the labels must escape (a quote and a backslash).
 const ODD_DB: &str = "q\"uote\\back.db";
 
-/// Fetches `path` with `method` (GET or POST) and `token` when given;
-/// returns the status, the Content-Type and the body.
-fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let url = format!("http://127.0.0.1:{port}{path}");
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let response = match (method, auth) {
-        ("POST", Some(auth)) => agent.post(&url).header("Authorization", auth).send(""),
-        ("POST", None) => agent.post(&url).send(""),
-        (_, Some(auth)) => agent.get(&url).header("Authorization", auth).call(),
-        (_, None) => agent.get(&url).call(),
-    }
-    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let body = response
-        .into_body()
-        .with_config()
-        .limit(1 << 20)
-        .read_to_string()
-        .unwrap_or_default();
-    (status, content_type, body)
-}
-
 /// A node's metrics: the text, checked to be a 200 in the exposition
 /// format, and its samples by `name{labels}`.
 fn scrape(node: &Node) -> (String, BTreeMap<String, f64>) {
-    let (status, content_type, text) = http(node.port, "GET", "/metrics", None);
+    let (status, content_type, text) = http_request(node.port, "GET", "/metrics", None);
     assert_eq!(status, 200, "{text}");
     assert!(
         content_type.starts_with("text/plain; version=0.0.4"),
@@ -130,12 +99,6 @@ fn assert_promtool_accepts(text: &str) {
     );
 }
 
-/// The TXID in a node's `<db>-pos`.
-fn pos_txid(node: &Node, db: &str) -> f64 {
-    let pos = node.pos(db);
-    u64::from_str_radix(&pos[..16], 16).unwrap_or_else(|e| panic!("{pos:?}: {e}")) as f64
-}
-
 #[test]
 fn promtool_is_not_a_rubber_stamp() {
     // A counter without `_total` and a duplicate series: both must fail,
@@ -161,12 +124,12 @@ fn a_primary_and_its_replica_report_what_they_did() {
     let replica = Node::start_in(&dir.path().join("replica"), &replica_yaml(&primary));
     wait_caught_up(&primary, &replica, "m.db");
     wait_caught_up(&primary, &replica, ODD_DB);
-    let (status, _, _) = http(primary.port, "GET", "/no/such/path", None);
+    let (status, _, _) = http_request(primary.port, "GET", "/no/such/path", None);
     assert_eq!(status, 404);
 
     let (text, p) = scrape(&primary);
     assert_promtool_accepts(&text);
-    let txid = pos_txid(&primary, "m.db");
+    let txid = common::txid(&primary, "m.db") as f64;
     assert_eq!(txid, 4.0);
     assert_eq!(value(&p, r#"litefs_db_txid{db="m.db"}"#), txid);
     assert_eq!(value(&p, r#"litefs_db_commits_total{db="m.db"}"#), txid);
@@ -180,7 +143,7 @@ fn a_primary_and_its_replica_report_what_they_did() {
     let size = std::fs::metadata(primary.data_db("m.db")).unwrap().len();
     assert_eq!(value(&p, r#"litefs_db_size_bytes{db="m.db"}"#), size as f64);
     let odd = r#"litefs_db_txid{db="q\"uote\\back.db"}"#;
-    assert_eq!(value(&p, odd), pos_txid(&primary, ODD_DB));
+    assert_eq!(value(&p, odd), common::txid(&primary, ODD_DB) as f64);
     assert_eq!(value(&p, "litefs_primary"), 1.0);
     assert_eq!(value(&p, "litefs_replication_lag_seconds"), 0.0);
     assert_eq!(
@@ -255,7 +218,7 @@ fn with_a_token_metrics_need_it_too() {
     let dir = temp_dir("metrics-token");
     let node = Node::start_in(&dir.path().join("node"), "  token: \"s3cret\"\n");
     for token in [None, Some("wrong")] {
-        let (status, _, body) = http(node.port, "GET", "/metrics", token);
+        let (status, _, body) = http_request(node.port, "GET", "/metrics", token);
         assert_eq!(status, 401, "{token:?}: {body}");
         assert!(!body.contains("litefs_"), "{body}");
     }
@@ -263,12 +226,12 @@ fn with_a_token_metrics_need_it_too() {
     // right after the second refusal may not show it yet.
     let refused = r#"litefs_http_requests_total{path="/metrics",status="401"} 2"#;
     wait_for("both refusals to be counted", CATCH_UP, || {
-        let (status, _, body) = http(node.port, "GET", "/metrics", Some("s3cret"));
+        let (status, _, body) = http_request(node.port, "GET", "/metrics", Some("s3cret"));
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("\nlitefs_primary 1\n"), "{body}");
         body.contains(refused)
     });
-    let (status, _, _) = http(node.port, "POST", "/metrics", Some("s3cret"));
+    let (status, _, _) = http_request(node.port, "POST", "/metrics", Some("s3cret"));
     assert_eq!(status, 405);
 }
 

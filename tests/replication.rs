@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    assert_identical, replica_yaml, sqlite3, sqlite3_ok, temp_dir, wait_caught_up, wait_for, Node,
-    Rng, CATCH_UP,
+    assert_identical, count_in_log, http_request, replica_yaml, sqlite3, sqlite3_ok, temp_dir,
+    wait_caught_up, wait_for, Node, Rng, CATCH_UP,
 };
 
 /// A primary and `n` replicas under one temp dir.
@@ -260,10 +260,6 @@ fn readers_on_a_replica_never_see_a_torn_transaction() {
     assert_identical(&primary, replica, "bank.db");
 }
 
-fn count_in_log(node: &Node, needle: &str) -> usize {
-    node.log_text().matches(needle).count()
-}
-
 #[test]
 fn a_killed_replica_catches_up_from_its_own_position() {
     let (_dir, primary, mut replicas) = cluster("repl-kill", 1);
@@ -436,37 +432,6 @@ fn a_former_primary_keeps_its_diverged_writes_under_lost() {
     assert!(!b.data.join("lost").exists());
 }
 
-/// Fetches `path` from a node's HTTP server, with `token` when given;
-/// returns the status and the body.
-fn http_get(port: u16, path: &str, method: &str, token: Option<&str>) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let url = format!("http://127.0.0.1:{port}{path}");
-    let response = match (method, token) {
-        ("POST", Some(t)) => agent
-            .post(&url)
-            .header("Authorization", format!("Bearer {t}"))
-            .send(""),
-        ("POST", None) => agent.post(&url).send(""),
-        (_, Some(t)) => agent
-            .get(&url)
-            .header("Authorization", format!("Bearer {t}"))
-            .call(),
-        (_, None) => agent.get(&url).call(),
-    }
-    .unwrap();
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .with_config()
-        .limit(1 << 20)
-        .read_to_string()
-        .unwrap_or_default();
-    (status, body)
-}
-
 #[test]
 fn with_a_token_only_the_cluster_gets_in() {
     let dir = temp_dir("repl-token");
@@ -488,12 +453,12 @@ fn with_a_token_only_the_cluster_gets_in() {
     // nothing else, not even a database name.
     for token in [None, Some("wrong"), Some("s3cret-tokenX")] {
         for (method, path) in [("GET", "/info"), ("POST", "/stream"), ("GET", "/nope")] {
-            let (status, body) = http_get(primary.port, path, method, token);
+            let (status, _, body) = http_request(primary.port, method, path, token);
             assert_eq!(status, 401, "{method} {path} with {token:?}: {body}");
             assert!(!body.contains("secret.db"), "{body}");
         }
     }
-    let (status, body) = http_get(primary.port, "/info", "GET", Some("s3cret-token"));
+    let (status, _, body) = http_request(primary.port, "GET", "/info", Some("s3cret-token"));
     assert_eq!(status, 200);
     assert!(body.contains("secret.db"), "{body}");
 

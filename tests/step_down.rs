@@ -18,7 +18,7 @@ mod consul;
 use std::time::{Duration, Instant};
 
 use cluster::*;
-use common::{sqlite3_ok, temp_dir, wait_caught_up, wait_for, CATCH_UP};
+use common::{count_in_log, sqlite3_ok, temp_dir, wait_caught_up, wait_for, CATCH_UP};
 use consul::ConsulAgent;
 use litefs::store;
 

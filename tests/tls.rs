@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_identical, litefs_cli, output_text, sqlite3_ok, temp_dir, wait_caught_up, wait_for, Node,
+    assert_identical, litefs_cli, output_text, replica_yaml_for, sqlite3_ok, temp_dir,
+    wait_caught_up, wait_for, Node,
 };
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
@@ -78,14 +79,6 @@ fn http_tls(cert: Option<(&Path, &Path)>, ca: Option<&Path>) -> String {
     yaml
 }
 
-/// The lease of a static replica of the primary at `url`.
-fn replica_of(url: &str) -> String {
-    format!(
-        "lease:\n  type: static\n  candidate: false\n  hostname: primary-host\n  \
-         advertise-url: \"{url}\"\n"
-    )
-}
-
 /// Sends `request` in plain text to the TLS port and reads what comes
 /// back until the server closes (within the deadline).
 fn plain_request(port: u16, request: &[u8]) -> Vec<u8> {
@@ -121,7 +114,11 @@ fn a_replica_replicates_from_a_tls_primary_and_export_works_over_https() {
     let url = format!("https://127.0.0.1:{}", primary.port);
     let replica = Node::start_in(
         &dir.path().join("replica"),
-        &format!("{}{}", http_tls(None, Some(&ca_file)), replica_of(&url)),
+        &format!(
+            "{}{}",
+            http_tls(None, Some(&ca_file)),
+            replica_yaml_for(&url)
+        ),
     );
     wait_caught_up(&primary, &replica, "a.db");
     // Commits after the snapshot arrive as they happen, through TLS.
@@ -249,7 +246,11 @@ fn a_replica_refuses_a_primary_whose_certificate_does_not_verify() {
         let url = format!("https://127.0.0.1:{}", primary.port);
         let replica = Node::start_in(
             &dir.path().join(format!("{name}-replica")),
-            &format!("{}{}", http_tls(None, Some(&ca_file)), replica_of(&url)),
+            &format!(
+                "{}{}",
+                http_tls(None, Some(&ca_file)),
+                replica_yaml_for(&url)
+            ),
         );
         let log = log_after(&replica, reason);
         // Logged once at WARN, naming the URL and the TLS reason; the

@@ -10,21 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::{assert_replay_identical, fuse_writes, open_wal, temp_dir, Node};
 
-/// LTX files of `db` in the data directory (read directly: reading `-pos`
-/// would make litefs catch up).
-fn ltx_files(node: &Node, db: &str) -> usize {
-    std::fs::read_dir(node.data.join("dbs").join(db).join("ltx"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".ltx")
-        })
-        .count()
-}
-
 #[test]
 fn wal_writes_pass_through_and_every_commit_is_recorded_promptly() {
     let dir = temp_dir("wal-passthrough");
@@ -39,31 +24,33 @@ fn wal_writes_pass_through_and_every_commit_is_recorded_promptly() {
             .unwrap();
         let start_files = {
             let deadline = Instant::now() + Duration::from_secs(10);
-            while ltx_files(&node, &db) < 2 {
+            while node.ltx_files(&db).len() < 2 {
                 assert!(
                     Instant::now() < deadline,
                     "{db}: the CREATE was not recorded"
                 );
                 std::thread::sleep(Duration::from_millis(5));
             }
-            ltx_files(&node, &db)
+            node.ltx_files(&db).len()
         };
         let writes_before = fuse_writes(&node);
         for i in 0..300 {
             conn.execute("INSERT INTO t(v) VALUES(?1)", [format!("row {i}")])
                 .unwrap();
         }
-        // Each commit is an LTX file soon, with nothing asking.
+        // Each commit is an LTX file soon, with nothing asking: the files
+        // are counted in the data directory, as reading `-pos` would make
+        // litefs catch up.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while ltx_files(&node, &db) < start_files + 300 {
+        while node.ltx_files(&db).len() < start_files + 300 {
             assert!(
                 Instant::now() < deadline,
                 "{db}: {} of 300 commits recorded",
-                ltx_files(&node, &db) - start_files
+                node.ltx_files(&db).len() - start_files
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(ltx_files(&node, &db), start_files + 300);
+        assert_eq!(node.ltx_files(&db).len(), start_files + 300);
         // 300 commits are at least 600 WAL writes through litefs without
         // passthrough; what remains is SQLite's `-shm` pages written back.
         let writes = fuse_writes(&node) - writes_before;

@@ -135,10 +135,6 @@ pub fn position(node: &Node, db: &str) -> (u64, u64) {
     )
 }
 
-pub fn count_in_log(node: &Node, needle: &str) -> usize {
-    node.log_text().matches(needle).count()
-}
-
 /// The port of a `http://127.0.0.1:<port>` URL.
 pub fn port_of(url: &str) -> u16 {
     url.rsplit(':').next().unwrap().parse().unwrap()

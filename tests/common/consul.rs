@@ -5,14 +5,16 @@
 //! The binary is `$LITEFS_CONSUL`, else the one `scripts/setup.sh` unpacks
 //! into `.local/consul/usr/bin/consul`, else `consul` on `PATH`.
 //!
-//! Include it with `#[path = "common/consul.rs"] mod consul;`.
+//! Include it with `#[path = "common/consul.rs"] mod consul;` beside
+//! `mod common;`.
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::common::free_port;
 
 /// How long the agent may take to become ready.
 const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -202,13 +204,4 @@ pub fn consul_binary() -> PathBuf {
         return local;
     }
     PathBuf::from("consul")
-}
-
-/// A loopback TCP port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

@@ -1,4 +1,6 @@
-//! Test harness: real litefs processes on real FUSE mounts.
+//! Test harness: real litefs processes on real FUSE mounts, and the
+//! helpers the test files share (polling, free ports, temp dirs, the
+//! sqlite3 CLI, positions, a node's log and HTTP answers).
 //!
 //! A `Node` owns one litefs process with its own config, mount and data
 //! directory under a temp dir. Dropping it stops the process and unmounts
@@ -227,7 +229,8 @@ impl Node {
         self.data.join("dbs").join(name).join("database")
     }
 
-    /// The database's LTX files, sorted.
+    /// The database's LTX files, sorted, as the data directory lists them
+    /// (litefs is not asked).
     pub fn ltx_files(&self, name: &str) -> Vec<PathBuf> {
         let dir = self.data.join("dbs").join(name).join("ltx");
         let mut files: Vec<PathBuf> = match std::fs::read_dir(&dir) {
@@ -326,11 +329,19 @@ pub fn is_live_mount(path: &Path) -> bool {
 
 /// True when `path` is a mount point (per /proc/self/mounts).
 pub fn is_mounted(path: &Path) -> bool {
+    mount_options(path).is_some()
+}
+
+/// The options of the mount at `path` (per /proc/self/mounts), `None`
+/// when nothing is mounted there.
+pub fn mount_options(path: &Path) -> Option<String> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let want = path.to_string_lossy().replace(' ', "\\040");
     mounts
         .lines()
-        .any(|l| l.split(' ').nth(1) == Some(want.as_str()))
+        .find(|l| l.split(' ').nth(1) == Some(want.as_str()))
+        .and_then(|l| l.split(' ').nth(3))
+        .map(str::to_string)
 }
 
 /// A loopback port that was free a moment ago.
@@ -489,9 +500,14 @@ impl Rng {
 /// The lease section of a static replica of `primary` (hostname
 /// `primary-host`).
 pub fn replica_yaml(primary: &Node) -> String {
+    replica_yaml_for(&format!("http://127.0.0.1:{}", primary.port))
+}
+
+/// The lease section of a static replica of the primary at `url`
+/// (hostname `primary-host`).
+pub fn replica_yaml_for(url: &str) -> String {
     format!(
-        "lease:\n  type: static\n  candidate: false\n  hostname: primary-host\n  advertise-url: \"http://127.0.0.1:{}\"\n",
-        primary.port
+        "lease:\n  type: static\n  candidate: false\n  hostname: primary-host\n  advertise-url: \"{url}\"\n"
     )
 }
 
@@ -663,4 +679,47 @@ pub fn output_text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// How many times `needle` occurs in `node`'s log.
+pub fn count_in_log(node: &Node, needle: &str) -> usize {
+    node.log_text().matches(needle).count()
+}
+
+/// Sends `method` (GET or POST) for `path` to the node HTTP server on
+/// loopback `port`, with `token` as its bearer token when given; returns
+/// the status, the Content-Type and the body (at most 1 MiB).
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let response = match (method, auth) {
+        ("POST", Some(auth)) => agent.post(&url).header("Authorization", auth).send(""),
+        ("POST", None) => agent.post(&url).send(""),
+        (_, Some(auth)) => agent.get(&url).header("Authorization", auth).call(),
+        (_, None) => agent.get(&url).call(),
+    }
+    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = response
+        .into_body()
+        .with_config()
+        .limit(1 << 20)
+        .read_to_string()
+        .unwrap_or_default();
+    (status, content_type, body)
 }

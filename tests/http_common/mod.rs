@@ -1,33 +1,33 @@
-//! Helpers shared by the HTTP replication test files (tests/http.rs,
-//! tests/http_bad_input.rs): stores written with rusqlite and committed by
-//! hand, a `Server` on a loopback port, a replica client in a thread, and
-//! raw HTTP requests.
+//! Helpers shared by the tests of replication over HTTP without FUSE:
+//! stores written with rusqlite and committed by hand, a `Server` on a
+//! loopback port, a replica client in a thread, raw HTTP requests, and a
+//! fake primary that sends what the test says.
+//!
+//! Include it with `mod http_common;` beside `mod common;`.
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use litefs::http::{stream_from_primary, Error, Receivers, Server};
 use litefs::store::{Db, Position, Store};
 use rusqlite::Connection;
 use tempfile::TempDir;
 
+use crate::common::wait_for;
+
 /// How long any condition may take to become true.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// Polls `cond` until it holds; panics with `what` after `DEADLINE`.
-pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(10));
-    }
+pub fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    wait_for(what, DEADLINE, cond)
 }
 
 pub fn new_store() -> (TempDir, Arc<Store>) {
@@ -205,4 +205,21 @@ pub fn post_stream(body: &str) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+/// A fake primary on a loopback port that sends `response` (the HTTP
+/// answer, head and body) to every connection and then stays silent,
+/// keeping the connection open, until the test ends. Returns its address.
+pub fn start_fake_primary(response: Vec<u8>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        let mut open = Vec::new();
+        for conn in listener.incoming() {
+            let mut conn = conn.unwrap();
+            let _ = conn.write_all(&response);
+            open.push(conn);
+        }
+    });
+    addr
 }
