@@ -1,7 +1,7 @@
 //! Tests of the config module loading what it should: the seed examples,
 //! both spellings, defaults, relative paths, environment expansion, reading
 //! a file and the search path. Refusals are in tests/config_errors.rs; the
-//! Go LiteFS v0.5.14 schema in tests/config_go.rs.
+//! Go LiteFS v0.5.14 schema in tests/config_go_schema.rs.
 
 mod config_common;
 

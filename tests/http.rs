@@ -3,8 +3,10 @@
 //! replica stores pulling with `stream_from_primary` / `run_replica_loop`.
 //! Covers catch-up, several and new databases, resuming, retention and
 //! divergence snapshots, heartbeats, reconnecting, and a primary that stops
-//! serving or shuts down. Corrupted and cut streams, bad requests and dead
-//! links are in tests/http_bad_input.rs.
+//! serving or shuts down. Bad input is elsewhere: what a replica does with
+//! corrupted or cut streams, bad frames and dead links in
+//! tests/http_replica_bad_input.rs, what the server does with bad requests
+//! in tests/http_server_bad_requests.rs.
 
 mod common;
 mod http_common;

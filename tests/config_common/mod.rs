@@ -1,5 +1,5 @@
 //! Helpers shared by the config test files (tests/config.rs,
-//! tests/config_errors.rs, tests/config_go.rs): parsing text as
+//! tests/config_errors.rs, tests/config_go_schema.rs): parsing text as
 //! /etc/litefs/litefs.yml, expecting a refusal, and checking its message.
 #![allow(dead_code)]
 

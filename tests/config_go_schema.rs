@@ -1,5 +1,7 @@
-//! Tests of the config module against the Go LiteFS v0.5.14 schema: every
-//! key implemented, accepted when off, or refused by name.
+//! Parsing a Go LiteFS v0.5.14 config: every key of that schema is
+//! implemented, accepted when switched off, or refused by name. What the
+//! implemented keys do in a running litefs is in
+//! tests/config_go_effects.rs.
 
 mod config_common;
 

@@ -1,7 +1,18 @@
-//! Tests of replication over HTTP without FUSE against bad input: corrupted
-//! and cut streams (through a mangling proxy), malformed frames from a fake
-//! primary, dead links, bad and absurd requests, a replica that never
-//! reads, and bad URLs.
+//! What a replica does with bad input from its primary or its config,
+//! over HTTP without FUSE, into a real replica store:
+//! - corrupted and cut streams (through a mangling proxy) leave it at its
+//!   last good position;
+//! - malformed frames from a fake primary are refused with a reason;
+//! - each LTX frame's header is checked before a byte is written: a
+//!   crafted frame is refused with a protocol error naming the database
+//!   and the field, and nothing reaches the data directory (no database,
+//!   no directory, no file in `incoming/`), and an existing database
+//!   keeps its position and files;
+//! - a dead link is noticed within seconds;
+//! - bad primary URLs are refused.
+//!
+//! What the primary's server does with bad requests is in
+//! tests/http_server_bad_requests.rs.
 
 mod common;
 mod http_common;
@@ -9,15 +20,87 @@ mod http_common;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::free_port;
 use http_common::{
-    exec, fill, ltx_count, new_store, post_stream, raw_request, start_fake_primary, start_server,
-    temp_files, wait_synced, wait_until, Client,
+    fill, ltx_count, new_store, start_fake_primary, start_server, temp_files, wait_synced, Client,
 };
-use litefs::http::Error;
+use litefs::http::{Error, MAX_DATABASE_SIZE};
+use litefs::ltx::{self, Header, HEADER_SIZE, PAGE_HEADER_SIZE, TRAILER_SIZE};
+use litefs::store::{Position, Store};
+
+/// One stream into `store` from a fake primary sending `frames`; what
+/// the replica's client returned.
+fn stream(store: &Arc<Store>, frames: Vec<u8>) -> Result<(), Error> {
+    let mut response = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-litefs-stream\r\n\
+                         Connection: close\r\n\r\n"
+        .to_vec();
+    response.extend_from_slice(&frames);
+    let addr = start_fake_primary(response);
+    Client::start(&format!("http://{addr}"), store).join()
+}
+
+/// The start of an `L` frame: type, name length, name, file length.
+fn frame_head(name: &str, len: u64) -> Vec<u8> {
+    let mut out = vec![b'L'];
+    out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// An `L` frame for `name` announcing `len` bytes, carrying `header` and
+/// as many bytes after it as `sent` says (the rest never comes).
+fn frame(name: &str, len: u64, header: &Header, sent: usize) -> Vec<u8> {
+    let mut out = frame_head(name, len);
+    out.extend_from_slice(&header.encode());
+    out.extend_from_slice(&vec![0u8; sent]);
+    out
+}
+
+/// The length of an LTX file of `pages` pages of `page_size` bytes.
+fn ltx_len(pages: u64, page_size: u32) -> u64 {
+    (HEADER_SIZE + PAGE_HEADER_SIZE + TRAILER_SIZE) as u64
+        + pages * (PAGE_HEADER_SIZE as u64 + u64::from(page_size))
+}
+
+fn header(page_size: u32, commit: u32, min: u64, max: u64, pre: u64) -> Header {
+    Header {
+        page_size,
+        commit,
+        min_txid: min,
+        max_txid: max,
+        timestamp: 1,
+        pre_apply_checksum: pre,
+        node_id: 7,
+        ..Header::default()
+    }
+}
+
+/// Every file of the data directory but the node id and the empty next
+/// LTX file a primary's commit has made ahead (`ltx/next`, made after the
+/// commit returns, by another thread).
+fn data_files(store: &Store) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut todo = vec![store.data_dir().to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if path.file_name() != Some("id".as_ref())
+                && !(path.ends_with("ltx/next") && path.metadata().unwrap().len() == 0)
+            {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found.sort();
+    found
+}
 
 /// What the mangling proxy does to the first LTX frame.
 #[derive(Clone, Copy)]
@@ -142,8 +225,6 @@ fn corrupted_or_cut_streams_leave_the_replica_at_its_last_good_position() {
 #[test]
 fn malformed_frames_are_refused_with_a_reason() {
     let (_r, replica) = new_store();
-    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/x-litefs-stream\r\n\
-                Connection: close\r\n\r\n";
     // A whole frame of garbage for a new database: 200 bytes announced
     // and sent.
     let mut garbage = b"L\x00\x05ghost\x00\x00\x00\x00\x00\x00\x00\xc8".to_vec();
@@ -175,12 +256,7 @@ fn malformed_frames_are_refused_with_a_reason() {
         ),
     ];
     for (frames, want) in cases {
-        let mut response = head.as_bytes().to_vec();
-        response.extend_from_slice(frames);
-        let addr = start_fake_primary(response);
-        let err = Client::start(&format!("http://{addr}"), &replica)
-            .join()
-            .unwrap_err();
+        let err = stream(&replica, frames.to_vec()).unwrap_err();
         assert!(err.to_string().contains(want), "{frames:?}: {err}");
     }
     // Nothing was created for the bad frames, not even a directory.
@@ -218,125 +294,103 @@ fn a_dead_link_is_noticed_within_seconds() {
 }
 
 #[test]
-fn bad_requests_get_clear_answers_and_harm_no_one() {
-    let (_p, primary) = new_store();
-    let (_r, replica) = new_store();
-    fill(&primary, "a", 2);
-    let (server, url) = start_server(&primary);
-    let addr = server.local_addr();
-
-    let (status, body) = raw_request(addr, b"GET /nope HTTP/1.1\r\nConnection: close\r\n\r\n");
-    assert_eq!((status, body.as_str()), (404, "not found: /nope\n"));
-    let (status, body) = raw_request(addr, b"GET /stream HTTP/1.1\r\nConnection: close\r\n\r\n");
-    assert_eq!(status, 405, "{body}");
-    let (status, _) = raw_request(addr, b"DELETE /info HTTP/1.1\r\nConnection: close\r\n\r\n");
-    assert_eq!(status, 405);
-    let good = "0000000000000001/8000000000000000 a\n";
-    let cases = [
-        (format!("{good}badline\n"), "line 2: expected"),
+fn bad_headers_are_refused_before_anything_is_written() {
+    let (_dir, store) = new_store();
+    let flag = ltx::CHECKSUM_FLAG;
+    let mut page_1000 = header(4096, 1, 1, 1, 0).encode();
+    page_1000[8..12].copy_from_slice(&1000u32.to_be_bytes());
+    let raw_page_1000 = {
+        let mut out = frame_head("new.db", ltx_len(1, 4096));
+        out.extend_from_slice(&page_1000);
+        out
+    };
+    let huge_commit = (MAX_DATABASE_SIZE / 65536 + 1) as u32;
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (raw_page_1000, "page size 1000"),
         (
-            "000000000000000z/8000000000000000 a\n".to_string(),
-            "line 1: the position",
+            frame(
+                "new.db",
+                ltx_len(0, 65536),
+                &header(65536, huge_commit, 1, 1, 0),
+                0,
+            ),
+            "more than the limit of 1099511627776 bytes",
         ),
         (
-            format!("{good}{good}"),
-            "line 2: database \"a\" is listed twice",
+            frame("new.db", ltx_len(3, 4096), &header(4096, 2, 2, 2, flag), 10),
+            "holds 3 pages, but commit is 2 pages",
         ),
         (
-            "0000000000000001/8000000000000000 a/b\n".to_string(),
-            "line 1: invalid database name",
+            frame(
+                "new.db",
+                ltx_len(1, 4096) + 7,
+                &header(4096, 1, 1, 1, 0),
+                10,
+            ),
+            "whole page frames of 4100 bytes",
+        ),
+        (
+            frame("new.db", ltx_len(1, 4096), &header(4096, 3, 1, 1, 0), 10),
+            "a snapshot (min TXID 1) of commit 3 pages must hold 3 pages",
+        ),
+        (
+            frame("new.db", ltx_len(1, 4096), &header(4096, 3, 5, 5, flag), 10),
+            "min TXID 0000000000000005 does not follow the received position \
+             0000000000000000/0000000000000000",
         ),
     ];
-    for (body, want) in cases {
-        let (status, answer) = raw_request(addr, &post_stream(&body));
-        assert_eq!(status, 400, "{answer}");
-        assert!(answer.contains(want), "{body:?}: {answer}");
-    }
-
-    // Garbage, then a disconnect.
-    let (status, _) = raw_request(addr, b"\x00\x01\x02 garbage \xff\r\n\r\n");
-    assert!(status == 400 || status == 0, "{status}");
-    let mut conn = TcpStream::connect(addr).unwrap();
-    conn.write_all(b"POST /stream HTTP/1.1\r\nContent-Le")
-        .unwrap();
-    drop(conn);
-
-    // A replica that disconnects in the middle of its stream.
-    let mut conn = TcpStream::connect(addr).unwrap();
-    conn.write_all(&post_stream("")).unwrap();
-    let mut first = [0u8; 100];
-    conn.read_exact(&mut first).unwrap();
-    assert!(first.starts_with(b"HTTP/1.1 200 OK"));
-    drop(conn);
-
-    // Another replica is served fine, and the dropped stream ends.
-    let client = Client::start(&url, &replica);
-    wait_synced(&primary, &replica);
-    wait_until("the dropped stream to end", || {
-        server.stats().streams_active == 1
-    });
-    exec(&primary, "a", "INSERT INTO t(v) VALUES ('still going')");
-    wait_synced(&primary, &replica);
-
-    let (status, body) = raw_request(addr, b"GET /info HTTP/1.1\r\nConnection: close\r\n\r\n");
-    assert_eq!(status, 200);
-    assert_eq!(
-        body,
-        format!(
-            "{{\"primary\":true,\"dbs\":{{\"a\":\"{}\"}}}}\n",
-            primary.db("a").unwrap().pos()
-        )
-    );
-    client.stop().unwrap();
-}
-
-#[test]
-fn a_replica_that_never_reads_blocks_no_one() {
-    let (_p, primary) = new_store();
-    let (_r, replica) = new_store();
-    fill(&primary, "a", 1);
-    let (server, url) = start_server(&primary);
-    // Asks for everything, then never reads a byte.
-    let mut stuck = TcpStream::connect(server.local_addr()).unwrap();
-    stuck.write_all(&post_stream("")).unwrap();
-    let client = Client::start(&url, &replica);
-    // About 8 MB of commits: far more than the socket buffers hold.
-    let blob = "y".repeat(1 << 20);
-    for _ in 0..8 {
-        exec(
-            &primary,
-            "a",
-            &format!("INSERT INTO t(v) VALUES ('{blob}')"),
+    for (frames, want) in cases {
+        let err = stream(&store, frames).unwrap_err().to_string();
+        assert!(
+            err.contains("database new.db: refused an LTX frame before writing it")
+                && err.contains(want),
+            "want {want:?}, got: {err}"
         );
+        assert!(store.dbs().is_empty());
+        assert_eq!(data_files(&store), Vec::<String>::new(), "after {want:?}");
+        assert!(!store.data_dir().join("dbs/new.db").exists());
     }
-    wait_synced(&primary, &replica);
-    assert_eq!(server.stats().streams_active, 2);
-    client.stop().unwrap();
-    drop(stuck);
 }
 
 #[test]
-fn an_absurd_content_length_harms_no_one() {
-    let (_p, primary) = new_store();
-    let (server, _url) = start_server(&primary);
-    let addr = server.local_addr();
-    // 1 MiB + 1, and far more than any machine's memory.
-    for (path, len) in [("/stream", 1_048_577u64), ("/nope", 999_999_999_999_999)] {
-        let mut conn = TcpStream::connect(addr).unwrap();
-        write!(
-            conn,
-            "POST {path} HTTP/1.1\r\nContent-Length: {len}\r\n\r\nabc"
-        )
+fn a_frame_that_does_not_follow_leaves_the_database_untouched() {
+    let (_dir, store) = new_store();
+    let db = store.create_db("old.db").unwrap();
+    let conn = rusqlite::Connection::open(db.database_path()).unwrap();
+    conn.execute_batch("PRAGMA journal_mode=DELETE; CREATE TABLE t(x); INSERT INTO t VALUES(1);")
         .unwrap();
-        conn.set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut head = [0u8; 12];
-        conn.read_exact(&mut head).unwrap();
-        assert_eq!(&head, b"HTTP/1.1 413", "{path}");
-        drop(conn);
+    drop(conn);
+    while db.commit().unwrap().is_some() {}
+    let pos: Position = db.pos();
+    assert!(pos.txid >= 1);
+    let before = data_files(&store);
+
+    let cases = [
+        (
+            header(4096, 2, pos.txid + 2, pos.txid + 2, pos.checksum),
+            format!("min TXID {:016x} does not follow", pos.txid + 2),
+        ),
+        (
+            header(4096, 2, pos.txid + 1, pos.txid + 1, pos.checksum ^ 1),
+            format!(
+                "pre-apply checksum {:016x} is not the received checksum",
+                pos.checksum ^ 1
+            ),
+        ),
+    ];
+    for (h, want) in cases {
+        let err = stream(&store, frame("old.db", ltx_len(1, 4096), &h, 10))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("database old.db: refused an LTX frame before writing it")
+                && err.contains(&want),
+            "want {want:?}, got: {err}"
+        );
+        assert_eq!(db.pos(), pos);
+        assert_eq!(db.received_pos(), pos);
+        assert_eq!(data_files(&store), before);
     }
-    let (status, _) = raw_request(addr, b"GET /info HTTP/1.1\r\nConnection: close\r\n\r\n");
-    assert_eq!(status, 200);
 }
 
 #[test]

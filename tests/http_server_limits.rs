@@ -1,4 +1,5 @@
-//! One client cannot take a node down.
+//! The HTTP server's connection limits: one client cannot take a node
+//! down.
 //!
 //! - With small limits in-process: a client over its connections, or a
 //!   server over its total, is answered 503 at once while other clients
@@ -15,6 +16,9 @@
 //! The hostile client connects to 127.0.0.1 from 127.0.0.2 (every 127/8
 //! address is loopback on Linux), so it is another client than the
 //! replica. Needs root and /dev/fuse for the processes.
+//!
+//! How the server answers a single bad request is in
+//! tests/http_server_bad_requests.rs.
 
 mod common;
 

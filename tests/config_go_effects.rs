@@ -1,7 +1,8 @@
-//! Go LiteFS config keys at work in real litefs processes: `log.format`,
+//! What Go LiteFS config keys do in real litefs processes: `log.format`,
 //! `data.retention-monitor-interval`, `fuse.allow-other`, `exit-on-error`,
 //! and `lease.reconnect-delay` in the replica loop. (Parsing them is in
-//! tests/config_go.rs; the lease thread's options in tests/lease.rs.)
+//! tests/config_go_schema.rs; the lease thread's options in
+//! tests/lease.rs.)
 
 mod common;
 
