@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use common::{sqlite3_ok, temp_dir, Node, DEADLINE};
 
-/// A waiter must be woken this soon after the release (the old lock table
-/// slept out its 30 s timeout here).
+/// A waiter must be woken this soon after the release: the release itself
+/// wakes it, so it never sleeps out a timeout.
 const WAKE: Duration = Duration::from_secs(2);
 
 /// The holder: a Python process that locks bytes 100..=199 of the file
