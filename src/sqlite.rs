@@ -191,8 +191,8 @@ pub fn read_database_header(path: &Path) -> Result<DatabaseHeader, Error> {
     read().map_err(|err| err.in_file(path))
 }
 
-/// Checks that the file at `path` is a whole SQLite database in a
-/// rollback-journal mode, as `litefs import` needs it: a valid header, a
+/// Checks that the file at `path` is a whole SQLite database, as `litefs
+/// import` and a copy-in need it: a valid header, a
 /// length that is a whole number of pages, and at least as many pages as
 /// the header says. Returns the header and the number of pages the
 /// database has (what SQLite itself would read).
@@ -223,13 +223,6 @@ pub fn check_database_file(path: &Path) -> Result<(DatabaseHeader, u32), Error> 
                 ))
             })?
         };
-        if header.is_wal() {
-            return Err(Error::Corrupt(
-                "the database is in WAL mode, which litefs does not replicate yet: run \
-                 `sqlite3 FILE 'PRAGMA journal_mode=DELETE'` on it first"
-                    .to_string(),
-            ));
-        }
         Ok((header, pages))
     };
     check().map_err(|err| err.in_file(path))

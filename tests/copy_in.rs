@@ -333,3 +333,40 @@ fn mv_renames_a_database_as_a_copy_and_a_delete_that_replicate() {
         || !replica.db("a.db").exists(),
     );
 }
+
+#[test]
+fn a_wal_mode_database_copies_in_and_goes_on_in_wal_mode() {
+    let dir = temp_dir("copy-in-walfile");
+    let primary = Node::start_in(&dir.path().join("primary"), "");
+    let replica = Node::start_in(&dir.path().join("replica"), &replica_yaml(&primary));
+    // A database left in WAL mode (its header says so), its WAL folded
+    // back at close.
+    let src = dir.path().join("src.db");
+    sqlite3_ok(&src, "PRAGMA journal_mode=WAL;");
+    source_db(&src, 300, "aaaa");
+    let out = run(
+        "cp",
+        &[
+            &src.to_string_lossy(),
+            &primary.db("a.db").to_string_lossy(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "cp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(summary(&primary.db("a.db")), "300|aaaa\n");
+    assert_eq!(
+        sqlite3_ok(
+            &primary.db("a.db"),
+            "PRAGMA journal_mode; INSERT INTO t(v) VALUES('bbbb'); PRAGMA wal_checkpoint(TRUNCATE);"
+        )
+        .lines()
+        .next(),
+        Some("wal")
+    );
+    wait_caught_up(&primary, &replica, "a.db");
+    assert_eq!(summary(&replica.db("a.db")), "301|aaaa\n");
+    assert_identical(&primary, &replica, "a.db");
+}

@@ -145,12 +145,9 @@ fn bad_files_are_refused_and_change_nothing() {
         .open(&truncated)
         .unwrap();
     f.set_len(len - 4096 - 100).unwrap();
-    let wal = dir.path().join("wal.db");
-    make_file(&wal, "PRAGMA journal_mode=WAL; CREATE TABLE t(x);");
     for (file, why) in [
         (&not_sqlite, "not a SQLite database"),
         (&truncated, "not a whole number"),
-        (&wal, "WAL"),
         (&dir.path().join("missing.db"), "No such file"),
     ] {
         let out = litefs_cli(&[
@@ -171,6 +168,27 @@ fn bad_files_are_refused_and_change_nothing() {
     }
     assert_eq!(primary.pos("a.db"), pos);
     assert_eq!(sqlite3_ok(&primary.db("a.db"), "SELECT x FROM t;"), "1\n");
+
+    // A database file in WAL mode is whole (its WAL folded in at close),
+    // and stays in WAL mode.
+    let wal = dir.path().join("wal.db");
+    make_file(&wal, "PRAGMA journal_mode=WAL; CREATE TABLE w(x);");
+    let out = litefs_cli(&[
+        "import",
+        "-name",
+        "w.db",
+        "-config",
+        config(&primary),
+        wal.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(
+        sqlite3_ok(
+            &primary.db("w.db"),
+            "PRAGMA journal_mode; SELECT count(*) FROM w;"
+        ),
+        "wal\n0\n"
+    );
 
     // Bad command lines.
     for args in [

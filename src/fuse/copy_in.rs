@@ -5,8 +5,7 @@
 //! writes to a staging file (`ltx/copy-in-<n>.tmp` of the database's
 //! directory: empty after O_TRUNC, else a copy of the database), never to
 //! the database. When the writer closes the file the staging file is
-//! checked as a SQLite database in a rollback-journal mode
-//! (`sqlite::check_database_file`) and imported as one transaction
+//! checked as a whole SQLite database (`sqlite::check_database_file`) and imported as one transaction
 //! (`Applier::import`, as `litefs import` does), which replicates like any
 //! commit. Anything else that opens the database meanwhile sees the
 //! database as it was.
@@ -287,8 +286,8 @@ fn import_copy(applier: &Applier, role: &Role, handle: &Handle) -> Result<(), Er
             };
             error!(
                 "database {}: a copy written without SQLite was not committed and nothing was \
-                 replicated: {e}; write a whole SQLite database file in a rollback-journal \
-                 mode (sqlite3 SRC \".backup DEST\" makes one)",
+                 replicated: {e}; write a whole SQLite database file (sqlite3 SRC \
+                 \".backup DEST\" makes one)",
                 db.name()
             );
             Err(errno)
