@@ -5,7 +5,8 @@
 //! `<name>` and its SQLite companions (`-journal`, `-wal`, `-shm`, and a
 //! super-journal `<name>-mjXXXXXXXXX` while SQLite has one), backed by
 //! `dbs/<name>/...` in the data directory, plus the read-only `<name>-pos`
-//! (the position). At the root, `.lag` holds a replica's lag in seconds
+//! (the position; opened by name, never listed, so a glob or `cp mnt/*`
+//! copies only what SQLite made). At the root, `.lag` holds a replica's lag in seconds
 //! (`0` on the primary) and `.primary`, on a replica that knows its
 //! primary, the primary's hostname. `-pos`, `.lag` and `.primary` are
 //! made at each read (direct I/O, no page cache), so they are current.

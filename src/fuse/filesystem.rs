@@ -607,7 +607,9 @@ impl Filesystem for LitefsFs {
         for db in self.store.dbs() {
             for kind in FileKind::ALL {
                 let present = match kind {
-                    FileKind::Pos => true,
+                    // Opened by name only: a glob or `cp mnt/*` copies the
+                    // databases and SQLite's files, not litefs's own.
+                    FileKind::Pos => false,
                     FileKind::Journal if self.journal_hidden(db.name()) => false,
                     _ => path_of(&db, kind).exists(),
                 };
