@@ -356,6 +356,9 @@ fn a_wal_mode_database_copies_in_and_goes_on_in_wal_mode() {
         "cp: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // As on any file system, the copy made no WAL: a WAL copied next is
+    // the application's.
+    assert!(!primary.db("a.db-wal").exists());
     assert_eq!(summary(&primary.db("a.db")), "300|aaaa\n");
     assert_eq!(
         sqlite3_ok(

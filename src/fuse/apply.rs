@@ -270,13 +270,28 @@ impl Applier {
         &self,
         db: &Db,
         path: &Path,
+        lock: &DatabaseLock<'_>,
+    ) -> Result<Position, store::Error> {
+        self.apply_ltx(db, path, lock, true)
+    }
+
+    /// [`Applier::apply`] on a replica (`replica`: a database in WAL mode
+    /// gets the empty `-wal` and `-shm` its readers need), or on the
+    /// primary for an import (its WAL is its connections' to make).
+    fn apply_ltx(
+        &self,
+        db: &Db,
+        path: &Path,
         _lock: &DatabaseLock<'_>,
+        replica: bool,
     ) -> Result<Position, store::Error> {
         let ino = self.ino(db, FileKind::Database);
         let began = Instant::now();
         let result = db.apply_ltx(path);
         if result.is_ok() {
-            self.sync_wal_companions(db);
+            if replica {
+                self.sync_wal_companions(db);
+            }
             self.reset_wal_index(db);
             crate::metrics::apply(db.name(), began.elapsed());
         }
@@ -319,7 +334,7 @@ impl Applier {
             ));
             let applied = db
                 .write_import_ltx(src, &tmp)
-                .and_then(|_| self.apply(db, &tmp, &lock));
+                .and_then(|_| self.apply_ltx(db, &tmp, &lock, false));
             let _ = std::fs::remove_file(&tmp);
             applied
         })();
