@@ -100,9 +100,18 @@ fn hot_journal(
 fn crash_inside_commit(node: &Node, db: &str, id: i64, digits: &str) {
     let data = node.data_db(db);
     let before = std::fs::read(&data).unwrap();
+    let name = format!("{}/{db}-mj{digits}", node.mount.display());
+    let (after, journal) = crash_state(&before, id, &name);
+    std::fs::write(data.with_file_name("journal"), journal).unwrap();
+    std::fs::write(&data, &after).unwrap();
+}
+
+/// The database `before` with a row `id` added to `t`, and the hot journal
+/// that takes it back, naming the super-journal `super_journal`.
+fn crash_state(before: &[u8], id: i64, super_journal: &str) -> (Vec<u8>, Vec<u8>) {
     let scratch = temp_dir("super-journal-scratch");
     let copy = scratch.path().join("copy.db");
-    std::fs::write(&copy, &before).unwrap();
+    std::fs::write(&copy, before).unwrap();
     let conn = rusqlite::Connection::open(&copy).unwrap();
     let page_size: u32 = conn
         .query_row("PRAGMA page_size", [], |r| r.get(0))
@@ -120,10 +129,55 @@ fn crash_inside_commit(node: &Node, db: &str, id: i64, digits: &str) {
         .map(|(i, (old, _))| (i as u32 + 1, old.to_vec()))
         .collect();
     assert!(!originals.is_empty());
-    let name = format!("{}/{db}-mj{digits}", node.mount.display());
-    let journal = hot_journal(&originals, initial_pages, page_size, &name);
-    std::fs::write(data.with_file_name("journal"), journal).unwrap();
-    std::fs::write(&data, &after).unwrap();
+    let journal = hot_journal(&originals, initial_pages, page_size, super_journal);
+    (after, journal)
+}
+
+/// SQLite's own test harness saves a crash state by copying `test.db*` and
+/// restores it by copying back: the super-journal is listed with the
+/// database's other files, copies like them, and the restored hot journal
+/// is rolled back because its super-journal came back with it.
+#[test]
+fn a_crash_state_saved_and_restored_by_copying_files_rolls_back() {
+    let dir = temp_dir("super-journal-copies");
+    let node = Node::start_in(dir.path(), "");
+    sqlite3_ok(
+        &node.db("a.db"),
+        "CREATE TABLE t(x); INSERT INTO t VALUES(1);",
+    );
+    let before = std::fs::read(node.db("a.db")).unwrap();
+    let super_journal = node.db("a.db-mj0000029AB");
+    let (after, journal) = crash_state(&before, 2, &super_journal.to_string_lossy());
+    let journal_path = node.db("a.db-journal");
+    std::fs::write(node.db("a.db"), after).unwrap();
+    std::fs::write(&journal_path, journal).unwrap();
+    let names = format!("{}\0", journal_path.display());
+    std::fs::write(&super_journal, names).unwrap();
+
+    let listed = |prefix: &str| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&node.mount)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        names.sort();
+        names
+    };
+    let saved = listed("a.db");
+    assert_eq!(saved, ["a.db", "a.db-journal", "a.db-mj0000029AB"]);
+    for name in &saved {
+        std::fs::copy(node.db(name), node.db(&format!("sv_{name}"))).unwrap();
+    }
+    // The database last: deleting it deletes its companions too.
+    for name in saved.iter().rev() {
+        std::fs::remove_file(node.db(name)).unwrap();
+    }
+    assert_eq!(listed("a.db"), Vec::<String>::new());
+    for name in &saved {
+        std::fs::copy(node.db(&format!("sv_{name}")), node.db(name)).unwrap();
+    }
+    assert_eq!(rows(&node, "a.db"), "1\n");
+    assert_replay_identical(&node, "a.db");
 }
 
 fn rows(node: &Node, db: &str) -> String {

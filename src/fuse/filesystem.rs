@@ -605,7 +605,8 @@ impl Filesystem for LitefsFs {
             }
         }
         for db in self.store.dbs() {
-            for kind in FileKind::ALL {
+            let super_journals = db.super_journals().into_iter().map(FileKind::SuperJournal);
+            for kind in FileKind::ALL.into_iter().chain(super_journals) {
                 let present = match kind {
                     // Opened by name only: a glob or `cp mnt/*` copies the
                     // databases and SQLite's files, not litefs's own.

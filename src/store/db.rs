@@ -315,6 +315,23 @@ impl Db {
         self.dir.join(super_journal_file(digits))
     }
 
+    /// The digits of the super-journals kept for this database, in order
+    /// (none when its directory cannot be read).
+    pub fn super_journals(&self) -> Vec<u64> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut digits: Vec<u64> = entries
+            .filter_map(|e| {
+                let name = e.ok()?.file_name();
+                let hex = name.to_str()?.strip_prefix("super-journal-")?;
+                (hex.len() == 9).then(|| u64::from_str_radix(hex, 16).ok())?
+            })
+            .collect();
+        digits.sort_unstable();
+        digits
+    }
+
     /// The write-ahead log, `dbs/<name>/wal`.
     pub fn wal_path(&self) -> &Path {
         &self.wal_path
