@@ -38,15 +38,14 @@ mod full;
 mod inodes;
 mod journal;
 mod passthrough;
-mod role;
 mod sync;
 mod wal;
 mod watch;
 mod writes;
 
+use crate::role::Role;
 pub use apply::{Applier, DatabaseLock};
 pub use inodes::{parse_name, FileKind};
-pub use role::{PrimaryGuard, Role};
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;

@@ -1,8 +1,9 @@
 //! litefs: a FUSE file system that replicates SQLite databases.
 //!
-//! Formats at the bottom (`ltx`, `sqlite`), database state in `store`, the
-//! mount in `fuse`, replication in `http`, and `node` tying the threads
-//! together. Dependencies point downward only. ARCHITECTURE.md has the
+//! Formats at the bottom (`ltx`, `sqlite`), the node's `role` and database
+//! state in `store` above them, then the mount in `fuse` and replication in
+//! `http` (neither uses the other), and `node` tying the threads together.
+//! Dependencies point downward only. ARCHITECTURE.md has the
 //! threads, the code map, the invariants and the lock order.
 
 pub mod config;
@@ -18,6 +19,7 @@ pub mod ltx;
 pub mod metrics;
 pub mod node;
 pub mod priority;
+pub mod role;
 pub mod sdnotify;
 pub mod sqlite;
 pub mod store;

@@ -30,7 +30,7 @@ use fuser::INodeNo;
 use log::{info, warn};
 
 use super::inodes::{FileKind, Inodes, ROOT_INO};
-use super::Role;
+use crate::role::Role;
 use crate::sqlite::wal::WAL_HEADER_SIZE;
 use crate::store::{self, Db, Position};
 

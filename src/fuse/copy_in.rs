@@ -37,7 +37,8 @@ use log::{error, info};
 
 use super::counted::Counted;
 use super::inodes::FileKind;
-use super::{Applier, Handle, LitefsFs, Role};
+use super::{Applier, Handle, LitefsFs};
+use crate::role::Role;
 use crate::sqlite;
 use crate::store::{self, Db};
 

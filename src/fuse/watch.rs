@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use log::warn;
 
-use super::role::Role;
 use super::wal::WalFollowers;
+use crate::role::Role;
 use crate::store::{Db, Store};
 
 /// The name of the WAL in a database's backing directory (`Db::wal_path`).

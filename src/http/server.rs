@@ -34,8 +34,9 @@ use std::time::{Duration, Instant};
 
 use super::wire::{self, MAX_DATABASE_SIZE, MAX_REQUEST_BODY};
 use super::Error;
-use crate::fuse::{Applier, Role};
+use crate::fuse::Applier;
 use crate::metrics;
+use crate::role::Role;
 use crate::store::Store;
 
 mod accept;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use log::info;
 
 use crate::config::ExecWait;
-use crate::fuse::Role;
+use crate::role::Role;
 use crate::sdnotify::SdNotify;
 use crate::store::Store;
 

@@ -1,6 +1,7 @@
-//! The node's role as the mount sees it: primary (writable) or replica
-//! (read-only, following a named primary). The node changes it when the
-//! lease moves; the mount reads it on every change it is asked to make.
+//! The node's role: primary (writable) or replica (read-only, following a
+//! named primary). `node` changes it when the lease moves; the mount reads
+//! it on every change it is asked to make, and the HTTP server before an
+//! import. It sits below them all, so that neither depends on the other.
 
 use std::sync::RwLock;
 
