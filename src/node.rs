@@ -207,7 +207,11 @@ pub fn run(config: &Config) -> Result<u8, Error> {
     let allow_other = config.fuse.allow_other.unwrap_or_else(is_root);
     let background = mount(fs, &mount_dir, allow_other)?;
     applier.set_notifier(background.notifier());
-    server.set_importer(applier.clone(), role.clone());
+    let importer = applier.clone();
+    server.set_importer(
+        Box::new(move |db, src, role| importer.import(db, src, role)),
+        role.clone(),
+    );
     info!(
         "mounted {} (data in {})",
         mount_dir.display(),

@@ -27,6 +27,7 @@
 //! primary, or the server shuts down (`server/stream.rs`).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
@@ -34,10 +35,14 @@ use std::time::{Duration, Instant};
 
 use super::wire::{self, MAX_DATABASE_SIZE, MAX_REQUEST_BODY};
 use super::Error;
-use crate::fuse::Applier;
 use crate::metrics;
 use crate::role::Role;
-use crate::store::Store;
+use crate::store::{self, Db, Position, Store};
+
+/// Loads the SQLite database file at the path into the database as one
+/// transaction on the primary, refused unless the role is primary
+/// throughout (`POST /import`; the node hands in `Applier::import`).
+pub type ImportFn = Box<dyn Fn(&Db, &Path, &Role) -> Result<Position, store::Error> + Send + Sync>;
 
 mod accept;
 mod conn;
@@ -145,7 +150,7 @@ struct Shared {
     ltx_files_sent: AtomicU64,
     snapshots_sent: AtomicU64,
     /// What `/import` needs from the node, once the mount is up.
-    importer: OnceLock<(Arc<Applier>, Arc<Role>)>,
+    importer: OnceLock<(ImportFn, Arc<Role>)>,
 }
 
 /// The replication HTTP server. Dropping it shuts it down like
@@ -270,11 +275,12 @@ impl Server {
         }
     }
 
-    /// Enables `POST /import` (on the primary): imports take SQLite's
-    /// locks through the mount with `applier` and are refused unless
-    /// `role` is primary.
-    pub fn set_importer(&self, applier: Arc<Applier>, role: Arc<Role>) {
-        let _ = self.shared.importer.set((applier, role));
+    /// Enables `POST /import` (on the primary): `import` loads a received
+    /// file into a database as one transaction (the node's is
+    /// `Applier::import`, which takes SQLite's locks through the mount);
+    /// imports are refused unless `role` is primary.
+    pub fn set_importer(&self, import: ImportFn, role: Arc<Role>) {
+        let _ = self.shared.importer.set((import, role));
     }
 
     /// Whether this node serves replication streams.

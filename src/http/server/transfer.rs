@@ -45,7 +45,7 @@ pub(super) fn import(shared: &Shared, mut request: Request, query: &str) -> u16 
         Ok(name) => name,
         Err(message) => return refuse(request, 400, &message),
     };
-    let Some((applier, role)) = shared.importer.get() else {
+    let Some((import, role)) = shared.importer.get() else {
         return refuse(
             request,
             503,
@@ -94,7 +94,7 @@ pub(super) fn import(shared: &Shared, mut request: Request, query: &str) -> u16 
         Ok(db) => db,
         Err(err) => return respond_text(request, 400, &err.to_string(), &[]),
     };
-    match applier.import(&db, &tmp.0, role) {
+    match import(&db, &tmp.0, role) {
         Ok(pos) => {
             store.notify_change();
             log::info!("database {name}: imported a file from {peer}, now at {pos}");
