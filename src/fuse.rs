@@ -21,7 +21,7 @@
 //! SQLite's fsync of it, and start-up recovery records a transaction a
 //! crash caught in between (`journal.rs`). In WAL mode `-wal` passes
 //! through (`passthrough.rs`), and litefs reads each committed transaction
-//! back from it (`wal.rs`, `watch.rs`). On a replica every change is
+//! back from it (`wal_follower.rs`, `watch.rs`). On a replica every change is
 //! refused with EROFS; an apply takes SQLite's locks through the mount
 //! itself, then writes the backing files through the store (`apply.rs`).
 //!
@@ -39,7 +39,7 @@ mod inodes;
 mod journal;
 mod passthrough;
 mod sync;
-mod wal;
+mod wal_follower;
 mod watch;
 mod writes;
 
@@ -136,8 +136,8 @@ pub struct LitefsFs {
     /// Transactions that began unseen in a journal passing through
     /// (`journal.rs`).
     unseen_txns: journal::UnseenTransactions,
-    /// What litefs follows of each database's WAL (`wal.rs`), by name.
-    wals: Arc<wal::WalFollowers>,
+    /// What litefs follows of each database's WAL (`wal_follower.rs`), by name.
+    wals: Arc<wal_follower::WalFollowers>,
     /// FUSE passthrough of the primary's `-wal` (`passthrough.rs`).
     passthrough: Arc<passthrough::Passthrough>,
     /// The mount's notifier once it is up, shared with the `Applier`.
@@ -175,7 +175,7 @@ impl LitefsFs {
             .filter(|db| journal_is_ended(db.journal_path()))
             .map(|db| db.name().to_string())
             .collect();
-        let wals = Arc::new(wal::WalFollowers::new(store.clone()));
+        let wals = Arc::new(wal_follower::WalFollowers::new(store.clone()));
         let watcher = watch::WalWatcher::new(store.clone(), role.clone(), wals.clone());
         LitefsFs {
             store,

@@ -43,7 +43,7 @@ mod slot;
 mod snapshot;
 mod space;
 mod undo;
-mod wal;
+mod wal_commit;
 pub(crate) mod write_back;
 
 pub use db::{Commit, Db};
@@ -51,7 +51,7 @@ use error::io_error;
 pub use error::Error;
 pub(crate) use space::statvfs;
 pub use space::{is_disk_full_io, DiskFull};
-pub use wal::{WalPosition, WalTransaction};
+pub use wal_commit::{WalPosition, WalTransaction};
 
 use std::collections::BTreeMap;
 use std::fmt;

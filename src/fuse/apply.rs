@@ -77,7 +77,7 @@ pub struct Applier {
     pub(super) files: Mutex<HashMap<String, Arc<File>>>,
     /// The primary's WAL followers: what the WAL committed is recorded at
     /// step-down.
-    pub(super) wals: Arc<super::wal::WalFollowers>,
+    pub(super) wals: Arc<super::wal_follower::WalFollowers>,
     /// The mount's passthrough registrations: is a journal open in it?
     pub(super) passthrough: Arc<super::passthrough::Passthrough>,
 }

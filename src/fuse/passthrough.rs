@@ -2,7 +2,7 @@
 //! `-wal` and rollback journal: SQLite's reads and writes of them go from
 //! the kernel straight to the backing file, with no round trip to litefs
 //! per frame or journal record. litefs follows the committed frames from
-//! the WAL itself (`wal.rs`) and learns a journal's transaction bounds
+//! the WAL itself (`wal_follower.rs`) and learns a journal's transaction bounds
 //! from what still reaches it (`journal.rs`, which also says when a
 //! journal may pass through).
 //!

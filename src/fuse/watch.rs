@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use log::warn;
 
-use super::wal::WalFollowers;
+use super::wal_follower::WalFollowers;
 use crate::role::Role;
 use crate::store::{Db, Store};
 

@@ -2,7 +2,7 @@
 //! a database write is checked and its pages noted dirty; the rollback
 //! journal's end (deleted, truncated to zero, or its header zeroed) is the
 //! commit point; in WAL mode a write to the database file is a
-//! checkpoint and the WAL's commit frames are the commit points (`wal.rs`);
+//! checkpoint and the WAL's commit frames are the commit points (`wal_follower.rs`);
 //! deleting a database deletes it everywhere; and what cannot be
 //! replicated (no journal at all) is refused with a log line.
 //! The `Filesystem` methods in `filesystem.rs` call these with the
@@ -56,7 +56,7 @@ impl LitefsFs {
                 if !journal {
                     // WAL mode: a checkpoint copying committed pages from
                     // the WAL, which must all be recorded before SQLite
-                    // may start the WAL over (`wal.rs`).
+                    // may start the WAL over (`wal_follower.rs`).
                     if self.wals.before_frames_go(db)? {
                         return Ok(());
                     }

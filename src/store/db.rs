@@ -102,11 +102,11 @@ pub(super) struct State {
     pub(super) wal_mode: bool,
     /// WAL mode: where the newest committed content of each page is in
     /// the WAL file (the page data's offset), for pages a checkpoint may
-    /// not have copied into the database file yet (`wal.rs`). Emptied when
+    /// not have copied into the database file yet (`wal_commit.rs`). Emptied when
     /// the WAL starts over.
     pub(super) wal_index: BTreeMap<u32, u64>,
     /// WAL mode: LTX files written but not yet fsynced; the WAL's next
-    /// fsync syncs them first (`wal.rs`).
+    /// fsync syncs them first (`wal_commit.rs`).
     pub(super) unsynced_ltx: Vec<PathBuf>,
     /// The data directory's free bytes when last asked, and when
     /// (`space.rs`).

@@ -10,7 +10,7 @@
 //! log of reused free-list pages (see `commit.rs`); a transaction that
 //! ended in a journal passing through before litefs recorded it is
 //! recorded (see `reload`); a WAL is reconciled with the LTX chain and
-//! emptied (see `wal.rs`).
+//! emptied (see `wal_commit.rs`).
 //!
 //! Transactions across ATTACHed databases (rollback-journal modes): SQLite
 //! writes a super-journal naming each database's journal and appends its

@@ -66,7 +66,7 @@ impl Db {
         let no_txn = std::collections::BTreeMap::new();
         let from_wal = wal_file
             .as_ref()
-            .map(|wal| super::wal::PageSource::new(wal, &no_txn, &wal_index));
+            .map(|wal| super::wal_commit::PageSource::new(wal, &no_txn, &wal_index));
         let size = page_size as usize;
         let pages_per_chunk = (READ_CHUNK / size).max(1) as u32;
         let mut buf = vec![0u8; pages_per_chunk as usize * size];

@@ -161,7 +161,7 @@ impl Db {
     /// `bytes` of WAL frames not yet recorded (with the margins
     /// `ensure_ltx_space` keeps): the mount then records a WAL commit
     /// before SQLite's fsync returns, so that one that cannot be recorded
-    /// fails (see `fuse/wal.rs`).
+    /// fails (see `fuse/wal_follower.rs`).
     ///
     /// Asks the file system each time (statvfs, no I/O) rather than take
     /// the state lock for the cached figure: a WAL transaction being

@@ -5,7 +5,7 @@
 //!
 //! Durability follows SQLite's own promise in each mode: a commit is as
 //! durable as the WAL SQLite wrote it to. The mount records each WAL
-//! transaction as its LTX file soon after the commit (`fuse/wal.rs`), and
+//! transaction as its LTX file soon after the commit (`fuse/wal_follower.rs`), and
 //! fsyncs the LTX files, with their directory, before their frames can
 //! leave the WAL (`Db::sync_wal_ltx`, before a checkpoint's first write
 //! to the database file and before the WAL is truncated or deleted). A

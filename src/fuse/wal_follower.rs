@@ -15,7 +15,7 @@
 //!
 //! A commit's durability is the WAL's, as SQLite makes it (with
 //! synchronous=FULL it fsyncs the WAL before COMMIT returns): start-up
-//! makes the LTX files of WAL commits that have none (`store/wal.rs`), so
+//! makes the LTX files of WAL commits that have none (`store/wal_commit.rs`), so
 //! neither the recording nor the LTX file's fsync needs to be on the
 //! commit path; the LTX files are synced before their frames can go.
 //! Without passthrough every write comes through litefs, which catches up
@@ -24,7 +24,7 @@
 //!
 //! A frame is committed by SQLite's own recovery rule (valid salts and
 //! checksum chain up to a commit frame, `sqlite::wal::WalCursor`), the
-//! rule start-up applies to a WAL left by a crash (`store/wal.rs`): a
+//! rule start-up applies to a WAL left by a crash (`store/wal_commit.rs`): a
 //! commit litefs has not read when it is killed is recorded at start.
 //!
 //! Locking: each database's follower has a mutex of its own, held while it
@@ -179,7 +179,7 @@ impl WalFollowers {
     /// it may start the WAL over) or truncates or deletes the WAL: every
     /// transaction they hold is recorded, and the LTX files are synced.
     /// Until then the WAL itself, fsynced by SQLite, is what start-up makes
-    /// their LTX files from (`store/wal.rs`).
+    /// their LTX files from (`store/wal_commit.rs`).
     /// Returns whether `db` is in WAL mode (see `active`).
     pub fn before_frames_go(&self, db: &Db) -> Result<bool, Errno> {
         let follower = self.follower(db);
