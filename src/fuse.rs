@@ -38,6 +38,7 @@ mod full;
 mod inodes;
 mod journal;
 mod passthrough;
+mod role_change;
 mod sync;
 mod wal_follower;
 mod watch;

@@ -1,8 +1,7 @@
 //! Applying LTX files on a replica under SQLite's own locks, so that no
 //! reader of the mount ever sees half a transaction (an import on the
-//! primary is applied the same way); and a primary's step-down: dropping a
-//! write transaction left open, folding and sealing the WAL, sealing a
-//! journal that passes through.
+//! primary is applied the same way). The same `Applier` takes the locks of
+//! a step-down (`role_change.rs`).
 //!
 //! A replica's WAL-mode database gets an empty `-wal` and `-shm`, opened
 //! read-only by its readers, who then keep their WAL index in private
@@ -31,7 +30,6 @@ use log::{info, warn};
 
 use super::inodes::{FileKind, Inodes, ROOT_INO};
 use crate::role::Role;
-use crate::sqlite::wal::WAL_HEADER_SIZE;
 use crate::store::{self, Db, Position};
 
 /// SQLite's lock bytes in the database file (see sqlite3's os.h).
@@ -42,8 +40,8 @@ const SHARED_SIZE: i64 = 510;
 static IMPORT_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// SQLite's WAL read-mark locks in `-shm` (WAL_READ_LOCK(0..4), bytes
 /// 123 to 127; see sqlite3's os_unix.c `UNIX_SHM_BASE` and wal.c).
-const WAL_READ_LOCKS: i64 = 120 + 3;
-const WAL_READ_LOCK_COUNT: i64 = 5;
+pub(super) const WAL_READ_LOCKS: i64 = 120 + 3;
+pub(super) const WAL_READ_LOCK_COUNT: i64 = 5;
 /// SQLite's "dead man switch" byte in `-shm` (UNIX_SHM_DMS in os_unix.c),
 /// just after the read marks. A read-only connection that finds it locked
 /// exclusively at the start of a read transaction gets SQLITE_BUSY and
@@ -51,11 +49,6 @@ const WAL_READ_LOCK_COUNT: i64 = 5;
 const WAL_DMS_LOCK: i64 = WAL_READ_LOCKS + WAL_READ_LOCK_COUNT;
 /// How long an apply may wait for readers before one WARN says so.
 const STALL_WARNING: Duration = Duration::from_secs(5);
-/// SQLite's WAL write lock: byte 120 of `-shm` (WAL_WRITE_LOCK in wal.c).
-const WAL_WRITE_LOCK: i64 = 120;
-/// How long a step-down waits for a WAL writer, then for WAL readers, to
-/// end their transactions.
-const STEP_DOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// Applies LTX files on a replica as a SQLite writer would. The kernel
 /// keeps SQLite's POSIX locks for the mount (litefs does not ask for
@@ -88,14 +81,14 @@ pub struct Applier {
 /// locks in `-shm`. Dropping it unlocks them (F_UNLCK on the descriptor),
 /// which wakes the waiting readers.
 pub struct DatabaseLock<'a> {
-    applier: &'a Applier,
-    db: String,
+    pub(super) applier: &'a Applier,
+    pub(super) db: String,
     /// The key of `file` in `Applier::files`.
-    key: String,
-    file: Arc<File>,
+    pub(super) key: String,
+    pub(super) file: Arc<File>,
     /// The locked byte range.
-    start: i64,
-    len: i64,
+    pub(super) start: i64,
+    pub(super) len: i64,
 }
 
 impl Drop for DatabaseLock<'_> {
@@ -113,7 +106,7 @@ impl Drop for DatabaseLock<'_> {
 
 impl Applier {
     /// The inode number of `db`'s file of `kind` on the mount.
-    fn ino(&self, db: &Db, kind: FileKind) -> u64 {
+    pub(super) fn ino(&self, db: &Db, kind: FileKind) -> u64 {
         self.inodes
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -200,7 +193,7 @@ impl Applier {
 
     /// The database opened through the mount, kept open between applies
     /// (opening and closing costs four round trips through the kernel).
-    fn mount_file(&self, db: &Db, kind: FileKind) -> Result<Arc<File>, String> {
+    pub(super) fn mount_file(&self, db: &Db, kind: FileKind) -> Result<Arc<File>, String> {
         let name = format!("{}{}", db.name(), kind.suffix());
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(file) = files.get(&name) {
@@ -242,7 +235,7 @@ impl Applier {
 
     /// Closes litefs's descriptors of `db`'s files (the database's key is
     /// its name; `-shm`'s the name with the suffix).
-    fn forget_file(&self, db: &str) {
+    pub(super) fn forget_file(&self, db: &str) {
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         files.remove(db);
         files.remove(&format!("{db}{}", FileKind::Shm.suffix()));
@@ -342,187 +335,6 @@ impl Applier {
         result
     }
 
-    /// Drops a write transaction left open when this node stopped being
-    /// the primary (see `Db::abandon_transaction`), then the kernel's
-    /// cached pages of the database, which may hold that transaction's
-    /// uncommitted writes, and its cached view of the journal.
-    pub fn abandon_transaction(&self, db: &Db) -> Result<Position, store::Error> {
-        let (db_ino, journal_ino) = (
-            self.ino(db, FileKind::Database),
-            self.ino(db, FileKind::Journal),
-        );
-        // WAL mode first: the database file is complete only once the WAL
-        // is folded into it, and a rollback journal is only a journal's.
-        self.step_down_wal(db);
-        let result = db.abandon_transaction();
-        self.seal_journal(db, journal_ino);
-        self.active_journals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(db.name());
-        self.invalidate(db_ino, db.name());
-        self.invalidate(journal_ino, db.name());
-        let notifier = self.notifier.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = notifier.as_ref() {
-            let journal = format!("{}{}", db.name(), FileKind::Journal.suffix());
-            if let Err(e) = n.inval_entry(INodeNo(ROOT_INO), OsStr::new(&journal)) {
-                if e.raw_os_error() != Some(libc::ENOENT) {
-                    warn!(
-                        "db {}: cannot invalidate the kernel's entry for {journal}: {e}",
-                        db.name()
-                    );
-                }
-            }
-        }
-        result
-    }
-
-    /// A primary stepping down: a journal open in passthrough (`journal.rs`)
-    /// is sealed like the WAL, so that the connection holding it cannot
-    /// begin a transaction in it on a replica (its header would make the
-    /// journal look hot to every reader here).
-    fn seal_journal(&self, db: &Db, journal_ino: u64) {
-        if !self.passthrough.is_registered(journal_ino) {
-            return;
-        }
-        match db.seal_journal() {
-            Ok(true) => match db.end_sealed_journal() {
-                Ok(false) => {}
-                Ok(true) => warn!(
-                    "db {}: ended a transaction a connection from before the step-down had \
-                     just begun in the journal (nothing of it reached the database)",
-                    db.name()
-                ),
-                Err(e) => warn!(
-                    "db {}: cannot end the transaction begun in the sealed journal: {e}",
-                    db.name()
-                ),
-            },
-            Ok(false) => warn!(
-                "db {}: cannot make the journal read-only (no immutable flag on the data \
-                 directory's file system, or no CAP_LINUX_IMMUTABLE): a connection opened \
-                 while this node was primary could still write to it; close it",
-                db.name()
-            ),
-            Err(e) => warn!("db {}: cannot make the journal read-only: {e}", db.name()),
-        }
-    }
-
-    /// A primary stepping down, for a database in WAL mode: what the WAL
-    /// committed is recorded, then copied into the database file (so the
-    /// replica's applies land on the position), and the WAL sealed against
-    /// connections opened while this node was primary (their writes pass
-    /// through to it, see `Db::seal_wal`); every connection then finds a
-    /// new WAL index (`reset_wal_index`).
-    ///
-    /// Locks, each taken within `STEP_DOWN_WAIT` (past it the step-down
-    /// goes on without, with a WARN): SQLite's WAL write lock, so that no
-    /// transaction is half written meanwhile (a writer's later writes fail
-    /// once the WAL is sealed); then the read-mark locks, so that no read
-    /// transaction is open while pages its snapshot reads from the WAL are
-    /// overwritten in the database file and the WAL emptied. The kernel's
-    /// cached pages of the database file are dropped before the WAL index
-    /// is renewed: a reader finding the new index reads the database file
-    /// alone, and must read the folded pages, not those cached from before.
-    fn step_down_wal(&self, db: &Db) {
-        if !db.wal_path().exists() {
-            return;
-        }
-        let _writer_lock = self.step_down_lock(db, WAL_WRITE_LOCK, 1, "WAL writer");
-        self.wals.catch_up_quietly(db);
-        // A WAL without frames has nothing to fold, so readers need not
-        // wait (no writer can add one while the write lock is held).
-        let has_frames = std::fs::metadata(db.wal_path()).is_ok_and(|m| m.len() > WAL_HEADER_SIZE);
-        let _readers_lock = if has_frames || _writer_lock.is_none() {
-            self.step_down_lock(db, WAL_READ_LOCKS, WAL_READ_LOCK_COUNT, "WAL reader")
-        } else {
-            None
-        };
-        let folded = db.fold_wal();
-        self.wals.reset(db);
-        match folded {
-            Ok(true) => {
-                self.invalidate(self.ino(db, FileKind::Database), db.name());
-                self.invalidate(self.ino(db, FileKind::Wal), db.name());
-                self.reset_wal_index(db);
-                info!(
-                    "db {}: moved the WAL into the database file at step-down",
-                    db.name()
-                );
-            }
-            Ok(false) => {}
-            Err(e) => warn!("db {}: cannot fold the WAL at step-down: {e}", db.name()),
-        }
-        match db.seal_wal() {
-            Ok(true) => {}
-            Ok(false) => warn!(
-                "db {}: cannot make the WAL read-only (no immutable flag on the data \
-                 directory's file system, or no CAP_LINUX_IMMUTABLE): connections opened \
-                 while this node was primary could still write to it; close them",
-                db.name()
-            ),
-            Err(e) => warn!("db {}: cannot make the WAL read-only: {e}", db.name()),
-        }
-    }
-
-    /// SQLite's WAL lock bytes `start..start + len` of `db`'s `-shm`, taken
-    /// through the mount within `STEP_DOWN_WAIT`; `None` (with a WARN) when
-    /// there is no `-shm` or a `holder` keeps them longer. The range is
-    /// taken whole or not at all, so readers are kept out only once it is
-    /// held: from then until the fold ends. The descriptor is the one
-    /// `lock` uses for applies; locks on one open file description never
-    /// conflict, which is safe because no apply runs during a step-down
-    /// (the replica task starts after it).
-    fn step_down_lock(
-        &self,
-        db: &Db,
-        start: i64,
-        len: i64,
-        holder: &str,
-    ) -> Option<DatabaseLock<'_>> {
-        if !db.shm_path().exists() {
-            return None;
-        }
-        let without = |why: String| {
-            warn!(
-                "db {}: step-down without SQLite's {holder} locks: {why}",
-                db.name()
-            );
-            None
-        };
-        let file = match self.mount_file(db, FileKind::Shm) {
-            Ok(file) => file,
-            Err(e) => return without(e),
-        };
-        let deadline = Instant::now() + STEP_DOWN_WAIT;
-        loop {
-            match set_ofd_lock(&file, libc::F_WRLCK, start, len, false) {
-                Ok(true) => {
-                    return Some(DatabaseLock {
-                        applier: self,
-                        db: db.name().to_string(),
-                        key: format!("{}{}", db.name(), FileKind::Shm.suffix()),
-                        file,
-                        start,
-                        len,
-                    })
-                }
-                // F_OFD_SETLKW has no timeout: a connection may keep its
-                // transaction open for ever, and a step-down must end.
-                Ok(false) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Ok(false) => {
-                    return without(format!(
-                        "a {holder} held its transaction for {}s",
-                        STEP_DOWN_WAIT.as_secs()
-                    ))
-                }
-                Err(e) => return without(e.to_string()),
-            }
-        }
-    }
-
     /// Gives a replica's database in WAL mode the empty `-wal` and `-shm`
     /// SQLite's readers need: they cannot create them on a read-only
     /// mount, and open them read-only instead (EROFS for read-write), which
@@ -558,39 +370,10 @@ impl Applier {
         }
     }
 
-    /// On promotion: makes the WAL and journal writable again (`seal.rs`), and
-    /// removes the empty `-wal` and `-shm` a replica gave a
-    /// database that is no longer in WAL mode, so that new connections
-    /// use the rollback journal the header names (with `-wal` present,
-    /// SQLite would open the WAL whatever the header says).
-    pub fn drop_wal_companions(&self, db: &Db) {
-        // Sealed at step-down; the primary's connections write them.
-        if let Err(e) = db.unseal_companions() {
-            warn!(
-                "db {}: cannot make the WAL and journal writable again: {e}",
-                db.name()
-            );
-        }
-        let wal = db.in_wal_mode();
-        let empty = |path: &Path| std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
-        if wal || !empty(db.wal_path()) {
-            return;
-        }
-        for kind in [FileKind::Wal, FileKind::Shm] {
-            let path = match kind {
-                FileKind::Wal => db.wal_path(),
-                _ => db.shm_path(),
-            };
-            if path.exists() && std::fs::remove_file(path).is_ok() {
-                self.invalidate_name(db.name(), kind);
-            }
-        }
-    }
-
     /// Makes connections that keep a WAL index in `-shm` (opened while
     /// this node was primary) drop their cached pages at their next read
     /// transaction (`Db::renew_wal_index_header`).
-    fn reset_wal_index(&self, db: &Db) {
+    pub(super) fn reset_wal_index(&self, db: &Db) {
         // Connections' changes still in the kernel's cached pages of
         // `-shm` reach the file first, so that nothing written back later
         // lands over the renewed header: an fsync through the mount writes
@@ -620,7 +403,7 @@ impl Applier {
     }
 
     /// Drops the kernel's cached entry for `db`'s file of `kind`.
-    fn invalidate_name(&self, db: &str, kind: FileKind) {
+    pub(super) fn invalidate_name(&self, db: &str, kind: FileKind) {
         let notifier = self.notifier.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = notifier.as_ref() {
             let file = format!("{db}{}", kind.suffix());
@@ -633,7 +416,7 @@ impl Applier {
     }
 
     /// Drops the kernel's cached pages and attributes of the database file.
-    fn invalidate(&self, ino: u64, name: &str) {
+    pub(super) fn invalidate(&self, ino: u64, name: &str) {
         let notifier = self.notifier.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = notifier.as_ref() {
             // ENOENT: the kernel has never seen this inode; nothing cached.
@@ -710,7 +493,13 @@ fn lock_waiting(file: &File, start: i64, len: i64, db: &str) -> std::io::Result<
 
 /// F_OFD_SETLK (or F_OFD_SETLKW when `wait`) of a lock of `typ`. Ok(false)
 /// when another holder is in the way and `wait` is false.
-fn set_ofd_lock(file: &File, typ: i32, start: i64, len: i64, wait: bool) -> std::io::Result<bool> {
+pub(super) fn set_ofd_lock(
+    file: &File,
+    typ: i32,
+    start: i64,
+    len: i64,
+    wait: bool,
+) -> std::io::Result<bool> {
     // SAFETY: flock is a plain C struct; all zeroes is a valid value (and
     // l_pid must be 0 for OFD locks).
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
