@@ -20,7 +20,7 @@ mod server;
 mod wire;
 
 pub use client::{
-    run_replica_loop, run_replica_loop_with, stream_from_primary, ApplyFn, DeleteFn, Receivers,
+    run_replica_loop, run_replica_loop_with, stream_from_primary, DeleteFn, ReceiveFn, Receivers,
     RetryOptions,
 };
 pub use server::{

@@ -184,7 +184,7 @@ fn reconnect_delay_caps_the_replica_loops_backoff() {
                     None,
                     &store,
                     &mut litefs::http::Receivers {
-                        apply: &mut |db, p| db.apply_ltx(p),
+                        receive: &mut |db, p| db.apply_ltx(p),
                         delete: &mut |name| store.delete_db(name).map(drop),
                     },
                     &done,

@@ -339,7 +339,7 @@ fn the_replica_loop_reconnects_and_resumes() {
                 None,
                 &replica,
                 &mut Receivers {
-                    apply: &mut |db, p| db.apply_ltx(p),
+                    receive: &mut |db, p| db.apply_ltx(p),
                     delete: &mut |name| replica.delete_db(name).map(drop),
                 },
                 &stop,

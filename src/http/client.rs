@@ -47,7 +47,7 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// The function that takes a received LTX file (at the given path) for a
 /// database, applying or queueing it (which moves it away or copies it),
 /// and returns the database's new received position.
-pub type ApplyFn<'a> = dyn FnMut(&Arc<Db>, &Path) -> Result<Position, store::Error> + 'a;
+pub type ReceiveFn<'a> = dyn FnMut(&Arc<Db>, &Path) -> Result<Position, store::Error> + 'a;
 
 /// The function that deletes a database the primary deleted (given its
 /// name), as `Store::delete_db` does, plus whatever the caller keeps for it.
@@ -55,8 +55,8 @@ pub type DeleteFn<'a> = dyn FnMut(&str) -> Result<(), store::Error> + 'a;
 
 /// What a replica does with what the primary sends.
 pub struct Receivers<'a, 'b> {
-    /// Takes each received LTX file.
-    pub apply: &'b mut ApplyFn<'a>,
+    /// Takes each received LTX file (litefs queues it for its apply thread).
+    pub receive: &'b mut ReceiveFn<'a>,
     /// Deletes a database the primary deleted.
     pub delete: &'b mut DeleteFn<'a>,
 }
@@ -64,7 +64,7 @@ pub struct Receivers<'a, 'b> {
 /// Connects once to the primary at `primary_url` (`http://host:port`),
 /// with the cluster's `token` when there is one, sends the received
 /// position (`Db::received_pos`) of every database in `store`, and hands
-/// every LTX file the primary streams back to `apply` (which must verify
+/// every LTX file the primary streams back to `receive` (which must verify
 /// before it changes anything, as `Db::enqueue_ltx` and `Db::apply_ltx`
 /// do). Databases the primary has
 /// and this node lacks are created. Returns `Ok(())` once `stop` is set
@@ -309,7 +309,7 @@ fn stream_once(
                 return Err(Error::PrimaryError { url, message });
             }
             Some(wire::FRAME_LTX) => {
-                reader.ltx_frame(store, receivers.apply)?;
+                reader.ltx_frame(store, receivers.receive)?;
                 // Stored: a full-disk episode, if any, is over.
                 store.disk().space();
             }
@@ -463,7 +463,7 @@ impl<R: Read> FrameReader<'_, R> {
 
     /// Reads an `L` frame into a temporary file in the database's LTX
     /// directory, applies it, and deletes the temporary file.
-    fn ltx_frame(&mut self, store: &Store, apply: &mut ApplyFn<'_>) -> Result<(), Error> {
+    fn ltx_frame(&mut self, store: &Store, receive: &mut ReceiveFn<'_>) -> Result<(), Error> {
         let name = self.name("an LTX frame")?;
         let mut len = [0u8; 8];
         self.read_exact(&mut len, &format!("the LTX length of database {name}"))?;
@@ -521,7 +521,7 @@ impl<R: Read> FrameReader<'_, R> {
             db: name.clone(),
             source,
         })?;
-        let pos = apply(&db, &tmp.0).map_err(|source| Error::Store {
+        let pos = receive(&db, &tmp.0).map_err(|source| Error::Store {
             db: name.clone(),
             source,
         })?;

@@ -113,7 +113,7 @@ impl ReplicaTask {
                         token.as_deref(),
                         &store,
                         &mut http::Receivers {
-                            apply: &mut enqueue,
+                            receive: &mut enqueue,
                             delete: &mut delete,
                         },
                         stop,

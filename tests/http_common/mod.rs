@@ -138,7 +138,7 @@ impl Client {
                 None,
                 &store,
                 &mut Receivers {
-                    apply: &mut |db, p| db.apply_ltx(p),
+                    receive: &mut |db, p| db.apply_ltx(p),
                     delete: &mut |name| store.delete_db(name).map(drop),
                 },
                 &thread_stop,
