@@ -37,6 +37,7 @@ mod filesystem;
 mod full;
 mod inodes;
 mod journal;
+mod journal_states;
 mod passthrough;
 mod role_change;
 mod sync;
@@ -64,6 +65,7 @@ use crate::cpu_wake::{Awake, CpuWake};
 use crate::sqlite;
 use crate::store::{Db, Store};
 use inodes::{Inodes, LAG_INO, PRIMARY_INO, ROOT_INO};
+use journal_states::JournalStates;
 
 /// How long the kernel may cache names and attributes. Every change on a
 /// primary passes through the kernel, so it stays coherent; a replica
@@ -111,29 +113,9 @@ pub struct LitefsFs {
     inodes: Arc<RwLock<Inodes>>,
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
-    /// Databases whose journal holds a live header: a write transaction is
-    /// under way, and the journal's end will be its commit.
-    active_journals: Arc<Mutex<HashSet<String>>>,
-    /// Databases whose journal ended a recorded transaction (zeroed header
-    /// or truncated) and no new transaction has written its header since.
-    /// SQLite syncs such a journal only so that its end survives a power
-    /// loss, which litefs does not need: the transaction's LTX file is on
-    /// disk already, and a journal that comes back whole after a power
-    /// loss is one whose transaction start-up recovery finds recorded (the
-    /// database's checksum is the newest LTX file's), so it deletes the
-    /// journal instead of rolling it back (`Db::recover_journal`). Such a
-    /// sync is answered without a disk flush (`journal_fsync`); every sync
-    /// before the end (the records, then the header) is a real one.
-    ended_journals: Mutex<HashSet<String>>,
-    /// Databases whose journal SQLite deleted while litefs kept its
-    /// backing file, emptied: shown as absent until SQLite creates it again.
-    hidden_journals: Mutex<HashSet<String>>,
-    /// Databases whose journal was synced with a live header since it was
-    /// opened for writing or its last transaction ended (`journal.rs`).
-    synced_journals: Mutex<HashSet<String>>,
-    /// Databases whose last recorded transaction synced its journal before
-    /// writing the database: their journal may pass through (`journal.rs`).
-    syncing_dbs: Mutex<HashSet<String>>,
+    /// What the mount knows of each database's journal (`journal_states.rs`),
+    /// shared with the `Applier`.
+    journals: Arc<JournalStates>,
     /// Transactions that began unseen in a journal passing through
     /// (`journal.rs`).
     unseen_txns: journal::UnseenTransactions,
@@ -170,7 +152,7 @@ impl LitefsFs {
         // An empty journal, or one with its header zeroed, left by an
         // earlier run is one litefs kept (or SQLite's PERSIST mode left,
         // which SQLite then opens with O_CREAT all the same).
-        let hidden_journals = store
+        let hidden_journals: Vec<String> = store
             .dbs()
             .iter()
             .filter(|db| journal_is_ended(db.journal_path()))
@@ -185,17 +167,13 @@ impl LitefsFs {
             inodes: Arc::new(RwLock::new(Inodes::default())),
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            active_journals: Arc::new(Mutex::new(HashSet::new())),
+            journals: Arc::new(JournalStates::with_hidden(hidden_journals)),
             changed_dirs: Mutex::new(HashSet::new()),
-            ended_journals: Mutex::new(HashSet::new()),
             wals,
             passthrough: Arc::default(),
             notifier: Arc::default(),
             watcher,
             cpu_wake: CpuWake::off(),
-            hidden_journals: Mutex::new(hidden_journals),
-            synced_journals: Mutex::new(HashSet::new()),
-            syncing_dbs: Mutex::new(HashSet::new()),
             unseen_txns: Default::default(),
             no_opendir: false,
             noflush: false,
@@ -225,7 +203,7 @@ impl LitefsFs {
     pub fn applier(&self) -> Applier {
         Applier {
             mount_dir: self.mount_dir.clone(),
-            active_journals: self.active_journals.clone(),
+            journals: self.journals.clone(),
             inodes: self.inodes.clone(),
             notifier: self.notifier.clone(),
             files: Mutex::new(HashMap::new()),
@@ -335,17 +313,17 @@ impl LitefsFs {
     }
 
     fn journal_active(&self, db: &str) -> bool {
-        has_name(&self.active_journals, db)
+        self.journals.get(db).active
     }
 
     /// Notes that `db`'s journal ended a recorded transaction (`ended`), or
     /// that a new transaction wrote its header (`!ended`).
     fn set_journal_ended(&self, db: &str, ended: bool) {
-        set_name(&self.ended_journals, db, ended);
+        self.journals.update(db, |j| j.ended = ended);
     }
 
     fn set_journal_active(&self, db: &str, active: bool) {
-        set_name(&self.active_journals, db, active);
+        self.journals.update(db, |j| j.active = active);
     }
 
     /// Logs a request litefs does not support, at debug and once per kind:
@@ -383,7 +361,7 @@ impl LitefsFs {
 
     /// Whether `db`'s journal is one litefs kept after SQLite deleted it.
     fn journal_hidden(&self, db: &str) -> bool {
-        has_name(&self.hidden_journals, db)
+        self.journals.get(db).hidden
     }
 
     /// SQLite deletes the journal (journal_mode=DELETE) once the
@@ -407,13 +385,13 @@ impl LitefsFs {
         } else {
             journal.write_all_at(&crate::store::hidden_journal_header(), 0)?;
         }
-        set_name(&self.hidden_journals, db.name(), true);
+        self.journals.update(db.name(), |j| j.hidden = true);
         Ok(())
     }
 
     /// SQLite created the journal again: show it.
     fn show_journal(&self, db: &str) {
-        set_name(&self.hidden_journals, db, false);
+        self.journals.update(db, |j| j.hidden = false);
     }
 
     /// The journal is ending: record the transaction before it goes away.
@@ -625,21 +603,6 @@ pub(crate) fn io_errno(e: &std::io::Error) -> Errno {
         Some(libc::EDQUOT) => Errno::ENOSPC,
         Some(code) => Errno::from_i32(code),
         None => Errno::EIO,
-    }
-}
-
-/// Whether the set of database names holds `db`.
-fn has_name(set: &Mutex<HashSet<String>>, db: &str) -> bool {
-    set.lock().unwrap_or_else(|e| e.into_inner()).contains(db)
-}
-
-/// Puts `db` in the set of database names, or takes it out.
-fn set_name(set: &Mutex<HashSet<String>>, db: &str, present: bool) {
-    let mut set = set.lock().unwrap_or_else(|e| e.into_inner());
-    if present {
-        set.insert(db.to_string());
-    } else {
-        set.remove(db);
     }
 }
 

@@ -16,7 +16,7 @@
 //! and a kernel that ignores it has FLUSH turned off (`mount_file`): at a
 //! kill -9 no close of those files can wait for the dying daemon.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -63,7 +63,7 @@ const STALL_WARNING: Duration = Duration::from_secs(5);
 /// see whole transactions only.
 pub struct Applier {
     pub(super) mount_dir: PathBuf,
-    pub(super) active_journals: Arc<Mutex<HashSet<String>>>,
+    pub(super) journals: Arc<super::journal_states::JournalStates>,
     pub(super) inodes: Arc<RwLock<Inodes>>,
     pub(super) notifier: Arc<Mutex<Option<fuser::Notifier>>>,
     /// Each database opened through the mount, by name (see `mount_file`).

@@ -67,7 +67,7 @@ use log::{error, warn};
 
 use super::inodes::FileKind;
 use super::passthrough::Backing;
-use super::{has_name, set_name, LitefsFs};
+use super::LitefsFs;
 use crate::sqlite::{
     read_journal_head, read_journal_head_from, JOURNAL_HEADER_SIZE, JOURNAL_MAGIC,
 };
@@ -90,7 +90,7 @@ impl LitefsFs {
     /// `db`'s last recorded transaction synced its journal before writing
     /// the database (see the module comment).
     pub(super) fn journal_may_pass_through(&self, db: &Db) -> bool {
-        has_name(&self.syncing_dbs, db.name())
+        self.journals.get(db.name()).syncing_db
     }
 
     /// The backing file of `db`'s journal while some handle holds it open
@@ -150,14 +150,16 @@ impl LitefsFs {
 
     /// A transaction began in `db`'s journal (its header was written).
     pub(super) fn journal_began(&self, db: &str) {
-        self.set_journal_ended(db, false);
-        self.set_journal_active(db, true);
+        self.journals.update(db, |j| {
+            j.ended = false;
+            j.active = true;
+        });
     }
 
     /// `db`'s journal was opened for writing: a transaction is about to
     /// begin in it, and has synced nothing yet.
     pub(super) fn journal_opened_for_writing(&self, db: &str) {
-        set_name(&self.synced_journals, db, false);
+        self.journals.update(db, |j| j.synced = false);
     }
 
     /// An fsync of `db`'s journal on the primary. With a live header it is
@@ -167,7 +169,7 @@ impl LitefsFs {
     /// fail, the header is put back, so that the transaction is rolled
     /// back (SQLite's COMMIT fails) rather than left in the file
     /// unrecorded. Returns whether the disk flush may be skipped: the
-    /// journal ended a recorded transaction (`ended_journals`) and is
+    /// journal ended a recorded transaction (`JournalState::ended`) and is
     /// still as that end left it, empty or its header all zeros (a new
     /// transaction's first header in `synchronous=FULL` has only its magic
     /// zeroed, until its records are synced).
@@ -175,8 +177,10 @@ impl LitefsFs {
         let mut unseen = self.unseen_txns.lock().unwrap_or_else(|e| e.into_inner());
         let head = journal_header(db, backing);
         if is_live(&head) {
-            set_name(&self.synced_journals, db.name(), true);
-            self.set_journal_ended(db.name(), false);
+            self.journals.update(db.name(), |j| {
+                j.synced = true;
+                j.ended = false;
+            });
             return Ok(false);
         }
         if let Err(e) = self.commit(db) {
@@ -193,7 +197,7 @@ impl LitefsFs {
             return Err(e);
         }
         unseen.remove(db.name());
-        Ok(has_name(&self.ended_journals, db.name()) && head == [0u8; JOURNAL_HEADER_SIZE])
+        Ok(self.journals.get(db.name()).ended && head == [0u8; JOURNAL_HEADER_SIZE])
     }
 
     /// A handle of `db`'s journal that passed through was closed: a
@@ -220,11 +224,12 @@ impl LitefsFs {
     /// written, not a rollback): whether this transaction synced its
     /// journal decides whether the next one's may pass through.
     pub(super) fn journal_committed(&self, db: &str, recorded: bool) {
-        let synced = has_name(&self.synced_journals, db);
-        set_name(&self.synced_journals, db, false);
-        if recorded {
-            set_name(&self.syncing_dbs, db, synced);
-        }
+        self.journals.update(db, |j| {
+            if recorded {
+                j.syncing_db = j.synced;
+            }
+            j.synced = false;
+        });
     }
 }
 

@@ -40,10 +40,7 @@ impl Applier {
         self.step_down_wal(db);
         let result = db.abandon_transaction();
         self.seal_journal(db, journal_ino);
-        self.active_journals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(db.name());
+        self.journals.update(db.name(), |j| j.active = false);
         self.invalidate(db_ino, db.name());
         self.invalidate(journal_ino, db.name());
         let notifier = self.notifier.lock().unwrap_or_else(|e| e.into_inner());

@@ -241,16 +241,11 @@ impl LitefsFs {
                     super::apply::forget_names(&notifier, &name, &companions);
                 });
                 self.wals.forget_db(db.name());
-                for set in [
-                    &self.hidden_journals,
-                    &self.ended_journals,
-                    &self.changed_dirs,
-                    &*self.active_journals,
-                ] {
-                    set.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(db.name());
-                }
+                self.journals.forget(db.name());
+                self.changed_dirs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(db.name());
                 Ok(())
             }
             Err(e) => {
