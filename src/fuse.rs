@@ -58,7 +58,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fuser::{Errno, FileAttr, FileHandle, FileType, INodeNo};
+use fuser::{Errno, FileAttr, FileHandle, FileType, INodeNo, InitFlags, KernelConfig};
 use log::{debug, info, warn};
 
 use crate::cpu_wake::{Awake, CpuWake};
@@ -102,6 +102,28 @@ struct Handle {
     /// For a database written without SQLite: the staging file `file`
     /// is (`copy_in.rs`).
     copy_in: Option<copy_in::CopyIn>,
+}
+
+impl Handle {
+    /// A handle of `db`'s file of `kind`: `file` is None for `-pos`;
+    /// `opened` says how the kernel opened it (`passthrough.rs`).
+    fn new(
+        db: Arc<Db>,
+        kind: FileKind,
+        file: Option<File>,
+        opened: Option<passthrough::Opened>,
+    ) -> Handle {
+        let (backing, direct) = passthrough::Opened::split(opened);
+        Handle {
+            db,
+            kind,
+            file,
+            backing,
+            direct: Mutex::new(direct),
+            not_handed: AtomicU64::new(0),
+            copy_in: None,
+        }
+    }
 }
 
 /// The litefs file system.
@@ -324,6 +346,54 @@ impl LitefsFs {
 
     fn set_journal_active(&self, db: &str, active: bool) {
         self.journals.update(db, |j| j.active = active);
+    }
+
+    /// Asks the kernel, at INIT, for what the mount uses of FUSE, and
+    /// notes what it granted.
+    fn negotiate(&mut self, config: &mut KernelConfig) {
+        self.no_opendir = config
+            .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+            .is_ok();
+        // O_TRUNC reaches open and create with their handle (a copy-in's
+        // truncate must reach its staging file), not as a SETATTR without
+        // one.
+        if config
+            .add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC)
+            .is_err()
+        {
+            warn!("this kernel's FUSE has no atomic O_TRUNC; cp over a database fails");
+        }
+        // FOPEN_NOFLUSH came with FUSE 7.35 (`copy_in.rs`).
+        let abi = config.kernel_abi();
+        self.noflush = abi.0 > 7 || (abi.0 == 7 && abi.1 >= 35);
+        if !self.noflush {
+            warn!(
+                "this kernel's FUSE ({}.{}) predates FOPEN_NOFLUSH (Linux 5.19): a database \
+                 written without SQLite (cp) is committed just after its writer closes it, \
+                 not before close() returns",
+                abi.0, abi.1
+            );
+        }
+        // The primary's WAL and journals pass through (`passthrough.rs`). Depth 2 lets
+        // the data directory itself be on a stacked file system (overlayfs).
+        if self.passthrough.refused() {
+            info!("fuse.passthrough is false: the WAL's and journals' writes go through litefs");
+            return;
+        }
+        let passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(2).is_ok();
+        self.passthrough.set_enabled(passthrough);
+        if !passthrough {
+            info!(
+                "the kernel offers no FUSE passthrough; the WAL's and journals' writes go \
+                 through litefs (slower; Linux 6.9 or later has it)"
+            );
+        }
+        // FUSE_POSIX_LOCKS is deliberately not asked for: the kernel keeps
+        // SQLite's POSIX locks itself, with no round trip to litefs per
+        // lock, and wakes waiters on every unlock, downgrade, close and
+        // exit. litefs takes the locks it needs through the mount (see
+        // `Applier`).
     }
 
     /// Logs a request litefs does not support, at debug and once per kind:

@@ -233,13 +233,8 @@ impl LitefsFs {
 /// The handle of a copy-in of `db`, writing to the staging `file`.
 pub(super) fn copy_in_handle(db: Arc<Db>, file: File, copy_in: CopyIn) -> Handle {
     Handle {
-        db,
-        kind: FileKind::Database,
-        file: Some(file),
-        backing: None,
-        direct: Mutex::new(None),
-        not_handed: AtomicU64::new(0),
         copy_in: Some(copy_in),
+        ..Handle::new(db, FileKind::Database, Some(file), None)
     }
 }
 

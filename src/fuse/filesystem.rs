@@ -4,15 +4,13 @@
 use std::ffi::OsStr;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
 use std::time::SystemTime;
 
 use fuser::{
-    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use log::{debug, error, info, warn};
 
@@ -25,49 +23,7 @@ use super::{
 
 impl Filesystem for LitefsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        self.no_opendir = config
-            .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
-            .is_ok();
-        // O_TRUNC reaches open and create with their handle (a copy-in's
-        // truncate must reach its staging file), not as a SETATTR without
-        // one.
-        if config
-            .add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC)
-            .is_err()
-        {
-            warn!("this kernel's FUSE has no atomic O_TRUNC; cp over a database fails");
-        }
-        // FOPEN_NOFLUSH came with FUSE 7.35 (`copy_in.rs`).
-        let abi = config.kernel_abi();
-        self.noflush = abi.0 > 7 || (abi.0 == 7 && abi.1 >= 35);
-        if !self.noflush {
-            warn!(
-                "this kernel's FUSE ({}.{}) predates FOPEN_NOFLUSH (Linux 5.19): a database \
-                 written without SQLite (cp) is committed just after its writer closes it, \
-                 not before close() returns",
-                abi.0, abi.1
-            );
-        }
-        // The primary's WAL and journals pass through (`passthrough.rs`). Depth 2 lets
-        // the data directory itself be on a stacked file system (overlayfs).
-        if self.passthrough.refused() {
-            info!("fuse.passthrough is false: the WAL's and journals' writes go through litefs");
-            return Ok(());
-        }
-        let passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-            && config.set_max_stack_depth(2).is_ok();
-        self.passthrough.set_enabled(passthrough);
-        if !passthrough {
-            info!(
-                "the kernel offers no FUSE passthrough; the WAL's and journals' writes go \
-                 through litefs (slower; Linux 6.9 or later has it)"
-            );
-        }
-        // FUSE_POSIX_LOCKS is deliberately not asked for: the kernel keeps
-        // SQLite's POSIX locks itself, with no round trip to litefs per
-        // lock, and wakes waiters on every unlock, downgrade, close and
-        // exit. litefs takes the locks it needs through the mount (see
-        // `Applier`).
+        self.negotiate(config);
         Ok(())
     }
 
@@ -333,15 +289,7 @@ impl Filesystem for LitefsFs {
             if wants_write(flags) {
                 return reply.error(Errno::EACCES);
             }
-            return match self.add_handle(Handle {
-                db,
-                kind,
-                file: None,
-                backing: None,
-                direct: Mutex::new(None),
-                not_handed: AtomicU64::new(0),
-                copy_in: None,
-            }) {
+            return match self.add_handle(Handle::new(db, kind, None, None)) {
                 Ok(fh) => reply.opened(fh, self.without_flush(FopenFlags::FOPEN_DIRECT_IO)),
                 Err(e) => reply.error(e),
             };
@@ -376,16 +324,9 @@ impl Filesystem for LitefsFs {
         }
         let (open_flags, opened) =
             self.open_mode(&db, kind, flags, &file, |f| reply.open_backing(f));
-        let (backing, direct) = super::passthrough::Opened::split(opened);
-        match self.add_handle(Handle {
-            db,
-            kind,
-            file: Some(file),
-            backing: backing.clone(),
-            direct: Mutex::new(direct),
-            not_handed: AtomicU64::new(0),
-            copy_in: None,
-        }) {
+        let handle = Handle::new(db, kind, Some(file), opened);
+        let backing = handle.backing.clone();
+        match self.add_handle(handle) {
             Ok(fh) => reply.opened_with(
                 fh,
                 self.without_flush(open_flags),
@@ -791,16 +732,9 @@ impl Filesystem for LitefsFs {
         }
         let (open_flags, opened) =
             self.open_mode(&db, kind, flags, &file, |f| reply.open_backing(f));
-        let (backing, direct) = super::passthrough::Opened::split(opened);
-        match self.add_handle(Handle {
-            db,
-            kind,
-            file: Some(file),
-            backing: backing.clone(),
-            direct: Mutex::new(direct),
-            not_handed: AtomicU64::new(0),
-            copy_in: None,
-        }) {
+        let handle = Handle::new(db, kind, Some(file), opened);
+        let backing = handle.backing.clone();
+        match self.add_handle(handle) {
             Ok(fh) => reply.created_with(
                 &TTL,
                 &attr,
