@@ -184,11 +184,18 @@ impl WalFollowers {
     pub fn before_frames_go(&self, db: &Db) -> Result<bool, Errno> {
         let follower = self.follower(db);
         let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
-        self.read_and_record(db, &mut f)
+        self.record_and_sync(db, &mut f)?;
+        Ok(f.cursor.is_some() || db.in_wal_mode())
+    }
+
+    /// Records every transaction committed in `db`'s WAL, then syncs the
+    /// LTX files: what must hold before frames can leave the WAL. `f` is
+    /// the follower, locked.
+    fn record_and_sync(&self, db: &Db, f: &mut WalFollower) -> Result<(), Errno> {
+        self.read_and_record(db, f)
             .map_err(|stopped| stopped.errno)?;
         db.sync_wal_ltx()
-            .map_err(|e| store_errno(&self.store, db, "cannot sync LTX files", &e))?;
-        Ok(f.cursor.is_some() || db.in_wal_mode())
+            .map_err(|e| store_errno(&self.store, db, "cannot sync LTX files", &e))
     }
 
     /// Reads `db`'s WAL from where `f` stopped and records each commit.
@@ -369,10 +376,7 @@ impl WalFollowers {
     pub fn going(&self, db: &Db, go: impl FnOnce() -> Result<(), Errno>) -> Result<(), Errno> {
         let follower = self.follower(db);
         let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
-        self.read_and_record(db, &mut f)
-            .map_err(|stopped| stopped.errno)?;
-        db.sync_wal_ltx()
-            .map_err(|e| store_errno(&self.store, db, "cannot sync LTX files", &e))?;
+        self.record_and_sync(db, &mut f)?;
         go()?;
         f.forget(db);
         Ok(())
