@@ -28,7 +28,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="$ROOT/.local/sqlite-tests"
 FIXTURE="$WORK/testfixture"
-PER_FILE_TIMEOUT=300
+# Seconds per test file; SQLITE_TESTS_TIMEOUT overrides (a loaded machine).
+PER_FILE_TIMEOUT="${SQLITE_TESTS_TIMEOUT:-300}"
 
 say() { printf 'sqlite-tests: %s\n' "$*" >&2; }
 die() { printf 'sqlite-tests: error: %s\n' "$*" >&2; exit 1; }
