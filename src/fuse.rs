@@ -6,10 +6,11 @@
 //! super-journal `<name>-mjXXXXXXXXX` while SQLite has one), backed by
 //! `dbs/<name>/...` in the data directory, plus the read-only `<name>-pos`
 //! (the position; opened by name, never listed, so a glob or `cp mnt/*`
-//! copies only what SQLite made). At the root, `.lag` holds a replica's lag in seconds
-//! (`0` on the primary) and `.primary`, on a replica that knows its
-//! primary, the primary's hostname. `-pos`, `.lag` and `.primary` are
-//! made at each read (direct I/O, no page cache), so they are current.
+//! copies only what SQLite made). At the root, `.lag` holds a replica's
+//! lag in seconds (`0` on the primary) and `.primary`, on a replica that
+//! knows its primary, the primary's hostname. `-pos`, `.lag` and
+//! `.primary` are made at each read (direct I/O, no page cache), so they
+//! are current.
 //!
 //! On the primary, database writes are checked and their pages noted dirty
 //! (`writes.rs`). In the rollback-journal modes the end of the journal
