@@ -506,6 +506,27 @@ impl LitefsFs {
         Ok(self.file_attr(ino, &md))
     }
 
+    /// How long the kernel may keep the attributes of `db`'s file of
+    /// `kind`: `TTL`, but not at all for a replica's database file. That
+    /// file changes behind the kernel (each apply writes the backing file),
+    /// and SQLite sizes the database with fstat at the start of each read
+    /// transaction, under its SHARED lock. Each apply invalidates the
+    /// kernel's cached attributes before it releases its locks, yet a
+    /// reader has been seen answered from cached attributes older than
+    /// the pages it then read (the header of page 1 naming 93 pages, fstat
+    /// 92, with no round trip to litefs: "database disk image is
+    /// malformed", about once in 7 million reads under load; where the
+    /// stale attributes come from is not known). Uncached, every fstat
+    /// asks litefs, which answers what the backing file holds under the
+    /// reader's lock; it costs a round trip per read transaction.
+    fn attr_ttl(&self, kind: FileKind) -> Duration {
+        if kind == FileKind::Database && !self.role.is_primary() {
+            Duration::ZERO
+        } else {
+            TTL
+        }
+    }
+
     fn file_attr(&self, ino: u64, md: &Metadata) -> FileAttr {
         FileAttr {
             ino: INodeNo(ino),

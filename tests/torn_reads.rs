@@ -10,7 +10,9 @@ mod common;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use common::{assert_identical, replica_yaml, sqlite3_ok, temp_dir, wait_caught_up, Node};
+use common::{
+    assert_identical, fuse_ops, replica_yaml, sqlite3_ok, temp_dir, wait_caught_up, Node,
+};
 
 /// Commits per journal mode.
 const COMMITS: usize = 3_000;
@@ -208,4 +210,39 @@ fn readers_see_whole_transactions_in_persist_mode() {
 #[test]
 fn readers_see_whole_transactions_in_wal_mode() {
     readers_see_whole_transactions("WAL");
+}
+
+/// SQLite sizes the database with fstat at the start of every read
+/// transaction, under its SHARED lock; on a replica the file changes behind
+/// the kernel, so the kernel may cache none of its attributes: each fstat
+/// reaches litefs, which answers what the file holds then. (Cached, a
+/// reader under load was once answered a size older than the page 1 it
+/// read: "database disk image is malformed".) On the primary, whose writes
+/// go through the kernel, they are cached.
+#[test]
+fn every_fstat_of_a_replicas_database_reaches_litefs() {
+    const STATS: u64 = 50;
+    let dir = temp_dir("torn-fstat");
+    let primary = Node::start_in(&dir.path().join("primary"), "");
+    let replica = Node::start_in(&dir.path().join("replica"), &replica_yaml(&primary));
+    sqlite3_ok(&primary.db("t.db"), "CREATE TABLE t(x);");
+    wait_caught_up(&primary, &replica, "t.db");
+    let getattrs = |node: &Node| {
+        let file = std::fs::File::open(node.db("t.db")).unwrap();
+        let before = fuse_ops(node, "getattr");
+        for _ in 0..STATS {
+            file.metadata().unwrap();
+        }
+        fuse_ops(node, "getattr") - before
+    };
+    let on_replica = getattrs(&replica);
+    assert!(
+        on_replica >= STATS,
+        "{STATS} fstats on the replica sent litefs {on_replica} GETATTRs"
+    );
+    let on_primary = getattrs(&primary);
+    assert!(
+        on_primary < STATS / 2,
+        "{STATS} fstats on the primary sent litefs {on_primary} GETATTRs: cached, they should not"
+    );
 }

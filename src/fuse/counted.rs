@@ -61,6 +61,19 @@ impl Counted<ReplyEntry> {
     pub(super) fn entry(self, ttl: &Duration, attr: &FileAttr, generation: Generation) {
         self.reply.entry(ttl, attr, generation)
     }
+
+    /// An entry whose attributes are cached for `attr_ttl`, its name for
+    /// `entry_ttl`.
+    pub(super) fn entry_with_ttls(
+        self,
+        attr_ttl: &Duration,
+        entry_ttl: &Duration,
+        attr: &FileAttr,
+        generation: Generation,
+    ) {
+        self.reply
+            .entry_with_ttls(attr_ttl, entry_ttl, attr, generation)
+    }
 }
 
 impl Counted<ReplyAttr> {

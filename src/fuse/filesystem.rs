@@ -55,7 +55,7 @@ impl Filesystem for LitefsFs {
         };
         let ino = self.ino(&db, kind);
         match self.attr(ino, &db, kind) {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Ok(attr) => reply.entry_with_ttls(&self.attr_ttl(kind), &TTL, &attr, Generation(0)),
             Err(Errno::ENOENT) if kind != FileKind::Database => {
                 // An absent companion (`-journal`, `-wal`, `-shm`): SQLite
                 // asks for it at every read transaction. A negative entry
@@ -101,7 +101,7 @@ impl Filesystem for LitefsFs {
             };
         };
         match self.attr(ino.0, &db, kind) {
-            Ok(attr) => reply.attr(&TTL, &attr),
+            Ok(attr) => reply.attr(&self.attr_ttl(kind), &attr),
             Err(e) => reply.error(e),
         }
     }

@@ -651,6 +651,12 @@ pub fn kill9_during_writes(
 /// `litefs_fuse_operations_total{op="write"}` of the node's `/metrics`:
 /// the writes that reached litefs (none of those that pass through).
 pub fn fuse_writes(node: &Node) -> u64 {
+    fuse_ops(node, "write")
+}
+
+/// `litefs_fuse_operations_total{op="<op>"}` of the node's `/metrics`: the
+/// requests of that kind the kernel sent litefs.
+pub fn fuse_ops(node: &Node, op: &str) -> u64 {
     let url = format!("http://127.0.0.1:{}/metrics", node.port);
     let body = ureq::get(&url)
         .call()
@@ -658,8 +664,9 @@ pub fn fuse_writes(node: &Node) -> u64 {
         .body_mut()
         .read_to_string()
         .unwrap();
+    let series = format!("litefs_fuse_operations_total{{op=\"{op}\"}} ");
     body.lines()
-        .find_map(|l| l.strip_prefix("litefs_fuse_operations_total{op=\"write\"} "))
+        .find_map(|l| l.strip_prefix(series.as_str()))
         .map_or(0, |v| v.trim().parse().unwrap())
 }
 
