@@ -10,9 +10,8 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
-
 use fuser::INodeNo;
+use log::{info, warn};
 
 use super::apply::{set_ofd_lock, Applier, DatabaseLock, WAL_READ_LOCKS, WAL_READ_LOCK_COUNT};
 use super::inodes::{FileKind, ROOT_INO};
