@@ -404,10 +404,16 @@ impl Store {
     }
 }
 
-/// Checks that `name` can be a database name: not empty, at most 255 bytes,
-/// no `/`, NUL or control character, not `.`, `..`, `.primary` or `.lag`,
-/// and not ending with `-journal`, `-wal`, `-shm` or `-pos` (the names of
-/// companion files).
+/// The longest database name: 255 bytes (the kernel's limit for a name)
+/// less the longest suffix of a companion, a super-journal's
+/// `-mjXXXXXXXXX`, so that SQLite can name every file it makes beside it.
+pub const MAX_DB_NAME_LEN: usize = 255 - "-mjXXXXXXXXX".len();
+
+/// Checks that `name` can be a database name: not empty, at most
+/// `MAX_DB_NAME_LEN` bytes, no `/`, NUL or control character, not `.`,
+/// `..`, `.primary` or `.lag`, and not the name of a companion file (ending
+/// with `-journal`, `-wal`, `-shm` or `-pos`, or a super-journal's
+/// `-mj` and 9 hex digits).
 pub fn validate_name(name: &str) -> Result<(), Error> {
     let invalid = |reason: &str| {
         Err(Error::InvalidName {
@@ -418,8 +424,14 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
     if name.is_empty() {
         return invalid("the name is empty");
     }
-    if name.len() > 255 {
-        return invalid("the name is longer than 255 bytes");
+    if name.len() > MAX_DB_NAME_LEN {
+        return Err(Error::InvalidName {
+            name: name.to_string(),
+            reason: format!(
+                "the name is longer than {MAX_DB_NAME_LEN} bytes (SQLite's companion files add up \
+                 to 12 bytes to it, and a file name holds at most 255)"
+            ),
+        });
     }
     if name.contains('/') || name.contains('\0') {
         return invalid("the name contains '/' or a NUL byte");
@@ -431,6 +443,9 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
     }
     if RESERVED_NAMES.contains(&name) {
         return invalid("the name is reserved by the mount");
+    }
+    if crate::sqlite::split_super_journal_name(name).is_some() {
+        return invalid("the name is a super-journal's (`<database>-mj` and 9 hex digits)");
     }
     if let Some(suffix) = RESERVED_SUFFIXES.iter().find(|s| name.ends_with(*s)) {
         return Err(Error::InvalidName {

@@ -407,10 +407,17 @@ fn database_names_are_validated() {
         "x-wal",
         "x-shm",
         "x-pos",
+        "x.db-mj0000029AB",
+        &"a".repeat(store::MAX_DB_NAME_LEN + 1),
     ] {
         let err = store.create_db(bad).unwrap_err();
         assert!(matches!(err, Error::InvalidName { .. }), "{bad}: {err}");
     }
+    // The longest name leaves room for every companion's suffix.
+    let longest = "a".repeat(store::MAX_DB_NAME_LEN);
+    store.create_db(&longest).unwrap();
+    assert_eq!(format!("{longest}-mj0000029AB").len(), 255);
+    store.create_db("x.db-mj").unwrap();
     store.create_db("my.db").unwrap();
     assert!(store.db("my.db").is_some());
     assert!(store.db("other").is_none());
