@@ -12,7 +12,7 @@
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -209,10 +209,15 @@ fn write_snapshot_as_database(reader: impl io::Read, path: &Path, url: &str) -> 
             ),
         });
     }
+    // A new file of its own: whatever is at the temporary name (a copy left
+    // by a killed export, or a symlink planted to redirect the write) is
+    // removed, not followed, and a name that reappears meanwhile fails the
+    // export (O_EXCL, O_NOFOLLOW).
+    let _ = fs::remove_file(path);
     let out = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(file_error)?;
     let page_size = header.page_size;

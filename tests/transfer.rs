@@ -242,6 +242,22 @@ fn export_writes_a_verified_copy_from_any_node() {
         let sum = litefs_cli(&["ltx", "checksum", out_file.to_str().unwrap()]);
         assert_eq!(String::from_utf8_lossy(&sum.stdout).trim(), checksum);
     }
+    // A symlink planted at the temporary name is not followed.
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"keep me").unwrap();
+    let out_file = dir.path().join("linked.db");
+    std::os::unix::fs::symlink(&victim, dir.path().join("linked.db.litefs-export.tmp")).unwrap();
+    let out = litefs_cli(&[
+        "export",
+        "-name",
+        "e.db",
+        "-config",
+        config(&primary),
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    assert_eq!(sqlite3_ok(&out_file, "SELECT count(*) FROM t;"), "500\n");
     // Unknown database, wrong token: refused, nothing written.
     let nothing = dir.path().join("nothing.db");
     let out = litefs_cli(&[
