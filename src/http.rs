@@ -37,6 +37,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::logging::escape_controls;
 use crate::store;
 
 /// An error of the replication server or client; each says which address,
@@ -129,7 +130,7 @@ impl fmt::Display for Error {
                 url,
                 status,
                 message,
-            } => write!(f, "{url} answered {status}: {message}"),
+            } => write!(f, "{url} answered {status}: {}", escape_controls(message)),
             Error::Protocol { url, reason } => {
                 write!(f, "bad replication stream from {url}: {reason}")
             }
@@ -142,7 +143,11 @@ impl fmt::Display for Error {
                 idle.as_secs()
             ),
             Error::PrimaryError { url, message } => {
-                write!(f, "{url} ended the replication stream: {message}")
+                write!(
+                    f,
+                    "{url} ended the replication stream: {}",
+                    escape_controls(message)
+                )
             }
             Error::Closed { url } => {
                 write!(f, "{url} closed the replication stream without a reason")

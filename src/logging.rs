@@ -118,6 +118,25 @@ fn build(log: &LogConfig, fuse: &FuseConfig) -> env_logger::Logger {
     builder.build()
 }
 
+/// `text` from outside litefs (a peer's error message, a response body)
+/// made safe for one log line: its control characters (newlines among
+/// them) escaped as Rust escapes them, so that it cannot forge or break
+/// lines; anything else as it is.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +155,15 @@ mod tests {
         assert_eq!(
             default_filter(&log, &fuse),
             "info,rustls=error,litefs=debug,fuser=debug,litefs::fuse=debug"
+        );
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        assert_eq!(escape_controls("not the primary"), "not the primary");
+        assert_eq!(
+            escape_controls("bad\n[2026-12-07T00:00:00Z ERROR x] forged\r\u{1b}[31m é"),
+            "bad\\n[2026-12-07T00:00:00Z ERROR x] forged\\r\\u{1b}[31m é"
         );
     }
 }

@@ -94,7 +94,11 @@ impl fmt::Display for Error {
                 url,
                 status,
                 message,
-            } => write!(f, "{url} refused ({status}): {message}"),
+            } => write!(
+                f,
+                "{url} refused ({status}): {}",
+                crate::logging::escape_controls(message)
+            ),
             Error::Damaged { url, reason } => {
                 write!(f, "{url}: the snapshot received is damaged: {reason}")
             }

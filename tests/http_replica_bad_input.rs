@@ -229,7 +229,7 @@ fn malformed_frames_are_refused_with_a_reason() {
     // and sent.
     let mut garbage = b"L\x00\x05ghost\x00\x00\x00\x00\x00\x00\x00\xc8".to_vec();
     garbage.extend_from_slice(&[0x5a; 200]);
-    let cases: [(&[u8], &str); 8] = [
+    let cases: [(&[u8], &str); 9] = [
         // A frame header for a new database and 3 bytes, then silence.
         (
             b"L\x00\x05ghost\x00\x00\x00\x00\x00\x00\x00\xc8abc",
@@ -253,6 +253,11 @@ fn malformed_frames_are_refused_with_a_reason() {
         (
             b"E\x00\x0fnot the primary",
             "ended the replication stream: not the primary",
+        ),
+        // A message that would forge a log line is kept on one.
+        (
+            b"E\x00\x10a\n[ERROR] forged",
+            "ended the replication stream: a\\n[ERROR] forged",
         ),
     ];
     for (frames, want) in cases {
