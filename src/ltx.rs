@@ -31,6 +31,10 @@ pub const HEADER_SIZE: usize = 100;
 pub const TRAILER_SIZE: usize = 16;
 /// Bit 63, set on every database and file checksum.
 pub const CHECKSUM_FLAG: u64 = 1 << 63;
+/// The largest TXID a header, file name or position may hold: one less
+/// than `u64::MAX`, so that the TXID after any valid one (`txid + 1`,
+/// computed throughout) is a number, never a wrap to 0.
+pub const MAX_TXID: u64 = u64::MAX - 1;
 /// Size of the `pgno` field in front of each page.
 pub const PAGE_HEADER_SIZE: usize = 4;
 
@@ -219,6 +223,12 @@ impl Header {
             return invalid(format!(
                 "min TXID {:016x} is after max TXID {:016x}",
                 self.min_txid, self.max_txid
+            ));
+        }
+        if self.max_txid > MAX_TXID {
+            return invalid(format!(
+                "max TXID {:016x} is past the largest TXID, {MAX_TXID:016x}",
+                self.max_txid
             ));
         }
         if self.is_snapshot() && self.pre_apply_checksum != 0 {
@@ -717,7 +727,7 @@ pub fn parse_filename(name: &str) -> Option<(u64, u64)> {
     let (min, max) = stem.split_once('-')?;
     let min_txid = parse_txid_hex(min)?;
     let max_txid = parse_txid_hex(max)?;
-    if min_txid == 0 || min_txid > max_txid {
+    if min_txid == 0 || min_txid > max_txid || max_txid > MAX_TXID {
         return None;
     }
     Some((min_txid, max_txid))

@@ -447,6 +447,16 @@ fn header_validation_rules() {
             },
             "after max TXID",
         ),
+        // A snapshot ending at 2^64-1: the next commit could not be numbered.
+        (
+            Header {
+                min_txid: 1,
+                max_txid: u64::MAX,
+                pre_apply_checksum: 0,
+                ..good
+            },
+            "past the largest TXID",
+        ),
         (
             Header {
                 min_txid: 1,
@@ -625,11 +635,13 @@ fn filename_round_trip_and_garbage() {
         (1, 1),
         (5, 9),
         (0xabc, 0xabc),
-        (1, u64::MAX),
-        (u64::MAX, u64::MAX),
+        (1, u64::MAX - 1),
+        (u64::MAX - 1, u64::MAX - 1),
     ] {
         assert_eq!(parse_filename(&filename(min, max)), Some((min, max)));
     }
+    // Past the largest TXID: its successor would wrap to 0.
+    assert_eq!(parse_filename(&filename(1, u64::MAX)), None);
     for bad in [
         "",
         ".ltx",

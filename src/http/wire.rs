@@ -89,11 +89,13 @@ pub fn parse_positions(body: &[u8]) -> Result<BTreeMap<String, Position>, String
     Ok(positions)
 }
 
-/// Parses `%016x/%016x` (either case of hex digits).
+/// Parses `%016x/%016x` (either case of hex digits), a TXID of at most
+/// `ltx::MAX_TXID`.
 pub fn parse_position(s: &str) -> Option<Position> {
     let (txid, checksum) = s.split_once('/')?;
+    let txid = parse_hex16(txid).filter(|t| *t <= ltx::MAX_TXID)?;
     Some(Position {
-        txid: parse_hex16(txid)?,
+        txid,
         checksum: parse_hex16(checksum)?,
     })
 }
@@ -245,7 +247,7 @@ mod tests {
     #[test]
     fn bad_positions_name_the_line() {
         let ok = "0000000000000001/8000000000000000 x\n";
-        let cases: [(&[u8], &str); 7] = [
+        let cases: [(&[u8], &str); 8] = [
             (b"\xff\n", "not UTF-8"),
             (b"garbage\n", "line 1: expected"),
             (
@@ -262,6 +264,11 @@ mod tests {
             ),
             (b"0000000000000001/8000000000000000 \n", "line 1: invalid"),
             (b"\n\n", "line 1: expected"),
+            // The replica's next TXID would wrap to 0.
+            (
+                b"ffffffffffffffff/8000000000000000 x\n",
+                "line 1: the position",
+            ),
         ];
         for (body, want) in cases {
             let err = parse_positions(body).unwrap_err();
