@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Output;
 
 use common::{
     assert_identical, litefs_cli, output_text, replica_yaml, sqlite3_ok, temp_dir, txid,
@@ -17,6 +18,18 @@ fn config(node: &Node) -> &str {
 }
 
 /// A plain SQLite file (not on any mount) made by the sqlite3 CLI.
+/// `litefs <verb> -name NAME -config CONFIG FILE` (`import` or `export`).
+fn transfer(verb: &str, name: &str, config: &str, file: &Path) -> Output {
+    litefs_cli(&[
+        verb,
+        "-name",
+        name,
+        "-config",
+        config,
+        file.to_str().unwrap(),
+    ])
+}
+
 fn make_file(path: &Path, sql: &str) {
     let _ = std::fs::remove_file(path);
     sqlite3_ok(path, sql);
@@ -36,14 +49,7 @@ fn import_replaces_a_database_in_one_replicated_transaction() {
     );
 
     // A new database.
-    let out = litefs_cli(&[
-        "import",
-        "-name",
-        "new.db",
-        "-config",
-        config(&primary),
-        file.to_str().unwrap(),
-    ]);
+    let out = transfer("import", "new.db", config(&primary), &file);
     assert!(out.status.success(), "{}", output_text(&out));
     assert!(
         output_text(&out).contains("imported new.db"),
@@ -106,14 +112,7 @@ fn import_replaces_a_database_in_one_replicated_transaction() {
     );
 
     // On a replica: refused, naming the primary.
-    let out = litefs_cli(&[
-        "import",
-        "-name",
-        "new.db",
-        "-config",
-        config(&replica),
-        file.to_str().unwrap(),
-    ]);
+    let out = transfer("import", "new.db", config(&replica), &file);
     assert!(!out.status.success());
     assert!(
         output_text(&out).contains("replica") && output_text(&out).contains("primary-host"),
@@ -150,14 +149,7 @@ fn bad_files_are_refused_and_change_nothing() {
         (&truncated, "not a whole number"),
         (&dir.path().join("missing.db"), "No such file"),
     ] {
-        let out = litefs_cli(&[
-            "import",
-            "-name",
-            "a.db",
-            "-config",
-            config(&primary),
-            file.to_str().unwrap(),
-        ]);
+        let out = transfer("import", "a.db", config(&primary), file);
         assert!(!out.status.success(), "{}", file.display());
         assert!(
             output_text(&out).contains(why),
@@ -173,14 +165,7 @@ fn bad_files_are_refused_and_change_nothing() {
     // and stays in WAL mode.
     let wal = dir.path().join("wal.db");
     make_file(&wal, "PRAGMA journal_mode=WAL; CREATE TABLE w(x);");
-    let out = litefs_cli(&[
-        "import",
-        "-name",
-        "w.db",
-        "-config",
-        config(&primary),
-        wal.to_str().unwrap(),
-    ]);
+    let out = transfer("import", "w.db", config(&primary), &wal);
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(
         sqlite3_ok(
@@ -228,14 +213,7 @@ fn export_writes_a_verified_copy_from_any_node() {
     let checksum = primary.pos("e.db")[17..33].to_string();
     for node in [&primary, &replica] {
         let out_file = dir.path().join(format!("copy-{}.db", node.port));
-        let out = litefs_cli(&[
-            "export",
-            "-name",
-            "e.db",
-            "-config",
-            config(node),
-            out_file.to_str().unwrap(),
-        ]);
+        let out = transfer("export", "e.db", config(node), &out_file);
         assert!(out.status.success(), "{}", output_text(&out));
         assert_eq!(sqlite3_ok(&out_file, "PRAGMA integrity_check;"), "ok\n");
         assert_eq!(sqlite3_ok(&out_file, "SELECT count(*) FROM t;"), "500\n");
@@ -247,27 +225,13 @@ fn export_writes_a_verified_copy_from_any_node() {
     std::fs::write(&victim, b"keep me").unwrap();
     let out_file = dir.path().join("linked.db");
     std::os::unix::fs::symlink(&victim, dir.path().join("linked.db.litefs-export.tmp")).unwrap();
-    let out = litefs_cli(&[
-        "export",
-        "-name",
-        "e.db",
-        "-config",
-        config(&primary),
-        out_file.to_str().unwrap(),
-    ]);
+    let out = transfer("export", "e.db", config(&primary), &out_file);
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
     assert_eq!(sqlite3_ok(&out_file, "SELECT count(*) FROM t;"), "500\n");
     // Unknown database, wrong token: refused, nothing written.
     let nothing = dir.path().join("nothing.db");
-    let out = litefs_cli(&[
-        "export",
-        "-name",
-        "nope.db",
-        "-config",
-        config(&primary),
-        nothing.to_str().unwrap(),
-    ]);
+    let out = transfer("export", "nope.db", config(&primary), &nothing);
     assert!(!out.status.success());
     assert!(
         output_text(&out).contains("no database nope.db"),
