@@ -69,12 +69,20 @@ impl JournalStates {
     /// Changes `db`'s journal state with `change`, under the lock.
     pub(super) fn update(&self, db: &str, change: impl FnOnce(&mut JournalState)) {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        let mut state = states.get(db).copied().unwrap_or_default();
-        change(&mut state);
-        if state == JournalState::default() {
-            states.remove(db);
-        } else {
-            states.insert(db.to_string(), state);
+        match states.get_mut(db) {
+            Some(state) => {
+                change(state);
+                if *state == JournalState::default() {
+                    states.remove(db);
+                }
+            }
+            None => {
+                let mut state = JournalState::default();
+                change(&mut state);
+                if state != JournalState::default() {
+                    states.insert(db.to_string(), state);
+                }
+            }
         }
     }
 
