@@ -31,6 +31,14 @@
 #   scripts/bench.sh --lag [--readers N] [--txns N]
 #       Only the replication lag: a primary and a replica, then mode `lag`
 #       with N reader processes on the replica (default 4). About 30 s.
+#   scripts/bench.sh --catch-up
+#       Only whether a replica keeps up: a primary and a replica, then mode
+#       `catch-up` (one client committing single-row transactions as fast
+#       as it can): 10,000 in WAL (NORMAL), 3,000 in DELETE (FULL), and
+#       10,000 in WAL with 4 reader processes on the replica. Prints each
+#       run's commit rate and how long after the last COMMIT the replica
+#       reached it (the target: under 2 s). Also part of the default run.
+#       About a minute.
 #   scripts/bench.sh --failover [--runs N]
 #       A Consul dev agent (.local/consul, from scripts/setup.sh) and two
 #       Consul-leased nodes; clean handoff and crash failover times, median
@@ -47,6 +55,7 @@ root=$(pwd -P)
 failover=false
 speedtest_only=false
 lag_only=false
+catch_up_only=false
 lag_readers=4
 rounds=3        # speedtest1 rounds (--rounds also goes to bench single, replica-reads)
 st_size=25      # speedtest1 --size
@@ -58,6 +67,7 @@ while [ "$#" -gt 0 ]; do
     --failover) failover=true; shift ;;
     --speedtest) speedtest_only=true; shift ;;
     --lag) lag_only=true; shift ;;
+    --catch-up) catch_up_only=true; shift ;;
     --readers) lag_readers=${2:?$1 needs a value}; shift 2 ;;
     --rounds) rounds=${2:?$1 needs a value}; single_args+=("$1" "$2"); shift 2 ;;
     --size) st_size=${2:?$1 needs a value}; shift 2 ;;
@@ -66,7 +76,7 @@ while [ "$#" -gt 0 ]; do
     --runs) failover_args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) echo "usage: scripts/bench.sh [--writes N] [--rows N] [--rounds N] [--txns N] [--size N]" \
-         "| --speedtest [--rounds N] [--size N] | --lag [--readers N] [--txns N]" \
+         "| --speedtest [--rounds N] [--size N] | --lag [--readers N] [--txns N] | --catch-up" \
          "| --failover [--runs N]" >&2
        exit 2 ;;
   esac
@@ -79,7 +89,7 @@ timeout 1800 cargo build --release --quiet --bin litefs --example bench --exampl
 # speedtest1, built once into .local (downloads Debian's sqlite3 source the
 # first time). Without it the default run goes on without that section.
 speedtest1=""
-if ! $failover && ! $lag_only; then
+if ! $failover && ! $lag_only && ! $catch_up_only; then
   if speedtest1=$(timeout 1800 scripts/speedtest1.sh --quiet | tail -n 1) && [ -x "$speedtest1" ]; then :
   elif $speedtest_only; then
     echo "bench: scripts/speedtest1.sh failed; cannot run speedtest1" >&2; exit 1
@@ -374,6 +384,27 @@ start_replica() {
   replica_pid=$node_pid
 }
 
+# The catch-up runs (mode `catch-up`), on the primary and replica running.
+catch_up_runs() {
+  local run
+  for run in "wal 10000 0" "delete 3000 0" "wal 10000 4"; do
+    set -- $run
+    bounded 600 target/release/examples/bench catch-up \
+      --primary "$work/primary/mnt" --primary-port "$primary_port" \
+      --replica "$work/replica/mnt" --replica-port "$replica_port" \
+      --pid "$primary_pid" --replica-pid "$replica_pid" \
+      --journal "$1" --txns "$2" --readers "$3"
+    echo
+  done
+}
+
+if $catch_up_only; then
+  start_primary
+  start_replica
+  catch_up_runs
+  exit
+fi
+
 if $lag_only; then
   start_primary
   start_replica
@@ -435,6 +466,8 @@ if ! $failover; then
   # plain directory.
   bounded 900 target/release/examples/bench writer-under-readers \
     --plain "$work/plain" --readers 4 "${lag_args[@]}"
+  echo
+  catch_up_runs
   status=0
   if $speedtest_failed; then echo "bench: speedtest1 failed (see above)" >&2; status=1; fi
   if $replica_reads_failed; then echo "bench: bench replica-reads failed (see above)" >&2; status=1; fi

@@ -1,6 +1,7 @@
-//! The LTX file format: one file per transaction (or a snapshot of a whole
-//! database). The format is shared with other LTX tools and must not
-//! change; ARCHITECTURE.md ("LTX file") lays out every field.
+//! The LTX file format: one file per transaction, a run of consecutive
+//! transactions (`merge.rs`), or a snapshot of a whole database. The
+//! format is shared with other LTX tools and must not change;
+//! ARCHITECTURE.md ("LTX file") lays out every field.
 //!
 //! A file is a 100-byte header, a block of page frames (`pgno` + page) in
 //! strictly ascending page order ended by a zero `pgno`, and a 16-byte
@@ -22,6 +23,10 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+mod merge;
+
+pub use merge::merge;
 
 /// The four bytes every LTX file starts with.
 pub const MAGIC: &[u8; 4] = b"LTX1";

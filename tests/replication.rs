@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    assert_identical, count_in_log, http_request, replica_yaml, sqlite3, sqlite3_ok, temp_dir,
-    wait_caught_up, wait_for, Node, Rng, CATCH_UP,
+    assert_identical, assert_replay_identical, count_in_log, http_request, replica_yaml, sqlite3,
+    sqlite3_ok, temp_dir, txid, wait_caught_up, wait_for, Node, Rng, CATCH_UP,
 };
 
 /// A primary and `n` replicas under one temp dir.
@@ -269,6 +269,7 @@ fn a_killed_replica_catches_up_from_its_own_position() {
     wait_caught_up(&primary, replica, "k.db");
     let snapshots_before = count_in_log(&primary, "sending a snapshot");
 
+    let before = txid(replica, "k.db");
     replica.kill9();
     for i in 2..20 {
         sqlite3_ok(&db, &format!("INSERT INTO t VALUES({i});"));
@@ -276,6 +277,15 @@ fn a_killed_replica_catches_up_from_its_own_position() {
     replica.restart();
     wait_caught_up(&primary, replica, "k.db");
     assert_identical(&primary, replica, "k.db");
+    assert_replay_identical(replica, "k.db");
+    // What it lacked came as one file, the 18 transactions merged.
+    let newest = replica.ltx_files("k.db").pop().unwrap();
+    let name = newest.file_name().unwrap().to_str().unwrap();
+    assert_eq!(
+        litefs::ltx::parse_filename(name),
+        Some((before + 1, before + 18)),
+        "{name}"
+    );
     assert_eq!(
         sqlite3_ok(&replica.db("k.db"), "SELECT count(*) FROM t;"),
         "19\n"

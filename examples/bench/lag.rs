@@ -11,7 +11,7 @@ use super::node_info::info;
 use super::{open, print_peak_rss, Args, CATCH_UP_DEADLINE, POLL, TXN_DEADLINE};
 
 /// The TXID in a `<name>-pos` file (`%016x/%016x\n`).
-fn read_txid(pos_file: &Path) -> Result<u64, String> {
+pub(crate) fn read_txid(pos_file: &Path) -> Result<u64, String> {
     let text = std::fs::read_to_string(pos_file)
         .map_err(|e| format!("reading {}: {e}", pos_file.display()))?;
     let txid = text.split('/').next().unwrap_or_default();
@@ -158,13 +158,13 @@ fn measure_lag(args: &Args) -> Result<Vec<Lag>, String> {
 /// Reader processes (this program in `reader` mode) querying the replica
 /// in a tight loop, each on one persistent connection; stopped and checked
 /// when dropped.
-struct Readers {
+pub(crate) struct Readers {
     stop: PathBuf,
     children: Vec<std::process::Child>,
 }
 
 impl Readers {
-    fn start(args: &Args, db: &Path) -> Result<Readers, String> {
+    pub(crate) fn start(args: &Args, db: &Path) -> Result<Readers, String> {
         let stop = std::env::temp_dir().join(format!("litefs-bench-stop-{}", std::process::id()));
         let _ = std::fs::remove_file(&stop);
         let exe = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;

@@ -12,6 +12,8 @@
 //! bench lag --primary DIR --primary-port PORT --replica DIR --replica-port PORT
 //!           [--pid PID] [--replica-pid PID] [--txns N] [--readers N]
 //! bench writer-under-readers --plain DIR [--readers N] [--txns N]
+//! bench catch-up --primary DIR --primary-port PORT --replica DIR --replica-port PORT
+//!           [--txns N] [--readers N] [--journal delete|wal]
 //! ```
 //!
 //! `single` prints, for the mount and the plain directory, single-row write
@@ -33,17 +35,21 @@
 //! with readers: SQLite's own writer on a plain directory, committing
 //! single-row transactions while the same reader processes query its
 //! database; it times each commit (what readers delay it by is what they
-//! would delay any writer by).
+//! would delay any writer by). `catch-up` commits as fast as one client
+//! can and times how long the replica takes to reach the last commit
+//! (`catch_up.rs`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
+mod catch_up;
 mod lag;
 #[path = "../common/node_info.rs"]
 mod node_info;
 
+use catch_up::catch_up;
 use lag::{lag, reader, wait_caught_up, writer_under_readers};
 
 /// How often the replica is polled while waiting for a transaction.
@@ -87,6 +93,8 @@ const USAGE: &str =
        bench lag --primary DIR --primary-port PORT --replica DIR --replica-port PORT \
 [--pid PID] [--replica-pid PID] [--txns N] [--readers N] [--journal delete|wal]
        bench writer-under-readers --plain DIR [--readers N] [--txns N]
+       bench catch-up --primary DIR --primary-port PORT --replica DIR --replica-port PORT \
+[--txns N] [--readers N] [--journal delete|wal]
        bench reader --db FILE --stop FILE";
 
 fn parse_args() -> Result<Args, String> {
@@ -140,7 +148,7 @@ fn parse_args() -> Result<Args, String> {
                 || args.plain.as_os_str().is_empty()
                 || args.rounds == 0
         }
-        "lag" => {
+        "lag" | "catch-up" => {
             args.primary.as_os_str().is_empty()
                 || args.replica.as_os_str().is_empty()
                 || args.primary_port == 0
@@ -572,6 +580,7 @@ fn main() {
         "reader" => reader(&args),
         "replica-reads" => replica_reads(&args),
         "writer-under-readers" => writer_under_readers(&args),
+        "catch-up" => catch_up(&args),
         _ => lag(&args),
     };
     if let Err(e) = result {

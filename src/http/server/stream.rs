@@ -130,7 +130,7 @@ impl Out {
     }
 
     /// Sends an `L` frame with the `len` bytes of `file`.
-    fn send_ltx(&mut self, name: &str, file: &mut File, len: u64) -> Result<(), End> {
+    fn send_ltx(&mut self, name: &str, file: &mut impl Read, len: u64) -> Result<(), End> {
         self.writer.write_all(&wire::ltx_frame_header(name, len))?;
         let mut buf = vec![0u8; COPY_BUFFER];
         let mut left = len;
@@ -202,6 +202,42 @@ impl Drop for TempFile {
 
 /// Gives every temporary snapshot of this process its own name.
 pub(super) static SNAPSHOT_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The most LTX files sent merged as one (`send_files_after`).
+const MERGE_MAX_FILES: usize = 4096;
+/// The most bytes of LTX files merged into one, which is held in memory.
+const MERGE_MAX_BYTES: u64 = 16 << 20;
+
+/// Finds a database's LTX file by its min TXID. A primary's commits are
+/// one-TXID files, so the next file is found by name with one stat; the
+/// directory (which may hold a retention period's worth of files) is
+/// listed only when that fails, e.g. for a snapshot's 1-N file, and then
+/// only once.
+struct NextFiles<'a> {
+    db: &'a Db,
+    listing: Option<BTreeMap<u64, PathBuf>>,
+}
+
+impl NextFiles<'_> {
+    fn find(&mut self, min_txid: u64) -> Result<Option<PathBuf>, End> {
+        let single = self.db.ltx_dir().join(ltx::filename(min_txid, min_txid));
+        if single.exists() {
+            return Ok(Some(single));
+        }
+        if self.listing.is_none() {
+            let files = self
+                .db
+                .ltx_files()
+                .map_err(|err| End::Fatal(err.to_string()))?;
+            self.listing = Some(files.into_iter().map(|(min, _, p)| (min, p)).collect());
+        }
+        Ok(self
+            .listing
+            .as_ref()
+            .and_then(|l| l.get(&min_txid))
+            .cloned())
+    }
+}
 
 /// What `send_files_after` did.
 enum Chain {
@@ -311,66 +347,90 @@ impl Stream<'_> {
 
     /// Sends the chain of LTX files starting at the replica's TXID + 1 while
     /// each one's pre-apply checksum is the checksum the replica will have.
+    /// A run of several files ready at once goes as one merged file (up to
+    /// `MERGE_MAX_FILES` files and `MERGE_MAX_BYTES`; see `ltx/merge.rs`),
+    /// so a replica that is behind catches up with one receive and one
+    /// apply per run instead of one per transaction.
     fn send_files_after(&mut self, db: &Db, replica: Position) -> Result<Chain, End> {
         let name = db.name();
-        // A primary's commits are one-TXID files, so the next file is
-        // found by name with one stat; the directory (which may hold a
-        // retention period's worth of files) is listed only when that
-        // fails, e.g. for a snapshot's 1-N file, and then only once.
-        let mut listing: Option<BTreeMap<u64, PathBuf>> = None;
+        let mut next_files = NextFiles { db, listing: None };
         let mut pos = replica;
         let mut sent = 0;
         loop {
-            let next = pos.txid + 1;
-            let single = db.ltx_dir().join(ltx::filename(next, next));
-            let path = if single.exists() {
-                single
-            } else {
-                if listing.is_none() {
-                    let files = db.ltx_files().map_err(|err| End::Fatal(err.to_string()))?;
-                    listing = Some(files.into_iter().map(|(min, _, p)| (min, p)).collect());
-                }
-                match listing.as_ref().and_then(|l| l.get(&next)) {
-                    Some(path) => path.clone(),
-                    None => break,
-                }
-            };
-            let path = &path;
-            let (header, trailer) = match ltx::read_header_and_trailer(path) {
-                Ok(found) => found,
-                Err(err) => {
+            let mut run: Vec<(File, u64)> = Vec::new();
+            let mut run_bytes = 0;
+            let mut run_pos = pos;
+            while run.len() < MERGE_MAX_FILES {
+                let next = run_pos.txid + 1;
+                let Some(path) = next_files.find(next)? else {
+                    break;
+                };
+                let path = &path;
+                let (header, trailer) = match ltx::read_header_and_trailer(path) {
+                    Ok(found) => found,
+                    Err(err) => {
+                        return Ok(Chain::Broken(format!(
+                            "cannot read the LTX file for TXID {next:016x}: {err}"
+                        )))
+                    }
+                };
+                if header.pre_apply_checksum != run_pos.checksum {
                     return Ok(Chain::Broken(format!(
-                        "cannot read the LTX file for TXID {next:016x}: {err}"
-                    )))
+                        "{} starts from checksum {:016x}, not {:016x}: the replica's history \
+                         differs from the primary's",
+                        path.display(),
+                        header.pre_apply_checksum,
+                        run_pos.checksum
+                    )));
                 }
-            };
-            if header.pre_apply_checksum != pos.checksum {
-                return Ok(Chain::Broken(format!(
-                    "{} starts from checksum {:016x}, not {:016x}: the replica's history \
-                     differs from the primary's",
-                    path.display(),
-                    header.pre_apply_checksum,
-                    pos.checksum
-                )));
+                let opened = File::open(path).and_then(|f| f.metadata().map(|m| (f, m.len())));
+                let (file, len) = match opened {
+                    Ok(opened) => opened,
+                    Err(err) => {
+                        return Ok(Chain::Broken(format!(
+                            "cannot open {}: {err}",
+                            path.display()
+                        )))
+                    }
+                };
+                if !run.is_empty() && run_bytes + len > MERGE_MAX_BYTES {
+                    break;
+                }
+                run_bytes += len;
+                run.push((file, len));
+                run_pos = Position {
+                    txid: header.max_txid,
+                    checksum: trailer.post_apply_checksum,
+                };
             }
-            let opened = File::open(path).and_then(|f| f.metadata().map(|m| (f, m.len())));
-            let (mut file, len) = match opened {
-                Ok(opened) => opened,
-                Err(err) => {
+            let files = run.len();
+            if files == 0 {
+                break;
+            }
+            if files == 1 {
+                let (mut file, len) = run.remove(0);
+                self.out.send_ltx(name, &mut file, len)?;
+            } else {
+                let mut merged = Vec::with_capacity(run_bytes as usize);
+                let inputs = run
+                    .into_iter()
+                    .map(|(file, _)| io::BufReader::with_capacity(COPY_BUFFER, file))
+                    .collect();
+                if let Err(err) = ltx::merge(inputs, &mut merged) {
                     return Ok(Chain::Broken(format!(
-                        "cannot open {}: {err}",
-                        path.display()
-                    )))
+                        "cannot merge the {files} LTX files after TXID {:016x}: {err}",
+                        pos.txid
+                    )));
                 }
-            };
-            self.out.send_ltx(name, &mut file, len)?;
-            pos = Position {
-                txid: header.max_txid,
-                checksum: trailer.post_apply_checksum,
-            };
+                let len = merged.len() as u64;
+                self.out.send_ltx(name, &mut merged.as_slice(), len)?;
+            }
+            pos = run_pos;
             self.replica.insert(name.to_string(), pos);
-            self.shared.ltx_files_sent.fetch_add(1, Ordering::SeqCst);
-            sent += 1;
+            self.shared
+                .ltx_files_sent
+                .fetch_add(files as u64, Ordering::SeqCst);
+            sent += files;
         }
         if sent > 0 {
             log::debug!(
