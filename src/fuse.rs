@@ -39,6 +39,7 @@ mod full;
 mod inodes;
 mod journal;
 mod journal_states;
+pub mod mount_helper;
 mod passthrough;
 mod role_change;
 mod sync;
@@ -148,6 +149,9 @@ pub struct LitefsFs {
     passthrough: Arc<passthrough::Passthrough>,
     /// The mount's notifier once it is up, shared with the `Applier`.
     notifier: Arc<Mutex<Option<fuser::Notifier>>>,
+    /// What litefs asks of its own mount goes through this helper
+    /// process (`mount_helper.rs`), shared with every `Applier`.
+    mount_helper: Arc<mount_helper::MountHelper>,
     /// Wakes on writes to the primary's WALs (`watch.rs`).
     watcher: watch::WalWatcher,
     /// The request for awake CPUs while databases are written
@@ -195,6 +199,7 @@ impl LitefsFs {
             wals,
             passthrough: Arc::default(),
             notifier: Arc::default(),
+            mount_helper: Arc::default(),
             watcher,
             cpu_wake: CpuWake::off(),
             unseen_txns: Default::default(),
@@ -232,6 +237,7 @@ impl LitefsFs {
             files: Mutex::new(HashMap::new()),
             wals: self.wals.clone(),
             passthrough: self.passthrough.clone(),
+            helper: self.mount_helper.clone(),
         }
     }
 
@@ -725,6 +731,14 @@ fn journal_is_ended(path: &Path) -> bool {
 /// reports the calling thread's id, so look it up among our tasks.
 fn is_own_thread(tid: u32) -> bool {
     Path::new(&format!("/proc/self/task/{tid}")).exists()
+}
+
+impl LitefsFs {
+    /// Whether the request came from litefs itself: one of its threads, or
+    /// its mount helper (`mount_helper.rs`).
+    fn is_litefs(&self, pid: u32) -> bool {
+        self.mount_helper.is_helper(pid) || is_own_thread(pid)
+    }
 }
 
 fn name_str(name: &OsStr) -> Result<&str, Errno> {

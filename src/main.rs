@@ -84,6 +84,9 @@ fn main() -> ExitCode {
     // The defaults until the config says otherwise (`log:`).
     litefs::logging::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(litefs::fuse::mount_helper::HELPER_ARG) {
+        return litefs::fuse::mount_helper::serve();
+    }
     let command = match parse_args(&args) {
         Ok(command) => command,
         Err(message) => {

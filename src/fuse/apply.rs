@@ -11,8 +11,9 @@
 //! before a step-down gets a fresh index header after each apply
 //! (`reset_wal_index`).
 //!
-//! litefs holds files of its own mount open for these locks. Their opens
-//! say FOPEN_NOFLUSH (so does every open but a copy-in's, `copy_in.rs`),
+//! litefs holds files of its own mount open for these locks, opened by
+//! its mount helper (`mount_helper.rs`: no thread of litefs may wait on a
+//! request to its own mount). Their opens say FOPEN_NOFLUSH (so does every open but a copy-in's, `copy_in.rs`),
 //! and a kernel that ignores it has FLUSH turned off (`mount_file`): at a
 //! kill -9 no close of those files can wait for the dying daemon.
 
@@ -73,6 +74,9 @@ pub struct Applier {
     pub(super) wals: Arc<super::wal_follower::WalFollowers>,
     /// The mount's passthrough registrations: is a journal open in it?
     pub(super) passthrough: Arc<super::passthrough::Passthrough>,
+    /// Makes the requests litefs needs of its own mount (opens, fsyncs of
+    /// `-shm`), so that no thread of litefs waits on its own mount.
+    pub(super) helper: Arc<super::mount_helper::MountHelper>,
 }
 
 /// The locks that keep SQLite's readers out of one database while litefs
@@ -211,23 +215,19 @@ impl Applier {
                 .map_err(|e| format!("cannot create {}: {e}", db.database_path().display()))?;
         }
         let on_mount = self.mount_dir.join(&name);
-        // One open and close first: on a kernel that ignores FOPEN_NOFLUSH
-        // its FLUSH, answered ENOSYS, turns FLUSH off for the mount, so
-        // closing the file kept open below can never wait on this process
-        // (at a kill -9 it would, forever).
-        drop(File::open(&on_mount));
-        // Read-write: a write lock needs a descriptor open for writing. The
-        // mount lets litefs's own process open a replica's file so.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&on_mount)
-            .map_err(|e| {
-                format!(
-                    "cannot open {} to take SQLite's locks: {e}",
-                    on_mount.display()
-                )
-            })?;
+        // Opened by the mount helper (`mount_helper.rs`), which first
+        // opens and closes it once: on a kernel that ignores FOPEN_NOFLUSH
+        // that FLUSH, answered ENOSYS, turns FLUSH off for the mount, so
+        // closing the file kept open here can never wait on this process
+        // (at a kill -9 it would, forever). Read-write: a write lock needs
+        // a descriptor open for writing. The mount lets litefs's own
+        // helper open a replica's file so.
+        let file = self.helper.open_rw(&on_mount).map_err(|e| {
+            format!(
+                "cannot open {} to take SQLite's locks: {e}",
+                on_mount.display()
+            )
+        })?;
         let file = Arc::new(file);
         files.insert(name, file.clone());
         Ok(file)
@@ -389,7 +389,7 @@ impl Applier {
         let ino = self.ino(db, FileKind::Shm);
         match self.mount_file(db, FileKind::Shm) {
             Ok(file) => {
-                if let Err(e) = file.sync_all() {
+                if let Err(e) = self.helper.fsync(&file) {
                     warn!("db {}: cannot write the WAL index back: {e}", db.name());
                 }
             }

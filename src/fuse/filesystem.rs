@@ -17,8 +17,8 @@ use log::{debug, error, info, warn};
 use super::counted::{Counted, FuseOp};
 use super::inodes::{parse_name, FileKind, ROOT_INO};
 use super::{
-    io_errno, is_own_thread, is_special, journal_on_disk_is_live, name_str, path_of, pos_text,
-    slice_at, special_ino, wants_write, Handle, LitefsFs, NEGATIVE_TTL, SPECIAL_FILES, TTL,
+    io_errno, is_special, journal_on_disk_is_live, name_str, path_of, pos_text, slice_at,
+    special_ino, wants_write, Handle, LitefsFs, NEGATIVE_TTL, SPECIAL_FILES, TTL,
 };
 
 impl Filesystem for LitefsFs {
@@ -294,10 +294,10 @@ impl Filesystem for LitefsFs {
                 Err(e) => reply.error(e),
             };
         }
-        // litefs's own process opens a replica's database read-write to
+        // litefs (through its mount helper) opens a replica's database read-write to
         // take SQLite's write locks while applying (`Applier`); it writes
         // nothing through that descriptor.
-        if wants_write(flags) && !self.role.is_primary() && !is_own_thread(req.pid()) {
+        if wants_write(flags) && !self.role.is_primary() && !self.is_litefs(req.pid()) {
             return reply.error(self.read_only_error("write access", db.name()));
         }
         if super::copy_in::is_copy_in(kind, flags) {

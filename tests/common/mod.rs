@@ -178,9 +178,14 @@ impl Node {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
+                // A thread stuck in a request to its own mount keeps a
+                // killed litefs from exiting until its FUSE connection is
+                // aborted: abort it, so the test ends and cleans up.
+                let aborted = abort_fuse_connection(&self.mount);
                 let _ = child.wait();
                 panic!(
-                    "litefs did not exit after signal {signal}; log:\n{}",
+                    "litefs did not exit after signal {signal} (FUSE connection aborted: \
+                     {aborted:?}); log:\n{}",
                     self.log_text()
                 );
             }
@@ -309,6 +314,27 @@ impl Drop for Node {
 /// (a stale mount from a crash cannot), and, checked after that, it is on
 /// another device than its parent (the bare directory is not). In that
 /// order, a stale mount being replaced can never pass for a live one.
+/// Aborts the FUSE connection of the mount at `mount` through fusectl
+/// (mounted on /sys/fs/fuse/connections if it is not yet).
+pub fn abort_fuse_connection(mount: &Path) -> Result<(), String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+    let target = mount.to_str().ok_or("mount path is not UTF-8")?;
+    let dev = mountinfo
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.len() > 4 && f[4] == target)
+        .map(|f| f[2].to_string())
+        .ok_or_else(|| format!("{target} is not mounted"))?;
+    let minor = dev.split(':').nth(1).ok_or("no minor device number")?;
+    let connections = Path::new("/sys/fs/fuse/connections");
+    if std::fs::read_dir(connections).map_or(true, |mut d| d.next().is_none()) {
+        let _ = Command::new("mount")
+            .args(["-t", "fusectl", "none", "/sys/fs/fuse/connections"])
+            .status();
+    }
+    std::fs::write(connections.join(minor).join("abort"), "1").map_err(|e| e.to_string())
+}
+
 pub fn is_live_mount(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     // Read an entry: opening the directory alone never reaches litefs.
