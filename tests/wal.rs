@@ -1,6 +1,7 @@
 //! WAL mode on a real mount: every transaction SQLite commits to the WAL
-//! becomes exactly one LTX file whose chain replays byte-identical to the
-//! checkpointed database; rollbacks and checkpoints make no TXID; mode
+//! gets exactly one TXID (one LTX file each when recorded one at a time,
+//! a run of them in one file when they come in a burst), and the chain
+//! replays byte-identical to the checkpointed database; rollbacks and checkpoints make no TXID; mode
 //! switches are one transaction each; kill -9 loses nothing acknowledged.
 //! Needs root and /dev/fuse.
 
@@ -34,15 +35,20 @@ fn checkpoint_truncate(conn: &Connection) {
 /// exactly the number of transactions that changed the database (0 or 1:
 /// a step that must commit makes exactly one), and the newest LTX file
 /// holds that one transaction alone.
-fn random_workload(node: &Node, db: &str, synchronous: &str, rng: &mut Rng) {
+fn random_workload(node: &Node, db: &str, synchronous: &str, rng: &mut Rng, burst: bool) {
     let path = node.db(db);
     let conn = open(&path, synchronous);
     let other = open(&path, synchronous);
-    conn.execute_batch("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v BLOB, n INT);")
-        .unwrap();
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v BLOB, n INT);
+         CREATE TABLE IF NOT EXISTS u(k INTEGER PRIMARY KEY, x INT);
+         INSERT OR IGNORE INTO u VALUES(1, 100);",
+    )
+    .unwrap();
+    let mut total = txid(node, db);
     for step in 0..60 {
-        let before = txid(node, db);
-        let expected = match rng.next() % 10 {
+        let before = if burst { total } else { txid(node, db) };
+        let expected = match rng.next() % 11 {
             0 => {
                 // Larger than the page cache (20 pages): spills mid-transaction.
                 conn.execute_batch(
@@ -89,6 +95,15 @@ fn random_workload(node: &Node, db: &str, synchronous: &str, rng: &mut Rng) {
                     .unwrap();
                 u64::from(updated > 0)
             }
+            7 => {
+                // Writes a page back with what it held: a commit in the
+                // WAL that changes nothing gets no TXID.
+                // (Values of one size: each UPDATE overwrites the cell in
+                // place, so the page ends as it began.)
+                conn.execute_batch("BEGIN; UPDATE u SET x = 101; UPDATE u SET x = 100; COMMIT;")
+                    .unwrap();
+                0
+            }
             _ => {
                 conn.execute(
                     "INSERT INTO t(v, n) VALUES(randomblob(?1), 1)",
@@ -98,13 +113,18 @@ fn random_workload(node: &Node, db: &str, synchronous: &str, rng: &mut Rng) {
                 1
             }
         };
+        total = before + expected;
+        if burst && step % 15 != 14 {
+            // Steps back to back: the mount records what it finds of them
+            // at once, several in one LTX file.
+            continue;
+        }
         let after = txid(node, db);
         assert_eq!(
-            after,
-            before + expected,
+            after, total,
             "step {step}: TXID {before} -> {after}, expected +{expected}"
         );
-        if expected == 1 {
+        if expected == 1 && !burst {
             let files = node.ltx_files(db);
             let (header, _) = litefs::ltx::read_header_and_trailer(files.last().unwrap()).unwrap();
             assert_eq!(
@@ -128,12 +148,23 @@ fn random_workload(node: &Node, db: &str, synchronous: &str, rng: &mut Rng) {
 }
 
 #[test]
-fn wal_transactions_become_one_ltx_file_each_and_replay_identical() {
+fn wal_transactions_get_one_txid_each_and_replay_identical() {
     let dir = temp_dir("wal-random");
     let node = Node::start_in(dir.path(), "");
     let mut rng = Rng::from_clock("wal workload");
-    random_workload(&node, "normal.db", "NORMAL", &mut rng);
-    random_workload(&node, "full.db", "FULL", &mut rng);
+    random_workload(&node, "normal.db", "NORMAL", &mut rng, false);
+    random_workload(&node, "full.db", "FULL", &mut rng, false);
+    random_workload(&node, "burst.db", "NORMAL", &mut rng, true);
+    let files = node.ltx_files("burst.db");
+    let shared = files
+        .iter()
+        .filter_map(|f| litefs::ltx::parse_filename(f.file_name()?.to_str()?))
+        .filter(|(min, max)| min < max)
+        .count();
+    println!(
+        "burst.db: {shared} of {} LTX files hold several transactions",
+        files.len()
+    );
     assert_eq!(node.pos("full.db"), newest_ltx_pos(&node, "full.db"));
     // Nothing failed on the way.
     let log = node.log_text();
@@ -262,8 +293,8 @@ fn without_passthrough_wal_transactions_are_recorded_the_same_way() {
     let mut node = Node::start_in(dir.path(), NO_PASSTHROUGH);
     assert!(node.log_text().contains("fuse.passthrough is false"));
     let mut rng = Rng::from_clock("wal workload without passthrough");
-    random_workload(&node, "normal.db", "NORMAL", &mut rng);
-    random_workload(&node, "full.db", "FULL", &mut rng);
+    random_workload(&node, "normal.db", "NORMAL", &mut rng, false);
+    random_workload(&node, "full.db", "FULL", &mut rng, false);
     assert!(!node.log_text().contains("ERROR"));
     sqlite3_ok(
         &node.db("k.db"),

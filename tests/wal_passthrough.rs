@@ -1,6 +1,6 @@
 //! FUSE passthrough of the primary's WAL on a real mount: SQLite's WAL
 //! writes do not reach litefs (the FUSE write counter of `/metrics` stays
-//! put), yet every transaction becomes its LTX file within moments, with
+//! put), yet every transaction gets its TXID in an LTX file within moments, with
 //! nothing reading `-pos` (the watcher), and the chain replays identical.
 //! Needs root, /dev/fuse and a kernel with FUSE passthrough (6.9+).
 
@@ -9,6 +9,17 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{assert_replay_identical, fuse_writes, open_wal, temp_dir, Node};
+
+/// The newest TXID in `db`'s LTX files on `node` (an LTX file may cover
+/// several transactions recorded together).
+fn recorded_txid(node: &Node, db: &str) -> u64 {
+    node.ltx_files(db)
+        .iter()
+        .filter_map(|f| litefs::ltx::parse_filename(f.file_name()?.to_str()?))
+        .map(|(_, max)| max)
+        .max()
+        .unwrap_or(0)
+}
 
 #[test]
 fn wal_writes_pass_through_and_every_commit_is_recorded_promptly() {
@@ -22,35 +33,35 @@ fn wal_writes_pass_through_and_every_commit_is_recorded_promptly() {
         );
         conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
             .unwrap();
-        let start_files = {
+        let start_txid = {
             let deadline = Instant::now() + Duration::from_secs(10);
-            while node.ltx_files(&db).len() < 2 {
+            while recorded_txid(&node, &db) < 2 {
                 assert!(
                     Instant::now() < deadline,
                     "{db}: the CREATE was not recorded"
                 );
                 std::thread::sleep(Duration::from_millis(5));
             }
-            node.ltx_files(&db).len()
+            recorded_txid(&node, &db)
         };
         let writes_before = fuse_writes(&node);
         for i in 0..300 {
             conn.execute("INSERT INTO t(v) VALUES(?1)", [format!("row {i}")])
                 .unwrap();
         }
-        // Each commit is an LTX file soon, with nothing asking: the files
-        // are counted in the data directory, as reading `-pos` would make
-        // litefs catch up.
+        // Each commit has its TXID in an LTX file soon, with nothing
+        // asking: the files are looked at in the data directory, as
+        // reading `-pos` would make litefs catch up.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while node.ltx_files(&db).len() < start_files + 300 {
+        while recorded_txid(&node, &db) < start_txid + 300 {
             assert!(
                 Instant::now() < deadline,
                 "{db}: {} of 300 commits recorded",
-                node.ltx_files(&db).len() - start_files
+                recorded_txid(&node, &db) - start_txid
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(node.ltx_files(&db).len(), start_files + 300);
+        assert_eq!(recorded_txid(&node, &db), start_txid + 300);
         // 300 commits are at least 600 WAL writes through litefs without
         // passthrough; what remains is SQLite's `-shm` pages written back.
         let writes = fuse_writes(&node) - writes_before;

@@ -1,6 +1,7 @@
 //! Following SQLite's WAL of each database on the primary: every
-//! transaction whose commit frame is in the WAL becomes one LTX file
-//! (`Db::commit_wal`), its pages read from the WAL itself.
+//! transaction whose commit frame is in the WAL gets its TXID in an LTX
+//! file (`Db::commit_wal`), its pages read from the WAL itself; the
+//! commits found together at one catch-up share one file.
 //!
 //! SQLite's writes to a primary's `-wal` pass through the kernel straight
 //! to the backing file (`passthrough.rs`), so litefs reads what they
@@ -42,6 +43,9 @@ use log::error;
 use super::full::{recorded, store_errno};
 use crate::sqlite::wal::{self, WalCommit, WalCursor, FRAME_HEADER_SIZE};
 use crate::store::{Db, Store, WalPosition, WalTransaction};
+
+/// The most WAL commits recorded in one LTX file.
+const MAX_BATCH: usize = 1024;
 
 /// The followers of every database's WAL, shared by the mount, the
 /// applier (step-down) and the watcher thread.
@@ -267,40 +271,58 @@ impl WalFollowers {
                 f.cursor.insert(WalCursor::new(header))
             }
         };
-        while let Some(commit) = cursor.read_commit(file, len).map_err(read_error)? {
-            self.record(db, file, cursor.header(), &commit)
+        // Every commit the WAL holds now, recorded together (up to
+        // `MAX_BATCH`): one LTX file for a burst, so that creating files
+        // does not bound the commit rate.
+        loop {
+            let mut ahead = cursor.clone();
+            let mut batch = Vec::new();
+            while batch.len() < MAX_BATCH {
+                let Some(commit) = ahead.read_commit(file, len).map_err(read_error)? else {
+                    break;
+                };
+                ahead.consume(&commit);
+                batch.push(commit);
+            }
+            let Some(newest) = batch.last() else {
+                break;
+            };
+            self.record(db, file, ahead.header(), &batch)
                 .map_err(|errno| Stopped {
                     errno,
-                    commit: Some(commit.clone()),
+                    commit: Some(batch[0].clone()),
                 })?;
-            cursor.consume(&commit);
-            let at = commit.end - FRAME_HEADER_SIZE - u64::from(header.page_size);
-            f.last_commit = Some((at, commit.checksum));
+            let at = newest.end - FRAME_HEADER_SIZE - u64::from(header.page_size);
+            f.last_commit = Some((at, newest.checksum));
+            *cursor = ahead;
         }
         f.failed = None;
         Ok(())
     }
 
-    /// Records `commit`, read from the WAL open as `file`.
+    /// Records `commits` (consecutive), read from the WAL open as `file`.
     fn record(
         &self,
         db: &Db,
         file: &File,
         header: &wal::WalHeader,
-        commit: &WalCommit,
+        commits: &[WalCommit],
     ) -> Result<(), Errno> {
-        let txn = WalTransaction {
-            page_size: header.page_size,
-            commit: commit.commit,
-            pages: &commit.pages,
-            at: WalPosition {
-                salt1: header.salt1,
-                salt2: header.salt2,
-                offset: commit.start,
-                size: commit.end - commit.start,
-            },
-        };
-        match db.commit_wal(file, &txn) {
+        let txns: Vec<WalTransaction<'_>> = commits
+            .iter()
+            .map(|commit| WalTransaction {
+                page_size: header.page_size,
+                commit: commit.commit,
+                pages: &commit.pages,
+                at: WalPosition {
+                    salt1: header.salt1,
+                    salt2: header.salt2,
+                    offset: commit.start,
+                    size: commit.end - commit.start,
+                },
+            })
+            .collect();
+        match db.commit_wal(file, &txns) {
             Ok(pos) => {
                 if let Some(pos) = pos {
                     log::debug!("db {}: committed WAL TXID {pos}", db.name());

@@ -1,6 +1,7 @@
 //! WAL mode on the primary: each transaction SQLite commits to the WAL
-//! (a commit frame) becomes one LTX file, with the pages read back from
-//! the WAL itself; checkpoints make no TXID; and at start-up the WAL and
+//! (a commit frame) gets one TXID in an LTX file (one file per
+//! transaction, or per run of transactions recorded at once under a
+//! burst), with the pages read back from the WAL itself; checkpoints make no TXID; and at start-up the WAL and
 //! the LTX chain are reconciled.
 //!
 //! Durability follows SQLite's own promise in each mode: a commit is as
@@ -63,21 +64,22 @@ pub struct WalPosition {
 }
 
 impl Db {
-    /// Records `txn`, committed to the WAL open as `wal_file`. Writes the
-    /// LTX file (not yet fsynced, see the module comment) and advances the
-    /// position; `None` when the database did not change.
+    /// Records `txns`, consecutive transactions committed to the WAL open
+    /// as `wal_file` (one generation, in order), as one LTX file covering
+    /// one TXID for each of them that changed the database (see
+    /// `record_wal_commits`). Writes the file (not yet fsynced, see the
+    /// module comment) and advances the position; `None` when none of
+    /// them changed the database.
     pub fn commit_wal(
         &self,
         wal_file: &File,
-        txn: &WalTransaction<'_>,
+        txns: &[WalTransaction<'_>],
     ) -> Result<Option<Position>, Error> {
         let mut state = self.lock();
-        // Taken out for the page source to borrow while `state` changes;
-        // put back whatever happens.
-        let mut index = std::mem::take(&mut state.wal_index);
-        let result = self.record_wal_commit(&mut state, &index, wal_file, txn);
-        if result.is_ok() {
-            // The transaction's pages are committed frames now.
+        // What the WAL index is once they are committed frames; kept only
+        // if they are recorded.
+        let mut index = state.wal_index.clone();
+        for txn in txns {
             for (&pgno, &offset) in txn.pages {
                 if pgno <= txn.commit {
                     index.insert(pgno, offset);
@@ -85,81 +87,123 @@ impl Db {
             }
             index.retain(|&pgno, _| pgno <= txn.commit);
         }
-        state.wal_index = index;
+        let result = self.record_wal_commits(&mut state, &index, wal_file, txns);
+        if result.is_ok() {
+            state.wal_index = index;
+        }
         result
     }
 
-    fn record_wal_commit(
+    /// Records `txns` in one LTX file. Each transaction is checked against
+    /// the database as the ones before it in the batch left it (a
+    /// transaction that rewrote pages with what they held makes no TXID,
+    /// as when it is recorded alone); the file holds each page's newest
+    /// content (from `index_after`, the WAL index once all are recorded)
+    /// and covers one TXID per transaction that changed something. Under
+    /// a burst of commits the mount records whatever the WAL holds at once
+    /// this way, so creating LTX files does not bound the commit rate.
+    fn record_wal_commits(
         &self,
         state: &mut State,
-        index: &BTreeMap<u32, u64>,
+        index_after: &BTreeMap<u32, u64>,
         wal_file: &File,
-        txn: &WalTransaction<'_>,
+        txns: &[WalTransaction<'_>],
     ) -> Result<Option<Position>, Error> {
-        let WalTransaction {
-            page_size,
-            commit,
-            pages,
-            at,
-        } = *txn;
-        let source = PageSource::new(wal_file, pages, index);
+        let (Some(first), Some(last)) = (txns.first(), txns.last()) else {
+            return Ok(None);
+        };
+        let page_size = first.page_size;
         let incremental = state.pos.txid > 0 && state.page_size == Some(page_size);
         let old_count = if incremental {
             state.checksums.page_count()
         } else {
             0
         };
-        let candidates: Vec<u32> = if incremental {
-            pages
+        // The batch so far: each page it changed with its checksum, the
+        // page count, the WAL index and how many TXIDs it takes.
+        let mut changed: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut count = old_count;
+        let mut index = state.wal_index.clone();
+        let mut txids = 0u64;
+        let mut page = vec![0u8; page_size as usize];
+        for txn in txns {
+            let source = PageSource::new(wal_file, txn.pages, &index);
+            let commit = txn.commit;
+            let candidates: BTreeSet<u32> = txn
+                .pages
                 .keys()
                 .copied()
-                .filter(|&pgno| pgno <= commit.min(old_count))
-                .chain(old_count + 1..=commit)
-                .collect::<BTreeSet<u32>>()
-                .into_iter()
-                .collect()
-        } else {
-            (1..=commit).collect()
-        };
-        let mut page = vec![0u8; page_size as usize];
-        let mut changed = Vec::new();
-        for pgno in candidates {
-            if is_lock_page(pgno, page_size) {
-                continue;
+                .filter(|&pgno| pgno <= commit.min(count))
+                .chain(count + 1..=commit)
+                .collect();
+            let mut any = false;
+            for pgno in candidates {
+                if is_lock_page(pgno, page_size) {
+                    continue;
+                }
+                source.read(self, pgno, &mut page)?;
+                let checksum = ltx::page_checksum(pgno, &page);
+                let before = if pgno > count {
+                    None
+                } else if let Some(&sum) = changed.get(&pgno) {
+                    Some(sum)
+                } else if pgno <= old_count {
+                    Some(state.checksums.get(pgno))
+                } else {
+                    None
+                };
+                if before != Some(checksum) {
+                    changed.insert(pgno, checksum);
+                    any = true;
+                }
             }
-            source.read(self, pgno, &mut page)?;
-            let checksum = ltx::page_checksum(pgno, &page);
-            if pgno <= old_count && state.checksums.get(pgno) == checksum {
-                continue;
+            if any || commit != count {
+                txids += 1;
             }
-            changed.push((pgno, checksum));
+            count = commit;
+            changed.retain(|&pgno, _| pgno <= count);
+            for (&pgno, &offset) in txn.pages {
+                if pgno <= commit {
+                    index.insert(pgno, offset);
+                }
+            }
+            index.retain(|&pgno, _| pgno <= commit);
         }
-        if incremental && commit == old_count && changed.is_empty() {
+        if txids == 0 {
             return Ok(None);
         }
-        let change = Change::new(&state.checksums, incremental, page_size, commit, changed);
-        let txid = state.pos.txid + 1;
+        let change = Change::new(
+            &state.checksums,
+            incremental,
+            page_size,
+            count,
+            changed.into_iter().collect(),
+        );
+        let min_txid = state.pos.txid + 1;
+        let max_txid = state.pos.txid + txids;
         let header = ltx::Header {
             page_size,
-            commit,
-            min_txid: txid,
-            max_txid: txid,
+            commit: count,
+            min_txid,
+            max_txid,
             timestamp: now_ms(),
-            pre_apply_checksum: if txid == 1 { 0 } else { state.pos.checksum },
-            wal_offset: at.offset,
-            wal_size: at.size,
-            wal_salt1: at.salt1,
-            wal_salt2: at.salt2,
+            pre_apply_checksum: if min_txid == 1 { 0 } else { state.pos.checksum },
+            wal_offset: first.at.offset,
+            wal_size: last.at.offset + last.at.size - first.at.offset,
+            wal_salt1: last.at.salt1,
+            wal_salt2: last.at.salt2,
             node_id: self.node_id,
             ..ltx::Header::default()
         };
-        let final_path = self.ltx_dir.join(ltx::filename(txid, txid));
+        let final_path = self.ltx_dir.join(ltx::filename(min_txid, max_txid));
+        let no_pages = BTreeMap::new();
+        let source = PageSource::new(wal_file, index_after, &no_pages);
         let ltx_bytes = self.write_change(&final_path, &header, &change, false, |pgno, page| {
             source.read(self, pgno, page)
         })?;
         change.apply_to(state);
         state.pos = Position {
-            txid,
+            txid: max_txid,
             checksum: change.checksum,
         };
         state.unsynced_ltx.push(final_path);

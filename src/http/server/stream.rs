@@ -80,6 +80,7 @@ pub(super) fn serve_stream(
         replica,
         retry_snapshot: false,
         deletions_seen: None,
+        listings: BTreeMap::new(),
     };
     let result = stream.run();
     let peer = &stream.peer;
@@ -208,14 +209,17 @@ const MERGE_MAX_FILES: usize = 4096;
 /// The most bytes of LTX files merged into one, which is held in memory.
 const MERGE_MAX_BYTES: u64 = 16 << 20;
 
-/// Finds a database's LTX file by its min TXID. A primary's commits are
-/// one-TXID files, so the next file is found by name with one stat; the
-/// directory (which may hold a retention period's worth of files) is
-/// listed only when that fails, e.g. for a snapshot's 1-N file, and then
-/// only once.
+/// Finds a database's LTX file by its min TXID. Most of a primary's
+/// commits are one-TXID files, found by name with one stat; a file that
+/// covers several (a burst of WAL commits, a snapshot's 1-N file) is found
+/// in the stream's listing of the directory (`Stream::listings`), which
+/// is read again only when it lacks the TXID, so a directory that holds a
+/// retention period's worth of files is not listed at every commit.
 struct NextFiles<'a> {
     db: &'a Db,
-    listing: Option<BTreeMap<u64, PathBuf>>,
+    listing: &'a mut BTreeMap<u64, PathBuf>,
+    /// The directory was listed during this lookup run.
+    listed: bool,
 }
 
 impl NextFiles<'_> {
@@ -224,18 +228,21 @@ impl NextFiles<'_> {
         if single.exists() {
             return Ok(Some(single));
         }
-        if self.listing.is_none() {
-            let files = self
-                .db
-                .ltx_files()
-                .map_err(|err| End::Fatal(err.to_string()))?;
-            self.listing = Some(files.into_iter().map(|(min, _, p)| (min, p)).collect());
+        if let Some(path) = self.listing.get(&min_txid) {
+            if path.exists() {
+                return Ok(Some(path.clone()));
+            }
         }
-        Ok(self
-            .listing
-            .as_ref()
-            .and_then(|l| l.get(&min_txid))
-            .cloned())
+        if self.listed {
+            return Ok(None);
+        }
+        let files = self
+            .db
+            .ltx_files()
+            .map_err(|err| End::Fatal(err.to_string()))?;
+        *self.listing = files.into_iter().map(|(min, _, p)| (min, p)).collect();
+        self.listed = true;
+        Ok(self.listing.get(&min_txid).cloned())
     }
 }
 
@@ -259,6 +266,8 @@ struct Stream<'a> {
     retry_snapshot: bool,
     /// `Store::deletions` at the last `send_deletions` pass.
     deletions_seen: Option<u64>,
+    /// Each database's LTX files by min TXID, as last listed (`NextFiles`).
+    listings: BTreeMap<String, BTreeMap<u64, PathBuf>>,
 }
 
 impl Stream<'_> {
@@ -353,7 +362,11 @@ impl Stream<'_> {
     /// apply per run instead of one per transaction.
     fn send_files_after(&mut self, db: &Db, replica: Position) -> Result<Chain, End> {
         let name = db.name();
-        let mut next_files = NextFiles { db, listing: None };
+        let mut next_files = NextFiles {
+            db,
+            listing: self.listings.entry(name.to_string()).or_default(),
+            listed: false,
+        };
         let mut pos = replica;
         let mut sent = 0;
         loop {
