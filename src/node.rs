@@ -195,8 +195,8 @@ pub fn run(config: &Config) -> Result<u8, Error> {
     .map_err(Error::Http)?;
     if config.http_token.is_none() && !is_loopback_bind(&config.http_bind_addr()) {
         warn!(
-            "the replication server listens on {} without http.token: anyone who can reach \
-             that port can read every database; set http.token on every node (or listen on \
+            "without http.token, anyone who can reach {} can read every database; imports \
+             are accepted only from this host; set http.token on every node (or listen on \
              127.0.0.1)",
             config.http_bind_addr()
         );

@@ -256,3 +256,120 @@ fn export_writes_a_verified_copy_from_any_node() {
         .to_string_lossy()
         .ends_with(".tmp")));
 }
+
+/// A network namespace joined to this one by a veth pair: this side has
+/// `host_ip`, the namespace `ns_ip`. Deleted (with the pair) when dropped.
+struct Netns {
+    name: String,
+    host_ip: String,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let id = std::process::id() % 200 + 20;
+        let name = format!("litefs-test-{}", std::process::id());
+        let (host_if, ns_if) = (format!("lfa{id}"), format!("lfb{id}"));
+        let host_ip = format!("10.213.{id}.1");
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "ip {args:?}: {}", output_text(&out));
+        };
+        ip(&["netns", "add", &name]);
+        let netns = Netns {
+            name: name.clone(),
+            host_ip: host_ip.clone(),
+        };
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        ip(&["link", "set", &ns_if, "netns", &name]);
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        let ns_ip = format!("10.213.{id}.2/30");
+        ip(&["-n", &name, "addr", "add", &ns_ip, "dev", &ns_if]);
+        ip(&["-n", &name, "link", "set", &ns_if, "up"]);
+        netns
+    }
+
+    /// Sends `request` to `host_ip:port` from inside the namespace (a
+    /// thread that joins it) and returns the whole response.
+    fn http(&self, port: u16, request: String) -> String {
+        let path = format!("/run/netns/{}", self.name);
+        let addr = format!("{}:{port}", self.host_ip);
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            use std::os::fd::AsRawFd;
+            let ns = std::fs::File::open(&path).unwrap();
+            // SAFETY: setns on a descriptor we own; it moves this thread only.
+            assert_eq!(
+                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0
+            );
+            let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+            conn.write_all(request.as_bytes()).unwrap();
+            let mut response = String::new();
+            conn.read_to_string(&mut response).unwrap();
+            response
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes its end of the pair, and the pair.
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+#[test]
+fn without_a_token_imports_come_only_from_this_host() {
+    let dir = temp_dir("import-origin");
+    let netns = Netns::new();
+    // Listening on every interface: started once, then again so.
+    let mut node = Node::start_in(dir.path(), "");
+    node.stop();
+    let yaml = std::fs::read_to_string(&node.config).unwrap();
+    let yaml = yaml.replace("addr: \"127.0.0.1:", "addr: \":");
+    std::fs::write(&node.config, yaml).unwrap();
+    node.restart();
+    assert!(
+        node.log_text()
+            .contains("imports are accepted only from this host"),
+        "{}",
+        node.log_text()
+    );
+    let file = dir.path().join("in.db");
+    make_file(&file, "CREATE TABLE t(x); INSERT INTO t VALUES(1);");
+    let body = std::fs::read(&file).unwrap();
+
+    // From another host (the namespace): refused, nothing changes.
+    let request = format!(
+        "POST /import?name=a.db HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    let mut raw = request.into_bytes();
+    raw.extend_from_slice(&body);
+    let response = netns.http(node.port, String::from_utf8_lossy(&raw).into_owned());
+    assert!(response.starts_with("HTTP/1.1 403"), "{response}");
+    assert!(response.contains("set http.token"), "{response}");
+    assert!(!node.db("a.db").exists());
+    // Reads from there are not refused (the WARN says so).
+    let info = netns.http(
+        node.port,
+        "GET /info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_string(),
+    );
+    assert!(info.starts_with("HTTP/1.1 200"), "{info}");
+
+    // From this host: imported.
+    let out = transfer("import", "a.db", config(&node), &file);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(sqlite3_ok(&node.db("a.db"), "SELECT x FROM t;"), "1\n");
+}

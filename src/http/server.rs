@@ -439,6 +439,21 @@ fn route(shared: &Arc<Shared>, mut request: Request, path: &str, slot: &ConnSlot
             &[("Allow", allow)],
         ));
     }
+    // Without a token, what changes data is taken only from this host:
+    // anyone who can reach the port may read, but not write.
+    if path == "/import" && shared.token.is_none() && !peer.ip().to_canonical().is_loopback() {
+        log::warn!(
+            "HTTP server: refused an import from {peer}: without http.token, imports are \
+             accepted only from this host"
+        );
+        return Some(respond_text(
+            request,
+            403,
+            "forbidden: this node has no http.token, so it accepts imports only from its own \
+             host (loopback); set http.token on every node and give it to litefs import",
+            &[],
+        ));
+    }
     match path {
         "/import" => Some(transfer::import(shared, request, &query)),
         "/export" => Some(transfer::export(shared, request, &query)),
