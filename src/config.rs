@@ -51,6 +51,8 @@ pub const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(1);
 pub const MAX_LOCK_DELAY: Duration = Duration::from_secs(60);
 /// Default time LTX files are kept (the newest file is always kept).
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(600);
+/// Sets of set-aside files kept per database under `lost/` by default.
+pub const DEFAULT_LOST_KEEP: usize = 10;
 /// Shortest `data.retention-monitor-interval` (also the floor of the
 /// default).
 pub const MIN_RETENTION_MONITOR_INTERVAL: Duration = Duration::from_millis(50);
@@ -105,6 +107,9 @@ pub struct Config {
     /// How often the retention thread runs (`data.retention-monitor-interval`);
     /// `None` for the default, see [`Config::retention_interval`].
     pub retention_monitor_interval: Option<Duration>,
+    /// How many sets of set-aside files `lost/<db>/` keeps per database
+    /// (`data.lost-keep`); 0 keeps every one.
+    pub lost_keep: usize,
     /// Exit (status 1) on a fatal lease or replication error instead of
     /// retrying (`exit-on-error`).
     pub exit_on_error: bool,
@@ -423,6 +428,23 @@ fn resolve(raw: RawFile, source: &Path) -> Result<Config, Error> {
         )?),
         None => None,
     };
+    let lost_keep = match data.lost_keep {
+        Some(Value::Number(n)) if n.as_u64().is_some() => n
+            .as_u64()
+            .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+        Some(other) => {
+            return Err(invalid(
+                source,
+                "data.lost-keep",
+                format!(
+                    "expected a whole number of sets to keep per database (0: keep all), \
+                     not `{}`",
+                    serde_yaml::to_string(&other).unwrap_or_default().trim()
+                ),
+            ))
+        }
+        None => DEFAULT_LOST_KEEP,
+    };
     let raw_log = raw.log.unwrap_or_default();
     let log = LogConfig {
         format: match raw_log.format.as_deref() {
@@ -492,6 +514,7 @@ fn resolve(raw: RawFile, source: &Path) -> Result<Config, Error> {
         lease,
         retention,
         retention_monitor_interval,
+        lost_keep,
         exit_on_error: raw.exit_on_error.unwrap_or(false),
         log,
         fuse,

@@ -167,6 +167,7 @@ pub fn run(config: &Config) -> Result<u8, Error> {
     let mount_dir = config.mount_dir.clone();
     prepare_mount_dir(&mount_dir)?;
 
+    crate::store::set_lost_keep(config.lost_keep);
     let store = Arc::new(Store::open(&config.data_dir)?);
     for db in store.dbs() {
         info!("database {}: position {}", db.name(), db.pos());

@@ -50,6 +50,7 @@ pub(crate) mod write_back;
 pub use db::{Commit, Db};
 use error::io_error;
 pub use error::Error;
+pub use lost::set_keep as set_lost_keep;
 pub use names::{validate_name, MAX_DB_NAME_LEN};
 pub(crate) use space::statvfs;
 pub use space::{is_disk_full_io, DiskFull};

@@ -125,6 +125,7 @@ fn defaults_are_a_static_primary() {
     assert_eq!(config.http_addr, ":20202");
     assert_eq!(config.http_bind_addr(), "0.0.0.0:20202");
     assert_eq!(config.retention, Duration::from_secs(600));
+    assert_eq!(config.lost_keep, 10);
     assert_eq!(config.lease.kind, LeaseKind::Static);
     assert!(config.lease.candidate);
     assert_eq!(config.lease.hostname, hostname());

@@ -288,3 +288,13 @@ fn tls_keys_are_refused_without_the_tls_feature() {
         );
     }
 }
+
+#[test]
+fn lost_keep_is_a_whole_number() {
+    assert_eq!(parse("mount-dir: /m\ndata:\n  lost-keep: 0\n").lost_keep, 0);
+    assert_eq!(parse("mount-dir: /m\ndata:\n  lost-keep: 3\n").lost_keep, 3);
+    for bad in ["-1", "2.5", "\"ten\"", "10s"] {
+        let (_, message) = refuse(&format!("mount-dir: /m\ndata:\n  lost-keep: {bad}\n"));
+        assert_mentions(&message, &["data.lost-keep", "whole number"]);
+    }
+}

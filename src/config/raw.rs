@@ -58,6 +58,8 @@ pub(super) struct RawData {
     pub(super) retention: Option<Value>,
     #[serde(rename = "retention-monitor-interval")]
     pub(super) retention_monitor_interval: Option<Value>,
+    #[serde(rename = "lost-keep")]
+    pub(super) lost_keep: Option<Value>,
     pub(super) compress: Option<Value>,
 }
 
