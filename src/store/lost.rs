@@ -107,6 +107,36 @@ pub(super) fn prune(parent: &Path, newest: &Path, keep: usize) {
     }
 }
 
+/// Moves `path` into `dir` under its own file name (same file system: the
+/// data directory), and fsyncs both directories.
+pub(super) fn move_into(dir: &Path, path: &Path) -> Result<PathBuf, Error> {
+    let target = dir.join(path.file_name().unwrap_or_default());
+    fs::rename(path, &target).map_err(io_error(
+        format!("setting {} aside", path.display()),
+        &target,
+    ))?;
+    sync_dir(dir)?;
+    if let Some(parent) = path.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(target)
+}
+
+/// Copies `path` into `dir` under its own file name, fsynced.
+pub(super) fn copy_into(dir: &Path, path: &Path) -> Result<PathBuf, Error> {
+    let target = dir.join(path.file_name().unwrap_or_default());
+    let copy = || -> io::Result<()> {
+        fs::copy(path, &target)?;
+        File::open(&target)?.sync_all()
+    };
+    copy().map_err(io_error(
+        format!("copying {} aside", path.display()),
+        &target,
+    ))?;
+    sync_dir(dir)?;
+    Ok(target)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,34 +178,4 @@ mod tests {
         prune(parent, &newest, 1);
         assert_eq!(names(), ["0000000000000002-4000"]);
     }
-}
-
-/// Moves `path` into `dir` under its own file name (same file system: the
-/// data directory), and fsyncs both directories.
-pub(super) fn move_into(dir: &Path, path: &Path) -> Result<PathBuf, Error> {
-    let target = dir.join(path.file_name().unwrap_or_default());
-    fs::rename(path, &target).map_err(io_error(
-        format!("setting {} aside", path.display()),
-        &target,
-    ))?;
-    sync_dir(dir)?;
-    if let Some(parent) = path.parent() {
-        sync_dir(parent)?;
-    }
-    Ok(target)
-}
-
-/// Copies `path` into `dir` under its own file name, fsynced.
-pub(super) fn copy_into(dir: &Path, path: &Path) -> Result<PathBuf, Error> {
-    let target = dir.join(path.file_name().unwrap_or_default());
-    let copy = || -> io::Result<()> {
-        fs::copy(path, &target)?;
-        File::open(&target)?.sync_all()
-    };
-    copy().map_err(io_error(
-        format!("copying {} aside", path.display()),
-        &target,
-    ))?;
-    sync_dir(dir)?;
-    Ok(target)
 }
