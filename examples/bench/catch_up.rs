@@ -9,8 +9,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::lag::{read_txid, wait_caught_up, Readers};
-use super::{open, Args, POLL};
+use super::lag::{open_primary_table, read_txid, Readers};
+use super::{Args, POLL};
 
 /// How long the replica may take to reach the last commit before the
 /// bench gives up (the figure is then "more than this").
@@ -24,17 +24,7 @@ pub(crate) fn catch_up(args: &Args) -> Result<(), String> {
         "bench-catch-up.db"
     };
     let sql_err = |what: &'static str| move |e: rusqlite::Error| format!("{what}: {e}");
-    let primary = open(&args.primary, db).map_err(sql_err("opening the primary's database"))?;
-    if wal {
-        primary
-            .query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
-            .and_then(|()| primary.execute_batch("PRAGMA synchronous=NORMAL;"))
-            .map_err(sql_err("switching the primary's database to WAL"))?;
-    }
-    primary
-        .execute_batch("DROP TABLE IF EXISTS t; CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);")
-        .map_err(sql_err("creating the table on the primary"))?;
-    wait_caught_up(args)?;
+    let primary = open_primary_table(args, db, "BLOB")?;
     let _readers = Readers::start(args, &args.replica.join(db))?;
 
     let primary_pos = args.primary.join(format!("{db}-pos"));

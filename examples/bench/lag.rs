@@ -47,6 +47,31 @@ pub(crate) fn wait_caught_up(args: &Args) -> Result<(), String> {
     }
 }
 
+/// Opens `db` on the primary (in WAL mode with synchronous=NORMAL when
+/// `--journal wal`), makes a fresh table `t(id INTEGER PRIMARY KEY, v
+/// <v_type>)` and waits until the replica has it.
+pub(crate) fn open_primary_table(
+    args: &Args,
+    db: &str,
+    v_type: &str,
+) -> Result<Connection, String> {
+    let sql_err = |what: &'static str| move |e: rusqlite::Error| format!("{what}: {e}");
+    let primary = open(&args.primary, db).map_err(sql_err("opening the primary's database"))?;
+    if args.journal == "wal" {
+        primary
+            .query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+            .and_then(|()| primary.execute_batch("PRAGMA synchronous=NORMAL;"))
+            .map_err(sql_err("switching the primary's database to WAL"))?;
+    }
+    primary
+        .execute_batch(&format!(
+            "DROP TABLE IF EXISTS t; CREATE TABLE t(id INTEGER PRIMARY KEY, v {v_type});"
+        ))
+        .map_err(sql_err("creating the table on the primary"))?;
+    wait_caught_up(args)?;
+    Ok(primary)
+}
+
 /// One transaction's way to the replica, timed from COMMIT returning on
 /// the primary.
 #[derive(Clone, Copy)]
@@ -70,17 +95,7 @@ fn measure_lag(args: &Args) -> Result<Vec<Lag>, String> {
         let what = what.to_string();
         move |e: rusqlite::Error| format!("{what}: {e}")
     };
-    let primary = open(&args.primary, db).map_err(sql_err("opening the primary's database"))?;
-    if wal {
-        primary
-            .query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
-            .and_then(|()| primary.execute_batch("PRAGMA synchronous=NORMAL;"))
-            .map_err(sql_err("switching the primary's database to WAL"))?;
-    }
-    primary
-        .execute_batch("DROP TABLE IF EXISTS t; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);")
-        .map_err(sql_err("creating the table on the primary"))?;
-    wait_caught_up(args)?;
+    let primary = open_primary_table(args, db, "TEXT")?;
 
     let replica =
         Connection::open_with_flags(args.replica.join(db), OpenFlags::SQLITE_OPEN_READ_ONLY)

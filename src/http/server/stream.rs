@@ -207,7 +207,7 @@ pub(super) static SNAPSHOT_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// The most LTX files sent merged as one (`send_files_after`).
 const MERGE_MAX_FILES: usize = 4096;
 /// The most bytes of LTX files merged into one, which is held in memory.
-const MERGE_MAX_BYTES: u64 = 16 << 20;
+const MERGE_MAX_BYTES: u64 = 4 << 20;
 
 /// Finds a database's LTX file by its min TXID. Most of a primary's
 /// commits are one-TXID files, found by name with one stat; a file that
