@@ -46,10 +46,7 @@ fn primary_files(primary: &mut Primary) -> Vec<PathBuf> {
 
 /// Merges `files` into the file at `out`.
 fn merge_files(files: &[PathBuf], out: &Path) -> Result<(ltx::Header, ltx::Trailer), Error> {
-    let inputs = files
-        .iter()
-        .map(|p| BufReader::new(File::open(p).unwrap()))
-        .collect();
+    let inputs = files.iter().map(|p| File::open(p).map(BufReader::new));
     let mut bytes = Vec::new();
     let merged = ltx::merge(inputs, &mut bytes)?;
     fs::write(out, bytes).unwrap();

@@ -18,7 +18,7 @@
 //! any file.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 
 use super::{Error, Header, LtxDecoder, LtxEncoder, Trailer};
 
@@ -29,12 +29,17 @@ use super::{Error, Header, LtxDecoder, LtxEncoder, Trailer};
 /// first a snapshot. The merged file's timestamp, node id and WAL fields
 /// are the last input's (the WAL fields then say where the newest frames
 /// it covers ended). Holds every distinct page in memory: the caller
-/// bounds the inputs' total size.
-pub fn merge<R: Read, W: Write>(inputs: Vec<R>, out: W) -> Result<(Header, Trailer), Error> {
+/// bounds the inputs' total size. The inputs are taken one at a time (an
+/// input that could not be opened is an `Err` item), so that only one is
+/// open while the others wait.
+pub fn merge<R: Read, W: Write>(
+    inputs: impl IntoIterator<Item = io::Result<R>>,
+    out: W,
+) -> Result<(Header, Trailer), Error> {
     let mut pages: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
     let mut merged: Option<(Header, Trailer)> = None;
     for (i, input) in inputs.into_iter().enumerate() {
-        let mut decoder = LtxDecoder::new(input)?;
+        let mut decoder = LtxDecoder::new(input?)?;
         let header = *decoder.header();
         if let Some((first, last)) = &merged {
             check_follows(i, first, last, &header)?;

@@ -205,7 +205,9 @@ impl Drop for TempFile {
 pub(super) static SNAPSHOT_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// The most LTX files sent merged as one (`send_files_after`).
-const MERGE_MAX_FILES: usize = 4096;
+const MERGE_MAX_FILES: usize = 1024;
+/// The read buffer of the file being merged (one at a time).
+const MERGE_BUFFER: usize = 16 * 1024;
 /// The most bytes of LTX files merged into one, which is held in memory.
 const MERGE_MAX_BYTES: u64 = 4 << 20;
 
@@ -370,7 +372,7 @@ impl Stream<'_> {
         let mut pos = replica;
         let mut sent = 0;
         loop {
-            let mut run: Vec<(File, u64)> = Vec::new();
+            let mut run: Vec<(PathBuf, u64)> = Vec::new();
             let mut run_bytes = 0;
             let mut run_pos = pos;
             while run.len() < MERGE_MAX_FILES {
@@ -378,8 +380,7 @@ impl Stream<'_> {
                 let Some(path) = next_files.find(next)? else {
                     break;
                 };
-                let path = &path;
-                let (header, trailer) = match ltx::read_header_and_trailer(path) {
+                let (header, trailer) = match ltx::read_header_and_trailer(&path) {
                     Ok(found) => found,
                     Err(err) => {
                         return Ok(Chain::Broken(format!(
@@ -396,9 +397,8 @@ impl Stream<'_> {
                         run_pos.checksum
                     )));
                 }
-                let opened = File::open(path).and_then(|f| f.metadata().map(|m| (f, m.len())));
-                let (file, len) = match opened {
-                    Ok(opened) => opened,
+                let len = match fs::metadata(&path) {
+                    Ok(md) => md.len(),
                     Err(err) => {
                         return Ok(Chain::Broken(format!(
                             "cannot open {}: {err}",
@@ -410,7 +410,7 @@ impl Stream<'_> {
                     break;
                 }
                 run_bytes += len;
-                run.push((file, len));
+                run.push((path, len));
                 run_pos = Position {
                     txid: header.max_txid,
                     checksum: trailer.post_apply_checksum,
@@ -421,14 +421,24 @@ impl Stream<'_> {
                 break;
             }
             if files == 1 {
-                let (mut file, len) = run.remove(0);
+                let (path, _) = &run[0];
+                let opened = File::open(path).and_then(|f| f.metadata().map(|m| (f, m.len())));
+                let (mut file, len) = match opened {
+                    Ok(opened) => opened,
+                    Err(err) => {
+                        return Ok(Chain::Broken(format!(
+                            "cannot open {}: {err}",
+                            path.display()
+                        )))
+                    }
+                };
                 self.out.send_ltx(name, &mut file, len)?;
             } else {
                 let mut merged = Vec::with_capacity(run_bytes as usize);
-                let inputs = run
-                    .into_iter()
-                    .map(|(file, _)| io::BufReader::with_capacity(COPY_BUFFER, file))
-                    .collect();
+                // Opened one at a time, as the merge reaches each.
+                let inputs = run.iter().map(|(path, _)| {
+                    File::open(path).map(|f| io::BufReader::with_capacity(MERGE_BUFFER, f))
+                });
                 if let Err(err) = ltx::merge(inputs, &mut merged) {
                     return Ok(Chain::Broken(format!(
                         "cannot merge the {files} LTX files after TXID {:016x}: {err}",
