@@ -235,7 +235,9 @@ impl NextFiles<'_> {
                 return Ok(Some(path.clone()));
             }
         }
-        if self.listed {
+        // Past the database's position there is no file yet: the end of
+        // every chain, found without listing the directory.
+        if self.listed || min_txid > self.db.pos().txid {
             return Ok(None);
         }
         let files = self
