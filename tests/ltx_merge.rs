@@ -30,18 +30,21 @@ const TRANSACTIONS: &[&str] = &[
     "UPDATE t SET v = randomblob(30) WHERE id = 3;",
 ];
 
-/// The primary's LTX files after running `TRANSACTIONS`, oldest first.
-fn primary_files(primary: &mut Primary) -> Vec<PathBuf> {
+/// A primary in `dir` that ran `TRANSACTIONS`, and its LTX files, oldest
+/// first.
+fn primary_with_files(dir: &Path) -> (Primary, Vec<PathBuf>) {
+    let mut primary = Primary::new(dir, 4096);
     for sql in TRANSACTIONS {
         primary.exec(sql).expect("each transaction commits");
     }
-    primary
+    let files = primary
         .db
         .ltx_files()
         .unwrap()
         .into_iter()
         .map(|(_, _, path)| path)
-        .collect()
+        .collect();
+    (primary, files)
 }
 
 /// Merges `files` into the file at `out`.
@@ -57,8 +60,7 @@ fn merge_files(files: &[PathBuf], out: &Path) -> Result<(ltx::Header, ltx::Trail
 fn a_merged_run_applies_exactly_as_its_files_one_by_one() {
     let _sqlite = sqlite_shared();
     let dir = tempfile::tempdir().unwrap();
-    let mut primary = Primary::new(&dir.path().join("primary"), 4096);
-    let files = primary_files(&mut primary);
+    let (primary, files) = primary_with_files(&dir.path().join("primary"));
     assert_eq!(files.len(), TRANSACTIONS.len());
     let expected = read(primary.db.database_path());
     // The run shrinks: the merges below cover a cut and a regrowth.
@@ -118,8 +120,7 @@ fn a_merged_run_applies_exactly_as_its_files_one_by_one() {
 fn files_that_do_not_follow_each_other_are_not_merged() {
     let _sqlite = sqlite_shared();
     let dir = tempfile::tempdir().unwrap();
-    let mut primary = Primary::new(&dir.path().join("primary"), 4096);
-    let files = primary_files(&mut primary);
+    let (_primary, files) = primary_with_files(&dir.path().join("primary"));
     let out = dir.path().join("out.ltx");
     let refused = |files: &[PathBuf], why: &str| {
         let err = merge_files(files, &out).expect_err(why).to_string();

@@ -80,24 +80,27 @@ impl MountHelper {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let mut retried = false;
         loop {
-            if conn.is_none() {
-                let started = spawn()?;
-                self.pid.store(started.child.id(), Ordering::SeqCst);
-                *conn = Some(started);
-            }
-            let Some(c) = conn.as_ref() else {
-                continue;
+            let mut c = match conn.take() {
+                Some(c) => c,
+                None => {
+                    let started = spawn()?;
+                    self.pid.store(started.child.id(), Ordering::SeqCst);
+                    started
+                }
             };
             match exchange(&c.sock, msg, fd) {
-                Ok((0, fd)) => return Ok(fd),
-                Ok((errno, _)) => return Err(io::Error::from_raw_os_error(errno)),
+                Ok((errno, answer)) => {
+                    *conn = Some(c);
+                    return match errno {
+                        0 => Ok(answer),
+                        errno => Err(io::Error::from_raw_os_error(errno)),
+                    };
+                }
                 Err(e) => {
                     // The helper is gone (killed, or the socket broke):
                     // reap it if it can be, and start another once.
-                    if let Some(mut old) = conn.take() {
-                        let _ = old.child.kill();
-                        let _ = old.child.try_wait();
-                    }
+                    let _ = c.child.kill();
+                    let _ = c.child.try_wait();
                     if retried {
                         return Err(io::Error::other(format!(
                             "the mount helper (litefs {HELPER_ARG}) failed: {e}"

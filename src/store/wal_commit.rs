@@ -1,8 +1,8 @@
 //! WAL mode on the primary: each transaction SQLite commits to the WAL
 //! (a commit frame) gets one TXID in an LTX file (one file per
 //! transaction, or per run of transactions recorded at once under a
-//! burst), with the pages read back from the WAL itself; checkpoints make no TXID; and at start-up the WAL and
-//! the LTX chain are reconciled.
+//! burst), with the pages read back from the WAL itself; checkpoints make
+//! no TXID; and at start-up the WAL and the LTX chain are reconciled.
 //!
 //! Durability follows SQLite's own promise in each mode: a commit is as
 //! durable as the WAL SQLite wrote it to. The mount records each WAL
@@ -76,36 +76,21 @@ impl Db {
         txns: &[WalTransaction<'_>],
     ) -> Result<Option<Position>, Error> {
         let mut state = self.lock();
-        // What the WAL index is once they are committed frames; kept only
-        // if they are recorded.
-        let mut index = state.wal_index.clone();
-        for txn in txns {
-            for (&pgno, &offset) in txn.pages {
-                if pgno <= txn.commit {
-                    index.insert(pgno, offset);
-                }
-            }
-            index.retain(|&pgno, _| pgno <= txn.commit);
-        }
-        let result = self.record_wal_commits(&mut state, &index, wal_file, txns);
-        if result.is_ok() {
-            state.wal_index = index;
-        }
-        result
+        self.record_wal_commits(&mut state, wal_file, txns)
     }
 
     /// Records `txns` in one LTX file. Each transaction is checked against
     /// the database as the ones before it in the batch left it (a
     /// transaction that rewrote pages with what they held makes no TXID,
     /// as when it is recorded alone); the file holds each page's newest
-    /// content (from `index_after`, the WAL index once all are recorded)
-    /// and covers one TXID per transaction that changed something. Under
-    /// a burst of commits the mount records whatever the WAL holds at once
-    /// this way, so creating LTX files does not bound the commit rate.
+    /// content and covers one TXID per transaction that changed something.
+    /// Under a burst of commits the mount records whatever the WAL holds
+    /// at once this way, so creating LTX files does not bound the commit
+    /// rate. The WAL index (`State::wal_index`) takes the transactions'
+    /// frames once they are recorded, and stays as it was if they are not.
     fn record_wal_commits(
         &self,
         state: &mut State,
-        index_after: &BTreeMap<u32, u64>,
         wal_file: &File,
         txns: &[WalTransaction<'_>],
     ) -> Result<Option<Position>, Error> {
@@ -120,7 +105,8 @@ impl Db {
             0
         };
         // The batch so far: each page it changed with its checksum, the
-        // page count, the WAL index and how many TXIDs it takes.
+        // page count, the WAL index with its frames, and how many TXIDs it
+        // takes.
         let mut changed: BTreeMap<u32, u64> = BTreeMap::new();
         let mut count = old_count;
         let mut index = state.wal_index.clone();
@@ -170,6 +156,7 @@ impl Db {
             index.retain(|&pgno, _| pgno <= commit);
         }
         if txids == 0 {
+            state.wal_index = index;
             return Ok(None);
         }
         let change = Change::new(
@@ -197,7 +184,7 @@ impl Db {
         };
         let final_path = self.ltx_dir.join(ltx::filename(min_txid, max_txid));
         let no_pages = BTreeMap::new();
-        let source = PageSource::new(wal_file, index_after, &no_pages);
+        let source = PageSource::new(wal_file, &index, &no_pages);
         let ltx_bytes = self.write_change(&final_path, &header, &change, false, |pgno, page| {
             source.read(self, pgno, page)
         })?;
@@ -206,6 +193,7 @@ impl Db {
             txid: max_txid,
             checksum: change.checksum,
         };
+        state.wal_index = index;
         state.unsynced_ltx.push(final_path);
         crate::metrics::commit(&self.name, ltx_bytes);
         Ok(Some(state.pos))

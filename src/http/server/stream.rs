@@ -403,7 +403,7 @@ impl Stream<'_> {
                     Ok(md) => md.len(),
                     Err(err) => {
                         return Ok(Chain::Broken(format!(
-                            "cannot open {}: {err}",
+                            "cannot read the size of {}: {err}",
                             path.display()
                         )))
                     }
@@ -423,10 +423,10 @@ impl Stream<'_> {
                 break;
             }
             if files == 1 {
-                let (path, _) = &run[0];
-                let opened = File::open(path).and_then(|f| f.metadata().map(|m| (f, m.len())));
-                let (mut file, len) = match opened {
-                    Ok(opened) => opened,
+                // Sent as it is (an LTX file never changes once named).
+                let (path, len) = &run[0];
+                let mut file = match File::open(path) {
+                    Ok(file) => file,
                     Err(err) => {
                         return Ok(Chain::Broken(format!(
                             "cannot open {}: {err}",
@@ -434,7 +434,7 @@ impl Stream<'_> {
                         )))
                     }
                 };
-                self.out.send_ltx(name, &mut file, len)?;
+                self.out.send_ltx(name, &mut file, *len)?;
             } else {
                 let mut merged = Vec::with_capacity(run_bytes as usize);
                 // Opened one at a time, as the merge reaches each.
