@@ -383,3 +383,58 @@ fn the_store_lists_a_refused_database_and_will_not_create_it_again() {
         .join("dbs/gone.db/ltx/0000000000000001-0000000000000001.ltx")
         .exists());
 }
+
+/// The state a power cut leaves in WAL mode: litefs fsyncs an LTX file
+/// of a WAL commit only before its frames can leave the WAL, so the
+/// newest files may be empty while the WAL holds their commits. They are
+/// set aside and recorded again from the WAL; nothing is refused or lost.
+/// (Found by `scripts/powerloss.sh`.)
+#[test]
+fn unsynced_ltx_files_of_wal_commits_are_recorded_again_from_the_wal() {
+    let dir = temp_dir("damaged-wal-unsynced");
+    let mut node = Node::start_in(dir.path(), "");
+    // A connection that stays open: closing the last one would checkpoint
+    // the WAL (and sync every LTX file first).
+    let conn = common::open_wal(&node.db("wal.db"), "PRAGMA synchronous=FULL;");
+    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);")
+        .unwrap();
+    for _ in 0..5 {
+        conn.execute("INSERT INTO t(v) VALUES (randomblob(100))", [])
+            .unwrap();
+    }
+    let pos = node.pos("wal.db");
+    node.kill9();
+    drop(conn);
+    let files = node.ltx_files("wal.db");
+    let emptied: Vec<PathBuf> = files[files.len() - 2..].to_vec();
+    for file in &emptied {
+        truncate(file, 0);
+    }
+
+    node.restart();
+
+    assert_eq!(refusal_line(&node, "wal.db"), None);
+    assert_eq!(count(&node, "wal.db"), "5");
+    assert_eq!(node.pos("wal.db"), pos);
+    assert_eq!(node.pos("wal.db"), common::newest_ltx_pos(&node, "wal.db"));
+    common::assert_replay_identical(&node, "wal.db");
+    let lost = files_under(&node.data.join("lost"));
+    for file in &emptied {
+        assert!(
+            lost.keys()
+                .any(|p| p.starts_with(node.data.join("lost/wal.db"))
+                    && p.file_name() == file.file_name()),
+            "{} is not under lost/: {lost:?}",
+            file.display()
+        );
+    }
+    assert!(
+        node.log_text()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("not yet durable")),
+        "no WARN about the unsynced LTX files"
+    );
+    // Writes go on from there.
+    sqlite3_ok(&node.db("wal.db"), "INSERT INTO t(v) VALUES (1);");
+    assert_eq!(count(&node, "wal.db"), "6");
+}

@@ -16,7 +16,10 @@
 //!   succeed (litefs lets the journal go only after the LTX file is
 //!   durable). The damaged file is moved to `lost/` (`lost.rs`) and the
 //!   journal rolled back. Without such a journal nothing proves the
-//!   transaction was not acknowledged: refused.
+//!   transaction was not acknowledged: refused. In WAL mode the newest
+//!   files are set aside before this check (`wal_commit.rs`,
+//!   `set_aside_unsynced_wal_ltx`): there the WAL is the commit, and an
+//!   LTX file is fsynced only before its frames can leave the WAL.
 //! - **The database file is missing** while LTX files record a position:
 //!   refused. It is never served as an empty database at its old TXID.
 //! - **The database file is empty or shorter than its header says**
@@ -433,7 +436,7 @@ fn checksum_with(
 }
 
 /// An LTX error's message without the path it names (the caller says it).
-fn strip_path(err: ltx::Error) -> String {
+pub(super) fn strip_path(err: ltx::Error) -> String {
     match err {
         ltx::Error::File { source, .. } => source.to_string(),
         other => other.to_string(),

@@ -67,7 +67,9 @@ impl Db {
                 self.name
             );
         }
-        // WAL mode: the WAL's recorded commits into the database file.
+        // WAL mode: LTX files a power cut caught unsynced, then the WAL's
+        // recorded commits into the database file.
+        self.set_aside_unsynced_wal_ltx()?;
         self.checkpoint_recorded_wal()?;
         let files = self.ltx_files()?;
         let newest = self.newest_position(&files)?;

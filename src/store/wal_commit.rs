@@ -338,6 +338,50 @@ impl Db {
         self.empty_wal()
     }
 
+    /// Before the reconciliation, in WAL mode: sets aside the newest LTX
+    /// files that do not verify. In WAL mode litefs acknowledges nothing
+    /// on an LTX file's durability (the WAL is the commit) and fsyncs LTX
+    /// files only before their frames can leave the WAL, so a power cut
+    /// may leave the newest of them empty or torn while their commits are
+    /// still in the WAL (or, with synchronous=NORMAL, lost from both, as
+    /// SQLite allows). They are moved to `lost/` and the reconciliation
+    /// records the WAL's commits again. The database file must say WAL
+    /// mode and a WAL must exist: otherwise a damaged newest file is
+    /// left to `damage.rs`.
+    pub(super) fn set_aside_unsynced_wal_ltx(&self) -> Result<(), Error> {
+        let wal_mode = File::open(&self.database_path)
+            .ok()
+            .and_then(|f| super::read_database_shape(&self.name, &self.database_path, &f).ok())
+            .flatten()
+            .is_some_and(|shape| shape.wal);
+        if !wal_mode || !self.wal_path().exists() {
+            return Ok(());
+        }
+        let mut lost_dir = None;
+        loop {
+            let files = self.ltx_files()?;
+            let Some((_, max, path)) = files.iter().max_by_key(|&&(min, max, _)| (max, min)) else {
+                return Ok(());
+            };
+            let Err(err) = ltx::verify_file(path) else {
+                return Ok(());
+            };
+            let dir = match &lost_dir {
+                Some(dir) => dir,
+                None => lost_dir.insert(super::lost::new_dir(&self.data_dir(), &self.name, *max)?),
+            };
+            let moved = super::lost::move_into(dir, path)?;
+            log::warn!(
+                "database {}: the newest LTX file was not yet durable when litefs stopped \
+                 ({}); in WAL mode the WAL holds the commit, so the file was moved to {} and \
+                 the WAL's commits are recorded again",
+                self.name,
+                super::damage::strip_path(err),
+                moved.display()
+            );
+        }
+    }
+
     /// The first half of the reconciliation: removes LTX files that claim
     /// WAL commits the WAL does not hold, then copies every WAL commit the
     /// LTX chain holds into the database file (fsynced).
