@@ -37,6 +37,9 @@ PACKAGES=(
     iproute2
     ca-certificates
     python3
+    e2fsprogs
+    util-linux
+    mount
 )
 
 say() { printf 'setup: %s\n' "$*"; }

@@ -2,7 +2,8 @@
 # The whole test suite: prepares the machine (scripts/setup.sh: Debian
 # packages, Consul under .local/consul, promtool under .local/prometheus),
 # then runs every test target with both on PATH, then the short list of
-# SQLite's own test files in a mount (scripts/sqlite-tests.sh --short).
+# SQLite's own test files in a mount (scripts/sqlite-tests.sh --short),
+# then a short run of the power-loss harness (scripts/powerloss.sh).
 # Exits non-zero when any failed.
 #
 # Arguments, if any, run `cargo test ARGS` alone: `scripts/test.sh --test
@@ -22,4 +23,6 @@ status=0
 cargo test --all-targets --no-fail-fast || status=$?
 # SQLite's own test files, the short list, in a mount.
 scripts/sqlite-tests.sh --short || status=$?
+# Power loss: a short run of the harness (the full run is by hand).
+scripts/powerloss.sh --states 45 || status=$?
 exit "$status"
