@@ -29,7 +29,6 @@
 //! role changes.
 
 use std::fmt;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::config::{LeaseConfig, LeaseKind};
@@ -112,6 +111,13 @@ pub trait Leaser: Send {
     /// changes after it; with `index` 0, answers at once. Returns the index
     /// to pass next time.
     fn primary(&mut self, index: u64, wait: Duration) -> Result<(Option<PrimaryInfo>, u64), Error>;
+
+    /// True when `primary` never changes its answer (a static lease): the
+    /// driver then waits itself, where it can see its stop flag, instead
+    /// of blocking in `primary`.
+    fn answer_never_changes(&self) -> bool {
+        false
+    }
 }
 
 /// Builds the leaser the config asks for; `config.hostname` and
@@ -247,13 +253,16 @@ impl Leaser for StaticLeaser {
         Ok(())
     }
 
-    fn primary(&mut self, index: u64, wait: Duration) -> Result<(Option<PrimaryInfo>, u64), Error> {
-        // The answer never changes, so a caller waiting for a change after
-        // the first answer (index 1) waits the whole time.
-        if index >= 1 {
-            thread::sleep(wait);
-        }
+    fn primary(
+        &mut self,
+        _index: u64,
+        _wait: Duration,
+    ) -> Result<(Option<PrimaryInfo>, u64), Error> {
         Ok((Some(self.primary.clone()), 1))
+    }
+
+    fn answer_never_changes(&self) -> bool {
+        true
     }
 }
 

@@ -484,3 +484,25 @@ fn with_a_token_only_the_cluster_gets_in() {
     // Loopback only in these configs: no warning about an open port.
     assert!(!primary.log_text().contains("without http.token"));
 }
+
+/// A static-lease replica stops at once: its lease thread, which has
+/// nothing to watch, waits where it sees the stop flag (it used to sleep
+/// through a 2 s watch, which every stop then waited for).
+#[test]
+fn a_static_replica_stops_without_waiting_for_its_lease_watch() {
+    let (_dir, primary, mut replicas) = cluster("replica-stop", 1);
+    sqlite3_ok(&primary.db("a.db"), "CREATE TABLE t(x);");
+    wait_caught_up(&primary, &replicas[0], "a.db");
+    for _ in 0..3 {
+        // Well into the lease thread's watch, whatever its phase.
+        std::thread::sleep(Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        replicas[0].stop();
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(1000),
+            "the replica took {took:?} to stop"
+        );
+        replicas[0].restart();
+    }
+}

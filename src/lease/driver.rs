@@ -210,6 +210,11 @@ impl Driver {
                 // as soon as it ends.
                 wait = wait.min(until.saturating_duration_since(Instant::now()) + STOP_CHECK);
             }
+            if index >= 1 && self.leaser.answer_never_changes() {
+                // Nothing can change: wait here, stoppable.
+                self.sleep_until(Instant::now() + wait);
+                continue;
+            }
             let started = Instant::now();
             match self.leaser.primary(index, wait) {
                 Ok((primary, new_index)) => {
