@@ -29,7 +29,6 @@ mod workloads;
 
 use check::{check_state, Expect};
 use disk::RecordedDisk;
-use node::Node;
 use recorder::{Event, Recording};
 use states::{choose, Images, Rng};
 use workloads::Workload;
@@ -95,21 +94,19 @@ struct Outcome {
 fn record(bin: &Path, work: &Path, workload: Workload) -> Result<Recording, String> {
     let disk = RecordedDisk::new(work, &work.join("disk"))?;
     let data = disk.dir().join("data");
-    let node_dir = work.join("recorded-node");
-    std::fs::create_dir_all(&node_dir).map_err(|e| format!("{}: {e}", node_dir.display()))?;
-    let mut node = Node::start(bin, &node_dir, &data, workload.yaml())?;
-    workload.setup(&node.mount)?;
+    let mut nodes = workload.start(bin, work, &data)?;
+    workload.setup(&nodes)?;
     disk.sync()?;
     disk.recorder.start();
-    let ran = workload.run(&node.mount, &disk.recorder);
+    let ran = workload.run(&mut nodes, &disk.recorder);
     let recording = disk
         .recorder
         .stop()
         .ok_or("the recording was not started")?;
-    ran.map_err(|e| format!("{e}\n--- litefs log ---\n{}", node.log_tail(15)))?;
+    ran.map_err(|e| format!("{e}\n--- litefs log ---\n{}", nodes.recorded.log_tail(15)))?;
     // The power cut: whatever litefs does next is not on the record.
-    let _ = node.signal_and_wait(libc::SIGKILL);
-    drop(node);
+    let _ = nodes.recorded.signal_and_wait(libc::SIGKILL);
+    drop(nodes);
     drop(disk);
     Ok(recording)
 }
@@ -142,7 +139,7 @@ fn run_workload(
                 spec,
             })
             .collect();
-        if let Err(e) = check_state(&args.litefs, work, &image, workload.yaml(), &expects) {
+        if let Err(e) = check_state(&args.litefs, work, &image, &workload.check_yaml(), &expects) {
             failed += 1;
             println!(
                 "FAILED {} state {i}: {}:\n  {}",

@@ -10,6 +10,10 @@ const DEADLINE: Duration = Duration::from_secs(20);
 
 pub struct Node {
     pub mount: PathBuf,
+    pub data: PathBuf,
+    port: u16,
+    bin: PathBuf,
+    config: PathBuf,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -33,29 +37,49 @@ impl Node {
             ),
         )
         .map_err(|e| format!("{}: {e}", config.display()))?;
-        let log = dir.join("litefs.log");
+        let mut node = Node {
+            mount,
+            data: data.to_path_buf(),
+            port,
+            bin: bin.to_path_buf(),
+            config,
+            log: dir.join("litefs.log"),
+            child: None,
+        };
+        node.restart()?;
+        Ok(node)
+    }
+
+    /// Starts litefs again with the same config (after `stop`); waits for
+    /// the mount.
+    pub fn restart(&mut self) -> Result<(), String> {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log)
-            .map_err(|e| format!("{}: {e}", log.display()))?;
+            .open(&self.log)
+            .map_err(|e| format!("{}: {e}", self.log.display()))?;
         let err_file = log_file.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(bin)
+        let child = Command::new(&self.bin)
             .arg("-config")
-            .arg(&config)
+            .arg(&self.config)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(err_file)
             .spawn()
-            .map_err(|e| format!("start {}: {e}", bin.display()))?;
-        let mut node = Node {
-            mount,
-            log,
-            child: Some(child),
-        };
-        node.wait_mounted()?;
-        Ok(node)
+            .map_err(|e| format!("start {}: {e}", self.bin.display()))?;
+        self.child = Some(child);
+        self.wait_mounted()
+    }
+
+    /// The URL of its HTTP server.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `<db>-pos` on its mount (empty when unreadable).
+    pub fn pos(&self, db: &str) -> String {
+        std::fs::read_to_string(self.mount.join(format!("{db}-pos"))).unwrap_or_default()
     }
 
     fn wait_mounted(&mut self) -> Result<(), String> {
