@@ -16,13 +16,19 @@ use crate::disk::LoopMount;
 use crate::node::Node;
 use crate::workloads::DbSpec;
 
-/// One database's expectation in one crash state.
+/// One generation of a database in one crash state: a database name
+/// may be deleted and created again (a new table name tells them apart).
 pub struct Expect {
     pub spec: DbSpec,
     /// The last transaction that must be there.
     pub required: u64,
-    /// The last transaction the workload committed.
-    pub last: u64,
+    /// Every transaction number the workload marked (the transaction
+    /// counts a crash state may show, with 0).
+    pub steps: Vec<u64>,
+    /// Whether its deletion began before the crash.
+    pub deleting: bool,
+    /// Whether its deletion returned before the crash.
+    pub deleted: bool,
 }
 
 /// Checks the crash state whose disk image is `image`; `work` is a
@@ -48,10 +54,8 @@ pub fn check_state(
     let stopped = node.stop().map_err(|e| with_log(&node, e));
     let positions = served?;
     stopped?;
-    for (expect, pos) in expects.iter().zip(positions) {
-        if let Some(pos) = pos {
-            check_chain(work, &data, &expect.spec.name, &pos)?;
-        }
+    for (name, pos) in positions {
+        check_chain(work, &data, &name, &pos)?;
     }
     drop(disk);
     let _ = std::fs::remove_file(&image_path);
@@ -65,45 +69,95 @@ fn with_log(node: &Node, error: String) -> String {
     )
 }
 
-/// Checks each database through the mount; returns each one's `-pos`
+/// Checks each database through the mount; returns each name's `-pos`
 /// (None for one that is rightly absent), after a checkpoint that leaves
 /// every committed page in the database file.
-fn check_served(node: &Node, expects: &[Expect]) -> Result<Vec<Option<String>>, String> {
+fn check_served(node: &Node, expects: &[Expect]) -> Result<Vec<(String, String)>, String> {
     if let Some(line) = node.log_text().lines().find(|l| l.contains("refusing")) {
         return Err(format!("litefs refused a database: {line}"));
     }
+    let mut names: Vec<&str> = expects.iter().map(|e| e.spec.name.as_str()).collect();
+    names.dedup();
     let mut positions = Vec::new();
-    for expect in expects {
-        let name = &expect.spec.name;
+    for name in names {
+        let generations: Vec<&Expect> = expects.iter().filter(|e| e.spec.name == name).collect();
         let path = node.mount.join(name);
-        if !path.exists() {
-            if expect.required > 0 {
+        // The generation the file is (None: no file), by its table; a file
+        // with no table yet is the newest generation being created.
+        let found = if path.exists() {
+            let tables = tables(&path)?;
+            Some(
+                generations
+                    .iter()
+                    .position(|g| tables.iter().any(|t| t == g.spec.table))
+                    .unwrap_or(generations.len() - 1),
+            )
+        } else {
+            None
+        };
+        for (i, g) in generations.iter().enumerate() {
+            // An acknowledged generation is there, or a newer one, or none
+            // once its deletion began.
+            let kept = match found {
+                Some(f) => f >= i,
+                None => g.deleting,
+            };
+            if g.required > 0 && !kept {
                 return Err(format!(
-                    "{name} is not on the mount; transaction {} was acknowledged",
-                    expect.required
+                    "{name} ({}): transaction {} was acknowledged, but the mount has {}",
+                    g.spec.key,
+                    g.required,
+                    match found {
+                        Some(f) => format!("{} instead", generations[f].spec.key),
+                        None => "no such file".into(),
+                    }
                 ));
             }
-            positions.push(None);
-            continue;
         }
-        let m = check_db(&path, expect)?;
-        if m < expect.required || m > expect.last {
+        let Some(f) = found else {
+            continue;
+        };
+        let g = generations[f];
+        if g.deleted {
             return Err(format!(
-                "{name} holds transactions 1..={m}; acknowledged 1..={}, committed 1..={}",
-                expect.required, expect.last
+                "{name}: {} is back, though its deletion was acknowledged",
+                g.spec.key
+            ));
+        }
+        let m = check_db(&path, g)?;
+        if m < g.required || (m > 0 && !g.steps.contains(&m)) {
+            return Err(format!(
+                "{name} ({}) holds transactions 1..={m}; acknowledged 1..={}, committed {:?}",
+                g.spec.key, g.required, g.steps
             ));
         }
         let pos = std::fs::read_to_string(node.mount.join(format!("{name}-pos")))
             .map_err(|e| format!("{name}-pos: {e}"))?;
-        positions.push(Some(pos));
+        positions.push((name.to_string(), pos));
     }
     Ok(positions)
+}
+
+/// The names of the tables in the database at `path`.
+fn tables(path: &Path) -> Result<Vec<String>, String> {
+    let conn = Connection::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    let mut stmt = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let names = stmt
+        .query_map([], |r| r.get(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| format!("{}: {e}", path.display()));
+    names
 }
 
 /// integrity_check, then the batches; returns the last whole batch.
 /// Ends with a TRUNCATE checkpoint (a no-op out of WAL mode).
 fn check_db(path: &Path, expect: &Expect) -> Result<u64, String> {
     let name = &expect.spec.name;
+    let table = expect.spec.table;
     let fail = |what: &str, e: rusqlite::Error| format!("{name}: {what}: {e}");
     let conn = Connection::open(path).map_err(|e| fail("open", e))?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
@@ -114,16 +168,22 @@ fn check_db(path: &Path, expect: &Expect) -> Result<u64, String> {
     if integrity != "ok" {
         return Err(format!("{name}: integrity_check: {integrity}"));
     }
-    let mut stmt = conn
-        .prepare("SELECT batch, count(*) FROM t GROUP BY batch ORDER BY batch")
-        .map_err(|e| fail("read the batches", e))?;
-    let batches: Vec<(u64, u64)> = stmt
-        .query_map([], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-        })
-        .and_then(|rows| rows.collect())
-        .map_err(|e| fail("read the batches", e))?;
-    drop(stmt);
+    let batches: Vec<(u64, u64)> = if tables(path)?.iter().any(|t| t == table) {
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT batch, count(*) FROM {table} GROUP BY batch ORDER BY batch"
+            ))
+            .map_err(|e| fail("read the batches", e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(|e| fail("read the batches", e))?;
+        rows
+    } else {
+        Vec::new()
+    };
     for (i, (batch, rows)) in batches.iter().enumerate() {
         if *batch != i as u64 + 1 || *rows != expect.spec.rows {
             return Err(format!(
@@ -165,8 +225,16 @@ fn ltx_files(data: &Path, name: &str) -> Result<Vec<PathBuf>, String> {
 /// database file's checksum against the newest file's.
 fn check_chain(work: &Path, data: &Path, name: &str, pos: &str) -> Result<(), String> {
     let files = ltx_files(data, name)?;
+    let database = data.join("dbs").join(name).join("database");
     let Some(newest) = files.last() else {
-        return Err(format!("{name}: no LTX file"));
+        // Created, never committed to: empty, at TXID 0.
+        let len = std::fs::metadata(&database).map_or(0, |m| m.len());
+        if len != 0 || !pos.starts_with("0000000000000000/") {
+            return Err(format!(
+                "{name}: no LTX file, but -pos is {pos:?} and the database file {len} bytes"
+            ));
+        }
+        return Ok(());
     };
     let (last, trailer) = litefs::ltx::read_header_and_trailer(newest)
         .map_err(|e| format!("{name}: {}: {e}", newest.display()))?;
@@ -179,7 +247,6 @@ fn check_chain(work: &Path, data: &Path, name: &str, pos: &str) -> Result<(), St
             "{name}: -pos is {pos:?}, the LTX chain ends at {end:?}"
         ));
     }
-    let database = data.join("dbs").join(name).join("database");
     let (first, _) = litefs::ltx::read_header_and_trailer(&files[0])
         .map_err(|e| format!("{name}: {}: {e}", files[0].display()))?;
     if first.min_txid != 1 && !first.is_snapshot() {

@@ -134,8 +134,10 @@ fn run_workload(
             .dbs()
             .into_iter()
             .map(|spec| Expect {
-                required: state.required(events, &spec.name),
-                last: states::last_commit(events, &spec.name),
+                required: state.required(events, &spec.key),
+                steps: states::steps(events, &spec.key),
+                deleting: state.deletion(events, &spec.key, false),
+                deleted: state.deletion(events, &spec.key, true),
                 spec,
             })
             .collect();

@@ -44,10 +44,14 @@ pub enum Event {
 /// What a workload had seen happen when it logged a mark.
 #[derive(Clone, Debug)]
 pub enum Mark {
-    /// Transaction `n` (counted from 1) of database `db` returned from
-    /// COMMIT; `durable` says whether SQLite promised it survives power
-    /// loss (false for WAL with synchronous=NORMAL).
+    /// Transaction `n` (counted from 1) of database generation `db` (the
+    /// `key` of a `DbSpec`) returned from COMMIT; `durable` says whether
+    /// it is promised to survive power loss (false for WAL with
+    /// synchronous=NORMAL).
     Committed { db: String, n: u64, durable: bool },
+    /// The deletion of database generation `db` began (`done` false) or
+    /// returned (`done` true).
+    Deleted { db: String, done: bool },
 }
 
 /// What was recorded: the image when recording began and what happened

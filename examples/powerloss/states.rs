@@ -59,6 +59,14 @@ impl CrashState {
             .max()
             .unwrap_or(0)
     }
+
+    /// Whether the deletion of `db` began (`done` false) or returned
+    /// (`done` true) before the interval's end.
+    pub fn deletion(&self, events: &[Event], db: &str, done: bool) -> bool {
+        events[..self.end].iter().any(|e| {
+            matches!(e, Event::Mark(Mark::Deleted { db: d, done: x }) if d == db && (*x || !done))
+        })
+    }
 }
 
 /// A small deterministic generator (xorshift64*), seeded per run.
@@ -178,14 +186,13 @@ fn apply(image: &mut [u8], event: &Event) {
     }
 }
 
-/// The last transaction of `db` the workload marked as returned.
-pub fn last_commit(events: &[Event], db: &str) -> u64 {
+/// Every transaction number of `db` the workload marked as returned.
+pub fn steps(events: &[Event], db: &str) -> Vec<u64> {
     events
         .iter()
         .filter_map(|e| match e {
             Event::Mark(Mark::Committed { db: d, n, .. }) if d == db => Some(*n),
             _ => None,
         })
-        .max()
-        .unwrap_or(0)
+        .collect()
 }

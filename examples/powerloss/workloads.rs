@@ -21,6 +21,10 @@ use crate::recorder::{Mark, Recorder};
 pub struct Nodes {
     pub recorded: Node,
     pub primary: Option<Node>,
+    /// The litefs binary (for `litefs import`).
+    pub bin: std::path::PathBuf,
+    /// The workload's directory, off the recorded disk.
+    pub work: std::path::PathBuf,
 }
 
 impl Nodes {
@@ -33,9 +37,25 @@ impl Nodes {
 /// One database of a workload and how its transactions look.
 #[derive(Clone, Debug)]
 pub struct DbSpec {
+    /// What marks call it: the name, or a later generation's own key.
+    pub key: String,
+    /// The file's name on the mount.
     pub name: String,
+    /// Its table (a later generation of a name has its own).
+    pub table: &'static str,
     /// Rows each transaction inserts.
     pub rows: u64,
+}
+
+impl DbSpec {
+    fn new(name: &str, rows: u64) -> DbSpec {
+        DbSpec {
+            key: name.into(),
+            name: name.into(),
+            table: "t",
+            rows,
+        }
+    }
 }
 
 /// A workload: what it writes, and litefs's config for it.
@@ -57,6 +77,11 @@ pub enum Workload {
     /// retention on the primary deletes what it lacks and started again
     /// to receive a snapshot.
     Replica,
+    /// Single-row commits, the database deleted (`rm` on the mount), and
+    /// created again with commits of its own.
+    Recreate,
+    /// `litefs import` replacing a database, five times.
+    Import,
 }
 
 /// Every workload, in the order `scripts/powerloss.sh` runs them.
@@ -71,6 +96,8 @@ pub const ALL: &[Workload] = &[
     Workload::Checkpoint,
     Workload::Retention,
     Workload::Replica,
+    Workload::Recreate,
+    Workload::Import,
 ];
 
 const BULK_ROWS: u64 = 3000;
@@ -84,6 +111,8 @@ impl Workload {
             Workload::Checkpoint => "wal checkpoint".into(),
             Workload::Retention => "retention".into(),
             Workload::Replica => "replica".into(),
+            Workload::Recreate => "delete and create again".into(),
+            Workload::Import => "import".into(),
         }
     }
 
@@ -93,10 +122,18 @@ impl Workload {
             Workload::Bulk(_) => BULK_ROWS,
             _ => 1,
         };
-        vec![DbSpec {
-            name: "app.db".into(),
-            rows,
-        }]
+        match self {
+            Workload::Recreate => vec![
+                DbSpec::new("app.db", 1),
+                DbSpec {
+                    key: "app.db created again".into(),
+                    table: "u",
+                    ..DbSpec::new("app.db", 1)
+                },
+            ],
+            Workload::Import => vec![DbSpec::new("imported.db", 1)],
+            _ => vec![DbSpec::new("app.db", rows)],
+        }
     }
 
     /// Extra config for the recorded node, beside its mount and data
@@ -134,14 +171,21 @@ impl Workload {
         };
         let yaml = self.yaml(primary.as_ref().map(|p| p.url()).as_deref());
         let recorded = Node::start(bin, &work.join("recorded-node"), data, &yaml)?;
-        Ok(Nodes { recorded, primary })
+        Ok(Nodes {
+            recorded,
+            primary,
+            bin: bin.to_path_buf(),
+            work: work.to_path_buf(),
+        })
     }
 
     fn journal_mode(self) -> &'static str {
         match self {
             Workload::Single(mode) | Workload::Bulk(mode) => mode,
             Workload::Wal(_) | Workload::Checkpoint => "wal",
-            Workload::Retention | Workload::Replica => "delete",
+            Workload::Retention | Workload::Replica | Workload::Recreate | Workload::Import => {
+                "delete"
+            }
         }
     }
 
@@ -163,15 +207,14 @@ impl Workload {
     /// Before recording: creates the databases (and waits for a replica
     /// to have them).
     pub fn setup(self, nodes: &Nodes) -> Result<(), String> {
-        for spec in self.dbs() {
-            let conn = self.open(&nodes.writer().mount, &spec.name)?;
-            conn.execute_batch(
-                "CREATE TABLE t(id INTEGER PRIMARY KEY, batch INTEGER NOT NULL, v BLOB)",
-            )
-            .map_err(|e| format!("{}: create the table: {e}", spec.name))?;
-            if let Some(primary) = &nodes.primary {
-                caught_up(primary, &nodes.recorded, &spec.name)?;
-            }
+        if self == Workload::Import {
+            return import(nodes, "imported.db", 0);
+        }
+        let spec = &self.dbs()[0];
+        let conn = self.open(&nodes.writer().mount, &spec.name)?;
+        create_table(&conn, spec)?;
+        if let Some(primary) = &nodes.primary {
+            caught_up(primary, &nodes.recorded, &spec.name)?;
         }
         Ok(())
     }
@@ -179,28 +222,40 @@ impl Workload {
     /// While recording: commits the transactions, marking each that
     /// returned.
     pub fn run(self, nodes: &mut Nodes, recorder: &Recorder) -> Result<(), String> {
-        if self == Workload::Replica {
-            return replica_run(nodes, recorder);
+        match self {
+            Workload::Replica => return replica_run(nodes, recorder),
+            Workload::Import => return import_run(nodes, recorder),
+            Workload::Recreate => return recreate_run(nodes, recorder),
+            _ => {}
         }
-        let mnt = &nodes.writer().mount;
-        for spec in self.dbs() {
-            let conn = self.open(mnt, &spec.name)?;
-            for n in 1..=self.txns() {
-                insert_batch(&conn, n, spec.rows)
-                    .map_err(|e| format!("{}: transaction {n}: {e}", spec.name))?;
-                recorder.mark(Mark::Committed {
-                    db: spec.name.clone(),
-                    n,
-                    durable: self.durable(),
-                });
-                if self == Workload::Checkpoint && n % 4 == 0 {
-                    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                        r.get::<_, i64>(0)
-                    })
-                    .map_err(|e| format!("{}: checkpoint after {n}: {e}", spec.name))?;
-                }
+        let spec = &self.dbs()[0];
+        let conn = self.open(&nodes.writer().mount, &spec.name)?;
+        for n in 1..=self.txns() {
+            self.commit(&conn, spec, n, recorder)?;
+            if self == Workload::Checkpoint && n % 4 == 0 {
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(|e| format!("{}: checkpoint after {n}: {e}", spec.name))?;
             }
         }
+        Ok(())
+    }
+
+    /// Commits transaction `n` of `spec` and marks it.
+    fn commit(
+        self,
+        conn: &Connection,
+        spec: &DbSpec,
+        n: u64,
+        recorder: &Recorder,
+    ) -> Result<(), String> {
+        insert_batch(conn, spec, n).map_err(|e| format!("{}: transaction {n}: {e}", spec.key))?;
+        recorder.mark(Mark::Committed {
+            db: spec.key.clone(),
+            n,
+            durable: self.durable(),
+        });
         Ok(())
     }
 
@@ -228,14 +283,97 @@ impl Workload {
     }
 }
 
-/// Commits transaction `n`: `rows` rows of batch `n`.
-fn insert_batch(conn: &Connection, n: u64, rows: u64) -> rusqlite::Result<()> {
+/// Creates the table of `spec`.
+fn create_table(conn: &Connection, spec: &DbSpec) -> Result<(), String> {
+    conn.execute_batch(&format!(
+        "CREATE TABLE {}(id INTEGER PRIMARY KEY, batch INTEGER NOT NULL, v BLOB)",
+        spec.table
+    ))
+    .map_err(|e| format!("{}: create the table: {e}", spec.key))
+}
+
+/// Inserts transaction `n` of `spec`: its rows of batch `n`.
+fn insert_batch(conn: &Connection, spec: &DbSpec, n: u64) -> rusqlite::Result<()> {
     conn.execute(
-        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?2) \
-         INSERT INTO t(batch, v) SELECT ?1, randomblob(100) FROM c",
-        (n as i64, rows as i64),
+        &format!(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?2) \
+             INSERT INTO {}(batch, v) SELECT ?1, randomblob(100) FROM c",
+            spec.table
+        ),
+        (n as i64, spec.rows as i64),
     )
     .map(|_| ())
+}
+
+/// `Workload::Recreate`: 8 commits, `rm` of the database, then the name
+/// created again (its own table) and 8 commits into it.
+fn recreate_run(nodes: &Nodes, recorder: &Recorder) -> Result<(), String> {
+    let w = Workload::Recreate;
+    let [first, second] = &w.dbs()[..] else {
+        return Err("two generations expected".into());
+    };
+    let path = nodes.recorded.mount.join(&first.name);
+    let conn = w.open(&nodes.recorded.mount, &first.name)?;
+    for n in 1..=8 {
+        w.commit(&conn, first, n, recorder)?;
+    }
+    drop(conn);
+    recorder.mark(Mark::Deleted {
+        db: first.key.clone(),
+        done: false,
+    });
+    std::fs::remove_file(&path).map_err(|e| format!("rm {}: {e}", path.display()))?;
+    recorder.mark(Mark::Deleted {
+        db: first.key.clone(),
+        done: true,
+    });
+    let conn = w.open(&nodes.recorded.mount, &second.name)?;
+    create_table(&conn, second)?;
+    for n in 1..=8 {
+        w.commit(&conn, second, n, recorder)?;
+    }
+    Ok(())
+}
+
+/// `Workload::Import`: five imports, import `v` holding transactions
+/// (batches) 1..=3v; each marked as transaction 3v once it returned.
+fn import_run(nodes: &Nodes, recorder: &Recorder) -> Result<(), String> {
+    for v in 1..=5 {
+        import(nodes, "imported.db", 3 * v)?;
+        recorder.mark(Mark::Committed {
+            db: "imported.db".into(),
+            n: 3 * v,
+            durable: true,
+        });
+    }
+    Ok(())
+}
+
+/// `litefs import`s a database of `batches` single-row batches as `name`,
+/// made in the harness's own directory (not on the recorded disk).
+fn import(nodes: &Nodes, name: &str, batches: u64) -> Result<(), String> {
+    let source = nodes.work.join("import-source.db");
+    let _ = std::fs::remove_file(&source);
+    let conn = Connection::open(&source).map_err(|e| format!("{}: {e}", source.display()))?;
+    let spec = DbSpec::new(name, 1);
+    create_table(&conn, &spec)?;
+    for n in 1..=batches {
+        insert_batch(&conn, &spec, n).map_err(|e| format!("{}: {e}", source.display()))?;
+    }
+    drop(conn);
+    let out = std::process::Command::new(&nodes.bin)
+        .args(["import", "-name", name, "-url", &nodes.recorded.url()])
+        .arg(&source)
+        .output()
+        .map_err(|e| format!("litefs import: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "litefs import of {batches} batches: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
 }
 
 const RETENTION: &str = "data:\n  retention: 50ms\n  retention-monitor-interval: 50ms\n";
@@ -278,7 +416,8 @@ fn replica_run(nodes: &mut Nodes, recorder: &Recorder) -> Result<(), String> {
     let mut n = 0;
     let commit = |n: &mut u64| -> Result<(), String> {
         *n += 1;
-        insert_batch(&conn, *n, 1).map_err(|e| format!("{db}: transaction {n}: {e}"))?;
+        insert_batch(&conn, &DbSpec::new(db, 1), *n)
+            .map_err(|e| format!("{db}: transaction {n}: {e}"))?;
         recorder.mark(Mark::Committed {
             db: db.into(),
             n: *n,
