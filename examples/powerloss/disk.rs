@@ -29,10 +29,10 @@ pub fn run(cmd: &mut Command) -> Result<String, String> {
 }
 
 /// A fresh ext4 image (default features, its journal) of `IMAGE_SIZE`
-/// made in `path`, returned as bytes. Inode tables and the journal are
-/// written by mkfs, not lazily after mounting, so that no background
-/// initialisation writes into the recording.
-pub fn fresh_ext4_image(path: &Path) -> Result<Vec<u8>, String> {
+/// made in `path`. Inode tables and the journal are written by mkfs, not
+/// lazily after mounting, so that no background initialisation writes
+/// into the recording.
+pub fn fresh_ext4_image(path: &Path) -> Result<(), String> {
     let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
     file.set_len(IMAGE_SIZE)
         .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -41,9 +41,7 @@ pub fn fresh_ext4_image(path: &Path) -> Result<Vec<u8>, String> {
         .args(["-q", "-F", "-b", "4096"])
         .args(["-E", "lazy_itable_init=0,lazy_journal_init=0"])
         .arg(path))?;
-    let image = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let _ = std::fs::remove_file(path);
-    Ok(image)
+    Ok(())
 }
 
 /// An ext4 file system mounted at `dir` from a loop device over `file`.
@@ -90,30 +88,28 @@ impl Drop for LoopMount {
     }
 }
 
-/// The recorded disk: the recorder's mount, and ext4 over its file.
+/// The recorded disk: the recorder process and its mount, and ext4 over
+/// its file.
 pub struct RecordedDisk {
-    pub recorder: Recorder,
-    /// Dropped first: ext4 and its loop device go before the recorder.
     ext4: Option<LoopMount>,
-    session: Option<fuser::BackgroundSession>,
+    /// Dropped after ext4 and its loop device (see `Drop`).
+    pub recorder: Recorder,
 }
 
 impl RecordedDisk {
     /// A fresh ext4 file system on a recorded disk, mounted at `dir`
-    /// (the recorder's own mount is made beside it in `work`).
+    /// (the recorder's own mount and files are made beside it in `work`).
     pub fn new(work: &Path, dir: &Path) -> Result<RecordedDisk, String> {
         std::fs::create_dir_all(work).map_err(|e| format!("{}: {e}", work.display()))?;
-        let image = fresh_ext4_image(&work.join("mkfs.img"))?;
-        let recorder = Recorder::new(image);
+        let image = work.join("mkfs.img");
+        fresh_ext4_image(&image)?;
         let rec_dir = work.join("recorder");
         std::fs::create_dir_all(&rec_dir).map_err(|e| format!("{}: {e}", rec_dir.display()))?;
-        let session = recorder
-            .mount(&rec_dir)
-            .map_err(|e| format!("mount the recorder at {}: {e}", rec_dir.display()))?;
+        let recorder = Recorder::spawn(&image, &rec_dir, work)?;
+        let _ = std::fs::remove_file(&image);
         let mut disk = RecordedDisk {
-            recorder,
             ext4: None,
-            session: Some(session),
+            recorder,
         };
         disk.ext4 = Some(LoopMount::new(&rec_dir.join(DISK_NAME), dir, true)?);
         Ok(disk)
@@ -137,7 +133,7 @@ impl RecordedDisk {
 
 impl Drop for RecordedDisk {
     fn drop(&mut self) {
+        // ext4 and its loop device first; the recorder (a field) after.
         self.ext4.take();
-        self.session.take();
     }
 }

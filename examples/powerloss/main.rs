@@ -21,10 +21,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 mod check;
+mod consul;
 mod disk;
 mod node;
+#[allow(dead_code)]
+#[path = "../common/node_info.rs"]
+mod node_info;
 mod recorder;
 mod states;
+mod step_down;
 mod workloads;
 
 use check::{check_state, Expect};
@@ -97,12 +102,9 @@ fn record(bin: &Path, work: &Path, workload: Workload) -> Result<Recording, Stri
     let mut nodes = workload.start(bin, work, &data)?;
     workload.setup(&nodes)?;
     disk.sync()?;
-    disk.recorder.start();
+    disk.recorder.start()?;
     let ran = workload.run(&mut nodes, &disk.recorder);
-    let recording = disk
-        .recorder
-        .stop()
-        .ok_or("the recording was not started")?;
+    let recording = disk.recorder.stop()?;
     ran.map_err(|e| format!("{e}\n--- litefs log ---\n{}", nodes.recorded.log_tail(15)))?;
     // The power cut: whatever litefs does next is not on the record.
     let _ = nodes.recorded.signal_and_wait(libc::SIGKILL);
@@ -167,6 +169,14 @@ fn run_workload(
 }
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("__recorder") {
+        if let Err(e) = recorder::serve(&argv[2..]) {
+            eprintln!("powerloss recorder: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

@@ -24,9 +24,20 @@ impl Node {
     /// loopback HTTP port, and `extra_yaml` (a lease section; none is the
     /// static lease of a primary). Waits for the mount.
     pub fn start(bin: &Path, dir: &Path, data: &Path, extra_yaml: &str) -> Result<Node, String> {
+        Node::start_with(bin, dir, data, |_| extra_yaml.to_string())
+    }
+
+    /// Like `start`, with the extra YAML made from the node's HTTP port.
+    pub fn start_with(
+        bin: &Path,
+        dir: &Path,
+        data: &Path,
+        extra_yaml: impl FnOnce(u16) -> String,
+    ) -> Result<Node, String> {
         let mount = dir.join("mnt");
         std::fs::create_dir_all(&mount).map_err(|e| format!("{}: {e}", mount.display()))?;
         let port = free_port()?;
+        let extra_yaml = extra_yaml(port);
         let config = dir.join("litefs.yml");
         std::fs::write(
             &config,
@@ -70,6 +81,11 @@ impl Node {
             .map_err(|e| format!("start {}: {e}", self.bin.display()))?;
         self.child = Some(child);
         self.wait_mounted()
+    }
+
+    /// The port of its HTTP server.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The URL of its HTTP server.
@@ -169,7 +185,7 @@ fn is_fuse_mount(path: &Path) -> bool {
 }
 
 /// The file system type mounted at `path`, per /proc/self/mounts.
-fn mount_fstype(path: &Path) -> Option<String> {
+pub fn mount_fstype(path: &Path) -> Option<String> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
     let want = path.to_string_lossy().replace(' ', "\\040");
     mounts
@@ -202,7 +218,7 @@ fn abort_fuse_connection(mount: &Path) {
     let _ = std::fs::write(connections.join(minor).join("abort"), "1");
 }
 
-fn free_port() -> Result<u16, String> {
+pub fn free_port() -> Result<u16, String> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

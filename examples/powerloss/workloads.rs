@@ -21,10 +21,14 @@ use crate::recorder::{Mark, Recorder};
 pub struct Nodes {
     pub recorded: Node,
     pub primary: Option<Node>,
+    /// For `Workload::StepDown`: the candidate that takes over.
+    pub standby: Option<Node>,
     /// The litefs binary (for `litefs import`).
     pub bin: std::path::PathBuf,
     /// The workload's directory, off the recorded disk.
     pub work: std::path::PathBuf,
+    /// For `Workload::StepDown`: the lease's Consul (stopped last).
+    pub consul: Option<crate::consul::Consul>,
 }
 
 impl Nodes {
@@ -48,7 +52,7 @@ pub struct DbSpec {
 }
 
 impl DbSpec {
-    fn new(name: &str, rows: u64) -> DbSpec {
+    pub fn new(name: &str, rows: u64) -> DbSpec {
         DbSpec {
             key: name.into(),
             name: name.into(),
@@ -82,6 +86,9 @@ pub enum Workload {
     Recreate,
     /// `litefs import` replacing a database, five times.
     Import,
+    /// WAL commits on a Consul-leased primary, which then steps down
+    /// (`step_down.rs`).
+    StepDown,
 }
 
 /// Every workload, in the order `scripts/powerloss.sh` runs them.
@@ -98,6 +105,7 @@ pub const ALL: &[Workload] = &[
     Workload::Replica,
     Workload::Recreate,
     Workload::Import,
+    Workload::StepDown,
 ];
 
 const BULK_ROWS: u64 = 3000;
@@ -113,6 +121,7 @@ impl Workload {
             Workload::Replica => "replica".into(),
             Workload::Recreate => "delete and create again".into(),
             Workload::Import => "import".into(),
+            Workload::StepDown => "step-down".into(),
         }
     }
 
@@ -162,6 +171,9 @@ impl Workload {
     /// Starts the workload's nodes: the recorded one with its data in
     /// `data`, under `work`.
     pub fn start(self, bin: &Path, work: &Path, data: &Path) -> Result<Nodes, String> {
+        if self == Workload::StepDown {
+            return crate::step_down::start(bin, work, data);
+        }
         let primary = match self {
             Workload::Replica => {
                 let dir = work.join("primary");
@@ -174,15 +186,17 @@ impl Workload {
         Ok(Nodes {
             recorded,
             primary,
+            standby: None,
             bin: bin.to_path_buf(),
             work: work.to_path_buf(),
+            consul: None,
         })
     }
 
     fn journal_mode(self) -> &'static str {
         match self {
             Workload::Single(mode) | Workload::Bulk(mode) => mode,
-            Workload::Wal(_) | Workload::Checkpoint => "wal",
+            Workload::Wal(_) | Workload::Checkpoint | Workload::StepDown => "wal",
             Workload::Retention | Workload::Replica | Workload::Recreate | Workload::Import => {
                 "delete"
             }
@@ -216,6 +230,9 @@ impl Workload {
         if let Some(primary) = &nodes.primary {
             caught_up(primary, &nodes.recorded, &spec.name)?;
         }
+        if let Some(standby) = &nodes.standby {
+            caught_up(&nodes.recorded, standby, &spec.name)?;
+        }
         Ok(())
     }
 
@@ -226,6 +243,7 @@ impl Workload {
             Workload::Replica => return replica_run(nodes, recorder),
             Workload::Import => return import_run(nodes, recorder),
             Workload::Recreate => return recreate_run(nodes, recorder),
+            Workload::StepDown => return crate::step_down::run(nodes, recorder),
             _ => {}
         }
         let spec = &self.dbs()[0];
@@ -243,7 +261,7 @@ impl Workload {
     }
 
     /// Commits transaction `n` of `spec` and marks it.
-    fn commit(
+    pub fn commit(
         self,
         conn: &Connection,
         spec: &DbSpec,
@@ -259,7 +277,7 @@ impl Workload {
         Ok(())
     }
 
-    fn open(self, mnt: &Path, name: &str) -> Result<Connection, String> {
+    pub fn open(self, mnt: &Path, name: &str) -> Result<Connection, String> {
         let path = mnt.join(name);
         let conn = Connection::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
@@ -293,7 +311,7 @@ fn create_table(conn: &Connection, spec: &DbSpec) -> Result<(), String> {
 }
 
 /// Inserts transaction `n` of `spec`: its rows of batch `n`.
-fn insert_batch(conn: &Connection, spec: &DbSpec, n: u64) -> rusqlite::Result<()> {
+pub fn insert_batch(conn: &Connection, spec: &DbSpec, n: u64) -> rusqlite::Result<()> {
     conn.execute(
         &format!(
             "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < ?2) \
@@ -389,7 +407,7 @@ fn replica_yaml(primary_url: &str) -> String {
 const CATCH_UP: Duration = Duration::from_secs(30);
 
 /// Polls until `replica`'s position of `db` is `primary`'s.
-fn caught_up(primary: &Node, replica: &Node, db: &str) -> Result<(), String> {
+pub fn caught_up(primary: &Node, replica: &Node, db: &str) -> Result<(), String> {
     let deadline = Instant::now() + CATCH_UP;
     loop {
         let want = primary.pos(db);
