@@ -16,6 +16,7 @@ mod auth;
 
 pub use auth::bearer as auth_header;
 mod client;
+mod frames;
 mod server;
 mod wire;
 
@@ -23,8 +24,9 @@ pub use client::{
     run_replica_loop, run_replica_loop_with, stream_from_primary, DeleteFn, ReceiveFn, Receivers,
     RetryOptions,
 };
+pub use frames::read_frames;
 pub use server::{
-    percent_encode, Limits, Server, Stats, HEAD_TIMEOUT, MAX_CONNECTIONS,
+    parse_request_head, percent_encode, Limits, Server, Stats, HEAD_TIMEOUT, MAX_CONNECTIONS,
     MAX_CONNECTIONS_PER_CLIENT,
 };
 pub use wire::{

@@ -11,6 +11,8 @@ pub mod cpu_wake;
 pub mod exec;
 pub mod fatal;
 pub mod fuse;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod json;
 pub mod lease;

@@ -51,6 +51,7 @@ mod stream;
 mod transfer;
 
 use accept::{ConnSlot, Slots, Throttled};
+pub use conn::parse_request_head;
 pub(in crate::http) use conn::Request;
 use conn::{read_request, ReadError};
 use stream::serve_stream;

@@ -205,6 +205,17 @@ struct Head {
     expects_continue: bool,
 }
 
+/// Parses a request head (up to its blank line) as the server does:
+/// the method and target, or the status the server would refuse it with
+/// (for the fuzz target, `crate::fuzzing`).
+pub fn parse_request_head(head: &[u8]) -> Result<(String, String), u16> {
+    match parse_head(head) {
+        Ok(h) => Ok((h.method, h.target)),
+        Err(ReadError::Refused { status, .. }) => Err(status),
+        Err(_) => Err(0),
+    }
+}
+
 fn parse_head(head: &[u8]) -> Result<Head, ReadError> {
     let text =
         std::str::from_utf8(head).map_err(|_| refused(400, "the request head is not UTF-8"))?;
