@@ -3,7 +3,8 @@
 # packages, Consul under .local/consul, promtool under .local/prometheus),
 # then runs every test target with both on PATH, then the short list of
 # SQLite's own test files in a mount (scripts/sqlite-tests.sh --short),
-# then a short run of the power-loss harness (scripts/powerloss.sh).
+# then a short run of the power-loss harness (scripts/powerloss.sh) and
+# a 30 s run of each fuzz target (scripts/fuzz.sh).
 # Exits non-zero when any failed.
 #
 # Arguments, if any, run `cargo test ARGS` alone: `scripts/test.sh --test
@@ -25,4 +26,6 @@ cargo test --all-targets --no-fail-fast || status=$?
 scripts/sqlite-tests.sh --short || status=$?
 # Power loss: a short run of the harness (the full run is by hand).
 scripts/powerloss.sh --states 45 || status=$?
+# Fuzzing: a 30 s smoke run of each target (long runs are by hand).
+scripts/fuzz.sh 30 || status=$?
 exit "$status"
