@@ -108,8 +108,9 @@ pub trait Leaser: Send {
 
     /// The current primary, or `None` if no node holds the lease. With
     /// `index` from an earlier answer, blocks up to `wait` until something
-    /// changes after it; with `index` 0, answers at once. Returns the index
-    /// to pass next time.
+    /// changes after it (unless `answer_never_changes`: then it answers at
+    /// once); with `index` 0, answers at once. Returns the index to pass
+    /// next time.
     fn primary(&mut self, index: u64, wait: Duration) -> Result<(Option<PrimaryInfo>, u64), Error>;
 
     /// True when `primary` never changes its answer (a static lease): the

@@ -102,6 +102,10 @@ impl Leaser for Watched {
         self.starts.lock().unwrap().push(Instant::now());
         self.inner.primary(index, wait)
     }
+
+    fn answer_never_changes(&self) -> bool {
+        self.inner.answer_never_changes()
+    }
 }
 
 /// `leaser`, and when each of its watches started. The lease thread makes
