@@ -386,43 +386,59 @@ fn the_store_lists_a_refused_database_and_will_not_create_it_again() {
 
 /// The state a power cut leaves in WAL mode: litefs fsyncs an LTX file
 /// of a WAL commit only before its frames can leave the WAL, so the
-/// newest files may be empty while the WAL holds their commits. They are
-/// set aside and recorded again from the WAL; nothing is refused or lost.
-/// (Found by `scripts/powerloss.sh`.)
+/// newest files may be torn (any of them: each is a file of its own)
+/// while the WAL holds their commits. The first torn one and every one
+/// after it are set aside and recorded again from the WAL; nothing is
+/// refused or lost. (Found by `scripts/powerloss.sh`.)
 #[test]
 fn unsynced_ltx_files_of_wal_commits_are_recorded_again_from_the_wal() {
     let dir = temp_dir("damaged-wal-unsynced");
     let mut node = Node::start_in(dir.path(), "");
-    // A connection that stays open: closing the last one would checkpoint
+    // Connections that stay open: closing the last one would checkpoint
     // the WAL (and sync every LTX file first).
-    let conn = common::open_wal(&node.db("wal.db"), "PRAGMA synchronous=FULL;");
-    conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);")
-        .unwrap();
-    for _ in 0..5 {
-        conn.execute("INSERT INTO t(v) VALUES (randomblob(100))", [])
+    let mut conns = Vec::new();
+    for name in ["newest.db", "middle.db"] {
+        let conn = common::open_wal(&node.db(name), "PRAGMA synchronous=FULL;");
+        conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);")
             .unwrap();
+        for _ in 0..5 {
+            conn.execute("INSERT INTO t(v) VALUES (randomblob(100))", [])
+                .unwrap();
+        }
+        conns.push(conn);
     }
-    let pos = node.pos("wal.db");
+    let pos = |node: &Node| (node.pos("newest.db"), node.pos("middle.db"));
+    let before = pos(&node);
     node.kill9();
-    drop(conn);
-    let files = node.ltx_files("wal.db");
-    let emptied: Vec<PathBuf> = files[files.len() - 2..].to_vec();
-    for file in &emptied {
+    drop(conns);
+    // newest.db: its two newest files emptied; middle.db: the one before
+    // its newest cut short, the newest whole.
+    let newest = node.ltx_files("newest.db");
+    let middle = node.ltx_files("middle.db");
+    let mut set_aside = vec![];
+    for file in &newest[newest.len() - 2..] {
         truncate(file, 0);
+        set_aside.push(("newest.db", file.clone()));
     }
+    let torn = &middle[middle.len() - 2];
+    truncate(torn, fs::metadata(torn).unwrap().len() / 2);
+    set_aside.push(("middle.db", torn.clone()));
+    set_aside.push(("middle.db", middle.last().unwrap().clone()));
 
     node.restart();
 
-    assert_eq!(refusal_line(&node, "wal.db"), None);
-    assert_eq!(count(&node, "wal.db"), "5");
-    assert_eq!(node.pos("wal.db"), pos);
-    assert_eq!(node.pos("wal.db"), common::newest_ltx_pos(&node, "wal.db"));
-    common::assert_replay_identical(&node, "wal.db");
+    assert_eq!(pos(&node), before);
     let lost = files_under(&node.data.join("lost"));
-    for file in &emptied {
+    for name in ["newest.db", "middle.db"] {
+        assert_eq!(refusal_line(&node, name), None);
+        assert_eq!(count(&node, name), "5");
+        assert_eq!(node.pos(name), common::newest_ltx_pos(&node, name));
+        common::assert_replay_identical(&node, name);
+    }
+    for (name, file) in &set_aside {
         assert!(
             lost.keys()
-                .any(|p| p.starts_with(node.data.join("lost/wal.db"))
+                .any(|p| p.starts_with(node.data.join("lost").join(name))
                     && p.file_name() == file.file_name()),
             "{} is not under lost/: {lost:?}",
             file.display()
@@ -435,6 +451,6 @@ fn unsynced_ltx_files_of_wal_commits_are_recorded_again_from_the_wal() {
         "no WARN about the unsynced LTX files"
     );
     // Writes go on from there.
-    sqlite3_ok(&node.db("wal.db"), "INSERT INTO t(v) VALUES (1);");
-    assert_eq!(count(&node, "wal.db"), "6");
+    sqlite3_ok(&node.db("middle.db"), "INSERT INTO t(v) VALUES (1);");
+    assert_eq!(count(&node, "middle.db"), "6");
 }

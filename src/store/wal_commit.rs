@@ -211,15 +211,7 @@ impl Db {
             // Many files (synchronous=NORMAL syncs at checkpoints only):
             // one syncfs of the data directory's file system costs less
             // than an fsync each, and covers the directory too.
-            let dir = File::open(&self.ltx_dir)
-                .map_err(io_error("opening the LTX directory", &self.ltx_dir))?;
-            // SAFETY: a valid descriptor; syncfs touches no memory.
-            if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
-                return Err(io_error(
-                    format!("syncing the LTX files of database {}", self.name),
-                    &self.ltx_dir,
-                )(io::Error::last_os_error()));
-            }
+            self.syncfs_ltx_dir()?;
         } else {
             for path in &state.unsynced_ltx {
                 File::open(path)
@@ -232,6 +224,21 @@ impl Db {
             sync_dir(&self.ltx_dir)?;
         }
         state.unsynced_ltx.clear();
+        Ok(())
+    }
+
+    /// Syncs the file system of the LTX directory (every LTX file and the
+    /// directory itself).
+    fn syncfs_ltx_dir(&self) -> Result<(), Error> {
+        let dir = File::open(&self.ltx_dir)
+            .map_err(io_error("opening the LTX directory", &self.ltx_dir))?;
+        // SAFETY: a valid descriptor; syncfs touches no memory.
+        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
+            return Err(io_error(
+                format!("syncing the LTX files of database {}", self.name),
+                &self.ltx_dir,
+            )(io::Error::last_os_error()));
+        }
         Ok(())
     }
 
@@ -338,48 +345,65 @@ impl Db {
         self.empty_wal()
     }
 
-    /// Before the reconciliation, in WAL mode: sets aside the newest LTX
-    /// files that do not verify. In WAL mode litefs acknowledges nothing
-    /// on an LTX file's durability (the WAL is the commit) and fsyncs LTX
-    /// files only before their frames can leave the WAL, so a power cut
-    /// may leave the newest of them empty or torn while their commits are
-    /// still in the WAL (or, with synchronous=NORMAL, lost from both, as
-    /// SQLite allows). They are moved to `lost/` and the reconciliation
-    /// records the WAL's commits again. The database file must say WAL
-    /// mode and a WAL must exist: otherwise a damaged newest file is
-    /// left to `damage.rs`.
+    /// Before the reconciliation, in WAL mode: sets aside the LTX files a
+    /// power cut left torn. In WAL mode litefs acknowledges nothing on an
+    /// LTX file's durability (the WAL is the commit) and fsyncs LTX files
+    /// only before their frames can leave the WAL (`sync_wal_ltx`, and
+    /// `checkpoint_recorded_wal` at start-up), so a torn file (cut short or
+    /// with bytes that do not check) among those of the current WAL
+    /// generation has its commits still in the WAL, or lost from both
+    /// (synchronous=NORMAL, as SQLite allows), and none of them in the
+    /// database file. That file and every one after it are moved to
+    /// `lost/` and the reconciliation records the WAL's commits again.
+    ///
+    /// The files looked at are the newest ones while each is torn or
+    /// records a frame of the WAL's current generation (its salts): files
+    /// of an earlier generation were synced before the WAL started over.
+    /// Without a WAL with a valid header (SQLite syncs it in every mode),
+    /// or with a file that cannot be read at all, nothing is set aside and
+    /// a damaged file is left to `damage.rs`.
     pub(super) fn set_aside_unsynced_wal_ltx(&self) -> Result<(), Error> {
         let wal_mode = File::open(&self.database_path)
             .ok()
             .and_then(|f| super::read_database_shape(&self.name, &self.database_path, &f).ok())
             .flatten()
             .is_some_and(|shape| shape.wal);
-        if !wal_mode || !self.wal_path().exists() {
+        let Ok(Some((wal_header, _))) = crate::sqlite::wal::read_commits(self.wal_path()) else {
+            return Ok(());
+        };
+        if !wal_mode {
             return Ok(());
         }
-        let mut lost_dir = None;
-        loop {
-            let files = self.ltx_files()?;
-            let Some((_, max, path)) = files.iter().max_by_key(|&&(min, max, _)| (max, min)) else {
-                return Ok(());
-            };
-            let Err(err) = ltx::verify_file(path) else {
-                return Ok(());
-            };
-            let dir = match &lost_dir {
-                Some(dir) => dir,
-                None => lost_dir.insert(super::lost::new_dir(&self.data_dir(), &self.name, *max)?),
-            };
-            let moved = super::lost::move_into(dir, path)?;
-            log::warn!(
-                "database {}: the newest LTX file was not yet durable when litefs stopped \
-                 ({}); in WAL mode the WAL holds the commit, so the file was moved to {} and \
-                 the WAL's commits are recorded again",
-                self.name,
-                super::damage::strip_path(err),
-                moved.display()
-            );
+        let files = self.ltx_files()?;
+        let mut first_torn = None;
+        for (i, (_, _, path)) in files.iter().enumerate().rev() {
+            match ltx::verify_file(path) {
+                Ok((h, _))
+                    if h.wal_size > 0
+                        && (h.wal_salt1, h.wal_salt2) == (wal_header.salt1, wal_header.salt2) => {}
+                Ok(_) => break,
+                Err(err) if is_torn(&err) => first_torn = Some(i),
+                Err(_) => break,
+            }
         }
+        let Some(first) = first_torn else {
+            return Ok(());
+        };
+        let newest = files.last().map_or(0, |(_, max, _)| *max);
+        let dir = super::lost::new_dir(&self.data_dir(), &self.name, newest)?;
+        for (_, _, path) in &files[first..] {
+            super::lost::move_into(&dir, path)?;
+        }
+        log::warn!(
+            "database {}: {} LTX file(s) from {} on were not yet durable when litefs \
+             stopped (the first is torn); in WAL mode the WAL holds the commits, so they \
+             were moved to {} and the WAL's commits are recorded again",
+            self.name,
+            files.len() - first,
+            files[first].2.display(),
+            dir.display()
+        );
+        Ok(())
     }
 
     /// The first half of the reconciliation: removes LTX files that claim
@@ -392,6 +416,9 @@ impl Db {
         if !self.newest_ltx_readable() {
             return Ok(());
         }
+        // LTX files a killed litefs left unsynced: durable before any
+        // frame leaves the WAL, as at run time.
+        self.syncfs_ltx_dir()?;
         let last_end = commits.last().map(|c| c.end).unwrap_or(0);
         // An LTX file beyond the WAL's last commit (a power failure took
         // WAL frames whose LTX file survived): the database never had it.
@@ -602,5 +629,16 @@ impl<'a> PageSource<'a> {
                 Ok(())
             }
         }
+    }
+}
+
+/// Whether `err` says an LTX file is cut short or its bytes do not check
+/// (what a power cut leaves of an unsynced file), not that it could not be
+/// read at all.
+fn is_torn(err: &ltx::Error) -> bool {
+    match err {
+        ltx::Error::File { source, .. } => is_torn(source),
+        ltx::Error::Truncated { .. } | ltx::Error::Corrupt(_) => true,
+        ltx::Error::Io(_) | ltx::Error::Invalid(_) => false,
     }
 }
