@@ -35,16 +35,30 @@ cargo build --quiet --bin litefs --example powerloss
 WORK="$(mktemp -d "${TMPDIR:-/dev/shm}/litefs-powerloss.XXXXXX" 2>/dev/null \
     || mktemp -d /tmp/litefs-powerloss.XXXXXX)"
 cleanup() {
-    # What an interrupted run left: mounts under the work directory
-    # (deepest first), then loop devices over its files.
-    grep -o " $WORK[^ ]*" /proc/self/mounts | sort -r | while read -r m; do
-        umount -l "$m" 2>/dev/null || true
-    done
-    losetup -nO NAME,BACK-FILE 2>/dev/null | while read -r dev file; do
-        case "$file" in "$WORK"/*) losetup -d "$dev" 2>/dev/null || true ;; esac
-    done
+    # What an interrupted run left, in the order it was stacked: the loop
+    # devices over files of the work directory are noted first (their
+    # backing paths vanish once the recorder is unmounted), then every
+    # mount but the recorders' is detached (litefs, ext4), then the loop
+    # devices, then the recorders. Best effort: nothing here may stop it.
+    set +e +o pipefail
+    local loops
+    loops=$(losetup -nO NAME,BACK-FILE 2>/dev/null | awk -v w="$WORK/" 'index($2, w) == 1 {print $1}')
+    awk -v w="$WORK" '$2 ~ "^"w && $1 != "powerloss-recorder" {print $2}' /proc/self/mounts \
+        | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    for dev in $loops; do losetup -d "$dev" 2>/dev/null || true; done
+    awk -v w="$WORK" '$2 ~ "^"w {print $2}' /proc/self/mounts \
+        | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    # A step-down leaves a WAL immutable (chattr +i).
+    chattr -R -i "$WORK" 2>/dev/null
     rm -rf "$WORK"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
 
-target/debug/examples/powerloss --litefs target/debug/litefs --work "$WORK/run" "$@"
+# In a process group of its own (set -m), so that an interrupt ends it
+# with every process it started (litefs, the recorder, Consul).
+set -m
+target/debug/examples/powerloss --litefs target/debug/litefs --work "$WORK/run" "$@" &
+harness=$!
+set +m
+trap 'kill -TERM -- -"$harness" 2>/dev/null; sleep 1; kill -KILL -- -"$harness" 2>/dev/null; exit 130' INT TERM
+wait "$harness"

@@ -25,13 +25,15 @@ pub fn ltx(data: &[u8]) {
     let _ = decoder.finish();
 }
 
-/// A replica reading a replication stream into a fresh store in `dir`
-/// (LTX files applied, deletions done, as litefs's apply thread would).
+/// A replica reading a replication stream into a fresh store in `dir`,
+/// as litefs does: each LTX file queued (`Db::enqueue_ltx`), deletions
+/// done, then every queue applied in order, as the apply thread would
+/// (without the mount's locks).
 pub fn stream(data: &[u8], dir: &Path) {
     let Ok(store) = Store::open(dir) else {
         return;
     };
-    let mut receive = |db: &std::sync::Arc<crate::store::Db>, path: &Path| db.apply_ltx(path);
+    let mut receive = |db: &std::sync::Arc<crate::store::Db>, path: &Path| db.enqueue_ltx(path);
     let mut delete = |name: &str| store.delete_db(name).map(|_| ());
     let mut receivers = crate::http::Receivers {
         receive: &mut receive,
@@ -39,6 +41,12 @@ pub fn stream(data: &[u8], dir: &Path) {
     };
     let stop = AtomicBool::new(false);
     let _ = crate::http::read_frames(data, "http://fuzz", &store, &mut receivers, &stop);
+    for db in store.dbs() {
+        while let Some(path) = db.front_queued() {
+            let applied = db.apply_ltx(&path).is_ok();
+            db.finish_queued(&path, applied);
+        }
+    }
 }
 
 /// A rollback journal as recovery reads it (written to `dir/journal`).

@@ -235,6 +235,11 @@ fn main() {
                 println!("ERROR {}: {}", workload.name(), e.replace('\n', "\n  "));
             }
         }
+        // A step-down leaves a WAL immutable (chattr +i).
+        let _ = std::process::Command::new("chattr")
+            .args(["-R", "-i"])
+            .arg(&dir)
+            .output();
         let _ = std::fs::remove_dir_all(&dir);
     }
     let _ = std::fs::remove_dir(&work);

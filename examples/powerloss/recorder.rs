@@ -131,6 +131,7 @@ impl Recorder {
                 return Err(format!("the recorder exited with {status}"));
             }
             if Instant::now() > deadline {
+                let _ = Command::new("umount").arg("-l").arg(mount).status();
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err("the recorder did not mount in 20 s".into());
@@ -158,11 +159,10 @@ impl Recorder {
         self.command("start\n")
     }
 
-    /// Logs a workload's event at this point of the device's history.
-    pub fn mark(&self, mark: Mark) {
-        if let Err(e) = self.command(&mark.encode()) {
-            eprintln!("{e}");
-        }
+    /// Logs a workload's event at this point of the device's history
+    /// (an error fails the workload: a lost mark would weaken the checks).
+    pub fn mark(&self, mark: Mark) -> Result<(), String> {
+        self.command(&mark.encode())
     }
 
     /// Ends the log and reads it back.
@@ -486,11 +486,14 @@ impl Filesystem for RecorderFs {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        if ino.0 != DISK {
+            return reply.ok();
+        }
         match self.state().log(&Event::Flush) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),

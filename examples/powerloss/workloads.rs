@@ -273,7 +273,7 @@ impl Workload {
             db: spec.key.clone(),
             n,
             durable: self.durable(),
-        });
+        })?;
         Ok(())
     }
 
@@ -339,12 +339,12 @@ fn recreate_run(nodes: &Nodes, recorder: &Recorder) -> Result<(), String> {
     recorder.mark(Mark::Deleted {
         db: first.key.clone(),
         done: false,
-    });
+    })?;
     std::fs::remove_file(&path).map_err(|e| format!("rm {}: {e}", path.display()))?;
     recorder.mark(Mark::Deleted {
         db: first.key.clone(),
         done: true,
-    });
+    })?;
     let conn = w.open(&nodes.recorded.mount, &second.name)?;
     create_table(&conn, second)?;
     for n in 1..=8 {
@@ -362,7 +362,7 @@ fn import_run(nodes: &Nodes, recorder: &Recorder) -> Result<(), String> {
             db: "imported.db".into(),
             n: 3 * v,
             durable: true,
-        });
+        })?;
     }
     Ok(())
 }
@@ -440,7 +440,7 @@ fn replica_run(nodes: &mut Nodes, recorder: &Recorder) -> Result<(), String> {
             db: db.into(),
             n: *n,
             durable: false,
-        });
+        })?;
         Ok(())
     };
     for _ in 0..10 {
