@@ -97,6 +97,8 @@ pub const ALL: &[Workload] = &[
     Workload::Single("truncate"),
     Workload::Single("persist"),
     Workload::Bulk("delete"),
+    Workload::Bulk("truncate"),
+    Workload::Bulk("persist"),
     Workload::Wal("full"),
     Workload::Wal("normal"),
     Workload::Bulk("wal"),
