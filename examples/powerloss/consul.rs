@@ -17,8 +17,22 @@ pub struct Consul {
 
 impl Consul {
     /// Starts `consul agent -dev` logging to `dir/consul.log` and waits
-    /// until it has a leader and creates sessions.
+    /// until it has a leader and creates sessions. Ports are free when
+    /// chosen, not always when the agent binds them: one that was taken
+    /// in between makes the agent exit, and it is started again on new
+    /// ports, a few times.
     pub fn start(dir: &Path) -> Result<Consul, String> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match Consul::start_once(dir) {
+                Err(e) if tries < 5 && e.contains("address already in use") => {}
+                other => return other,
+            }
+        }
+    }
+
+    fn start_once(dir: &Path) -> Result<Consul, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let log = dir.join("consul.log");
         let log_file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
