@@ -89,6 +89,9 @@ pub enum Workload {
     /// WAL commits on a Consul-leased primary, which then steps down
     /// (`step_down.rs`).
     StepDown,
+    /// A database written over with plain writes (`cat x > name`), five
+    /// times: each a transaction at its close.
+    CopyIn,
 }
 
 /// Every workload, in the order `scripts/powerloss.sh` runs them.
@@ -107,6 +110,7 @@ pub const ALL: &[Workload] = &[
     Workload::Replica,
     Workload::Recreate,
     Workload::Import,
+    Workload::CopyIn,
     Workload::StepDown,
 ];
 
@@ -124,6 +128,7 @@ impl Workload {
             Workload::Recreate => "delete and create again".into(),
             Workload::Import => "import".into(),
             Workload::StepDown => "step-down".into(),
+            Workload::CopyIn => "copy-in".into(),
         }
     }
 
@@ -143,6 +148,7 @@ impl Workload {
                 },
             ],
             Workload::Import => vec![DbSpec::new("imported.db", 1)],
+            Workload::CopyIn => vec![DbSpec::new("copied.db", 1)],
             _ => vec![DbSpec::new("app.db", rows)],
         }
     }
@@ -199,9 +205,11 @@ impl Workload {
         match self {
             Workload::Single(mode) | Workload::Bulk(mode) => mode,
             Workload::Wal(_) | Workload::Checkpoint | Workload::StepDown => "wal",
-            Workload::Retention | Workload::Replica | Workload::Recreate | Workload::Import => {
-                "delete"
-            }
+            Workload::Retention
+            | Workload::Replica
+            | Workload::Recreate
+            | Workload::Import
+            | Workload::CopyIn => "delete",
         }
     }
 
@@ -223,8 +231,10 @@ impl Workload {
     /// Before recording: creates the databases (and waits for a replica
     /// to have them).
     pub fn setup(self, nodes: &Nodes) -> Result<(), String> {
-        if self == Workload::Import {
-            return import(nodes, "imported.db", 0);
+        match self {
+            Workload::Import => return import(nodes, "imported.db", 0),
+            Workload::CopyIn => return copy_in(nodes, "copied.db", 0),
+            _ => {}
         }
         let spec = &self.dbs()[0];
         let conn = self.open(&nodes.writer().mount, &spec.name)?;
@@ -243,7 +253,7 @@ impl Workload {
     pub fn run(self, nodes: &mut Nodes, recorder: &Recorder) -> Result<(), String> {
         match self {
             Workload::Replica => return replica_run(nodes, recorder),
-            Workload::Import => return import_run(nodes, recorder),
+            Workload::Import | Workload::CopyIn => return import_run(self, nodes, recorder),
             Workload::Recreate => return recreate_run(nodes, recorder),
             Workload::StepDown => return crate::step_down::run(nodes, recorder),
             _ => {}
@@ -355,13 +365,19 @@ fn recreate_run(nodes: &Nodes, recorder: &Recorder) -> Result<(), String> {
     Ok(())
 }
 
-/// `Workload::Import`: five imports, import `v` holding transactions
-/// (batches) 1..=3v; each marked as transaction 3v once it returned.
-fn import_run(nodes: &Nodes, recorder: &Recorder) -> Result<(), String> {
+/// `Workload::Import` and `Workload::CopyIn`: five imports or copies,
+/// number `v` holding transactions (batches) 1..=3v; each marked as
+/// transaction 3v once it returned.
+fn import_run(w: Workload, nodes: &Nodes, recorder: &Recorder) -> Result<(), String> {
+    let name = &w.dbs()[0].name;
     for v in 1..=5 {
-        import(nodes, "imported.db", 3 * v)?;
+        if w == Workload::CopyIn {
+            copy_in(nodes, name, 3 * v)?;
+        } else {
+            import(nodes, name, 3 * v)?;
+        }
         recorder.mark(Mark::Committed {
-            db: "imported.db".into(),
+            db: name.clone(),
             n: 3 * v,
             durable: true,
         })?;
@@ -369,18 +385,9 @@ fn import_run(nodes: &Nodes, recorder: &Recorder) -> Result<(), String> {
     Ok(())
 }
 
-/// `litefs import`s a database of `batches` single-row batches as `name`,
-/// made in the harness's own directory (not on the recorded disk).
+/// `litefs import`s a database of `batches` single-row batches as `name`.
 fn import(nodes: &Nodes, name: &str, batches: u64) -> Result<(), String> {
-    let source = nodes.work.join("import-source.db");
-    let _ = std::fs::remove_file(&source);
-    let conn = Connection::open(&source).map_err(|e| format!("{}: {e}", source.display()))?;
-    let spec = DbSpec::new(name, 1);
-    create_table(&conn, &spec)?;
-    for n in 1..=batches {
-        insert_batch(&conn, &spec, n).map_err(|e| format!("{}: {e}", source.display()))?;
-    }
-    drop(conn);
+    let source = source_db(nodes, name, batches)?;
     let out = std::process::Command::new(&nodes.bin)
         .args(["import", "-name", name, "-url", &nodes.recorded.url()])
         .arg(&source)
@@ -394,6 +401,48 @@ fn import(nodes: &Nodes, name: &str, batches: u64) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Writes a database of `batches` single-row batches over `name` on the
+/// mount with plain writes, as `cat source > name` does: one transaction
+/// once the file is closed (the close's result is checked).
+fn copy_in(nodes: &Nodes, name: &str, batches: u64) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::fd::IntoRawFd;
+    let source = source_db(nodes, name, batches)?;
+    let bytes = std::fs::read(&source).map_err(|e| format!("{}: {e}", source.display()))?;
+    let path = nodes.recorded.mount.join(name);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    file.write_all(&bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: the descriptor is ours, closed once.
+    if unsafe { libc::close(file.into_raw_fd()) } != 0 {
+        return Err(format!(
+            "closing {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// A database of `batches` single-row batches of `name`'s table, made in
+/// the harness's own directory (not on the recorded disk).
+fn source_db(nodes: &Nodes, name: &str, batches: u64) -> Result<std::path::PathBuf, String> {
+    let source = nodes.work.join("source.db");
+    let _ = std::fs::remove_file(&source);
+    let conn = Connection::open(&source).map_err(|e| format!("{}: {e}", source.display()))?;
+    let spec = DbSpec::new(name, 1);
+    create_table(&conn, &spec)?;
+    for n in 1..=batches {
+        insert_batch(&conn, &spec, n).map_err(|e| format!("{}: {e}", source.display()))?;
+    }
+    Ok(source)
 }
 
 const RETENTION: &str = "data:\n  retention: 50ms\n  retention-monitor-interval: 50ms\n";
