@@ -25,7 +25,7 @@ cargo test --all-targets --no-fail-fast || status=$?
 # SQLite's own test files, the short list, in a mount.
 scripts/sqlite-tests.sh --short || status=$?
 # Power loss: a short run of the harness (the full run is by hand).
-scripts/powerloss.sh --states 45 || status=$?
+scripts/powerloss.sh --states 48 || status=$?
 # Fuzzing: a 30 s smoke run of each target (long runs are by hand).
 scripts/fuzz.sh 30 || status=$?
 exit "$status"
