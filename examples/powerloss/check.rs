@@ -3,10 +3,16 @@
 //! - litefs starts (ext4 having replayed its journal) and serves every
 //!   database, refusing none;
 //! - each database passes `PRAGMA integrity_check` and holds whole
-//!   transactions only (batches 1..=m of `rows` rows each), m at least the
-//!   last durable COMMIT that returned before the crash;
-//! - `-pos` is the end of the LTX chain, and the chain replayed onto an
-//!   empty store is byte-identical to the database file.
+//!   transactions only (batches 1..=m of `rows` rows each), m one of the
+//!   counts the workload committed and at least the last durable one that
+//!   returned before the crash;
+//! - a name deleted and created again (generations, told apart by their
+//!   table) shows the newest generation acknowledged, or a newer one, and
+//!   never a generation whose deletion returned; no file only once the
+//!   deletion of every acknowledged generation began;
+//! - `-pos` is the end of the LTX chain (TXID 0 with no LTX file only for
+//!   an empty database), and the chain replayed onto an empty store is
+//!   byte-identical to the database file.
 
 use std::path::{Path, PathBuf};
 
