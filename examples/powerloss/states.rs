@@ -11,6 +11,12 @@
 //! could only rely on flushes up to k, and every write after flush k may
 //! be the one lost, so every durable commit marked before flush k+1 must
 //! be there, whatever the subset.
+//!
+//! The model is a little kinder than a real disk: a device write is whole
+//! or absent (no torn sectors), a write the device completed before a
+//! flush began counts as covered by it, and writes between the last sync
+//! before recording and its start are taken as durable. Those can hide a
+//! fault, never invent one.
 
 use crate::recorder::{Event, Mark, Recording};
 

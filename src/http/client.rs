@@ -37,8 +37,6 @@ const DISK_FULL_EFFECT: &str = "this replica stops advancing (its position and e
                                 it applied are kept) and retries with backoff";
 /// Longest error message read from a refusing primary.
 const MAX_ERROR_BODY: u64 = 4096;
-/// Buffer between the socket and the frame parser.
-const READ_BUFFER: usize = 64 * 1024;
 
 /// The function that takes a received LTX file (at the given path) for a
 /// database, applying or queueing it (which moves it away or copies it),
@@ -292,7 +290,7 @@ fn stream_once(
         listed.len()
     );
     super::frames::read_frames(
-        BufReader::with_capacity(READ_BUFFER, body.into_reader()),
+        BufReader::with_capacity(super::frames::READ_BUFFER, body.into_reader()),
         &url,
         store,
         receivers,

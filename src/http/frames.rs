@@ -14,8 +14,9 @@ use super::wire::{self, IDLE_TIMEOUT, MAX_LTX_LEN, MAX_NAME_LEN, MIN_LTX_LEN};
 use super::Error;
 use crate::store::{self, Store};
 
-/// The size of the buffer a received LTX file is copied through.
-const READ_BUFFER: usize = 64 * 1024;
+/// The buffer between the socket and the frame reader, and the one a
+/// received LTX file is copied through.
+pub(super) const READ_BUFFER: usize = 64 * 1024;
 /// Numbers temporary files of received LTX files.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 

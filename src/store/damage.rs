@@ -436,7 +436,7 @@ fn checksum_with(
 }
 
 /// An LTX error's message without the path it names (the caller says it).
-pub(super) fn strip_path(err: ltx::Error) -> String {
+fn strip_path(err: ltx::Error) -> String {
     match err {
         ltx::Error::File { source, .. } => source.to_string(),
         other => other.to_string(),

@@ -368,7 +368,15 @@ impl Db {
             .and_then(|f| super::read_database_shape(&self.name, &self.database_path, &f).ok())
             .flatten()
             .is_some_and(|shape| shape.wal);
-        let Ok(Some((wal_header, _))) = crate::sqlite::wal::read_commits(self.wal_path()) else {
+        // The header alone: the reconciliation reads the frames next.
+        let wal_header = File::open(self.wal_path())
+            .and_then(|f| {
+                let len = f.metadata()?.len();
+                wal::read_header(&f, len)
+            })
+            .ok()
+            .flatten();
+        let Some(wal_header) = wal_header else {
             return Ok(());
         };
         if !wal_mode {
