@@ -15,6 +15,8 @@
 //! run (`--workload` picks those whose name contains NAME). Prints one
 //! line per failed state (with what failed and the litefs log's end), a
 //! table of workloads, and as its last line `N crash states, M failed`;
+//! `--keep-failed` keeps each failed state's image in
+//! `.local/powerloss-failed/` (under the current directory);
 //! exits 1 when M > 0. Needs root (FUSE, loop devices, mount).
 
 use std::path::{Path, PathBuf};
@@ -152,9 +154,12 @@ fn run_workload(
                 e.replace('\n', "\n  ")
             );
             if args.keep_failed {
-                let keep = work.join(format!("failed-{i}.img"));
-                if std::fs::write(&keep, &image).is_ok() {
-                    println!("  image kept in {}", keep.display());
+                // Outside the work directory, which goes at the end.
+                let dir = Path::new(".local/powerloss-failed");
+                let keep = dir.join(format!("{}-{i}.img", workload.name().replace(' ', "-")));
+                match std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&keep, &image)) {
+                    Ok(()) => println!("  image kept in {}", keep.display()),
+                    Err(e) => println!("  cannot keep the image in {}: {e}", keep.display()),
                 }
             }
         }
