@@ -104,6 +104,10 @@ struct Handle {
     /// For a database written without SQLite: the staging file `file`
     /// is (`copy_in.rs`).
     copy_in: Option<copy_in::CopyIn>,
+    /// A database opened read-write by a program other than SQLite: its
+    /// writes outside a SQLite transaction are edits in place
+    /// (`writes.rs`).
+    edits_in_place: bool,
 }
 
 impl Handle {
@@ -124,6 +128,7 @@ impl Handle {
             direct: Mutex::new(direct),
             not_handed: AtomicU64::new(0),
             copy_in: None,
+            edits_in_place: false,
         }
     }
 }

@@ -38,6 +38,7 @@ mod names;
 mod page_reader;
 mod publish;
 mod queue;
+mod raw_edit;
 mod recovery;
 mod seal;
 mod slot;

@@ -2,7 +2,8 @@
 //! O_TRUNC open) becomes one transaction when its writer closes it, and
 //! replicates like any commit; a file that is not a whole database is
 //! refused (at its first write, or at close) and changes nothing; a crash in the middle of a copy
-//! leaves the old database. Real litefs processes (static lease) on real
+//! leaves the old database; a program that writes a database in place
+//! (read-write, not SQLite) makes each write a transaction. Real litefs processes (static lease) on real
 //! mounts, real `cp`, `sh`, `sqlite3` and Python. Needs root and /dev/fuse.
 
 mod common;
@@ -372,4 +373,145 @@ fn a_wal_mode_database_copies_in_and_goes_on_in_wal_mode() {
     wait_caught_up(&primary, &replica, "a.db");
     assert_eq!(summary(&replica.db("a.db")), "301|aaaa\n");
     assert_identical(&primary, &replica, "a.db");
+}
+
+/// Python opening a database `r+b` (read-write, no O_NOFOLLOW: not
+/// SQLite) and writing to it in place: part of the header, then a whole
+/// page, then past the end.
+const EDIT_IN_PLACE: &str = r#"
+import os, sys
+path, version = sys.argv[1], int(sys.argv[2])
+with open(path, "r+b", buffering=0) as f:
+    head = bytearray(f.read(100))
+    counter = int.from_bytes(head[24:28], "big") + 1
+    # Change counter, user_version and the counter the size is valid for
+    # (offsets 24, 60, 92): one write of part of page 1.
+    head[24:28] = counter.to_bytes(4, "big")
+    head[60:64] = version.to_bytes(4, "big")
+    head[92:96] = counter.to_bytes(4, "big")
+    f.seek(24)
+    f.write(head[24:96])
+    # The same again, as a write of the whole of page 1.
+    page_size = int.from_bytes(head[16:18], "big")
+    f.seek(0)
+    page = bytearray(f.read(page_size))
+    page[24:28] = (counter + 1).to_bytes(4, "big")
+    page[60:64] = (version + 1).to_bytes(4, "big")
+    page[92:96] = (counter + 1).to_bytes(4, "big")
+    f.seek(0)
+    f.write(page)
+    # Past the end of the database: refused.
+    f.seek(os.fstat(f.fileno()).st_size)
+    try:
+        f.write(b"x" * 10)
+        print("past the end: written")
+    except OSError as e:
+        print("past the end:", e.strerror)
+"#;
+
+#[test]
+fn a_program_writing_in_place_commits_each_write_and_replicates() {
+    let dir = temp_dir("edit-in-place");
+    let primary = Node::start_in(&dir.path().join("primary"), "");
+    let replica = Node::start_in(&dir.path().join("replica"), &replica_yaml(&primary));
+    let db = primary.db("a.db");
+    source_db(&db, 300, "aaaa");
+    let before = txid(&primary, "a.db");
+    let out = run(
+        "python3",
+        &["-c", EDIT_IN_PLACE, &db.to_string_lossy(), "7"],
+    );
+    assert!(
+        out.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "past the end: Invalid argument\n"
+    );
+    assert_eq!(
+        txid(&primary, "a.db"),
+        before + 2,
+        "each write in place is a transaction; the refused one is none"
+    );
+    assert!(
+        primary
+            .log_text()
+            .contains("written in place without SQLite, recorded as TXID"),
+        "{}",
+        primary.log_text()
+    );
+    // SQLite sees the edits (the change counter moved), writes on, and
+    // the replica has it all.
+    assert_eq!(
+        sqlite3_ok(
+            &db,
+            "PRAGMA user_version; INSERT INTO t(v) VALUES('bbbb'); PRAGMA integrity_check;"
+        ),
+        "8\nok\n"
+    );
+    wait_caught_up(&primary, &replica, "a.db");
+    assert_eq!(
+        sqlite3_ok(&replica.db("a.db"), "PRAGMA user_version;"),
+        "8\n"
+    );
+    assert_eq!(summary(&replica.db("a.db")), "301|aaaa\n");
+    assert_identical(&primary, &replica, "a.db");
+    assert_replay_identical(&primary, "a.db");
+}
+
+#[test]
+fn a_copy_keeps_pages_past_the_headers_page_count() {
+    // As a copy taken in the middle of a transaction has them: `cp`
+    // leaves the whole file, SQLite reads the database its header
+    // describes, and that database is what replicates.
+    let dir = temp_dir("copy-in-long");
+    let primary = Node::start_in(&dir.path().join("primary"), "");
+    let replica = Node::start_in(&dir.path().join("replica"), &replica_yaml(&primary));
+    let src = dir.path().join("src.db");
+    source_db(&src, 100, "aaaa");
+    let len = std::fs::metadata(&src).unwrap().len();
+    let grow = format!("import sys; open(sys.argv[1], 'ab').write(b'\\x01' * {len})");
+    let out = run("python3", &["-c", &grow, &src.to_string_lossy()]);
+    assert!(out.status.success());
+    let out = run(
+        "cp",
+        &[
+            &src.to_string_lossy(),
+            &primary.db("a.db").to_string_lossy(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "cp: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let copied = std::fs::read(primary.db("a.db")).unwrap();
+    assert_eq!(
+        copied.len() as u64,
+        2 * len,
+        "the copy keeps the file's length"
+    );
+    assert!(copied[len as usize..].iter().all(|b| *b == 1));
+    assert_eq!(summary(&primary.db("a.db")), "100|aaaa\n");
+    assert_eq!(
+        sqlite3_ok(&primary.db("a.db"), "PRAGMA integrity_check;"),
+        "ok\n"
+    );
+    wait_caught_up(&primary, &replica, "a.db");
+    let replicated = std::fs::read(replica.db("a.db")).unwrap();
+    assert_eq!(
+        replicated[..],
+        copied[..len as usize],
+        "the database replicates"
+    );
+    // SQLite writes on; the primary's file keeps its length.
+    sqlite3_ok(&primary.db("a.db"), "INSERT INTO t(v) VALUES('bbbb');");
+    wait_caught_up(&primary, &replica, "a.db");
+    assert_eq!(summary(&replica.db("a.db")), "101|aaaa\n");
+    assert_eq!(
+        std::fs::metadata(primary.db("a.db")).unwrap().len(),
+        2 * len
+    );
 }

@@ -270,13 +270,14 @@ fn bad_input_gets_a_clear_errno_and_loses_nothing() {
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
 
     use std::os::unix::fs::FileExt;
-    // Read-write, as SQLite opens it (write-only would be a copy-in).
+    // Read-write (write-only would be a copy-in): a write in place must
+    // stay within the database's two pages (tests/copy_in.rs).
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(&db)
         .unwrap();
-    let err = f.write_at(&[1u8; 100], 4096 + 3).unwrap_err();
+    let err = f.write_at(&[1u8; 100], 8192 + 3).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
     // Cutting into the database outside a transaction would not replicate.
     let err = f.set_len(4096).unwrap_err();

@@ -5,7 +5,8 @@
 //! - each database passes `PRAGMA integrity_check` and holds whole
 //!   transactions only (batches 1..=m of `rows` rows each), m one of the
 //!   counts the workload committed and at least the last durable one that
-//!   returned before the crash;
+//!   returned before the crash (with edits in place, `user_version` is m
+//!   or m - 1 and at least that one);
 //! - a name deleted and created again (generations, told apart by their
 //!   table) shows the newest generation acknowledged, or a newer one, and
 //!   never a generation whose deletion returned; no file only once the
@@ -200,13 +201,29 @@ fn check_db(path: &Path, expect: &Expect) -> Result<u64, String> {
             ));
         }
     }
+    let m = batches.len() as u64;
+    if expect.spec.edits {
+        // Each transaction's edit in place comes after it, and is marked
+        // with it.
+        let edited: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| fail("user_version", e))?;
+        let edited = edited as u64;
+        if !(edited == m || edited + 1 == m) || edited < expect.required {
+            return Err(format!(
+                "{name}: user_version {edited} (written in place after each transaction) with \
+                 transactions 1..={m}; acknowledged 1..={}",
+                expect.required
+            ));
+        }
+    }
     let busy: i64 = conn
         .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
         .map_err(|e| fail("checkpoint", e))?;
     if busy != 0 {
         return Err(format!("{name}: the checkpoint was busy"));
     }
-    Ok(batches.len() as u64)
+    Ok(m)
 }
 
 /// The LTX files of `name` in `data`, in TXID order.

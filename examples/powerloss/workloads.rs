@@ -49,6 +49,9 @@ pub struct DbSpec {
     pub table: &'static str,
     /// Rows each transaction inserts.
     pub rows: u64,
+    /// Each transaction `n` is followed by a write in place, without
+    /// SQLite, of `user_version` = n (`Workload::EditInPlace`).
+    pub edits: bool,
 }
 
 impl DbSpec {
@@ -58,6 +61,7 @@ impl DbSpec {
             name: name.into(),
             table: "t",
             rows,
+            edits: false,
         }
     }
 }
@@ -92,6 +96,10 @@ pub enum Workload {
     /// A database written over with plain writes (`cat x > name`), five
     /// times: each a transaction at its close.
     CopyIn,
+    /// Single-row commits, each followed by a write of part of page 1
+    /// (change counter, `user_version`) by a program that is not SQLite:
+    /// a transaction of its own.
+    EditInPlace,
 }
 
 /// Every workload, in the order `scripts/powerloss.sh` runs them.
@@ -111,6 +119,7 @@ pub const ALL: &[Workload] = &[
     Workload::Recreate,
     Workload::Import,
     Workload::CopyIn,
+    Workload::EditInPlace,
     Workload::StepDown,
 ];
 
@@ -129,6 +138,7 @@ impl Workload {
             Workload::Import => "import".into(),
             Workload::StepDown => "step-down".into(),
             Workload::CopyIn => "copy-in".into(),
+            Workload::EditInPlace => "edit in place".into(),
         }
     }
 
@@ -149,6 +159,10 @@ impl Workload {
             ],
             Workload::Import => vec![DbSpec::new("imported.db", 1)],
             Workload::CopyIn => vec![DbSpec::new("copied.db", 1)],
+            Workload::EditInPlace => vec![DbSpec {
+                edits: true,
+                ..DbSpec::new("edited.db", 1)
+            }],
             _ => vec![DbSpec::new("app.db", rows)],
         }
     }
@@ -209,7 +223,8 @@ impl Workload {
             | Workload::Replica
             | Workload::Recreate
             | Workload::Import
-            | Workload::CopyIn => "delete",
+            | Workload::CopyIn
+            | Workload::EditInPlace => "delete",
         }
     }
 
@@ -261,6 +276,17 @@ impl Workload {
         let spec = &self.dbs()[0];
         let conn = self.open(&nodes.writer().mount, &spec.name)?;
         for n in 1..=self.txns() {
+            if spec.edits {
+                insert_batch(&conn, spec, n)
+                    .map_err(|e| format!("{}: transaction {n}: {e}", spec.key))?;
+                edit_in_place(&nodes.writer().mount.join(&spec.name), n)?;
+                recorder.mark(Mark::Committed {
+                    db: spec.key.clone(),
+                    n,
+                    durable: self.durable(),
+                })?;
+                continue;
+            }
             self.commit(&conn, spec, n, recorder)?;
             if self == Workload::Checkpoint && n % 4 == 0 {
                 conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
@@ -311,6 +337,27 @@ impl Workload {
             .map_err(|e| format!("{name}: pragmas: {e}"))?;
         Ok(conn)
     }
+}
+
+/// Writes `user_version` = `n` into the database at `path` in place, as a
+/// program that is not SQLite does (opened read-write without
+/// O_NOFOLLOW): one write of bytes 24..96 of page 1, with the change
+/// counter moved on so that SQLite's connections drop their cache.
+fn edit_in_place(path: &Path, n: u64) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let fail = |e: std::io::Error| format!("{}: edit in place {n}: {e}", path.display());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(fail)?;
+    let mut head = [0u8; 96];
+    file.read_exact_at(&mut head, 0).map_err(fail)?;
+    let counter = u32::from_be_bytes([head[24], head[25], head[26], head[27]]).wrapping_add(1);
+    head[24..28].copy_from_slice(&counter.to_be_bytes());
+    head[60..64].copy_from_slice(&(n as u32).to_be_bytes());
+    head[92..96].copy_from_slice(&counter.to_be_bytes());
+    file.write_all_at(&head[24..96], 24).map_err(fail)
 }
 
 /// Creates the table of `spec`.

@@ -327,7 +327,14 @@ impl Applier {
             ));
             let applied = db
                 .write_import_ltx(src, &tmp)
-                .and_then(|_| self.apply_ltx(db, &tmp, &lock, false));
+                .and_then(|_| self.apply_ltx(db, &tmp, &lock, false))
+                .inspect(|_| {
+                    // The database is imported whatever happens here.
+                    if let Err(e) = db.keep_tail_of(src) {
+                        warn!("db {}: {e}", db.name());
+                    }
+                    self.invalidate(self.ino(db, FileKind::Database), db.name());
+                });
             let _ = std::fs::remove_file(&tmp);
             applied
         })();

@@ -324,7 +324,8 @@ impl Filesystem for LitefsFs {
         }
         let (open_flags, opened) =
             self.open_mode(&db, kind, flags, &file, |f| reply.open_backing(f));
-        let handle = Handle::new(db, kind, Some(file), opened);
+        let mut handle = Handle::new(db, kind, Some(file), opened);
+        handle.edits_in_place = super::writes::edits_in_place(kind, flags);
         let backing = handle.backing.clone();
         match self.add_handle(handle) {
             Ok(fh) => reply.opened_with(
@@ -432,8 +433,10 @@ impl Filesystem for LitefsFs {
             return reply.error(e);
         }
         let _awake = self.writing();
-        if let Err(e) = self.before_write(&handle, offset, data) {
-            return reply.error(e);
+        match self.before_write(&handle, offset, data) {
+            Ok(super::writes::WriteNext::PassThrough) => {}
+            Ok(super::writes::WriteNext::Done) => return reply.written(data.len() as u32),
+            Err(e) => return reply.error(e),
         }
         match file.write_all_at(data, offset) {
             Ok(()) if handle.kind == FileKind::Wal => {

@@ -19,6 +19,28 @@ use super::inodes::FileKind;
 use super::{io_errno, is_journal_header, path_of, Handle, LitefsFs};
 use crate::store::{write_back, Db};
 
+/// Whether an open of a file of `kind` with `flags` is a program other
+/// than SQLite opening a database read-write (Tcl's `open RDWR`, Python's
+/// `open('r+b')`): SQLite's unix VFS opens every database with
+/// O_NOFOLLOW, which the kernel passes on. Such a handle's writes outside
+/// a SQLite transaction are each a transaction of their own
+/// (`store/raw_edit.rs`); its writes inside one are the transaction's, as
+/// on any file system. A SQLite that opened without O_NOFOLLOW would only
+/// see its journal_mode=OFF writes recorded one by one instead of refused.
+pub(super) fn edits_in_place(kind: FileKind, flags: i32) -> bool {
+    kind == FileKind::Database
+        && (flags & libc::O_ACCMODE) == libc::O_RDWR
+        && flags & libc::O_NOFOLLOW == 0
+}
+
+/// What is left of a write once `before_write` has passed it.
+pub(super) enum WriteNext {
+    /// Write the data to the backing file.
+    PassThrough,
+    /// Already written and recorded.
+    Done,
+}
+
 impl LitefsFs {
     /// Refuses `what` through a handle of a database deleted since it was
     /// opened (EIO: SQLite reports a disk I/O error and rolls back), but
@@ -38,13 +60,15 @@ impl LitefsFs {
 
     /// Checks and records a write of `data` at `offset` through `handle`,
     /// before it reaches the backing file; a journal header zeroed in
-    /// PERSIST mode commits first.
+    /// PERSIST mode commits first. A write in place without SQLite is
+    /// made and recorded here (`store/raw_edit.rs`): then the caller has
+    /// nothing left to write.
     pub(super) fn before_write(
         &self,
         handle: &Handle,
         offset: u64,
         data: &[u8],
-    ) -> Result<(), Errno> {
+    ) -> Result<WriteNext, Errno> {
         let db = &handle.db;
         match handle.kind {
             FileKind::Database => {
@@ -53,12 +77,18 @@ impl LitefsFs {
                 // after a database leaves WAL mode must not pass for a
                 // checkpoint.
                 let journal = self.journal_bounds(db)?;
+                if !journal
+                    && (handle.edits_in_place || db.is_partial_page_write(offset, data.len()))
+                {
+                    self.edit_in_place(db, offset, data)?;
+                    return Ok(WriteNext::Done);
+                }
                 if !journal {
                     // WAL mode: a checkpoint copying committed pages from
                     // the WAL, which must all be recorded before SQLite
                     // may start the WAL over (`wal_follower.rs`).
                     if self.wals.before_frames_go(db)? {
-                        return Ok(());
+                        return Ok(WriteNext::PassThrough);
                     }
                 }
                 // Pure checks on the data first; before_write records the
@@ -102,7 +132,23 @@ impl LitefsFs {
             FileKind::Wal => self.wals.write_allowed(db, offset)?,
             _ => {}
         }
-        Ok(())
+        Ok(WriteNext::PassThrough)
+    }
+
+    /// Writes part of a page of `db` in place, outside any SQLite
+    /// transaction, as a transaction of its own (`store/raw_edit.rs`).
+    fn edit_in_place(&self, db: &Db, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        match db.edit_in_place(offset, data) {
+            Ok(_) => {
+                self.recorded();
+                Ok(())
+            }
+            Err(e @ crate::store::Error::InvalidWrite { .. }) => {
+                error!("db {}: {e}", db.name());
+                Err(Errno::EINVAL)
+            }
+            Err(e) => Err(self.store_errno(db, "a write in place failed", &e)),
+        }
     }
 
     /// Truncates `db`'s file of `kind` to `size`; truncating the journal

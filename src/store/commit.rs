@@ -37,6 +37,18 @@ use super::{
 };
 use crate::{ltx, sqlite};
 
+/// What the undo log holds while a transaction is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum UndoHolds {
+    /// The old content of reused free-list pages: when they are all that
+    /// differs from the position, the transaction was rolled back and they
+    /// are put back.
+    FreePages,
+    /// The old content of pages edited in place (`raw_edit.rs`): the edit
+    /// is recorded, never undone by the commit.
+    EditedPages,
+}
+
 impl Db {
     /// Checks a write to the database file before the mount passes it
     /// through, marks the pages it covers dirty, and saves the old content
@@ -240,7 +252,7 @@ impl Db {
     /// log so that the database matches its position again.
     pub fn commit_detailed(&self, dirty: &BTreeSet<u32>) -> Result<Commit, Error> {
         let mut state = self.lock();
-        let result = self.commit_locked(&mut state, dirty);
+        let result = self.commit_locked(&mut state, dirty, UndoHolds::FreePages);
         if result.is_err() {
             // Keep the pages for the next attempt; the database file holds them.
             state.dirty.extend(dirty.iter().copied());
@@ -252,6 +264,7 @@ impl Db {
         &self,
         state: &mut State,
         extra_dirty: &BTreeSet<u32>,
+        undo: UndoHolds,
     ) -> Result<Commit, Error> {
         let path = &self.database_path;
         let file = match File::open(path) {
@@ -328,7 +341,8 @@ impl Db {
         // as it was; if every page that still differs is a reused free-list
         // page saved in the undo log, put those back.
         let mut restored_pages = Vec::new();
-        let rolled_back_with_free_pages = incremental
+        let rolled_back_with_free_pages = undo == UndoHolds::FreePages
+            && incremental
             && page_count == old_count
             && !pages.is_empty()
             && pages

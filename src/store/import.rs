@@ -8,7 +8,7 @@
 //! written and applied.
 
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -81,5 +81,46 @@ impl Db {
         file.sync_all()
             .map_err(io_error("syncing an LTX file", out))?;
         Ok(ltx_header)
+    }
+
+    /// After the import of `src` (already applied), puts the bytes of
+    /// `src` past the imported pages at the end of this node's database
+    /// file, so the file is as long as what was copied, as `cp` leaves it.
+    /// A copy taken in the middle of a transaction has pages past its
+    /// header's page count; SQLite never reads them, so they are not part
+    /// of the database: not in the LTX file, not replicated, not synced
+    /// (a power loss may drop them and nothing is lost).
+    pub fn keep_tail_of(&self, src: &Path) -> Result<(), Error> {
+        let path = &self.database_path;
+        let len = std::fs::metadata(path)
+            .map_err(io_error(
+                format!("reading the size of database {}", self.name),
+                path,
+            ))?
+            .len();
+        let mut source = File::open(src).map_err(io_error("opening the imported file", src))?;
+        let src_len = source
+            .metadata()
+            .map_err(io_error("reading the size of the imported file", src))?
+            .len();
+        if src_len <= len {
+            return Ok(());
+        }
+        let mut database = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_error(format!("opening database {}", self.name), path))?;
+        source
+            .seek(SeekFrom::Start(len))
+            .and_then(|_| database.seek(SeekFrom::Start(len)))
+            .and_then(|_| std::io::copy(&mut source, &mut database))
+            .map_err(io_error(
+                format!(
+                    "copying the pages past the header's count into database {}",
+                    self.name
+                ),
+                path,
+            ))?;
+        Ok(())
     }
 }

@@ -37,6 +37,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::apply::PENDING_SUFFIX;
+use super::commit::UndoHolds;
 use super::db::{super_journal_file, State};
 use super::undo;
 use super::HIDDEN_JOURNAL_MARK;
@@ -91,7 +92,7 @@ impl Db {
                  recording its current content as TXID 1",
                 self.name
             );
-            self.commit_locked(&mut state, &BTreeSet::new())?;
+            self.commit_locked(&mut state, &BTreeSet::new(), UndoHolds::FreePages)?;
         }
         // WAL mode: LTX files for the WAL's unrecorded commits.
         self.record_unrecorded_wal(&mut state)?;
@@ -125,7 +126,7 @@ impl Db {
     /// node has, so replication resends a snapshot where needed.
     fn reload(&self, base: Position, recorded: bool) -> Result<State, Error> {
         let ended_in_journal = recorded && journal_header_zeroed(&self.journal_path);
-        let journal = self.recover_journal(recorded.then_some(base.checksum))?;
+        let journal = self.recover_journal(recorded.then_some(base))?;
         let mut committed = journal == HotJournal::Committed;
         let (mut shape, mut checksums) = self.read_database_file()?;
         // A transaction whose journal passed through the mount on the primary
@@ -238,15 +239,18 @@ impl Db {
     }
 
     /// Handles a hot rollback journal left by a crash: if the database
-    /// already matches `recorded_checksum` (the newest LTX file's post-apply
-    /// checksum) the transaction was recorded and the journal is deleted;
+    /// already matches `recorded` (the newest LTX file's position), or
+    /// matches it once the undo log's pages of that position are put back
+    /// (the next step of `reload`: a write in place was cut short after
+    /// the journal's zeroed header, not synced, was lost), the
+    /// transaction was recorded and the journal is deleted;
     /// if it belongs to a transaction across ATTACHed databases whose
     /// super-journal is gone, SQLite committed it (deleting the
     /// super-journal is that commit): the database is kept as it is and
     /// `Committed` returned, the journal left for the caller to delete once
     /// the transaction is recorded; otherwise the journal is rolled back as
     /// SQLite would, then deleted.
-    fn recover_journal(&self, recorded_checksum: Option<u64>) -> Result<HotJournal, Error> {
+    fn recover_journal(&self, recorded: Option<Position>) -> Result<HotJournal, Error> {
         let journal_path = &self.journal_path;
         let journal =
             sqlite::read_journal_pages(journal_path).map_err(|source| Error::Journal {
@@ -271,13 +275,20 @@ impl Db {
             }
             Err(err) => return Err(write_error(err)),
         };
-        let current = match read_database(&self.name, db_path, &database) {
-            Ok((_, checksums)) => Some(checksums.checksum()),
+        let checksums = match read_database(&self.name, db_path, &database) {
+            Ok((_, checksums)) => Some(checksums),
             // A half-written transaction may leave a header that promises more pages.
             Err(Error::InvalidDatabase { .. }) => None,
             Err(err) => return Err(err),
         };
-        if current.is_some() && current == recorded_checksum {
+        let matches = match (&checksums, recorded) {
+            (Some(checksums), Some(base)) => {
+                checksums.checksum() == base.checksum
+                    || self.checksum_with_undo(checksums, base)? == base.checksum
+            }
+            _ => false,
+        };
+        if matches {
             // Pages the transaction wrote past the recorded end are not
             // counted by the checksum; cut them off so the file matches the
             // other nodes byte for byte.
@@ -375,7 +386,7 @@ impl Db {
     fn record_committed_journal(&self, state: &mut State) -> Result<(), Error> {
         let page_size = state.page_size;
         state.page_size = None;
-        let made = self.commit_locked(state, &BTreeSet::new());
+        let made = self.commit_locked(state, &BTreeSet::new(), UndoHolds::FreePages);
         if made.is_err() {
             state.page_size = page_size;
         }

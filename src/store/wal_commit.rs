@@ -28,6 +28,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
+use super::commit::UndoHolds;
 use super::db::{Change, State};
 use super::{io_error, is_lock_page, now_ms, page_offset, sync_dir, Db, Error, Position};
 use crate::ltx;
@@ -331,7 +332,7 @@ impl Db {
             for commit in &unrecorded {
                 self.copy_commit(&wal_file, header.page_size, commit)?;
                 let dirty: BTreeSet<u32> = commit.pages.keys().copied().collect();
-                let made = self.commit_locked(state, &dirty)?;
+                let made = self.commit_locked(state, &dirty, UndoHolds::FreePages)?;
                 log::warn!(
                     "database {}: the WAL held a committed transaction with no LTX file; \
                      recorded it as {}",
