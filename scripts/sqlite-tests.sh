@@ -4,7 +4,7 @@
 # directory of the same disk for comparison (--plain).
 #
 #   scripts/sqlite-tests.sh [--short | --rollback | --wal | --all] [--plain]
-#                           [--keep] [TEST ...]
+#                           [--release] [--keep] [TEST ...]
 #
 # --short (the default) is the list .ci/run runs; --rollback and --wal the
 # full lists of test files about journals, locking, paging and vacuum in
@@ -16,10 +16,12 @@
 #    (scripts/sqlite-source.sh) and builds testfixture into
 #    .local/sqlite-tests/testfixture once (cached), without SQLITE_NO_SYNC
 #    so that SQLite's fsyncs reach the mount.
-# 2. Starts one litefs node (static lease, the debug build from `cargo
-#    build`) on a fresh mount under .local/sqlite-tests/run, then runs each
-#    test file in the mount's directory, one at a time, removing what each
-#    left. A test file passes when testfixture exits 0 within 300 s.
+# 2. Starts one litefs node (static lease; the debug build from `cargo
+#    build`, or with --release the release build, as users run it: the
+#    fault-injection files restore a saved database of up to 8 MiB by
+#    copying it in, thousands of times) on a fresh mount under
+#    .local/sqlite-tests/run, then runs each test file in the mount's
+#    directory, one at a time, removing what each left. A test file passes when testfixture exits 0 within 300 s.
 #
 # Prints `<file>: ok` or `<file>: FAILED (<last line>)` for each, then
 # `N passed, M failed` as its last line; exits non-zero when M > 0.
@@ -62,6 +64,7 @@ WAL=(
 list=("${SHORT[@]}")
 plain=false
 keep=false
+profile=debug
 named=()
 while [ "$#" -gt 0 ]; do
     case "$1" in
@@ -71,6 +74,7 @@ while [ "$#" -gt 0 ]; do
         --all) list=("${ROLLBACK[@]}" "${WAL[@]}") ;;
         --plain) plain=true ;;
         --keep) keep=true ;;
+        --release) profile=release ;;
         -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) die "unknown option $1 (see --help)" ;;
         *) named+=("$1") ;;
@@ -139,11 +143,15 @@ mkdir -p "$RUN/mnt"
 if $plain; then
     dir="$RUN/mnt"
 else
-    (cd "$ROOT" && cargo build --quiet) || die "cargo build failed"
+    if [ "$profile" = release ]; then
+        (cd "$ROOT" && cargo build --quiet --release --bin litefs) || die "cargo build failed"
+    else
+        (cd "$ROOT" && cargo build --quiet --bin litefs) || die "cargo build failed"
+    fi
     port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
     printf 'mount-dir: "%s"\ndata-dir: "%s"\nhttp:\n  addr: "127.0.0.1:%s"\n' \
         "$RUN/mnt" "$RUN/data" "$port" >"$RUN/litefs.yml"
-    "$ROOT/target/debug/litefs" -config "$RUN/litefs.yml" >"$RUN/litefs.log" 2>&1 &
+    "$ROOT/target/$profile/litefs" -config "$RUN/litefs.yml" >"$RUN/litefs.log" 2>&1 &
     node_pid=$!
     for _ in $(seq 300); do
         mountpoint -q "$RUN/mnt" && break

@@ -87,11 +87,18 @@ impl JournalStates {
     }
 
     /// Forgets `db`'s journal (the database was deleted): a new database
-    /// of the name starts with every flag off.
+    /// of the name starts with every flag off but `syncing_db`, since what
+    /// writes the name again (an application or a test harness that
+    /// creates its database afresh) most likely syncs as it did before.
+    /// A new database's first transactions are then as fast as the ones
+    /// before; should the writer not sync after all (synchronous=OFF),
+    /// `journal.rs` handles it as for a connection that turns it off.
     pub(super) fn forget(&self, db: &str) {
-        self.states
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(db);
+        self.update(db, |state| {
+            *state = JournalState {
+                syncing_db: state.syncing_db,
+                ..JournalState::default()
+            }
+        });
     }
 }
