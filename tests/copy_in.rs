@@ -35,6 +35,18 @@ fn run(program: &str, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("{program}: {e}"))
 }
 
+/// `cp FROM TO`, which must succeed.
+fn cp_ok(from: &Path, to: &Path) {
+    let out = run("cp", &[&from.to_string_lossy(), &to.to_string_lossy()]);
+    assert!(
+        out.status.success(),
+        "cp {} {}: {}",
+        from.display(),
+        to.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn summary(db: &Path) -> String {
     sqlite3_ok(db, "SELECT count(*), min(substr(v, 1, 4)) FROM t;")
 }
@@ -48,18 +60,7 @@ fn cp_into_the_mount_is_one_transaction_that_replicates() {
     source_db(&src, 2000, "aaaa");
 
     // A new database, copied in with cp.
-    let out = run(
-        "cp",
-        &[
-            &src.to_string_lossy(),
-            &primary.db("a.db").to_string_lossy(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "cp: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cp_ok(&src, &primary.db("a.db"));
     assert_eq!(summary(&primary.db("a.db")), "2000|aaaa\n");
     assert_eq!(txid(&primary, "a.db"), 1, "one copy, one transaction");
 
@@ -77,18 +78,7 @@ fn cp_into_the_mount_is_one_transaction_that_replicates() {
     assert_eq!(summary(&primary.db("a.db")), "500|bbbb\n");
     assert_eq!(txid(&primary, "a.db"), 2);
 
-    let out = run(
-        "cp",
-        &[
-            &primary.db("a.db").to_string_lossy(),
-            &primary.db("b.db").to_string_lossy(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "cp: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cp_ok(&primary.db("a.db"), &primary.db("b.db"));
     assert_eq!(summary(&primary.db("b.db")), "500|bbbb\n");
 
     let py = "import sys; open(sys.argv[2], 'wb').write(open(sys.argv[1], 'rb').read())";
@@ -345,18 +335,7 @@ fn a_wal_mode_database_copies_in_and_goes_on_in_wal_mode() {
     let src = dir.path().join("src.db");
     sqlite3_ok(&src, "PRAGMA journal_mode=WAL;");
     source_db(&src, 300, "aaaa");
-    let out = run(
-        "cp",
-        &[
-            &src.to_string_lossy(),
-            &primary.db("a.db").to_string_lossy(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "cp: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cp_ok(&src, &primary.db("a.db"));
     // As on any file system, the copy made no WAL: a WAL copied next is
     // the application's.
     assert!(!primary.db("a.db-wal").exists());
@@ -475,18 +454,7 @@ fn a_copy_keeps_pages_past_the_headers_page_count() {
     let grow = format!("import sys; open(sys.argv[1], 'ab').write(b'\\x01' * {len})");
     let out = run("python3", &["-c", &grow, &src.to_string_lossy()]);
     assert!(out.status.success());
-    let out = run(
-        "cp",
-        &[
-            &src.to_string_lossy(),
-            &primary.db("a.db").to_string_lossy(),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "cp: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cp_ok(&src, &primary.db("a.db"));
     let copied = std::fs::read(primary.db("a.db")).unwrap();
     assert_eq!(
         copied.len() as u64,
