@@ -4,7 +4,10 @@
 #   scripts/bench.sh [--writes N] [--rows N] [--rounds N] [--txns N] [--size N]
 #       One primary (static lease): the SQLite workloads on its mount and on
 #       a plain directory of the same disk (examples/bench/, mode
-#       `single`); then SQLite's speedtest1 (below; on a primary of its
+#       `single`), then the same commits as an outside application makes
+#       them (scripts/bench_client.py: Python's sqlite3, randomblob(100)
+#       rows into a file kept across rounds, and a mixed WAL load of a
+#       commit and four reads per step); then SQLite's speedtest1 (below; on a primary of its
 #       own, stopped afterwards); then a replica of the first primary is
 #       started and, once it has caught up, reads on it are set against the
 #       plain directory (mode `replica-reads`: the bulk table `single` left,
@@ -430,6 +433,9 @@ if ! $failover; then
   start_primary
   bounded 900 target/release/examples/bench single \
     --mount "$work/primary/mnt" --plain "$work/plain" --pid "$primary_pid" "${single_args[@]}"
+  # The same commits as an outside application makes them.
+  echo
+  bounded 900 python3 scripts/bench_client.py "$work/primary/mnt" "$work/plain" --rounds "$rounds"
 
   # speedtest1, on a single primary of its own (no replica attached).
   speedtest_failed=false
