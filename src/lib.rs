@@ -24,6 +24,7 @@ pub mod priority;
 pub mod role;
 pub mod sdnotify;
 pub mod sqlite;
+pub mod status;
 pub mod store;
 pub mod tls;
 pub mod transfer;

@@ -40,13 +40,17 @@ Usage:
   litefs export -name NAME [-url URL] [-config PATH] FILE
                                 write a consistent copy of database NAME
                                 from any running node to FILE
+  litefs status [-url URL] [-config PATH] [-json]
+                                what a running node is (primary, or the
+                                replica of which node, how far behind)
+                                and each database's position
   litefs version                print the version
   litefs help                   print this help
 
 Without -config, the config is the first of ./litefs.yml, ~/litefs.yml,
 /etc/litefs.yml. `--config` works too. Logging goes to stderr; set
 RUST_LOG (e.g. RUST_LOG=debug) to change the level (default: info, or
-what the config's `log:` block says). import and export talk to the
+what the config's `log:` block says). import, export and status talk to the
 node's HTTP port: -url, else the config's port on 127.0.0.1 (with its
 http.token), else http://127.0.0.1:20202.
 ";
@@ -76,6 +80,11 @@ enum Command {
     LtxVerify(Vec<PathBuf>),
     LtxChecksum(PathBuf),
     Transfer(Transfer),
+    Status {
+        url: Option<String>,
+        config: Option<PathBuf>,
+        json: bool,
+    },
     Version,
     Help,
 }
@@ -108,6 +117,7 @@ fn main() -> ExitCode {
         Command::LtxVerify(paths) => ltx_verify(&paths),
         Command::LtxChecksum(path) => ltx_checksum(&path),
         Command::Transfer(transfer) => run_transfer(&transfer),
+        Command::Status { url, config, json } => status(url, config, json),
     }
 }
 
@@ -129,6 +139,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
         "mount" => parse_mount_flags(rest),
         "ltx" => parse_ltx(rest),
         "import" | "export" => parse_transfer(first == "import", rest),
+        "status" => parse_status(rest),
         flag if flag.starts_with('-') => parse_mount_flags(args),
         other => Err(format!("unknown command `{other}`")),
     }
@@ -219,20 +230,82 @@ fn parse_transfer(import: bool, args: &[String]) -> Result<Command, String> {
     }))
 }
 
-/// Runs `import` or `export` against the node the flags or config name.
-fn run_transfer(transfer: &Transfer) -> ExitCode {
-    // The config only tells where the node listens and its token; without
-    // -config and -url, one found on the search path is used if any.
-    let config_path = match (&transfer.config, &transfer.url) {
+/// Parses `status`: `-url URL`, `-config PATH`, `-json`.
+fn parse_status(args: &[String]) -> Result<Command, String> {
+    let usage = "status [-url URL] [-config PATH] [-json]";
+    let (mut url, mut config, mut json) = (None, None, false);
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) => (flag, Some(value.to_string())),
+            None => (arg.as_str(), None),
+        };
+        let slot = match flag.trim_start_matches('-') {
+            "h" | "help" => return Ok(Command::Help),
+            "json" if inline.is_none() => {
+                json = true;
+                continue;
+            }
+            "url" => &mut url,
+            "config" => &mut config,
+            _ => return Err(format!("unknown argument `{arg}` for `status`: {usage}")),
+        };
+        let value = match inline.or_else(|| iter.next().cloned()) {
+            Some(value) if !value.is_empty() => value,
+            _ => return Err(format!("`{flag}` needs a value: {usage}")),
+        };
+        if slot.replace(value).is_some() {
+            return Err(format!("`{flag}` is given more than once"));
+        }
+    }
+    Ok(Command::Status {
+        url,
+        config: config.map(PathBuf::from),
+        json,
+    })
+}
+
+/// The node `url` or `config` names (see `transfer::Target::new`). The
+/// config only tells where the node listens and its token; without
+/// either, one found on the search path is used if any.
+fn target(
+    url: Option<&str>,
+    config: Option<&PathBuf>,
+) -> Result<litefs::transfer::Target, config::Error> {
+    let config_path = match (config, url) {
         (Some(path), _) => Some(path.clone()),
         (None, None) => config::find_config().ok(),
         (None, Some(_)) => None,
     };
-    let config = match config_path.map(|path| config::load(&path)).transpose() {
-        Ok(config) => config,
+    let config = config_path.map(|path| config::load(&path)).transpose()?;
+    Ok(litefs::transfer::Target::new(config.as_ref(), url))
+}
+
+/// Prints the status of the node `url` or `config` names.
+fn status(url: Option<String>, config: Option<PathBuf>, json: bool) -> ExitCode {
+    let target = match target(url.as_deref(), config.as_ref()) {
+        Ok(target) => target,
         Err(e) => return fail(&e),
     };
-    let target = litefs::transfer::Target::new(config.as_ref(), transfer.url.as_deref());
+    match litefs::status::fetch(&target) {
+        Ok((text, _)) if json => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok((_, info)) => {
+            print!("{}", litefs::status::format(&target.url, &info));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// Runs `import` or `export` against the node the flags or config name.
+fn run_transfer(transfer: &Transfer) -> ExitCode {
+    let target = match target(transfer.url.as_deref(), transfer.config.as_ref()) {
+        Ok(target) => target,
+        Err(e) => return fail(&e),
+    };
     let (name, file) = (&transfer.name, &transfer.file);
     if transfer.import {
         match litefs::transfer::import(&target, name, file) {
@@ -670,6 +743,17 @@ mod tests {
             parse_args(&args(&["ltx", "checksum", "db"])),
             Ok(Command::LtxChecksum(PathBuf::from("db")))
         );
+        assert_eq!(
+            parse_args(&args(&["status", "-url=http://b:1", "--json"])),
+            Ok(Command::Status {
+                url: Some("http://b:1".into()),
+                config: None,
+                json: true
+            })
+        );
+        assert!(parse_args(&args(&["status", "-json=yes"])).is_err());
+        assert!(parse_args(&args(&["status", "extra"])).is_err());
+        assert!(parse_args(&args(&["status", "-url"])).is_err());
     }
 
     #[test]

@@ -241,7 +241,7 @@ fn write_snapshot_as_database(reader: impl io::Read, path: &Path, url: &str) -> 
 
 /// An agent for `url` on `target`: with `target`'s CAs for https (refused
 /// without them).
-fn agent(target: &Target, url: &str) -> Result<ureq::Agent, Error> {
+pub(crate) fn agent(target: &Target, url: &str) -> Result<ureq::Agent, Error> {
     let builder = ureq::Agent::config_builder()
         .timeout_connect(Some(CONNECT_TIMEOUT))
         .http_status_as_error(false)
@@ -269,7 +269,7 @@ fn agent(target: &Target, url: &str) -> Result<ureq::Agent, Error> {
     }
 }
 
-fn request_error(target: &Target, url: &str, err: ureq::Error) -> Error {
+pub(crate) fn request_error(target: &Target, url: &str, err: ureq::Error) -> Error {
     if let Some(reason) = crate::tls::certificate_problem(&err, target.tls.as_ref()) {
         return Error::Tls {
             url: url.to_string(),
@@ -282,7 +282,7 @@ fn request_error(target: &Target, url: &str, err: ureq::Error) -> Error {
     }
 }
 
-fn read_message(body: &mut ureq::Body) -> String {
+pub(crate) fn read_message(body: &mut ureq::Body) -> String {
     body.with_config()
         .limit(MAX_ERROR_BODY)
         .lossy_utf8(true)

@@ -1,7 +1,8 @@
-//! `litefs import` and `litefs export` against real litefs processes: a
-//! file loaded into a running primary as one transaction that replicates,
-//! copies taken from any node, and bad files or wrong nodes refused with
-//! nothing changed. Needs root and /dev/fuse.
+//! `litefs import`, `litefs export` and `litefs status` against real
+//! litefs processes: a file loaded into a running primary as one
+//! transaction that replicates, copies taken from any node, bad files or
+//! wrong nodes refused with nothing changed, and what each node says it
+//! is. Needs root and /dev/fuse.
 
 mod common;
 
@@ -372,4 +373,55 @@ fn without_a_token_imports_come_only_from_this_host() {
     let out = transfer("import", "a.db", config(&node), &file);
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(sqlite3_ok(&node.db("a.db"), "SELECT x FROM t;"), "1\n");
+}
+
+#[test]
+fn status_says_what_each_node_is_and_holds() {
+    let dir = temp_dir("status");
+    let primary = Node::start_in(&dir.path().join("primary"), "");
+    let replica = Node::start_in(&dir.path().join("replica"), &replica_yaml(&primary));
+    sqlite3_ok(
+        &primary.db("app.db"),
+        "CREATE TABLE t(x); INSERT INTO t VALUES(1);",
+    );
+    wait_caught_up(&primary, &replica, "app.db");
+    let pos = primary.pos("app.db");
+    let (txid, checksum) = pos.trim().split_once('/').unwrap();
+
+    let out = litefs_cli(&["status", "-config", config(&primary)]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let text = output_text(&out);
+    assert!(text.contains(": primary, 1 replication stream\n"), "{text}");
+    assert!(
+        text.contains(&format!("  app.db  TXID {txid}  checksum {checksum}\n")),
+        "{text}"
+    );
+
+    let out = litefs_cli(&["status", "-config", config(&replica)]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let text = output_text(&out);
+    assert!(text.contains(": replica of primary-host, "), "{text}");
+    assert!(
+        text.contains(&format!("  app.db  TXID {txid}  checksum {checksum}  ")),
+        "{text}"
+    );
+
+    let url = format!("http://127.0.0.1:{}", replica.port);
+    let out = litefs_cli(&["status", "-url", &url, "-json"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let text = output_text(&out);
+    assert!(text.starts_with("{\"primary\":false,"), "{text}");
+    assert!(
+        text.contains(&format!("\"app.db\":\"{pos}\"", pos = pos.trim())),
+        "{text}"
+    );
+
+    // A node that is not there: a clear error, exit status 1.
+    let out = litefs_cli(&["status", "-url", "http://127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("is litefs running there?"),
+        "{}",
+        output_text(&out)
+    );
 }

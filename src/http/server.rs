@@ -510,18 +510,45 @@ fn route(shared: &Arc<Shared>, mut request: Request, path: &str, slot: &ConnSlot
     }
 }
 
-/// `{"primary": bool, "dbs": {"name": "txid/checksum", ...}}`.
+/// What this node is and holds (`litefs status`): `{"primary": bool,
+/// "primary_hostname": the primary a replica follows or null,
+/// "lag_seconds": f64, "streams": active replication streams,
+/// "dbs": {"name": "txid/checksum", ...}, "db_lag_seconds": {"name": f64}}`.
 fn info_json(shared: &Shared) -> String {
-    let dbs: Vec<String> = shared
-        .store
-        .dbs()
+    let primary = shared.serving.load(Ordering::SeqCst);
+    let dbs = shared.store.dbs();
+    let positions: Vec<String> = dbs
         .iter()
         .map(|db| format!("{}:\"{}\"", crate::json::string(db.name()), db.pos()))
         .collect();
+    let lags: Vec<String> = dbs
+        .iter()
+        .map(|db| {
+            let lag = if primary {
+                0.0
+            } else {
+                shared.store.db_lag(db).as_secs_f64()
+            };
+            format!("{}:{lag:.3}", crate::json::string(db.name()))
+        })
+        .collect();
+    let primary_hostname = match shared.importer.get() {
+        Some((_, role)) if !primary => role
+            .hostname()
+            .map_or("null".to_string(), |host| crate::json::string(&host)),
+        _ => "null".to_string(),
+    };
+    let lag = if primary {
+        0.0
+    } else {
+        shared.store.replica_lag().as_secs_f64()
+    };
     format!(
-        "{{\"primary\":{},\"dbs\":{{{}}}}}\n",
-        shared.serving.load(Ordering::SeqCst),
-        dbs.join(",")
+        "{{\"primary\":{primary},\"primary_hostname\":{primary_hostname},\"lag_seconds\":{lag:.3},\
+         \"streams\":{},\"dbs\":{{{}}},\"db_lag_seconds\":{{{}}}}}\n",
+        shared.streams_active.load(Ordering::SeqCst),
+        positions.join(","),
+        lags.join(",")
     )
 }
 

@@ -1,0 +1,117 @@
+//! `litefs status`: what a running node is and holds, asked of its HTTP
+//! API (`GET /info`, see `http/server.rs`) with the config's token and
+//! CAs, as `litefs import` and `export` do (`transfer.rs`).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::http;
+use crate::transfer::{agent, read_message, request_error, Error, Target};
+
+/// `GET /info`'s answer. Fields a node does not send are left at their
+/// defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Info {
+    pub primary: bool,
+    /// The primary a replica follows.
+    pub primary_hostname: Option<String>,
+    /// A replica's lag behind its primary, in seconds.
+    pub lag_seconds: f64,
+    /// Replication streams the node serves.
+    pub streams: u64,
+    /// Each database's position, `TXID/checksum` in hex.
+    pub dbs: BTreeMap<String, String>,
+    /// Each database's lag on a replica, in seconds.
+    pub db_lag_seconds: BTreeMap<String, f64>,
+}
+
+/// Asks the node at `target` for its status; returns the answer as sent
+/// (JSON) and parsed.
+pub fn fetch(target: &Target) -> Result<(String, Info), Error> {
+    let url = format!("{}/info", target.url);
+    let mut request = agent(target, &url)?.get(&url);
+    if let Some(token) = &target.token {
+        request = request.header("Authorization", http::auth_header(token));
+    }
+    let response = request
+        .call()
+        .map_err(|err| request_error(target, &url, err))?;
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    if status != 200 {
+        return Err(Error::Refused {
+            url,
+            status,
+            message: read_message(&mut body),
+        });
+    }
+    let text = body.read_to_string().map_err(|err| Error::Request {
+        url: url.clone(),
+        reason: err.to_string(),
+    })?;
+    // JSON is YAML: no JSON parser needed beside the config's.
+    let info = serde_yaml::from_str(&text).map_err(|err| Error::Damaged {
+        url,
+        reason: format!("not a status: {err}"),
+    })?;
+    Ok((text, info))
+}
+
+/// `info` of the node at `url` for people: a line for the node, then one
+/// per database.
+pub fn format(url: &str, info: &Info) -> String {
+    let mut out = if info.primary {
+        format!(
+            "{url}: primary, {} replication stream{}\n",
+            info.streams,
+            if info.streams == 1 { "" } else { "s" }
+        )
+    } else {
+        match &info.primary_hostname {
+            Some(host) => format!(
+                "{url}: replica of {host}, {:.3} s behind\n",
+                info.lag_seconds
+            ),
+            None => format!("{url}: replica, no primary known\n"),
+        }
+    };
+    if info.dbs.is_empty() {
+        out.push_str("  no databases\n");
+    }
+    let width = info.dbs.keys().map(|name| name.len()).max().unwrap_or(0);
+    for (name, pos) in &info.dbs {
+        let (txid, checksum) = pos.split_once('/').unwrap_or((pos, ""));
+        out.push_str(&format!(
+            "  {name:<width$}  TXID {txid}  checksum {checksum}"
+        ));
+        if !info.primary {
+            let lag = info.db_lag_seconds.get(name).copied().unwrap_or(0.0);
+            out.push_str(&format!("  {lag:.3} s behind"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_a_primary_and_a_replica() {
+        let text = r#"{"primary":false,"primary_hostname":"node-a","lag_seconds":0.250,"streams":0,"dbs":{"app.db":"000000000000000c/8ac9ad6990f12445"},"db_lag_seconds":{"app.db":0.250}}"#;
+        let info: Info = serde_yaml::from_str(text).unwrap();
+        assert_eq!(
+            format("http://b:20202", &info),
+            "http://b:20202: replica of node-a, 0.250 s behind\n  app.db  TXID \
+             000000000000000c  checksum 8ac9ad6990f12445  0.250 s behind\n"
+        );
+        let info: Info = serde_yaml::from_str(r#"{"primary":true,"streams":1,"dbs":{}}"#).unwrap();
+        assert_eq!(
+            format("http://a:20202", &info),
+            "http://a:20202: primary, 1 replication stream\n  no databases\n"
+        );
+    }
+}
