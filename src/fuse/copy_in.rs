@@ -28,6 +28,7 @@
 //! check refuses what it left (shorter than its header's page count).
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -102,6 +103,23 @@ pub(super) fn is_copy_in(kind: FileKind, flags: i32) -> bool {
 }
 
 impl LitefsFs {
+    /// Writes `data` at `offset` of a copy-in's staging file `file`:
+    /// nothing reaches the database before the close.
+    pub(super) fn write_copy_in(
+        &self,
+        db: &Db,
+        copy_in: &CopyIn,
+        file: &File,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), Errno> {
+        copy_in.check_write(db.name(), offset, data)?;
+        file.write_all_at(data, offset)
+            .map_err(|e| self.backing_errno(db, "write a copy's staging file", &e))?;
+        copy_in.changed();
+        Ok(())
+    }
+
     /// `flags` for an open that is not a copy-in: no FLUSH at its close,
     /// where the kernel honours it.
     pub(super) fn without_flush(&self, flags: FopenFlags) -> FopenFlags {

@@ -406,16 +406,9 @@ impl Filesystem for LitefsFs {
             return reply.error(Errno::EACCES);
         };
         if let Some(copy_in) = &handle.copy_in {
-            // The staging file: nothing reaches the database before close.
-            if let Err(e) = copy_in.check_write(db.name(), offset, data) {
-                return reply.error(e);
-            }
-            return match file.write_all_at(data, offset) {
-                Ok(()) => {
-                    copy_in.changed();
-                    reply.written(data.len() as u32)
-                }
-                Err(e) => reply.error(self.backing_errno(db, "write a copy's staging file", &e)),
+            return match self.write_copy_in(db, copy_in, file, offset, data) {
+                Ok(()) => reply.written(data.len() as u32),
+                Err(e) => reply.error(e),
             };
         }
         // SQLite's WAL index (`-shm`) is this node's own locking state,
