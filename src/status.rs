@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::http;
-use crate::transfer::{agent, read_message, request_error, Error, Target};
+use crate::transfer::{get, Error, Target};
 
 /// `GET /info`'s answer. Fields a node does not send are left at their
 /// defaults.
@@ -31,22 +30,7 @@ pub struct Info {
 /// (JSON) and parsed.
 pub fn fetch(target: &Target) -> Result<(String, Info), Error> {
     let url = format!("{}/info", target.url);
-    let mut request = agent(target, &url)?.get(&url);
-    if let Some(token) = &target.token {
-        request = request.header("Authorization", http::auth_header(token));
-    }
-    let response = request
-        .call()
-        .map_err(|err| request_error(target, &url, err))?;
-    let status = response.status().as_u16();
-    let mut body = response.into_body();
-    if status != 200 {
-        return Err(Error::Refused {
-            url,
-            status,
-            message: read_message(&mut body),
-        });
-    }
+    let mut body = get(target, &url)?;
     let text = body.read_to_string().map_err(|err| Error::Request {
         url: url.clone(),
         reason: err.to_string(),

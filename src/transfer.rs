@@ -150,22 +150,7 @@ pub fn import(target: &Target, name: &str, file: &Path) -> Result<String, Error>
 /// TXID of the copy.
 pub fn export(target: &Target, name: &str, file: &Path) -> Result<u64, Error> {
     let url = format!("{}/export?name={}", target.url, http::percent_encode(name));
-    let mut request = agent(target, &url)?.get(&url);
-    if let Some(token) = &target.token {
-        request = request.header("Authorization", http::auth_header(token));
-    }
-    let response = request
-        .call()
-        .map_err(|err| request_error(target, &url, err))?;
-    let status = response.status().as_u16();
-    let mut body = response.into_body();
-    if status != 200 {
-        return Err(Error::Refused {
-            url,
-            status,
-            message: read_message(&mut body),
-        });
-    }
+    let body = get(target, &url)?;
     let tmp = temp_path(file);
     let result = write_snapshot_as_database(body.into_reader(), &tmp, &url);
     match result {
@@ -241,7 +226,29 @@ fn write_snapshot_as_database(reader: impl io::Read, path: &Path, url: &str) -> 
 
 /// An agent for `url` on `target`: with `target`'s CAs for https (refused
 /// without them).
-pub(crate) fn agent(target: &Target, url: &str) -> Result<ureq::Agent, Error> {
+/// `GET url` of the node at `target`, with its token: the body of a 200
+/// answer, else the node's refusal.
+pub(crate) fn get(target: &Target, url: &str) -> Result<ureq::Body, Error> {
+    let mut request = agent(target, url)?.get(url);
+    if let Some(token) = &target.token {
+        request = request.header("Authorization", http::auth_header(token));
+    }
+    let response = request
+        .call()
+        .map_err(|err| request_error(target, url, err))?;
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    if status != 200 {
+        return Err(Error::Refused {
+            url: url.to_string(),
+            status,
+            message: read_message(&mut body),
+        });
+    }
+    Ok(body)
+}
+
+fn agent(target: &Target, url: &str) -> Result<ureq::Agent, Error> {
     let builder = ureq::Agent::config_builder()
         .timeout_connect(Some(CONNECT_TIMEOUT))
         .http_status_as_error(false)
@@ -269,7 +276,7 @@ pub(crate) fn agent(target: &Target, url: &str) -> Result<ureq::Agent, Error> {
     }
 }
 
-pub(crate) fn request_error(target: &Target, url: &str, err: ureq::Error) -> Error {
+fn request_error(target: &Target, url: &str, err: ureq::Error) -> Error {
     if let Some(reason) = crate::tls::certificate_problem(&err, target.tls.as_ref()) {
         return Error::Tls {
             url: url.to_string(),
@@ -282,7 +289,7 @@ pub(crate) fn request_error(target: &Target, url: &str, err: ureq::Error) -> Err
     }
 }
 
-pub(crate) fn read_message(body: &mut ureq::Body) -> String {
+fn read_message(body: &mut ureq::Body) -> String {
     body.with_config()
         .limit(MAX_ERROR_BODY)
         .lossy_utf8(true)
