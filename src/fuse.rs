@@ -643,6 +643,19 @@ impl LitefsFs {
         }
         Errno::EROFS
     }
+
+    /// [`LitefsFs::read_only_error`] for creating `name` (a file of
+    /// `kind`): a journal gets EACCES, which SQLite reports as "attempt to
+    /// write a readonly database" (a journal it may not create), where
+    /// EROFS would be "unable to open database file".
+    fn read_only_create_error(&self, name: &str, kind: FileKind) -> Errno {
+        let errno = self.read_only_error("create", name);
+        if kind == FileKind::Journal {
+            Errno::EACCES
+        } else {
+            errno
+        }
+    }
 }
 
 impl LitefsFs {

@@ -47,6 +47,30 @@ fn wait_primary_file(node: &Node, want: &str) {
     );
 }
 
+/// A rollback-journal connection (rusqlite, as an application's pool
+/// keeps one) opened on `node` while it is a replica: its writes are
+/// refused as read-only there; the caller checks that it writes once the
+/// node is primary.
+fn early_connection(node: &Node, db: &str) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(node.db(db)).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    let refused = conn
+        .execute_batch("INSERT INTO t VALUES(0, 'replica');")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("attempt to write a readonly database"),
+        "{refused}"
+    );
+    assert_eq!(
+        conn.query_row("SELECT count(*) FROM t WHERE n = 0", [], |r| r
+            .get::<_, i64>(0))
+            .unwrap(),
+        0
+    );
+    conn
+}
+
 /// The seed's walkthrough: the first node is primary, the second follows
 /// it; SIGINT moves the lease within a second; the first node comes back
 /// as a replica of the second and catches up from its own position.
@@ -74,6 +98,9 @@ fn sigint_hands_over_at_once_and_the_old_primary_rejoins_as_replica() {
     assert_eq!(sqlite3_ok(&b.db("w.db"), "SELECT count(*) FROM t;"), "3\n");
     let refused = try_write(&b.db("w.db"), "INSERT INTO t VALUES(0, 'node-b');").unwrap_err();
     assert!(refused.contains("readonly"), "{refused}");
+    // A connection opened while node-b is a replica: read-only there, and
+    // writable once node-b is primary.
+    let early = early_connection(&b, "w.db");
 
     // SIGINT to the primary: it gives the lease up, node-b takes it.
     let sigint_at = Instant::now();
@@ -98,6 +125,9 @@ fn sigint_hands_over_at_once_and_the_old_primary_rejoins_as_replica() {
     );
     assert_eq!(primary_file(&b), None, ".primary exists on the new primary");
     assert!(a.log_text().contains("released the lease"));
+    early
+        .execute_batch("INSERT INTO t VALUES(4.5, 'node-b, early connection');")
+        .expect("a connection opened on the replica writes once its node is primary");
 
     // The old primary comes back as a replica of the new one.
     a.restart();
@@ -110,7 +140,7 @@ fn sigint_hands_over_at_once_and_the_old_primary_rejoins_as_replica() {
             &a.db("w.db"),
             "SELECT group_concat(n) FROM (SELECT n FROM t ORDER BY n);"
         ),
-        "1,2,3,4,5\n"
+        "1,2,3,4,4.5,5\n"
     );
     let refused = try_write(&a.db("w.db"), "INSERT INTO t VALUES(0, 'node-a');").unwrap_err();
     assert!(refused.contains("readonly"), "{refused}");
@@ -136,6 +166,7 @@ fn a_killed_primary_is_replaced_only_after_its_lease_expires() {
     let b = start_consul_node(&dir.path().join("b"), "node-b", &agent.url, key);
     wait_primary_file(&b, "node-a");
     wait_caught_up(&a, &b, "k.db");
+    let early = early_connection(&b, "k.db");
 
     let killed_at = Instant::now();
     a.kill9();
@@ -156,6 +187,10 @@ fn a_killed_primary_is_replaced_only_after_its_lease_expires() {
         failover <= DEAD_LEASE_MAX + Duration::from_secs(8),
         "node-b took {failover:?} to take over a dead primary's lease"
     );
+    early
+        .execute_batch("INSERT INTO t VALUES(3, 'node-b, early connection');")
+        .expect("a connection opened on the replica writes once its node is primary");
+    assert_eq!(sqlite3_ok(&b.db("k.db"), "SELECT count(*) FROM t;"), "3\n");
 
     // The crashed node restarts (clearing its dead mount) and follows.
     a.restart();

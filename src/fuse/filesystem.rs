@@ -296,8 +296,15 @@ impl Filesystem for LitefsFs {
         }
         // litefs (through its mount helper) opens a replica's database read-write to
         // take SQLite's write locks while applying (`Applier`); it writes
-        // nothing through that descriptor.
-        if wants_write(flags) && !self.role.is_primary() && !self.is_litefs(req.pid()) {
+        // nothing through that descriptor. An application's read-write
+        // open of a database is let through too (not a copy-in): each
+        // write is refused, and once this node is promoted the same
+        // connection writes (`writes.rs`).
+        if wants_write(flags)
+            && !self.role.is_primary()
+            && !self.is_litefs(req.pid())
+            && !super::writes::read_write_open_on_a_replica(kind, flags)
+        {
             return reply.error(self.read_only_error("write access", db.name()));
         }
         if super::copy_in::is_copy_in(kind, flags) {
@@ -652,10 +659,10 @@ impl Filesystem for LitefsFs {
         let Ok(name) = name_str(name) else {
             return reply.error(Errno::EINVAL);
         };
-        if !self.role.is_primary() {
-            return reply.error(self.read_only_error("create", name));
-        }
         let (db_name, kind) = parse_name(name);
+        if !self.role.is_primary() {
+            return reply.error(self.read_only_create_error(name, kind));
+        }
         if kind == FileKind::Pos {
             info!("refused to create {name:?}: -pos files are litefs's own, read-only");
             return reply.error(Errno::EPERM);

@@ -33,6 +33,23 @@ pub(super) fn edits_in_place(kind: FileKind, flags: i32) -> bool {
         && flags & libc::O_NOFOLLOW == 0
 }
 
+/// Whether an open of a file of `kind` with `flags` on a replica is
+/// SQLite's read-write open of a database (see `edits_in_place`), which is
+/// let through: every write through it is refused (EROFS) while the node
+/// is a replica, and after a promotion the connection that made it
+/// writes, as it would have had it been opened on the primary (when this
+/// open fails, SQLite falls back to a read-only open for the connection's
+/// life). A write transaction on a replica fails at its journal's
+/// creation, refused with EACCES: "attempt to write a readonly database".
+/// Other programs' read-write opens stay refused at once (EROFS). In WAL
+/// mode a connection's `-wal` and `-shm` still open read-only on a
+/// replica, so such a connection stays read-only.
+pub(super) fn read_write_open_on_a_replica(kind: FileKind, flags: i32) -> bool {
+    kind == FileKind::Database
+        && !super::copy_in::is_copy_in(kind, flags)
+        && !edits_in_place(kind, flags)
+}
+
 /// What is left of a write once `before_write` has passed it.
 pub(super) enum WriteNext {
     /// Write the data to the backing file.
