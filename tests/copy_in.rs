@@ -483,3 +483,80 @@ fn a_copy_keeps_pages_past_the_headers_page_count() {
         2 * len
     );
 }
+
+/// Python writing `user_version` = N, N+1, ... into the database at
+/// argv[1] in place (bytes 24..96 of page 1, the change counter moved on),
+/// printing each number once its write returned.
+const EDIT_LOOP: &str = r#"
+import sys
+path, n = sys.argv[1], int(sys.argv[2])
+with open(path, "r+b", buffering=0) as f:
+    while True:
+        f.seek(24)
+        head = bytearray(f.read(72))
+        counter = int.from_bytes(head[0:4], "big") + 1
+        head[0:4] = counter.to_bytes(4, "big")
+        head[36:40] = n.to_bytes(4, "big")
+        head[68:72] = counter.to_bytes(4, "big")
+        f.seek(24)
+        f.write(head)
+        print(n, flush=True)
+        n += 1
+"#;
+
+#[test]
+fn kill_9_during_writes_in_place_loses_no_acknowledged_one() {
+    use std::io::BufRead;
+    use std::sync::{Arc, Mutex};
+
+    let dir = temp_dir("edit-in-place-kill9");
+    let mut node = Node::start_in(dir.path(), "");
+    let db = node.db("a.db");
+    source_db(&db, 50, "aaaa");
+    let mut rng = common::Rng::from_clock("kill_9_during_writes_in_place");
+    let mut next = 1u64;
+    for round in 0..5 {
+        let mut editor = std::process::Command::new("python3")
+            .args(["-c", EDIT_LOOP, &db.to_string_lossy(), &next.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let acknowledged = Arc::new(Mutex::new(Vec::<u64>::new()));
+        let reader = {
+            let stdout = editor.stdout.take().unwrap();
+            let acknowledged = acknowledged.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    acknowledged
+                        .lock()
+                        .unwrap()
+                        .push(line.trim().parse().unwrap());
+                }
+            })
+        };
+        let wanted = 1 + rng.next() % 30;
+        common::wait_for("edits in place", std::time::Duration::from_secs(30), || {
+            acknowledged.lock().unwrap().len() as u64 >= wanted
+        });
+        node.kill9();
+        let _ = editor.kill();
+        let _ = editor.wait();
+        reader.join().unwrap();
+        let last = *acknowledged.lock().unwrap().last().unwrap();
+        node.restart();
+        let version: u64 = sqlite3_ok(&db, "PRAGMA user_version;")
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            version == last || version == last + 1,
+            "round {round}: user_version {version} after the edit of {last} was acknowledged"
+        );
+        assert_eq!(sqlite3_ok(&db, "PRAGMA integrity_check;"), "ok\n");
+        assert_eq!(summary(&db), "50|aaaa\n");
+        assert_replay_identical(&node, "a.db");
+        next = version + 1;
+    }
+}

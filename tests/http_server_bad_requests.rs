@@ -85,7 +85,8 @@ fn bad_requests_get_clear_answers_and_harm_no_one() {
     assert_eq!(
         body,
         format!(
-            "{{\"primary\":true,\"dbs\":{{\"a\":\"{}\"}}}}\n",
+            "{{\"primary\":true,\"primary_hostname\":null,\"lag_seconds\":0.000,\"streams\":1,\
+             \"dbs\":{{\"a\":\"{}\"}},\"db_lag_seconds\":{{\"a\":0.000}}}}\n",
             primary.db("a").unwrap().pos()
         )
     );
