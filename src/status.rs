@@ -24,6 +24,19 @@ pub struct Info {
     pub dbs: BTreeMap<String, String>,
     /// Each database's lag on a replica, in seconds.
     pub db_lag_seconds: BTreeMap<String, f64>,
+    /// On a primary: the replicas streaming from it.
+    pub replicas: Vec<Replica>,
+}
+
+/// A replica streaming from a primary, as the primary sees it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Replica {
+    /// Its address, `host:port` of its connection.
+    pub peer: String,
+    /// Each database's position the replica listed when it connected or
+    /// was sent since (sent is not yet applied).
+    pub sent: BTreeMap<String, String>,
 }
 
 /// Asks the node at `target` for its status; returns the answer as sent
@@ -43,8 +56,9 @@ pub fn fetch(target: &Target) -> Result<(String, Info), Error> {
     Ok((text, info))
 }
 
-/// `info` of the node at `url` for people: a line for the node, then one
-/// per database.
+/// `info` of the node at `url` for people: a line for the node, one per
+/// database, and on a primary one per replica with the databases it
+/// lacks.
 pub fn format(url: &str, info: &Info) -> String {
     let mut out = if info.primary {
         format!(
@@ -76,6 +90,23 @@ pub fn format(url: &str, info: &Info) -> String {
         }
         out.push('\n');
     }
+    for replica in &info.replicas {
+        let behind: Vec<&str> = info
+            .dbs
+            .iter()
+            .filter(|(name, pos)| replica.sent.get(*name) != Some(*pos))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if behind.is_empty() {
+            out.push_str(&format!("  replica {}: sent everything\n", replica.peer));
+        } else {
+            out.push_str(&format!(
+                "  replica {}: not yet sent the newest of {}\n",
+                replica.peer,
+                behind.join(", ")
+            ));
+        }
+    }
     out
 }
 
@@ -92,10 +123,17 @@ mod tests {
             "http://b:20202: replica of node-a, 0.250 s behind\n  app.db  TXID \
              000000000000000c  checksum 8ac9ad6990f12445  0.250 s behind\n"
         );
-        let info: Info = serde_yaml::from_str(r#"{"primary":true,"streams":1,"dbs":{}}"#).unwrap();
+        let info: Info = serde_yaml::from_str(
+            r#"{"primary":true,"streams":2,"dbs":{"a.db":"0000000000000002/0000000000000009"},
+                "replicas":[{"peer":"10.0.0.2:4000","sent":{"a.db":"0000000000000002/0000000000000009"}},
+                            {"peer":"10.0.0.3:4000","sent":{}}]}"#,
+        )
+        .unwrap();
         assert_eq!(
             format("http://a:20202", &info),
-            "http://a:20202: primary, 1 replication stream\n  no databases\n"
+            "http://a:20202: primary, 2 replication streams\n  a.db  TXID 0000000000000002  \
+             checksum 0000000000000009\n  replica 10.0.0.2:4000: sent everything\n  replica \
+             10.0.0.3:4000: not yet sent the newest of a.db\n"
         );
     }
 }

@@ -393,6 +393,10 @@ fn status_says_what_each_node_is_and_holds() {
     let text = output_text(&out);
     assert!(text.contains(": primary, 1 replication stream\n"), "{text}");
     assert!(
+        text.contains("  replica 127.0.0.1:") && text.ends_with(": sent everything\n"),
+        "{text}"
+    );
+    assert!(
         text.contains(&format!("  app.db  TXID {txid}  checksum {checksum}\n")),
         "{text}"
     );

@@ -26,6 +26,7 @@
 //! then frames until the replica goes away, this node stops being the
 //! primary, or the server shuts down (`server/stream.rs`).
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -148,11 +149,19 @@ struct Shared {
     stream_refusals: Throttled,
     streams_active: AtomicU64,
     streams_started: AtomicU64,
+    /// Each active stream's replica (its address) and the position of
+    /// each database it listed at connect or was sent since, by stream
+    /// number (`/info`).
+    streams: Mutex<BTreeMap<u64, StreamView>>,
     ltx_files_sent: AtomicU64,
     snapshots_sent: AtomicU64,
     /// What `/import` needs from the node, once the mount is up.
     importer: OnceLock<(ImportFn, Arc<Role>)>,
 }
+
+/// An active stream's replica as `/info` shows it: its address, and each
+/// database's position it listed at connect or was sent since.
+type StreamView = (String, BTreeMap<String, Position>);
 
 /// The replication HTTP server. Dropping it shuts it down like
 /// [`Server::shutdown`].
@@ -234,6 +243,7 @@ impl Server {
             stream_refusals: Throttled::new(),
             streams_active: AtomicU64::new(0),
             streams_started: AtomicU64::new(0),
+            streams: Mutex::new(BTreeMap::new()),
             ltx_files_sent: AtomicU64::new(0),
             snapshots_sent: AtomicU64::new(0),
             importer: OnceLock::new(),
@@ -513,14 +523,17 @@ fn route(shared: &Arc<Shared>, mut request: Request, path: &str, slot: &ConnSlot
 /// What this node is and holds (`litefs status`): `{"primary": bool,
 /// "primary_hostname": the primary a replica follows or null,
 /// "lag_seconds": f64, "streams": active replication streams,
-/// "dbs": {"name": "txid/checksum", ...}, "db_lag_seconds": {"name": f64}}`.
+/// "dbs": {"name": "txid/checksum", ...}, "db_lag_seconds": {"name": f64},
+/// "replicas": [{"peer": "addr:port", "sent": {"name": "txid/checksum"}}]}`
+/// (`replicas`: each stream's replica and what was sent to it).
 fn info_json(shared: &Shared) -> String {
     let primary = shared.serving.load(Ordering::SeqCst);
     let dbs = shared.store.dbs();
-    let positions: Vec<String> = dbs
-        .iter()
-        .map(|db| format!("{}:\"{}\"", crate::json::string(db.name()), db.pos()))
-        .collect();
+    let positions = |list: &mut dyn Iterator<Item = (&str, Position)>| -> String {
+        list.map(|(name, pos)| format!("{}:\"{pos}\"", crate::json::string(name)))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     let lags: Vec<String> = dbs
         .iter()
         .map(|db| {
@@ -543,12 +556,26 @@ fn info_json(shared: &Shared) -> String {
     } else {
         shared.store.replica_lag().as_secs_f64()
     };
+    let replicas: Vec<String> = shared
+        .streams
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .map(|(peer, sent)| {
+            format!(
+                "{{\"peer\":{},\"sent\":{{{}}}}}",
+                crate::json::string(peer),
+                positions(&mut sent.iter().map(|(name, pos)| (name.as_str(), *pos)))
+            )
+        })
+        .collect();
     format!(
         "{{\"primary\":{primary},\"primary_hostname\":{primary_hostname},\"lag_seconds\":{lag:.3},\
-         \"streams\":{},\"dbs\":{{{}}},\"db_lag_seconds\":{{{}}}}}\n",
+         \"streams\":{},\"dbs\":{{{}}},\"db_lag_seconds\":{{{}}},\"replicas\":[{}]}}\n",
         shared.streams_active.load(Ordering::SeqCst),
-        positions.join(","),
-        lags.join(",")
+        positions(&mut dbs.iter().map(|db| (db.name(), db.pos()))),
+        lags.join(","),
+        replicas.join(",")
     )
 }
 

@@ -63,14 +63,21 @@ pub(super) fn serve_stream(
     conn.set_deadline(Some(Instant::now()));
     // This request's thread now only streams: replication work.
     crate::priority::raise_for_replication("stream");
-    shared.streams_started.fetch_add(1, Ordering::SeqCst);
+    let number = shared.streams_started.fetch_add(1, Ordering::SeqCst);
     shared.streams_active.fetch_add(1, Ordering::SeqCst);
+    // What the replica says it has, until more is sent.
+    shared
+        .streams
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(number, (peer.clone(), replica.clone()));
     log::info!(
         "replica {peer} connected ({} databases listed)",
         replica.len()
     );
     let mut stream = Stream {
         shared,
+        number,
         peer,
         out: Out {
             writer: BufWriter::with_capacity(COPY_BUFFER, conn),
@@ -95,6 +102,11 @@ pub(super) fn serve_stream(
             let _ = stream.out.send(&wire::error_frame(&message));
         }
     }
+    shared
+        .streams
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&number);
     shared.streams_active.fetch_sub(1, Ordering::SeqCst);
 }
 
@@ -259,8 +271,31 @@ enum Chain {
 }
 
 /// One replica's stream.
+/// Notes that the replica of stream `number` at `peer` has been sent
+/// `name` up to `pos`: in the stream's `replica` and in `Shared::streams`.
+fn sent_to(
+    shared: &Shared,
+    number: u64,
+    peer: &str,
+    replica: &mut BTreeMap<String, Position>,
+    name: &str,
+    pos: Position,
+) {
+    replica.insert(name.to_string(), pos);
+    shared
+        .streams
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(number)
+        .or_insert_with(|| (peer.to_string(), BTreeMap::new()))
+        .1
+        .insert(name.to_string(), pos);
+}
+
 struct Stream<'a> {
     shared: &'a Shared,
+    /// This stream's key in `Shared::streams`.
+    number: u64,
     peer: String,
     out: Out,
     /// The position each database will have on the replica once it has
@@ -451,7 +486,14 @@ impl Stream<'_> {
                 self.out.send_ltx(name, &mut merged.as_slice(), len)?;
             }
             pos = run_pos;
-            self.replica.insert(name.to_string(), pos);
+            sent_to(
+                self.shared,
+                self.number,
+                &self.peer,
+                &mut self.replica,
+                name,
+                pos,
+            );
             self.shared
                 .ltx_files_sent
                 .fetch_add(files as u64, Ordering::SeqCst);
@@ -532,7 +574,14 @@ impl Stream<'_> {
             self.peer
         );
         self.out.send_ltx(name, &mut file, len)?;
-        self.replica.insert(name.to_string(), pos);
+        sent_to(
+            self.shared,
+            self.number,
+            &self.peer,
+            &mut self.replica,
+            name,
+            pos,
+        );
         self.shared.snapshots_sent.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
