@@ -15,7 +15,12 @@ pub fn string(text: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+            // Also what YAML (which reads this JSON back, `status.rs`)
+            // refuses or folds inside quotes.
+            c if (c as u32) < 0x20
+                || matches!(c, '\u{7f}' | '\u{85}' | '\u{2028}' | '\u{2029}')
+                || matches!(c, '\u{fffe}' | '\u{ffff}') =>
+            {
                 let _ = write!(out, "\\u{:04x}", c as u32);
             }
             c => out.push(c),
@@ -34,5 +39,13 @@ mod tests {
             "\"a\\\"b\\\\c\\n\\u0001é\""
         );
         assert_eq!(super::string("\u{7f}\t"), "\"\\u007f\\t\"");
+        // What YAML would refuse or fold, read back unchanged.
+        let odd = "a\u{85}b\u{2028}c\u{2029}d\u{fffe}e\u{ffff}";
+        assert_eq!(
+            super::string(odd),
+            "\"a\\u0085b\\u2028c\\u2029d\\ufffee\\uffff\""
+        );
+        let back: String = serde_yaml::from_str(&super::string(odd)).unwrap();
+        assert_eq!(back, odd);
     }
 }

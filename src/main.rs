@@ -251,7 +251,7 @@ fn parse_status(args: &[String]) -> Result<Command, String> {
             _ => return Err(format!("unknown argument `{arg}` for `status`: {usage}")),
         };
         let value = match inline.or_else(|| iter.next().cloned()) {
-            Some(value) if !value.is_empty() => value,
+            Some(value) if !value.is_empty() && !value.starts_with('-') => value,
             _ => return Err(format!("`{flag}` needs a value: {usage}")),
         };
         if slot.replace(value).is_some() {
@@ -754,6 +754,7 @@ mod tests {
         assert!(parse_args(&args(&["status", "-json=yes"])).is_err());
         assert!(parse_args(&args(&["status", "extra"])).is_err());
         assert!(parse_args(&args(&["status", "-url"])).is_err());
+        assert!(parse_args(&args(&["status", "-url", "-json"])).is_err());
     }
 
     #[test]

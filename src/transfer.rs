@@ -224,8 +224,6 @@ fn write_snapshot_as_database(reader: impl io::Read, path: &Path, url: &str) -> 
     Ok(header.max_txid)
 }
 
-/// An agent for `url` on `target`: with `target`'s CAs for https (refused
-/// without them).
 /// `GET url` of the node at `target`, with its token: the body of a 200
 /// answer, else the node's refusal.
 pub(crate) fn get(target: &Target, url: &str) -> Result<ureq::Body, Error> {
@@ -248,6 +246,8 @@ pub(crate) fn get(target: &Target, url: &str) -> Result<ureq::Body, Error> {
     Ok(body)
 }
 
+/// An agent for `url` on `target`: with `target`'s CAs for https (refused
+/// without them).
 fn agent(target: &Target, url: &str) -> Result<ureq::Agent, Error> {
     let builder = ureq::Agent::config_builder()
         .timeout_connect(Some(CONNECT_TIMEOUT))

@@ -26,7 +26,9 @@
 //! its journal before its pages reached the database (`commit` notes it),
 //! which synchronous=OFF never does: its journal writes go through litefs,
 //! and the zeroed header is seen as it is written. After each start a
-//! database's first transaction goes through litefs. A connection in
+//! database's first transaction goes through litefs; a database deleted
+//! and created again keeps its name's flag (`JournalStates::forget`), so
+//! for its first transaction the case below applies too. A connection in
 //! exclusive locking mode keeps the journal it opened first, passing
 //! through or not.
 //!

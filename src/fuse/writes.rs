@@ -43,7 +43,11 @@ pub(super) fn edits_in_place(kind: FileKind, flags: i32) -> bool {
 /// creation, refused with EACCES: "attempt to write a readonly database".
 /// Other programs' read-write opens stay refused at once (EROFS). In WAL
 /// mode a connection's `-wal` and `-shm` still open read-only on a
-/// replica, so such a connection stays read-only.
+/// replica, so such a connection stays read-only. Such a connection can
+/// take SQLite's write locks on a replica (the kernel grants them without
+/// asking litefs): `BEGIN IMMEDIATE` or `EXCLUSIVE` there holds applies
+/// off (and, EXCLUSIVE, readers) until the application rolls back, as a
+/// long read transaction holds applies off.
 pub(super) fn read_write_open_on_a_replica(kind: FileKind, flags: i32) -> bool {
     kind == FileKind::Database
         && !super::copy_in::is_copy_in(kind, flags)
@@ -94,9 +98,11 @@ impl LitefsFs {
                 // after a database leaves WAL mode must not pass for a
                 // checkpoint.
                 let journal = self.journal_bounds(db)?;
-                if !journal
-                    && (handle.edits_in_place || db.is_partial_page_write(offset, data.len()))
-                {
+                // A SQLite that opens without O_NOFOLLOW (older than about
+                // 2020, or another VFS) writes whole pages in WAL mode
+                // checkpoints: those go on as checkpoints below.
+                let editor = handle.edits_in_place && !self.wals.active(db);
+                if !journal && (editor || db.is_partial_page_write(offset, data.len())) {
                     self.edit_in_place(db, offset, data)?;
                     return Ok(WriteNext::Done);
                 }
@@ -305,6 +311,12 @@ impl LitefsFs {
                 });
                 self.wals.forget_db(db.name());
                 self.journals.forget(db.name());
+                // A journal header noted for the old database must never be
+                // put back into a new one's journal (`journal_fsync`).
+                self.unseen_txns
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(db.name());
                 self.changed_dirs
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

@@ -19,11 +19,12 @@
 //! refuses (a header it cannot read) is undone from the pages kept in
 //! memory before the error returns.
 
+use std::collections::BTreeSet;
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 
 use super::commit::UndoHolds;
-use super::{io_error, page_offset, Db, Error, Position};
+use super::{io_error, is_lock_page, page_offset, Db, Error, Position};
 use crate::sqlite;
 
 impl Db {
@@ -46,6 +47,9 @@ impl Db {
     /// journal mode.
     pub fn edit_in_place(&self, offset: u64, data: &[u8]) -> Result<Position, Error> {
         let mut state = self.lock();
+        if data.is_empty() {
+            return Ok(state.pos);
+        }
         let refuse = |reason: String| Error::InvalidWrite {
             db: self.name.clone(),
             offset,
@@ -85,8 +89,13 @@ impl Db {
             .map_err(write_error("opening"))?;
         let first = (offset / size + 1) as u32;
         let last = end.div_ceil(size) as u32;
+        // The lock page is never part of the database (its checksum is not
+        // counted): bytes written there are kept, not recorded or saved.
+        let pages: BTreeSet<u32> = (first..=last)
+            .filter(|&pgno| !is_lock_page(pgno, page_size))
+            .collect();
         let mut saved = Vec::new();
-        for pgno in first..=last {
+        for &pgno in &pages {
             let mut page = vec![0u8; page_size as usize];
             self.read_page(&database, pgno, &mut page)?;
             saved.push((pgno, page));
@@ -113,27 +122,23 @@ impl Db {
             }
         }
         let base = state.pos;
-        for (pgno, page) in &saved {
-            state.undo.append(base, *pgno, page).map_err(io_error(
-                format!(
-                    "saving page {pgno} of database {} to the undo log",
-                    self.name
-                ),
+        let saving = saved
+            .iter()
+            .try_for_each(|(pgno, page)| state.undo.append(base, *pgno, page))
+            .and_then(|()| state.undo.sync());
+        if let Err(err) = saving {
+            // Nothing was written: forget the partial records.
+            state.end_transaction(&self.name);
+            return Err(io_error(
+                format!("saving pages of database {} to the undo log", self.name),
                 &self.undo_path,
-            ))?;
+            )(err));
         }
-        state.undo.sync().map_err(io_error(
-            format!("syncing the undo log of database {}", self.name),
-            &self.undo_path,
-        ))?;
         let write = database
             .write_all_at(data, offset)
             .and_then(|()| database.sync_data());
         let recorded = match write {
-            Ok(()) => {
-                let pages = (first..=last).collect();
-                self.commit_locked(&mut state, &pages, UndoHolds::EditedPages)
-            }
+            Ok(()) => self.commit_locked(&mut state, &pages, UndoHolds::EditedPages),
             Err(err) => Err(write_error("writing in place")(err)),
         };
         match recorded {
@@ -161,12 +166,20 @@ impl Db {
                 });
                 match undone.and_then(|()| database.sync_data()) {
                     Ok(()) => state.end_transaction(&self.name),
-                    // The undo log keeps the pages; start-up puts them back.
-                    Err(undo_err) => log::error!(
-                        "database {}: cannot undo a refused write in place: {undo_err}; \
-                         the next start restores the pages from the undo log",
-                        self.name
-                    ),
+                    Err(undo_err) => {
+                        // The file may hold the edit: its pages count as
+                        // written, so no other edit runs and the next
+                        // commit records them, or puts them back from the
+                        // undo log if they are all that differs; start-up
+                        // puts them back too.
+                        state.dirty.extend(pages.iter().copied());
+                        log::error!(
+                            "database {}: cannot undo a refused write in place: {undo_err}; \
+                             its pages are recorded by the next commit or put back from \
+                             the undo log",
+                            self.name
+                        );
+                    }
                 }
                 Err(err)
             }

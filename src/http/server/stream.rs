@@ -270,7 +270,6 @@ enum Chain {
     Broken(String),
 }
 
-/// One replica's stream.
 /// Notes that the replica of stream `number` at `peer` has been sent
 /// `name` up to `pos`: in the stream's `replica` and in `Shared::streams`.
 fn sent_to(
@@ -292,6 +291,7 @@ fn sent_to(
         .insert(name.to_string(), pos);
 }
 
+/// One replica's stream.
 struct Stream<'a> {
     shared: &'a Shared,
     /// This stream's key in `Shared::streams`.
@@ -364,6 +364,15 @@ impl Stream<'_> {
         for name in gone {
             self.out.send(&wire::delete_frame(&name))?;
             self.replica.remove(&name);
+            if let Some((_, sent)) = self
+                .shared
+                .streams
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(&self.number)
+            {
+                sent.remove(&name);
+            }
             log::info!("told replica {} to delete database {name}", self.peer);
         }
         Ok(())
