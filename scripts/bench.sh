@@ -7,7 +7,9 @@
 #       `single`), then the same commits as an outside application makes
 #       them (scripts/bench_client.py: Python's sqlite3, randomblob(100)
 #       rows into a file kept across rounds, and a mixed WAL load of a
-#       commit and four reads per step); then SQLite's speedtest1 (below; on a primary of its
+#       commit and four reads per step) and what a disk flush costs
+#       (scripts/fsync_yardstick.py: one, two in sequence, two at once);
+#       then SQLite's speedtest1 (below; on a primary of its
 #       own, stopped afterwards); then a replica of the first primary is
 #       started and, once it has caught up, reads on it are set against the
 #       plain directory (mode `replica-reads`: the bulk table `single` left,
@@ -436,6 +438,7 @@ if ! $failover; then
   # The same commits as an outside application makes them.
   echo
   bounded 900 python3 scripts/bench_client.py "$work/primary/mnt" "$work/plain" --rounds "$rounds"
+  bounded 60 python3 scripts/fsync_yardstick.py "$work/plain"
 
   # speedtest1, on a single primary of its own (no replica attached).
   speedtest_failed=false
