@@ -21,8 +21,8 @@ mod server;
 mod wire;
 
 pub use client::{
-    run_replica_loop, run_replica_loop_with, stream_from_primary, DeleteFn, ReceiveFn, Receivers,
-    RetryOptions,
+    run_replica_loop, run_replica_loop_with, send_ack, stream_from_primary, DeleteFn, ReceiveFn,
+    Receivers, RetryOptions,
 };
 pub use frames::read_frames;
 pub use server::{

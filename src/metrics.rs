@@ -30,7 +30,7 @@ const APPLY_BUCKETS: [f64; 12] = [
 
 /// The paths the HTTP server serves; any other path is counted as `other`,
 /// so a client cannot add series by asking for made-up paths.
-const HTTP_PATHS: [&str; 5] = ["/stream", "/info", "/metrics", "/import", "/export"];
+const HTTP_PATHS: [&str; 6] = ["/stream", "/info", "/metrics", "/import", "/export", "/ack"];
 
 /// Defines [`FuseOp`] and `FUSE_OPS`, each kind's label (`op as usize`).
 macro_rules! fuse_ops {

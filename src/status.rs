@@ -26,6 +26,22 @@ pub struct Info {
     pub db_lag_seconds: BTreeMap<String, f64>,
     /// On a primary: the replicas streaming from it.
     pub replicas: Vec<Replica>,
+    /// On a primary: what replica nodes said they hold durably.
+    pub acknowledged: Vec<Acknowledged>,
+}
+
+/// What a replica node told the primary it holds durably (`POST /ack`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Acknowledged {
+    /// Its node id.
+    pub node: String,
+    /// Where its last acknowledgement came from.
+    pub peer: String,
+    /// Seconds since its last acknowledgement.
+    pub age_seconds: f64,
+    /// Each database's position it holds.
+    pub dbs: BTreeMap<String, String>,
 }
 
 /// A replica streaming from a primary, as the primary sees it.
@@ -57,8 +73,8 @@ pub fn fetch(target: &Target) -> Result<(String, Info), Error> {
 }
 
 /// `info` of the node at `url` for people: a line for the node, one per
-/// database, and on a primary one per replica with the databases it
-/// lacks.
+/// database, and on a primary one per streaming replica (what it was
+/// sent) and one per replica node that acknowledged (what it holds).
 pub fn format(url: &str, info: &Info) -> String {
     let mut out = if info.primary {
         format!(
@@ -89,6 +105,23 @@ pub fn format(url: &str, info: &Info) -> String {
             out.push_str(&format!("  {lag:.3} s behind"));
         }
         out.push('\n');
+    }
+    for acked in &info.acknowledged {
+        let lacking: Vec<&str> = info
+            .dbs
+            .iter()
+            .filter(|(name, pos)| acked.dbs.get(*name) != Some(*pos))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let holds = if lacking.is_empty() {
+            "holds the newest of every database".to_string()
+        } else {
+            format!("lacks the newest of {}", lacking.join(", "))
+        };
+        out.push_str(&format!(
+            "  replica node {} ({}): {holds} ({:.1} s ago)\n",
+            acked.node, acked.peer, acked.age_seconds
+        ));
     }
     for replica in &info.replicas {
         let behind: Vec<&str> = info

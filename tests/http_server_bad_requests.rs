@@ -87,9 +87,25 @@ fn bad_requests_get_clear_answers_and_harm_no_one() {
         body.starts_with(&format!(
             "{{\"primary\":true,\"primary_hostname\":null,\"lag_seconds\":0.000,\"streams\":1,\
              \"dbs\":{{\"a\":\"{pos}\"}},\"db_lag_seconds\":{{\"a\":0.000}},\"replicas\":[{{\"peer\":"
-        )) && body.ends_with(&format!(",\"sent\":{{\"a\":\"{pos}\"}}}}]}}\n")),
+        )) && body.ends_with(&format!(
+            ",\"sent\":{{\"a\":\"{pos}\"}}}}],\"acknowledged\":[]}}\n"
+        )),
         "{body}"
     );
+    // Acknowledgements name the replica node and list positions.
+    let (status, body) = raw_request(
+        addr,
+        b"POST /ack HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("node="), "{body}");
+    let (status, body) = raw_request(
+        addr,
+        b"POST /ack?node=00000000000000aa HTTP/1.1\r\nContent-Length: 4\r\n\
+          Connection: close\r\n\r\nxyz\n",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("bad position list"), "{body}");
     client.stop().unwrap();
 }
 

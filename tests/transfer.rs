@@ -11,7 +11,7 @@ use std::process::Output;
 
 use common::{
     assert_identical, litefs_cli, output_text, replica_yaml, sqlite3_ok, temp_dir, txid,
-    wait_caught_up, Node,
+    wait_caught_up, Node, CATCH_UP,
 };
 
 fn config(node: &Node) -> &str {
@@ -388,16 +388,32 @@ fn status_says_what_each_node_is_and_holds() {
     let pos = primary.pos("app.db");
     let (txid, checksum) = pos.trim().split_once('/').unwrap();
 
-    let out = litefs_cli(&["status", "-config", config(&primary)]);
-    assert!(out.status.success(), "{}", output_text(&out));
-    let text = output_text(&out);
+    // The replica's acknowledgement of what it holds comes on its own
+    // thread, a moment after the files themselves.
+    let node_id = std::fs::read_to_string(replica.data.join("id")).unwrap();
+    let acknowledged = format!("  replica node {} (127.0.0.1:", node_id.trim());
+    let mut text = String::new();
+    common::wait_for(
+        "the replica's acknowledgement in the status",
+        CATCH_UP,
+        || {
+            let out = litefs_cli(&["status", "-config", config(&primary)]);
+            assert!(out.status.success(), "{}", output_text(&out));
+            text = output_text(&out);
+            text.contains(&acknowledged)
+        },
+    );
     assert!(text.contains(": primary, 1 replication stream\n"), "{text}");
+    assert!(
+        text.contains(&format!("  app.db  TXID {txid}  checksum {checksum}\n")),
+        "{text}"
+    );
     assert!(
         text.contains("  replica 127.0.0.1:") && text.ends_with(": sent everything\n"),
         "{text}"
     );
     assert!(
-        text.contains(&format!("  app.db  TXID {txid}  checksum {checksum}\n")),
+        text.contains("): holds the newest of every database ("),
         "{text}"
     );
 

@@ -10,6 +10,7 @@
 //! frame, not even a heartbeat, for `IDLE_TIMEOUT`) ends the stream with an
 //! error instead of hanging. Its total-body timeout is left unset.
 
+use std::collections::BTreeMap;
 use std::io::BufReader;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -361,4 +362,57 @@ fn normalize_url(url: &str) -> Result<String, Error> {
         return Err(bad("it holds a space or control character"));
     }
     Ok(format!("{scheme}://{rest}"))
+}
+
+/// Tells the primary at `primary_url` that this node (`node`, its id) holds
+/// `positions` durably (`POST /ack`, see `http/server/ack.rs`).
+pub fn send_ack(
+    primary_url: &str,
+    token: Option<&str>,
+    tls: Option<&ClientTls>,
+    node: u64,
+    positions: &BTreeMap<String, Position>,
+) -> Result<(), Error> {
+    let base = normalize_url(primary_url)?;
+    let url = format!("{base}/ack?node={node:016x}");
+    let body = wire::format_positions(
+        positions
+            .iter()
+            .filter(|(name, _)| !name.contains('\n'))
+            .map(|(name, pos)| (name.as_str(), *pos)),
+    );
+    let builder = ureq::Agent::config_builder()
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_global(Some(WRITE_TIMEOUT))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None);
+    let agent = ureq::Agent::new_with_config(with_tls(builder, &base, tls)?.build());
+    let mut request = agent
+        .post(&url)
+        .header("Content-Type", "text/plain; charset=utf-8")
+        .header("Connection", "close");
+    if let Some(token) = token {
+        request = request.header("Authorization", super::auth::bearer(token));
+    }
+    let response = request.send(body).map_err(|source| Error::Request {
+        url: url.clone(),
+        source: Box::new(source),
+    })?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        let message = response
+            .into_body()
+            .with_config()
+            .limit(MAX_ERROR_BODY)
+            .lossy_utf8(true)
+            .read_to_string()
+            .unwrap_or_default();
+        return Err(Error::Refused {
+            url,
+            status,
+            message: message.trim().to_string(),
+        });
+    }
+    Ok(())
 }

@@ -46,6 +46,7 @@ use crate::store::{self, Db, Position, Store};
 pub type ImportFn = Box<dyn Fn(&Db, &Path, &Role) -> Result<Position, store::Error> + Send + Sync>;
 
 mod accept;
+mod ack;
 mod conn;
 mod socket;
 mod stream;
@@ -153,6 +154,8 @@ struct Shared {
     /// each database it listed at connect or was sent since, by stream
     /// number (`/info`).
     streams: Mutex<BTreeMap<u64, StreamView>>,
+    /// What each replica node acknowledged holding durably (`ack.rs`).
+    acks: ack::Acks,
     ltx_files_sent: AtomicU64,
     snapshots_sent: AtomicU64,
     /// What `/import` needs from the node, once the mount is up.
@@ -244,6 +247,7 @@ impl Server {
             streams_active: AtomicU64::new(0),
             streams_started: AtomicU64::new(0),
             streams: Mutex::new(BTreeMap::new()),
+            acks: ack::Acks::default(),
             ltx_files_sent: AtomicU64::new(0),
             snapshots_sent: AtomicU64::new(0),
             importer: OnceLock::new(),
@@ -431,7 +435,7 @@ fn route(shared: &Arc<Shared>, mut request: Request, path: &str, slot: &ConnSlot
     }
     let query = request.query().to_string();
     let allow = match path {
-        "/import" | "/stream" => "POST",
+        "/import" | "/stream" | "/ack" => "POST",
         "/export" | "/info" | "/metrics" => "GET",
         _ => {
             return Some(respond_text(
@@ -468,6 +472,7 @@ fn route(shared: &Arc<Shared>, mut request: Request, path: &str, slot: &ConnSlot
     match path {
         "/import" => Some(transfer::import(shared, request, &query)),
         "/export" => Some(transfer::export(shared, request, &query)),
+        "/ack" => Some(ack::ack(shared, request, &query)),
         "/stream" => {
             if !shared.serving.load(Ordering::SeqCst) {
                 return Some(respond_text(request, 503, "not the primary", &[]));
@@ -524,8 +529,11 @@ fn route(shared: &Arc<Shared>, mut request: Request, path: &str, slot: &ConnSlot
 /// "primary_hostname": the primary a replica follows or null,
 /// "lag_seconds": f64, "streams": active replication streams,
 /// "dbs": {"name": "txid/checksum", ...}, "db_lag_seconds": {"name": f64},
-/// "replicas": [{"peer": "addr:port", "sent": {"name": "txid/checksum"}}]}`
-/// (`replicas`: each stream's replica and what was sent to it).
+/// "replicas": [{"peer": "addr:port", "sent": {"name": "txid/checksum"}}],
+/// "acknowledged": [{"node": id, "peer": addr, "age_seconds": f64,
+/// "dbs": {"name": "txid/checksum"}}]}` (`replicas`: each stream's
+/// replica and what was sent to it; `acknowledged`: what replica nodes
+/// said they hold durably, `ack.rs`).
 fn info_json(shared: &Shared) -> String {
     let primary = shared.serving.load(Ordering::SeqCst);
     let dbs = shared.store.dbs();
@@ -571,11 +579,12 @@ fn info_json(shared: &Shared) -> String {
         .collect();
     format!(
         "{{\"primary\":{primary},\"primary_hostname\":{primary_hostname},\"lag_seconds\":{lag:.3},\
-         \"streams\":{},\"dbs\":{{{}}},\"db_lag_seconds\":{{{}}},\"replicas\":[{}]}}\n",
+         \"streams\":{},\"dbs\":{{{}}},\"db_lag_seconds\":{{{}}},\"replicas\":[{}],\"acknowledged\":{}}}\n",
         shared.streams_active.load(Ordering::SeqCst),
         positions(&mut dbs.iter().map(|db| (db.name(), db.pos()))),
         lags.join(","),
-        replicas.join(",")
+        replicas.join(","),
+        shared.acks.json()
     )
 }
 

@@ -1,7 +1,10 @@
-//! Following a primary: two threads per primary followed. The stream
+//! Following a primary: three threads per primary followed. The stream
 //! thread receives LTX files and queues them durably in the store
 //! (`Db::enqueue_ltx`); the apply thread takes them from the queue and
-//! applies them under SQLite's locks (`Applier`). A reader that holds the
+//! applies them under SQLite's locks (`Applier`); the ack thread tells the
+//! primary what is queued durably (`POST /ack`, `http::send_ack`), the
+//! newest position of each database at a time, retrying each second while
+//! the primary cannot be told, and ends with the stream thread. A reader that holds the
 //! database delays only the apply thread: the stream keeps receiving,
 //! heartbeats flow, and the position the replica reports on reconnect is
 //! what it has received, so nothing is sent twice.
@@ -76,6 +79,15 @@ impl ReplicaTask {
         });
         let url = primary.advertise_url.clone();
         let (wake_tx, wake_rx) = crossbeam_channel::unbounded::<()>();
+        let (ack_tx, ack_rx) = crossbeam_channel::unbounded::<(String, Position)>();
+        {
+            let (url, token, tls) = (url.clone(), token.clone(), retry.tls.clone());
+            let node = store.node_id();
+            std::thread::Builder::new()
+                .name("ack".into())
+                .spawn(move || ack_loop(&url, token.as_deref(), tls.as_ref(), node, &ack_rx))
+                .map_err(Error::Thread)?;
+        }
 
         let stream = {
             let (store, shared, url) = (store.clone(), shared.clone(), url.clone());
@@ -97,6 +109,7 @@ impl ReplicaTask {
                             }
                             let pos = db.enqueue_ltx(path)?;
                             let _ = wake_tx.send(());
+                            let _ = ack_tx.send((db.name().to_string(), pos));
                             Ok(pos)
                         };
                     // Under the gate, so no apply of that database is
@@ -170,6 +183,52 @@ impl ReplicaTask {
 
 /// Applies queued files in order, database by database, until stopped
 /// (after draining the queue when `drain` is set).
+/// The ack thread (see the module comment): sends what `positions` brings
+/// until its sender, the stream thread's, is gone.
+fn ack_loop(
+    url: &str,
+    token: Option<&str>,
+    tls: Option<&crate::tls::ClientTls>,
+    node: u64,
+    positions: &Receiver<(String, Position)>,
+) {
+    let mut unsent = std::collections::BTreeMap::new();
+    let mut failing = false;
+    loop {
+        let next = if unsent.is_empty() {
+            positions.recv().map_err(|_| ())
+        } else {
+            match positions.recv_timeout(std::time::Duration::from_secs(1)) {
+                Ok(next) => Ok(next),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(()),
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            }
+        };
+        match next {
+            Ok((name, pos)) => {
+                unsent.insert(name, pos);
+            }
+            Err(()) if unsent.is_empty() => return,
+            Err(()) => {}
+        }
+        while let Ok((name, pos)) = positions.try_recv() {
+            unsent.insert(name, pos);
+        }
+        match http::send_ack(url, token, tls, node, &unsent) {
+            Ok(()) => {
+                unsent.clear();
+                failing = false;
+            }
+            Err(e) => {
+                if !failing {
+                    debug!("cannot tell {url} what this replica holds: {e}");
+                }
+                failing = true;
+            }
+        }
+    }
+}
+
 fn apply_loop(store: &Store, applier: &Applier, shared: &Shared, wake: &Receiver<()>) {
     loop {
         let draining = shared.drain.load(Ordering::SeqCst);
