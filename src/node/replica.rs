@@ -3,8 +3,9 @@
 //! (`Db::enqueue_ltx`); the apply thread takes them from the queue and
 //! applies them under SQLite's locks (`Applier`); the ack thread tells the
 //! primary what is queued durably (`POST /ack`, `http::send_ack`), the
-//! newest position of each database at a time, retrying each second while
-//! the primary cannot be told, and ends with the stream thread. A reader that holds the
+//! newest position of each database at a time, at most ten times a
+//! second, retrying each second while the primary cannot be told, and
+//! ends with the stream thread. A reader that holds the
 //! database delays only the apply thread: the stream keeps receiving,
 //! heartbeats flow, and the position the replica reports on reconnect is
 //! what it has received, so nothing is sent twice.
@@ -19,6 +20,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, error};
@@ -183,8 +185,14 @@ impl ReplicaTask {
 
 /// Applies queued files in order, database by database, until stopped
 /// (after draining the queue when `drain` is set).
-/// The ack thread (see the module comment): sends what `positions` brings
-/// until its sender, the stream thread's, is gone.
+/// How often the ack thread tells the primary at most, and how long it
+/// waits before trying again when the primary could not be told.
+const ACK_INTERVAL: Duration = Duration::from_millis(100);
+const ACK_RETRY: Duration = Duration::from_secs(1);
+
+/// The ack thread (see the module comment): sends what `positions` brings,
+/// at most once per `ACK_INTERVAL`, until its sender, the stream thread's,
+/// is gone.
 fn ack_loop(
     url: &str,
     token: Option<&str>,
@@ -194,26 +202,34 @@ fn ack_loop(
 ) {
     let mut unsent = std::collections::BTreeMap::new();
     let mut failing = false;
+    let mut last_sent: Option<Instant> = None;
     loop {
-        let next = if unsent.is_empty() {
-            positions.recv().map_err(|_| ())
-        } else {
-            match positions.recv_timeout(std::time::Duration::from_secs(1)) {
-                Ok(next) => Ok(next),
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => Err(()),
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        if unsent.is_empty() {
+            match positions.recv() {
+                Ok((name, pos)) => unsent.insert(name, pos),
+                Err(_) => return,
+            };
+        }
+        let wait = if failing { ACK_RETRY } else { ACK_INTERVAL };
+        if let Some(due) = last_sent.map(|at| at + wait) {
+            loop {
+                let now = Instant::now();
+                if now >= due {
+                    break;
+                }
+                match positions.recv_timeout(due - now) {
+                    Ok((name, pos)) => {
+                        unsent.insert(name, pos);
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => break,
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                }
             }
-        };
-        match next {
-            Ok((name, pos)) => {
-                unsent.insert(name, pos);
-            }
-            Err(()) if unsent.is_empty() => return,
-            Err(()) => {}
         }
         while let Ok((name, pos)) = positions.try_recv() {
             unsent.insert(name, pos);
         }
+        last_sent = Some(Instant::now());
         match http::send_ack(url, token, tls, node, &unsent) {
             Ok(()) => {
                 unsent.clear();
