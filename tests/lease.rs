@@ -335,9 +335,7 @@ impl FakeConsul {
                         return;
                     }
                     let Ok(conn) = conn else { continue };
-                    if let Some(line) = answer(conn, status, body) {
-                        requests.lock().unwrap().push(line);
-                    }
+                    answer(conn, status, body, &requests);
                 }
             })
         };
@@ -351,9 +349,15 @@ impl FakeConsul {
     }
 }
 
-/// Reads one request (head and `Content-Length` body) from `conn`, answers
-/// it, and returns its `METHOD URL`.
-fn answer(conn: std::net::TcpStream, status: u16, body: &str) -> Option<String> {
+/// Reads one request (head and `Content-Length` body) from `conn`, notes
+/// its `METHOD URL` in `requests`, then answers it: noted first, so a
+/// caller that has its answer finds it noted.
+fn answer(
+    conn: std::net::TcpStream,
+    status: u16,
+    body: &str,
+    requests: &Mutex<Vec<String>>,
+) -> Option<()> {
     use std::io::{BufRead, Read, Write};
     conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut reader = std::io::BufReader::new(&conn);
@@ -376,6 +380,7 @@ fn answer(conn: std::net::TcpStream, status: u16, body: &str) -> Option<String> 
     std::io::copy(&mut reader.take(len), &mut std::io::sink()).ok()?;
     let mut parts = request_line.split(' ');
     let line = format!("{} {}", parts.next()?, parts.next()?);
+    requests.lock().unwrap().push(line);
     let _ = (&conn).write_all(
         format!(
             "HTTP/1.1 {status} Whatever\r\nX-Consul-Index: 7\r\nContent-Length: {}\r\n\
@@ -384,7 +389,7 @@ fn answer(conn: std::net::TcpStream, status: u16, body: &str) -> Option<String> 
         )
         .as_bytes(),
     );
-    Some(line)
+    Some(())
 }
 
 impl Drop for FakeConsul {
