@@ -263,17 +263,7 @@ fn stream_once(
         .to_string();
     let mut body = response.into_body();
     if status != 200 {
-        let message = body
-            .with_config()
-            .limit(MAX_ERROR_BODY)
-            .lossy_utf8(true)
-            .read_to_string()
-            .unwrap_or_default();
-        return Err(Error::Refused {
-            url,
-            status,
-            message: message.trim().to_string(),
-        });
+        return Err(refused(url, status, &mut body));
     }
     if content_type != CONTENT_TYPE {
         return Err(Error::Protocol {
@@ -401,18 +391,23 @@ pub fn send_ack(
     })?;
     let status = response.status().as_u16();
     if status != 200 {
-        let message = response
-            .into_body()
-            .with_config()
-            .limit(MAX_ERROR_BODY)
-            .lossy_utf8(true)
-            .read_to_string()
-            .unwrap_or_default();
-        return Err(Error::Refused {
-            url,
-            status,
-            message: message.trim().to_string(),
-        });
+        return Err(refused(url, status, &mut response.into_body()));
     }
     Ok(())
+}
+
+/// The primary's refusal (`status`) of `url`, with the start of its
+/// message from `body`.
+fn refused(url: String, status: u16, body: &mut ureq::Body) -> Error {
+    let message = body
+        .with_config()
+        .limit(MAX_ERROR_BODY)
+        .lossy_utf8(true)
+        .read_to_string()
+        .unwrap_or_default();
+    Error::Refused {
+        url,
+        status,
+        message: message.trim().to_string(),
+    }
 }
