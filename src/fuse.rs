@@ -34,6 +34,7 @@
 mod apply;
 mod copy_in;
 mod counted;
+mod create;
 mod filesystem;
 mod full;
 mod inodes;
@@ -616,22 +617,7 @@ impl LitefsFs {
         })
     }
 
-    /// The mode of a file of `kind` that an application creates asking for
-    /// `asked` (its umask already taken off), as on any file system
-    /// (litefs's own umask does not apply). A journal gets its database's
-    /// mode, as SQLite gives it with an fchmod of the new, empty file: a
-    /// hidden journal is not empty (see `hide_journal`), so SQLite's fchmod
-    /// never reaches it.
-    fn new_file_mode(&self, db: &Db, kind: FileKind, asked: u32) -> u32 {
-        if kind == FileKind::Journal {
-            if let Ok(md) = std::fs::metadata(db.database_path()) {
-                return md.mode() & 0o777;
-            }
-        }
-        asked
-    }
-
-    fn read_only_error(&self, what: &str, name: &str) -> Errno {
+    pub(super) fn read_only_error(&self, what: &str, name: &str) -> Errno {
         match self.role.hostname() {
             Some(primary) => info!(
                 "refused {what} of {name:?}: this node is a read-only replica of {primary}; \
@@ -642,19 +628,6 @@ impl LitefsFs {
             }
         }
         Errno::EROFS
-    }
-
-    /// [`LitefsFs::read_only_error`] for creating `name` (a file of
-    /// `kind`): a journal gets EACCES, which SQLite reports as "attempt to
-    /// write a readonly database" (a journal it may not create), where
-    /// EROFS would be "unable to open database file".
-    fn read_only_create_error(&self, name: &str, kind: FileKind) -> Errno {
-        let errno = self.read_only_error("create", name);
-        if kind == FileKind::Journal {
-            Errno::EACCES
-        } else {
-            errno
-        }
     }
 }
 

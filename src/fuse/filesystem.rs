@@ -12,7 +12,7 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
     WriteFlags,
 };
-use log::{debug, error, info, warn};
+use log::{debug, info, warn};
 
 use super::counted::{Counted, FuseOp};
 use super::inodes::{parse_name, FileKind, ROOT_INO};
@@ -659,95 +659,9 @@ impl Filesystem for LitefsFs {
         let Ok(name) = name_str(name) else {
             return reply.error(Errno::EINVAL);
         };
-        let (db_name, kind) = parse_name(name);
-        if !self.role.is_primary() {
-            return reply.error(self.read_only_create_error(name, kind));
-        }
-        if kind == FileKind::Pos {
-            info!("refused to create {name:?}: -pos files are litefs's own, read-only");
-            return reply.error(Errno::EPERM);
-        }
-        // A companion (`-journal`, `-wal`, ...) of a database that does not
-        // exist creates the database, empty, as an open of it with O_CREAT
-        // would: on any file system the companion is just a file (a journal
-        // written by hand, or left by a test harness after deleting its
-        // database), and SQLite opening the empty database finds a journal
-        // it may delete (a database of no pages has nothing to roll back).
-        // Nothing replicates until its first commit.
-        let db = match self.store.create_db(db_name) {
-            Ok(db) => db,
-            Err(e @ crate::store::Error::RefusedAtStart { .. }) => {
-                error!("refused to create {name:?}: {e}");
-                return reply.error(Errno::EIO);
-            }
-            Err(e) => {
-                info!("refused to create {name:?}: {e}");
-                return reply.error(Errno::EINVAL);
-            }
-        };
-        let existed = path_of(&db, kind).exists();
-        if existed && flags & libc::O_TRUNC != 0 && kind != FileKind::Database {
-            // The kernel leaves O_TRUNC to litefs (FUSE_ATOMIC_O_TRUNC).
-            if let Err(e) = self.truncate(&db, kind, 0) {
-                return reply.error(e);
-            }
-        }
-        // A hidden journal's backing file is kept, but to the application
-        // the journal is new.
-        let new_to_app = !existed || (kind == FileKind::Journal && self.journal_hidden(db.name()));
-        let file = match self.open_backing(&db, kind, flags, true) {
-            Ok(f) => f,
-            Err(e) => return reply.error(e),
-        };
-        let md = match file.metadata() {
-            Ok(md) => md,
-            Err(e) => return reply.error(io_errno(&e)),
-        };
-        let ino = self.ino(&db, kind);
-        let mut attr = self.file_attr(ino, &md);
-        if new_to_app {
-            let wanted = self.new_file_mode(&db, kind, mode & !umask & 0o7777);
-            if u32::from(attr.perm) != wanted {
-                let perms = std::fs::Permissions::from_mode(wanted);
-                if let Err(e) = file.set_permissions(perms) {
-                    let what = "cannot set the new file's mode";
-                    return reply.error(self.backing_errno(&db, what, &e));
-                }
-                attr.perm = wanted as u16;
-            }
-        }
-        if kind == FileKind::Journal {
-            self.show_journal(db.name());
-            self.journal_opened_for_writing(db.name());
-        }
-        if !existed {
-            self.mark_dir_changed(db.name());
-        }
-        if super::copy_in::is_copy_in(kind, flags) {
-            let handle = match self.open_copy_in(&db, flags) {
-                Ok((file, copy_in)) => super::copy_in::copy_in_handle(db, file, copy_in),
-                Err(e) => return reply.error(e),
-            };
-            return match self.add_handle(handle) {
-                Ok(fh) => reply.created_with(&TTL, &attr, fh, FopenFlags::FOPEN_DIRECT_IO, None),
-                Err(e) => reply.error(e),
-            };
-        }
-        let (open_flags, opened) =
-            self.open_mode(&db, kind, flags, &file, |f| reply.open_backing(f));
-        let handle = Handle::new(db, kind, Some(file), opened);
-        let backing = handle.backing.clone();
-        match self.add_handle(handle) {
-            Ok(fh) => reply.created_with(
-                &TTL,
-                &attr,
-                fh,
-                self.without_flush(open_flags),
-                backing.as_ref().map(|b| &b.id),
-            ),
-            Err(e) => reply.error(e),
-        }
+        self.create_file(name, mode & !umask & 0o7777, flags, reply)
     }
+
     fn ioctl(
         &self,
         _req: &Request,
