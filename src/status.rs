@@ -107,12 +107,7 @@ pub fn format(url: &str, info: &Info) -> String {
         out.push('\n');
     }
     for acked in &info.acknowledged {
-        let lacking: Vec<&str> = info
-            .dbs
-            .iter()
-            .filter(|(name, pos)| acked.dbs.get(*name) != Some(*pos))
-            .map(|(name, _)| name.as_str())
-            .collect();
+        let lacking = not_newest(&info.dbs, &acked.dbs);
         let holds = if lacking.is_empty() {
             "holds the newest of every database".to_string()
         } else {
@@ -124,12 +119,7 @@ pub fn format(url: &str, info: &Info) -> String {
         ));
     }
     for replica in &info.replicas {
-        let behind: Vec<&str> = info
-            .dbs
-            .iter()
-            .filter(|(name, pos)| replica.sent.get(*name) != Some(*pos))
-            .map(|(name, _)| name.as_str())
-            .collect();
+        let behind = not_newest(&info.dbs, &replica.sent);
         if behind.is_empty() {
             out.push_str(&format!("  replica {}: sent everything\n", replica.peer));
         } else {
@@ -141,6 +131,17 @@ pub fn format(url: &str, info: &Info) -> String {
         }
     }
     out
+}
+
+/// The databases of `dbs` (name to position) whose position `have` lacks.
+fn not_newest<'a>(
+    dbs: &'a BTreeMap<String, String>,
+    have: &BTreeMap<String, String>,
+) -> Vec<&'a str> {
+    dbs.iter()
+        .filter(|(name, pos)| have.get(*name) != Some(*pos))
+        .map(|(name, _)| name.as_str())
+        .collect()
 }
 
 #[cfg(test)]

@@ -98,15 +98,15 @@ impl LitefsFs {
                 // after a database leaves WAL mode must not pass for a
                 // checkpoint.
                 let journal = self.journal_bounds(db)?;
-                // A SQLite that opens without O_NOFOLLOW (older than about
-                // 2020, or another VFS) writes whole pages in WAL mode
-                // checkpoints: those go on as checkpoints below.
-                let editor = handle.edits_in_place && !self.wals.active(db);
-                if !journal && (editor || db.is_partial_page_write(offset, data.len())) {
-                    self.edit_in_place(db, offset, data)?;
-                    return Ok(WriteNext::Done);
-                }
                 if !journal {
+                    // A SQLite that opens without O_NOFOLLOW (older than
+                    // about 2020, or another VFS) writes whole pages in WAL
+                    // mode checkpoints: those go on as checkpoints below.
+                    let editor = handle.edits_in_place && !self.wals.active(db);
+                    if editor || db.is_partial_page_write(offset, data.len()) {
+                        self.edit_in_place(db, offset, data)?;
+                        return Ok(WriteNext::Done);
+                    }
                     // WAL mode: a checkpoint copying committed pages from
                     // the WAL, which must all be recorded before SQLite
                     // may start the WAL over (`wal_follower.rs`).

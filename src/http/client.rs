@@ -226,23 +226,7 @@ fn stream_once(
     }
     let body = wire::format_positions(listed.iter().map(|(n, p)| (n.as_str(), *p)));
 
-    let builder = ureq::Agent::config_builder()
-        .timeout_connect(Some(CONNECT_TIMEOUT))
-        .timeout_per_read(Some(IDLE_TIMEOUT))
-        .timeout_per_write(Some(WRITE_TIMEOUT))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .proxy(None);
-    let builder = with_tls(builder, &base, tls)?;
-    let agent = ureq::Agent::new_with_config(builder.build());
-    let mut request = agent
-        .post(&url)
-        .header("Content-Type", "text/plain; charset=utf-8")
-        .header("Connection", "close");
-    if let Some(token) = token {
-        request = request.header("Authorization", super::auth::bearer(token));
-    }
-    let response = request.send(body).map_err(|source| {
+    let response = post_positions(&base, &url, token, tls, body)?.map_err(|source| {
         match crate::tls::certificate_problem(&source, tls) {
             Some(reason) => Error::Certificate {
                 url: url.clone(),
@@ -371,29 +355,44 @@ pub fn send_ack(
             .filter(|(name, _)| !name.contains('\n'))
             .map(|(name, pos)| (name.as_str(), *pos)),
     );
-    let builder = ureq::Agent::config_builder()
-        .timeout_connect(Some(CONNECT_TIMEOUT))
-        .timeout_global(Some(WRITE_TIMEOUT))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .proxy(None);
-    let agent = ureq::Agent::new_with_config(with_tls(builder, &base, tls)?.build());
-    let mut request = agent
-        .post(&url)
-        .header("Content-Type", "text/plain; charset=utf-8")
-        .header("Connection", "close");
-    if let Some(token) = token {
-        request = request.header("Authorization", super::auth::bearer(token));
-    }
-    let response = request.send(body).map_err(|source| Error::Request {
-        url: url.clone(),
-        source: Box::new(source),
-    })?;
+    let response =
+        post_positions(&base, &url, token, tls, body)?.map_err(|source| Error::Request {
+            url: url.clone(),
+            source: Box::new(source),
+        })?;
     let status = response.status().as_u16();
     if status != 200 {
         return Err(refused(url, status, &mut response.into_body()));
     }
     Ok(())
+}
+
+/// Sends `POST url` with a position list `body` to the primary at `base`,
+/// with the cluster's token: the outer error is a URL or TLS setting that
+/// cannot be used, the inner one the request's.
+fn post_positions(
+    base: &str,
+    url: &str,
+    token: Option<&str>,
+    tls: Option<&ClientTls>,
+    body: String,
+) -> Result<Result<ureq::http::Response<ureq::Body>, ureq::Error>, Error> {
+    let builder = ureq::Agent::config_builder()
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_per_read(Some(IDLE_TIMEOUT))
+        .timeout_per_write(Some(WRITE_TIMEOUT))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .proxy(None);
+    let agent = ureq::Agent::new_with_config(with_tls(builder, base, tls)?.build());
+    let mut request = agent
+        .post(url)
+        .header("Content-Type", "text/plain; charset=utf-8")
+        .header("Connection", "close");
+    if let Some(token) = token {
+        request = request.header("Authorization", super::auth::bearer(token));
+    }
+    Ok(request.send(body))
 }
 
 /// The primary's refusal (`status`) of `url`, with the start of its

@@ -162,6 +162,21 @@ struct Shared {
     importer: OnceLock<(ImportFn, Arc<Role>)>,
 }
 
+impl Shared {
+    /// Changes what `streams` holds as sent to stream `number`, if it is
+    /// still there.
+    fn update_stream_view(
+        &self,
+        number: u64,
+        change: impl FnOnce(&mut BTreeMap<String, Position>),
+    ) {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, sent)) = streams.get_mut(&number) {
+            change(sent);
+        }
+    }
+}
+
 /// An active stream's replica as `/info` shows it: its address, and each
 /// database's position it listed at connect or was sent since.
 type StreamView = (String, BTreeMap<String, Position>);
@@ -525,6 +540,14 @@ fn route(shared: &Arc<Shared>, mut request: Request, path: &str, slot: &ConnSlot
     }
 }
 
+/// `"name":"txid/checksum"` for each of `list`, comma-separated: the
+/// inside of a JSON object.
+fn positions_json<'a>(list: impl Iterator<Item = (&'a str, Position)>) -> String {
+    list.map(|(name, pos)| format!("{}:\"{pos}\"", crate::json::string(name)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// What this node is and holds (`litefs status`): `{"primary": bool,
 /// "primary_hostname": the primary a replica follows or null,
 /// "lag_seconds": f64, "streams": active replication streams,
@@ -537,11 +560,6 @@ fn route(shared: &Arc<Shared>, mut request: Request, path: &str, slot: &ConnSlot
 fn info_json(shared: &Shared) -> String {
     let primary = shared.serving.load(Ordering::SeqCst);
     let dbs = shared.store.dbs();
-    let positions = |list: &mut dyn Iterator<Item = (&str, Position)>| -> String {
-        list.map(|(name, pos)| format!("{}:\"{pos}\"", crate::json::string(name)))
-            .collect::<Vec<_>>()
-            .join(",")
-    };
     let lags: Vec<String> = dbs
         .iter()
         .map(|db| {
@@ -573,7 +591,7 @@ fn info_json(shared: &Shared) -> String {
             format!(
                 "{{\"peer\":{},\"sent\":{{{}}}}}",
                 crate::json::string(peer),
-                positions(&mut sent.iter().map(|(name, pos)| (name.as_str(), *pos)))
+                positions_json(sent.iter().map(|(name, pos)| (name.as_str(), *pos)))
             )
         })
         .collect();
@@ -581,7 +599,7 @@ fn info_json(shared: &Shared) -> String {
         "{{\"primary\":{primary},\"primary_hostname\":{primary_hostname},\"lag_seconds\":{lag:.3},\
          \"streams\":{},\"dbs\":{{{}}},\"db_lag_seconds\":{{{}}},\"replicas\":[{}],\"acknowledged\":{}}}\n",
         shared.streams_active.load(Ordering::SeqCst),
-        positions(&mut dbs.iter().map(|db| (db.name(), db.pos()))),
+        positions_json(dbs.iter().map(|db| (db.name(), db.pos()))),
         lags.join(","),
         replicas.join(","),
         shared.acks.json()

@@ -1,14 +1,14 @@
 //! A database edited in place without SQLite: a program that opens the
 //! file read-write (a write-only or truncating open is a copy-in, see
-//! `fuse/copy_in.rs`) and writes part of a page, such as a patch of the
-//! header's change counter (Tcl's `open RDWR`, Python's `open('r+b')`).
-//! SQLite writes whole pages to a database file and only inside a
-//! transaction, so a write of part of a page outside a transaction is
-//! never SQLite's: it becomes a transaction of its own, recorded before
-//! the write returns, and replicates like any commit. What it writes is
-//! the writer's business, as on any file system: a database it corrupts
-//! is replicated corrupt. Whole pages written outside a transaction are
-//! what `journal_mode=OFF` does and stay refused (`fuse/writes.rs`).
+//! `fuse/copy_in.rs`) and writes to it, such as a patch of the header's
+//! change counter (Tcl's `open RDWR`, Python's `open('r+b')`). The mount
+//! tells it from SQLite by its open flags, and any write of part of a
+//! page is one too, as SQLite writes whole pages only (`fuse/writes.rs`).
+//! Outside a SQLite transaction each such write becomes a transaction of
+//! its own, recorded before the write returns, and replicates like any
+//! commit. What it writes is the writer's business, as on any file system:
+//! a database it corrupts is replicated corrupt. SQLite's own whole-page
+//! writes outside a transaction (`journal_mode=OFF`) stay refused.
 //!
 //! Order, each step durable before the next: the old content of every page
 //! the write touches goes to the undo log; the write reaches the database

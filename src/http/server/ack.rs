@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::conn::Request;
-use super::{respond_text, Shared};
+use super::{positions_json, respond_text, Shared};
 use crate::http::wire;
 use crate::store::Position;
 
@@ -67,17 +67,12 @@ impl Acks {
             .iter()
             .filter(|(_, acked)| acked.at.elapsed() < SHOWN_FOR)
             .map(|(node, acked)| {
-                let dbs: Vec<String> = acked
-                    .dbs
-                    .iter()
-                    .map(|(name, pos)| format!("{}:\"{pos}\"", crate::json::string(name)))
-                    .collect();
                 format!(
                     "{{\"node\":{},\"peer\":{},\"age_seconds\":{:.3},\"dbs\":{{{}}}}}",
                     crate::json::string(node),
                     crate::json::string(&acked.peer.to_string()),
                     acked.at.elapsed().as_secs_f64(),
-                    dbs.join(",")
+                    positions_json(acked.dbs.iter().map(|(name, pos)| (name.as_str(), *pos)))
                 )
             })
             .collect();

@@ -77,14 +77,16 @@ pub(super) fn serve_stream(
     );
     let mut stream = Stream {
         shared,
-        number,
         peer,
         out: Out {
             writer: BufWriter::with_capacity(COPY_BUFFER, conn),
             last_write: Instant::now(),
             broken: None,
         },
-        replica,
+        replica: ReplicaPositions {
+            number,
+            positions: replica,
+        },
         retry_snapshot: false,
         deletions_seen: None,
         listings: BTreeMap::new(),
@@ -270,37 +272,40 @@ enum Chain {
     Broken(String),
 }
 
-/// Notes that the replica of stream `number` at `peer` has been sent
-/// `name` up to `pos`: in the stream's `replica` and in `Shared::streams`.
-fn sent_to(
-    shared: &Shared,
+/// What a replica has, or will have once it applies what was sent: the
+/// stream's own copy, and the same under the stream's `number` in
+/// `Shared::streams` (`/info`), entered at connect.
+struct ReplicaPositions {
     number: u64,
-    peer: &str,
-    replica: &mut BTreeMap<String, Position>,
-    name: &str,
-    pos: Position,
-) {
-    replica.insert(name.to_string(), pos);
-    shared
-        .streams
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(number)
-        .or_insert_with(|| (peer.to_string(), BTreeMap::new()))
-        .1
-        .insert(name.to_string(), pos);
+    positions: BTreeMap<String, Position>,
+}
+
+impl ReplicaPositions {
+    /// The replica has been sent `name` up to `pos`.
+    fn sent(&mut self, shared: &Shared, name: &str, pos: Position) {
+        self.positions.insert(name.to_string(), pos);
+        shared.update_stream_view(self.number, |sent| {
+            sent.insert(name.to_string(), pos);
+        });
+    }
+
+    /// The replica was told to delete `name`.
+    fn deleted(&mut self, shared: &Shared, name: &str) {
+        self.positions.remove(name);
+        shared.update_stream_view(self.number, |sent| {
+            sent.remove(name);
+        });
+    }
 }
 
 /// One replica's stream.
 struct Stream<'a> {
     shared: &'a Shared,
-    /// This stream's key in `Shared::streams`.
-    number: u64,
     peer: String,
     out: Out,
     /// The position each database will have on the replica once it has
     /// applied what was sent.
-    replica: BTreeMap<String, Position>,
+    replica: ReplicaPositions,
     /// A snapshot failed because the database changed under it.
     retry_snapshot: bool,
     /// `Store::deletions` at the last `send_deletions` pass.
@@ -316,7 +321,7 @@ impl Stream<'_> {
         self.out
             .send(super::conn::response_head(200, CONTENT_TYPE, None, &[]).as_bytes())?;
         let store = self.shared.store.clone();
-        for name in self.replica.keys() {
+        for name in self.replica.positions.keys() {
             if store.db(name).is_none() {
                 log::debug!("replica {} lists database {name}, unknown here", self.peer);
             }
@@ -357,22 +362,14 @@ impl Stream<'_> {
         self.deletions_seen = Some(deletions);
         let gone: Vec<String> = self
             .replica
+            .positions
             .keys()
             .filter(|name| store.db(name).is_none() && store.is_deleted(name))
             .cloned()
             .collect();
         for name in gone {
             self.out.send(&wire::delete_frame(&name))?;
-            self.replica.remove(&name);
-            if let Some((_, sent)) = self
-                .shared
-                .streams
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_mut(&self.number)
-            {
-                sent.remove(&name);
-            }
+            self.replica.deleted(self.shared, &name);
             log::info!("told replica {} to delete database {name}", self.peer);
         }
         Ok(())
@@ -385,7 +382,12 @@ impl Stream<'_> {
         if primary.txid == 0 {
             return Ok(());
         }
-        let replica = self.replica.get(db.name()).copied().unwrap_or_default();
+        let replica = self
+            .replica
+            .positions
+            .get(db.name())
+            .copied()
+            .unwrap_or_default();
         if replica == primary {
             return Ok(());
         }
@@ -495,14 +497,7 @@ impl Stream<'_> {
                 self.out.send_ltx(name, &mut merged.as_slice(), len)?;
             }
             pos = run_pos;
-            sent_to(
-                self.shared,
-                self.number,
-                &self.peer,
-                &mut self.replica,
-                name,
-                pos,
-            );
+            self.replica.sent(self.shared, name, pos);
             self.shared
                 .ltx_files_sent
                 .fetch_add(files as u64, Ordering::SeqCst);
@@ -583,14 +578,7 @@ impl Stream<'_> {
             self.peer
         );
         self.out.send_ltx(name, &mut file, len)?;
-        sent_to(
-            self.shared,
-            self.number,
-            &self.peer,
-            &mut self.replica,
-            name,
-            pos,
-        );
+        self.replica.sent(self.shared, name, pos);
         self.shared.snapshots_sent.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
