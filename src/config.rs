@@ -22,6 +22,7 @@
 //! `config/raw.rs` the file as written (the serde types) and the errors
 //! serde reports; `config/lease.rs` the lease and Consul settings;
 //! `config/exec.rs` the `exec` and `exec-wait` keys;
+//! `config/replication.rs` the `replication:` keys;
 //! `config/unsupported.rs` the Go LiteFS keys litefs refuses;
 //! `config/values.rs` the values inside it (expansion, durations, URLs,
 //! addresses, paths).
@@ -67,12 +68,14 @@ pub const MAX_DEMOTE_DELAY: Duration = Duration::from_secs(3600);
 mod exec;
 mod lease;
 mod raw;
+mod replication;
 mod unsupported;
 mod values;
 
 pub use exec::{ExecCommand, ExecWait, Program};
 use lease::{lease_config, HttpTls};
 use raw::{yaml_error, RawFile};
+pub use replication::{ReplicationConfig, SyncFallback};
 use values::{absolute, base_dir, format_duration, split_host_port};
 pub use values::{check_http_url, expand_env, expand_with, parse_duration};
 
@@ -122,6 +125,8 @@ pub struct Config {
     pub exec: Vec<ExecCommand>,
     /// When `exec` starts (`exec-wait`).
     pub exec_wait: ExecWait,
+    /// Whether commits wait for replicas (`replication:`).
+    pub replication: ReplicationConfig,
 }
 
 /// How litefs logs.
@@ -520,6 +525,7 @@ fn resolve(raw: RawFile, source: &Path) -> Result<Config, Error> {
         fuse,
         exec: exec::exec_commands(source, raw.exec)?,
         exec_wait: exec::exec_wait(source, raw.exec_wait)?,
+        replication: replication::replication_config(source, raw.replication)?,
     })
 }
 

@@ -44,6 +44,7 @@ pub mod mount_helper;
 mod passthrough;
 mod role_change;
 mod sync;
+mod sync_commit;
 mod wal_follower;
 mod watch;
 mod writes;
@@ -59,14 +60,14 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{Errno, FileAttr, FileHandle, FileType, INodeNo, InitFlags, KernelConfig};
 use log::{debug, info, warn};
 
 use crate::cpu_wake::{Awake, CpuWake};
 use crate::sqlite;
-use crate::store::{Db, Store};
+use crate::store::{Db, Position, Store};
 use inodes::{Inodes, LAG_INO, PRIMARY_INO, ROOT_INO};
 use journal_states::JournalStates;
 
@@ -477,34 +478,65 @@ impl LitefsFs {
         self.journals.update(db, |j| j.hidden = false);
     }
 
-    /// The journal is ending: record the transaction before it goes away.
+    /// The journal is ending: record the transaction before it goes away,
+    /// and wait for the replicas synchronous replication asks for
+    /// (`sync_commit.rs`).
     fn commit(&self, db: &Db) -> Result<(), Errno> {
+        let recorded = self.record_commit(db)?;
+        self.finish_commit(db, recorded, true)
+    }
+
+    /// Records the journal's transaction: its position and when it was
+    /// recorded, `None` when no transaction is active or it changed
+    /// nothing. `finish_commit` must follow.
+    fn record_commit(&self, db: &Db) -> Result<Option<(Position, Instant)>, Errno> {
         if !self.journal_active(db.name()) {
-            return Ok(());
+            return Ok(None);
         }
         let _awake = self.writing();
+        let at = Instant::now();
         match db.commit() {
             Ok(Some(pos)) => {
                 debug!("db {}: committed TXID {}", db.name(), pos);
-                self.journal_committed(db.name(), true);
                 self.recorded();
+                Ok(Some((pos, at)))
             }
             Ok(None) => {
                 debug!("db {}: transaction rolled back, no LTX", db.name());
                 self.journal_committed(db.name(), false);
+                self.journal_ended(db.name());
+                Ok(None)
             }
+            // The journal stays: SQLite rolls the transaction back.
             Err(e) => {
-                // The journal stays: SQLite rolls the transaction back.
-                return Err(self.store_errno(
-                    db,
-                    "commit failed, the transaction is not recorded",
-                    &e,
-                ));
+                Err(self.store_errno(db, "commit failed, the transaction is not recorded", &e))
             }
         }
-        self.set_journal_active(db.name(), false);
-        self.set_journal_ended(db.name(), true);
+    }
+
+    /// After `record_commit`: waits for the replicas (when `wait`; see
+    /// `sync_commit.rs`), then ends the journal's transaction. A commit
+    /// taken back leaves it active: SQLite rolls it back.
+    fn finish_commit(
+        &self,
+        db: &Db,
+        recorded: Option<(Position, Instant)>,
+        wait: bool,
+    ) -> Result<(), Errno> {
+        let Some((pos, at)) = recorded else {
+            return Ok(());
+        };
+        if wait {
+            self.await_replicas(db, pos, at, Db::take_back)?;
+        }
+        self.journal_committed(db.name(), true);
+        self.journal_ended(db.name());
         Ok(())
+    }
+
+    fn journal_ended(&self, db: &str) {
+        self.set_journal_active(db, false);
+        self.set_journal_ended(db, true);
     }
 
     fn attr(&self, ino: u64, db: &Db, kind: FileKind) -> Result<FileAttr, Errno> {

@@ -86,12 +86,49 @@ struct Histogram {
     sum: f64,
 }
 
+impl Histogram {
+    fn observe(&mut self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        if let Some(i) = APPLY_BUCKETS.iter().position(|&le| seconds <= le) {
+            self.buckets[i] += 1;
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+
+    /// Its `_bucket`, `_sum` and `_count` samples, each with `labels`.
+    fn samples(&self, w: &mut Exposition, labels: &[(&str, &str)]) {
+        let mut cumulative = 0;
+        for (le, n) in APPLY_BUCKETS.iter().zip(self.buckets) {
+            cumulative += n;
+            let le = le.to_string();
+            let mut with_le = labels.to_vec();
+            with_le.push(("le", &le));
+            w.sample("_bucket", &with_le, cumulative);
+        }
+        let mut with_le = labels.to_vec();
+        with_le.push(("le", "+Inf"));
+        w.sample("_bucket", &with_le, self.count);
+        w.sample("_sum", labels, self.sum);
+        w.sample("_count", labels, self.count);
+    }
+}
+
 static DBS: Mutex<BTreeMap<String, DbCounters>> = Mutex::new(BTreeMap::new());
 /// Requests by (path label, status).
 static HTTP: Mutex<BTreeMap<(&'static str, u16), u64>> = Mutex::new(BTreeMap::new());
 static LEASE_RENEWALS: AtomicU64 = AtomicU64::new(0);
 static LEASE_RENEWAL_FAILURES: AtomicU64 = AtomicU64::new(0);
 static REPLICA_CONNECTS: AtomicU64 = AtomicU64::new(0);
+/// Synchronous replication: how long commits waited for replicas.
+static SYNC_WAIT: Mutex<Histogram> = Mutex::new(Histogram {
+    buckets: [0; APPLY_BUCKETS.len()],
+    count: 0,
+    sum: 0.0,
+});
+static SYNC_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
+static SYNC_DEGRADATIONS: AtomicU64 = AtomicU64::new(0);
+static SYNC_DEGRADED: AtomicU64 = AtomicU64::new(0);
 static REPLICA_STREAM_FAILURES: AtomicU64 = AtomicU64::new(0);
 static FUSE_REQUESTS: [AtomicU64; FUSE_OPS.len()] = [const { AtomicU64::new(0) }; FUSE_OPS.len()];
 /// Errors by operation and errno (the last slot is `other`).
@@ -120,15 +157,26 @@ pub fn commit(db: &str, ltx_bytes: u64) {
 
 /// Records how long applying one received LTX file took on a replica.
 pub fn apply(db: &str, took: Duration) {
-    let seconds = took.as_secs_f64();
-    with_db(db, |c| {
-        let h = &mut c.apply;
-        if let Some(i) = APPLY_BUCKETS.iter().position(|&le| seconds <= le) {
-            h.buckets[i] += 1;
-        }
-        h.count += 1;
-        h.sum += seconds;
-    });
+    with_db(db, |c| c.apply.observe(took));
+}
+
+/// Records how long a synchronous commit waited for its replicas.
+pub fn sync_wait(took: Duration) {
+    lock(&SYNC_WAIT).observe(took);
+}
+
+/// Counts a synchronous commit whose replicas did not answer in time.
+pub fn sync_timeout() {
+    SYNC_TIMEOUTS.fetch_add(1, Relaxed);
+}
+
+/// The primary degraded to asynchronous replication (`true`, counted), or
+/// is back to synchronous.
+pub fn sync_degraded(degraded: bool) {
+    if degraded {
+        SYNC_DEGRADATIONS.fetch_add(1, Relaxed);
+    }
+    SYNC_DEGRADED.store(u64::from(degraded), Relaxed);
 }
 
 /// Counts a lease renewal, successful or not, and passes its result on.
@@ -188,6 +236,9 @@ pub struct Snapshot {
     pub streams_served: u64,
     /// Every database of the store.
     pub dbs: Vec<DbState>,
+    /// Replica nodes that hold the newest position of every database
+    /// (synchronous replication's in-sync set).
+    pub replicas_in_sync: u64,
 }
 
 /// A database's position and size, read from the store.
@@ -252,18 +303,7 @@ pub fn render(snapshot: &Snapshot) -> String {
         if snapshot.primary && h.count == 0 {
             continue;
         }
-        let mut cumulative = 0;
-        for (le, n) in APPLY_BUCKETS.iter().zip(h.buckets) {
-            cumulative += n;
-            w.sample(
-                "_bucket",
-                &[("db", db), ("le", &le.to_string())],
-                cumulative,
-            );
-        }
-        w.sample("_bucket", &[("db", db), ("le", "+Inf")], h.count);
-        w.sample("_sum", &[("db", db)], h.sum);
-        w.sample("_count", &[("db", db)], h.count);
+        h.samples(&mut w, &[("db", db)]);
     }
     drop(counters);
 
@@ -297,6 +337,24 @@ pub fn render(snapshot: &Snapshot) -> String {
     let help = "Replication streams to a primary that failed or could not be opened.";
     w.family("litefs_replica_stream_failures_total", "counter", help);
     w.sample("", &[], REPLICA_STREAM_FAILURES.load(Relaxed));
+
+    let help = "Time synchronous commits waited for their replicas (replication.sync).";
+    w.family("litefs_sync_wait_seconds", "histogram", help);
+    lock(&SYNC_WAIT).samples(&mut w, &[]);
+    let help = "Synchronous commits whose replicas did not acknowledge within \
+                replication.sync-timeout.";
+    w.family("litefs_sync_timeouts_total", "counter", help);
+    w.sample("", &[], SYNC_TIMEOUTS.load(Relaxed));
+    let help = "Times the primary degraded to asynchronous replication \
+                (replication.sync-fallback: async).";
+    w.family("litefs_sync_degradations_total", "counter", help);
+    w.sample("", &[], SYNC_DEGRADATIONS.load(Relaxed));
+    let help = "1 while the primary replicates asynchronously after a timeout.";
+    w.family("litefs_sync_degraded", "gauge", help);
+    w.sample("", &[], SYNC_DEGRADED.load(Relaxed));
+    let help = "Replica nodes that acknowledged the newest transaction of every database.";
+    w.family("litefs_replicas_in_sync", "gauge", help);
+    w.sample("", &[], snapshot.replicas_in_sync);
 
     let help = "HTTP requests answered, by path (other: any path not served) and status.";
     w.family("litefs_http_requests_total", "counter", help);

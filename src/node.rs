@@ -181,6 +181,20 @@ pub fn run(config: &Config) -> Result<u8, Error> {
     } else {
         Role::replica(None)
     });
+    store.acks().configure(config.replication);
+    if config.replication.sync > 0 {
+        info!(
+            "synchronous replication: each commit waits up to {} ms for {} replicas to hold \
+             it, then {}",
+            config.replication.sync_timeout.as_millis(),
+            config.replication.sync,
+            match config.replication.sync_fallback {
+                crate::config::SyncFallback::Fail => "fails",
+                crate::config::SyncFallback::Async =>
+                    "returns, and replication degrades to asynchronous",
+            }
+        );
+    }
     let mut fs = LitefsFs::new(store.clone(), role.clone(), &mount_dir);
     fs.allow_passthrough(config.fuse.passthrough);
     fs.keep_cpus_awake(config.fuse.keep_cpus_awake);
@@ -254,6 +268,7 @@ pub fn run(config: &Config) -> Result<u8, Error> {
                 .unwrap_or(http::RetryOptions::default().max_backoff),
             fatal,
             tls: config.http_tls_ca.clone(),
+            acks_at_once: Arc::default(),
         },
         replica: None,
         systemd: Readiness::new(SdNotify::from_env(), role.is_primary()),

@@ -25,6 +25,7 @@
 //! A database with no pages has the checksum `CHECKSUM_FLAG`; the position
 //! before the first transaction is `0/0`.
 
+mod acks;
 mod apply;
 mod commit;
 mod damage;
@@ -44,10 +45,12 @@ mod seal;
 mod slot;
 mod snapshot;
 mod space;
+mod take_back;
 mod undo;
 mod wal_commit;
 pub(crate) mod write_back;
 
+pub use acks::{Acks, NodeAcks, SyncTimedOut};
 pub use db::{Commit, Db};
 use error::io_error;
 pub use error::Error;
@@ -112,6 +115,8 @@ pub struct Store {
     /// When databases refused for a full disk were last tried again.
     /// and the free bytes then.
     last_retry: Mutex<Option<(std::time::Instant, u64)>>,
+    /// What replicas hold durably; synchronous commits wait on it.
+    acks: Acks,
 }
 
 /// A database refused at start-up (see [`Store::refused`]).
@@ -230,6 +235,7 @@ impl Store {
             opened_at: std::time::Instant::now(),
             disk: DiskFull::new(data_dir),
             last_retry: Mutex::new(None),
+            acks: Acks::default(),
         })
     }
 
@@ -396,6 +402,20 @@ impl Store {
             .wait_timeout_while(changes, timeout, |count| *count == seen)
             .unwrap_or_else(|e| e.into_inner());
         *changes
+    }
+
+    /// What replicas acknowledged holding, and where synchronous commits
+    /// wait for them (`store/acks.rs`).
+    pub fn acks(&self) -> &Acks {
+        &self.acks
+    }
+
+    /// Each database's newest position, by name.
+    pub fn positions(&self) -> Vec<(String, Position)> {
+        self.dbs()
+            .iter()
+            .map(|db| (db.name().to_string(), db.pos()))
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Db>>> {

@@ -24,6 +24,7 @@ pub(super) struct RawFile {
     pub(super) lease: Option<RawLease>,
     pub(super) consul: Option<RawSeedConsul>,
     pub(super) log: Option<RawLog>,
+    pub(super) replication: Option<RawReplication>,
     #[serde(rename = "exit-on-error")]
     pub(super) exit_on_error: Option<bool>,
     pub(super) exec: Option<Value>,
@@ -104,6 +105,18 @@ pub(super) struct RawLeaseConsul {
     pub(super) ttl: Option<Value>,
     #[serde(rename = "lock-delay")]
     pub(super) lock_delay: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReplication {
+    pub(super) sync: Option<Value>,
+    #[serde(rename = "sync-timeout")]
+    pub(super) sync_timeout: Option<Value>,
+    #[serde(rename = "sync-fallback")]
+    pub(super) sync_fallback: Option<String>,
+    #[serde(rename = "max-lag")]
+    pub(super) max_lag: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

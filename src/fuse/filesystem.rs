@@ -440,7 +440,15 @@ impl Filesystem for LitefsFs {
         }
         match file.write_all_at(data, offset) {
             Ok(()) if handle.kind == FileKind::Wal => {
-                match self.wals.written(&handle.db, offset, data.len() as u64) {
+                let at = std::time::Instant::now();
+                let waited = match self.wals.written(db, offset, data.len() as u64) {
+                    Ok(Some(pos)) => {
+                        self.await_replicas(db, pos, at, |db, pos| self.wals.take_back(db, pos))
+                    }
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                match waited {
                     Ok(()) => reply.written(data.len() as u32),
                     Err(e) => reply.error(e),
                 }

@@ -137,7 +137,9 @@ impl LitefsFs {
                          (synchronous=OFF); recording it at the next one's first write",
                         db.name()
                     );
-                    self.commit(db)?;
+                    // Reported committed long ago: not waited for.
+                    let recorded = self.record_commit(db)?;
+                    self.finish_commit(db, recorded, false)?;
                     unseen.remove(db.name());
                 }
             }
@@ -185,8 +187,8 @@ impl LitefsFs {
             });
             return Ok(false);
         }
-        if let Err(e) = self.commit(db) {
-            if let Some(noted) = unseen.get(db.name()) {
+        let put_back = |noted: Option<&Header>| {
+            if let Some(noted) = noted {
                 if let Err(restore) = put_back_header(db, noted) {
                     error!(
                         "db {}: cannot put the journal's header back after a failed commit \
@@ -196,9 +198,27 @@ impl LitefsFs {
                     );
                 }
             }
+        };
+        let recorded = match self.record_commit(db) {
+            Ok(recorded) => recorded,
+            Err(e) => {
+                put_back(unseen.get(db.name()));
+                return Err(e);
+            }
+        };
+        // Other databases' journals need `unseen_txns` while this commit
+        // waits for replicas; SQLite's lock keeps this one's transaction.
+        let noted = unseen.remove(db.name());
+        drop(unseen);
+        if let Err(e) = self.finish_commit(db, recorded, true) {
+            // Taken back: the transaction is live again, as before.
+            let mut unseen = self.unseen_txns.lock().unwrap_or_else(|e| e.into_inner());
+            put_back(noted.as_ref());
+            if let Some(noted) = noted {
+                unseen.insert(db.name().to_string(), noted);
+            }
             return Err(e);
         }
-        unseen.remove(db.name());
         Ok(self.journals.get(db.name()).ended && head == [0u8; JOURNAL_HEADER_SIZE])
     }
 
@@ -210,7 +230,11 @@ impl LitefsFs {
         if !self.journal_active(db.name()) || is_live(&journal_header(db, Some(backing))) {
             return;
         }
-        match self.commit(db) {
+        // Reported committed already: not waited for.
+        match self
+            .record_commit(db)
+            .and_then(|recorded| self.finish_commit(db, recorded, false))
+        {
             Ok(()) => {
                 unseen.remove(db.name());
             }

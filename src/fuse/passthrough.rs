@@ -284,8 +284,13 @@ impl LitefsFs {
                 // or shares the registered one; every open of the inode
                 // while it is registered (one on a node that has since
                 // stepped down too: the file is sealed then) must use it.
+                // With synchronous replication, every commit frame's
+                // write must reach litefs (`sync_commit.rs`).
                 let may_register = self.role.is_primary()
-                    && (kind == FileKind::Wal || self.journal_may_pass_through(db));
+                    && match kind {
+                        FileKind::Wal => !self.store.acks().synchronous(),
+                        _ => self.journal_may_pass_through(db),
+                    };
                 let ino = self.ino(db, kind);
                 let opened = self.passthrough.open(ino, may_register, file, register);
                 if let Opened::Passthrough(_) = opened {

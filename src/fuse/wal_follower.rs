@@ -42,7 +42,7 @@ use log::error;
 
 use super::full::{recorded, store_errno};
 use crate::sqlite::wal::{self, WalCommit, WalCursor, FRAME_HEADER_SIZE};
-use crate::store::{Db, Store, WalPosition, WalTransaction};
+use crate::store::{Db, Position, Store, WalPosition, WalTransaction};
 
 /// The most WAL commits recorded in one LTX file.
 const MAX_BATCH: usize = 1024;
@@ -76,6 +76,19 @@ pub(super) struct WalFollower {
     last_commit: Option<(u64, (u32, u32))>,
     /// That happened (logged once).
     taken_back: bool,
+    /// The newest batch of commits recorded, to take it back
+    /// (`WalFollowers::take_back`).
+    last_batch: Option<Batch>,
+}
+
+/// A batch of WAL commits recorded in one LTX file: where the follower
+/// stood before it, its first commit, and the position it recorded.
+#[derive(Debug)]
+struct Batch {
+    cursor: WalCursor,
+    last_commit: Option<(u64, (u32, u32))>,
+    first: WalCommit,
+    pos: Position,
 }
 
 /// A catch-up that stopped short: the errno for SQLite, and the commit
@@ -202,8 +215,9 @@ impl WalFollowers {
             .map_err(|e| store_errno(&self.store, db, "cannot sync LTX files", &e))
     }
 
-    /// Reads `db`'s WAL from where `f` stopped and records each commit.
-    fn read_and_record(&self, db: &Db, f: &mut WalFollower) -> Result<(), Stopped> {
+    /// Reads `db`'s WAL from where `f` stopped and records each commit;
+    /// returns the newest position recorded, if any.
+    fn read_and_record(&self, db: &Db, f: &mut WalFollower) -> Result<Option<Position>, Stopped> {
         let read_error = |e: std::io::Error| {
             error!("db {}: cannot read the WAL: {e}", db.name());
             Stopped {
@@ -218,7 +232,7 @@ impl WalFollowers {
             Ok(md) => (md.dev(), md.ino()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 f.forget(db);
-                return Ok(());
+                return Ok(None);
             }
             Err(e) => return Err(read_error(e)),
         };
@@ -239,7 +253,7 @@ impl WalFollowers {
         // writing: the cursor stays until a different valid one appears
         // (truncation and deletion, which come through litefs, reset it).
         let Some(header) = wal::read_header(file, len).map_err(read_error)? else {
-            return Ok(());
+            return Ok(None);
         };
         let cursor = match &mut f.cursor {
             Some(cursor) if cursor.header() == &header => {
@@ -274,6 +288,7 @@ impl WalFollowers {
         // Every commit the WAL holds now, recorded together (up to
         // `MAX_BATCH`): one LTX file for a burst, so that creating files
         // does not bound the commit rate.
+        let mut newest_recorded = None;
         loop {
             let mut ahead = cursor.clone();
             let mut batch = Vec::new();
@@ -287,17 +302,27 @@ impl WalFollowers {
             let Some(newest) = batch.last() else {
                 break;
             };
-            self.record(db, file, ahead.header(), &batch)
+            let pos = self
+                .record(db, file, ahead.header(), &batch)
                 .map_err(|errno| Stopped {
                     errno,
                     commit: Some(batch[0].clone()),
                 })?;
             let at = newest.end - FRAME_HEADER_SIZE - u64::from(header.page_size);
+            if let Some(pos) = pos {
+                f.last_batch = Some(Batch {
+                    cursor: cursor.clone(),
+                    last_commit: f.last_commit,
+                    first: batch[0].clone(),
+                    pos,
+                });
+                newest_recorded = Some(pos);
+            }
             f.last_commit = Some((at, newest.checksum));
             *cursor = ahead;
         }
         f.failed = None;
-        Ok(())
+        Ok(newest_recorded)
     }
 
     /// Records `commits` (consecutive), read from the WAL open as `file`.
@@ -307,7 +332,7 @@ impl WalFollowers {
         file: &File,
         header: &wal::WalHeader,
         commits: &[WalCommit],
-    ) -> Result<(), Errno> {
+    ) -> Result<Option<Position>, Errno> {
         let txns: Vec<WalTransaction<'_>> = commits
             .iter()
             .map(|commit| WalTransaction {
@@ -328,7 +353,7 @@ impl WalFollowers {
                     log::debug!("db {}: committed WAL TXID {pos}", db.name());
                     recorded(&self.store);
                 }
-                Ok(())
+                Ok(pos)
             }
             Err(e) => Err(store_errno(
                 &self.store,
@@ -372,14 +397,16 @@ impl WalFollowers {
     /// records the transaction it commits, if any, before SQLite hears
     /// back. A commit that cannot be recorded fails, and its commit frame
     /// is invalidated (`invalidate_commit`).
-    pub fn written(&self, db: &Db, offset: u64, len: u64) -> Result<(), Errno> {
+    /// Returns the newest position recorded.
+    pub fn written(&self, db: &Db, offset: u64, len: u64) -> Result<Option<Position>, Errno> {
         let follower = self.follower(db);
         let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
         if !touches_commit_frame(&f, offset, len) {
-            return Ok(());
+            return Ok(None);
         }
-        let Err(stopped) = self.read_and_record(db, &mut f) else {
-            return Ok(());
+        let stopped = match self.read_and_record(db, &mut f) {
+            Ok(pos) => return Ok(pos),
+            Err(stopped) => stopped,
         };
         if let (Some(commit), Some(cursor)) = (&stopped.commit, &f.cursor) {
             invalidate_commit(db, cursor, commit);
@@ -388,6 +415,32 @@ impl WalFollowers {
             f.failed = Some((first, stopped.errno));
         }
         Err(stopped.errno)
+    }
+
+    /// Without passthrough: takes back the newest batch of commits, which
+    /// recorded `pos` (a synchronous commit whose replicas did not answer,
+    /// `sync_commit.rs`): its LTX file goes (`Db::take_back`), its first
+    /// commit frame is invalidated, and the follower reads the WAL again
+    /// from before it; writes to its frames fail as after any commit that
+    /// could not be recorded (`write_allowed`). Returns the position
+    /// before it.
+    pub fn take_back(&self, db: &Db, pos: Position) -> Result<Position, crate::store::Error> {
+        let follower = self.follower(db);
+        let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(batch) = f.last_batch.take().filter(|batch| batch.pos == pos) else {
+            return Err(crate::store::Error::Changed {
+                db: db.name().to_string(),
+                reason: format!("TXID {pos} is not the newest batch of WAL commits recorded"),
+            });
+        };
+        let before = db.take_back(pos)?;
+        invalidate_commit(db, &batch.cursor, &batch.first);
+        let frame_len = FRAME_HEADER_SIZE + u64::from(batch.cursor.header().page_size);
+        let first = (batch.first.start - wal::WAL_HEADER_SIZE) / frame_len;
+        f.failed = Some((first, Errno::EIO));
+        f.cursor = Some(batch.cursor);
+        f.last_commit = batch.last_commit;
+        Ok(before)
     }
 
     /// `db`'s WAL goes (truncated to zero or deleted by `go`): what it

@@ -74,7 +74,20 @@ pub fn stream_from_primary(
     receivers: &mut Receivers<'_, '_>,
     stop: &AtomicBool,
 ) -> Result<(), Error> {
-    stream_once(primary_url, token, None, store, receivers, stop, &mut false)
+    let at_once = AtomicBool::new(false);
+    let link = Link {
+        tls: None,
+        acks_at_once: &at_once,
+    };
+    stream_once(
+        primary_url,
+        token,
+        &link,
+        store,
+        receivers,
+        stop,
+        &mut false,
+    )
 }
 
 /// Replicates from the primary until `stop` is set: asks `primary_url` for
@@ -107,6 +120,10 @@ pub struct RetryOptions {
     /// The CAs an `https://` primary is verified against (`http.tls-ca`);
     /// without them an https URL is refused before connecting.
     pub tls: Option<ClientTls>,
+    /// Set at each connect to whether the primary asks for each received
+    /// file to be acknowledged at once (its stream's `Litefs-Ack:
+    /// at-once`, sent with synchronous replication).
+    pub acks_at_once: Arc<AtomicBool>,
 }
 
 impl Default for RetryOptions {
@@ -115,6 +132,7 @@ impl Default for RetryOptions {
             max_backoff: MAX_BACKOFF,
             fatal: Fatal::disabled(),
             tls: None,
+            acks_at_once: Arc::default(),
         }
     }
 }
@@ -144,8 +162,11 @@ pub fn run_replica_loop_with(
             continue;
         };
         let mut connected = false;
-        let tls = options.tls.as_ref();
-        let result = stream_once(&url, token, tls, store, receivers, stop, &mut connected);
+        let link = Link {
+            tls: options.tls.as_ref(),
+            acks_at_once: &options.acks_at_once,
+        };
+        let result = stream_once(&url, token, &link, store, receivers, stop, &mut connected);
         let full = result.as_ref().is_err_and(|err| err.is_disk_full());
         // A full disk backs off like an unreachable primary, though the
         // stream was established: each attempt downloads again.
@@ -197,11 +218,18 @@ fn sleep_unless_stopped(duration: Duration, stop: &AtomicBool) {
     }
 }
 
+/// How a stream reaches the primary, and what it learns of it.
+struct Link<'a> {
+    tls: Option<&'a ClientTls>,
+    /// Set to whether the primary asks for acknowledgements at once.
+    acks_at_once: &'a AtomicBool,
+}
+
 /// `stream_from_primary`, setting `connected` once the primary accepted.
 fn stream_once(
     primary_url: &str,
     token: Option<&str>,
-    tls: Option<&ClientTls>,
+    link: &Link<'_>,
     store: &Store,
     receivers: &mut Receivers<'_, '_>,
     stop: &AtomicBool,
@@ -226,6 +254,7 @@ fn stream_once(
     }
     let body = wire::format_positions(listed.iter().map(|(n, p)| (n.as_str(), *p)));
 
+    let tls = link.tls;
     let response = post_positions(&base, &url, token, tls, body)?.map_err(|source| {
         match crate::tls::certificate_problem(&source, tls) {
             Some(reason) => Error::Certificate {
@@ -245,10 +274,15 @@ fn stream_once(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let at_once = response
+        .headers()
+        .get(wire::ACK_HEADER)
+        .is_some_and(|v| v.as_bytes() == wire::ACK_AT_ONCE.as_bytes());
     let mut body = response.into_body();
     if status != 200 {
         return Err(refused(url, status, &mut body));
     }
+    link.acks_at_once.store(at_once, Ordering::SeqCst);
     if content_type != CONTENT_TYPE {
         return Err(Error::Protocol {
             url,

@@ -154,8 +154,6 @@ struct Shared {
     /// each database it listed at connect or was sent since, by stream
     /// number (`/info`).
     streams: Mutex<BTreeMap<u64, StreamView>>,
-    /// What each replica node acknowledged holding durably (`ack.rs`).
-    acks: ack::Acks,
     ltx_files_sent: AtomicU64,
     snapshots_sent: AtomicU64,
     /// What `/import` needs from the node, once the mount is up.
@@ -262,7 +260,6 @@ impl Server {
             streams_active: AtomicU64::new(0),
             streams_started: AtomicU64::new(0),
             streams: Mutex::new(BTreeMap::new()),
-            acks: ack::Acks::default(),
             ltx_files_sent: AtomicU64::new(0),
             snapshots_sent: AtomicU64::new(0),
             importer: OnceLock::new(),
@@ -602,7 +599,7 @@ fn info_json(shared: &Shared) -> String {
         positions_json(dbs.iter().map(|db| (db.name(), db.pos()))),
         lags.join(","),
         replicas.join(","),
-        shared.acks.json()
+        ack::json(shared)
     )
 }
 
@@ -635,6 +632,12 @@ fn metrics_text(shared: &Shared) -> String {
         streams_active: shared.streams_active.load(Ordering::SeqCst),
         streams_served: shared.streams_started.load(Ordering::SeqCst),
         dbs,
+        replicas_in_sync: if primary {
+            let store = &shared.store;
+            store.acks().in_sync(&store.positions()).len() as u64
+        } else {
+            0
+        },
     })
 }
 

@@ -12,6 +12,11 @@ use crate::store::{self, Position};
 
 /// The `Content-Type` of a replication stream.
 pub const CONTENT_TYPE: &str = "application/x-litefs-stream";
+/// The stream response's header by which a primary with synchronous
+/// replication asks the replica to acknowledge each received file at once
+/// (`POST /ack`), with the value [`ACK_AT_ONCE`].
+pub const ACK_HEADER: &str = "litefs-ack";
+pub const ACK_AT_ONCE: &str = "at-once";
 /// How long the primary lets a stream stay silent before sending a heartbeat.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a replica waits for any byte (a heartbeat at least) before it

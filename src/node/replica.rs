@@ -85,9 +85,18 @@ impl ReplicaTask {
         {
             let (url, token, tls) = (url.clone(), token.clone(), retry.tls.clone());
             let node = store.node_id();
+            let at_once = retry.acks_at_once.clone();
             std::thread::Builder::new()
                 .name("ack".into())
-                .spawn(move || ack_loop(&url, token.as_deref(), tls.as_ref(), node, &ack_rx))
+                .spawn(move || {
+                    let to = AckTarget {
+                        url: &url,
+                        token: token.as_deref(),
+                        tls: tls.as_ref(),
+                        node,
+                    };
+                    ack_loop(&to, &at_once, &ack_rx)
+                })
                 .map_err(Error::Thread)?;
         }
 
@@ -190,16 +199,19 @@ impl ReplicaTask {
 const ACK_INTERVAL: Duration = Duration::from_millis(100);
 const ACK_RETRY: Duration = Duration::from_secs(1);
 
-/// The ack thread (see the module comment): sends what `positions` brings,
-/// at most once per `ACK_INTERVAL`, until its sender, the stream thread's,
-/// is gone.
-fn ack_loop(
-    url: &str,
-    token: Option<&str>,
-    tls: Option<&crate::tls::ClientTls>,
+/// Where the ack thread sends, and as which node.
+struct AckTarget<'a> {
+    url: &'a str,
+    token: Option<&'a str>,
+    tls: Option<&'a crate::tls::ClientTls>,
     node: u64,
-    positions: &Receiver<(String, Position)>,
-) {
+}
+
+/// The ack thread (see the module comment): sends what `positions` brings,
+/// at most once per `ACK_INTERVAL` (at once, while the primary asks for
+/// that: `at_once`), until its sender, the stream thread's, is gone.
+fn ack_loop(to: &AckTarget<'_>, at_once: &AtomicBool, positions: &Receiver<(String, Position)>) {
+    let url = to.url;
     let mut unsent = std::collections::BTreeMap::new();
     let mut failing = false;
     let mut last_sent: Option<Instant> = None;
@@ -210,7 +222,13 @@ fn ack_loop(
                 Err(_) => return,
             };
         }
-        let wait = if failing { ACK_RETRY } else { ACK_INTERVAL };
+        let wait = if failing {
+            ACK_RETRY
+        } else if at_once.load(Ordering::SeqCst) {
+            Duration::ZERO
+        } else {
+            ACK_INTERVAL
+        };
         if let Some(due) = last_sent.map(|at| at + wait) {
             loop {
                 let now = Instant::now();
@@ -230,7 +248,7 @@ fn ack_loop(
             unsent.insert(name, pos);
         }
         last_sent = Some(Instant::now());
-        match http::send_ack(url, token, tls, node, &unsent) {
+        match http::send_ack(url, to.token, to.tls, to.node, &unsent) {
             Ok(()) => {
                 unsent.clear();
                 failing = false;

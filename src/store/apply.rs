@@ -72,7 +72,7 @@ impl Db {
                 self.refresh_freelist(&mut state, &file, &shape, &change)
             }
             _ => {
-                state.freelist = Freelist::default();
+                state.freelist = std::sync::Arc::default();
                 state.wal_mode = false;
             }
         }

@@ -26,10 +26,12 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::db::{Change, State, LTX_BUFFER};
 use super::page_reader::PageReader;
 use super::publish::NewFile;
+use super::take_back::Recorded;
 use super::write_back::WriteBack;
 use super::{
     io_error, is_lock_page, now_ms, page_offset, read_database_shape, read_freelist, sync_dir,
@@ -382,11 +384,14 @@ impl Db {
             Some(next) => self.fill_slot(next, &final_path, &header, &change, read)?,
             None => self.write_ltx_synced(&final_path, &header, &change, read)?,
         };
-        change.apply_to(state);
-        state.pos = Position {
+        let after = Position {
             txid,
             checksum: change.checksum,
         };
+        let recorded = Recorded::before(state, &change, final_path, after);
+        change.apply_to(state);
+        state.pos = after;
+        state.last_recorded = Some(recorded);
         self.refresh_freelist(state, &file, &shape, &change);
         state.end_transaction(&self.name);
         // The next commit's file, made while SQLite prepares that commit
@@ -470,7 +475,7 @@ impl Db {
                 .iter()
                 .any(|(pgno, _)| list.trunks.binary_search(pgno).is_ok());
         if !unchanged {
-            state.freelist = read_freelist(&self.name, file, shape);
+            state.freelist = Arc::new(read_freelist(&self.name, file, shape));
         }
     }
 

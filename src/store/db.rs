@@ -82,8 +82,9 @@ pub(super) struct State {
     pub(super) page_size: Option<u32>,
     /// Checksums of the pages as of `pos`.
     pub(super) checksums: PageChecksums,
-    /// The free list as of `pos`.
-    pub(super) freelist: Freelist,
+    /// The free list as of `pos` (shared: a commit keeps the one it
+    /// replaces, `take_back.rs`).
+    pub(super) freelist: std::sync::Arc<Freelist>,
     /// Pages (in units of `page_size`) written since `pos`.
     pub(super) dirty: BTreeSet<u32>,
     /// The page size in the header most recently written to page 1 since `pos`.
@@ -111,6 +112,9 @@ pub(super) struct State {
     /// The data directory's free bytes when last asked, and when
     /// (`space.rs`).
     pub(super) free_space: Option<(u64, std::time::Instant)>,
+    /// What the newest transaction recorded here changed, to take it back
+    /// (`take_back.rs`).
+    pub(super) last_recorded: Option<super::take_back::Recorded>,
 }
 
 impl State {
@@ -119,7 +123,7 @@ impl State {
             pos: Position::default(),
             page_size: None,
             checksums: PageChecksums::empty(),
-            freelist: Freelist::default(),
+            freelist: std::sync::Arc::default(),
             dirty: BTreeSet::new(),
             pending_page_size: None,
             rescan: false,
@@ -129,6 +133,7 @@ impl State {
             wal_index: BTreeMap::new(),
             unsynced_ltx: Vec::new(),
             free_space: None,
+            last_recorded: None,
         }
     }
 
@@ -199,6 +204,11 @@ impl Change {
     }
 
     /// Applies the change to the state's checksums and page size.
+    /// The page count after the change.
+    pub(super) fn page_count(&self) -> u32 {
+        self.page_count
+    }
+
     pub(super) fn apply_to(&self, state: &mut State) {
         if !self.incremental {
             state.checksums = PageChecksums::empty();

@@ -35,6 +35,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::apply::PENDING_SUFFIX;
 use super::commit::UndoHolds;
@@ -167,7 +168,7 @@ impl Db {
         state.checksums = checksums;
         if let Some(shape) = &shape {
             if let Ok(file) = File::open(&self.database_path) {
-                state.freelist = read_freelist(&self.name, &file, shape);
+                state.freelist = Arc::new(read_freelist(&self.name, &file, shape));
             }
         }
         if committed {

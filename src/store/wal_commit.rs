@@ -30,6 +30,7 @@ use std::path::PathBuf;
 
 use super::commit::UndoHolds;
 use super::db::{Change, State};
+use super::take_back::Recorded;
 use super::{io_error, is_lock_page, now_ms, page_offset, sync_dir, Db, Error, Position};
 use crate::ltx;
 use crate::sqlite::wal::{self, WalCommit};
@@ -189,12 +190,15 @@ impl Db {
         let ltx_bytes = self.write_change(&final_path, &header, &change, false, |pgno, page| {
             source.read(self, pgno, page)
         })?;
-        change.apply_to(state);
-        state.pos = Position {
+        let after = Position {
             txid: max_txid,
             checksum: change.checksum,
         };
-        state.wal_index = index;
+        let recorded = Recorded::before(state, &change, final_path.clone(), after);
+        change.apply_to(state);
+        state.pos = after;
+        let old_index = std::mem::replace(&mut state.wal_index, index);
+        state.last_recorded = Some(recorded.with_wal_index(old_index));
         state.unsynced_ltx.push(final_path);
         crate::metrics::commit(&self.name, ltx_bytes);
         Ok(Some(state.pos))

@@ -3,81 +3,39 @@
 //! replica after it has queued received LTX files durably
 //! (`node/replica.rs`). The primary keeps, per replica node, the newest
 //! position of each database it acknowledged and when; `/info` shows them
-//! (`litefs status`). Acknowledgements only inform: no commit waits for
-//! them.
-//!
-//! Locks: `Acks` is one mutex, a leaf: taken to record or read, never while
-//! anything else is taken.
-
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+//! (`litefs status`), and synchronous commits wait for them: both live in
+//! the store (`store/acks.rs`).
 
 use super::conn::Request;
 use super::{positions_json, respond_text, Shared};
 use crate::http::wire;
-use crate::store::Position;
-
-/// How long an acknowledgement is shown after the last one from its node:
-/// a replica that stopped acknowledging is gone or no longer follows.
-const SHOWN_FOR: Duration = Duration::from_secs(60);
 
 /// The longest node id accepted (16 hex digits).
 const MAX_NODE_LEN: usize = 16;
 
-/// One replica node's acknowledgements.
-#[derive(Debug, Clone)]
-struct Acked {
-    /// Where the last one came from.
-    peer: SocketAddr,
-    /// When the last one came.
-    at: Instant,
-    /// The newest position acknowledged for each database.
-    dbs: BTreeMap<String, Position>,
-}
-
-/// Every replica node's acknowledgements, by node id.
-#[derive(Debug, Default)]
-pub(super) struct Acks(Mutex<BTreeMap<String, Acked>>);
-
-impl Acks {
-    fn record(&self, node: &str, peer: SocketAddr, dbs: BTreeMap<String, Position>) {
-        let mut acks = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = acks.entry(node.to_string()).or_insert_with(|| Acked {
-            peer,
-            at: Instant::now(),
-            dbs: BTreeMap::new(),
-        });
-        entry.peer = peer;
-        entry.at = Instant::now();
-        for (name, pos) in dbs {
-            let newest = entry.dbs.entry(name).or_insert(pos);
-            if pos.txid >= newest.txid {
-                *newest = pos;
-            }
-        }
-    }
-
-    /// `[{"node": id, "peer": addr, "age_seconds": f64, "dbs": {name:
-    /// "txid/checksum"}}]`, for the nodes heard from within `SHOWN_FOR`.
-    pub(super) fn json(&self) -> String {
-        let acks = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let entries: Vec<String> = acks
-            .iter()
-            .filter(|(_, acked)| acked.at.elapsed() < SHOWN_FOR)
-            .map(|(node, acked)| {
-                format!(
-                    "{{\"node\":{},\"peer\":{},\"age_seconds\":{:.3},\"dbs\":{{{}}}}}",
-                    crate::json::string(node),
-                    crate::json::string(&acked.peer.to_string()),
-                    acked.at.elapsed().as_secs_f64(),
-                    positions_json(acked.dbs.iter().map(|(name, pos)| (name.as_str(), *pos)))
-                )
-            })
-            .collect();
-        format!("[{}]", entries.join(","))
-    }
+/// `[{"node": id, "peer": addr, "age_seconds": f64, "in_sync": bool, "dbs":
+/// {name: "txid/checksum"}}]`, for the nodes heard from lately
+/// (`Acks::recent`); `in_sync`: the node holds the newest position of every
+/// database.
+pub(super) fn json(shared: &Shared) -> String {
+    let store = &shared.store;
+    let in_sync = store.acks().in_sync(&store.positions());
+    let entries: Vec<String> = store
+        .acks()
+        .recent()
+        .into_iter()
+        .map(|acked| {
+            format!(
+                "{{\"node\":{},\"peer\":{},\"age_seconds\":{:.3},\"in_sync\":{},\"dbs\":{{{}}}}}",
+                crate::json::string(&acked.node),
+                crate::json::string(&acked.peer.to_string()),
+                acked.age.as_secs_f64(),
+                in_sync.contains(&acked.node),
+                positions_json(acked.dbs.iter().map(|(name, pos)| (name.as_str(), *pos)))
+            )
+        })
+        .collect();
+    format!("[{}]", entries.join(","))
 }
 
 /// Answers `POST /ack`: records what the replica node `node=` holds.
@@ -102,7 +60,8 @@ pub(super) fn ack(shared: &Shared, mut request: Request, query: &str) -> u16 {
     }
     match wire::parse_positions(&body) {
         Ok(dbs) => {
-            shared.acks.record(node, peer, dbs);
+            let store = &shared.store;
+            store.acks().record(node, peer, dbs, &store.positions());
             respond_text(request, 200, "ok", &[])
         }
         Err(msg) => {

@@ -318,9 +318,14 @@ impl Stream<'_> {
     /// Streams until the replica goes away (`Err(Gone)`), something fails
     /// (`Err(Fatal)`), or this node stops serving (`Ok(reason)`).
     fn run(&mut self) -> Result<String, End> {
-        self.out
-            .send(super::conn::response_head(200, CONTENT_TYPE, None, &[]).as_bytes())?;
         let store = self.shared.store.clone();
+        let extra: &[(&str, &str)] = if store.acks().synchronous() {
+            &[(wire::ACK_HEADER, wire::ACK_AT_ONCE)]
+        } else {
+            &[]
+        };
+        self.out
+            .send(super::conn::response_head(200, CONTENT_TYPE, None, extra).as_bytes())?;
         for name in self.replica.positions.keys() {
             if store.db(name).is_none() {
                 log::debug!("replica {} lists database {name}, unknown here", self.peer);

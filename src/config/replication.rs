@@ -1,0 +1,112 @@
+//! The `replication:` keys: synchronous replication (`sync`,
+//! `sync-timeout`, `sync-fallback`) and the time-bounded asynchronous mode
+//! (`max-lag`). What each mode promises is in README.md ("Guarantees");
+//! how a commit waits, in `crate::sync_acks`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_yaml::Value;
+
+use super::raw::RawReplication;
+use super::{duration_in, invalid, Error};
+
+/// Default `replication.sync-timeout`.
+pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Range of `replication.sync-timeout`.
+pub const SYNC_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(1), Duration::from_secs(3600));
+/// The most replicas `replication.sync` may ask for.
+pub const MAX_SYNC: u32 = 64;
+
+/// How commits wait for replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicationConfig {
+    /// How many replicas must hold a commit durably before it returns
+    /// (`replication.sync`); 0: asynchronous.
+    pub sync: u32,
+    /// How long a commit waits for them (`replication.sync-timeout`).
+    pub sync_timeout: Duration,
+    /// What a commit that waited that long does (`replication.sync-fallback`).
+    pub sync_fallback: SyncFallback,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> ReplicationConfig {
+        ReplicationConfig {
+            sync: 0,
+            sync_timeout: DEFAULT_SYNC_TIMEOUT,
+            sync_fallback: SyncFallback::Fail,
+        }
+    }
+}
+
+/// What a synchronous commit does when its replicas do not answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncFallback {
+    /// The commit fails (SQLite reports an I/O error) and is taken back.
+    Fail,
+    /// The commit returns, and the primary replicates asynchronously
+    /// until enough replicas hold its newest transactions again.
+    Async,
+}
+
+/// Resolves the `replication:` section.
+pub(super) fn replication_config(
+    source: &Path,
+    raw: Option<RawReplication>,
+) -> Result<ReplicationConfig, Error> {
+    let raw = raw.unwrap_or_default();
+    let mut config = ReplicationConfig::default();
+    if let Some(value) = raw.sync {
+        config.sync = match &value {
+            Value::Number(n) if n.as_u64().is_some_and(|n| n <= u64::from(MAX_SYNC)) => {
+                n.as_u64().map_or(0, |n| n as u32)
+            }
+            other => {
+                return Err(invalid(
+                    source,
+                    "replication.sync",
+                    format!(
+                        "expected how many replicas must hold each commit, 0 to {MAX_SYNC} \
+                         (0: asynchronous), not `{}`",
+                        serde_yaml::to_string(other).unwrap_or_default().trim()
+                    ),
+                ))
+            }
+        };
+    }
+    if let Some(value) = raw.sync_timeout {
+        let (min, max) = SYNC_TIMEOUT_RANGE;
+        config.sync_timeout = duration_in(source, "replication.sync-timeout", &value, min, max)?;
+    }
+    config.sync_fallback = match raw.sync_fallback.as_deref() {
+        None | Some("fail") => SyncFallback::Fail,
+        Some("async") => SyncFallback::Async,
+        Some(other) => {
+            return Err(invalid(
+                source,
+                "replication.sync-fallback",
+                format!("`{other}` is not a fallback; allowed: `fail`, `async`"),
+            ))
+        }
+    };
+    if let Some(value) = raw.max_lag {
+        let lag = duration_in(
+            source,
+            "replication.max-lag",
+            &value,
+            Duration::ZERO,
+            Duration::MAX,
+        )?;
+        if !lag.is_zero() {
+            return Err(invalid(
+                source,
+                "replication.max-lag",
+                "the time-bounded asynchronous mode is not built yet; use `0s` (unbounded), \
+                 or `replication.sync: 1` for commits that wait for a replica",
+            ));
+        }
+    }
+    Ok(config)
+}
