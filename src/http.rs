@@ -80,6 +80,9 @@ pub enum Error {
     PrimaryError { url: String, message: String },
     /// The primary closed the stream without saying why.
     Closed { url: String },
+    /// Received files of `db` could not be applied and were dropped: the
+    /// stream starts again from the replica's position.
+    Resync { url: String, db: String },
     /// A local file operation failed.
     Io {
         what: String,
@@ -154,6 +157,11 @@ impl fmt::Display for Error {
             Error::Closed { url } => {
                 write!(f, "{url} closed the replication stream without a reason")
             }
+            Error::Resync { url, db } => write!(
+                f,
+                "database {db}: received LTX files could not be applied and were dropped; \
+                 asking {url} again from this replica's position"
+            ),
             Error::Io { what, path, source } => {
                 write!(f, "{what} ({}): {source}", path.display())
             }

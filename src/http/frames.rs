@@ -40,7 +40,16 @@ pub fn read_frames(
     while !stop.load(Ordering::SeqCst) {
         match reader.frame_type()? {
             None => return Err(Error::Closed { url }),
-            Some(wire::FRAME_HEARTBEAT) => store.note_caught_up(true),
+            Some(wire::FRAME_HEARTBEAT) => {
+                // Dropped files were reported received: ask again.
+                if let Some(db) = store.dbs().into_iter().find(|db| db.take_queue_dropped()) {
+                    return Err(Error::Resync {
+                        url,
+                        db: db.name().to_string(),
+                    });
+                }
+                store.note_caught_up(true);
+            }
             Some(wire::FRAME_ERROR) => {
                 let message = reader.error_message()?;
                 return Err(Error::PrimaryError { url, message });

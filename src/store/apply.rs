@@ -14,7 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::db::{temp_path, Change, State, LTX_BUFFER};
-use super::{io_error, page_offset, read_database_shape, sync_dir, Db, Error, Freelist, Position};
+use super::{io_error, page_offset, read_database_shape, sync_dir, Db, Error, Position};
 use crate::ltx;
 
 /// Suffix of an LTX file being applied.

@@ -39,6 +39,9 @@ pub(super) struct Queued {
 #[derive(Debug, Default)]
 pub(super) struct Queue {
     files: VecDeque<Queued>,
+    /// Files were dropped unapplied since the stream last asked
+    /// (`Db::take_queue_dropped`): it must reconnect from the position.
+    dropped: bool,
 }
 
 impl Db {
@@ -81,6 +84,13 @@ impl Db {
                     header.min_txid, header.max_txid, header.pre_apply_checksum
                 ),
             });
+        }
+        if header.is_snapshot() {
+            // A snapshot replaces the database whatever it holds: files
+            // queued before it (a history the primary no longer has, such
+            // as a transaction it took back) are never applied, and one of
+            // the primary's next files could take one's name.
+            self.drop_queued(&mut queue);
         }
         let queued = queued_path(
             &self
@@ -129,9 +139,8 @@ impl Db {
 
     /// Ends the front file's turn: applied (its file was moved into place)
     /// or refused. When refused, every queued file is deleted: they follow
-    /// a position the database never reached, and the next frame from the
-    /// primary will not follow the received position either, so the
-    /// stream reconnects from the database's own position.
+    /// a position the database never reached; the stream reconnects from
+    /// the database's own position (`take_queue_dropped`).
     pub fn finish_queued(&self, path: &Path, applied: bool) {
         let mut queue = self.queue();
         if queue.files.front().map(|q| q.path.as_path()) != Some(path) {
@@ -141,6 +150,20 @@ impl Db {
             queue.files.pop_front();
             return;
         }
+        self.drop_queued(&mut queue);
+        queue.dropped = true;
+    }
+
+    /// Whether queued files were dropped unapplied since the last call:
+    /// the primary, which was told they were received, must be asked
+    /// again from this replica's position (the stream reconnects at its
+    /// next heartbeat, `http/frames.rs`).
+    pub fn take_queue_dropped(&self) -> bool {
+        std::mem::take(&mut self.queue().dropped)
+    }
+
+    /// Deletes every queued file.
+    fn drop_queued(&self, queue: &mut Queue) {
         for q in queue.files.drain(..) {
             if let Err(e) = fs::remove_file(&q.path) {
                 if e.kind() != std::io::ErrorKind::NotFound {
