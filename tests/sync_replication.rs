@@ -226,3 +226,37 @@ fn asynchronous_replication_never_waits() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(metric(&primary, "litefs_sync_wait_seconds_count"), 0.0);
 }
+
+#[test]
+fn a_commit_taken_back_stays_out_after_kill_9_of_the_primary() {
+    let dir = temp_dir("sync-kill");
+    let mut primary = Node::start_in(
+        &dir.path().join("primary"),
+        "replication:\n  sync: 1\n  sync-timeout: 300ms\n",
+    );
+    let replica = Node::start_in(&dir.path().join("replica"), &replica_yaml(&primary));
+    for (mode, name) in MODES {
+        let conn = open(&primary.db(name), mode);
+        conn.execute("INSERT INTO t VALUES(1)", []).unwrap();
+        wait_caught_up(&primary, &replica, name);
+        let before = primary.pos(name);
+        let paused = Paused::pause(&replica);
+        assert!(
+            conn.execute("INSERT INTO t VALUES(2)", []).is_err(),
+            "{mode}"
+        );
+        // litefs dies before SQLite has rolled the database file back
+        // (it does so at the connection's next statement).
+        primary.kill9();
+        drop(conn);
+        drop(paused);
+        primary.restart();
+        assert_eq!(primary.pos(name), before, "{mode}");
+        assert_eq!(rows(&primary.db(name)), vec![1], "{mode}");
+        let conn = open(&primary.db(name), mode);
+        conn.execute("INSERT INTO t VALUES(3)", []).unwrap();
+        wait_caught_up(&primary, &replica, name);
+        assert_eq!(rows(&replica.db(name)), vec![1, 3], "{mode}");
+        assert_same(&primary, &replica, name, &conn);
+    }
+}

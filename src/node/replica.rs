@@ -5,7 +5,9 @@
 //! primary what is queued durably (`POST /ack`, `http::send_ack`), the
 //! newest position of each database at a time, at most ten times a
 //! second, retrying each second while the primary cannot be told, and
-//! ends with the stream thread. A reader that holds the
+//! ends with the stream thread. A primary with synchronous replication
+//! (its stream's `Litefs-Ack: at-once`) is told at once, after each
+//! queued file and after a failure too. A reader that holds the
 //! database delays only the apply thread: the stream keeps receiving,
 //! heartbeats flow, and the position the replica reports on reconnect is
 //! what it has received, so nothing is sent twice.
@@ -238,6 +240,11 @@ fn ack_loop(to: &AckTarget<'_>, at_once: &AtomicBool, positions: &Receiver<(Stri
                 match positions.recv_timeout(due - now) {
                     Ok((name, pos)) => {
                         unsent.insert(name, pos);
+                        // A primary that waits for it: now, even after
+                        // a failure (the primary may be back).
+                        if at_once.load(Ordering::SeqCst) {
+                            break;
+                        }
                     }
                     Err(crossbeam_channel::RecvTimeoutError::Timeout) => break,
                     Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
