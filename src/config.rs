@@ -75,7 +75,7 @@ mod values;
 pub use exec::{ExecCommand, ExecWait, Program};
 use lease::{lease_config, HttpTls};
 use raw::{yaml_error, RawFile};
-pub use replication::{ReplicationConfig, SyncFallback};
+pub use replication::{ReplicationConfig, SyncFailover, SyncFallback};
 use values::{absolute, base_dir, format_duration, split_host_port};
 pub use values::{check_http_url, expand_env, expand_with, parse_duration};
 

@@ -36,7 +36,7 @@ use crate::config::{LeaseConfig, LeaseKind};
 mod consul;
 mod driver;
 
-pub use consul::ConsulLeaser;
+pub use consul::{ConsulLeaser, SyncCandidate, SyncSet, SyncSetWriter};
 pub use driver::{spawn_lease_thread, spawn_lease_thread_with, LeaseOptions};
 
 /// How long one watch (a Consul blocking query) waits for a change before
@@ -125,13 +125,41 @@ pub trait Leaser: Send {
 /// `config.advertise_url` name the primary (static replica) or this node
 /// (everything else).
 pub fn leaser_from_config(config: &LeaseConfig) -> Box<dyn Leaser> {
-    let info = PrimaryInfo {
+    leaser_for_node(config, None)
+}
+
+/// `leaser_from_config`; a Consul candidate also reads the in-sync set
+/// as `sync` before it takes the lease (`consul/sync_set.rs`).
+pub fn leaser_for_node(config: &LeaseConfig, sync: Option<SyncCandidate>) -> Box<dyn Leaser> {
+    let info = self_info(config);
+    match (config.kind, &config.consul) {
+        (LeaseKind::Consul, Some(consul)) => {
+            let leaser = ConsulLeaser::new(consul, info);
+            Box::new(match sync {
+                Some(sync) => leaser.with_sync_candidate(sync),
+                None => leaser,
+            })
+        }
+        _ => Box::new(StaticLeaser::new(info, config.candidate)),
+    }
+}
+
+/// The writer of this node's in-sync set when it is the primary of a
+/// Consul lease; `None` for a static lease.
+pub fn sync_set_writer(config: &LeaseConfig, node_id: String) -> Option<SyncSetWriter> {
+    match (config.kind, &config.consul) {
+        (LeaseKind::Consul, Some(consul)) => Some(SyncSetWriter::new(
+            ConsulLeaser::new(consul, self_info(config)),
+            node_id,
+        )),
+        _ => None,
+    }
+}
+
+fn self_info(config: &LeaseConfig) -> PrimaryInfo {
+    PrimaryInfo {
         hostname: config.hostname.clone(),
         advertise_url: config.advertise_url.clone(),
-    };
-    match (config.kind, &config.consul) {
-        (LeaseKind::Consul, Some(consul)) => Box::new(ConsulLeaser::new(consul, info)),
-        _ => Box::new(StaticLeaser::new(info, config.candidate)),
     }
 }
 

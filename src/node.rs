@@ -246,8 +246,18 @@ pub fn run(config: &Config) -> Result<u8, Error> {
         (Fatal::disabled(), crossbeam_channel::never())
     };
     let (lease_tx, lease_rx) = crossbeam_channel::unbounded();
+    let node_id = format!("{:016x}", store.node_id());
+    let sync_candidate =
+        lease::SyncCandidate::new(node_id.clone(), config.replication.sync_failover);
+    let sync_set = lease::sync_set_writer(&config.lease, node_id).map(Arc::new);
+    if let (Some(writer), true) = (&sync_set, config.replication.sync > 0) {
+        let writer = writer.clone();
+        store
+            .acks()
+            .set_publisher(Box::new(move |set, first| writer.publish(set, first)));
+    }
     let lease_thread = lease::spawn_lease_thread_with(
-        lease::leaser_from_config(&config.lease),
+        lease::leaser_for_node(&config.lease, Some(sync_candidate)),
         lease::LeaseOptions::from_config(&config.lease, fatal.clone()),
         lease_tx,
         stop.clone(),
@@ -272,6 +282,7 @@ pub fn run(config: &Config) -> Result<u8, Error> {
         },
         replica: None,
         systemd: Readiness::new(SdNotify::from_env(), role.is_primary()),
+        sync_set: sync_set.filter(|_| config.replication.sync == 0),
     };
     roles.systemd.check(&role, &store);
     let mut exec = Exec::new(&config.exec, config.lease.candidate);
@@ -390,6 +401,10 @@ struct Roles<'a> {
     replica: Option<ReplicaTask>,
     /// systemd's view of this node (readiness, status, watchdog).
     systemd: Readiness,
+    /// A Consul lease without synchronous replication: the in-sync set a
+    /// synchronous primary before left, deleted at promotion
+    /// (`lease/consul/sync_set.rs`).
+    sync_set: Option<Arc<lease::SyncSetWriter>>,
 }
 
 impl Roles<'_> {
@@ -402,6 +417,17 @@ impl Roles<'_> {
                 self.applier.close_files();
                 for db in self.store.dbs() {
                     self.applier.drop_wal_companions(&db);
+                }
+                // Before the first write: this node names itself in the
+                // in-sync set (or removes one it does not keep).
+                self.store.acks().promoted();
+                if let Some(writer) = &self.sync_set {
+                    if let Err(e) = writer.delete() {
+                        warn!(
+                            "cannot delete the in-sync set a synchronous primary left in \
+                             Consul ({e}); candidates it leaves out wait for the ones it names"
+                        );
+                    }
                 }
                 self.role.set_primary();
                 self.server.set_serving(true);

@@ -115,6 +115,8 @@ pub(super) struct RawReplication {
     pub(super) sync_timeout: Option<Value>,
     #[serde(rename = "sync-fallback")]
     pub(super) sync_fallback: Option<String>,
+    #[serde(rename = "sync-failover")]
+    pub(super) sync_failover: Option<String>,
     #[serde(rename = "max-lag")]
     pub(super) max_lag: Option<Value>,
 }

@@ -1,5 +1,5 @@
 //! The `replication:` keys: synchronous replication (`sync`,
-//! `sync-timeout`, `sync-fallback`) and the time-bounded asynchronous mode
+//! `sync-timeout`, `sync-fallback`, `sync-failover`) and the time-bounded asynchronous mode
 //! (`max-lag`). What each mode promises is in README.md ("Guarantees");
 //! how a commit waits, in `crate::sync_acks`.
 
@@ -29,6 +29,9 @@ pub struct ReplicationConfig {
     pub sync_timeout: Duration,
     /// What a commit that waited that long does (`replication.sync-fallback`).
     pub sync_fallback: SyncFallback,
+    /// What a Consul candidate left out of the in-sync set does
+    /// (`replication.sync-failover`).
+    pub sync_failover: SyncFailover,
 }
 
 impl Default for ReplicationConfig {
@@ -37,6 +40,7 @@ impl Default for ReplicationConfig {
             sync: 0,
             sync_timeout: DEFAULT_SYNC_TIMEOUT,
             sync_fallback: SyncFallback::Fail,
+            sync_failover: SyncFailover::Wait,
         }
     }
 }
@@ -49,6 +53,17 @@ pub enum SyncFallback {
     /// The commit returns, and the primary replicates asynchronously
     /// until enough replicas hold its newest transactions again.
     Async,
+}
+
+/// What a candidate for a Consul lease does when the last primary's
+/// in-sync set leaves it out (`lease/consul/sync_set.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncFailover {
+    /// It does not take the lease while a node of the set may.
+    Wait,
+    /// It takes the lease after one session TTL, logging an ERROR that
+    /// names what may be lost.
+    TakeOver,
 }
 
 /// Resolves the `replication:` section.
@@ -88,6 +103,17 @@ pub(super) fn replication_config(
                 source,
                 "replication.sync-fallback",
                 format!("`{other}` is not a fallback; allowed: `fail`, `async`"),
+            ))
+        }
+    };
+    config.sync_failover = match raw.sync_failover.as_deref() {
+        None | Some("wait") => SyncFailover::Wait,
+        Some("take-over") => SyncFailover::TakeOver,
+        Some(other) => {
+            return Err(invalid(
+                source,
+                "replication.sync-failover",
+                format!("`{other}` is not a failover policy; allowed: `wait`, `take-over`"),
             ))
         }
     };

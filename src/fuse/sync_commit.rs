@@ -49,7 +49,9 @@ impl LitefsFs {
         recorded_at: Instant,
         take_back: impl FnOnce(&Db, Position) -> Result<Position, crate::store::Error>,
     ) -> Result<(), Errno> {
-        let Err(timed_out) = self.store.acks().wait_for(db.name(), pos, recorded_at) else {
+        let newest = || self.store.positions();
+        let acks = self.store.acks();
+        let Err(timed_out) = acks.wait_for(db.name(), pos, recorded_at, &newest) else {
             return Ok(());
         };
         match take_back(db, pos) {

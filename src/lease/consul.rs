@@ -12,6 +12,10 @@ use serde::Deserialize;
 use super::{Error, Lease, Leaser, PrimaryInfo};
 use crate::config::ConsulConfig;
 
+mod sync_set;
+
+pub use sync_set::{SyncCandidate, SyncSet, SyncSetWriter};
+
 /// Upper bound for a Consul request that is not a blocking query.
 const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -32,6 +36,9 @@ pub struct ConsulLeaser {
     agent: ureq::Agent,
     /// Upper bound for a request that is not a blocking query.
     request_timeout: Duration,
+    /// With synchronous replication: this candidate, which reads the
+    /// in-sync set before it takes the lease (`consul/sync_set.rs`).
+    sync_candidate: Option<SyncCandidate>,
 }
 
 impl ConsulLeaser {
@@ -56,7 +63,20 @@ impl ConsulLeaser {
             me,
             agent,
             request_timeout,
+            sync_candidate: None,
         }
+    }
+
+    /// Reads the in-sync set before each attempt to take the lease, as
+    /// `candidate` (see `consul/sync_set.rs`).
+    pub fn with_sync_candidate(mut self, candidate: SyncCandidate) -> ConsulLeaser {
+        self.sync_candidate = Some(candidate);
+        self
+    }
+
+    /// Sends `DELETE url` and reads the answer.
+    fn delete(&self, url: &str) -> Result<Answer, Error> {
+        self.call_with("delete a key", url, Method::Delete, self.request_timeout)
     }
 
     /// The session TTL this leaser asks Consul for.
@@ -76,21 +96,43 @@ impl ConsulLeaser {
         put: Option<&str>,
         timeout: Duration,
     ) -> Result<Answer, Error> {
-        let result = match put {
-            None => self
+        let method = match put {
+            None => Method::Get,
+            Some(body) => Method::Put(body),
+        };
+        self.call_with(action, url, method, timeout)
+    }
+
+    /// `call` with any method.
+    fn call_with(
+        &self,
+        action: &'static str,
+        url: &str,
+        method: Method<'_>,
+        timeout: Duration,
+    ) -> Result<Answer, Error> {
+        let result = match method {
+            Method::Get => self
                 .agent
                 .get(url)
                 .config()
                 .timeout_global(Some(timeout))
                 .build()
                 .call(),
-            Some(body) => self
+            Method::Put(body) => self
                 .agent
                 .put(url)
                 .config()
                 .timeout_global(Some(timeout))
                 .build()
                 .send(body),
+            Method::Delete => self
+                .agent
+                .delete(url)
+                .config()
+                .timeout_global(Some(timeout))
+                .build()
+                .call(),
         };
         let request_error = |e: ureq::Error| Error::Request {
             action,
@@ -210,6 +252,9 @@ impl ConsulLeaser {
 
 impl Leaser for ConsulLeaser {
     fn acquire(&mut self) -> Result<Option<Lease>, Error> {
+        if !self.may_take_lease()? {
+            return Ok(None);
+        }
         let started = Instant::now();
         let session = self.create_session()?;
         let value = format!(
@@ -399,11 +444,21 @@ impl Leaser for ConsulLeaser {
     }
 }
 
+/// A request's method (and a PUT's body).
+enum Method<'a> {
+    Get,
+    Put(&'a str),
+    Delete,
+}
+
 /// One entry of Consul's answer to `GET /v1/kv/<key>`.
 #[derive(Deserialize)]
 struct KvEntry {
     #[serde(rename = "Key")]
     key: String,
+    /// The index of the entry's last change (for check-and-set).
+    #[serde(rename = "ModifyIndex", default)]
+    modify_index: u64,
     /// Base64 of the stored bytes; `null` when empty.
     #[serde(rename = "Value")]
     value: Option<String>,

@@ -16,11 +16,30 @@
 //! later TXID acknowledged before then belongs to another history (a
 //! transaction taken back, an earlier primary's).
 //!
-//! Locks: `state` is a leaf mutex, taken to record or read and while a
-//! commit waits on `changed` (which releases it); the waiting FUSE worker
-//! holds no other lock of litefs's (see `fuse/sync_commit.rs`).
+//! **The in-sync set** (with a Consul lease: a [`Publisher`] is set). So
+//! that failover keeps what was acknowledged, the primary names in Consul
+//! the replicas that hold every transaction it acknowledged
+//! (`lease/consul/sync_set.rs`); a candidate outside that set does not
+//! take the lease. The set is N nodes chosen among those that hold every
+//! database's newest position (`members`), and a commit waits for those N
+//! in particular, so that each of them holds it. A member that does not
+//! acknowledge within `sync-timeout` is replaced by nodes that did and
+//! hold everything else, and the new set is published before the commit
+//! returns; a node joins a set short of N once it holds every newest
+//! position, in memory first (commits wait for it at once) and published
+//! after. So the published set is always one whose every node holds every
+//! acknowledged transaction. Degrading to asynchronous publishes an empty
+//! set (only the primary holds everything). Without a publisher (a static
+//! lease) a commit waits for any N nodes.
+//!
+//! Locks: `publisher` is held while the set is changed and published (a
+//! request to Consul), so publications happen in the order the set
+//! changed; it is taken before `state`. `state` is a leaf otherwise: taken
+//! to record or read, and while a commit waits on `changed` (which
+//! releases it). The waiting FUSE worker holds no other lock of litefs's
+//! (see `fuse/sync_commit.rs`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -52,14 +71,34 @@ struct State {
     /// do not wait until enough nodes hold every database's newest
     /// position.
     degraded: bool,
+    /// With a publisher: the nodes commits wait for (the in-sync set; see
+    /// the module comment).
+    members: BTreeSet<String>,
+    /// With a publisher: this node, as primary, has published a set since
+    /// it became primary; until then no commit can be acknowledged.
+    published: bool,
 }
+
+/// Publishes the in-sync set where failover candidates read it (Consul),
+/// naming this node the primary; the error says why it could not.
+/// Its `bool`: the first publication since this node became primary,
+/// which replaces whatever another primary published.
+pub type Publisher = Box<dyn Fn(&BTreeSet<String>, bool) -> Result<(), String> + Send + Sync>;
 
 /// Replicas' acknowledgements and the synchronous commits that wait for
 /// them (see the module comment).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Acks {
     state: Mutex<State>,
     changed: Condvar,
+    /// Where the in-sync set is published; held while it changes.
+    publisher: Mutex<Option<Publisher>>,
+}
+
+impl std::fmt::Debug for Acks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acks").field("state", &self.state).finish()
+    }
 }
 
 /// A synchronous commit whose replicas did not answer in time, with
@@ -111,10 +150,41 @@ impl Acks {
         self.lock().config.is_some_and(|c| c.sync > 0)
     }
 
+    /// Publishes the in-sync set through `publisher` from now on (a
+    /// Consul lease), at the next promotion and whenever it changes.
+    pub fn set_publisher(&self, publisher: Publisher) {
+        *self.publisher.lock().unwrap_or_else(|e| e.into_inner()) = Some(publisher);
+    }
+
+    /// This node became the primary: the in-sync set starts empty and is
+    /// published (naming this node the primary) before any commit can be
+    /// acknowledged. Replicas join it as they show they hold everything.
+    pub fn promoted(&self) {
+        let publisher = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.lock();
+        state.members.clear();
+        state.published = false;
+        state.degraded = false;
+        crate::metrics::sync_degraded(false);
+        let Some(publish) = publisher.as_ref() else {
+            return;
+        };
+        drop(state);
+        let result = publish(&BTreeSet::new(), true);
+        let mut state = self.lock();
+        match result {
+            Ok(()) => state.published = true,
+            Err(e) => log::warn!(
+                "synchronous replication: cannot publish this node as the primary with no \
+                 replica in sync yet ({e}); commits wait until it can"
+            ),
+        }
+    }
+
     /// Records what replica node `node` (at `peer`) holds: `dbs`, the
-    /// newest position of each database it names. `newest` gives this
-    /// node's newest position of a database, to tell whether a degraded
-    /// primary is back in sync.
+    /// newest position of each database it names. `newest` is this node's
+    /// newest position of each database: a node that holds all of them may
+    /// join the in-sync set, or end the degraded mode.
     pub fn record(
         &self,
         node: &str,
@@ -143,72 +213,99 @@ impl Acks {
                 }
             }
         }
-        if state.degraded {
-            if let Some(config) = state.config {
-                let back = newest.iter().all(|(name, pos)| {
-                    pos.txid == 0 || holders(&state.nodes, name, *pos, None) >= config.sync as usize
-                });
-                if back {
-                    state.degraded = false;
-                    crate::metrics::sync_degraded(false);
-                    log::info!(
-                        "synchronous replication resumed: {} replicas hold the newest \
-                         transaction of every database",
-                        config.sync
-                    );
-                }
-            }
+        let join = state.config.is_some_and(|config| {
+            (state.degraded || state.members.len() < config.sync as usize)
+                && !state.members.contains(node)
+                && holds_all(&state.nodes, node, newest)
+        });
+        self.changed.notify_all();
+        drop(state);
+        if join {
+            self.join(newest);
         }
         self.changed.notify_all();
     }
 
-    /// Waits until `replication.sync` nodes hold `pos` of database `db`,
-    /// recorded at `recorded_at`. Returns at once when replication is
-    /// asynchronous (or degraded). On timeout: with `sync-fallback: async`
-    /// degrades and returns `Ok`; with `fail`, `Err`.
+    /// Adds the nodes that hold every position of `newest` to the in-sync
+    /// set while it is short (up to `replication.sync`), and publishes
+    /// it; ends the degraded mode once it is full again.
+    fn join(&self, newest: &[(String, Position)]) {
+        let publisher = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.lock();
+        let Some(config) = state.config else {
+            return;
+        };
+        let needed = config.sync as usize;
+        let ready: Vec<String> = state
+            .nodes
+            .keys()
+            .filter(|node| !state.members.contains(*node) && holds_all(&state.nodes, node, newest))
+            .cloned()
+            .collect();
+        if state.degraded {
+            if state.members.len() + ready.len() < needed {
+                return;
+            }
+            state.degraded = false;
+            crate::metrics::sync_degraded(false);
+            log::info!(
+                "synchronous replication resumed: {needed} replicas hold the newest transaction \
+                 of every database"
+            );
+        }
+        // In memory first: commits wait for the new members at once.
+        for node in ready {
+            if state.members.len() >= needed {
+                break;
+            }
+            state.members.insert(node);
+        }
+        let members = state.members.clone();
+        drop(state);
+        if let Some(publish) = publisher.as_ref() {
+            match publish(&members, false) {
+                Ok(()) => self.lock().published = true,
+                Err(e) => log::warn!(
+                    "synchronous replication: cannot publish the replicas in sync {members:?} \
+                     ({e}); failover may wait for the ones published before"
+                ),
+            }
+        }
+    }
+
+    /// Waits until `pos` of database `db`, recorded at `recorded_at`, is
+    /// held by `replication.sync` nodes (the in-sync set, with a
+    /// publisher). Returns at once when replication is asynchronous (or
+    /// degraded). `newest` gives every database's newest position, read
+    /// only when the wait times out: then members that did not answer are
+    /// replaced by nodes that did, or per `sync-fallback` the primary
+    /// degrades and this returns `Ok`, or it returns `Err`.
     pub fn wait_for(
         &self,
         db: &str,
         pos: Position,
         recorded_at: Instant,
+        newest: &dyn Fn() -> Vec<(String, Position)>,
     ) -> Result<(), SyncTimedOut> {
+        let has_publisher = self
+            .publisher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
         let mut state = self.lock();
         let Some(config) = state.config.filter(|c| c.sync > 0 && !state.degraded) else {
             return Ok(());
         };
-        let needed = config.sync as usize;
         let start = Instant::now();
         let deadline = start + config.sync_timeout;
         loop {
-            let held = holders(&state.nodes, db, pos, Some(recorded_at));
-            if held >= needed {
+            if state.degraded || enough(&state, db, pos, recorded_at, has_publisher) {
                 crate::metrics::sync_wait(start.elapsed());
-                return Ok(());
-            }
-            if state.degraded {
                 return Ok(());
             }
             let now = Instant::now();
             if now >= deadline {
-                crate::metrics::sync_wait(start.elapsed());
-                crate::metrics::sync_timeout();
-                let timed_out = SyncTimedOut {
-                    held,
-                    needed: config.sync,
-                    waited: now - start,
-                };
-                if config.sync_fallback == SyncFallback::Async {
-                    state.degraded = true;
-                    crate::metrics::sync_degraded(true);
-                    log::warn!(
-                        "db {db}: TXID {pos}: {timed_out}; replication.sync-fallback is async: \
-                         commits no longer wait for replicas until {} hold the newest \
-                         transaction of every database",
-                        config.sync
-                    );
-                    return Ok(());
-                }
-                return Err(timed_out);
+                break;
             }
             state = self
                 .changed
@@ -216,6 +313,102 @@ impl Acks {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        drop(state);
+        let result = self.timed_out(db, pos, recorded_at, start, newest);
+        crate::metrics::sync_wait(start.elapsed());
+        result
+    }
+
+    /// `wait_for` after `sync-timeout`: the members that did not answer
+    /// are replaced, or the fallback applies.
+    fn timed_out(
+        &self,
+        db: &str,
+        pos: Position,
+        recorded_at: Instant,
+        start: Instant,
+        newest: &dyn Fn() -> Vec<(String, Position)>,
+    ) -> Result<(), SyncTimedOut> {
+        let newest = newest();
+        let publisher = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.lock();
+        let Some(config) = state.config else {
+            return Ok(());
+        };
+        if state.degraded || enough(&state, db, pos, recorded_at, publisher.is_some()) {
+            return Ok(());
+        }
+        let needed = config.sync as usize;
+        let held = holding(&state.nodes, db, pos, Some(recorded_at));
+        if let Some(publish) = publisher.as_ref() {
+            // Members that answered, then others that hold this and every
+            // newest position.
+            let mut replaced: BTreeSet<String> =
+                state.members.intersection(&held).cloned().collect();
+            for node in &held {
+                if replaced.len() >= needed {
+                    break;
+                }
+                if holds_all(&state.nodes, node, &others(&newest, db)) {
+                    replaced.insert(node.clone());
+                }
+            }
+            if replaced.len() >= needed {
+                drop(state);
+                match publish(&replaced, false) {
+                    Ok(()) => {
+                        let mut state = self.lock();
+                        log::warn!(
+                            "db {db}: TXID {pos}: the replicas in sync {:?} did not all \
+                             acknowledge it within {} ms; the in-sync set is now {replaced:?}",
+                            state.members,
+                            config.sync_timeout.as_millis()
+                        );
+                        state.members = replaced;
+                        state.published = true;
+                        return Ok(());
+                    }
+                    Err(e) => log::warn!(
+                        "db {db}: TXID {pos}: cannot publish the new in-sync set {replaced:?} \
+                         ({e})"
+                    ),
+                }
+                state = self.lock();
+            }
+        }
+        crate::metrics::sync_timeout();
+        let timed_out = SyncTimedOut {
+            held: held.len(),
+            needed: config.sync,
+            waited: start.elapsed(),
+        };
+        if config.sync_fallback == SyncFallback::Fail {
+            return Err(timed_out);
+        }
+        state.degraded = true;
+        state.members.clear();
+        crate::metrics::sync_degraded(true);
+        log::warn!(
+            "db {db}: TXID {pos}: {timed_out}; replication.sync-fallback is async: commits no \
+             longer wait for replicas until {} hold the newest transaction of every database",
+            config.sync
+        );
+        drop(state);
+        if let Some(publish) = publisher.as_ref() {
+            if let Err(e) = publish(&BTreeSet::new(), false) {
+                log::error!(
+                    "synchronous replication degraded, but the empty in-sync set cannot be \
+                     published ({e}): a replica published before may take over without the \
+                     newest transactions"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The in-sync set (with a publisher): the nodes commits wait for.
+    pub fn members(&self) -> Vec<String> {
+        self.lock().members.iter().cloned().collect()
     }
 
     /// The nodes that hold every position of `newest` (this node's newest
@@ -224,13 +417,9 @@ impl Acks {
         let state = self.lock();
         state
             .nodes
-            .iter()
-            .filter(|(_, acked)| {
-                newest.iter().all(|(name, pos)| {
-                    pos.txid == 0 || acked.dbs.get(name).is_some_and(|(held, _)| *held == *pos)
-                })
-            })
-            .map(|(node, _)| node.clone())
+            .keys()
+            .filter(|node| holds_all(&state.nodes, node, newest))
+            .cloned()
             .collect()
     }
 
@@ -272,22 +461,60 @@ pub struct NodeAcks {
     pub dbs: Vec<(String, Position)>,
 }
 
-/// How many nodes of `nodes` hold `pos` of `db`: acknowledged it, or
+/// Whether `pos` of `db` is held as a commit needs: by every member of a
+/// published in-sync set of `replication.sync` nodes (`by_members`), or
+/// by any `replication.sync` nodes.
+fn enough(state: &State, db: &str, pos: Position, since: Instant, by_members: bool) -> bool {
+    let Some(config) = state.config else {
+        return true;
+    };
+    let held = holding(&state.nodes, db, pos, Some(since));
+    if by_members {
+        state.published
+            && state.members.len() >= config.sync as usize
+            && state.members.is_subset(&held)
+    } else {
+        held.len() >= config.sync as usize
+    }
+}
+
+/// The nodes of `nodes` that hold `pos` of `db`: acknowledged it, or
 /// (when `since` is given) a later TXID at or after `since`.
-fn holders(
+fn holding(
     nodes: &BTreeMap<String, Acked>,
     db: &str,
     pos: Position,
     since: Option<Instant>,
-) -> usize {
+) -> BTreeSet<String> {
     nodes
-        .values()
-        .filter(|acked| match acked.dbs.get(db) {
+        .iter()
+        .filter(|(_, acked)| match acked.dbs.get(db) {
             Some((held, _)) if *held == pos => true,
             Some((held, at)) => held.txid > pos.txid && since.is_some_and(|since| *at >= since),
             None => false,
         })
-        .count()
+        .map(|(node, _)| node.clone())
+        .collect()
+}
+
+/// Whether `node` acknowledged every position of `newest` (a database
+/// with no transaction yet needs nothing).
+fn holds_all(nodes: &BTreeMap<String, Acked>, node: &str, newest: &[(String, Position)]) -> bool {
+    let Some(acked) = nodes.get(node) else {
+        return false;
+    };
+    newest.iter().all(|(name, pos)| {
+        pos.txid == 0 || acked.dbs.get(name).is_some_and(|(held, _)| *held == *pos)
+    })
+}
+
+/// `newest` without database `db`.
+fn others(newest: &[(String, Position)], db: &str) -> Vec<(String, Position)> {
+    newest
+        .iter()
+        .filter(|(name, _)| name != db)
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
@@ -308,6 +535,7 @@ mod tests {
             sync,
             sync_timeout: Duration::from_millis(50),
             sync_fallback: fallback,
+            sync_failover: crate::config::SyncFailover::Wait,
         });
         acks
     }
@@ -324,7 +552,7 @@ mod tests {
         ack(&acks, "a", "db", pos(3, 33));
         let waiter = {
             let acks = acks.clone();
-            std::thread::spawn(move || acks.wait_for("db", pos(3, 33), at))
+            std::thread::spawn(move || acks.wait_for("db", pos(3, 33), at, &Vec::new))
         };
         ack(&acks, "b", "db", pos(3, 33));
         assert_eq!(waiter.join().ok(), Some(Ok(())));
@@ -337,19 +565,21 @@ mod tests {
         // acknowledged before the commit was recorded.
         ack(&acks, "a", "db", pos(3, 99));
         ack(&acks, "b", "db", pos(4, 44));
-        let err = acks.wait_for("db", pos(3, 33), Instant::now());
+        let err = acks.wait_for("db", pos(3, 33), Instant::now(), &Vec::new);
         assert_eq!(err.map_err(|e| (e.held, e.needed)), Err((0, 1)));
         // A later TXID acknowledged after it counts.
         let at = Instant::now();
         ack(&acks, "a", "db", pos(5, 55));
-        assert!(acks.wait_for("db", pos(3, 33), at).is_ok());
+        assert!(acks.wait_for("db", pos(3, 33), at, &Vec::new).is_ok());
     }
 
     #[test]
     fn async_fallback_degrades_until_a_replica_catches_up() {
         let acks = acks(1, SyncFallback::Async);
         assert_eq!(acks.waits_for(), 1);
-        assert!(acks.wait_for("db", pos(1, 11), Instant::now()).is_ok());
+        assert!(acks
+            .wait_for("db", pos(1, 11), Instant::now(), &Vec::new)
+            .is_ok());
         assert!(acks.degraded());
         assert_eq!(acks.waits_for(), 0);
         // An old position is not enough to leave the degraded mode.
@@ -374,9 +604,101 @@ mod tests {
     #[test]
     fn asynchronous_replication_never_waits() {
         let acks = Acks::default();
-        assert!(acks.wait_for("db", pos(1, 1), Instant::now()).is_ok());
+        assert!(acks
+            .wait_for("db", pos(1, 1), Instant::now(), &Vec::new)
+            .is_ok());
         let acks = self::acks(0, SyncFallback::Fail);
-        assert!(acks.wait_for("db", pos(1, 1), Instant::now()).is_ok());
+        assert!(acks
+            .wait_for("db", pos(1, 1), Instant::now(), &Vec::new)
+            .is_ok());
         assert!(!acks.synchronous());
+    }
+
+    /// Acks with a publisher that records each set it is given.
+    fn published(
+        sync: u32,
+        fallback: SyncFallback,
+    ) -> (Acks, std::sync::Arc<Mutex<Vec<Vec<String>>>>) {
+        let acks = acks(sync, fallback);
+        let sets = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let seen = sets.clone();
+        acks.set_publisher(Box::new(move |set, _| {
+            seen.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(set.iter().cloned().collect());
+            Ok(())
+        }));
+        acks.promoted();
+        (acks, sets)
+    }
+
+    fn sets(sets: &Mutex<Vec<Vec<String>>>) -> Vec<Vec<String>> {
+        sets.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    #[test]
+    fn commits_wait_for_the_published_members_and_replace_one_that_lags() {
+        let (acks, published) = published(1, SyncFallback::Fail);
+        assert_eq!(sets(&published), vec![Vec::<String>::new()]);
+        // "a" holds everything: it joins, and the set is published.
+        ack(&acks, "a", "db", pos(1, 11));
+        assert_eq!(acks.members(), vec!["a".to_string()]);
+        let at = Instant::now();
+        // "b" alone holding TXID 2 is not enough while "a" is the member.
+        ack(&acks, "b", "db", pos(1, 11));
+        ack(&acks, "b", "db", pos(2, 22));
+        let newest = || vec![("db".to_string(), pos(2, 22))];
+        assert!(acks.wait_for("db", pos(2, 22), at, &newest).is_ok());
+        // It waited the timeout, then "b" replaced "a", published first.
+        assert_eq!(acks.members(), vec!["b".to_string()]);
+        assert_eq!(sets(&published).last(), Some(&vec!["b".to_string()]));
+    }
+
+    #[test]
+    fn no_replacement_fails_or_degrades_to_an_empty_set() {
+        let (acks, _) = published(1, SyncFallback::Fail);
+        ack(&acks, "a", "db", pos(1, 11));
+        let newest = || vec![("db".to_string(), pos(2, 22))];
+        let err = acks.wait_for("db", pos(2, 22), Instant::now(), &newest);
+        assert_eq!(err.map_err(|e| e.held), Err(0));
+        assert_eq!(acks.members(), vec!["a".to_string()]);
+
+        let (acks, published) = published(1, SyncFallback::Async);
+        ack(&acks, "a", "db", pos(1, 11));
+        assert!(acks
+            .wait_for("db", pos(2, 22), Instant::now(), &newest)
+            .is_ok());
+        assert!(acks.degraded());
+        assert_eq!(sets(&published).last(), Some(&Vec::<String>::new()));
+        // Back once a node holds everything, published again.
+        let newest = [("db".to_string(), pos(2, 22))];
+        acks.record(
+            "a",
+            peer(),
+            BTreeMap::from([("db".into(), pos(2, 22))]),
+            &newest,
+        );
+        assert!(!acks.degraded());
+        assert_eq!(sets(&published).last(), Some(&vec!["a".to_string()]));
+    }
+
+    #[test]
+    fn a_node_behind_on_another_database_does_not_join() {
+        let (acks, _) = published(1, SyncFallback::Fail);
+        let newest = [("x".to_string(), pos(1, 11)), ("y".to_string(), pos(5, 55))];
+        acks.record(
+            "a",
+            peer(),
+            BTreeMap::from([("x".into(), pos(1, 11))]),
+            &newest,
+        );
+        assert!(acks.members().is_empty());
+        acks.record(
+            "a",
+            peer(),
+            BTreeMap::from([("y".into(), pos(5, 55))]),
+            &newest,
+        );
+        assert_eq!(acks.members(), vec!["a".to_string()]);
     }
 }
