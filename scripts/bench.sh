@@ -44,6 +44,14 @@
 #       run's commit rate and how long after the last COMMIT the replica
 #       reached it (the target: under 2 s). Also part of the default run.
 #       About a minute.
+#   scripts/bench.sh --sync [--txns N]
+#       What synchronous replication costs: a primary with
+#       `replication.sync: 1` and one without, each with a replica that
+#       reaches it through a TCP forwarder of the bench's own that delays
+#       every chunk by 0 or 5 ms in each direction (examples/bench/sync.rs);
+#       N single-row commits (default 1000) in DELETE (FULL) and in WAL
+#       (NORMAL), one client. Prints commits/s and COMMIT p50/p99 for each.
+#       About a minute.
 #   scripts/bench.sh --failover [--runs N]
 #       A Consul dev agent (.local/consul, from scripts/setup.sh) and two
 #       Consul-leased nodes; clean handoff and crash failover times, median
@@ -61,6 +69,7 @@ failover=false
 speedtest_only=false
 lag_only=false
 catch_up_only=false
+sync_only=false
 lag_readers=4
 rounds=3        # speedtest1 rounds (--rounds also goes to bench single, replica-reads)
 st_size=25      # speedtest1 --size
@@ -73,15 +82,17 @@ while [ "$#" -gt 0 ]; do
     --speedtest) speedtest_only=true; shift ;;
     --lag) lag_only=true; shift ;;
     --catch-up) catch_up_only=true; shift ;;
+    --sync) sync_only=true; shift ;;
     --readers) lag_readers=${2:?$1 needs a value}; shift 2 ;;
     --rounds) rounds=${2:?$1 needs a value}; single_args+=("$1" "$2"); shift 2 ;;
     --size) st_size=${2:?$1 needs a value}; shift 2 ;;
     --writes|--rows) single_args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
-    --txns) lag_args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
+    --txns) lag_args+=("$1" "${2:?$1 needs a value}"); sync_txns=$2; shift 2 ;;
     --runs) failover_args+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) echo "usage: scripts/bench.sh [--writes N] [--rows N] [--rounds N] [--txns N] [--size N]" \
          "| --speedtest [--rounds N] [--size N] | --lag [--readers N] [--txns N] | --catch-up" \
+         "| --sync [--txns N]" \
          "| --failover [--runs N]" >&2
        exit 2 ;;
   esac
@@ -94,7 +105,7 @@ timeout 1800 cargo build --release --quiet --bin litefs --example bench --exampl
 # speedtest1, built once into .local (downloads Debian's sqlite3 source the
 # first time). Without it the default run goes on without that section.
 speedtest1=""
-if ! $failover && ! $lag_only && ! $catch_up_only; then
+if ! $failover && ! $lag_only && ! $catch_up_only && ! $sync_only; then
   if speedtest1=$(timeout 1800 scripts/speedtest1.sh --quiet | tail -n 1) && [ -x "$speedtest1" ]; then :
   elif $speedtest_only; then
     echo "bench: scripts/speedtest1.sh failed; cannot run speedtest1" >&2; exit 1
@@ -407,6 +418,57 @@ if $catch_up_only; then
   start_primary
   start_replica
   catch_up_runs
+  exit
+fi
+
+# What synchronous replication costs a commit (mode `sync`): a primary
+# with `replication.sync: 1` and one without, each with a replica that
+# reaches it through the bench's delaying forwarder, with no delay and
+# with 5 ms in each direction; --txns single-row commits per journal mode.
+sync_runs() {
+  local delay label extra proxy_port txns=${sync_txns:-1000}
+  for delay in 0 5; do
+    for label in async sync; do
+      extra=""
+      if [ "$label" = sync ]; then
+        extra="replication:
+  sync: 1
+  sync-timeout: 30s"
+      fi
+      rm -rf "$work/primary" "$work/replica"
+      primary_port=$(free_port)
+      write_config "$work/primary" "$primary_port" "$extra"
+      start_node "$work/primary"
+      primary_pid=$node_pid
+      proxy_port=$(free_port)
+      replica_port=$(free_port)
+      write_config "$work/replica" "$replica_port" "lease:
+  type: static
+  candidate: false
+  hostname: bench-primary
+  advertise-url: \"http://127.0.0.1:$proxy_port\""
+      start_node "$work/replica"
+      replica_pid=$node_pid
+      bounded 600 target/release/examples/bench sync \
+        --primary "$work/primary/mnt" --primary-port "$primary_port" \
+        --replica "$work/replica/mnt" --replica-port "$replica_port" \
+        --proxy-port "$proxy_port" --delay-ms "$delay" --txns "$txns" --label "$label" \
+        --journal delete
+      bounded 600 target/release/examples/bench sync \
+        --primary "$work/primary/mnt" --primary-port "$primary_port" \
+        --replica "$work/replica/mnt" --replica-port "$replica_port" \
+        --proxy-port "$(free_port)" --delay-ms "$delay" --txns "$txns" --label "$label" \
+        --journal wal
+      stop_pid "$replica_pid" child
+      stop_pid "$primary_pid" child
+      fusermount3 -u "$work/replica/mnt" 2>/dev/null || true
+      fusermount3 -u "$work/primary/mnt" 2>/dev/null || true
+    done
+  done
+}
+
+if $sync_only; then
+  sync_runs
   exit
 fi
 

@@ -6,7 +6,7 @@
 //! frees, so it races for it; the in-sync set in Consul keeps it out, and
 //! whichever node takes over holds every row whose commit returned.
 //!
-//! `SYNC_FAILOVER_ROUNDS` (default 1) sets the rounds, each killing the
+//! `SYNC_FAILOVER_ROUNDS` (default 2) sets the rounds, each killing the
 //! primary of the round before; `SYNC_FAILOVER_MODE=async` runs the same
 //! with asynchronous replication and reports what was lost instead of
 //! failing (`scripts/sync-failover.sh` runs both). Needs root (or
@@ -105,7 +105,7 @@ fn a_crash_failover_keeps_every_acknowledged_commit() {
     let rounds: usize = std::env::var("SYNC_FAILOVER_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(1);
+        .unwrap_or(2);
     let synchronous = std::env::var("SYNC_FAILOVER_MODE").as_deref() != Ok("async");
     let replication = if synchronous {
         "replication:\n  sync: 1\n  sync-timeout: 1s\n  sync-fallback: fail\n"

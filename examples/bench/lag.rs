@@ -333,7 +333,7 @@ fn set_nice(nice: i32) {
 }
 
 /// The value at `fraction` (0..=1) of sorted `values`, nearest rank.
-fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
     let rank = (fraction * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }

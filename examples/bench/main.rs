@@ -14,6 +14,8 @@
 //! bench writer-under-readers --plain DIR [--readers N] [--txns N]
 //! bench catch-up --primary DIR --primary-port PORT --replica DIR --replica-port PORT
 //!           [--txns N] [--readers N] [--journal delete|wal]
+//! bench sync --primary DIR --primary-port PORT --replica DIR --replica-port PORT
+//!           --proxy-port PORT [--delay-ms N] [--txns N] [--journal delete|wal] [--label TEXT]
 //! ```
 //!
 //! `single` prints, for the mount and the plain directory, single-row write
@@ -37,7 +39,8 @@
 //! database; it times each commit (what readers delay it by is what they
 //! would delay any writer by). `catch-up` commits as fast as one client
 //! can and times how long the replica takes to reach the last commit
-//! (`catch_up.rs`).
+//! (`catch_up.rs`). `sync` times each COMMIT with the replica behind a
+//! delaying forwarder (`sync.rs`), for synchronous replication's cost.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -48,6 +51,7 @@ mod catch_up;
 mod lag;
 #[path = "../common/node_info.rs"]
 mod node_info;
+mod sync;
 
 use catch_up::catch_up;
 use lag::{lag, reader, wait_caught_up, writer_under_readers};
@@ -84,6 +88,11 @@ struct Args {
     /// stops it.
     db: PathBuf,
     stop: PathBuf,
+    /// `sync` mode: the delaying forwarder's port and delay, and the
+    /// label of the primary's replication mode.
+    proxy_port: u16,
+    delay_ms: u32,
+    label: String,
 }
 
 const USAGE: &str =
@@ -95,6 +104,8 @@ const USAGE: &str =
        bench writer-under-readers --plain DIR [--readers N] [--txns N]
        bench catch-up --primary DIR --primary-port PORT --replica DIR --replica-port PORT \
 [--txns N] [--readers N] [--journal delete|wal]
+       bench sync --primary DIR --primary-port PORT --replica DIR --replica-port PORT \
+--proxy-port PORT [--delay-ms N] [--txns N] [--journal delete|wal] [--label TEXT]
        bench reader --db FILE --stop FILE";
 
 fn parse_args() -> Result<Args, String> {
@@ -118,6 +129,9 @@ fn parse_args() -> Result<Args, String> {
         journal: "delete".to_string(),
         db: PathBuf::new(),
         stop: PathBuf::new(),
+        proxy_port: 0,
+        delay_ms: 0,
+        label: String::new(),
     };
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -139,6 +153,9 @@ fn parse_args() -> Result<Args, String> {
             "--journal" if value == "delete" || value == "wal" => args.journal = value,
             "--db" => args.db = value.into(),
             "--stop" => args.stop = value.into(),
+            "--proxy-port" => args.proxy_port = value.parse().map_err(|_| number(&flag))?,
+            "--delay-ms" => args.delay_ms = value.parse().map_err(|_| number(&flag))?,
+            "--label" => args.label = value,
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
     }
@@ -147,6 +164,14 @@ fn parse_args() -> Result<Args, String> {
             args.mount.as_os_str().is_empty()
                 || args.plain.as_os_str().is_empty()
                 || args.rounds == 0
+        }
+        "sync" => {
+            args.primary.as_os_str().is_empty()
+                || args.replica.as_os_str().is_empty()
+                || args.primary_port == 0
+                || args.replica_port == 0
+                || args.proxy_port == 0
+                || args.txns == 0
         }
         "lag" | "catch-up" => {
             args.primary.as_os_str().is_empty()
@@ -581,6 +606,7 @@ fn main() {
         "replica-reads" => replica_reads(&args),
         "writer-under-readers" => writer_under_readers(&args),
         "catch-up" => catch_up(&args),
+        "sync" => sync::sync(&args),
         _ => lag(&args),
     };
     if let Err(e) = result {

@@ -88,6 +88,16 @@ impl ReplicaTask {
             let (url, token, tls) = (url.clone(), token.clone(), retry.tls.clone());
             let node = store.node_id();
             let at_once = retry.acks_at_once.clone();
+            // What this node holds already, told first: a new primary
+            // knows nothing of it, and a database no commit touches would
+            // never be acknowledged (synchronous replication's in-sync set
+            // needs every database, `store/acks.rs`).
+            let held: Vec<(String, Position)> = store
+                .dbs()
+                .iter()
+                .filter(|db| !db.name().contains('\n'))
+                .map(|db| (db.name().to_string(), db.received_pos()))
+                .collect();
             std::thread::Builder::new()
                 .name("ack".into())
                 .spawn(move || {
@@ -97,7 +107,7 @@ impl ReplicaTask {
                         tls: tls.as_ref(),
                         node,
                     };
-                    ack_loop(&to, &at_once, &ack_rx)
+                    ack_loop(&to, &at_once, held, &ack_rx)
                 })
                 .map_err(Error::Thread)?;
         }
@@ -209,12 +219,19 @@ struct AckTarget<'a> {
     node: u64,
 }
 
-/// The ack thread (see the module comment): sends what `positions` brings,
+/// The ack thread (see the module comment): sends `held` (every
+/// database's received position when the task started), then what
+/// `positions` brings,
 /// at most once per `ACK_INTERVAL` (at once, while the primary asks for
 /// that: `at_once`), until its sender, the stream thread's, is gone.
-fn ack_loop(to: &AckTarget<'_>, at_once: &AtomicBool, positions: &Receiver<(String, Position)>) {
+fn ack_loop(
+    to: &AckTarget<'_>,
+    at_once: &AtomicBool,
+    held: Vec<(String, Position)>,
+    positions: &Receiver<(String, Position)>,
+) {
     let url = to.url;
-    let mut unsent = std::collections::BTreeMap::new();
+    let mut unsent: std::collections::BTreeMap<String, Position> = held.into_iter().collect();
     let mut failing = false;
     let mut last_sent: Option<Instant> = None;
     loop {
