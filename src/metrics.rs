@@ -129,6 +129,7 @@ static SYNC_WAIT: Mutex<Histogram> = Mutex::new(Histogram {
 static SYNC_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
 static SYNC_DEGRADATIONS: AtomicU64 = AtomicU64::new(0);
 static SYNC_DEGRADED: AtomicU64 = AtomicU64::new(0);
+static MAX_LAG_REFUSALS: AtomicU64 = AtomicU64::new(0);
 static REPLICA_STREAM_FAILURES: AtomicU64 = AtomicU64::new(0);
 static FUSE_REQUESTS: [AtomicU64; FUSE_OPS.len()] = [const { AtomicU64::new(0) }; FUSE_OPS.len()];
 /// Errors by operation and errno (the last slot is `other`).
@@ -168,6 +169,11 @@ pub fn sync_wait(took: Duration) {
 /// Counts a synchronous commit whose replicas did not answer in time.
 pub fn sync_timeout() {
     SYNC_TIMEOUTS.fetch_add(1, Relaxed);
+}
+
+/// Counts a write refused for `replication.max-lag`.
+pub fn max_lag_refusal() {
+    MAX_LAG_REFUSALS.fetch_add(1, Relaxed);
 }
 
 /// The primary degraded to asynchronous replication (`true`, counted), or
@@ -239,6 +245,9 @@ pub struct Snapshot {
     /// Replica nodes that hold the newest position of every database
     /// (synchronous replication's in-sync set).
     pub replicas_in_sync: u64,
+    /// With `replication.max-lag`: the age of the oldest transaction no
+    /// replica has acknowledged.
+    pub unacknowledged: Duration,
 }
 
 /// A database's position and size, read from the store.
@@ -355,6 +364,15 @@ pub fn render(snapshot: &Snapshot) -> String {
     let help = "Replica nodes that acknowledged the newest transaction of every database.";
     w.family("litefs_replicas_in_sync", "gauge", help);
     w.sample("", &[], snapshot.replicas_in_sync);
+
+    let help = "Writes refused because no replica acknowledged transactions older than \
+                replication.max-lag.";
+    w.family("litefs_max_lag_refusals_total", "counter", help);
+    w.sample("", &[], MAX_LAG_REFUSALS.load(Relaxed));
+    let help = "With replication.max-lag: seconds since the oldest transaction no replica \
+                has acknowledged was committed (0: none).";
+    w.family("litefs_unacknowledged_seconds", "gauge", help);
+    w.sample("", &[], snapshot.unacknowledged.as_secs_f64());
 
     let help = "HTTP requests answered, by path (other: any path not served) and status.";
     w.family("litefs_http_requests_total", "counter", help);

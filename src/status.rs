@@ -28,6 +28,21 @@ pub struct Info {
     pub replicas: Vec<Replica>,
     /// On a primary: what replica nodes said they hold durably.
     pub acknowledged: Vec<Acknowledged>,
+    /// Synchronous replication as the node runs it.
+    pub sync: SyncStatus,
+}
+
+/// Synchronous replication (`replication.sync`) on a node.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SyncStatus {
+    /// How many replicas each commit waits for; 0: asynchronous.
+    pub replicas: u32,
+    /// Commits stopped waiting after a timeout (`sync-fallback: async`).
+    pub degraded: bool,
+    /// With a Consul lease: the replica nodes commits wait for, which
+    /// failover candidates must be among.
+    pub in_sync_set: Option<Vec<String>>,
 }
 
 /// What a replica node told the primary it holds durably (`POST /ack`).
@@ -105,6 +120,19 @@ pub fn format(url: &str, info: &Info) -> String {
             out.push_str(&format!("  {lag:.3} s behind"));
         }
         out.push('\n');
+    }
+    if info.primary && info.sync.replicas > 0 {
+        out.push_str(&format!(
+            "  synchronous replication: each commit waits for {} replica{}{}\n",
+            info.sync.replicas,
+            if info.sync.replicas == 1 { "" } else { "s" },
+            match (&info.sync.in_sync_set, info.sync.degraded) {
+                (_, true) => "; degraded to asynchronous after a timeout".to_string(),
+                (Some(set), false) if set.is_empty() => "; no replica in sync yet".to_string(),
+                (Some(set), false) => format!("; in sync: {}", set.join(", ")),
+                (None, false) => String::new(),
+            }
+        ));
     }
     for acked in &info.acknowledged {
         let lacking = not_newest(&info.dbs, &acked.dbs);

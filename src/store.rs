@@ -50,7 +50,7 @@ mod undo;
 mod wal_commit;
 pub(crate) mod write_back;
 
-pub use acks::{Acks, NodeAcks, SyncTimedOut};
+pub use acks::{Acks, LagExceeded, NodeAcks, SyncTimedOut};
 pub use db::{Commit, Db};
 use error::io_error;
 pub use error::Error;
@@ -116,7 +116,7 @@ pub struct Store {
     /// and the free bytes then.
     last_retry: Mutex<Option<(std::time::Instant, u64)>>,
     /// What replicas hold durably; synchronous commits wait on it.
-    acks: Acks,
+    acks: Arc<Acks>,
 }
 
 /// A database refused at start-up (see [`Store::refused`]).
@@ -157,6 +157,7 @@ impl Store {
         // Files half received when the last run stopped.
         let _ = fs::remove_dir_all(data_dir.join(INCOMING_DIR));
         delete::finish_deletions(data_dir, &dbs_dir)?;
+        let acks = Arc::new(Acks::default());
         let mut dbs = BTreeMap::new();
         let mut refused = BTreeMap::new();
         let entries = fs::read_dir(&dbs_dir)
@@ -182,7 +183,7 @@ impl Store {
                 log::warn!("ignoring {:?}: {err}", path.display().to_string());
                 continue;
             }
-            match Db::open(&dbs_dir, &name, node_id) {
+            match Db::open(&dbs_dir, &name, node_id, acks.clone()) {
                 Ok(db) => {
                     dbs.insert(name, Arc::new(db));
                 }
@@ -235,7 +236,7 @@ impl Store {
             opened_at: std::time::Instant::now(),
             disk: DiskFull::new(data_dir),
             last_retry: Mutex::new(None),
-            acks: Acks::default(),
+            acks,
         })
     }
 
@@ -285,7 +286,12 @@ impl Store {
         }
         // Before the directory exists: see `delete.rs` for why.
         delete::remove_tombstone(&self.data_dir, name)?;
-        let db = Arc::new(Db::open(&self.dbs_dir, name, self.node_id)?);
+        let db = Arc::new(Db::open(
+            &self.dbs_dir,
+            name,
+            self.node_id,
+            self.acks.clone(),
+        )?);
         sync_dir(&self.dbs_dir)?;
         log::info!("created database {name}");
         dbs.insert(name.to_string(), db.clone());

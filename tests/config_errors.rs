@@ -298,3 +298,32 @@ fn lost_keep_is_a_whole_number() {
         assert_mentions(&message, &["data.lost-keep", "whole number"]);
     }
 }
+
+#[test]
+fn replication_settings_are_checked() {
+    let config = parse(
+        "mount-dir: /m\nreplication:\n  sync: 2\n  sync-timeout: 250ms\n  sync-fallback: async\n  \
+         sync-failover: take-over\n",
+    );
+    let r = config.replication;
+    assert_eq!((r.sync, r.sync_timeout), (2, Duration::from_millis(250)));
+    assert_eq!(r.sync_fallback, config::SyncFallback::Async);
+    assert_eq!(r.sync_failover, config::SyncFailover::TakeOver);
+    assert!(r.wal_through_litefs());
+    let r = parse("mount-dir: /m\nreplication:\n  max-lag: 10s\n").replication;
+    assert_eq!((r.sync, r.max_lag), (0, Duration::from_secs(10)));
+    assert!(!parse("mount-dir: /m\n").replication.wal_through_litefs());
+
+    let (_, message) = refuse("mount-dir: /m\nreplication:\n  sync: -1\n");
+    assert_mentions(&message, &["replication.sync", "0 to 64"]);
+    let (_, message) = refuse("mount-dir: /m\nreplication:\n  sync: 1\n  sync-timeout: 0s\n");
+    assert_mentions(&message, &["replication.sync-timeout"]);
+    let (_, message) = refuse("mount-dir: /m\nreplication:\n  sync-fallback: later\n");
+    assert_mentions(&message, &["replication.sync-fallback", "`fail`", "`async`"]);
+    let (_, message) = refuse("mount-dir: /m\nreplication:\n  sync-failover: now\n");
+    assert_mentions(&message, &["replication.sync-failover", "`wait`", "`take-over`"]);
+    let (_, message) = refuse("mount-dir: /m\nreplication:\n  sync: 1\n  max-lag: 5s\n");
+    assert_mentions(&message, &["replication.max-lag", "replication.sync"]);
+    let (_, message) = refuse("mount-dir: /m\nreplication:\n  synch: 1\n");
+    assert_mentions(&message, &["`replication.synch`", "`sync`"]);
+}

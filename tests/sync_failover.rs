@@ -173,6 +173,11 @@ fn a_crash_failover_keeps_every_acknowledged_commit() {
             .find(|&i| i != old && is_primary(&nodes[i]))
             .unwrap_or_default();
         let failover = killed_at.elapsed();
+        if synchronous {
+            // The new primary names itself in Consul, then its replicas.
+            let (_, _, info) = http_request(nodes[primary].port, "GET", "/info", None);
+            assert!(info.contains("\"in_sync_set\":["), "{info}");
+        }
         acknowledged.extend(written.iter().copied());
         let mut lost = 0;
         for db in 0..DBS.len() {

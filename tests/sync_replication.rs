@@ -123,6 +123,12 @@ fn a_commit_returns_only_once_the_replica_holds_it() {
     }
     assert!(metric(&primary, "litefs_sync_wait_seconds_count") >= 4.0);
     assert_eq!(metric(&primary, "litefs_sync_timeouts_total"), 0.0);
+    let (_, _, info) = http_request(primary.port, "GET", "/info", None);
+    assert!(
+        info.contains("\"sync\":{\"replicas\":1,\"degraded\":false,\"in_sync_set\":null}"),
+        "{info}"
+    );
+    assert_eq!(metric(&primary, "litefs_replicas_in_sync"), 1.0);
 }
 
 #[test]
@@ -259,4 +265,64 @@ fn a_commit_taken_back_stays_out_after_kill_9_of_the_primary() {
         assert_eq!(rows(&replica.db(name)), vec![1, 3], "{mode}");
         assert_same(&primary, &replica, name, &conn);
     }
+}
+
+#[test]
+fn max_lag_refuses_commits_while_no_replica_holds_older_transactions() {
+    let (_dir, primary, replica) = cluster("max-lag", "  max-lag: 400ms\n  max-lag-wait: 0s\n");
+    for (mode, name) in [MODES[0], MODES[3]] {
+        let conn = open(&primary.db(name), mode);
+        conn.execute("INSERT INTO t VALUES(1)", []).unwrap();
+        wait_caught_up(&primary, &replica, name);
+        wait_for("every transaction acknowledged", CATCH_UP, || {
+            metric(&primary, "litefs_unacknowledged_seconds") == 0.0
+        });
+
+        let paused = Paused::pause(&replica);
+        // Within the bound: accepted, though no replica holds it.
+        conn.execute("INSERT INTO t VALUES(2)", []).unwrap();
+        wait_for("the bound to pass", CATCH_UP, || {
+            metric(&primary, "litefs_unacknowledged_seconds") > 0.4
+        });
+        let err = conn.execute("INSERT INTO t VALUES(3)", []).unwrap_err();
+        assert!(err.to_string().contains("disk I/O error"), "{mode}: {err}");
+        assert_eq!(rows(&primary.db(name)), vec![1, 2], "{mode}");
+        drop(paused);
+
+        wait_for("the replica to acknowledge", CATCH_UP, || {
+            metric(&primary, "litefs_unacknowledged_seconds") == 0.0
+        });
+        conn.execute("INSERT INTO t VALUES(4)", []).unwrap();
+        wait_caught_up(&primary, &replica, name);
+        assert_eq!(rows(&replica.db(name)), vec![1, 2, 4], "{mode}");
+    }
+    assert!(metric(&primary, "litefs_max_lag_refusals_total") >= 2.0);
+    assert_eq!(count_in_log(&primary, "refusing commits"), 2);
+    assert_eq!(count_in_log(&primary, "commits admitted again"), 2);
+}
+
+#[test]
+fn max_lag_wait_holds_a_write_until_the_replica_catches_up() {
+    let (_dir, primary, replica) =
+        cluster("max-lag-wait", "  max-lag: 200ms\n  max-lag-wait: 30s\n");
+    let name = "wait.db";
+    let conn = open(&primary.db(name), "DELETE");
+    wait_caught_up(&primary, &replica, name);
+    let paused = Paused::pause(&replica);
+    conn.execute("INSERT INTO t VALUES(1)", []).unwrap();
+    wait_for("the bound to pass", CATCH_UP, || {
+        metric(&primary, "litefs_unacknowledged_seconds") > 0.2
+    });
+    let writer =
+        std::thread::spawn(move || conn.execute("INSERT INTO t VALUES(2)", []).map(|_| ()));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !writer.is_finished(),
+        "the write did not wait for the replica"
+    );
+    drop(paused);
+    assert!(writer.join().unwrap().is_ok());
+    assert_eq!(metric(&primary, "litefs_max_lag_refusals_total"), 0.0);
+    wait_caught_up(&primary, &replica, name);
+    assert_eq!(rows(&replica.db(name)), vec![1, 2]);
 }

@@ -119,6 +119,8 @@ pub(super) struct RawReplication {
     pub(super) sync_failover: Option<String>,
     #[serde(rename = "max-lag")]
     pub(super) max_lag: Option<Value>,
+    #[serde(rename = "max-lag-wait")]
+    pub(super) max_lag_wait: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,7 +1,8 @@
 //! The `replication:` keys: synchronous replication (`sync`,
-//! `sync-timeout`, `sync-fallback`, `sync-failover`) and the time-bounded asynchronous mode
-//! (`max-lag`). What each mode promises is in README.md ("Guarantees");
-//! how a commit waits, in `crate::sync_acks`.
+//! `sync-timeout`, `sync-fallback`, `sync-failover`) and the time-bounded
+//! asynchronous mode (`max-lag`, `max-lag-wait`). What each mode promises
+//! is in README.md ("Guarantees"); how commits wait and writes are held,
+//! in `store/acks.rs`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -16,6 +17,8 @@ pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Range of `replication.sync-timeout`.
 pub const SYNC_TIMEOUT_RANGE: (Duration, Duration) =
     (Duration::from_millis(1), Duration::from_secs(3600));
+/// The longest `replication.max-lag` and `max-lag-wait`.
+pub const MAX_LAG_LIMIT: Duration = Duration::from_secs(86_400);
 /// The most replicas `replication.sync` may ask for.
 pub const MAX_SYNC: u32 = 64;
 
@@ -32,6 +35,20 @@ pub struct ReplicationConfig {
     /// What a Consul candidate left out of the in-sync set does
     /// (`replication.sync-failover`).
     pub sync_failover: SyncFailover,
+    /// The oldest a transaction no replica holds may get before new
+    /// writes are refused (`replication.max-lag`); zero: unbounded.
+    pub max_lag: Duration,
+    /// How long a write refused for `max_lag` first waits for a replica
+    /// (`replication.max-lag-wait`).
+    pub max_lag_wait: Duration,
+}
+
+impl ReplicationConfig {
+    /// Whether every write to a WAL must reach litefs: a synchronous
+    /// commit waits at its commit frame, and `max-lag` refuses frames.
+    pub fn wal_through_litefs(&self) -> bool {
+        self.sync > 0 || !self.max_lag.is_zero()
+    }
 }
 
 impl Default for ReplicationConfig {
@@ -41,6 +58,8 @@ impl Default for ReplicationConfig {
             sync_timeout: DEFAULT_SYNC_TIMEOUT,
             sync_fallback: SyncFallback::Fail,
             sync_failover: SyncFailover::Wait,
+            max_lag: Duration::ZERO,
+            max_lag_wait: Duration::ZERO,
         }
     }
 }
@@ -118,21 +137,30 @@ pub(super) fn replication_config(
         }
     };
     if let Some(value) = raw.max_lag {
-        let lag = duration_in(
+        config.max_lag = duration_in(
             source,
             "replication.max-lag",
             &value,
             Duration::ZERO,
-            Duration::MAX,
+            MAX_LAG_LIMIT,
         )?;
-        if !lag.is_zero() {
+        if config.sync > 0 && !config.max_lag.is_zero() {
             return Err(invalid(
                 source,
                 "replication.max-lag",
-                "the time-bounded asynchronous mode is not built yet; use `0s` (unbounded), \
-                 or `replication.sync: 1` for commits that wait for a replica",
+                "bounds asynchronous replication; with replication.sync set every commit \
+                 waits for its replicas already: leave one of them out",
             ));
         }
+    }
+    if let Some(value) = raw.max_lag_wait {
+        config.max_lag_wait = duration_in(
+            source,
+            "replication.max-lag-wait",
+            &value,
+            Duration::ZERO,
+            MAX_LAG_LIMIT,
+        )?;
     }
     Ok(config)
 }

@@ -285,10 +285,11 @@ impl LitefsFs {
                 // while it is registered (one on a node that has since
                 // stepped down too: the file is sealed then) must use it.
                 // With synchronous replication, every commit frame's
-                // write must reach litefs (`sync_commit.rs`).
+                // write must reach litefs (`sync_commit.rs`); with
+                // `max-lag`, every frame's (`store/acks/max_lag.rs`).
                 let may_register = self.role.is_primary()
                     && match kind {
-                        FileKind::Wal => !self.store.acks().synchronous(),
+                        FileKind::Wal => !self.store.acks().wal_through_litefs(),
                         _ => self.journal_may_pass_through(db),
                     };
                 let ino = self.ino(db, kind);

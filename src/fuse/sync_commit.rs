@@ -1,4 +1,5 @@
-//! Synchronous replication at the mount (`replication.sync`): a
+//! Synchronous replication at the mount (`replication.sync`), and the
+//! bound of `replication.max-lag`: a
 //! transaction litefs has recorded is answered to SQLite only once enough
 //! replicas hold it durably (`store/acks.rs`). The wait is in the request
 //! that ends the transaction, after its LTX file is recorded and the
@@ -24,6 +25,12 @@
 //! no fsync after it, found at the next transaction or when the journal
 //! is closed) were already reported committed to SQLite: they are not
 //! waited for.
+//!
+//! With `replication.max-lag` the same place refuses the commit, taken
+//! back the same way, while no replica holds transactions older than the
+//! bound (`store/acks/max_lag.rs`): at the commit rather than at the
+//! transaction's first write, so that SQLite's rollback of a refused
+//! transaction (its writes to the database file) is never refused.
 //!
 //! Locks: the waiting worker holds its `PrimaryGuard` (a step-down waits
 //! for the commit, up to `sync-timeout`) and no other lock of litefs's.
@@ -51,15 +58,18 @@ impl LitefsFs {
     ) -> Result<(), Errno> {
         let newest = || self.store.positions();
         let acks = self.store.acks();
-        let Err(timed_out) = acks.wait_for(db.name(), pos, recorded_at, &newest) else {
-            return Ok(());
+        let why = match acks.admit(db.name()) {
+            Err(exceeded) => format!("{exceeded}; replication.max-lag refuses commits"),
+            Ok(()) => match acks.wait_for(db.name(), pos, recorded_at, &newest) {
+                Ok(()) => return Ok(()),
+                Err(timed_out) => format!("{timed_out}; replication.sync-fallback is fail"),
+            },
         };
         match take_back(db, pos) {
             Ok(before) => {
                 warn!(
-                    "db {}: the commit of TXID {pos} failed: {timed_out}; with \
-                     replication.sync-fallback: fail it is taken back (the database returns to \
-                     TXID {before}) and SQLite reports an I/O error",
+                    "db {}: the commit of TXID {pos} failed: {why}: it is taken back (the \
+                     database returns to TXID {before}) and SQLite reports an I/O error",
                     db.name()
                 );
                 // Streams that sent it find the replica ahead and send a
@@ -67,12 +77,19 @@ impl LitefsFs {
                 self.recorded();
             }
             Err(e) => error!(
-                "db {}: the commit of TXID {pos} failed ({timed_out}) but cannot be taken \
+                "db {}: the commit of TXID {pos} failed ({why}) but cannot be taken \
                  back: {e}; SQLite rolls the transaction back and its rollback is recorded \
                  as the next transaction",
                 db.name()
             ),
         }
         Err(Errno::EIO)
+    }
+
+    /// With `replication.max-lag`: whether a write in place of `db` (one
+    /// transaction, `store/raw_edit.rs`) may go on; EIO when no replica
+    /// holds transactions older than the bound.
+    pub(super) fn admit_write(&self, db: &Db) -> Result<(), Errno> {
+        self.store.acks().admit(db.name()).map_err(|_| Errno::EIO)
     }
 }

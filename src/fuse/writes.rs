@@ -104,6 +104,7 @@ impl LitefsFs {
                     // mode checkpoints: those go on as checkpoints below.
                     let editor = handle.edits_in_place && !self.wals.active(db);
                     if editor || db.is_partial_page_write(offset, data.len()) {
+                        self.admit_write(db)?;
                         self.edit_in_place(db, offset, data)?;
                         return Ok(WriteNext::Done);
                     }

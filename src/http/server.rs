@@ -551,9 +551,11 @@ fn positions_json<'a>(list: impl Iterator<Item = (&'a str, Position)>) -> String
 /// "dbs": {"name": "txid/checksum", ...}, "db_lag_seconds": {"name": f64},
 /// "replicas": [{"peer": "addr:port", "sent": {"name": "txid/checksum"}}],
 /// "acknowledged": [{"node": id, "peer": addr, "age_seconds": f64,
-/// "dbs": {"name": "txid/checksum"}}]}` (`replicas`: each stream's
-/// replica and what was sent to it; `acknowledged`: what replica nodes
-/// said they hold durably, `ack.rs`).
+/// "dbs": {"name": "txid/checksum"}}], "sync": {"replicas": N,
+/// "degraded": bool, "in_sync_set": [id] or null}}` (`replicas`: each
+/// stream's replica and what was sent to it; `acknowledged`: what replica
+/// nodes said they hold durably, `ack.rs`; `sync`: synchronous
+/// replication).
 fn info_json(shared: &Shared) -> String {
     let primary = shared.serving.load(Ordering::SeqCst);
     let dbs = shared.store.dbs();
@@ -594,12 +596,14 @@ fn info_json(shared: &Shared) -> String {
         .collect();
     format!(
         "{{\"primary\":{primary},\"primary_hostname\":{primary_hostname},\"lag_seconds\":{lag:.3},\
-         \"streams\":{},\"dbs\":{{{}}},\"db_lag_seconds\":{{{}}},\"replicas\":[{}],\"acknowledged\":{}}}\n",
+         \"streams\":{},\"dbs\":{{{}}},\"db_lag_seconds\":{{{}}},\"replicas\":[{}],\"acknowledged\":{},\
+         \"sync\":{}}}\n",
         shared.streams_active.load(Ordering::SeqCst),
         positions_json(dbs.iter().map(|db| (db.name(), db.pos()))),
         lags.join(","),
         replicas.join(","),
-        ack::json(shared)
+        ack::json(shared),
+        ack::sync_json(shared)
     )
 }
 
@@ -632,6 +636,7 @@ fn metrics_text(shared: &Shared) -> String {
         streams_active: shared.streams_active.load(Ordering::SeqCst),
         streams_served: shared.streams_started.load(Ordering::SeqCst),
         dbs,
+        unacknowledged: shared.store.acks().unacknowledged_for(),
         replicas_in_sync: if primary {
             let store = &shared.store;
             store.acks().in_sync(&store.positions()).len() as u64

@@ -39,13 +39,17 @@
 //! releases it). The waiting FUSE worker holds no other lock of litefs's
 //! (see `fuse/sync_commit.rs`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::Position;
 use crate::config::{ReplicationConfig, SyncFallback};
+
+mod max_lag;
+
+pub use max_lag::LagExceeded;
 
 /// How long an acknowledgement is shown after the last one from its node:
 /// a replica that stopped acknowledging is gone or no longer follows.
@@ -77,6 +81,12 @@ struct State {
     /// With a publisher: this node, as primary, has published a set since
     /// it became primary; until then no commit can be acknowledged.
     published: bool,
+    /// With `max-lag`: each database's transactions recorded here that no
+    /// replica has acknowledged yet, oldest first, with when
+    /// (`acks/max_lag.rs`).
+    unheld: BTreeMap<String, VecDeque<(Position, Instant)>>,
+    /// Writes are being refused for `max-lag` (logged once per episode).
+    refusing: bool,
 }
 
 /// Publishes the in-sync set where failover candidates read it (Consul),
@@ -91,6 +101,8 @@ pub type Publisher = Box<dyn Fn(&BTreeSet<String>, bool) -> Result<(), String> +
 pub struct Acks {
     state: Mutex<State>,
     changed: Condvar,
+    /// `max-lag` is set: recorded transactions are tracked.
+    bounds_lag: std::sync::atomic::AtomicBool,
     /// Where the in-sync set is published; held while it changes.
     publisher: Mutex<Option<Publisher>>,
 }
@@ -130,6 +142,10 @@ impl Acks {
 
     /// Sets how commits wait (`replication:`), once at start-up.
     pub fn configure(&self, config: ReplicationConfig) {
+        self.bounds_lag.store(
+            !config.max_lag.is_zero(),
+            std::sync::atomic::Ordering::SeqCst,
+        );
         self.lock().config = Some(config);
     }
 
@@ -144,10 +160,15 @@ impl Acks {
     }
 
     /// Whether synchronous replication is configured: replicas should
-    /// acknowledge each file as soon as it is queued, and the WAL must
-    /// not pass through (`fuse/sync_commit.rs`).
+    /// acknowledge each file as soon as it is queued.
     pub fn synchronous(&self) -> bool {
         self.lock().config.is_some_and(|c| c.sync > 0)
+    }
+
+    /// Whether every write to a WAL must reach litefs (synchronous
+    /// replication, `max-lag`): the WAL must not pass through.
+    pub fn wal_through_litefs(&self) -> bool {
+        self.lock().config.is_some_and(|c| c.wal_through_litefs())
     }
 
     /// Publishes the in-sync set through `publisher` from now on (a
@@ -164,6 +185,7 @@ impl Acks {
         let mut state = self.lock();
         state.members.clear();
         state.published = false;
+        state.unheld.clear();
         state.degraded = false;
         crate::metrics::sync_degraded(false);
         let Some(publish) = publisher.as_ref() else {
@@ -205,6 +227,10 @@ impl Acks {
         entry.peer = peer;
         entry.at = now;
         for (name, pos) in dbs {
+            state.release_held(&name, pos);
+            let Some(entry) = state.nodes.get_mut(node) else {
+                continue;
+            };
             match entry.dbs.get_mut(&name) {
                 Some(held) if pos.txid < held.0.txid => {}
                 Some(held) => *held = (pos, now),
@@ -411,6 +437,19 @@ impl Acks {
         self.lock().members.iter().cloned().collect()
     }
 
+    /// `replication.sync` (0: asynchronous), whether degraded, and the
+    /// in-sync set when one is published (a Consul lease).
+    pub fn sync_status(&self) -> (u32, bool, Option<Vec<String>>) {
+        let published = self
+            .publisher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        let state = self.lock();
+        let members = published.then(|| state.members.iter().cloned().collect());
+        (state.config.map_or(0, |c| c.sync), state.degraded, members)
+    }
+
     /// The nodes that hold every position of `newest` (this node's newest
     /// position of each database): the replicas in sync, by node id.
     pub fn in_sync(&self, newest: &[(String, Position)]) -> Vec<String> {
@@ -518,187 +557,4 @@ fn others(newest: &[(String, Position)], db: &str) -> Vec<(String, Position)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pos(txid: u64, checksum: u64) -> Position {
-        Position { txid, checksum }
-    }
-
-    fn peer() -> SocketAddr {
-        "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!())
-    }
-
-    fn acks(sync: u32, fallback: SyncFallback) -> Acks {
-        let acks = Acks::default();
-        acks.configure(ReplicationConfig {
-            sync,
-            sync_timeout: Duration::from_millis(50),
-            sync_fallback: fallback,
-            sync_failover: crate::config::SyncFailover::Wait,
-        });
-        acks
-    }
-
-    fn ack(acks: &Acks, node: &str, db: &str, p: Position) {
-        let dbs = BTreeMap::from([(db.to_string(), p)]);
-        acks.record(node, peer(), dbs, &[(db.to_string(), p)]);
-    }
-
-    #[test]
-    fn a_commit_waits_for_the_nodes_it_needs() {
-        let acks = std::sync::Arc::new(acks(2, SyncFallback::Fail));
-        let at = Instant::now();
-        ack(&acks, "a", "db", pos(3, 33));
-        let waiter = {
-            let acks = acks.clone();
-            std::thread::spawn(move || acks.wait_for("db", pos(3, 33), at, &Vec::new))
-        };
-        ack(&acks, "b", "db", pos(3, 33));
-        assert_eq!(waiter.join().ok(), Some(Ok(())));
-    }
-
-    #[test]
-    fn another_history_does_not_count() {
-        let acks = acks(1, SyncFallback::Fail);
-        // The same TXID with another checksum, and a later TXID
-        // acknowledged before the commit was recorded.
-        ack(&acks, "a", "db", pos(3, 99));
-        ack(&acks, "b", "db", pos(4, 44));
-        let err = acks.wait_for("db", pos(3, 33), Instant::now(), &Vec::new);
-        assert_eq!(err.map_err(|e| (e.held, e.needed)), Err((0, 1)));
-        // A later TXID acknowledged after it counts.
-        let at = Instant::now();
-        ack(&acks, "a", "db", pos(5, 55));
-        assert!(acks.wait_for("db", pos(3, 33), at, &Vec::new).is_ok());
-    }
-
-    #[test]
-    fn async_fallback_degrades_until_a_replica_catches_up() {
-        let acks = acks(1, SyncFallback::Async);
-        assert_eq!(acks.waits_for(), 1);
-        assert!(acks
-            .wait_for("db", pos(1, 11), Instant::now(), &Vec::new)
-            .is_ok());
-        assert!(acks.degraded());
-        assert_eq!(acks.waits_for(), 0);
-        // An old position is not enough to leave the degraded mode.
-        let newest = [("db".to_string(), pos(2, 22))];
-        acks.record(
-            "a",
-            peer(),
-            BTreeMap::from([("db".into(), pos(1, 11))]),
-            &newest,
-        );
-        assert!(acks.degraded());
-        acks.record(
-            "a",
-            peer(),
-            BTreeMap::from([("db".into(), pos(2, 22))]),
-            &newest,
-        );
-        assert!(!acks.degraded());
-        assert_eq!(acks.in_sync(&newest), vec!["a".to_string()]);
-    }
-
-    #[test]
-    fn asynchronous_replication_never_waits() {
-        let acks = Acks::default();
-        assert!(acks
-            .wait_for("db", pos(1, 1), Instant::now(), &Vec::new)
-            .is_ok());
-        let acks = self::acks(0, SyncFallback::Fail);
-        assert!(acks
-            .wait_for("db", pos(1, 1), Instant::now(), &Vec::new)
-            .is_ok());
-        assert!(!acks.synchronous());
-    }
-
-    /// Acks with a publisher that records each set it is given.
-    fn published(
-        sync: u32,
-        fallback: SyncFallback,
-    ) -> (Acks, std::sync::Arc<Mutex<Vec<Vec<String>>>>) {
-        let acks = acks(sync, fallback);
-        let sets = std::sync::Arc::new(Mutex::new(Vec::new()));
-        let seen = sets.clone();
-        acks.set_publisher(Box::new(move |set, _| {
-            seen.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(set.iter().cloned().collect());
-            Ok(())
-        }));
-        acks.promoted();
-        (acks, sets)
-    }
-
-    fn sets(sets: &Mutex<Vec<Vec<String>>>) -> Vec<Vec<String>> {
-        sets.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    #[test]
-    fn commits_wait_for_the_published_members_and_replace_one_that_lags() {
-        let (acks, published) = published(1, SyncFallback::Fail);
-        assert_eq!(sets(&published), vec![Vec::<String>::new()]);
-        // "a" holds everything: it joins, and the set is published.
-        ack(&acks, "a", "db", pos(1, 11));
-        assert_eq!(acks.members(), vec!["a".to_string()]);
-        let at = Instant::now();
-        // "b" alone holding TXID 2 is not enough while "a" is the member.
-        ack(&acks, "b", "db", pos(1, 11));
-        ack(&acks, "b", "db", pos(2, 22));
-        let newest = || vec![("db".to_string(), pos(2, 22))];
-        assert!(acks.wait_for("db", pos(2, 22), at, &newest).is_ok());
-        // It waited the timeout, then "b" replaced "a", published first.
-        assert_eq!(acks.members(), vec!["b".to_string()]);
-        assert_eq!(sets(&published).last(), Some(&vec!["b".to_string()]));
-    }
-
-    #[test]
-    fn no_replacement_fails_or_degrades_to_an_empty_set() {
-        let (acks, _) = published(1, SyncFallback::Fail);
-        ack(&acks, "a", "db", pos(1, 11));
-        let newest = || vec![("db".to_string(), pos(2, 22))];
-        let err = acks.wait_for("db", pos(2, 22), Instant::now(), &newest);
-        assert_eq!(err.map_err(|e| e.held), Err(0));
-        assert_eq!(acks.members(), vec!["a".to_string()]);
-
-        let (acks, published) = published(1, SyncFallback::Async);
-        ack(&acks, "a", "db", pos(1, 11));
-        assert!(acks
-            .wait_for("db", pos(2, 22), Instant::now(), &newest)
-            .is_ok());
-        assert!(acks.degraded());
-        assert_eq!(sets(&published).last(), Some(&Vec::<String>::new()));
-        // Back once a node holds everything, published again.
-        let newest = [("db".to_string(), pos(2, 22))];
-        acks.record(
-            "a",
-            peer(),
-            BTreeMap::from([("db".into(), pos(2, 22))]),
-            &newest,
-        );
-        assert!(!acks.degraded());
-        assert_eq!(sets(&published).last(), Some(&vec!["a".to_string()]));
-    }
-
-    #[test]
-    fn a_node_behind_on_another_database_does_not_join() {
-        let (acks, _) = published(1, SyncFallback::Fail);
-        let newest = [("x".to_string(), pos(1, 11)), ("y".to_string(), pos(5, 55))];
-        acks.record(
-            "a",
-            peer(),
-            BTreeMap::from([("x".into(), pos(1, 11))]),
-            &newest,
-        );
-        assert!(acks.members().is_empty());
-        acks.record(
-            "a",
-            peer(),
-            BTreeMap::from([("y".into(), pos(5, 55))]),
-            &newest,
-        );
-        assert_eq!(acks.members(), vec!["a".to_string()]);
-    }
-}
+mod tests;

@@ -392,6 +392,7 @@ impl Db {
         change.apply_to(state);
         state.pos = after;
         state.last_recorded = Some(recorded);
+        self.acks.note_recorded(&self.name, after);
         self.refresh_freelist(state, &file, &shape, &change);
         state.end_transaction(&self.name);
         // The next commit's file, made while SQLite prepares that commit

@@ -37,6 +37,9 @@ pub struct Db {
     pub(super) ltx_dir: PathBuf,
     pub(super) undo_path: PathBuf,
     pub(super) node_id: u64,
+    /// Told of each transaction recorded here (`replication.max-lag`,
+    /// `acks.rs`).
+    pub(super) acks: Arc<super::Acks>,
     /// Position, checksums and the transaction in progress. Held for a
     /// whole commit or apply.
     state: Mutex<State>,
@@ -229,7 +232,12 @@ impl Change {
 impl Db {
     /// Opens (creating its directories if needed) and recovers the database
     /// `name` in `dbs_dir`.
-    pub(super) fn open(dbs_dir: &Path, name: &str, node_id: u64) -> Result<Db, Error> {
+    pub(super) fn open(
+        dbs_dir: &Path,
+        name: &str,
+        node_id: u64,
+        acks: Arc<super::Acks>,
+    ) -> Result<Db, Error> {
         let dir = dbs_dir.join(name);
         let ltx_dir = dir.join("ltx");
         fs::create_dir_all(&ltx_dir).map_err(io_error(
@@ -251,6 +259,7 @@ impl Db {
             undo_path,
             dir,
             node_id,
+            acks,
             instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
             deleted: AtomicBool::new(false),
             caught_up_at: Mutex::new(None),

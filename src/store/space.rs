@@ -231,7 +231,7 @@ impl Store {
             if !still_refused || self.db(&name).is_some() {
                 continue;
             }
-            match Db::open(&self.dbs_dir, &name, self.node_id) {
+            match Db::open(&self.dbs_dir, &name, self.node_id, self.acks.clone()) {
                 Ok(db) => {
                     self.refused_lock().remove(&name);
                     self.lock().insert(name.clone(), std::sync::Arc::new(db));

@@ -163,6 +163,7 @@ impl Db {
             }
         };
         state.pos = before;
+        self.acks.note_taken_back(&self.name, pos);
         state.page_size = page_size;
         state.freelist = freelist;
         state.wal_mode = wal_mode;

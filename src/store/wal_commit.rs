@@ -199,6 +199,7 @@ impl Db {
         state.pos = after;
         let old_index = std::mem::replace(&mut state.wal_index, index);
         state.last_recorded = Some(recorded.with_wal_index(old_index));
+        self.acks.note_recorded(&self.name, after);
         state.unsynced_ltx.push(final_path);
         crate::metrics::commit(&self.name, ltx_bytes);
         Ok(Some(state.pos))

@@ -70,3 +70,22 @@ pub(super) fn ack(shared: &Shared, mut request: Request, query: &str) -> u16 {
         }
     }
 }
+
+/// `{"replicas": N, "degraded": bool, "in_sync_set": [id, ...] or null}`:
+/// synchronous replication as this node runs it (`replication.sync`; the
+/// in-sync set published with a Consul lease).
+pub(super) fn sync_json(shared: &Shared) -> String {
+    let (replicas, degraded, members) = shared.store.acks().sync_status();
+    let set = match members {
+        Some(members) => format!(
+            "[{}]",
+            members
+                .iter()
+                .map(|node| crate::json::string(node))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        None => "null".to_string(),
+    };
+    format!("{{\"replicas\":{replicas},\"degraded\":{degraded},\"in_sync_set\":{set}}}")
+}
