@@ -21,7 +21,7 @@ use rusqlite::Connection;
 
 use crate::disk::LoopMount;
 use crate::node::Node;
-use crate::workloads::DbSpec;
+use crate::workloads::{DbSpec, DOOMED_BATCH};
 
 /// One generation of a database in one crash state: a database name
 /// may be deleted and created again (a new table name tells them apart).
@@ -36,6 +36,9 @@ pub struct Expect {
     pub deleting: bool,
     /// Whether its deletion returned before the crash.
     pub deleted: bool,
+    /// Refused commits (`Workload::TakeBack`) whose error returned before
+    /// the crash: their batches (`DOOMED_BATCH + n`) must not be there.
+    pub refused: Vec<u64>,
 }
 
 /// Checks the crash state whose disk image is `image`; `work` is a
@@ -191,6 +194,23 @@ fn check_db(path: &Path, expect: &Expect) -> Result<u64, String> {
     } else {
         Vec::new()
     };
+    // A refused commit's batch, last, when its error had not returned
+    // (then it may or may not be kept, as any commit in flight).
+    let mut batches = batches;
+    if let Some(&(batch, _)) = batches.last() {
+        if batch > DOOMED_BATCH {
+            let n = batch - DOOMED_BATCH;
+            if expect.refused.contains(&n) {
+                return Err(format!(
+                    "{name}: transaction {n}'s refused commit (batch {batch}) is there, though \
+                     its error had returned: a taken-back transaction came back"
+                ));
+            }
+            if n == batches.len() as u64 {
+                batches.pop();
+            }
+        }
+    }
     for (i, (batch, rows)) in batches.iter().enumerate() {
         if *batch != i as u64 + 1 || *rows != expect.spec.rows {
             return Err(format!(

@@ -142,6 +142,7 @@ fn run_workload(
                 steps: states::steps(events, &spec.key),
                 deleting: state.deletion(events, &spec.key, false),
                 deleted: state.deletion(events, &spec.key, true),
+                refused: state.refused(events, &spec.key),
                 spec,
             })
             .collect();

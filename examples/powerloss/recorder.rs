@@ -64,6 +64,10 @@ pub enum Mark {
     /// The deletion of database generation `db` began (`done` false) or
     /// returned (`done` true).
     Deleted { db: String, done: bool },
+    /// A commit of database generation `db` inserting batch
+    /// `DOOMED_BATCH + n` returned an error (`Workload::TakeBack`): it
+    /// must never be seen after this.
+    Refused { db: String, n: u64 },
 }
 
 impl Mark {
@@ -72,6 +76,7 @@ impl Mark {
         match self {
             Mark::Committed { db, n, durable } => format!("mark\tc\t{db}\t{n}\t{durable}\n"),
             Mark::Deleted { db, done } => format!("mark\td\t{db}\t{done}\n"),
+            Mark::Refused { db, n } => format!("mark\tr\t{db}\t{n}\n"),
         }
     }
 
@@ -85,6 +90,10 @@ impl Mark {
             ["d", db, done] => Some(Mark::Deleted {
                 db: db.to_string(),
                 done: done.parse().ok()?,
+            }),
+            ["r", db, n] => Some(Mark::Refused {
+                db: db.to_string(),
+                n: n.parse().ok()?,
             }),
             _ => None,
         }

@@ -66,6 +66,18 @@ impl CrashState {
             .unwrap_or(0)
     }
 
+    /// The refused commits of `db` whose error returned before the
+    /// interval's end (`Mark::Refused`).
+    pub fn refused(&self, events: &[Event], db: &str) -> Vec<u64> {
+        events[..self.end]
+            .iter()
+            .filter_map(|e| match e {
+                Event::Mark(Mark::Refused { db: d, n }) if d == db => Some(*n),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Whether the deletion of `db` began (`done` false) or returned
     /// (`done` true) before the interval's end.
     pub fn deletion(&self, events: &[Event], db: &str, done: bool) -> bool {

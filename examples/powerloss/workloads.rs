@@ -100,6 +100,11 @@ pub enum Workload {
     /// (change counter, `user_version`) by a program that is not SQLite:
     /// a transaction of its own.
     EditInPlace,
+    /// Synchronous replication (`replication.sync: 1`) in a journal mode:
+    /// before each commit, one made while the (unrecorded) replica is
+    /// stopped, which times out and is taken back (`Db::take_back`); it
+    /// must never come back.
+    TakeBack(&'static str),
 }
 
 /// Every workload, in the order `scripts/powerloss.sh` runs them.
@@ -120,10 +125,16 @@ pub const ALL: &[Workload] = &[
     Workload::Import,
     Workload::CopyIn,
     Workload::EditInPlace,
+    Workload::TakeBack("delete"),
+    Workload::TakeBack("wal"),
     Workload::StepDown,
 ];
 
 const BULK_ROWS: u64 = 3000;
+
+/// `Workload::TakeBack`: the refused commit before transaction `n`
+/// inserts batch `DOOMED_BATCH + n`.
+pub const DOOMED_BATCH: u64 = 1000;
 
 impl Workload {
     pub fn name(self) -> String {
@@ -139,6 +150,7 @@ impl Workload {
             Workload::StepDown => "step-down".into(),
             Workload::CopyIn => "copy-in".into(),
             Workload::EditInPlace => "edit in place".into(),
+            Workload::TakeBack(mode) => format!("take-back {mode}"),
         }
     }
 
@@ -172,6 +184,7 @@ impl Workload {
     pub fn yaml(self, primary: Option<&str>) -> String {
         match (self, primary) {
             (Workload::Retention, _) => RETENTION.into(),
+            (Workload::TakeBack(_), _) => SYNC.into(),
             (Workload::Replica, Some(url)) => replica_yaml(url),
             _ => String::new(),
         }
@@ -180,7 +193,12 @@ impl Workload {
     /// Extra config for litefs on a crash state: as recorded, but a
     /// replica's primary is gone (nothing changes under the checks).
     pub fn check_yaml(self) -> String {
-        self.yaml(Some("http://127.0.0.1:1"))
+        match self {
+            // No replica to wait for: SQLite's rollback of a hot journal
+            // must not wait.
+            Workload::TakeBack(_) => String::new(),
+            _ => self.yaml(Some("http://127.0.0.1:1")),
+        }
     }
 
     /// Whether a commit that returned is promised to survive power loss
@@ -205,10 +223,19 @@ impl Workload {
         };
         let yaml = self.yaml(primary.as_ref().map(|p| p.url()).as_deref());
         let recorded = Node::start(bin, &work.join("recorded-node"), data, &yaml)?;
+        // `TakeBack`: the replica the recorded primary waits for.
+        let standby = match self {
+            Workload::TakeBack(_) => {
+                let dir = work.join("replica");
+                let yaml = replica_yaml(&recorded.url());
+                Some(Node::start(bin, &dir, &dir.join("data"), &yaml)?)
+            }
+            _ => None,
+        };
         Ok(Nodes {
             recorded,
             primary,
-            standby: None,
+            standby,
             bin: bin.to_path_buf(),
             work: work.to_path_buf(),
             consul: None,
@@ -217,7 +244,7 @@ impl Workload {
 
     fn journal_mode(self) -> &'static str {
         match self {
-            Workload::Single(mode) | Workload::Bulk(mode) => mode,
+            Workload::Single(mode) | Workload::Bulk(mode) | Workload::TakeBack(mode) => mode,
             Workload::Wal(_) | Workload::Checkpoint | Workload::StepDown => "wal",
             Workload::Retention
             | Workload::Replica
@@ -238,6 +265,7 @@ impl Workload {
     fn txns(self) -> u64 {
         match self {
             Workload::Bulk(_) => 4,
+            Workload::TakeBack(_) => 12,
             Workload::Wal(_) | Workload::Checkpoint => 40,
             _ => 25,
         }
@@ -271,6 +299,7 @@ impl Workload {
             Workload::Import | Workload::CopyIn => return import_run(self, nodes, recorder),
             Workload::Recreate => return recreate_run(nodes, recorder),
             Workload::StepDown => return crate::step_down::run(nodes, recorder),
+            Workload::TakeBack(_) => return take_back_run(self, nodes, recorder),
             _ => {}
         }
         let spec = &self.dbs()[0];
@@ -494,6 +523,10 @@ fn source_db(nodes: &Nodes, name: &str, batches: u64) -> Result<std::path::PathB
 
 const RETENTION: &str = "data:\n  retention: 50ms\n  retention-monitor-interval: 50ms\n";
 
+/// `Workload::TakeBack`'s primary: each commit waits for the replica,
+/// and fails, taken back, after 100 ms.
+const SYNC: &str = "replication:\n  sync: 1\n  sync-timeout: 100ms\n";
+
 fn replica_yaml(primary_url: &str) -> String {
     format!(
         "lease:\n  type: static\n  candidate: false\n  hostname: primary-host\n  \
@@ -571,6 +604,43 @@ fn replica_run(nodes: &mut Nodes, recorder: &Recorder) -> Result<(), String> {
     for _ in 0..5 {
         commit(&mut n)?;
         caught_up(primary, &nodes.recorded, db)?;
+    }
+    Ok(())
+}
+
+/// `Workload::TakeBack`: before each commit, one made with the replica
+/// stopped, which must fail (its batch number is past every committed
+/// one, so a crash state that kept it fails the check).
+fn take_back_run(w: Workload, nodes: &Nodes, recorder: &Recorder) -> Result<(), String> {
+    let replica = nodes.standby.as_ref().ok_or("no replica")?;
+    let pid = replica.pid().ok_or("the replica is not running")? as i32;
+    let spec = &w.dbs()[0];
+    let conn = w.open(&nodes.recorded.mount, &spec.name)?;
+    let signal = |signal| {
+        // SAFETY: kill(2) of a child of this process.
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(format!(
+                "signal {signal} to the replica: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    };
+    for n in 1..=w.txns() {
+        signal(libc::SIGSTOP)?;
+        let doomed = insert_batch(&conn, spec, DOOMED_BATCH + n);
+        signal(libc::SIGCONT)?;
+        if doomed.is_ok() {
+            return Err(format!(
+                "{}: a commit returned while the only replica was stopped",
+                spec.name
+            ));
+        }
+        recorder.mark(Mark::Refused {
+            db: spec.key.clone(),
+            n,
+        })?;
+        w.commit(&conn, spec, n, recorder)?;
     }
     Ok(())
 }
