@@ -60,7 +60,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{Errno, FileAttr, FileHandle, FileType, INodeNo, InitFlags, KernelConfig};
 use log::{debug, info, warn};
@@ -70,6 +70,7 @@ use crate::sqlite;
 use crate::store::{Db, Position, Store};
 use inodes::{Inodes, LAG_INO, PRIMARY_INO, ROOT_INO};
 use journal_states::JournalStates;
+use sync_commit::Kind;
 
 /// How long the kernel may cache names and attributes. Every change on a
 /// primary passes through the kernel, so it stays coherent; a replica
@@ -486,20 +487,20 @@ impl LitefsFs {
         self.finish_commit(db, recorded, true)
     }
 
-    /// Records the journal's transaction: its position and when it was
-    /// recorded, `None` when no transaction is active or it changed
-    /// nothing. `finish_commit` must follow.
-    fn record_commit(&self, db: &Db) -> Result<Option<(Position, Instant)>, Errno> {
+    /// Records the journal's transaction (refused with `max-lag`,
+    /// `sync_commit.rs`): its position, `None` when no transaction is
+    /// active or it changed nothing. `finish_commit` must follow.
+    fn record_commit(&self, db: &Db) -> Result<Option<Position>, Errno> {
         if !self.journal_active(db.name()) {
             return Ok(None);
         }
         let _awake = self.writing();
-        let at = Instant::now();
         match db.commit() {
             Ok(Some(pos)) => {
                 debug!("db {}: committed TXID {}", db.name(), pos);
+                self.admit_commit(db, pos, Kind::Journal, Db::take_back)?;
                 self.recorded();
-                Ok(Some((pos, at)))
+                Ok(Some(pos))
             }
             Ok(None) => {
                 debug!("db {}: transaction rolled back, no LTX", db.name());
@@ -517,17 +518,12 @@ impl LitefsFs {
     /// After `record_commit`: waits for the replicas (when `wait`; see
     /// `sync_commit.rs`), then ends the journal's transaction. A commit
     /// taken back leaves it active: SQLite rolls it back.
-    fn finish_commit(
-        &self,
-        db: &Db,
-        recorded: Option<(Position, Instant)>,
-        wait: bool,
-    ) -> Result<(), Errno> {
-        let Some((pos, at)) = recorded else {
+    fn finish_commit(&self, db: &Db, recorded: Option<Position>, wait: bool) -> Result<(), Errno> {
+        let Some(pos) = recorded else {
             return Ok(());
         };
         if wait {
-            self.await_replicas(db, pos, at, Db::take_back)?;
+            self.await_replicas(db, pos, Kind::Journal, Db::take_back)?;
         }
         self.journal_committed(db.name(), true);
         self.journal_ended(db.name());

@@ -256,8 +256,11 @@ pub fn run(config: &Config) -> Result<u8, Error> {
             .acks()
             .set_publisher(Box::new(move |set, first| writer.publish(set, first)));
     }
+    // A node without synchronous replication takes no notice of a set
+    // (a primary of its kind deletes any left).
+    let sync_candidate = (config.replication.sync > 0).then_some(sync_candidate);
     let lease_thread = lease::spawn_lease_thread_with(
-        lease::leaser_for_node(&config.lease, Some(sync_candidate)),
+        lease::leaser_for_node(&config.lease, sync_candidate),
         lease::LeaseOptions::from_config(&config.lease, fatal.clone()),
         lease_tx,
         stop.clone(),
@@ -469,6 +472,7 @@ impl Roles<'_> {
         if !was_primary {
             return;
         }
+        self.store.acks().stepped_down();
         for db in self.store.dbs() {
             if let Err(e) = self.applier.abandon_transaction(&db) {
                 error!(

@@ -319,9 +319,15 @@ fn replication_settings_are_checked() {
     let (_, message) = refuse("mount-dir: /m\nreplication:\n  sync: 1\n  sync-timeout: 0s\n");
     assert_mentions(&message, &["replication.sync-timeout"]);
     let (_, message) = refuse("mount-dir: /m\nreplication:\n  sync-fallback: later\n");
-    assert_mentions(&message, &["replication.sync-fallback", "`fail`", "`async`"]);
+    assert_mentions(
+        &message,
+        &["replication.sync-fallback", "`fail`", "`async`"],
+    );
     let (_, message) = refuse("mount-dir: /m\nreplication:\n  sync-failover: now\n");
-    assert_mentions(&message, &["replication.sync-failover", "`wait`", "`take-over`"]);
+    assert_mentions(
+        &message,
+        &["replication.sync-failover", "`wait`", "`take-over`"],
+    );
     let (_, message) = refuse("mount-dir: /m\nreplication:\n  sync: 1\n  max-lag: 5s\n");
     assert_mentions(&message, &["replication.max-lag", "replication.sync"]);
     let (_, message) = refuse("mount-dir: /m\nreplication:\n  synch: 1\n");

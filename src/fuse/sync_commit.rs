@@ -35,55 +35,109 @@
 //! Locks: the waiting worker holds its `PrimaryGuard` (a step-down waits
 //! for the commit, up to `sync-timeout`) and no other lock of litefs's.
 
-use std::time::Instant;
-
 use fuser::Errno;
-use log::{error, warn};
+use log::{debug, error, warn};
 
 use super::LitefsFs;
-use crate::store::{Db, Position};
+use crate::store::{self, Db, Position};
+
+/// Where the commit being refused was: a WAL commit that cannot be taken
+/// back must stand (SQLite would otherwise write a recorded commit frame
+/// again), a journal's is rolled back by SQLite.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Journal,
+    Wal,
+}
 
 impl LitefsFs {
+    /// With `replication.max-lag`: whether the transaction just recorded
+    /// at `pos` may stand, asked before its streams are woken where the
+    /// caller can (a journal's); refused (taken back, EIO) while no
+    /// replica holds transactions older than the bound. The refusal is
+    /// logged once per episode (`store/acks/max_lag.rs`).
+    pub(super) fn admit_commit(
+        &self,
+        db: &Db,
+        pos: Position,
+        kind: Kind,
+        take_back: impl FnOnce(&Db, Position) -> Result<Position, store::Error>,
+    ) -> Result<(), Errno> {
+        match self.store.acks().admit(db.name()) {
+            Ok(()) => Ok(()),
+            Err(exceeded) => self.refuse(db, pos, kind, take_back, &exceeded.to_string(), false),
+        }
+    }
+
     /// Waits until the replicas `replication.sync` asks for hold `pos` of
-    /// `db`, recorded at `recorded_at` (before its LTX file could be
-    /// sent). On a timeout with `sync-fallback: fail`, takes the
-    /// transaction back with `take_back` (`Db::take_back`, or
-    /// `WalFollowers::take_back`) and returns EIO.
+    /// `db`. On a timeout with `sync-fallback: fail`, takes the
+    /// transaction back and returns EIO.
     pub(super) fn await_replicas(
         &self,
         db: &Db,
         pos: Position,
-        recorded_at: Instant,
-        take_back: impl FnOnce(&Db, Position) -> Result<Position, crate::store::Error>,
+        kind: Kind,
+        take_back: impl FnOnce(&Db, Position) -> Result<Position, store::Error>,
     ) -> Result<(), Errno> {
         let newest = || self.store.positions();
-        let acks = self.store.acks();
-        let why = match acks.admit(db.name()) {
-            Err(exceeded) => format!("{exceeded}; replication.max-lag refuses commits"),
-            Ok(()) => match acks.wait_for(db.name(), pos, recorded_at, &newest) {
-                Ok(()) => return Ok(()),
-                Err(timed_out) => format!("{timed_out}; replication.sync-fallback is fail"),
-            },
-        };
+        match self.store.acks().wait_for(db.name(), pos, &newest) {
+            Ok(()) => Ok(()),
+            Err(timed_out) => {
+                let why = format!("{timed_out}; replication.sync-fallback is fail");
+                self.refuse(db, pos, kind, take_back, &why, true)
+            }
+        }
+    }
+
+    /// Takes the transaction at `pos` back with `take_back`
+    /// (`Db::take_back`, or `WalFollowers::take_back`, which invalidates
+    /// the commit frame too) and answers EIO (SQLite rolls back); `loud`:
+    /// one WARN per commit (a max-lag refusal is logged once per episode
+    /// by the store).
+    fn refuse(
+        &self,
+        db: &Db,
+        pos: Position,
+        kind: Kind,
+        take_back: impl FnOnce(&Db, Position) -> Result<Position, store::Error>,
+        why: &str,
+        loud: bool,
+    ) -> Result<(), Errno> {
         match take_back(db, pos) {
             Ok(before) => {
-                warn!(
+                let message = format!(
                     "db {}: the commit of TXID {pos} failed: {why}: it is taken back (the \
                      database returns to TXID {before}) and SQLite reports an I/O error",
                     db.name()
                 );
+                if loud {
+                    warn!("{message}");
+                } else {
+                    debug!("{message}");
+                }
                 // Streams that sent it find the replica ahead and send a
                 // snapshot.
                 self.recorded();
+                Err(Errno::EIO)
             }
-            Err(e) => error!(
-                "db {}: the commit of TXID {pos} failed ({why}) but cannot be taken \
-                 back: {e}; SQLite rolls the transaction back and its rollback is recorded \
-                 as the next transaction",
-                db.name()
-            ),
+            Err(e) if kind == Kind::Wal => {
+                error!(
+                    "db {}: the WAL commit of TXID {pos} cannot be taken back ({e}); it \
+                     stands though {why}",
+                    db.name()
+                );
+                Ok(())
+            }
+            Err(e) => {
+                error!(
+                    "db {}: the commit of TXID {pos} failed ({why}) but cannot be taken \
+                     back: {e}; SQLite rolls the transaction back and its rollback is \
+                     recorded as the next transaction",
+                    db.name()
+                );
+                Err(Errno::EIO)
+            }
         }
-        Err(Errno::EIO)
     }
 
     /// With `replication.max-lag`: whether a write in place of `db` (one

@@ -89,6 +89,11 @@ struct Batch {
     last_commit: Option<(u64, (u32, u32))>,
     first: WalCommit,
     pos: Position,
+    /// The write of its commit frame has returned it (`written`): a
+    /// catch-up off the commit path (`-pos`, a checkpoint) may record a
+    /// commit before its own write asks, and that write must still wait
+    /// for it.
+    claimed: bool,
 }
 
 /// A catch-up that stopped short: the errno for SQLite, and the commit
@@ -315,6 +320,7 @@ impl WalFollowers {
                     last_commit: f.last_commit,
                     first: batch[0].clone(),
                     pos,
+                    claimed: false,
                 });
                 newest_recorded = Some(pos);
             }
@@ -397,7 +403,8 @@ impl WalFollowers {
     /// records the transaction it commits, if any, before SQLite hears
     /// back. A commit that cannot be recorded fails, and its commit frame
     /// is invalidated (`invalidate_commit`).
-    /// Returns the newest position recorded.
+    /// Returns the position of the commit this write completed, recorded
+    /// now or by a catch-up since (see `Batch::claimed`), for its wait.
     pub fn written(&self, db: &Db, offset: u64, len: u64) -> Result<Option<Position>, Errno> {
         let follower = self.follower(db);
         let mut f = follower.lock().unwrap_or_else(|e| e.into_inner());
@@ -405,7 +412,13 @@ impl WalFollowers {
             return Ok(None);
         }
         let stopped = match self.read_and_record(db, &mut f) {
-            Ok(pos) => return Ok(pos),
+            // The newest batch, recorded now or by a catch-up since the
+            // write reached the file, once.
+            Ok(_) => {
+                return Ok(f.last_batch.as_mut().and_then(|batch| {
+                    (!std::mem::replace(&mut batch.claimed, true)).then_some(batch.pos)
+                }))
+            }
             Err(stopped) => stopped,
         };
         if let (Some(commit), Some(cursor)) = (&stopped.commit, &f.cursor) {
@@ -523,10 +536,12 @@ fn invalidate_commit(db: &Db, cursor: &WalCursor, commit: &WalCommit) {
     let frame_len = FRAME_HEADER_SIZE + u64::from(cursor.header().page_size);
     // The salts are bytes 8 to 16 of the frame header.
     let at = commit.end - frame_len + 8;
+    // Synced: SQLite's caller hears the commit failed once this returns,
+    // and the frame may have reached the disk whole already.
     let zeroed = std::fs::OpenOptions::new()
         .write(true)
         .open(db.wal_path())
-        .and_then(|f| f.write_all_at(&[0u8; 8], at));
+        .and_then(|f| f.write_all_at(&[0u8; 8], at).and_then(|()| f.sync_data()));
     if let Err(e) = zeroed {
         error!(
             "db {}: cannot invalidate the unrecorded commit frame at {at} of {}: {e}; \

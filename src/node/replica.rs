@@ -112,6 +112,7 @@ impl ReplicaTask {
                 .map_err(Error::Thread)?;
         }
 
+        let ack_for_apply = ack_tx.clone();
         let stream = {
             let (store, shared, url) = (store.clone(), shared.clone(), url.clone());
             let applier = applier.clone();
@@ -160,11 +161,12 @@ impl ReplicaTask {
         };
         let apply = {
             let shared = shared.clone();
+            let ack_tx = ack_for_apply;
             std::thread::Builder::new()
                 .name("apply".into())
                 .spawn(move || {
                     crate::priority::raise_for_replication("apply");
-                    apply_loop(&store, &applier, &shared, &wake_rx)
+                    apply_loop(&store, &applier, &shared, &wake_rx, &ack_tx)
                 })
                 .map_err(Error::Thread)?
         };
@@ -287,7 +289,15 @@ fn ack_loop(
     }
 }
 
-fn apply_loop(store: &Store, applier: &Applier, shared: &Shared, wake: &Receiver<()>) {
+/// `dropped` takes each database whose queued files were dropped, to
+/// tell the primary the position went back (the ack thread).
+fn apply_loop(
+    store: &Store,
+    applier: &Applier,
+    shared: &Shared,
+    wake: &Receiver<()>,
+    dropped: &Sender<(String, Position)>,
+) {
     loop {
         let draining = shared.drain.load(Ordering::SeqCst);
         if shared.stopped() && !draining {
@@ -296,7 +306,7 @@ fn apply_loop(store: &Store, applier: &Applier, shared: &Shared, wake: &Receiver
         let mut applied = false;
         for db in store.dbs() {
             while db.front_queued().is_some() {
-                if !apply_front(store, applier, &db, shared) {
+                if !apply_front(store, applier, &db, shared, dropped) {
                     return;
                 }
                 applied = true;
@@ -321,7 +331,19 @@ fn apply_loop(store: &Store, applier: &Applier, shared: &Shared, wake: &Receiver
 
 /// Applies the front file of `db`'s queue. False when the task was
 /// stopped (without draining) while waiting for the locks.
-fn apply_front(store: &Store, applier: &Applier, db: &Db, shared: &Shared) -> bool {
+fn apply_front(
+    store: &Store,
+    applier: &Applier,
+    db: &Db,
+    shared: &Shared,
+    dropped: &Sender<(String, Position)>,
+) -> bool {
+    // Files this replica acknowledged are gone: the primary must know
+    // (synchronous replication counts on them).
+    let drop_queue = |path: &Path| {
+        db.finish_queued(path, false);
+        let _ = dropped.send((db.name().to_string(), db.received_pos()));
+    };
     let lock = match applier.lock(db) {
         Ok(lock) => lock,
         Err(e) => {
@@ -330,7 +352,7 @@ fn apply_front(store: &Store, applier: &Applier, db: &Db, shared: &Shared) -> bo
                 shared.fatal.report(format!("db {}: {e}", db.name()));
             }
             if let Some(path) = db.front_queued() {
-                db.finish_queued(&path, false);
+                drop_queue(&path);
             }
             return true;
         }
@@ -369,7 +391,7 @@ fn apply_front(store: &Store, applier: &Applier, db: &Db, shared: &Shared) -> bo
                 "this replica stops advancing (its position is kept) and the stream \
                  retries with backoff",
             );
-            db.finish_queued(&path, false);
+            drop_queue(&path);
         }
         Err(e) => {
             error!(
@@ -377,7 +399,7 @@ fn apply_front(store: &Store, applier: &Applier, db: &Db, shared: &Shared) -> bo
                  it are dropped and the stream resynchronizes from {before}: {e}",
                 db.name()
             );
-            db.finish_queued(&path, false);
+            drop_queue(&path);
         }
     }
     true

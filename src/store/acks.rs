@@ -12,9 +12,11 @@
 //! again (one INFO).
 //!
 //! A node holds position P of a database when it acknowledged P itself
-//! (same TXID, same checksum), or a later TXID after P was recorded: a
-//! later TXID acknowledged before then belongs to another history (a
-//! transaction taken back, an earlier primary's).
+//! (same TXID, same checksum): while a commit waits no later transaction
+//! of its database is recorded, so a later TXID belongs to another
+//! history (a diverged replica, a transaction taken back). A node's
+//! acknowledged position may go back (it dropped received files it
+//! could not apply); a member of the in-sync set that does leaves it.
 //!
 //! **The in-sync set** (with a Consul lease: a [`Publisher`] is set). So
 //! that failover keeps what was acknowledged, the primary names in Consul
@@ -25,11 +27,14 @@
 //! in particular, so that each of them holds it. A member that does not
 //! acknowledge within `sync-timeout` is replaced by nodes that did and
 //! hold everything else, and the new set is published before the commit
-//! returns; a node joins a set short of N once it holds every newest
-//! position, in memory first (commits wait for it at once) and published
-//! after. So the published set is always one whose every node holds every
-//! acknowledged transaction. Degrading to asynchronous publishes an empty
-//! set (only the primary holds everything). Without a publisher (a static
+//! returns (both sets waited for meanwhile); a node joins a set short of N
+//! once it holds every newest position, in memory first (commits wait for
+//! it at once), published once the members hold every newest position
+//! read after the change (so every transaction acknowledged before it).
+//! A member leaves after a set without it is published. So the published
+//! set is always one whose every node holds every acknowledged
+//! transaction. Degrading to asynchronous publishes an empty set first
+//! (only the primary holds everything). Without a publisher (a static
 //! lease) a commit waits for any N nodes.
 //!
 //! Locks: `publisher` is held while the set is changed and published (a
@@ -41,6 +46,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -85,8 +91,11 @@ struct State {
     /// replica has acknowledged yet, oldest first, with when
     /// (`acks/max_lag.rs`).
     unheld: BTreeMap<String, VecDeque<(Position, Instant)>>,
-    /// Writes are being refused for `max-lag` (logged once per episode).
+    /// Commits are being refused for `max-lag` (logged once per episode).
     refusing: bool,
+    /// `members` changed in memory and is not published yet: it will be
+    /// once every member holds every newest position (`publish_if_held`).
+    unpublished: bool,
 }
 
 /// Publishes the in-sync set where failover candidates read it (Consul),
@@ -102,7 +111,9 @@ pub struct Acks {
     state: Mutex<State>,
     changed: Condvar,
     /// `max-lag` is set: recorded transactions are tracked.
-    bounds_lag: std::sync::atomic::AtomicBool,
+    bounds_lag: AtomicBool,
+    /// A publisher is set: commits wait for the in-sync set's members.
+    has_publisher: AtomicBool,
     /// Where the in-sync set is published; held while it changes.
     publisher: Mutex<Option<Publisher>>,
 }
@@ -142,10 +153,8 @@ impl Acks {
 
     /// Sets how commits wait (`replication:`), once at start-up.
     pub fn configure(&self, config: ReplicationConfig) {
-        self.bounds_lag.store(
-            !config.max_lag.is_zero(),
-            std::sync::atomic::Ordering::SeqCst,
-        );
+        self.bounds_lag
+            .store(!config.max_lag.is_zero(), Ordering::SeqCst);
         self.lock().config = Some(config);
     }
 
@@ -175,149 +184,229 @@ impl Acks {
     /// Consul lease), at the next promotion and whenever it changes.
     pub fn set_publisher(&self, publisher: Publisher) {
         *self.publisher.lock().unwrap_or_else(|e| e.into_inner()) = Some(publisher);
+        self.has_publisher.store(true, Ordering::SeqCst);
     }
 
-    /// This node became the primary: the in-sync set starts empty and is
-    /// published (naming this node the primary) before any commit can be
-    /// acknowledged. Replicas join it as they show they hold everything.
+    fn publisher(&self) -> MutexGuard<'_, Option<Publisher>> {
+        self.publisher.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes `members` with `publish` (its lock held by the caller):
+    /// the first publication since the promotion replaces whatever is
+    /// there, until one succeeds.
+    fn publish(&self, publish: &Publisher, members: &BTreeSet<String>) -> Result<(), String> {
+        let first = !self.lock().published;
+        publish(members, first)?;
+        self.lock().published = true;
+        Ok(())
+    }
+
+    /// This node became the primary: what replicas acknowledged before
+    /// is forgotten, and the in-sync set starts empty, published (naming
+    /// this node the primary) before any commit can be acknowledged;
+    /// replicas join it as they show they hold everything.
     pub fn promoted(&self) {
-        let publisher = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
-        let mut state = self.lock();
-        state.members.clear();
-        state.published = false;
-        state.unheld.clear();
-        state.degraded = false;
+        let publisher = self.publisher();
+        {
+            let mut state = self.lock();
+            state.nodes.clear();
+            state.members.clear();
+            state.published = false;
+            state.unpublished = false;
+            state.degraded = false;
+            state.unheld.clear();
+            state.refusing = false;
+        }
         crate::metrics::sync_degraded(false);
-        let Some(publish) = publisher.as_ref() else {
-            return;
-        };
-        drop(state);
-        let result = publish(&BTreeSet::new(), true);
-        let mut state = self.lock();
-        match result {
-            Ok(()) => state.published = true,
-            Err(e) => log::warn!(
-                "synchronous replication: cannot publish this node as the primary with no \
-                 replica in sync yet ({e}); commits wait until it can"
-            ),
+        if let Some(publish) = publisher.as_ref() {
+            if let Err(e) = self.publish(publish, &BTreeSet::new()) {
+                log::warn!(
+                    "synchronous replication: cannot publish this node as the primary with no \
+                     replica in sync yet ({e}); commits wait until it can"
+                );
+            }
         }
     }
 
+    /// This node is no longer the primary: it waits for nothing.
+    pub fn stepped_down(&self) {
+        let mut state = self.lock();
+        state.members.clear();
+        state.published = false;
+        state.unpublished = false;
+        state.unheld.clear();
+        state.refusing = false;
+    }
+
     /// Records what replica node `node` (at `peer`) holds: `dbs`, the
-    /// newest position of each database it names. `newest` is this node's
-    /// newest position of each database: a node that holds all of them may
-    /// join the in-sync set, or end the degraded mode.
+    /// newest position of each database it names (which may go back: a
+    /// replica that dropped files it could not apply says so). `newest`
+    /// reads this node's newest position of each database: a node that
+    /// holds all of them may join the in-sync set, or end the degraded
+    /// mode; a member that went back leaves it.
     pub fn record(
         &self,
         node: &str,
         peer: SocketAddr,
         dbs: BTreeMap<String, Position>,
-        newest: &[(String, Position)],
+        newest: &dyn Fn() -> Vec<(String, Position)>,
     ) {
         let mut state = self.lock();
         let now = Instant::now();
-        let entry = state
-            .nodes
-            .entry(node.to_string())
-            .or_insert_with(|| Acked {
-                peer,
-                at: now,
-                dbs: BTreeMap::new(),
-            });
-        entry.peer = peer;
-        entry.at = now;
+        let mut went_back = false;
         for (name, pos) in dbs {
             state.release_held(&name, pos);
-            let Some(entry) = state.nodes.get_mut(node) else {
-                continue;
-            };
-            match entry.dbs.get_mut(&name) {
-                Some(held) if pos.txid < held.0.txid => {}
-                Some(held) => *held = (pos, now),
-                None => {
-                    entry.dbs.insert(name, (pos, now));
-                }
-            }
+            let entry = state
+                .nodes
+                .entry(node.to_string())
+                .or_insert_with(|| Acked {
+                    peer,
+                    at: now,
+                    dbs: BTreeMap::new(),
+                });
+            entry.peer = peer;
+            entry.at = now;
+            let before = entry.dbs.insert(name, (pos, now));
+            went_back |= before.is_some_and(|(held, _)| held.txid > pos.txid);
         }
+        let member = state.members.contains(node);
         let join = state.config.is_some_and(|config| {
-            (state.degraded || state.members.len() < config.sync as usize)
-                && !state.members.contains(node)
-                && holds_all(&state.nodes, node, newest)
+            !member && (state.degraded || state.members.len() < config.sync as usize)
         });
+        let republish = state.unpublished;
         self.changed.notify_all();
         drop(state);
+        if went_back && member {
+            self.leave(node);
+        }
         if join {
             self.join(newest);
+        } else if republish {
+            let publisher = self.publisher();
+            self.publish_if_held(publisher.as_ref(), newest);
         }
         self.changed.notify_all();
     }
 
-    /// Adds the nodes that hold every position of `newest` to the in-sync
-    /// set while it is short (up to `replication.sync`), and publishes
-    /// it; ends the degraded mode once it is full again.
-    fn join(&self, newest: &[(String, Position)]) {
-        let publisher = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
-        let mut state = self.lock();
-        let Some(config) = state.config else {
+    /// A member of the in-sync set no longer holds what it acknowledged:
+    /// the set without it is published first, then commits stop waiting
+    /// for it.
+    fn leave(&self, node: &str) {
+        let publisher = self.publisher();
+        let mut without = self.lock().members.clone();
+        if !without.remove(node) {
             return;
-        };
-        let needed = config.sync as usize;
-        let ready: Vec<String> = state
-            .nodes
-            .keys()
-            .filter(|node| !state.members.contains(*node) && holds_all(&state.nodes, node, newest))
-            .cloned()
-            .collect();
-        if state.degraded {
-            if state.members.len() + ready.len() < needed {
+        }
+        if let Some(publish) = publisher.as_ref() {
+            if let Err(e) = self.publish(publish, &without) {
+                log::warn!(
+                    "synchronous replication: replica node {node} went back, but the in-sync \
+                     set without it cannot be published ({e}); commits wait for it"
+                );
                 return;
             }
-            state.degraded = false;
-            crate::metrics::sync_degraded(false);
-            log::info!(
-                "synchronous replication resumed: {needed} replicas hold the newest transaction \
-                 of every database"
-            );
         }
-        // In memory first: commits wait for the new members at once.
-        for node in ready {
-            if state.members.len() >= needed {
-                break;
+        log::warn!(
+            "synchronous replication: replica node {node} no longer holds what it acknowledged \
+             (it dropped received files); it leaves the in-sync set"
+        );
+        self.lock().members = without;
+    }
+
+    /// Adds the nodes that hold every newest position to the in-sync set
+    /// while it is short (up to `replication.sync`), or ends the degraded
+    /// mode once enough do: in memory first (commits wait for them at
+    /// once), published once they hold everything (`publish_if_held`).
+    fn join(&self, newest: &dyn Fn() -> Vec<(String, Position)>) {
+        let publisher = self.publisher();
+        let positions = newest();
+        {
+            let mut state = self.lock();
+            let Some(config) = state.config else {
+                return;
+            };
+            let needed = config.sync as usize;
+            let ready: Vec<String> = state
+                .nodes
+                .keys()
+                .filter(|node| {
+                    !state.members.contains(*node) && holds_all(&state.nodes, node, &positions)
+                })
+                .cloned()
+                .collect();
+            if state.degraded {
+                if state.members.len() + ready.len() < needed {
+                    return;
+                }
+                state.degraded = false;
+                crate::metrics::sync_degraded(false);
+                log::info!(
+                    "synchronous replication resumed: {needed} replicas hold the newest \
+                     transaction of every database"
+                );
             }
-            state.members.insert(node);
+            for node in ready {
+                if state.members.len() >= needed {
+                    break;
+                }
+                state.members.insert(node);
+                state.unpublished = true;
+            }
         }
-        let members = state.members.clone();
-        drop(state);
-        if let Some(publish) = publisher.as_ref() {
-            match publish(&members, false) {
-                Ok(()) => self.lock().published = true,
-                Err(e) => log::warn!(
-                    "synchronous replication: cannot publish the replicas in sync {members:?} \
-                     ({e}); failover may wait for the ones published before"
-                ),
+        self.changed.notify_all();
+        self.publish_if_held(publisher.as_ref(), newest);
+    }
+
+    /// Publishes the in-sync set held in memory once every member holds
+    /// every newest position read now: each transaction acknowledged
+    /// before a member joined is at or before those (later ones wait for
+    /// it). With `publisher`'s lock held by the caller.
+    fn publish_if_held(
+        &self,
+        publisher: Option<&Publisher>,
+        newest: &dyn Fn() -> Vec<(String, Position)>,
+    ) {
+        let positions = newest();
+        let members = {
+            let state = self.lock();
+            if !state.unpublished
+                || !state
+                    .members
+                    .iter()
+                    .all(|node| holds_all(&state.nodes, node, &positions))
+            {
+                return;
             }
+            state.members.clone()
+        };
+        let Some(publish) = publisher else {
+            self.lock().unpublished = false;
+            return;
+        };
+        match self.publish(publish, &members) {
+            Ok(()) => self.lock().unpublished = false,
+            Err(e) => log::warn!(
+                "synchronous replication: cannot publish the replicas in sync {members:?} \
+                 ({e}); failover waits for the ones published before"
+            ),
         }
     }
 
-    /// Waits until `pos` of database `db`, recorded at `recorded_at`, is
-    /// held by `replication.sync` nodes (the in-sync set, with a
-    /// publisher). Returns at once when replication is asynchronous (or
-    /// degraded). `newest` gives every database's newest position, read
-    /// only when the wait times out: then members that did not answer are
-    /// replaced by nodes that did, or per `sync-fallback` the primary
-    /// degrades and this returns `Ok`, or it returns `Err`.
+    /// Waits until `pos` of database `db` (its newest: the writer still
+    /// holds SQLite's lock) is held by `replication.sync` nodes, the
+    /// members of the in-sync set with a publisher. Returns at once when
+    /// replication is asynchronous (or degraded). `newest` reads every
+    /// database's newest position, when the wait times out: then members
+    /// that did not answer are replaced by nodes that did, or per
+    /// `sync-fallback` the primary degrades and this returns `Ok`, or it
+    /// returns `Err`.
     pub fn wait_for(
         &self,
         db: &str,
         pos: Position,
-        recorded_at: Instant,
         newest: &dyn Fn() -> Vec<(String, Position)>,
     ) -> Result<(), SyncTimedOut> {
-        let has_publisher = self
-            .publisher
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some();
+        let by_members = self.has_publisher.load(Ordering::SeqCst);
         let mut state = self.lock();
         let Some(config) = state.config.filter(|c| c.sync > 0 && !state.degraded) else {
             return Ok(());
@@ -325,7 +414,7 @@ impl Acks {
         let start = Instant::now();
         let deadline = start + config.sync_timeout;
         loop {
-            if state.degraded || enough(&state, db, pos, recorded_at, has_publisher) {
+            if state.degraded || enough(&state, db, pos, by_members) {
                 crate::metrics::sync_wait(start.elapsed());
                 return Ok(());
             }
@@ -340,7 +429,7 @@ impl Acks {
                 .0;
         }
         drop(state);
-        let result = self.timed_out(db, pos, recorded_at, start, newest);
+        let result = self.timed_out(db, pos, start, newest);
         crate::metrics::sync_wait(start.elapsed());
         result
     }
@@ -351,55 +440,58 @@ impl Acks {
         &self,
         db: &str,
         pos: Position,
-        recorded_at: Instant,
         start: Instant,
         newest: &dyn Fn() -> Vec<(String, Position)>,
     ) -> Result<(), SyncTimedOut> {
-        let newest = newest();
-        let publisher = self.publisher.lock().unwrap_or_else(|e| e.into_inner());
+        let publisher = self.publisher();
+        let positions = newest();
         let mut state = self.lock();
         let Some(config) = state.config else {
             return Ok(());
         };
-        if state.degraded || enough(&state, db, pos, recorded_at, publisher.is_some()) {
+        if state.degraded || enough(&state, db, pos, publisher.is_some()) {
             return Ok(());
         }
         let needed = config.sync as usize;
-        let held = holding(&state.nodes, db, pos, Some(recorded_at));
+        let held = holding(&state.nodes, db, pos);
         if let Some(publish) = publisher.as_ref() {
             // Members that answered, then others that hold this and every
             // newest position.
-            let mut replaced: BTreeSet<String> =
-                state.members.intersection(&held).cloned().collect();
+            let old = state.members.clone();
+            let mut replaced: BTreeSet<String> = old.intersection(&held).cloned().collect();
             for node in &held {
                 if replaced.len() >= needed {
                     break;
                 }
-                if holds_all(&state.nodes, node, &others(&newest, db)) {
+                if holds_all(&state.nodes, node, &others(&positions, db)) {
                     replaced.insert(node.clone());
                 }
             }
             if replaced.len() >= needed {
+                // Both sets are waited for while the new one is published.
+                state.members = old.union(&replaced).cloned().collect();
                 drop(state);
-                match publish(&replaced, false) {
+                let published = self.publish(publish, &replaced);
+                state = self.lock();
+                match published {
                     Ok(()) => {
-                        let mut state = self.lock();
                         log::warn!(
-                            "db {db}: TXID {pos}: the replicas in sync {:?} did not all \
+                            "db {db}: TXID {pos}: the replicas in sync {old:?} did not all \
                              acknowledge it within {} ms; the in-sync set is now {replaced:?}",
-                            state.members,
                             config.sync_timeout.as_millis()
                         );
                         state.members = replaced;
-                        state.published = true;
+                        state.unpublished = false;
                         return Ok(());
                     }
-                    Err(e) => log::warn!(
-                        "db {db}: TXID {pos}: cannot publish the new in-sync set {replaced:?} \
-                         ({e})"
-                    ),
+                    Err(e) => {
+                        log::warn!(
+                            "db {db}: TXID {pos}: cannot publish the new in-sync set \
+                             {replaced:?} ({e})"
+                        );
+                        state.members = old;
+                    }
                 }
-                state = self.lock();
             }
         }
         crate::metrics::sync_timeout();
@@ -411,24 +503,29 @@ impl Acks {
         if config.sync_fallback == SyncFallback::Fail {
             return Err(timed_out);
         }
+        drop(state);
+        // Only this node holds everything once commits stop waiting: the
+        // empty set goes first.
+        if let Some(publish) = publisher.as_ref() {
+            if let Err(e) = self.publish(publish, &BTreeSet::new()) {
+                log::error!(
+                    "synchronous replication degrades, but the empty in-sync set cannot be \
+                     published ({e}): a replica published before may take over without the \
+                     newest transactions"
+                );
+            }
+        }
+        let mut state = self.lock();
         state.degraded = true;
         state.members.clear();
+        state.unpublished = false;
         crate::metrics::sync_degraded(true);
         log::warn!(
             "db {db}: TXID {pos}: {timed_out}; replication.sync-fallback is async: commits no \
              longer wait for replicas until {} hold the newest transaction of every database",
             config.sync
         );
-        drop(state);
-        if let Some(publish) = publisher.as_ref() {
-            if let Err(e) = publish(&BTreeSet::new(), false) {
-                log::error!(
-                    "synchronous replication degraded, but the empty in-sync set cannot be \
-                     published ({e}): a replica published before may take over without the \
-                     newest transactions"
-                );
-            }
-        }
+        self.changed.notify_all();
         Ok(())
     }
 
@@ -440,11 +537,7 @@ impl Acks {
     /// `replication.sync` (0: asynchronous), whether degraded, and the
     /// in-sync set when one is published (a Consul lease).
     pub fn sync_status(&self) -> (u32, bool, Option<Vec<String>>) {
-        let published = self
-            .publisher
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some();
+        let published = self.has_publisher.load(Ordering::SeqCst);
         let state = self.lock();
         let members = published.then(|| state.members.iter().cloned().collect());
         (state.config.map_or(0, |c| c.sync), state.degraded, members)
@@ -503,11 +596,11 @@ pub struct NodeAcks {
 /// Whether `pos` of `db` is held as a commit needs: by every member of a
 /// published in-sync set of `replication.sync` nodes (`by_members`), or
 /// by any `replication.sync` nodes.
-fn enough(state: &State, db: &str, pos: Position, since: Instant, by_members: bool) -> bool {
+fn enough(state: &State, db: &str, pos: Position, by_members: bool) -> bool {
     let Some(config) = state.config else {
         return true;
     };
-    let held = holding(&state.nodes, db, pos, Some(since));
+    let held = holding(&state.nodes, db, pos);
     if by_members {
         state.published
             && state.members.len() >= config.sync as usize
@@ -517,21 +610,14 @@ fn enough(state: &State, db: &str, pos: Position, since: Instant, by_members: bo
     }
 }
 
-/// The nodes of `nodes` that hold `pos` of `db`: acknowledged it, or
-/// (when `since` is given) a later TXID at or after `since`.
-fn holding(
-    nodes: &BTreeMap<String, Acked>,
-    db: &str,
-    pos: Position,
-    since: Option<Instant>,
-) -> BTreeSet<String> {
+/// The nodes of `nodes` that acknowledged `pos` of `db` itself. A later
+/// TXID does not count: no later transaction of `db` is recorded while a
+/// commit waits (its writer holds SQLite's lock), so one would belong to
+/// another history (a diverged replica, a transaction taken back).
+fn holding(nodes: &BTreeMap<String, Acked>, db: &str, pos: Position) -> BTreeSet<String> {
     nodes
         .iter()
-        .filter(|(_, acked)| match acked.dbs.get(db) {
-            Some((held, _)) if *held == pos => true,
-            Some((held, at)) => held.txid > pos.txid && since.is_some_and(|since| *at >= since),
-            None => false,
-        })
+        .filter(|(_, acked)| acked.dbs.get(db).is_some_and(|(held, _)| *held == pos))
         .map(|(node, _)| node.clone())
         .collect()
 }

@@ -61,7 +61,7 @@ pub(super) fn ack(shared: &Shared, mut request: Request, query: &str) -> u16 {
     match wire::parse_positions(&body) {
         Ok(dbs) => {
             let store = &shared.store;
-            store.acks().record(node, peer, dbs, &store.positions());
+            store.acks().record(node, peer, dbs, &|| store.positions());
             respond_text(request, 200, "ok", &[])
         }
         Err(msg) => {

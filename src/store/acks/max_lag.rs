@@ -3,7 +3,9 @@
 //!
 //! The primary notes each transaction it records (`Db::commit`,
 //! `Db::commit_wal`, through `Acks::note_recorded`) and forgets it once
-//! some replica acknowledges it or a later one. While the oldest
+//! some replica acknowledges it or a later one (each acknowledged
+//! position is one recorded here: a file the primary sent, or a run of
+//! them merged). While the oldest
 //! transaction no replica holds is older than `max-lag`, a new commit is
 //! refused ([`Acks::admit`], asked by the mount where a synchronous
 //! commit would wait, `fuse/sync_commit.rs`: the commit is taken back),
@@ -47,11 +49,12 @@ impl std::fmt::Display for LagExceeded {
 
 impl State {
     /// A replica acknowledged `held` of `db`: every transaction up to it
-    /// is held.
+    /// is held, when it is one this node recorded (a position of another
+    /// history, a diverged replica's, releases nothing).
     pub(super) fn release_held(&mut self, db: &str, held: Position) {
         if let Some(unheld) = self.unheld.get_mut(db) {
-            while unheld.front().is_some_and(|(pos, _)| pos.txid <= held.txid) {
-                unheld.pop_front();
+            if let Some(i) = unheld.iter().position(|(pos, _)| *pos == held) {
+                unheld.drain(..=i);
             }
         }
     }
