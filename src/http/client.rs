@@ -236,7 +236,7 @@ fn stream_once(
     connected: &mut bool,
 ) -> Result<(), Error> {
     let base = normalize_url(primary_url)?;
-    let url = format!("{base}/stream");
+    let url = format!("{base}/stream?node={:016x}", store.node_id());
     let mut listed = Vec::new();
     for db in store.dbs() {
         if db.name().contains('\n') {

@@ -518,6 +518,15 @@ fn route(shared: &Arc<Shared>, mut request: Request, path: &str, slot: &ConnSlot
                 let message = format!("too many streams from this address (at most {most})");
                 return Some(respond_text(request, 503, &message, &[]));
             };
+            // What a replica lists when it connects, it holds durably
+            // (received files are queued fsynced): a new primary knows at
+            // once (synchronous replication's in-sync set, `store/acks.rs`).
+            if let Some(node) = ack::node_id(&query) {
+                let store = &shared.store;
+                store
+                    .acks()
+                    .record(node, peer, positions.clone(), &|| store.positions());
+            }
             metrics::http_request(path, 200);
             serve_stream(shared, request.into_stream(), peer, positions);
             drop(stream_slot);

@@ -38,21 +38,26 @@ pub(super) fn json(shared: &Shared) -> String {
     format!("[{}]", entries.join(","))
 }
 
+/// The replica's node id in a request's query (`node=`, 16 hex digits),
+/// if it is there and well formed.
+pub(super) fn node_id(query: &str) -> Option<&str> {
+    let node = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("node="))?;
+    (!node.is_empty() && node.len() <= MAX_NODE_LEN && node.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then_some(node)
+}
+
 /// Answers `POST /ack`: records what the replica node `node=` holds.
 pub(super) fn ack(shared: &Shared, mut request: Request, query: &str) -> u16 {
     let peer = request.peer();
     if !shared.serving.load(std::sync::atomic::Ordering::SeqCst) {
         return respond_text(request, 503, "not the primary", &[]);
     }
-    let node = query
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("node="))
-        .unwrap_or("");
-    if node.is_empty() || node.len() > MAX_NODE_LEN || !node.bytes().all(|b| b.is_ascii_hexdigit())
-    {
+    let Some(node) = node_id(query) else {
         let message = "bad request: `node=` must be the replica's node id (16 hex digits)";
         return respond_text(request, 400, message, &[]);
-    }
+    };
     let mut body = Vec::new();
     if let Err(err) = std::io::Read::read_to_end(&mut request.body(), &mut body) {
         log::debug!("HTTP server: reading an acknowledgement from {peer} failed: {err}");
