@@ -26,7 +26,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cluster::*;
-use common::{count_in_log, http_request, temp_dir, wait_for, Node, Rng, CATCH_UP};
+use common::{count_in_log, http_request, temp_dir, wait_for, Node, Paused, Rng, CATCH_UP};
 use consul::ConsulAgent;
 
 /// The databases written, one per journal mode synchronous replication
@@ -36,31 +36,6 @@ const DBS: [(&str, &str); 2] = [("delete.db", "DELETE"), ("wal.db", "WAL")];
 fn is_primary(node: &Node) -> bool {
     let (status, _, body) = http_request(node.port, "GET", "/info", None);
     status == 200 && body.contains("\"primary\":true")
-}
-
-/// Stops a process with SIGSTOP until resumed or dropped.
-struct Paused(Option<u32>);
-
-impl Paused {
-    fn pause(node: &Node) -> Paused {
-        let pid = node.pid().expect("the node runs");
-        // SAFETY: a signal to a child process this test started.
-        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
-        Paused(Some(pid))
-    }
-
-    fn resume(&mut self) {
-        if let Some(pid) = self.0.take() {
-            // SAFETY: as above.
-            unsafe { libc::kill(pid as i32, libc::SIGCONT) };
-        }
-    }
-}
-
-impl Drop for Paused {
-    fn drop(&mut self) {
-        self.resume();
-    }
 }
 
 /// Commits rows `(db, n)` on `mount` until `stop`, each in its own

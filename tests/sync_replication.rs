@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     assert_identical, count_in_log, http_request, replica_yaml, temp_dir, txid, wait_caught_up,
-    wait_for, Node, CATCH_UP,
+    wait_for, Node, Paused, CATCH_UP,
 };
 
 /// The journal modes synchronous replication supports, and a database
@@ -33,26 +33,6 @@ fn cluster(name: &str, replication: &str) -> (tempfile::TempDir, Node, Node) {
     );
     let replica = Node::start_in(&dir.path().join("replica"), &replica_yaml(&primary));
     (dir, primary, replica)
-}
-
-/// Stops a process with SIGSTOP until dropped (then SIGCONT), so that a
-/// failing test never leaves a stopped litefs behind its mount.
-struct Paused(u32);
-
-impl Paused {
-    fn pause(node: &Node) -> Paused {
-        let pid = node.pid().expect("the node runs");
-        // SAFETY: a signal to a child process this test started.
-        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
-        Paused(pid)
-    }
-}
-
-impl Drop for Paused {
-    fn drop(&mut self) {
-        // SAFETY: as above.
-        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
-    }
 }
 
 fn open(path: &Path, mode: &str) -> rusqlite::Connection {

@@ -754,3 +754,29 @@ pub fn http_request(
         .unwrap_or_default();
     (status, content_type, body)
 }
+
+/// Stops a node's litefs with SIGSTOP until `resume` or drop (SIGCONT),
+/// so that a failing test never leaves a stopped litefs behind its mount.
+pub struct Paused(Option<u32>);
+
+impl Paused {
+    pub fn pause(node: &Node) -> Paused {
+        let pid = node.pid().expect("the node runs");
+        // SAFETY: a signal to a child process this test started.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+        Paused(Some(pid))
+    }
+
+    pub fn resume(&mut self) {
+        if let Some(pid) = self.0.take() {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+        }
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        self.resume();
+    }
+}
