@@ -457,7 +457,7 @@ sync_runs() {
       bounded 600 target/release/examples/bench sync \
         --primary "$work/primary/mnt" --primary-port "$primary_port" \
         --replica "$work/replica/mnt" --replica-port "$replica_port" \
-        --proxy-port "$(free_port)" --delay-ms "$delay" --txns "$txns" --label "$label" \
+        --proxy-port "$proxy_port" --delay-ms "$delay" --txns "$txns" --label "$label" \
         --journal wal
       stop_pid "$replica_pid" child
       stop_pid "$primary_pid" child

@@ -63,6 +63,9 @@ impl DelayProxy {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
                     continue;
                 };
+                // As litefs's own sockets: small frames go out at once.
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
                 for (from, to) in [(&client, &server), (&server, &client)] {
                     if let (Ok(from), Ok(to)) = (from.try_clone(), to.try_clone()) {
                         forward(from, to, delay);
