@@ -21,6 +21,7 @@ pub mod ltx;
 pub mod metrics;
 pub mod node;
 pub mod priority;
+pub mod progress;
 pub mod role;
 pub mod sdnotify;
 pub mod sqlite;

@@ -666,6 +666,9 @@ fn read_page_checksums(
     let mut buf = vec![0u8; pages_per_chunk as usize * size];
     let mut checksums = PageChecksums::empty();
     checksums.pages.reserve(page_count as usize);
+    let total = u64::from(page_count) * u64::from(page_size);
+    let mut progress =
+        crate::progress::Progress::start(format!("database {db}: checking its pages"), Some(total));
     let mut pgno = 1u32;
     while pgno <= page_count {
         let count = pages_per_chunk.min(page_count - pgno + 1);
@@ -688,7 +691,9 @@ fn read_page_checksums(
             checksums.set(n, checksum);
         }
         pgno += count;
+        progress.add(chunk.len() as u64);
     }
+    progress.finish(true);
     Ok(checksums)
 }
 

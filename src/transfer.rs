@@ -9,6 +9,7 @@
 //! verified, and only then is the file fsynced and renamed into place, so
 //! the destination is either the whole, verified database or untouched.
 
+use crate::progress::{Counted, Progress};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader};
@@ -130,9 +131,11 @@ pub fn import(target: &Target, name: &str, file: &Path) -> Result<String, Error>
     if let Some(token) = &target.token {
         request = request.header("Authorization", http::auth_header(token));
     }
-    let response = request
-        .send(ureq::SendBody::from_reader(&mut BufReader::new(body)))
-        .map_err(|err| request_error(target, &url, err))?;
+    let progress = Progress::start(format!("importing {}", file.display()), Some(len)).with_bar();
+    let mut body = Counted::new(BufReader::new(body), progress);
+    let response = request.send(ureq::SendBody::from_reader(&mut body));
+    body.into_progress().finish(response.is_ok());
+    let response = response.map_err(|err| request_error(target, &url, err))?;
     let (status, mut body) = (response.status().as_u16(), response.into_body());
     let message = read_message(&mut body);
     if status != 200 {
@@ -151,8 +154,12 @@ pub fn import(target: &Target, name: &str, file: &Path) -> Result<String, Error>
 pub fn export(target: &Target, name: &str, file: &Path) -> Result<u64, Error> {
     let url = format!("{}/export?name={}", target.url, http::percent_encode(name));
     let body = get(target, &url)?;
+    let len = body.content_length();
     let tmp = temp_path(file);
-    let result = write_snapshot_as_database(body.into_reader(), &tmp, &url);
+    let progress = Progress::start(format!("exporting {name}"), len).with_bar();
+    let mut reader = Counted::new(body.into_reader(), progress);
+    let result = write_snapshot_as_database(&mut reader, &tmp, &url);
+    reader.into_progress().finish(result.is_ok());
     match result {
         Ok(txid) => {
             let done = || -> io::Result<()> {

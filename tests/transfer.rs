@@ -441,3 +441,51 @@ fn status_says_what_each_node_is_and_holds() {
         output_text(&out)
     );
 }
+
+#[test]
+fn long_work_logs_its_start_and_end() {
+    let dir = temp_dir("progress");
+    let mut primary = Node::start_in(&dir.path().join("primary"), "");
+    let replica = Node::start_in(&dir.path().join("replica"), &replica_yaml(&primary));
+    // 72 MiB: over the size from which work logs its start and end.
+    let file = dir.path().join("big.db");
+    make_file(
+        &file,
+        "PRAGMA page_size=65536; CREATE TABLE t(v);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<72)
+         INSERT INTO t SELECT randomblob(1048576) FROM n;",
+    );
+    let out = transfer("import", "big.db", config(&primary), &file);
+    assert!(out.status.success(), "{}", output_text(&out));
+    wait_caught_up(&primary, &replica, "big.db");
+    let copy = dir.path().join("copy.db");
+    let out = transfer("export", "big.db", config(&primary), &copy);
+    assert!(out.status.success(), "{}", output_text(&out));
+
+    let log = primary.log_text();
+    for line in [
+        "import of big.db from 127.0.0.1",
+        "database big.db: sending an LTX file to 127.0.0.1",
+        "database big.db: export to 127.0.0.1",
+    ] {
+        assert!(log.contains(line), "no {line:?} in the primary's log");
+    }
+    assert_eq!(log.matches(": started, 7").count(), 3, "{log}");
+    assert_eq!(log.matches(": done, 7").count(), 3, "{log}");
+    let replica_log = replica.log_text();
+    assert!(replica_log.contains("database big.db: receiving an LTX file from"));
+    assert!(replica_log.contains(": done, 7"));
+
+    // Start-up checks a large database's pages.
+    primary.stop();
+    primary.restart();
+    let log = primary.log_text();
+    assert!(
+        log.contains("database big.db: checking its pages: started, 7"),
+        "{log}"
+    );
+    assert!(
+        log.contains("database big.db: checking its pages: done, 7"),
+        "{log}"
+    );
+}

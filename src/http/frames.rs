@@ -261,19 +261,25 @@ impl<R: Read> FrameReader<'_, R> {
             .map_err(|err| io_error("writing a received LTX file", err))?;
         let mut buf = vec![0u8; READ_BUFFER];
         let mut left = len - head.len() as u64;
+        let mut progress = crate::progress::Progress::start(
+            format!("database {name}: receiving an LTX file from {}", self.url),
+            Some(len),
+        );
         while left > 0 {
             let want = left.min(buf.len() as u64) as usize;
             let n = match self.reader.read(&mut buf[..want]) {
                 Ok(0) => {
+                    progress.finish(false);
                     return Err(self.protocol(format!(
                         "database {name}: the stream ended after {} of the {len} bytes \
                          of an LTX file",
                         len - left
-                    )))
+                    )));
                 }
                 Ok(n) => n,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => {
+                    progress.finish(false);
                     let what = format!(
                         "an LTX file of database {name} (after {} of {len} bytes)",
                         len - left
@@ -284,7 +290,9 @@ impl<R: Read> FrameReader<'_, R> {
             file.write_all(&buf[..n])
                 .map_err(|err| io_error("writing a received LTX file", err))?;
             left -= n as u64;
+            progress.add(n as u64);
         }
+        progress.finish(true);
         // Not synced here: the store syncs what it keeps (`Db::enqueue_ltx`,
         // `Db::apply_ltx`), once.
         Ok(())

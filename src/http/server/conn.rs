@@ -16,7 +16,6 @@
 //! - Every write has `WRITE_TIMEOUT`: a client that stops reading loses its
 //!   connection instead of holding a thread.
 
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -385,7 +384,12 @@ impl Request {
     }
 
     /// Answers 200 with the `len` bytes of `file`, then ends the connection.
-    pub fn respond_file(mut self, content_type: &str, file: File, len: u64) -> io::Result<()> {
+    pub fn respond_file(
+        mut self,
+        content_type: &str,
+        file: impl io::Read,
+        len: u64,
+    ) -> io::Result<()> {
         self.discard_small_body();
         let head = response_head(200, content_type, Some(len), &[]);
         self.stream.tcp().set_write_timeout(Some(WRITE_TIMEOUT))?;

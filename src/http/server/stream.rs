@@ -145,14 +145,25 @@ impl Out {
     }
 
     /// Sends an `L` frame with the `len` bytes of `file`.
-    fn send_ltx(&mut self, name: &str, file: &mut impl Read, len: u64) -> Result<(), End> {
+    fn send_ltx(
+        &mut self,
+        name: &str,
+        peer: &str,
+        file: &mut impl Read,
+        len: u64,
+    ) -> Result<(), End> {
         self.writer.write_all(&wire::ltx_frame_header(name, len))?;
         let mut buf = vec![0u8; COPY_BUFFER];
         let mut left = len;
+        let mut progress = crate::progress::Progress::start(
+            format!("database {name}: sending an LTX file to {peer}"),
+            Some(len),
+        );
         while left > 0 {
             let want = left.min(buf.len() as u64) as usize;
             let n = match file.read(&mut buf[..want]) {
                 Ok(0) => {
+                    progress.finish(false);
                     // The frame is half sent: the stream cannot go on.
                     return Err(End::Fatal(format!(
                         "database {name}: an LTX file shrank while it was being sent \
@@ -163,14 +174,20 @@ impl Out {
                 Ok(n) => n,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => {
+                    progress.finish(false);
                     return Err(End::Fatal(format!(
                         "database {name}: reading an LTX file to send failed: {err}"
-                    )))
+                    )));
                 }
             };
-            self.writer.write_all(&buf[..n])?;
+            if let Err(err) = self.writer.write_all(&buf[..n]) {
+                progress.finish(false);
+                return Err(err.into());
+            }
             left -= n as u64;
+            progress.add(n as u64);
         }
+        progress.finish(true);
         self.writer.flush()?;
         self.last_write = Instant::now();
         Ok(())
@@ -485,7 +502,7 @@ impl Stream<'_> {
                         )))
                     }
                 };
-                self.out.send_ltx(name, &mut file, *len)?;
+                self.out.send_ltx(name, &self.peer, &mut file, *len)?;
             } else {
                 let mut merged = Vec::with_capacity(run_bytes as usize);
                 // Opened one at a time, as the merge reaches each.
@@ -499,7 +516,8 @@ impl Stream<'_> {
                     )));
                 }
                 let len = merged.len() as u64;
-                self.out.send_ltx(name, &mut merged.as_slice(), len)?;
+                self.out
+                    .send_ltx(name, &self.peer, &mut merged.as_slice(), len)?;
             }
             pos = run_pos;
             self.replica.sent(self.shared, name, pos);
@@ -582,7 +600,7 @@ impl Stream<'_> {
              {reason} (replica at {replica}, primary at {primary})",
             self.peer
         );
-        self.out.send_ltx(name, &mut file, len)?;
+        self.out.send_ltx(name, &self.peer, &mut file, len)?;
         self.replica.sent(self.shared, name, pos);
         self.shared.snapshots_sent.fetch_add(1, Ordering::SeqCst);
         Ok(())

@@ -9,6 +9,7 @@
 //! temporary file first (retried while a write transaction is under way),
 //! so what is sent is one consistent, checksummed state.
 
+use crate::progress::{Counted, Progress};
 use std::fs::File;
 use std::io::{self, Write};
 use std::sync::atomic::Ordering;
@@ -70,11 +71,14 @@ pub(super) fn import(shared: &Shared, mut request: Request, query: &str) -> u16 
         ))),
         Err(err) => return refuse(request, 500, &err.to_string()),
     };
+    let progress = Progress::start(format!("import of {name} from {peer}"), Some(len));
+    let mut body = Counted::new(request.body(), progress);
     let received = File::create(&tmp.0).and_then(|file| {
         let mut file = io::BufWriter::with_capacity(COPY_BUFFER, file);
-        io::copy(&mut request.body(), &mut file)?;
+        io::copy(&mut body, &mut file)?;
         file.flush()
     });
+    body.into_progress().finish(received.is_ok());
     if let Err(err) = received {
         log::warn!("import of {name} ({len} bytes) from {peer}: receiving the file failed: {err}");
         return respond_text(
@@ -163,7 +167,13 @@ pub(super) fn export(shared: &Shared, request: Request, query: &str) -> u16 {
         Ok(opened) => opened,
         Err(err) => return respond_text(request, 500, &format!("export failed: {err}"), &[]),
     };
-    match request.respond_file(LTX_CONTENT_TYPE, file, len) {
+    let mut file = Counted::new(
+        file,
+        Progress::start(format!("database {name}: export to {peer}"), Some(len)),
+    );
+    let sent = request.respond_file(LTX_CONTENT_TYPE, &mut file, len);
+    file.into_progress().finish(sent.is_ok());
+    match sent {
         Ok(()) => log::info!("database {name}: exported {len} bytes to {peer}"),
         Err(err) => log::debug!("database {name}: sending an export to {peer} failed: {err}"),
     }
