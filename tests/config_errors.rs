@@ -310,8 +310,15 @@ fn replication_settings_are_checked() {
     assert_eq!(r.sync_fallback, config::SyncFallback::Async);
     assert_eq!(r.sync_failover, config::SyncFailover::TakeOver);
     assert!(r.wal_through_litefs());
-    let r = parse("mount-dir: /m\nreplication:\n  max-lag: 10s\n").replication;
-    assert_eq!((r.sync, r.max_lag), (0, Duration::from_secs(10)));
+    let r = parse("mount-dir: /m\nreplication:\n  max-lag: 10s\n  max-lag-txns: 500\n").replication;
+    assert_eq!(
+        (r.sync, r.max_lag, r.max_lag_txns),
+        (0, Duration::from_secs(10), 500)
+    );
+    let (_, message) = refuse("mount-dir: /m\nreplication:\n  max-lag-txns: lots\n");
+    assert_mentions(&message, &["replication.max-lag-txns", "whole number"]);
+    let (_, message) = refuse("mount-dir: /m\nreplication:\n  sync: 1\n  max-lag-txns: 5\n");
+    assert_mentions(&message, &["replication.max-lag", "replication.sync"]);
     assert!(!parse("mount-dir: /m\n").replication.wal_through_litefs());
 
     let (_, message) = refuse("mount-dir: /m\nreplication:\n  sync: -1\n");

@@ -88,7 +88,8 @@ fn bad_requests_get_clear_answers_and_harm_no_one() {
             "{{\"primary\":true,\"primary_hostname\":null,\"lag_seconds\":0.000,\"streams\":1,\
              \"dbs\":{{\"a\":\"{pos}\"}},\"db_lag_seconds\":{{\"a\":0.000}},\"replicas\":[{{\"peer\":"
         )) && body.ends_with(&format!(
-            ",\"sent\":{{\"a\":\"{pos}\"}}}}],\"acknowledged\":[]}}\n"
+            ",\"sent\":{{\"a\":\"{pos}\"}}}}],\"acknowledged\":[],\
+             \"sync\":{{\"replicas\":0,\"degraded\":false,\"in_sync_set\":null}}}}\n"
         )),
         "{body}"
     );

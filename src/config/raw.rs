@@ -121,6 +121,8 @@ pub(super) struct RawReplication {
     pub(super) max_lag: Option<Value>,
     #[serde(rename = "max-lag-wait")]
     pub(super) max_lag_wait: Option<Value>,
+    #[serde(rename = "max-lag-txns")]
+    pub(super) max_lag_txns: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

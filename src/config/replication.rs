@@ -1,6 +1,6 @@
 //! The `replication:` keys: synchronous replication (`sync`,
 //! `sync-timeout`, `sync-fallback`, `sync-failover`) and the time-bounded
-//! asynchronous mode (`max-lag`, `max-lag-wait`). What each mode promises
+//! asynchronous mode (`max-lag`, `max-lag-txns`, `max-lag-wait`). What each mode promises
 //! is in README.md ("Guarantees"); how commits wait and writes are held,
 //! in `store/acks.rs`.
 
@@ -41,13 +41,21 @@ pub struct ReplicationConfig {
     /// How long a write refused for `max_lag` first waits for a replica
     /// (`replication.max-lag-wait`).
     pub max_lag_wait: Duration,
+    /// The most transactions of a database no replica holds before new
+    /// commits are refused too (`replication.max-lag-txns`); 0: no bound.
+    pub max_lag_txns: u64,
 }
 
 impl ReplicationConfig {
     /// Whether every write to a WAL must reach litefs: a synchronous
     /// commit waits at its commit frame, and `max-lag` refuses frames.
     pub fn wal_through_litefs(&self) -> bool {
-        self.sync > 0 || !self.max_lag.is_zero()
+        self.sync > 0 || self.bounds_lag()
+    }
+
+    /// Whether `max-lag` or `max-lag-txns` bounds asynchronous replication.
+    pub fn bounds_lag(&self) -> bool {
+        !self.max_lag.is_zero() || self.max_lag_txns > 0
     }
 }
 
@@ -60,6 +68,7 @@ impl Default for ReplicationConfig {
             sync_failover: SyncFailover::Wait,
             max_lag: Duration::ZERO,
             max_lag_wait: Duration::ZERO,
+            max_lag_txns: 0,
         }
     }
 }
@@ -144,14 +153,29 @@ pub(super) fn replication_config(
             Duration::ZERO,
             MAX_LAG_LIMIT,
         )?;
-        if config.sync > 0 && !config.max_lag.is_zero() {
-            return Err(invalid(
-                source,
-                "replication.max-lag",
-                "bounds asynchronous replication; with replication.sync set every commit \
-                 waits for its replicas already: leave one of them out",
-            ));
-        }
+    }
+    if let Some(value) = raw.max_lag_txns {
+        config.max_lag_txns = match &value {
+            Value::Number(n) if n.as_u64().is_some() => n.as_u64().unwrap_or(0),
+            other => {
+                return Err(invalid(
+                    source,
+                    "replication.max-lag-txns",
+                    format!(
+                        "expected a whole number of transactions (0: no bound), not `{}`",
+                        serde_yaml::to_string(other).unwrap_or_default().trim()
+                    ),
+                ))
+            }
+        };
+    }
+    if config.sync > 0 && config.bounds_lag() {
+        return Err(invalid(
+            source,
+            "replication.max-lag",
+            "bounds asynchronous replication (so does max-lag-txns); with replication.sync \
+             set every commit waits for its replicas already: leave one of them out",
+        ));
     }
     if let Some(value) = raw.max_lag_wait {
         config.max_lag_wait = duration_in(

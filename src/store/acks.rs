@@ -153,8 +153,7 @@ impl Acks {
 
     /// Sets how commits wait (`replication:`), once at start-up.
     pub fn configure(&self, config: ReplicationConfig) {
-        self.bounds_lag
-            .store(!config.max_lag.is_zero(), Ordering::SeqCst);
+        self.bounds_lag.store(config.bounds_lag(), Ordering::SeqCst);
         self.lock().config = Some(config);
     }
 

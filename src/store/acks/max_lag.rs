@@ -22,27 +22,31 @@ use std::time::{Duration, Instant};
 use super::{Acks, State};
 use crate::store::Position;
 
-/// A write refused because no replica holds transactions older than
-/// `max-lag`.
+/// A commit refused because no replica holds transactions older than
+/// `max-lag`, or that many (`max-lag-txns`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LagExceeded {
     /// The oldest transaction no replica holds, its database and age.
     pub db: String,
     pub pos: Position,
     pub age: Duration,
-    pub max_lag: Duration,
+    /// How many transactions of `db` no replica holds.
+    pub txns: u64,
+    /// Which bound, said for people.
+    pub bound: String,
 }
 
 impl std::fmt::Display for LagExceeded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "no replica has acknowledged TXID {} of database {}, committed {:.1} s ago \
-             (replication.max-lag is {:.1} s)",
-            self.pos,
+            "no replica has acknowledged the {} newest transactions of database {}, the \
+             oldest TXID {} committed {:.1} s ago ({})",
+            self.txns,
             self.db,
+            self.pos,
             self.age.as_secs_f64(),
-            self.max_lag.as_secs_f64()
+            self.bound
         )
     }
 }
@@ -66,6 +70,42 @@ impl State {
             .iter()
             .filter_map(|(db, unheld)| unheld.front().map(|(pos, at)| (db.as_str(), *pos, *at)))
             .min_by_key(|(_, _, at)| *at)
+    }
+
+    /// How many transactions of `db` no replica holds: from the first
+    /// unheld file's TXID (a WAL batch counts as its newest) to the newest.
+    fn unheld_txns(&self, db: &str) -> u64 {
+        self.unheld
+            .get(db)
+            .map_or(0, |unheld| match (unheld.front(), unheld.back()) {
+                (Some((front, _)), Some((back, _))) => back.txid - front.txid + 1,
+                _ => 0,
+            })
+    }
+
+    /// Why a commit of `db` is refused now, if it is.
+    fn exceeded(&self, db: &str) -> Option<LagExceeded> {
+        let config = self.config?;
+        let (oldest, pos, at) = self.oldest_unheld()?;
+        let age = at.elapsed();
+        let txns = self.unheld_txns(db);
+        let bound = if !config.max_lag.is_zero() && age > config.max_lag {
+            format!(
+                "replication.max-lag is {:.1} s",
+                config.max_lag.as_secs_f64()
+            )
+        } else if config.max_lag_txns > 0 && txns > config.max_lag_txns {
+            format!("replication.max-lag-txns is {}", config.max_lag_txns)
+        } else {
+            return None;
+        };
+        Some(LagExceeded {
+            db: oldest.to_string(),
+            pos,
+            age,
+            txns,
+            bound,
+        })
     }
 }
 
@@ -116,14 +156,9 @@ impl Acks {
         };
         let deadline = Instant::now() + config.max_lag_wait;
         loop {
-            let exceeded = match state.oldest_unheld() {
-                Some((oldest, pos, at)) if at.elapsed() > config.max_lag => LagExceeded {
-                    db: oldest.to_string(),
-                    pos,
-                    age: at.elapsed(),
-                    max_lag: config.max_lag,
-                },
-                _ => {
+            let exceeded = match state.exceeded(db) {
+                Some(exceeded) => exceeded,
+                None => {
                     if state.refusing {
                         state.refusing = false;
                         log::info!(

@@ -229,3 +229,24 @@ fn max_lag_counts_from_the_oldest_transaction_no_replica_holds() {
     std::thread::sleep(Duration::from_millis(40));
     assert!(acks.admit("db").is_ok());
 }
+
+#[test]
+fn max_lag_txns_counts_what_no_replica_holds() {
+    let acks = Acks::default();
+    acks.configure(ReplicationConfig {
+        max_lag_txns: 2,
+        ..ReplicationConfig::default()
+    });
+    acks.note_recorded("db", pos(1, 11));
+    acks.note_recorded("db", pos(2, 22));
+    assert!(acks.admit("db").is_ok());
+    acks.note_recorded("db", pos(3, 33));
+    let refused = acks.admit("db").unwrap_err();
+    assert_eq!((refused.txns, refused.pos), (3, pos(1, 11)));
+    assert!(
+        refused.to_string().contains("max-lag-txns is 2"),
+        "{refused}"
+    );
+    ack(&acks, "a", "db", pos(1, 11));
+    assert!(acks.admit("db").is_ok());
+}
