@@ -26,8 +26,8 @@ pub use client::{
 };
 pub use frames::read_frames;
 pub use server::{
-    parse_request_head, percent_encode, Limits, Server, Stats, HEAD_TIMEOUT, MAX_CONNECTIONS,
-    MAX_CONNECTIONS_PER_CLIENT,
+    parse_request_head, percent_encode, LeaseInfo, Limits, Server, Stats, HEAD_TIMEOUT,
+    MAX_CONNECTIONS, MAX_CONNECTIONS_PER_CLIENT,
 };
 pub use wire::{
     format_positions, parse_positions, CONTENT_TYPE, HEARTBEAT_INTERVAL, IDLE_TIMEOUT,

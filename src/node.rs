@@ -217,6 +217,14 @@ pub fn run(config: &Config) -> Result<u8, Error> {
         );
     }
     server.set_serving(role.is_primary());
+    server.set_lease_info(http::LeaseInfo {
+        kind: match config.lease.kind {
+            LeaseKind::Consul => "consul",
+            LeaseKind::Static => "static",
+        },
+        hostname: config.lease.hostname.clone(),
+        ttl: config.lease.consul.as_ref().map(|consul| consul.ttl),
+    });
     info!("replication server listening on {}", server.local_addr());
 
     let allow_other = config.fuse.allow_other.unwrap_or_else(is_root);

@@ -30,6 +30,21 @@ pub struct Info {
     pub acknowledged: Vec<Acknowledged>,
     /// Synchronous replication as the node runs it.
     pub sync: SyncStatus,
+    /// The lease: kind, holder, TTL.
+    pub lease: Option<LeaseStatus>,
+}
+
+/// The lease as a node sees it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct LeaseStatus {
+    /// `consul` or `static`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The node holding it (this one while it is primary), when known.
+    pub holder: Option<String>,
+    /// The Consul session's TTL in seconds; none for a static lease.
+    pub ttl_seconds: Option<f64>,
 }
 
 /// Synchronous replication (`replication.sync`) on a node.
@@ -106,6 +121,16 @@ pub fn format(url: &str, info: &Info) -> String {
             None => format!("{url}: replica, no primary known\n"),
         }
     };
+    if let Some(lease) = &info.lease {
+        out.push_str(&format!(
+            "  lease: {}, held by {}{}\n",
+            lease.kind,
+            lease.holder.as_deref().unwrap_or("no one known"),
+            lease
+                .ttl_seconds
+                .map_or(String::new(), |ttl| format!(", session TTL {ttl:.0} s"))
+        ));
+    }
     if info.dbs.is_empty() {
         out.push_str("  no databases\n");
     }

@@ -89,7 +89,7 @@ fn bad_requests_get_clear_answers_and_harm_no_one() {
              \"dbs\":{{\"a\":\"{pos}\"}},\"db_lag_seconds\":{{\"a\":0.000}},\"replicas\":[{{\"peer\":"
         )) && body.ends_with(&format!(
             ",\"sent\":{{\"a\":\"{pos}\"}}}}],\"acknowledged\":[],\
-             \"sync\":{{\"replicas\":0,\"degraded\":false,\"in_sync_set\":null}}}}\n"
+             \"sync\":{{\"replicas\":0,\"degraded\":false,\"in_sync_set\":null}},\"lease\":null}}\n"
         )),
         "{body}"
     );

@@ -153,6 +153,11 @@ fn a_crash_failover_keeps_every_acknowledged_commit() {
             // The new primary names itself in Consul, then its replicas.
             let (_, _, info) = http_request(nodes[primary].port, "GET", "/info", None);
             assert!(info.contains("\"in_sync_set\":["), "{info}");
+            let lease = "\"lease\":{\"type\":\"consul\",\"holder\":\"node-";
+            assert!(
+                info.contains(lease) && info.contains("\"ttl_seconds\":10.0}"),
+                "{info}"
+            );
         }
         acknowledged.extend(written.iter().copied());
         let mut lost = 0;

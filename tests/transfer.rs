@@ -404,6 +404,7 @@ fn status_says_what_each_node_is_and_holds() {
         },
     );
     assert!(text.contains(": primary, 1 replication stream\n"), "{text}");
+    assert!(text.contains("  lease: static, held by "), "{text}");
     assert!(
         text.contains(&format!("  app.db  TXID {txid}  checksum {checksum}\n")),
         "{text}"
@@ -417,6 +418,10 @@ fn status_says_what_each_node_is_and_holds() {
     assert!(out.status.success(), "{}", output_text(&out));
     let text = output_text(&out);
     assert!(text.contains(": replica of primary-host, "), "{text}");
+    assert!(
+        text.contains("  lease: static, held by primary-host\n"),
+        "{text}"
+    );
     assert!(
         text.contains(&format!("  app.db  TXID {txid}  checksum {checksum}  ")),
         "{text}"

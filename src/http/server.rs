@@ -45,6 +45,17 @@ use crate::store::{self, Db, Position, Store};
 /// throughout (`POST /import`; the node hands in `Applier::import`).
 pub type ImportFn = Box<dyn Fn(&Db, &Path, &Role) -> Result<Position, store::Error> + Send + Sync>;
 
+/// The lease as `/info` shows it.
+#[derive(Debug, Clone)]
+pub struct LeaseInfo {
+    /// `consul` or `static`.
+    pub kind: &'static str,
+    /// This node's hostname: the lease's holder while it is primary.
+    pub hostname: String,
+    /// The Consul session's TTL; `None` for a static lease.
+    pub ttl: Option<Duration>,
+}
+
 mod accept;
 mod ack;
 mod conn;
@@ -158,6 +169,8 @@ struct Shared {
     snapshots_sent: AtomicU64,
     /// What `/import` needs from the node, once the mount is up.
     importer: OnceLock<(ImportFn, Arc<Role>)>,
+    /// What `/info` says of the lease (`set_lease_info`).
+    lease_info: OnceLock<LeaseInfo>,
 }
 
 impl Shared {
@@ -263,6 +276,7 @@ impl Server {
             ltx_files_sent: AtomicU64::new(0),
             snapshots_sent: AtomicU64::new(0),
             importer: OnceLock::new(),
+            lease_info: OnceLock::new(),
         });
         let accept_thread = {
             let shared = shared.clone();
@@ -308,6 +322,12 @@ impl Server {
     /// imports are refused unless `role` is primary.
     pub fn set_importer(&self, import: ImportFn, role: Arc<Role>) {
         let _ = self.shared.importer.set((import, role));
+    }
+
+    /// What `/info` says of the lease: its kind, this node's hostname
+    /// (the holder while it is primary) and the session TTL.
+    pub fn set_lease_info(&self, info: LeaseInfo) {
+        let _ = self.shared.lease_info.set(info);
     }
 
     /// Whether this node serves replication streams.
@@ -564,7 +584,7 @@ fn positions_json<'a>(list: impl Iterator<Item = (&'a str, Position)>) -> String
 /// "degraded": bool, "in_sync_set": [id] or null}}` (`replicas`: each
 /// stream's replica and what was sent to it; `acknowledged`: what replica
 /// nodes said they hold durably, `ack.rs`; `sync`: synchronous
-/// replication).
+/// replication; `lease`: its kind, holder and TTL).
 fn info_json(shared: &Shared) -> String {
     let primary = shared.serving.load(Ordering::SeqCst);
     let dbs = shared.store.dbs();
@@ -606,13 +626,37 @@ fn info_json(shared: &Shared) -> String {
     format!(
         "{{\"primary\":{primary},\"primary_hostname\":{primary_hostname},\"lag_seconds\":{lag:.3},\
          \"streams\":{},\"dbs\":{{{}}},\"db_lag_seconds\":{{{}}},\"replicas\":[{}],\"acknowledged\":{},\
-         \"sync\":{}}}\n",
+         \"sync\":{},\"lease\":{}}}\n",
         shared.streams_active.load(Ordering::SeqCst),
         positions_json(dbs.iter().map(|db| (db.name(), db.pos()))),
         lags.join(","),
         replicas.join(","),
         ack::json(shared),
-        ack::sync_json(shared)
+        ack::sync_json(shared),
+        lease_json(shared, primary)
+    )
+}
+
+/// `{"type": "consul"|"static", "holder": hostname or null, "ttl_seconds":
+/// f64 or null}`: the holder is this node while it is primary, else the
+/// primary it follows (when known).
+fn lease_json(shared: &Shared, primary: bool) -> String {
+    let Some(info) = shared.lease_info.get() else {
+        return "null".to_string();
+    };
+    let holder = if primary {
+        Some(info.hostname.clone())
+    } else {
+        shared.importer.get().and_then(|(_, role)| role.hostname())
+    };
+    format!(
+        "{{\"type\":{},\"holder\":{},\"ttl_seconds\":{}}}",
+        crate::json::string(info.kind),
+        holder.map_or("null".to_string(), |h| crate::json::string(&h)),
+        info.ttl.map_or("null".to_string(), |ttl| format!(
+            "{:.1}",
+            ttl.as_secs_f64()
+        ))
     )
 }
 
