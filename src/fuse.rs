@@ -72,6 +72,18 @@ use inodes::{Inodes, LAG_INO, PRIMARY_INO, ROOT_INO};
 use journal_states::JournalStates;
 use sync_commit::Kind;
 
+/// When a recorded journal transaction is answered to SQLite
+/// (`LitefsFs::finish_commit`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// At once: SQLite was told it committed already (recorded late).
+    Now,
+    /// Once the replicas `replication.sync` asks for hold it.
+    AfterReplicas,
+    /// The same, after `max-lag` admitted it (not asked at recording).
+    AfterAdmitAndReplicas,
+}
+
 /// How long the kernel may cache names and attributes. Every change on a
 /// primary passes through the kernel, so it stays coherent; a replica
 /// invalidates what it changes.
@@ -483,14 +495,15 @@ impl LitefsFs {
     /// and wait for the replicas synchronous replication asks for
     /// (`sync_commit.rs`).
     fn commit(&self, db: &Db) -> Result<(), Errno> {
-        let recorded = self.record_commit(db)?;
-        self.finish_commit(db, recorded, true)
+        let recorded = self.record_commit(db, true)?;
+        self.finish_commit(db, recorded, Answer::AfterReplicas)
     }
 
-    /// Records the journal's transaction (refused with `max-lag`,
-    /// `sync_commit.rs`): its position, `None` when no transaction is
-    /// active or it changed nothing. `finish_commit` must follow.
-    fn record_commit(&self, db: &Db) -> Result<Option<Position>, Errno> {
+    /// Records the journal's transaction: its position, `None` when no
+    /// transaction is active or it changed nothing. With `admit`, refused
+    /// by `max-lag` before the streams are woken (`sync_commit.rs`).
+    /// `finish_commit` must follow.
+    fn record_commit(&self, db: &Db, admit: bool) -> Result<Option<Position>, Errno> {
         if !self.journal_active(db.name()) {
             return Ok(None);
         }
@@ -498,7 +511,9 @@ impl LitefsFs {
         match db.commit() {
             Ok(Some(pos)) => {
                 debug!("db {}: committed TXID {}", db.name(), pos);
-                self.admit_commit(db, pos, Kind::Journal, Db::take_back)?;
+                if admit {
+                    self.admit_commit(db, pos, Kind::Journal, Db::take_back)?;
+                }
                 self.recorded();
                 Ok(Some(pos))
             }
@@ -518,11 +533,19 @@ impl LitefsFs {
     /// After `record_commit`: waits for the replicas (when `wait`; see
     /// `sync_commit.rs`), then ends the journal's transaction. A commit
     /// taken back leaves it active: SQLite rolls it back.
-    fn finish_commit(&self, db: &Db, recorded: Option<Position>, wait: bool) -> Result<(), Errno> {
+    fn finish_commit(
+        &self,
+        db: &Db,
+        recorded: Option<Position>,
+        answer: Answer,
+    ) -> Result<(), Errno> {
         let Some(pos) = recorded else {
             return Ok(());
         };
-        if wait {
+        if answer == Answer::AfterAdmitAndReplicas {
+            self.admit_commit(db, pos, Kind::Journal, Db::take_back)?;
+        }
+        if answer != Answer::Now {
             self.await_replicas(db, pos, Kind::Journal, Db::take_back)?;
         }
         self.journal_committed(db.name(), true);

@@ -239,6 +239,11 @@ fn a_commit_taken_back_stays_out_after_kill_9_of_the_primary() {
         primary.restart();
         assert_eq!(primary.pos(name), before, "{mode}");
         assert_eq!(rows(&primary.db(name)), vec![1], "{mode}");
+        // The replica reconnects (after its backoff) and holds everything
+        // again before the next commit's 300 ms run out.
+        wait_for("the replica back in sync", CATCH_UP, || {
+            metric(&primary, "litefs_replicas_in_sync") == 1.0
+        });
         let conn = open(&primary.db(name), mode);
         conn.execute("INSERT INTO t VALUES(3)", []).unwrap();
         wait_caught_up(&primary, &replica, name);

@@ -328,7 +328,9 @@ impl Applier {
             let applied = db
                 .write_import_ltx(src, &tmp)
                 .and_then(|_| self.apply_ltx(db, &tmp, &lock, false))
-                .inspect(|_| {
+                .inspect(|pos| {
+                    // A transaction of this primary's: `max-lag` counts it.
+                    db.note_imported(*pos);
                     // The database is imported whatever happens here.
                     if let Err(e) = db.keep_tail_of(src) {
                         warn!("db {}: {e}", db.name());

@@ -69,7 +69,7 @@ use log::{error, warn};
 
 use super::inodes::FileKind;
 use super::passthrough::Backing;
-use super::LitefsFs;
+use super::{Answer, LitefsFs};
 use crate::sqlite::{
     read_journal_head, read_journal_head_from, JOURNAL_HEADER_SIZE, JOURNAL_MAGIC,
 };
@@ -138,8 +138,8 @@ impl LitefsFs {
                         db.name()
                     );
                     // Reported committed long ago: not waited for.
-                    let recorded = self.record_commit(db)?;
-                    self.finish_commit(db, recorded, false)?;
+                    let recorded = self.record_commit(db, false)?;
+                    self.finish_commit(db, recorded, Answer::Now)?;
                     unseen.remove(db.name());
                 }
             }
@@ -199,7 +199,9 @@ impl LitefsFs {
                 }
             }
         };
-        let recorded = match self.record_commit(db) {
+        // `max-lag` and the replicas are asked once `unseen_txns` is let
+        // go: other databases' journals need it meanwhile.
+        let recorded = match self.record_commit(db, false) {
             Ok(recorded) => recorded,
             Err(e) => {
                 put_back(unseen.get(db.name()));
@@ -210,7 +212,7 @@ impl LitefsFs {
         // waits for replicas; SQLite's lock keeps this one's transaction.
         let noted = unseen.remove(db.name());
         drop(unseen);
-        if let Err(e) = self.finish_commit(db, recorded, true) {
+        if let Err(e) = self.finish_commit(db, recorded, Answer::AfterAdmitAndReplicas) {
             // Taken back: the transaction is live again, as before.
             let mut unseen = self.unseen_txns.lock().unwrap_or_else(|e| e.into_inner());
             put_back(noted.as_ref());
@@ -232,8 +234,8 @@ impl LitefsFs {
         }
         // Reported committed already: not waited for.
         match self
-            .record_commit(db)
-            .and_then(|recorded| self.finish_commit(db, recorded, false))
+            .record_commit(db, false)
+            .and_then(|recorded| self.finish_commit(db, recorded, Answer::Now))
         {
             Ok(()) => {
                 unseen.remove(db.name());

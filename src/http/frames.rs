@@ -265,6 +265,7 @@ impl<R: Read> FrameReader<'_, R> {
             format!("database {name}: receiving an LTX file from {}", self.url),
             Some(len),
         );
+        progress.add(head.len() as u64);
         while left > 0 {
             let want = left.min(buf.len() as u64) as usize;
             let n = match self.reader.read(&mut buf[..want]) {
@@ -287,8 +288,10 @@ impl<R: Read> FrameReader<'_, R> {
                     return Err(self.read_error(err, &what));
                 }
             };
-            file.write_all(&buf[..n])
-                .map_err(|err| io_error("writing a received LTX file", err))?;
+            if let Err(err) = file.write_all(&buf[..n]) {
+                progress.finish(false);
+                return Err(io_error("writing a received LTX file", err));
+            }
             left -= n as u64;
             progress.add(n as u64);
         }

@@ -545,7 +545,7 @@ fn route(shared: &Arc<Shared>, mut request: Request, path: &str, slot: &ConnSlot
                 let store = &shared.store;
                 store
                     .acks()
-                    .record(node, peer, positions.clone(), &|| store.positions());
+                    .record_listing(node, peer, positions.clone(), &|| store.positions());
             }
             metrics::http_request(path, 200);
             serve_stream(shared, request.into_stream(), peer, positions);

@@ -351,6 +351,10 @@ fn apply_front(
             if e.is_local_io() {
                 shared.fatal.report(format!("db {}: {e}", db.name()));
             }
+            // Under the gate, as every change to the queue: the stream
+            // thread's acknowledgement of a file queued now cannot come
+            // after this one's lower position.
+            let _gate = shared.gate();
             if let Some(path) = db.front_queued() {
                 drop_queue(&path);
             }

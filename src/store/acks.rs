@@ -34,7 +34,9 @@
 //! A member leaves after a set without it is published. So the published
 //! set is always one whose every node holds every acknowledged
 //! transaction. Degrading to asynchronous publishes an empty set first
-//! (only the primary holds everything). Without a publisher (a static
+//! (only the primary holds everything; should Consul not answer, an ERROR
+//! says that a replica published before may take over without the
+//! newest transactions). Without a publisher (a static
 //! lease) a commit waits for any N nodes.
 //!
 //! Locks: `publisher` is held while the set is changed and published (a
@@ -221,7 +223,7 @@ impl Acks {
             if let Err(e) = self.publish(publish, &BTreeSet::new()) {
                 log::warn!(
                     "synchronous replication: cannot publish this node as the primary with no \
-                     replica in sync yet ({e}); commits wait until it can"
+                     replica in sync yet ({e}); commits time out until it can"
                 );
             }
         }
@@ -285,6 +287,23 @@ impl Acks {
             self.publish_if_held(publisher.as_ref(), newest);
         }
         self.changed.notify_all();
+    }
+
+    /// What replica node `node` listed when its stream began (`/stream
+    /// ?node=`): recorded only for databases it has not acknowledged
+    /// before, since its own acknowledgements (`record`) may be newer or
+    /// older than the listing and arrive in any order with it.
+    pub fn record_listing(
+        &self,
+        node: &str,
+        peer: SocketAddr,
+        mut dbs: BTreeMap<String, Position>,
+        newest: &dyn Fn() -> Vec<(String, Position)>,
+    ) {
+        if let Some(acked) = self.lock().nodes.get(node) {
+            dbs.retain(|name, _| !acked.dbs.contains_key(name));
+        }
+        self.record(node, peer, dbs, newest);
     }
 
     /// A member of the in-sync set no longer holds what it acknowledged:

@@ -60,6 +60,7 @@ impl Store {
         sync_dir(&self.dbs_dir)?;
         db.deleted.store(true, Ordering::SeqCst);
         db.clear_queue();
+        self.acks.forget_db(name);
         dbs.remove(name);
         drop(state);
         drop(dbs);

@@ -101,6 +101,12 @@ impl Recorded {
 }
 
 impl Db {
+    /// This primary imported a file as the transaction at `pos`
+    /// (`Applier::import`): `replication.max-lag` counts it like a commit.
+    pub fn note_imported(&self, pos: Position) {
+        self.acks.note_recorded(&self.name, pos);
+    }
+
     /// Takes back the transaction recorded at `pos`, the newest (see the
     /// module comment). Returns the position before it. Refused when `pos`
     /// is not the newest or its record is gone; the LTX file that cannot

@@ -187,8 +187,9 @@ impl Out {
             left -= n as u64;
             progress.add(n as u64);
         }
-        progress.finish(true);
-        self.writer.flush()?;
+        let flushed = self.writer.flush();
+        progress.finish(flushed.is_ok());
+        flushed?;
         self.last_write = Instant::now();
         Ok(())
     }

@@ -15,7 +15,8 @@
 //! `/metrics` counts the refusals and shows the age of the oldest
 //! unacknowledged transaction.
 //!
-//! A transaction imported over HTTP (`POST /import`) is not counted.
+//! Imports (`litefs import`, a `cp` over a database) count as commits;
+//! they are never refused.
 
 use std::time::{Duration, Instant};
 
@@ -78,7 +79,7 @@ impl State {
         self.unheld
             .get(db)
             .map_or(0, |unheld| match (unheld.front(), unheld.back()) {
-                (Some((front, _)), Some((back, _))) => back.txid - front.txid + 1,
+                (Some((front, _)), Some((back, _))) => back.txid.saturating_sub(front.txid) + 1,
                 _ => 0,
             })
     }
@@ -123,6 +124,15 @@ impl Acks {
         }
     }
 
+    /// Database `db` was deleted: nothing of it waits any more.
+    pub fn forget_db(&self, db: &str) {
+        let mut state = self.lock();
+        state.unheld.remove(db);
+        for acked in state.nodes.values_mut() {
+            acked.dbs.remove(db);
+        }
+    }
+
     /// The newest transaction of `db`, at `pos`, was taken back.
     pub fn note_taken_back(&self, db: &str, pos: Position) {
         if self.bounds_lag() {
@@ -162,8 +172,8 @@ impl Acks {
                     if state.refusing {
                         state.refusing = false;
                         log::info!(
-                            "db {db}: commits admitted again: replicas hold every transaction \
-                             older than replication.max-lag"
+                            "db {db}: commits admitted again: replicas are back within \
+                             replication.max-lag"
                         );
                     }
                     return Ok(());
