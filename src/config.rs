@@ -452,17 +452,14 @@ fn resolve(raw: RawFile, source: &Path) -> Result<Config, Error> {
     };
     let raw_log = raw.log.unwrap_or_default();
     let log = LogConfig {
-        format: match raw_log.format.as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                return Err(invalid(
-                    source,
-                    "log.format",
-                    format!("`{other}` is not a log format; allowed: `text`, `json`"),
-                ))
-            }
-        },
+        format: one_of(
+            source,
+            "log.format",
+            raw_log.format.as_deref(),
+            LogFormat::Text,
+            "a log format",
+            &[("text", LogFormat::Text), ("json", LogFormat::Json)],
+        )?,
         debug: raw_log.debug.unwrap_or(false),
         timestamp: raw_log.timestamp,
     };
@@ -588,6 +585,36 @@ fn tls_config(
         ),
     };
     Ok((server, client))
+}
+
+/// The value of `key` among `allowed` (its spelling and what it means),
+/// `default` when the key is absent; otherwise an error listing them.
+/// `what` names the kind of value ("a log format").
+fn one_of<T: Copy>(
+    source: &Path,
+    key: &str,
+    value: Option<&str>,
+    default: T,
+    what: &str,
+    allowed: &[(&str, T)],
+) -> Result<T, Error> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    match allowed.iter().find(|(name, _)| *name == value) {
+        Some((_, meaning)) => Ok(*meaning),
+        None => {
+            let names: Vec<String> = allowed
+                .iter()
+                .map(|(name, _)| format!("`{name}`"))
+                .collect();
+            Err(invalid(
+                source,
+                key,
+                format!("`{value}` is not {what}; allowed: {}", names.join(", ")),
+            ))
+        }
+    }
 }
 
 /// An [`Error::Invalid`] for `key` in `source`.

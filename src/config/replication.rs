@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_yaml::Value;
 
 use super::raw::RawReplication;
-use super::{duration_in, invalid, Error};
+use super::{duration_in, invalid, one_of, Error};
 
 /// Default `replication.sync-timeout`.
 pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -123,28 +123,25 @@ pub(super) fn replication_config(
         let (min, max) = SYNC_TIMEOUT_RANGE;
         config.sync_timeout = duration_in(source, "replication.sync-timeout", &value, min, max)?;
     }
-    config.sync_fallback = match raw.sync_fallback.as_deref() {
-        None | Some("fail") => SyncFallback::Fail,
-        Some("async") => SyncFallback::Async,
-        Some(other) => {
-            return Err(invalid(
-                source,
-                "replication.sync-fallback",
-                format!("`{other}` is not a fallback; allowed: `fail`, `async`"),
-            ))
-        }
-    };
-    config.sync_failover = match raw.sync_failover.as_deref() {
-        None | Some("wait") => SyncFailover::Wait,
-        Some("take-over") => SyncFailover::TakeOver,
-        Some(other) => {
-            return Err(invalid(
-                source,
-                "replication.sync-failover",
-                format!("`{other}` is not a failover policy; allowed: `wait`, `take-over`"),
-            ))
-        }
-    };
+    config.sync_fallback = one_of(
+        source,
+        "replication.sync-fallback",
+        raw.sync_fallback.as_deref(),
+        SyncFallback::Fail,
+        "a fallback",
+        &[("fail", SyncFallback::Fail), ("async", SyncFallback::Async)],
+    )?;
+    config.sync_failover = one_of(
+        source,
+        "replication.sync-failover",
+        raw.sync_failover.as_deref(),
+        SyncFailover::Wait,
+        "a failover policy",
+        &[
+            ("wait", SyncFailover::Wait),
+            ("take-over", SyncFailover::TakeOver),
+        ],
+    )?;
     if let Some(value) = raw.max_lag {
         config.max_lag = duration_in(
             source,
