@@ -121,11 +121,17 @@ impl LitefsFs {
                 Err(Errno::EIO)
             }
             Err(e) if kind == Kind::Wal => {
+                // SQLite would write the recorded commit frame again: the
+                // commit stands, so the replicas in sync may lack it.
                 error!(
                     "db {}: the WAL commit of TXID {pos} cannot be taken back ({e}); it \
                      stands though {why}",
                     db.name()
                 );
+                self.store.acks().degrade(&format!(
+                    "db {}: TXID {pos} stands without its replicas",
+                    db.name()
+                ));
                 Ok(())
             }
             Err(e) => {

@@ -522,9 +522,28 @@ impl Acks {
             return Err(timed_out);
         }
         drop(state);
-        // Only this node holds everything once commits stop waiting: the
-        // empty set goes first.
-        if let Some(publish) = publisher.as_ref() {
+        self.degrade_with(
+            publisher.as_ref(),
+            &format!("db {db}: TXID {pos}: {timed_out}; replication.sync-fallback is async"),
+        );
+        Ok(())
+    }
+
+    /// Replication degrades to asynchronous for `why` (logged): a WAL
+    /// commit that timed out but could not be taken back stands, held by
+    /// fewer replicas than the in-sync set promises.
+    pub fn degrade(&self, why: &str) {
+        let publisher = self.publisher();
+        if self.lock().config.is_some_and(|c| c.sync > 0) {
+            self.degrade_with(publisher.as_ref(), why);
+        }
+    }
+
+    /// Degrades (`publisher`'s lock held by the caller): only this node
+    /// holds everything once commits stop waiting, so the empty set is
+    /// published first.
+    fn degrade_with(&self, publisher: Option<&Publisher>, why: &str) {
+        if let Some(publish) = publisher {
             if let Err(e) = self.publish(publish, &BTreeSet::new()) {
                 log::error!(
                     "synchronous replication degrades, but the empty in-sync set cannot be \
@@ -539,12 +558,11 @@ impl Acks {
         state.unpublished = false;
         crate::metrics::sync_degraded(true);
         log::warn!(
-            "db {db}: TXID {pos}: {timed_out}; replication.sync-fallback is async: commits no \
-             longer wait for replicas until {} hold the newest transaction of every database",
-            config.sync
+            "{why}: commits no longer wait for replicas until {} hold the newest transaction \
+             of every database",
+            state.config.map_or(0, |c| c.sync)
         );
         self.changed.notify_all();
-        Ok(())
     }
 
     /// The in-sync set (with a publisher): the nodes commits wait for.

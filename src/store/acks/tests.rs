@@ -250,3 +250,18 @@ fn max_lag_txns_counts_what_no_replica_holds() {
     ack(&acks, "a", "db", pos(1, 11));
     assert!(acks.admit("db").is_ok());
 }
+
+#[test]
+fn degrading_publishes_the_empty_set_first() {
+    let (acks, published) = published(1, SyncFallback::Fail);
+    ack(&acks, "a", "db", pos(1, 11));
+    assert_eq!(sets(&published).last(), Some(&vec!["a".to_string()]));
+    acks.degrade("a WAL commit stands without its replicas");
+    assert!(acks.degraded());
+    assert!(acks.members().is_empty());
+    assert_eq!(sets(&published).last(), Some(&Vec::<String>::new()));
+    // Without synchronous replication there is nothing to degrade.
+    let acks = self::acks(0, SyncFallback::Fail);
+    acks.degrade("nothing");
+    assert!(!acks.degraded());
+}
