@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Crash failover under synchronous replication, against asynchronous:
 # three litefs candidates on a real Consul agent, a writer committing as
-# fast as it can on the primary (DELETE and WAL databases), one replica
+# fast as it can on the primary (a database in each journal mode), one replica
 # stopped with SIGSTOP, the primary killed with SIGKILL at a random moment
 # each round (tests/sync_failover.rs).
 #

@@ -1,6 +1,7 @@
 //! Synchronous replication across a crash failover, with a real Consul
 //! agent: three litefs candidates with `replication.sync: 1`, a writer
-//! committing as fast as it can on the primary, one replica stopped
+//! committing as fast as it can on the primary (a database in each
+//! journal mode, in turn), one replica stopped
 //! (SIGSTOP) so that it falls behind, and the primary killed with SIGKILL
 //! at a random moment. The stopped replica is resumed before the lease
 //! frees, so it races for it; the in-sync set in Consul keeps it out, and
@@ -31,7 +32,12 @@ use consul::ConsulAgent;
 
 /// The databases written, one per journal mode synchronous replication
 /// supports.
-const DBS: [(&str, &str); 2] = [("delete.db", "DELETE"), ("wal.db", "WAL")];
+const DBS: [(&str, &str); 4] = [
+    ("delete.db", "DELETE"),
+    ("truncate.db", "TRUNCATE"),
+    ("persist.db", "PERSIST"),
+    ("wal.db", "WAL"),
+];
 
 fn is_primary(node: &Node) -> bool {
     let (status, _, body) = http_request(node.port, "GET", "/info", None);
@@ -53,7 +59,7 @@ fn write_until_killed(mount: PathBuf, stop: Arc<AtomicBool>, first: i64) -> BTre
     let mut acknowledged = BTreeSet::new();
     let mut n = first;
     while !stop.load(Ordering::SeqCst) {
-        let db = (n % 2) as usize;
+        let db = (n % DBS.len() as i64) as usize;
         match conns[db].execute("INSERT INTO t VALUES(?1)", [n]) {
             Ok(_) => {
                 acknowledged.insert((db, n));
