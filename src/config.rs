@@ -434,19 +434,10 @@ fn resolve(raw: RawFile, source: &Path) -> Result<Config, Error> {
         None => None,
     };
     let lost_keep = match data.lost_keep {
-        Some(Value::Number(n)) if n.as_u64().is_some() => n
-            .as_u64()
-            .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX)),
-        Some(other) => {
-            return Err(invalid(
-                source,
-                "data.lost-keep",
-                format!(
-                    "expected a whole number of sets to keep per database (0: keep all), \
-                     not `{}`",
-                    serde_yaml::to_string(&other).unwrap_or_default().trim()
-                ),
-            ))
+        Some(value) => {
+            let expected = "a whole number of sets to keep per database (0: keep all)";
+            let n = whole_number(source, "data.lost-keep", &value, u64::MAX, expected)?;
+            usize::try_from(n).unwrap_or(usize::MAX)
         }
         None => DEFAULT_LOST_KEEP,
     };
@@ -585,6 +576,28 @@ fn tls_config(
         ),
     };
     Ok((server, client))
+}
+
+/// `value` of `key` as a whole number up to `max`; otherwise an error
+/// saying what was `expected` and what was found.
+fn whole_number(
+    source: &Path,
+    key: &str,
+    value: &Value,
+    max: u64,
+    expected: &str,
+) -> Result<u64, Error> {
+    match value {
+        Value::Number(n) if n.as_u64().is_some_and(|n| n <= max) => Ok(n.as_u64().unwrap_or(0)),
+        other => Err(invalid(
+            source,
+            key,
+            format!(
+                "expected {expected}, not `{}`",
+                serde_yaml::to_string(other).unwrap_or_default().trim()
+            ),
+        )),
+    }
 }
 
 /// The value of `key` among `allowed` (its spelling and what it means),

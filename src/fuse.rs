@@ -512,7 +512,7 @@ impl LitefsFs {
             Ok(Some(pos)) => {
                 debug!("db {}: committed TXID {}", db.name(), pos);
                 if admit {
-                    self.admit_commit(db, pos, Kind::Journal, Db::take_back)?;
+                    self.admit_commit(db, pos, Kind::Journal)?;
                 }
                 self.recorded();
                 Ok(Some(pos))
@@ -543,10 +543,10 @@ impl LitefsFs {
             return Ok(());
         };
         if answer == Answer::AfterAdmitAndReplicas {
-            self.admit_commit(db, pos, Kind::Journal, Db::take_back)?;
+            self.admit_commit(db, pos, Kind::Journal)?;
         }
         if answer != Answer::Now {
-            self.await_replicas(db, pos, Kind::Journal, Db::take_back)?;
+            self.await_replicas(db, pos, Kind::Journal)?;
         }
         self.journal_committed(db.name(), true);
         self.journal_ended(db.name());

@@ -7,10 +7,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde_yaml::Value;
-
 use super::raw::RawReplication;
-use super::{duration_in, invalid, one_of, Error};
+use super::{duration_in, invalid, one_of, whole_number, Error};
 
 /// Default `replication.sync-timeout`.
 pub const DEFAULT_SYNC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -102,22 +100,16 @@ pub(super) fn replication_config(
     let raw = raw.unwrap_or_default();
     let mut config = ReplicationConfig::default();
     if let Some(value) = raw.sync {
-        config.sync = match &value {
-            Value::Number(n) if n.as_u64().is_some_and(|n| n <= u64::from(MAX_SYNC)) => {
-                n.as_u64().map_or(0, |n| n as u32)
-            }
-            other => {
-                return Err(invalid(
-                    source,
-                    "replication.sync",
-                    format!(
-                        "expected how many replicas must hold each commit, 0 to {MAX_SYNC} \
-                         (0: asynchronous), not `{}`",
-                        serde_yaml::to_string(other).unwrap_or_default().trim()
-                    ),
-                ))
-            }
-        };
+        let expected =
+            format!("how many replicas must hold each commit, 0 to {MAX_SYNC} (0: asynchronous)");
+        let n = whole_number(
+            source,
+            "replication.sync",
+            &value,
+            u64::from(MAX_SYNC),
+            &expected,
+        )?;
+        config.sync = n as u32;
     }
     if let Some(value) = raw.sync_timeout {
         let (min, max) = SYNC_TIMEOUT_RANGE;
@@ -152,19 +144,14 @@ pub(super) fn replication_config(
         )?;
     }
     if let Some(value) = raw.max_lag_txns {
-        config.max_lag_txns = match &value {
-            Value::Number(n) if n.as_u64().is_some() => n.as_u64().unwrap_or(0),
-            other => {
-                return Err(invalid(
-                    source,
-                    "replication.max-lag-txns",
-                    format!(
-                        "expected a whole number of transactions (0: no bound), not `{}`",
-                        serde_yaml::to_string(other).unwrap_or_default().trim()
-                    ),
-                ))
-            }
-        };
+        let expected = "a whole number of transactions (0: no bound)";
+        config.max_lag_txns = whole_number(
+            source,
+            "replication.max-lag-txns",
+            &value,
+            u64::MAX,
+            expected,
+        )?;
     }
     if config.sync > 0 && config.bounds_lag() {
         return Err(invalid(

@@ -441,11 +441,10 @@ impl Filesystem for LitefsFs {
         match file.write_all_at(data, offset) {
             Ok(()) if handle.kind == FileKind::Wal => {
                 use super::sync_commit::Kind;
-                let take_back = |db: &crate::store::Db, pos| self.wals.take_back(db, pos);
                 let waited = match self.wals.written(db, offset, data.len() as u64) {
                     Ok(Some(pos)) => self
-                        .admit_commit(db, pos, Kind::Wal, take_back)
-                        .and_then(|()| self.await_replicas(db, pos, Kind::Wal, take_back)),
+                        .admit_commit(db, pos, Kind::Wal)
+                        .and_then(|()| self.await_replicas(db, pos, Kind::Wal)),
                     Ok(None) => Ok(()),
                     Err(e) => Err(e),
                 };

@@ -213,7 +213,8 @@ impl LitefsFs {
         let noted = unseen.remove(db.name());
         drop(unseen);
         if let Err(e) = self.finish_commit(db, recorded, Answer::AfterAdmitAndReplicas) {
-            // Taken back: the transaction is live again, as before.
+            // Taken back: the journal's header is live and noted again, so
+            // SQLite's rollback of it is seen as that transaction's end.
             let mut unseen = self.unseen_txns.lock().unwrap_or_else(|e| e.into_inner());
             put_back(noted.as_ref());
             if let Some(noted) = noted {

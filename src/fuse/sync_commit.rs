@@ -39,7 +39,7 @@ use fuser::Errno;
 use log::{debug, error, warn};
 
 use super::LitefsFs;
-use crate::store::{self, Db, Position};
+use crate::store::{Db, Position};
 
 /// Where the commit being refused was: a WAL commit that cannot be taken
 /// back must stand (SQLite would otherwise write a recorded commit frame
@@ -56,42 +56,30 @@ impl LitefsFs {
     /// caller can (a journal's); refused (taken back, EIO) while no
     /// replica holds transactions older than the bound. The refusal is
     /// logged once per episode (`store/acks/max_lag.rs`).
-    pub(super) fn admit_commit(
-        &self,
-        db: &Db,
-        pos: Position,
-        kind: Kind,
-        take_back: impl FnOnce(&Db, Position) -> Result<Position, store::Error>,
-    ) -> Result<(), Errno> {
+    pub(super) fn admit_commit(&self, db: &Db, pos: Position, kind: Kind) -> Result<(), Errno> {
         match self.store.acks().admit(db.name()) {
             Ok(()) => Ok(()),
-            Err(exceeded) => self.refuse(db, pos, kind, take_back, &exceeded.to_string(), false),
+            Err(exceeded) => self.refuse(db, pos, kind, &exceeded.to_string(), false),
         }
     }
 
     /// Waits until the replicas `replication.sync` asks for hold `pos` of
     /// `db`. On a timeout with `sync-fallback: fail`, takes the
     /// transaction back and returns EIO.
-    pub(super) fn await_replicas(
-        &self,
-        db: &Db,
-        pos: Position,
-        kind: Kind,
-        take_back: impl FnOnce(&Db, Position) -> Result<Position, store::Error>,
-    ) -> Result<(), Errno> {
+    pub(super) fn await_replicas(&self, db: &Db, pos: Position, kind: Kind) -> Result<(), Errno> {
         let newest = || self.store.positions();
         match self.store.acks().wait_for(db.name(), pos, &newest) {
             Ok(()) => Ok(()),
             Err(timed_out) => {
                 let why = format!("{timed_out}; replication.sync-fallback is fail");
-                self.refuse(db, pos, kind, take_back, &why, true)
+                self.refuse(db, pos, kind, &why, true)
             }
         }
     }
 
-    /// Takes the transaction at `pos` back with `take_back`
-    /// (`Db::take_back`, or `WalFollowers::take_back`, which invalidates
-    /// the commit frame too) and answers EIO (SQLite rolls back); `loud`:
+    /// Takes the transaction at `pos` back (`Db::take_back`, or for a WAL
+    /// commit `WalFollowers::take_back`, which invalidates the commit frame
+    /// too) and answers EIO (SQLite rolls back); `loud`:
     /// one WARN per commit (a max-lag refusal is logged once per episode
     /// by the store).
     fn refuse(
@@ -99,11 +87,14 @@ impl LitefsFs {
         db: &Db,
         pos: Position,
         kind: Kind,
-        take_back: impl FnOnce(&Db, Position) -> Result<Position, store::Error>,
         why: &str,
         loud: bool,
     ) -> Result<(), Errno> {
-        match take_back(db, pos) {
+        let taken_back = match kind {
+            Kind::Journal => db.take_back(pos),
+            Kind::Wal => self.wals.take_back(db, pos),
+        };
+        match taken_back {
             Ok(before) => {
                 let message = format!(
                     "db {}: the commit of TXID {pos} failed: {why}: it is taken back (the \

@@ -70,8 +70,8 @@ struct Acked {
     peer: SocketAddr,
     /// When the last one came.
     at: Instant,
-    /// The newest position acknowledged for each database, and when.
-    dbs: BTreeMap<String, (Position, Instant)>,
+    /// The newest position acknowledged for each database.
+    dbs: BTreeMap<String, Position>,
 }
 
 #[derive(Debug, Default)]
@@ -159,16 +159,6 @@ impl Acks {
         self.lock().config = Some(config);
     }
 
-    /// How many replicas a commit waits for now: `replication.sync`, or 0
-    /// while degraded to asynchronous.
-    pub fn waits_for(&self) -> u32 {
-        let state = self.lock();
-        match state.config {
-            Some(config) if !state.degraded => config.sync,
-            _ => 0,
-        }
-    }
-
     /// Whether synchronous replication is configured: replicas should
     /// acknowledge each file as soon as it is queued.
     pub fn synchronous(&self) -> bool {
@@ -184,7 +174,7 @@ impl Acks {
     /// Publishes the in-sync set through `publisher` from now on (a
     /// Consul lease), at the next promotion and whenever it changes.
     pub fn set_publisher(&self, publisher: Publisher) {
-        *self.publisher.lock().unwrap_or_else(|e| e.into_inner()) = Some(publisher);
+        *self.publisher() = Some(publisher);
         self.has_publisher.store(true, Ordering::SeqCst);
     }
 
@@ -208,15 +198,11 @@ impl Acks {
     /// replicas join it as they show they hold everything.
     pub fn promoted(&self) {
         let publisher = self.publisher();
+        self.stepped_down();
         {
             let mut state = self.lock();
             state.nodes.clear();
-            state.members.clear();
-            state.published = false;
-            state.unpublished = false;
             state.degraded = false;
-            state.unheld.clear();
-            state.refusing = false;
         }
         crate::metrics::sync_degraded(false);
         if let Some(publish) = publisher.as_ref() {
@@ -226,6 +212,16 @@ impl Acks {
                      replica in sync yet ({e}); commits time out until it can"
                 );
             }
+        }
+    }
+
+    /// Database `db` was deleted: what replicas held of it, and its
+    /// unacknowledged transactions (`max-lag`), are forgotten.
+    pub fn forget_db(&self, db: &str) {
+        let mut state = self.lock();
+        state.unheld.remove(db);
+        for acked in state.nodes.values_mut() {
+            acked.dbs.remove(db);
         }
     }
 
@@ -267,8 +263,8 @@ impl Acks {
                 });
             entry.peer = peer;
             entry.at = now;
-            let before = entry.dbs.insert(name, (pos, now));
-            went_back |= before.is_some_and(|(held, _)| held.txid > pos.txid);
+            let before = entry.dbs.insert(name, pos);
+            went_back |= before.is_some_and(|held| held.txid > pos.txid);
         }
         let member = state.members.contains(node);
         let join = state.config.is_some_and(|config| {
@@ -610,7 +606,7 @@ impl Acks {
                 dbs: acked
                     .dbs
                     .iter()
-                    .map(|(name, (pos, _))| (name.clone(), *pos))
+                    .map(|(name, pos)| (name.clone(), *pos))
                     .collect(),
             })
             .collect()
@@ -653,7 +649,7 @@ fn enough(state: &State, db: &str, pos: Position, by_members: bool) -> bool {
 fn holding(nodes: &BTreeMap<String, Acked>, db: &str, pos: Position) -> BTreeSet<String> {
     nodes
         .iter()
-        .filter(|(_, acked)| acked.dbs.get(db).is_some_and(|(held, _)| *held == pos))
+        .filter(|(_, acked)| acked.dbs.get(db) == Some(&pos))
         .map(|(node, _)| node.clone())
         .collect()
 }
@@ -664,9 +660,9 @@ fn holds_all(nodes: &BTreeMap<String, Acked>, node: &str, newest: &[(String, Pos
     let Some(acked) = nodes.get(node) else {
         return false;
     };
-    newest.iter().all(|(name, pos)| {
-        pos.txid == 0 || acked.dbs.get(name).is_some_and(|(held, _)| *held == *pos)
-    })
+    newest
+        .iter()
+        .all(|(name, pos)| pos.txid == 0 || acked.dbs.get(name) == Some(pos))
 }
 
 /// `newest` without database `db`.

@@ -21,8 +21,8 @@
 //! Free-list pages the transaction reused are not in SQLite's journal and
 //! its undo-log copies are gone once it is recorded: after SQLite's
 //! rollback they keep the new content, which the next commit records as a
-//! transaction of its own (pages SQLite never reads; the content of the
-//! database is as before).
+//! transaction of its own (pages SQLite never reads: the rows are those
+//! of the position before the taken-back one).
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -124,15 +124,6 @@ impl Acks {
         }
     }
 
-    /// Database `db` was deleted: nothing of it waits any more.
-    pub fn forget_db(&self, db: &str) {
-        let mut state = self.lock();
-        state.unheld.remove(db);
-        for acked in state.nodes.values_mut() {
-            acked.dbs.remove(db);
-        }
-    }
-
     /// The newest transaction of `db`, at `pos`, was taken back.
     pub fn note_taken_back(&self, db: &str, pos: Position) {
         if self.bounds_lag() {
